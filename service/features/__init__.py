@@ -1,0 +1,11 @@
+"""The one definition of the model's features, shared by training replay and the server.
+
+Training replays history through `FeatureEngine` in event-time order; the server feeds it
+one swipe at a time. Same class, same state, same floats: that is what keeps training and
+serving from drifting apart.
+"""
+
+from service.features.config import FeatureConfig
+from service.features.engine import FEATURE_ENGINE_VERSION, FEATURES, FeatureEngine, FeatureSpec
+
+__all__ = ["FEATURES", "FEATURE_ENGINE_VERSION", "FeatureConfig", "FeatureEngine", "FeatureSpec"]

@@ -1,0 +1,24 @@
+"""Settings that change feature values, recorded in every model manifest."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SECONDS_PER_DAY = 86_400.0
+
+
+class FeatureConfig(BaseModel):
+    """Knobs of the feature engine. A model is only served with the config it was trained on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    label_delay_days: float = Field(default=7.0, gt=0, le=90)
+    """Days before a transaction's label counts in the risk windows. A transaction with no
+    fraud outcome counts as genuine once this delay has passed (the handbook's 7 days)."""
+
+    small_amount: float = Field(default=2.0, ge=0)
+    """Amounts below this (major units) count as card-testing probes."""
+
+    @property
+    def label_delay_seconds(self) -> float:
+        return self.label_delay_days * SECONDS_PER_DAY

@@ -1,0 +1,349 @@
+"""`fraud-train`: simulate histories, train and publish models, evaluate, manage the registry.
+
+Exit codes: 0 success; 1 unexpected error; 2 bad input or usage (the message says which
+file, row, column or setting); 3 a quality gate failed and nothing was published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from service.artifact import ArtifactError
+from service.registry import RegistryError
+from training.config import ConfigError, TrainSettings, load_settings
+from training.data import DataError
+from training.evaluate import EvaluationError
+from training.gates import GateFailure
+from training.split import SplitError
+
+EXIT_UNEXPECTED = 1
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
+
+_BAD_INPUT = (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    EvaluationError,
+    RegistryError,
+    SplitError,
+    FileNotFoundError,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except GateFailure as failure:
+        _error(str(failure))
+        return EXIT_GATE_FAILED
+    except _BAD_INPUT as error:
+        _error(str(error))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fraud-train",
+        description=(
+            "Offline pipeline of the fraud-scoring service: simulate a transaction history, "
+            "train, evaluate and publish versioned ONNX models to a registry."
+        ),
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad input or usage, 3 gate failed.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_simulate(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_backtest(commands)
+    _add_registry(commands)
+    _add_config(commands)
+    return parser
+
+
+def _add_simulate(commands: Any) -> None:
+    command = commands.add_parser(
+        "simulate",
+        help="write a seeded, simulated card-transaction history",
+        description=(
+            "Generate a reproducible history following the Fraud Detection Handbook's "
+            "simulator (customers and terminals on a plane; three fraud scenarios), extended "
+            "with merchant, MCC, entry mode, country and currency, card testing and "
+            "card-not-present sprees. Same seed and options, same file."
+        ),
+    )
+    command.add_argument("--out", type=Path, required=True, help="CSV file, or .parquet")
+    command.add_argument("--days", type=int, default=183, help="days of history (183)")
+    command.add_argument("--customers", type=int, default=5000, help="cards (5000)")
+    command.add_argument("--terminals", type=int, default=10000, help="terminals (10000)")
+    command.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    command.add_argument(
+        "--start", type=date.fromisoformat, default=date(2018, 4, 1), help="first day (2018-04-01)"
+    )
+    command.add_argument(
+        "--profile",
+        choices=("extended", "handbook"),
+        default="extended",
+        help="'handbook': only the handbook's three fraud scenarios, for comparisons "
+        "with its published results; 'extended' (default) adds the new patterns",
+    )
+    command.set_defaults(handler=_simulate)
+
+
+def _add_train(commands: Any) -> None:
+    command = commands.add_parser(
+        "train",
+        help="train, evaluate, export, gate and publish a model",
+        description=(
+            "Replay the history through the feature engine, train LightGBM on a time-ordered "
+            "split, choose thresholds, export to ONNX, run the quality gates and publish the "
+            "artifact; then make it the champion unless --no-promote. Prints the version."
+        ),
+    )
+    _data_options(command)
+    _registry_option(command)
+    _config_option(command)
+    command.add_argument(
+        "--no-promote", action="store_true", help="publish without moving the champion alias"
+    )
+    command.set_defaults(handler=_train)
+
+
+def _add_evaluate(commands: Any) -> None:
+    command = commands.add_parser(
+        "evaluate",
+        help="score a history with a published model and print its metrics as JSON",
+        description=(
+            "Replay the file in time order (each fraud label fed back one label delay after "
+            "its transaction), score every transaction after the warm-up days with the "
+            "model's ONNX graph, and print auc_roc, average_precision, "
+            "card_precision_at_100 and more as JSON."
+        ),
+    )
+    _data_options(command)
+    _registry_option(command)
+    _config_option(command)
+    command.add_argument("--version", help="model version (default: the champion)")
+    command.add_argument(
+        "--warmup-days",
+        type=int,
+        default=30,
+        help="first days that only fill the feature state and are not scored (30)",
+    )
+    command.add_argument(
+        "--scores-out", type=Path, help="write transaction_id,score for every scored row"
+    )
+    command.set_defaults(handler=_evaluate)
+
+
+def _add_backtest(commands: Any) -> None:
+    command = commands.add_parser(
+        "backtest",
+        help="the handbook's prequential protocol, for comparison with its published results",
+        description=(
+            "Train with the default model configuration on short windows and test on the "
+            "window one label delay later, over several folds, exactly as the Fraud "
+            "Detection Handbook's chapter 5 does; prints per-fold and mean metrics as JSON."
+        ),
+    )
+    command.add_argument("--data", type=Path, required=True, help="history, CSV or Parquet")
+    _config_option(command)
+    command.add_argument(
+        "--start",
+        type=date.fromisoformat,
+        default=date(2018, 7, 25),
+        help="first training day of the earliest fold (2018-07-25, as in the handbook)",
+    )
+    command.add_argument("--folds", type=int, default=4, help="folds, one week apart (4)")
+    command.add_argument("--train-days", type=int, default=7, help="training window (7)")
+    command.add_argument("--test-days", type=int, default=7, help="test window (7)")
+    command.set_defaults(handler=_backtest)
+
+
+def _add_registry(commands: Any) -> None:
+    command = commands.add_parser(
+        "registry",
+        help="list versions, promote one, roll back",
+        description="Inspect and move the registry's aliases; every move is recorded.",
+    )
+    actions = command.add_subparsers(title="actions", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="versions with their test metrics and aliases")
+    promote = actions.add_parser("promote", help="make VERSION the champion")
+    promote.add_argument("version", help="a published version")
+    promote.add_argument("--reason", default="promoted by hand", help="recorded in history")
+    promote.add_argument(
+        "--alias", default="champion", choices=("champion", "challenger"), help="(champion)"
+    )
+    rollback = actions.add_parser("rollback", help="move the champion back to its previous version")
+    rollback.add_argument("--reason", default="rolled back by hand", help="recorded in history")
+    for action, handler in ((listing, _list), (promote, _promote), (rollback, _rollback)):
+        _registry_option(action)
+        _config_option(action)
+        action.set_defaults(handler=handler)
+
+
+def _add_config(commands: Any) -> None:
+    command = commands.add_parser(
+        "config",
+        help="print the effective configuration as JSON",
+        description="Defaults, then --config FILE, then FRAUD_TRAIN_* environment variables.",
+    )
+    _config_option(command)
+    command.set_defaults(handler=_config)
+
+
+def _data_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--data", type=Path, required=True, help="transaction history, CSV or Parquet"
+    )
+    command.add_argument(
+        "--rejects",
+        type=Path,
+        help="write bad rows here and go on without them (default: stop at the first)",
+    )
+
+
+def _registry_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--registry", type=Path, help="registry directory (default ./models or the config's)"
+    )
+
+
+def _config_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", type=Path, help="TOML file of settings (see `config`)")
+
+
+def _settings(args: argparse.Namespace) -> TrainSettings:
+    return load_settings(args.config)
+
+
+def _registry(args: argparse.Namespace, settings: TrainSettings) -> Path:
+    return args.registry if args.registry is not None else settings.registry
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _error(message: str) -> None:
+    print(f"fraud-train: error: {message}", file=sys.stderr, flush=True)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from training.simulate import SimulationParams, simulate, write_transactions
+
+    params = SimulationParams(
+        customers=args.customers,
+        terminals=args.terminals,
+        days=args.days,
+        start_date=args.start,
+        seed=args.seed,
+        profile=args.profile,
+    )
+    frame = simulate(params)
+    write_transactions(frame, args.out)
+    frauds = int(frame["is_fraud"].sum())
+    _say(f"wrote {len(frame)} transactions ({frauds} frauds) to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.pipeline import train
+
+    settings = _settings(args)
+    result = train(
+        args.data,
+        _registry(args, settings),
+        settings,
+        promote=not args.no_promote,
+        rejects_path=args.rejects,
+        progress=_progress(),
+        say=_say,
+    )
+    _say(result.report)
+    promoted = "champion" if result.promoted else "published, not promoted"
+    _say(f"{promoted}: {result.artifact_dir}")
+    print(result.manifest.version)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_history
+
+    settings = _settings(args)
+    metrics = evaluate_history(
+        args.data,
+        _registry(args, settings),
+        version=args.version,
+        warmup_days=args.warmup_days,
+        scores_out=args.scores_out,
+        rejects_path=args.rejects,
+        alert_rate=settings.thresholds.alert_rate,
+        k=settings.card_precision_k,
+        progress=_progress(),
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from training.backtest import BacktestWindows, run_backtest
+
+    windows = BacktestWindows(
+        earliest_start=args.start,
+        folds=args.folds,
+        train_days=args.train_days,
+        test_days=args.test_days,
+    )
+    result = run_backtest(args.data, _settings(args), windows, progress=_progress(), say=_say)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from training.registry import format_versions, list_versions
+
+    print(format_versions(list_versions(_registry(args, _settings(args)))))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from training.registry import promote
+
+    promote(_registry(args, _settings(args)), args.version, alias=args.alias, reason=args.reason)
+    _say(f"{args.alias} is now {args.version}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from training.registry import rollback
+
+    version = rollback(_registry(args, _settings(args)), reason=args.reason)
+    _say(f"champion rolled back to {version}")
+    print(version)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(_settings(args).model_dump_json(indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
