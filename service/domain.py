@@ -11,6 +11,8 @@ from enum import IntEnum
 from typing import NamedTuple
 
 NANOS_PER_SECOND = 1_000_000_000
+# ISO 4217 minor-unit exponents run from 0 (JPY) to 4 (CLF).
+_POWERS_OF_TEN = (1, 10, 100, 1_000, 10_000)
 
 
 class EntryMode(IntEnum):
@@ -62,4 +64,4 @@ def epoch_seconds(nanoseconds: int) -> float:
 
 def major_units(amount_minor: int, exponent: int) -> float:
     """An amount in major units from minor units (cents): correctly rounded, like parsing."""
-    return amount_minor / 10**exponent
+    return amount_minor / _POWERS_OF_TEN[exponent]

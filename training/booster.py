@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -21,7 +22,7 @@ def fit_booster(
     params = config.lightgbm_params()
     names = list(feature_names)
     train_set = lgb.Dataset(train[0], label=train[1], feature_name=names, free_raw_data=True)
-    callbacks = []
+    callbacks: list[Callable[..., Any]] = []
     valid_sets = []
     if validation is not None:
         valid_sets.append(lgb.Dataset(validation[0], label=validation[1], reference=train_set))
@@ -35,7 +36,9 @@ def fit_booster(
     )
     if validation is not None:
         # Keep only the trees up to the best iteration: smaller model, faster serving.
-        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+        booster = lgb.Booster(
+            model_str=booster.model_to_string(num_iteration=booster.best_iteration)
+        )
     return booster
 
 

@@ -85,7 +85,9 @@ def decision_rates(
     }
 
 
-def write_scores(path: Path, transaction_ids: NDArray[np.object_], scores: NDArray[np.float64]) -> None:
+def write_scores(
+    path: Path, transaction_ids: NDArray[np.object_], scores: NDArray[np.float64]
+) -> None:
     """`transaction_id,score` per row, scores at full precision, written atomically."""
     partial = path.with_name(f".{path.name}.partial")
     with partial.open("w", newline="", encoding="utf-8") as handle:

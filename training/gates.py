@@ -22,7 +22,9 @@ class GateFailure(Exception):
         super().__init__("quality gate failed: " + "; ".join(failed))
 
 
-def metric_floors(test_metrics: Mapping[str, float], config: GateConfig, k: int) -> list[GateResult]:
+def metric_floors(
+    test_metrics: Mapping[str, float], config: GateConfig, k: int
+) -> list[GateResult]:
     """Each test metric at or above its configured floor."""
     floors = (
         ("auc_roc", config.min_auc_roc),

@@ -26,7 +26,9 @@ def golden_sample(
     frauds = np.flatnonzero(labels == 1)
     genuine = np.flatnonzero(labels == 0)
     fraud_rows = rng.choice(frauds, size=min(len(frauds), rows // 2), replace=False)
-    genuine_rows = rng.choice(genuine, size=min(len(genuine), rows - len(fraud_rows)), replace=False)
+    genuine_rows = rng.choice(
+        genuine, size=min(len(genuine), rows - len(fraud_rows)), replace=False
+    )
     chosen = np.sort(np.concatenate([fraud_rows, genuine_rows]))
     sample = features[chosen]
     scores = scorer.score_batch(sample)

@@ -188,7 +188,9 @@ def _run_gates(
             k=settings.card_precision_k,
         )
     results.extend(
-        gates.no_regression(scored.metrics["test"], champion_metrics, champion_version, settings.gates)
+        gates.no_regression(
+            scored.metrics["test"], champion_metrics, champion_version, settings.gates
+        )
     )
     return results
 

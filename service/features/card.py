@@ -14,13 +14,15 @@ from service.domain import EntryMode, Transaction
 
 HOUR = 3_600.0
 DAY = 86_400.0
-CARD_WINDOWS = (HOUR, DAY, 7 * DAY, 30 * DAY)
-_LONG = len(CARD_WINDOWS) - 1
+WEEK = 7 * DAY
+MONTH = 30 * DAY
+CARD_WINDOWS = (HOUR, DAY, WEEK, MONTH)
 
 # Bound on the per-card "last seen at terminal" map; when it is reached the older half is
 # forgotten. Both paths run this same rule, so it cannot cause skew.
 MAX_TERMINALS_PER_CARD = 512
 _COMPACT_AFTER = 64
+_RELATIVE_NOISE = 1e-12
 
 CARD_FEATURES: tuple[tuple[str, str], ...] = (
     ("card_tx_count_1h", "Card's transactions in the last hour, this one included."),
@@ -42,114 +44,151 @@ CARD_FEATURES: tuple[tuple[str, str], ...] = (
 
 
 class CardHistory:
-    """The sliding-window state of one card."""
+    """The sliding-window state of one card.
+
+    The windows are written out one by one rather than looped over: this runs once per
+    swipe on the server and once per row in training replay, and the unrolled form is
+    about twice as fast in CPython. The current transaction is appended first and acts as
+    a sentinel, so the expiry loops need no bounds checks.
+    """
 
     __slots__ = (
-        "_entries",
+        "_amounts",
         "_home_country",
         "_last_time",
+        "_not_present",
         "_not_present_day",
-        "_small_hour",
-        "_starts",
-        "_sum_squares_long",
-        "_sums",
+        "_probes",
+        "_probes_hour",
+        "_start_day",
+        "_start_hour",
+        "_start_month",
+        "_start_week",
+        "_sum_day",
+        "_sum_month",
+        "_sum_squares_month",
+        "_sum_week",
         "_terminal_last_seen",
+        "_times",
     )
 
     def __init__(self) -> None:
-        # (event time, amount, is probe-sized, is card-not-present), in event-time order.
-        self._entries: list[tuple[float, float, bool, bool]] = []
-        self._starts = [0] * len(CARD_WINDOWS)
-        self._sums = [0.0] * len(CARD_WINDOWS)
-        self._sum_squares_long = 0.0
-        self._small_hour = 0
-        self._not_present_day = 0
+        # Parallel lists in event-time order; entries before _start_month are dead weight
+        # until the next compaction.
+        self._times: list[float] = []
+        self._amounts: list[float] = []
+        self._probes: list[bool] = []
+        self._not_present: list[bool] = []
+        self._start_hour = self._start_day = self._start_week = self._start_month = 0
+        self._probes_hour = self._not_present_day = 0
+        self._sum_day = self._sum_week = self._sum_month = self._sum_squares_month = 0.0
         self._last_time = -math.inf
         self._terminal_last_seen: dict[str, float] = {}
         self._home_country = ""
 
     def observe(self, tx: Transaction, small_amount: float, out: list[float]) -> None:
         """Add `tx` to the card's history and append the card features to `out`."""
+        last_time = self._last_time
         # Event time never runs backwards inside one card: a late swipe is treated as
         # happening at the card's latest time, which keeps every window pointer valid.
-        now = tx.timestamp if tx.timestamp > self._last_time else self._last_time
-        self._expire(now)
-        entries = self._entries
-        prior_count = len(entries) - self._starts[_LONG]
-        prior_sum = self._sums[_LONG]
-        prior_squares = self._sum_squares_long
-
+        now = tx.timestamp if tx.timestamp > last_time else last_time
         amount = tx.amount
-        is_small = amount < small_amount
+        probe = amount < small_amount
         not_present = tx.card_present is False or tx.entry_mode == EntryMode.ECOMMERCE
-        entries.append((now, amount, is_small, not_present))
-        sums = self._sums
-        for k in range(len(sums)):
-            sums[k] += amount
-        self._sum_squares_long += amount * amount
-        self._small_hour += is_small
-        self._not_present_day += not_present
+        times = self._times
+        amounts = self._amounts
+        times.append(now)
+        amounts.append(amount)
+        self._probes.append(probe)
+        self._not_present.append(not_present)
+        size = len(times)
+        newest = size - 1
 
-        total = len(entries)
-        starts = self._starts
-        counts = [total - start for start in starts]
-        out.extend(counts)
-        out.append(sums[1] / counts[1])
-        out.append(sums[2] / counts[2])
-        mean_long = sums[_LONG] / counts[_LONG]
-        out.append(mean_long)
-        out.append(_std(self._sum_squares_long, mean_long, counts[_LONG]))
-        self._append_relative(amount, prior_count, prior_sum, prior_squares, out)
-        out.append(self._small_hour)
-        out.append(self._not_present_day)
-        out.append(now - self._last_time if self._last_time > -math.inf else -1.0)
+        cutoff = now - HOUR
+        start = self._start_hour
+        probes_hour = self._probes_hour + probe
+        while times[start] <= cutoff:
+            probes_hour -= self._probes[start]
+            start += 1
+        self._start_hour = start
+        self._probes_hour = probes_hour
+        count_hour = size - start
+
+        cutoff = now - DAY
+        start = self._start_day
+        sum_day = self._sum_day
+        not_present_day = self._not_present_day + not_present
+        while times[start] <= cutoff:
+            sum_day -= amounts[start]
+            not_present_day -= self._not_present[start]
+            start += 1
+        # A window holding only this transaction forgets accumulated rounding.
+        sum_day = amount if start == newest else sum_day + amount
+        self._start_day = start
+        self._sum_day = sum_day
+        self._not_present_day = not_present_day
+        count_day = size - start
+
+        cutoff = now - WEEK
+        start = self._start_week
+        sum_week = self._sum_week
+        while times[start] <= cutoff:
+            sum_week -= amounts[start]
+            start += 1
+        sum_week = amount if start == newest else sum_week + amount
+        self._start_week = start
+        self._sum_week = sum_week
+        count_week = size - start
+
+        cutoff = now - MONTH
+        start = self._start_month
+        prior_sum = self._sum_month
+        prior_squares = self._sum_squares_month
+        while times[start] <= cutoff:
+            old = amounts[start]
+            prior_sum -= old
+            prior_squares -= old * old
+            start += 1
+        if start == newest:
+            prior_sum = prior_squares = 0.0
+        sum_month = prior_sum + amount
+        self._sum_month = sum_month
+        self._sum_squares_month = prior_squares + amount * amount
+        self._start_month = start
+        count_month = size - start
+
+        mean_month = sum_month / count_month
+        out += (
+            count_hour,
+            count_day,
+            count_week,
+            count_month,
+            sum_day / count_day,
+            sum_week / count_week,
+            mean_month,
+            _std(self._sum_squares_month, mean_month, count_month),
+        )
+        _append_relative(amount, count_month - 1, prior_sum, prior_squares, out)
+        out += (
+            probes_hour,
+            not_present_day,
+            -1.0 if last_time == -math.inf else now - last_time,
+            self._days_since_terminal(tx.terminal_id, now),
+            self._country_differs(tx.country),
+        )
         self._last_time = now
-        out.append(self._days_since_terminal(tx.terminal_id, now))
-        out.append(self._country_differs(tx.country))
+        if start >= _COMPACT_AFTER and start * 2 >= size:
+            self._compact(start)
 
-    @staticmethod
-    def _append_relative(
-        amount: float, count: int, total: float, squares: float, out: list[float]
-    ) -> None:
-        if count == 0:
-            out.append(-1.0)
-            out.append(0.0)
-            return
-        mean = total / count
-        out.append(amount / mean if mean > 0 else -1.0)
-        std = _std(squares, mean, count)
-        out.append((amount - mean) / std if count > 1 and std > 0 else 0.0)
-
-    def _expire(self, now: float) -> None:
-        """Move each window's start past the entries that fell out of it."""
-        entries = self._entries
-        starts = self._starts
-        sums = self._sums
-        for k, width in enumerate(CARD_WINDOWS):
-            cutoff = now - width
-            start = starts[k]
-            while start < len(entries) and entries[start][0] <= cutoff:
-                _, amount, is_small, not_present = entries[start]
-                sums[k] -= amount
-                if k == 0:
-                    self._small_hour -= is_small
-                elif k == 1:
-                    self._not_present_day -= not_present
-                elif k == _LONG:
-                    self._sum_squares_long -= amount * amount
-                start += 1
-            if start == len(entries):
-                sums[k] = 0.0  # an empty window forgets accumulated rounding
-                if k == _LONG:
-                    self._sum_squares_long = 0.0
-            starts[k] = start
-        self._compact()
-
-    def _compact(self) -> None:
-        oldest = self._starts[_LONG]
-        if oldest >= _COMPACT_AFTER and oldest * 2 >= len(self._entries):
-            del self._entries[:oldest]
-            self._starts = [start - oldest for start in self._starts]
+    def _compact(self, dead: int) -> None:
+        del self._times[:dead]
+        del self._amounts[:dead]
+        del self._probes[:dead]
+        del self._not_present[:dead]
+        self._start_hour -= dead
+        self._start_day -= dead
+        self._start_week -= dead
+        self._start_month = 0
 
     def _days_since_terminal(self, terminal_id: str, now: float) -> float:
         seen = self._terminal_last_seen
@@ -168,6 +207,26 @@ class CardHistory:
         return 0.0 if country == self._home_country else 1.0
 
 
+def _append_relative(
+    amount: float, count: int, total: float, squares: float, out: list[float]
+) -> None:
+    """Amount against the card's earlier 30 days: ratio to the mean, and z-score."""
+    if count == 0:
+        out += (-1.0, 0.0)
+        return
+    mean = total / count
+    std = _std(squares, mean, count)
+    out += (
+        amount / mean if mean > 0 else -1.0,
+        (amount - mean) / std if count > 1 and std > 0 else 0.0,
+    )
+
+
 def _std(sum_squares: float, mean: float, count: int) -> float:
+    """Population standard deviation from running sums.
+
+    Running sums carry rounding noise, so a variance within ~1e-12 of the squared mean is
+    zero: otherwise identical amounts would give a tiny, meaningless deviation.
+    """
     variance = sum_squares / count - mean * mean
-    return math.sqrt(variance) if variance > 0 else 0.0
+    return math.sqrt(variance) if variance > _RELATIVE_NOISE * mean * mean else 0.0

@@ -17,7 +17,9 @@ import heapq
 import math
 
 DAY = 86_400.0
-RISK_WINDOWS = (DAY, 7 * DAY, 30 * DAY)
+WEEK = 7 * DAY
+MONTH = 30 * DAY
+RISK_WINDOWS = (DAY, WEEK, MONTH)
 _COMPACT_AFTER = 256
 
 
@@ -34,24 +36,33 @@ def risk_features(prefix: str, noun: str) -> tuple[tuple[str, str], ...]:
         specs.append(
             (
                 f"{prefix}_risk_{days}d",
-                f"Share of those known to be fraud; 0 when there are none.",
+                "Share of those known to be fraud; 0 when there are none.",
             )
         )
     return tuple(specs)
 
 
 class RiskHistory:
-    """Transactions of one terminal or merchant, with their fraud labels as known so far."""
+    """Transactions of one terminal or merchant, with their fraud labels as known so far.
+
+    Like the card state, the three windows are written out rather than looped over: this is
+    on the scoring path. All three windows end at the same settled cut-off, so an entry
+    enters them together and leaves the shortest first.
+    """
 
     __slots__ = (
         "_base",
-        "_frauds",
+        "_frauds_day",
+        "_frauds_month",
+        "_frauds_week",
         "_is_fraud",
         "_last_time",
         "_mature",
         "_pending",
         "_sequence",
-        "_starts",
+        "_start_day",
+        "_start_month",
+        "_start_week",
         "_times",
     )
 
@@ -60,8 +71,8 @@ class RiskHistory:
         self._is_fraud: list[int] = []
         self._base = 0  # absolute index of _times[0]; absolute indices survive compaction
         self._mature = 0  # first entry still inside the label delay
-        self._starts = [0] * len(RISK_WINDOWS)
-        self._frauds = [0] * len(RISK_WINDOWS)
+        self._start_day = self._start_week = self._start_month = 0
+        self._frauds_day = self._frauds_week = self._frauds_month = 0
         # Outcomes waiting for their report time: (reported_at, arrival order, index, fraud).
         self._pending: list[tuple[float, int, int, bool]] = []
         self._sequence = 0
@@ -76,64 +87,84 @@ class RiskHistory:
         self._last_time = now
         pending = self._pending
         while pending and pending[0][0] <= now:
-            _, _, index, is_fraud = heapq.heappop(pending)
-            self._set_label(index - self._base, is_fraud)
-        self._advance(now - label_delay)
-        starts = self._starts
-        frauds = self._frauds
+            _, _, index, fraud = heapq.heappop(pending)
+            self._set_label(index - self._base, fraud)
+        times = self._times
+        is_fraud = self._is_fraud
+        # This transaction is never settled (label_delay > 0): it ends every loop below.
+        times.append(now)
+        is_fraud.append(0)
+
+        settled = now - label_delay
         mature = self._mature
-        for k in range(len(RISK_WINDOWS)):
-            count = mature - starts[k]
-            out.append(count)
-            out.append(frauds[k] / count if count else 0.0)
-        self._compact()
-        self._times.append(now)
-        self._is_fraud.append(0)
-        return self._base + len(self._times) - 1
+        entering = 0
+        while times[mature] <= settled:
+            entering += is_fraud[mature]
+            mature += 1
+        self._mature = mature
+
+        cutoff = settled - DAY
+        start = self._start_day
+        frauds = self._frauds_day + entering
+        while times[start] <= cutoff:
+            frauds -= is_fraud[start]
+            start += 1
+        self._start_day = start
+        self._frauds_day = frauds
+        count = mature - start
+        out += (count, frauds / count if count else 0.0)
+
+        cutoff = settled - WEEK
+        start = self._start_week
+        frauds = self._frauds_week + entering
+        while times[start] <= cutoff:
+            frauds -= is_fraud[start]
+            start += 1
+        self._start_week = start
+        self._frauds_week = frauds
+        count = mature - start
+        out += (count, frauds / count if count else 0.0)
+
+        cutoff = settled - MONTH
+        start = self._start_month
+        frauds = self._frauds_month + entering
+        while times[start] <= cutoff:
+            frauds -= is_fraud[start]
+            start += 1
+        self._start_month = start
+        self._frauds_month = frauds
+        count = mature - start
+        out += (count, frauds / count if count else 0.0)
+
+        if start >= _COMPACT_AFTER and start * 2 >= len(times):
+            self._compact(start)
+        return self._base + len(times) - 1
 
     def schedule_outcome(self, index: int, is_fraud: bool, reported_at: float) -> None:
         """Count transaction `index` as fraud (or not) from event time `reported_at` on."""
         heapq.heappush(self._pending, (reported_at, self._sequence, index, is_fraud))
         self._sequence += 1
 
-    def _advance(self, settled_until: float) -> None:
-        times = self._times
-        is_fraud = self._is_fraud
-        frauds = self._frauds
-        mature = self._mature
-        while mature < len(times) and times[mature] <= settled_until:
-            if is_fraud[mature]:
-                for k in range(len(frauds)):
-                    frauds[k] += 1
-            mature += 1
-        self._mature = mature
-        starts = self._starts
-        for k, width in enumerate(RISK_WINDOWS):
-            cutoff = settled_until - width
-            start = starts[k]
-            while start < mature and times[start] <= cutoff:
-                frauds[k] -= is_fraud[start]
-                start += 1
-            starts[k] = start
-
     def _set_label(self, position: int, is_fraud: bool) -> None:
         if position < 0:
             return  # fell out of every window long ago
-        new = int(is_fraud)
-        delta = new - self._is_fraud[position]
+        delta = int(is_fraud) - self._is_fraud[position]
         if not delta:
             return
-        self._is_fraud[position] = new
+        self._is_fraud[position] += delta
         if position < self._mature:
-            for k, start in enumerate(self._starts):
-                if position >= start:
-                    self._frauds[k] += delta
+            if position >= self._start_day:
+                self._frauds_day += delta
+            if position >= self._start_week:
+                self._frauds_week += delta
+            if position >= self._start_month:
+                self._frauds_month += delta
 
-    def _compact(self) -> None:
-        oldest = self._starts[-1]
-        if oldest >= _COMPACT_AFTER and oldest * 2 >= len(self._times):
-            del self._times[:oldest]
-            del self._is_fraud[:oldest]
-            self._base += oldest
-            self._mature -= oldest
-            self._starts = [start - oldest for start in self._starts]
+    def _compact(self, dead: int) -> None:
+        del self._times[:dead]
+        del self._is_fraud[:dead]
+        self._base += dead
+        self._mature -= dead
+        self._start_day -= dead
+        self._start_week -= dead
+        self._start_month = 0

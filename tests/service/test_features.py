@@ -181,7 +181,8 @@ def reference_features(history: list[Transaction], reports: dict[str, float]) ->
     prior = [t.amount for t in card[:-1] if t.timestamp > now - CARD_WINDOWS[-1]]
     if prior:
         mean = sum(prior) / len(prior)
-        std = math.sqrt(max(sum(a * a for a in prior) / len(prior) - mean * mean, 0.0))
+        variance = sum((a - mean) ** 2 for a in prior) / len(prior)
+        std = math.sqrt(variance) if variance > 1e-12 * mean * mean else 0.0
         result["amount_to_card_mean_30d"] = current.amount / mean if mean > 0 else -1.0
         zscore = (current.amount - mean) / std if len(prior) > 1 and std > 0 else 0.0
         result["amount_zscore_30d"] = zscore

@@ -1,0 +1,64 @@
+"""Shared fixtures: a small simulated history and a model trained on it by the real pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from training.config import load_settings
+from training.pipeline import train
+from training.simulate import SimulationParams, simulate, write_transactions
+
+# Small enough to train in seconds, long enough for warm-up, train, gap, validation, test.
+SMALL_CONFIG = """\
+[split]
+warmup_days = 14
+validation_days = 10
+test_days = 10
+
+[booster]
+max_rounds = 60
+early_stopping_rounds = 20
+min_child_samples = 20
+max_bin = 255
+
+[gates]
+min_auc_roc = 0.6
+min_average_precision = 0.05
+"""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    registry: Path
+    version: str
+    config: Path
+    history: Path
+
+
+@pytest.fixture(scope="session")
+def small_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 days of 400 simulated cards, every optional field filled."""
+    path = tmp_path_factory.mktemp("history") / "history.csv"
+    params = SimulationParams(customers=400, terminals=800, days=60, seed=11)
+    write_transactions(simulate(params), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "train.toml"
+    path.write_text(SMALL_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(
+    tmp_path_factory: pytest.TempPathFactory, small_history: Path, small_config: Path
+) -> TrainedModel:
+    """A champion published by the real training pipeline into a fresh registry."""
+    registry = tmp_path_factory.mktemp("registry")
+    result = train(small_history, registry, load_settings(small_config))
+    return TrainedModel(registry, result.manifest.version, small_config, small_history)

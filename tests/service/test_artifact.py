@@ -1,0 +1,190 @@
+"""Tests for the artifact contract, with the fake-artifact helpers the registry tests share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.artifact import (
+    MANIFEST_FILE,
+    NATIVE_MODEL_FILE,
+    ONNX_MODEL_FILE,
+    ArtifactError,
+    DataFingerprint,
+    GateResult,
+    GoldenSample,
+    Manifest,
+    ManifestFeature,
+    Period,
+    Thresholds,
+    read_manifest,
+    sha256_file,
+    verify_artifact,
+)
+from service.features.config import FeatureConfig
+
+REPORT_FILE = "report.json"
+
+
+def make_manifest(**changes: Any) -> Manifest:
+    """A valid manifest with plausible values and no files; `changes` replace fields."""
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)
+    fields: dict[str, Any] = {
+        "version": "",
+        "created_at": datetime(2024, 3, 2, 12, 30, 5, tzinfo=UTC),
+        "feature_engine_version": 1,
+        "feature_config": FeatureConfig(),
+        "features": [ManifestFeature(name="amount"), ManifestFeature(name="hour_of_day")],
+        "thresholds": Thresholds(review=0.5, decline=0.9, policy="1% review rate"),
+        "metrics": {"test": {"pr_auc": 0.61, "recall_at_review": 0.72}},
+        "training_data": DataFingerprint(
+            sha256="ab" * 32, rows=1000, first_event=start, last_event=end, source="tx.parquet"
+        ),
+        "periods": {"train": Period(start=start, end=end, rows=1000, frauds=12)},
+        "training_config": {"num_leaves": 31},
+        "libraries": {"lightgbm": "4.3.0"},
+        "gates": [GateResult(name="pr_auc", passed=True, detail="0.61 >= 0.5")],
+        "golden_sample": GoldenSample(features=[[12.5, 3.0]], scores=[0.01]),
+        "files": {},
+    }
+    fields.update(changes)
+    return Manifest(**fields)
+
+
+def write_model_files(directory: Path, content: str = "a") -> None:
+    """Dummy model and report files; a different `content` gives different hashes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ONNX_MODEL_FILE).write_bytes(f"onnx {content}".encode())
+    (directory / NATIVE_MODEL_FILE).write_text(f"tree {content}\n", encoding="utf-8")
+    (directory / REPORT_FILE).write_text('{"rows": 1000}', encoding="utf-8")
+
+
+def write_artifact(directory: Path, content: str = "a", **changes: Any) -> Manifest:
+    """A complete artifact in `directory`: model files and a manifest listing their hashes."""
+    write_model_files(directory, content)
+    files = {
+        path.name: sha256_file(path) for path in directory.iterdir() if path.name != MANIFEST_FILE
+    }
+    manifest = make_manifest(files=files, **changes)
+    (directory / MANIFEST_FILE).write_text(manifest.model_dump_json(), encoding="utf-8")
+    return manifest
+
+
+def flip_first_byte(path: Path) -> None:
+    """Corrupt one byte of `path`, keeping its length."""
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def edit_manifest(directory: Path, **changes: Any) -> None:
+    """Rewrite fields of the raw manifest JSON, bypassing validation."""
+    path = directory / MANIFEST_FILE
+    document = json.loads(path.read_text(encoding="utf-8"))
+    document.update(changes)
+    path.write_text(json.dumps(document), encoding="utf-8")
+
+
+def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
+    """sha256_file is the hex SHA-256 of the file's bytes."""
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 3_000_000)
+    assert sha256_file(path) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+def test_verify_accepts_a_complete_artifact(tmp_path: Path) -> None:
+    """An artifact whose files all match the manifest verifies to that manifest."""
+    written = write_artifact(tmp_path)
+    assert verify_artifact(tmp_path) == written
+
+
+def test_read_manifest_round_trips(tmp_path: Path) -> None:
+    """read_manifest returns what was written, without checking the files."""
+    written = write_artifact(tmp_path)
+    (tmp_path / ONNX_MODEL_FILE).unlink()
+    assert read_manifest(tmp_path) == written
+
+
+def test_tampered_file_is_named(tmp_path: Path) -> None:
+    """One changed byte in a listed file fails verification, naming that file."""
+    write_artifact(tmp_path)
+    flip_first_byte(tmp_path / NATIVE_MODEL_FILE)
+    with pytest.raises(ArtifactError, match=rf"{NATIVE_MODEL_FILE}: SHA-256"):
+        verify_artifact(tmp_path)
+
+
+def test_missing_listed_file_is_named(tmp_path: Path) -> None:
+    """A listed file that is gone fails verification, naming that file."""
+    write_artifact(tmp_path)
+    (tmp_path / REPORT_FILE).unlink()
+    with pytest.raises(ArtifactError, match=rf"{REPORT_FILE}: missing"):
+        verify_artifact(tmp_path)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    """A directory without manifest.json is not an artifact."""
+    write_model_files(tmp_path)
+    with pytest.raises(ArtifactError, match="cannot read manifest"):
+        verify_artifact(tmp_path)
+
+
+def test_invalid_manifest_json(tmp_path: Path) -> None:
+    """A manifest that is not JSON is reported as invalid."""
+    write_artifact(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text('{"version": ', encoding="utf-8")
+    with pytest.raises(ArtifactError, match="invalid manifest"):
+        verify_artifact(tmp_path)
+
+
+def test_manifest_missing_a_field(tmp_path: Path) -> None:
+    """A manifest without a required field is reported as invalid."""
+    write_artifact(tmp_path)
+    path = tmp_path / MANIFEST_FILE
+    document = json.loads(path.read_text(encoding="utf-8"))
+    del document["thresholds"]
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(ArtifactError, match="invalid manifest"):
+        verify_artifact(tmp_path)
+
+
+def test_wrong_schema_version(tmp_path: Path) -> None:
+    """A manifest of another schema version is refused with both versions named."""
+    write_artifact(tmp_path)
+    edit_manifest(tmp_path, schema_version=2)
+    with pytest.raises(ArtifactError, match="manifest schema 2, this server reads 1"):
+        verify_artifact(tmp_path)
+
+
+def test_newer_schema_with_new_fields_reports_the_schema(tmp_path: Path) -> None:
+    """A future manifest with fields this schema lacks is reported by schema, not by field."""
+    write_artifact(tmp_path)
+    edit_manifest(tmp_path, schema_version=2, calibration={"method": "isotonic"})
+    with pytest.raises(ArtifactError, match="manifest schema 2"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_must_list_the_required_models(tmp_path: Path) -> None:
+    """A manifest whose files omit the ONNX model is refused even if the rest verifies."""
+    write_artifact(tmp_path)
+    manifest = read_manifest(tmp_path)
+    files = {name: digest for name, digest in manifest.files.items() if name != ONNX_MODEL_FILE}
+    edit_manifest(tmp_path, files=files)
+    with pytest.raises(ArtifactError, match=f"lists no {ONNX_MODEL_FILE}"):
+        verify_artifact(tmp_path)
+
+
+def test_file_names_cannot_leave_the_artifact(tmp_path: Path) -> None:
+    """A listed file outside the artifact directory is refused before it is read."""
+    artifact = tmp_path / "artifact"
+    write_artifact(artifact)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret", encoding="utf-8")
+    files = {**read_manifest(artifact).files, "../outside.txt": sha256_file(outside)}
+    edit_manifest(artifact, files=files)
+    with pytest.raises(ArtifactError, match="leaves the artifact"):
+        verify_artifact(artifact)
