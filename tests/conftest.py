@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from training.config import load_settings
+from training.history_files import write_transactions
 from training.pipeline import train
-from training.simulate import SimulationParams, simulate, write_transactions
+from training.simulate import simulate
+from training.simulation_params import SimulationParams
 
 # Small enough to train in seconds, long enough for warm-up, train, gap, validation, test.
 SMALL_CONFIG = """\

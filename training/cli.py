@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -245,8 +246,25 @@ def _error(message: str) -> None:
     print(f"fraud-train: error: {message}", file=sys.stderr, flush=True)
 
 
+def _json(value: object) -> str:
+    """Strict JSON: an undefined metric (NaN, e.g. one class only) is written as null."""
+
+    def strict(item: object) -> object:
+        if isinstance(item, float) and math.isnan(item):
+            return None
+        if isinstance(item, dict):
+            return {key: strict(inner) for key, inner in item.items()}
+        if isinstance(item, list):
+            return [strict(inner) for inner in item]
+        return item
+
+    return json.dumps(strict(value), indent=2, allow_nan=False)
+
+
 def _simulate(args: argparse.Namespace) -> int:
-    from training.simulate import SimulationParams, simulate, write_transactions
+    from training.history_files import write_transactions
+    from training.simulate import simulate
+    from training.simulation_params import SimulationParams
 
     params = SimulationParams(
         customers=args.customers,
@@ -298,7 +316,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         k=settings.card_precision_k,
         progress=_progress(),
     )
-    print(json.dumps(metrics, indent=2))
+    print(_json(metrics))
     return 0
 
 
@@ -312,7 +330,7 @@ def _backtest(args: argparse.Namespace) -> int:
         test_days=args.test_days,
     )
     result = run_backtest(args.data, _settings(args), windows, progress=_progress(), say=_say)
-    print(json.dumps(result, indent=2))
+    print(_json(result))
     return 0
 
 

@@ -4,10 +4,10 @@ Every column is first read as text, so nothing is coerced behind the user's back
 recognised column is validated and converted with vectorised pyarrow/pandas operations.
 
 Bad rows
-    A row is bad when one of its values cannot be trusted: see `_convert` for the list, in
-    the order in which a row's first problem is chosen. By default the first bad row raises
-    `DataError`; with `rejects_path` every bad row is written there and left out, and the
-    count is returned. Nothing is dropped silently. A later row repeating an earlier
+    A row is bad when one of its values cannot be trusted: `training.data_checks` lists the
+    checks, in the order in which a row's first problem is chosen. By default the first bad
+    row raises `DataError`; with `rejects_path` every bad row is written there and left out,
+    and the count is returned. Nothing is dropped silently. A later row repeating an earlier
     `transaction_id` is bad (outcomes reference ids); the earlier one is kept.
 
 Row numbers, as a person finds the row
@@ -39,26 +39,13 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from service.artifact import sha256_file
-from service.domain import EntryMode
+from training.data_checks import Mask, Problem, convert, first_problems
 
 REQUIRED_COLUMNS = ("transaction_id", "timestamp", "card_id", "terminal_id", "amount", "is_fraud")
 OPTIONAL_COLUMNS = ("merchant_id", "mcc", "entry_mode", "currency", "country", "card_present")
 _RECOGNISED = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 _OUTPUT_COLUMNS = tuple("timestamp_ns" if c == "timestamp" else c for c in _RECOGNISED)
-_TEXT_OUTPUTS = ("transaction_id", "card_id", "terminal_id", "merchant_id", "currency", "country")
-
-_DECIMAL = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
-_NON_FINITE = r"(?i)^[+-]?(?:inf|infinity|nan)$"
-# A zone right after the time of day; a date alone ("2018-04-01") must not pass for "-01".
-_ZONE = r":\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
-_MCC = r"^0*\d{1,4}$"
-_ENTRY_MODES = {"": EntryMode.UNKNOWN.value} | {mode.name: mode.value for mode in EntryMode}
-_CARD_PRESENT = {"": -1, "false": 0, "0": 0, "true": 1, "1": 1}
-_IS_FRAUD = {"0": 0, "1": 1}
-_MODE_REASON = f"not one of {', '.join(mode.name for mode in EntryMode)} (any case) or empty"
 _SHOWN_CHARS = 40
-
-_Mask = npt.NDArray[np.bool_]
 
 
 class DataError(Exception):
@@ -82,16 +69,9 @@ class _Source:
     name: str
     present: tuple[str, ...]
     text: dict[str, Any]
-    zoned_times: Any | None  # a Parquet timestamp column with a zone, used instead of text
+    utc_times: Any | None  # a zoned Parquet timestamp column in UTC, used instead of text
     row_numbers: Callable[[], npt.NDArray[np.int64]]
     row_word: str
-
-
-@dataclass(frozen=True)
-class _Problem:
-    column: str
-    reason: str
-    rows: _Mask
 
 
 def load_transactions(path: Path, *, rejects_path: Path | None = None) -> LoadedTransactions:
@@ -101,8 +81,8 @@ def load_transactions(path: Path, *, rejects_path: Path | None = None) -> Loaded
     written there (card ids masked) and counted in `rejected_rows`.
     """
     source = _read(path)
-    values, problems = _convert(source)
-    first_problem = _first_problem(problems, len(values["timestamp_ns"]))
+    values, problems = convert(source.text, source.utc_times)
+    first_problem = first_problems(problems, len(values["timestamp_ns"]))
     bad = first_problem >= 0
     if rejects_path is None and bad.any():
         raise DataError(_bad_row_message(source, problems, first_problem))
@@ -159,7 +139,7 @@ def _read_csv(path: Path) -> _Source:
         name=path.name,
         present=present,
         text=_fill_absent(text, table.num_rows),
-        zoned_times=None,
+        utc_times=None,
         row_numbers=lambda: _csv_line_numbers(table),
         row_word="line",
     )
@@ -177,7 +157,7 @@ def _read_parquet(path: Path) -> _Source:
         name=path.name,
         present=present,
         text=_fill_absent(text, table.num_rows),
-        zoned_times=zoned_times,
+        utc_times=None if zoned_times is None else _in_utc(path.name, zoned_times),
         row_numbers=lambda: np.arange(table.num_rows, dtype=np.int64),
         row_word="0-based row index",
     )
@@ -221,6 +201,14 @@ def _zoned_times(file_name: str, column: pa.ChunkedArray) -> pa.ChunkedArray | N
     return column
 
 
+def _in_utc(file_name: str, times: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Zoned times as UTC nanoseconds; a time nanoseconds cannot hold fails the file."""
+    try:
+        return pc.cast(times, pa.timestamp("ns", "UTC"))
+    except pa.ArrowInvalid as error:
+        raise DataError(f"{file_name}: column timestamp: {error}") from error
+
+
 def _as_text(file_name: str, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_boolean(column.type):
         column = pc.cast(column, pa.int8())  # so that a boolean is_fraud reads as 0/1
@@ -230,132 +218,8 @@ def _as_text(file_name: str, name: str, column: pa.ChunkedArray) -> pa.ChunkedAr
         raise DataError(f"{file_name}: column {name} of type {column.type} is not text") from error
 
 
-def _convert(source: _Source) -> tuple[dict[str, Any], list[_Problem]]:
-    """Every output column, and every problem in the order a row's first one is chosen."""
-    text = source.text
-    timestamp_ns, time_problems = _parse_times(source)
-    amount, amount_problems = _parse_amount(text["amount"])
-    is_fraud, fraud_problems = _lookup("is_fraud", text["is_fraud"], _IS_FRAUD, "not 0 or 1")
-    mcc, mcc_problems = _parse_mcc(text["mcc"])
-    entry_mode_key = pc.utf8_upper(pc.utf8_trim_whitespace(text["entry_mode"]))
-    entry_mode, mode_problems = _lookup("entry_mode", entry_mode_key, _ENTRY_MODES, _MODE_REASON)
-    present_key = pc.utf8_lower(text["card_present"])
-    card_present, present_problems = _lookup(
-        "card_present", present_key, _CARD_PRESENT, "not true, false, 1, 0 or empty"
-    )
-    problems = [
-        *_id_problems(text),
-        *time_problems,
-        *amount_problems,
-        *fraud_problems,
-        *mcc_problems,
-        *mode_problems,
-        _code_problem("currency", text["currency"], 3),
-        _code_problem("country", text["country"], 2),
-        *present_problems,
-    ]
-    values = {column: text[column] for column in _TEXT_OUTPUTS} | {
-        "timestamp_ns": timestamp_ns,
-        "amount": amount,
-        "is_fraud": is_fraud,
-        "mcc": mcc,
-        "entry_mode": entry_mode,
-        "card_present": card_present,
-    }
-    return values, problems
-
-
-def _id_problems(text: dict[str, Any]) -> list[_Problem]:
-    def blank(column: str) -> _Mask:
-        return _mask(pc.equal(pc.utf8_trim_whitespace(text[column]), ""))
-
-    duplicate = text["transaction_id"].to_pandas().duplicated(keep="first").to_numpy()
-    return [
-        _Problem("transaction_id", "empty", blank("transaction_id")),
-        _Problem("transaction_id", "repeats an earlier row's transaction_id", duplicate),
-        _Problem("card_id", "empty", blank("card_id")),
-        _Problem("terminal_id", "empty", blank("terminal_id")),
-    ]
-
-
-def _parse_times(source: _Source) -> tuple[npt.NDArray[np.int64], list[_Problem]]:
-    """UTC epoch nanoseconds; text must be ISO 8601 with an explicit zone, never assumed UTC."""
-    if source.zoned_times is not None:
-        return _typed_times(source.name, source.zoned_times)
-    text = source.text["timestamp"]
-    parsed = pd.to_datetime(text.to_pandas(), utc=True, format="ISO8601", errors="coerce")
-    # pandas may parse at a coarser unit; times nanoseconds cannot hold are rejected too.
-    in_range = parsed.between(
-        pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
-    )
-    parsed = parsed.where(in_range).dt.as_unit("ns")
-    unparsed = parsed.isna().to_numpy()
-    nanoseconds = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
-    return nanoseconds, [
-        _Problem("timestamp", "not an ISO 8601 time between 1677 and 2262", unparsed),
-        _Problem("timestamp", "no time zone", ~_mask(pc.match_substring_regex(text, _ZONE))),
-    ]
-
-
-def _typed_times(
-    file_name: str, times: pa.ChunkedArray
-) -> tuple[npt.NDArray[np.int64], list[_Problem]]:
-    try:
-        utc = pc.cast(times, pa.timestamp("ns", "UTC"))
-    except pa.ArrowInvalid as error:
-        raise DataError(f"{file_name}: column timestamp: {error}") from error
-    nanoseconds = pc.cast(utc, pa.int64()).fill_null(0).to_numpy()
-    return nanoseconds, [_Problem("timestamp", "missing", _mask(utc.is_null()))]
-
-
-def _parse_amount(text: pa.ChunkedArray) -> tuple[npt.NDArray[np.float64], list[_Problem]]:
-    """Major units; pyarrow's cast is correctly rounded, like float() on the same text."""
-    decimal = pc.match_substring_regex(text, _DECIMAL)
-    numeric = pc.or_(decimal, pc.match_substring_regex(text, _NON_FINITE))
-    amount = pc.cast(pc.if_else(numeric, text, "nan"), pa.float64()).to_numpy()
-    return amount, [
-        _Problem("amount", "not a decimal number", ~_mask(numeric)),
-        _Problem("amount", "not finite", ~np.isfinite(amount)),
-        _Problem("amount", "negative", amount < 0),
-    ]
-
-
-def _parse_mcc(text: pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], list[_Problem]]:
-    valid = pc.match_substring_regex(text, _MCC)
-    mcc = pc.cast(pc.if_else(valid, text, "-1"), pa.int32()).to_numpy()
-    invalid = ~_mask(pc.or_(valid, pc.equal(text, "")))
-    return mcc, [_Problem("mcc", "not an integer in 0..9999", invalid)]
-
-
-def _lookup(
-    column: str, key: pa.ChunkedArray, table: dict[str, int], reason: str
-) -> tuple[npt.NDArray[np.int8], list[_Problem]]:
-    """`table[key]` per row as int8; a key not in `table` is a problem for that reason."""
-    index = pc.index_in(key, value_set=pa.array(list(table), pa.string()))
-    codes = np.array(list(table.values()), dtype=np.int8)
-    values = codes[index.fill_null(0).to_numpy()]
-    return values, [_Problem(column, reason, ~_mask(index.is_valid()))]
-
-
-def _code_problem(column: str, text: pa.ChunkedArray, letters: int) -> _Problem:
-    valid = pc.or_(pc.equal(text, ""), pc.match_substring_regex(text, f"^[A-Z]{{{letters}}}$"))
-    return _Problem(column, f"not {letters} uppercase letters", ~_mask(valid))
-
-
-def _mask(booleans: pa.ChunkedArray) -> _Mask:
-    return np.asarray(booleans, dtype=np.bool_)
-
-
-def _first_problem(problems: list[_Problem], rows: int) -> npt.NDArray[np.int16]:
-    """Per row, the index in `problems` of its first problem, or -1 for a good row."""
-    first = np.full(rows, -1, dtype=np.int16)
-    for index in range(len(problems) - 1, -1, -1):
-        first[problems[index].rows] = index
-    return first
-
-
 def _bad_row_message(
-    source: _Source, problems: list[_Problem], first_problem: npt.NDArray[np.int16]
+    source: _Source, problems: list[Problem], first_problem: npt.NDArray[np.int16]
 ) -> str:
     bad_rows = np.flatnonzero(first_problem >= 0)
     row = int(bad_rows[0])
@@ -378,7 +242,7 @@ def _shown(column: str, value: str) -> str:
 
 
 def _write_rejects(
-    path: Path, source: _Source, problems: list[_Problem], first_problem: npt.NDArray[np.int16]
+    path: Path, source: _Source, problems: list[Problem], first_problem: npt.NDArray[np.int16]
 ) -> None:
     """Each bad row's recognised columns (card_id masked), its row number, column and reason."""
     bad = first_problem >= 0
@@ -398,7 +262,7 @@ def _write_rejects(
         raise DataError(f"{path}: cannot write rejects file ({error})") from error
 
 
-def _frame(values: dict[str, Any], good: _Mask) -> pd.DataFrame:
+def _frame(values: dict[str, Any], good: Mask) -> pd.DataFrame:
     """The good rows in (timestamp_ns, transaction_id) order; ids compare as text."""
     table = pa.table({column: values[column] for column in _OUTPUT_COLUMNS}).filter(good)
     ordered = table.sort_by([("timestamp_ns", "ascending"), ("transaction_id", "ascending")])

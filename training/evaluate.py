@@ -20,7 +20,7 @@ from service.features import FEATURE_ENGINE_VERSION, FEATURES
 from service.onnx_model import OnnxScorer
 from service.registry import CHAMPION, Registry, RegistryError
 from training.dataset import build_feature_table
-from training.metrics import card_known_from_day, evaluate
+from training.metrics import evaluate, weekly_card_precision_at_k
 
 
 class EvaluationError(Exception):
@@ -51,8 +51,16 @@ def evaluate_history(
     model_path = Registry(registry_root).artifact_dir(version) / ONNX_MODEL_FILE
     scores = OnnxScorer(model_path, len(FEATURES)).score_batch(table.features[scored])
     labels = table.labels[scored]
-    known = card_known_from_day(
-        table.days, table.cards, table.labels, math.ceil(manifest.feature_config.label_delay_days)
+    full_scores = np.zeros(len(table))
+    full_scores[scored] = scores
+    card_precision = weekly_card_precision_at_k(
+        table.days,
+        table.cards,
+        table.labels,
+        full_scores,
+        scored,
+        k=k,
+        label_delay_days=math.ceil(manifest.feature_config.label_delay_days),
     )
     metrics: dict[str, float | str] = {"model_version": version, "warmup_days": warmup_days}
     metrics.update(
@@ -63,7 +71,7 @@ def evaluate_history(
             scores,
             alert_rate=alert_rate,
             k=k,
-            card_known_from_day=known,
+            card_precision=card_precision,
         )
     )
     metrics.update(decision_rates(labels, scores, manifest.thresholds))

@@ -38,7 +38,7 @@ from training.dataset import FeatureTable, build_feature_table
 from training.export import export_onnx, parity_gap
 from training.golden import golden_sample
 from training.libraries import library_versions
-from training.metrics import card_known_from_day, evaluate, format_metrics_table
+from training.metrics import evaluate, format_metrics_table, weekly_card_precision_at_k
 from training.plots import save_evaluation_plots
 from training.split import NANOS_PER_DAY, Periods, split_periods
 from training.thresholds import choose_thresholds
@@ -143,9 +143,7 @@ def _fit_and_score(table: FeatureTable, periods: Periods, settings: TrainSetting
         (features[periods.train], labels[periods.train]),
         (features[periods.validation], labels[periods.validation]),
     )
-    known = card_known_from_day(
-        table.days, table.cards, labels, math.ceil(settings.features.label_delay_days)
-    )
+    delay = math.ceil(settings.features.label_delay_days)
     metrics: dict[str, dict[str, float]] = {}
     test_scores = np.empty(0)
     for name, mask in (("validation", periods.validation), ("test", periods.test)):
@@ -157,10 +155,21 @@ def _fit_and_score(table: FeatureTable, periods: Periods, settings: TrainSetting
             scores,
             alert_rate=settings.thresholds.alert_rate,
             k=settings.card_precision_k,
-            card_known_from_day=known,
+            card_precision=_card_precision(table, mask, scores, settings.card_precision_k, delay),
         )
         test_scores = scores
     return _Scored(booster, export_onnx(booster, FEATURE_NAMES), metrics, test_scores)
+
+
+def _card_precision(
+    table: FeatureTable, mask: NDArray[np.bool_], scores: NDArray[np.float64], k: int, delay: int
+) -> float:
+    """Card precision@k of the masked rows, with the earlier history's known frauds."""
+    full = np.zeros(len(table))
+    full[mask] = scores
+    return weekly_card_precision_at_k(
+        table.days, table.cards, table.labels, full, mask, k=k, label_delay_days=delay
+    )
 
 
 def _run_gates(

@@ -16,9 +16,7 @@ read the history and then move the same alias.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 import shutil
 import time
 import uuid
@@ -47,6 +45,13 @@ from service.registry import (
     Registry,
     RegistryError,
     check_alias_name,
+)
+from training.durable_files import (
+    append_durably,
+    exclusive_lock,
+    fsync_path,
+    make_dir,
+    replace_atomically,
 )
 from training.metrics import format_metrics_table
 
@@ -131,9 +136,9 @@ def finalise(root: Path, staging: Path, manifest: Manifest) -> Path:
                 f"{target} already exists and versions are immutable: promote it, or retrain "
                 "(a new created_at makes a new version)"
             )
-        _make_dir(registry.versions_dir)
+        make_dir(registry.versions_dir)
         staging.rename(target)
-        _fsync(registry.versions_dir)
+        fsync_path(registry.versions_dir)
         _record(registry, "publish", version=sealed.version, reason="verified and published")
     return target
 
@@ -225,8 +230,8 @@ def _seal(staging: Path, manifest: Manifest) -> Manifest:
     sealed = manifest.model_copy(update={"version": version, "files": files})
     (staging / MANIFEST_FILE).write_text(sealed.model_dump_json(indent=2), encoding="utf-8")
     for path in staging.iterdir():
-        _fsync(path)
-    _fsync(staging)
+        fsync_path(path)
+    fsync_path(staging)
     verify_artifact(staging)
     return sealed
 
@@ -259,8 +264,8 @@ def _move_alias(
             f"refused to point {alias} at {version}: {error}; choose another version"
         ) from error
     record = AliasRecord(alias=alias, version=version, updated_at=datetime.now(UTC))
-    _make_dir(registry.aliases_dir)
-    _replace_atomically(registry.alias_path(alias), record.model_dump_json())
+    make_dir(registry.aliases_dir)
+    replace_atomically(registry.alias_path(alias), record.model_dump_json())
     return _record(registry, action, alias=alias, version=version, previous=previous, reason=reason)
 
 
@@ -321,28 +326,8 @@ def _record(
         previous=previous,
         reason=reason,
     )
-    created = not registry.history_path.exists()
-    with registry.history_path.open("a", encoding="utf-8") as handle:
-        handle.write(entry.model_dump_json() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    if created:
-        _fsync(registry.root)
+    append_durably(registry.history_path, entry.model_dump_json() + "\n")
     return entry
-
-
-def _replace_atomically(path: Path, text: str) -> None:
-    """Write `text` aside, make it durable, then rename it over `path`."""
-    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with aside.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        aside.replace(path)
-    finally:
-        aside.unlink(missing_ok=True)
-    _fsync(path.parent)
 
 
 @contextmanager
@@ -350,8 +335,7 @@ def _exclusive(root: Path) -> Iterator[None]:
     """Hold the registry's writer lock; readers never take it."""
     if not root.is_dir():
         raise RegistryError(f"no registry at {root}: publish a model there first")
-    with (root / _LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with exclusive_lock(root / _LOCK_FILE):
         yield
 
 
@@ -362,18 +346,3 @@ def _remove_stale(staging_dirs: Iterable[Path]) -> None:
         with suppress(FileNotFoundError):
             if path.stat().st_mtime < cutoff:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _make_dir(path: Path) -> None:
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's data, or a directory's entries, to disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -17,7 +17,7 @@ from service.registry import (
     Registry,
     RegistryError,
 )
-from tests.service.test_artifact import flip_first_byte, write_artifact, write_model_files
+from tests.factories import flip_first_byte, write_artifact, write_model_files
 
 OLD = "20240101T000000Z-0000000a"
 NEW = "20240302T123005Z-0000000b"

@@ -19,6 +19,7 @@ from training.metrics import (
     evaluate,
     format_metrics_table,
     recall_at_alert_rate,
+    weekly_card_precision_at_k,
 )
 
 # Three days, CP@2 by hand (F = fraud, G = genuine; "out" = excluded that day):
@@ -155,12 +156,11 @@ def test_recall_at_alert_rate_alerts_at_least_once_and_includes_ties():
 def test_evaluate_returns_exactly_the_documented_floats():
     """Keys are fixed (k in the precision name), values are floats matching each metric."""
     day, card, label, score = columns(HAND_EXAMPLE)
-    known = {"K": 1}
-    result = evaluate(day, card, label, score, alert_rate=0.2, k=2, card_known_from_day=known)
+    result = evaluate(day, card, label, score, alert_rate=0.2, k=2)
     assert result == {
         "auc_roc": auc_roc(label, score),
         "average_precision": average_precision(label, score),
-        "card_precision_at_2": pytest.approx(2 / 3),
+        "card_precision_at_2": card_precision_at_k(day, card, label, score, k=2),
         "recall_at_alert_rate": recall_at_alert_rate(label, score, 0.2),
         "alert_rate": 0.2,
         "transactions": 14.0,
@@ -183,3 +183,41 @@ def test_metrics_table_formats_rates_and_counts():
     assert header.split() == ["auc_roc", "transactions", "days"]
     assert validation.split() == ["validation", "0.9123", "1200", "-"]
     assert test.split() == ["test", "-", "900", "3"]
+
+
+def test_evaluate_uses_a_card_precision_computed_with_history():
+    """A card precision computed by the caller replaces the split-only one."""
+    day, card, label, score = columns(HAND_EXAMPLE)
+    assert (
+        evaluate(day, card, label, score, k=2, card_precision=0.125)["card_precision_at_2"] == 0.125
+    )
+
+
+def weekly_history(fraud_days_of_a: list[int], scored_from: int):
+    """Cards A (0.9), B (0.8) and C (0.1) swipe daily on days 0-27; only A's listed days
+    and every B day from 10 on are frauds; rows from `scored_from` on are scored."""
+    rows = []
+    for d in range(28):
+        rows.append((d, "A", int(d in fraud_days_of_a), 0.9))
+        rows.append((d, "B", int(d >= 10), 0.8))
+        rows.append((d, "C", 0, 0.1))
+    day, card, label, score = columns(rows)
+    return day, card, label, score, day >= scored_from
+
+
+def test_weekly_card_precision_excludes_cards_known_within_the_handbook_lookback():
+    """A fraud in the lookback week is known after delay + 1 days; detected cards leave."""
+    day, card, label, score, scored = weekly_history([0], scored_from=14)
+    scored &= day < 21
+    # Day 14: A known (fraud day 0, known from 8); B not yet known (fraud day 10, known
+    # from 18) and hit; days 15-20: A known, B detected, C genuine.
+    result = weekly_card_precision_at_k(day, card, label, score, scored, k=1, label_delay_days=7)
+    assert result == pytest.approx(1 / 7)
+
+
+def test_weekly_card_precision_forgets_frauds_older_than_the_lookback():
+    """Each week looks back one week plus the delay, as the handbook's protocol does."""
+    day, card, label, score, scored = weekly_history([0, 21], scored_from=21)
+    # Lookback starts at day 7: A's day-0 fraud is forgotten, so A ranks first on day 21.
+    result = weekly_card_precision_at_k(day, card, label, score, scored, k=1, label_delay_days=7)
+    assert result == pytest.approx(1 / 7)

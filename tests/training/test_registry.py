@@ -13,7 +13,7 @@ import pytest
 
 from service.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE, sha256_file
 from service.registry import CHALLENGER, CHAMPION, VERSION_PATTERN, Registry
-from tests.service.test_artifact import flip_first_byte, make_manifest, write_model_files
+from tests.factories import flip_first_byte, make_manifest, write_model_files
 from training.registry import (
     STALE_STAGING_SECONDS,
     RegistryError,

@@ -13,8 +13,8 @@ import numpy as np
 from service.domain import EntryMode, Transaction, epoch_seconds, major_units
 from service.features import FEATURES, FeatureConfig, FeatureEngine
 from training.data import load_transactions
+from training.history_files import write_transactions
 from training.replay import replay_features
-from training.simulate import write_transactions
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

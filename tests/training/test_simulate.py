@@ -11,13 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from service.domain import EntryMode
-from training.simulate import (
-    COLUMNS,
-    SimulationParams,
-    _window_mask,
-    simulate,
-    write_transactions,
-)
+from training.fraud_patterns import _window_mask
+from training.history_files import write_transactions
+from training.simulate import COLUMNS, simulate
+from training.simulation_params import SimulationParams
 
 SMALL = SimulationParams(customers=200, terminals=400, days=30, start_date=date(2020, 2, 1))
 ISO_UTC = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
