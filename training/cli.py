@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,12 @@ def _add_backtest(commands: Any) -> None:
     command.add_argument("--folds", type=int, default=4, help="folds, one week apart (4)")
     command.add_argument("--train-days", type=int, default=7, help="training window (7)")
     command.add_argument("--test-days", type=int, default=7, help="test window (7)")
+    command.add_argument(
+        "--handbook-features",
+        action="store_true",
+        help="use only our equivalents of the handbook's 15 baseline features, to compare "
+        "feature sets on the same data with the same learner",
+    )
     command.set_defaults(handler=_backtest)
 
 
@@ -321,7 +328,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from training.backtest import BacktestWindows, run_backtest
+    from training.backtest import HANDBOOK_FEATURES, BacktestWindows, run_backtest
 
     windows = BacktestWindows(
         earliest_start=args.start,
@@ -329,6 +336,8 @@ def _backtest(args: argparse.Namespace) -> int:
         train_days=args.train_days,
         test_days=args.test_days,
     )
+    if args.handbook_features:
+        windows = replace(windows, features=HANDBOOK_FEATURES)
     result = run_backtest(args.data, _settings(args), windows, progress=_progress(), say=_say)
     print(_json(result))
     return 0

@@ -56,7 +56,7 @@ class BoosterConfig(_Section):
     min_child_samples: int = Field(default=100, ge=1)
     """Fewest transactions in a leaf: large values keep trees from memorising rare frauds."""
 
-    max_bin: int = Field(default=1023, ge=15)
+    max_bin: int = Field(default=4095, ge=15)
     """Histogram bins per feature; fine split points on amounts and risk ratios matter."""
 
     feature_fraction: float = Field(default=0.8, gt=0, le=1)

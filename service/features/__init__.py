@@ -6,6 +6,25 @@ serving from drifting apart.
 """
 
 from service.features.config import FeatureConfig
-from service.features.engine import FEATURE_ENGINE_VERSION, FEATURES, FeatureEngine, FeatureSpec
+from service.features.engine import (
+    CARD_HALF,
+    FEATURE_ENGINE_VERSION,
+    FEATURES,
+    RISK_HALF,
+    CardFeatures,
+    FeatureEngine,
+    FeatureSpec,
+)
+from service.features.outcomes import RiskFeatures
 
-__all__ = ["FEATURES", "FEATURE_ENGINE_VERSION", "FeatureConfig", "FeatureEngine", "FeatureSpec"]
+__all__ = [
+    "CARD_HALF",
+    "FEATURES",
+    "FEATURE_ENGINE_VERSION",
+    "RISK_HALF",
+    "CardFeatures",
+    "FeatureConfig",
+    "FeatureEngine",
+    "FeatureSpec",
+    "RiskFeatures",
+]

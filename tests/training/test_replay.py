@@ -78,6 +78,13 @@ def test_replay_equals_online_path_transaction_by_transaction(small_history: Pat
     assert (risk > 0).sum() > 100
 
 
+def test_parallel_replay_equals_single_process(small_history: Path):
+    """Replaying the card and risk halves in two processes changes no value."""
+    frame = load_transactions(small_history).frame
+    single = replay_features(frame, FeatureConfig(), processes=1)
+    assert np.array_equal(single, replay_features(frame, FeatureConfig(), processes=2))
+
+
 def test_replay_is_deterministic_and_format_independent(small_history: Path, tmp_path: Path):
     """The same history as CSV or Parquet replays to byte-identical features."""
     config = FeatureConfig()
