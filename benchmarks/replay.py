@@ -1,6 +1,6 @@
 """How fast training replays a history through the feature engine.
 
-    python -m benchmarks.replay --data data/transactions.csv [--repeat 3]
+    python -m benchmarks.replay --data data/transactions.csv [--repeat 3] [--processes 1|2]
 
 Prints one JSON record with the machine, commit, settings and timings: loading and
 validating the file, then replaying it (the same `FeatureEngine` the server runs), in
@@ -25,6 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="history, CSV or Parquet")
     parser.add_argument("--repeat", type=int, default=3, help="replays to time (3)")
+    parser.add_argument(
+        "--processes", type=int, choices=(1, 2), help="1 or 2 (default: as training decides)"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -33,7 +36,7 @@ def main() -> None:
     replays = []
     for _ in range(args.repeat):
         started = time.perf_counter()
-        replay_features(frame, FeatureConfig())
+        replay_features(frame, FeatureConfig(), processes=args.processes)
         replays.append(time.perf_counter() - started)
     best = min(replays)
     record = {
@@ -41,6 +44,7 @@ def main() -> None:
         "benchmark": "replay",
         "data": args.data.name,
         "transactions": len(frame),
+        "processes": args.processes or "auto",
         "load_seconds": round(load_seconds, 2),
         "replay_seconds": [round(seconds, 2) for seconds in replays],
         "replay_us_per_transaction_best": round(best / len(frame) * 1e6, 2),

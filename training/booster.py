@@ -8,6 +8,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 from numpy.typing import NDArray
+from tqdm import tqdm
 
 from training.config import BoosterConfig
 
@@ -17,6 +18,8 @@ def fit_booster(
     feature_names: Sequence[str],
     train: tuple[NDArray[np.float32], NDArray[np.int8]],
     validation: tuple[NDArray[np.float32], NDArray[np.int8]] | None = None,
+    *,
+    progress: bool = False,
 ) -> lgb.Booster:
     """Train a binary classifier; with `validation`, stop once it no longer improves."""
     params = config.lightgbm_params()
@@ -27,13 +30,15 @@ def fit_booster(
     if validation is not None:
         valid_sets.append(lgb.Dataset(validation[0], label=validation[1], reference=train_set))
         callbacks.append(lgb.early_stopping(config.early_stopping_rounds, verbose=False))
-    booster = lgb.train(
-        params,
-        train_set,
-        num_boost_round=config.max_rounds,
-        valid_sets=valid_sets,
-        callbacks=callbacks,
-    )
+    with tqdm(total=config.max_rounds, desc="trees", disable=not progress) as bar:
+        callbacks.append(lambda _: bar.update())
+        booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=config.max_rounds,
+            valid_sets=valid_sets,
+            callbacks=callbacks,
+        )
     if validation is not None:
         # Keep only the trees up to the best iteration: smaller model, faster serving.
         booster = lgb.Booster(

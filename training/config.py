@@ -7,24 +7,17 @@ nested names, e.g. `FRAUD_TRAIN_BOOSTER__LEARNING_RATE=0.03`), the TOML file giv
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.features import FeatureConfig
+from service.layered_settings import ConfigError, load_layered_settings
 from training.thresholds import ThresholdPolicy
 
-
-class ConfigError(Exception):
-    """The configuration file or environment holds an invalid value."""
+__all__ = ["ConfigError", "TrainSettings", "load_settings"]
 
 
 class _Section(BaseModel):
@@ -158,42 +151,4 @@ class TrainSettings(BaseSettings):
 
 def load_settings(config_file: Path | None = None) -> TrainSettings:
     """Settings from the environment over `config_file` (TOML) over the defaults."""
-    if config_file is not None:
-        try:
-            tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ConfigError(f"{config_file}: cannot read ({error.strerror})") from error
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{config_file}: not valid TOML ({error})") from error
-    try:
-        return _settings_class(config_file)()
-    except ValidationError as error:
-        raise ConfigError(_describe(error, config_file)) from error
-
-
-def _settings_class(config_file: Path | None) -> type[TrainSettings]:
-    if config_file is None:
-        return TrainSettings
-
-    class FileBackedSettings(TrainSettings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file)
-            return (init_settings, env_settings, toml)
-
-    return FileBackedSettings
-
-
-def _describe(error: ValidationError, config_file: Path | None) -> str:
-    where = f"{config_file} or FRAUD_TRAIN_* environment" if config_file else "FRAUD_TRAIN_*"
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
-    )
-    return f"invalid configuration ({where}): {problems}"
+    return load_layered_settings(TrainSettings, config_file)

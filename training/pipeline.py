@@ -84,7 +84,7 @@ def train(
         table.days, table.labels, settings.split, settings.features.label_delay_days
     )
     say(f"training on {int(periods.train.sum())} transactions")
-    scored = _fit_and_score(table, periods, settings)
+    scored = _fit_and_score(table, periods, settings, progress)
     validation_scores = predict(scored.booster, table.features[periods.validation])
     thresholds = choose_thresholds(
         table.labels[periods.validation], validation_scores, settings.thresholds
@@ -135,13 +135,16 @@ def train(
     return TrainResult(manifest, artifact_dir, promote, report)
 
 
-def _fit_and_score(table: FeatureTable, periods: Periods, settings: TrainSettings) -> _Scored:
+def _fit_and_score(
+    table: FeatureTable, periods: Periods, settings: TrainSettings, progress: bool
+) -> _Scored:
     features, labels = table.features, table.labels
     booster = fit_booster(
         settings.booster,
         FEATURE_NAMES,
         (features[periods.train], labels[periods.train]),
         (features[periods.validation], labels[periods.validation]),
+        progress=progress,
     )
     delay = math.ceil(settings.features.label_delay_days)
     metrics: dict[str, dict[str, float]] = {}

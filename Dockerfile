@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# Scoring server image: the wheel and its runtime dependencies only (no training extras,
+# no compilers), running as an unprivileged user against a registry mounted at /models.
+#
+#   docker build -t fraud-scoring .
+#   docker run -p 50051:50051 -p 9464:9464 -v "$PWD/models:/models:ro" fraud-scoring
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY training ./training
+COPY benchmarks ./benchmarks
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+FROM python:3.11-slim AS runtime
+# LightGBM's native library needs the OpenMP runtime.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN useradd --system --uid 10001 --no-create-home fraud
+USER fraud
+ENV FRAUD_REGISTRY=/models \
+    PYTHONUNBUFFERED=1
+EXPOSE 50051 9464
+ENTRYPOINT ["fraud-serve"]
+CMD ["--registry", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9464"]

@@ -1,0 +1,255 @@
+"""Configuration of `fraud-serve`: one frozen settings model, every knob defaulted and documented.
+
+Values come from, highest first: the environment (`FRAUD_` prefix, `__` between nested names,
+e.g. `FRAUD_SERVER__PORT=50052`), the TOML file given with `--config`, then the defaults below.
+Each field's docstring is its documentation. `ServeSettings.describe()` gives the effective
+values with secrets masked, fit for a log line. The feature engine's settings are not here:
+they come from the manifest of the model being served.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.layered_settings import ConfigError, load_layered_settings
+
+__all__ = ["ConfigError", "ServeSettings", "load_settings"]
+
+# Public on purpose: tokens keyed with it are not secret, so the server warns while it is used.
+DEVELOPMENT_CARD_TOKEN_KEY = "fraud-scoring-development-key-do-not-use-in-production"
+
+# A shorter HMAC key would be easy to guess, and with it card numbers from their tokens.
+MIN_CARD_TOKEN_KEY_LENGTH = 16
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ServerSettings(_Group):
+    """Where and how the gRPC server listens."""
+
+    host: str = "::"
+    """Interface for the scoring and metrics ports. `::` listens on every IPv6 and (dual-stack,
+    as on Linux) IPv4 interface, which a container needs; `127.0.0.1` accepts local callers only.
+    `[::]` (gRPC's bracketed form) is accepted too."""
+
+    port: int = Field(default=50051, ge=0, le=65535)
+    """Scoring (gRPC) port; 50051 is gRPC's customary port. 0 picks a free one (tests)."""
+
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Prometheus `/metrics` HTTP port, kept apart from scoring traffic; 9464 is the port
+    Prometheus exporters conventionally use. 0 picks a free one (tests)."""
+
+    workers: int = Field(default=1, ge=1)
+    """Server processes sharing the scoring port. 1 keeps every card's and terminal's
+    features exact; with more, each process holds its own feature state, so a card's history
+    splits across processes and its velocity and risk features undercount."""
+
+    max_in_flight: int = Field(default=256, ge=1)
+    """Scoring calls in progress above which new ones get RESOURCE_EXHAUSTED at once instead
+    of queueing without bound. At about 0.25 ms of server CPU each, 256 calls are some 60 ms
+    of work: calls queued longer than that would miss the budget anyway. Health checks are
+    not counted."""
+
+    grace_seconds: float = Field(default=10.0, ge=0)
+    """Time in-flight calls get to finish after SIGTERM; stays well inside Kubernetes's
+    default 30 s termination grace period."""
+
+    max_message_bytes: int = Field(default=64 * 1024, ge=4096)
+    """Largest gRPC message received or sent. A transaction takes a few hundred bytes and
+    the model info a few KiB, so 64 KiB rejects abuse without limiting real calls."""
+
+    @field_validator("host")
+    @classmethod
+    def _strip_brackets(cls, host: str) -> str:
+        return host.removeprefix("[").removesuffix("]")
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _distinct_ports(cls, metrics_port: int, info: ValidationInfo) -> int:
+        if metrics_port != 0 and metrics_port == info.data.get("port"):
+            raise PydanticCustomError("port_clash", "must differ from server.port")
+        return metrics_port
+
+    @property
+    def scoring_address(self) -> str:
+        """`host:port` as gRPC expects it, with an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class BudgetSettings(_Group):
+    """How long the server may work on one request."""
+
+    server_budget_ms: float = Field(default=20.0, gt=0, le=60_000)
+    """Time from a request's arrival within which it is answered, whatever the client's
+    deadline (the earlier of the two applies). A request whose budget is gone before scoring
+    starts gets the fallback decision. Scoring takes well under 1 ms, so 20 ms trips only
+    under overload or long pauses, and still answers within a payment flow's patience."""
+
+
+class FallbackSettings(_Group):
+    """The rule-based decision given when the model cannot answer in time."""
+
+    policy: Literal["amount_floor", "decline", "disabled"] = "amount_floor"
+    """`amount_floor`: approve below `approve_below_minor`, review from it up; `decline`:
+    decline everything; `disabled`: no fallback, callers get UNAVAILABLE. The default
+    follows the issuer's view that a late answer costs more than a conservative one."""
+
+    approve_below_minor: int = Field(default=5000, ge=0)
+    """Floor of the `amount_floor` policy, in the transaction currency's minor units (5000 is
+    50.00 USD or EUR). Compared as is, with no currency conversion: 5000 JPY is far less."""
+
+
+class LimitsSettings(_Group):
+    """Bounds on request values; anything outside is INVALID_ARGUMENT."""
+
+    max_string_length: int = Field(default=128, ge=1, le=4096)
+    """Longest accepted id, currency or country string, in characters. Real ids are short;
+    the bound keeps huge strings out of the feature state's keys."""
+
+    max_amount_minor: int = Field(default=10**11, ge=1)
+    """Largest amount in minor units (10**11 is one billion USD): anything above is a bug or
+    an attack, not a card payment."""
+
+    max_future_skew_seconds: float = Field(default=300.0, ge=0)
+    """How far a transaction's event time may be ahead of the server clock. Five minutes
+    absorbs clock drift between terminals and the server; later times are rejected so that
+    one bad clock cannot push the feature windows of a card forward."""
+
+
+class TlsSettings(_Group):
+    """TLS on the scoring port; off unless a certificate and key are given."""
+
+    cert_file: FilePath | None = None
+    """PEM server certificate chain. With `key_file`, the scoring port speaks TLS only."""
+
+    key_file: FilePath | None = Field(default=None, validate_default=True)
+    """PEM private key of `cert_file`; required with it, refused without it."""
+
+    client_ca_file: FilePath | None = Field(default=None, validate_default=True)
+    """PEM CA bundle that client certificates must chain to (mutual TLS): callers without
+    such a certificate are refused. Needs `cert_file` and `key_file`."""
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_with_cert(cls, key_file: Path | None, info: ValidationInfo) -> Path | None:
+        if "cert_file" in info.data and (info.data["cert_file"] is None) != (key_file is None):
+            raise PydanticCustomError("tls_pair", "tls.cert_file and tls.key_file go together")
+        return key_file
+
+    @field_validator("client_ca_file")
+    @classmethod
+    def _ca_with_cert(cls, client_ca_file: Path | None, info: ValidationInfo) -> Path | None:
+        if client_ca_file is not None and info.data.get("cert_file") is None:
+            raise PydanticCustomError("tls_ca", "needs tls.cert_file and tls.key_file")
+        return client_ca_file
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the scoring port uses TLS."""
+        return self.cert_file is not None
+
+    @property
+    def mutual(self) -> bool:
+        """Whether clients must present a certificate."""
+        return self.client_ca_file is not None
+
+
+class LoggingSettings(_Group):
+    """Structured logs on standard output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Lowest level written, for our logs and for libraries' (grpc's) alike. Case-insensitive."""
+
+    sample_rate: float = Field(default=0.01, ge=0, le=1)
+    """Share of requests that get a per-request log line. 1% keeps a useful sample at
+    thousands of requests per second without the formatting cost on every one; metrics
+    count every request."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    """`json`: one JSON object per line, for collectors; `console`: aligned, readable lines;
+    `auto`: console on a terminal, JSON otherwise (containers, files, pipes)."""
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_case(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+
+class ServeSettings(BaseSettings):
+    """Everything `fraud-serve` needs besides the model itself."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    registry: Path = Path("models")
+    """Model registry directory (what `fraud-train` publishes into); the champion is served."""
+
+    server: ServerSettings = ServerSettings()
+    """Ports, worker processes, concurrency and shutdown."""
+
+    budget: BudgetSettings = BudgetSettings()
+    """Server-side latency budget per request."""
+
+    fallback: FallbackSettings = FallbackSettings()
+    """Decision when the model cannot answer in time or is not loaded."""
+
+    limits: LimitsSettings = LimitsSettings()
+    """Request validation bounds."""
+
+    tls: TlsSettings = TlsSettings()
+    """TLS and mutual TLS on the scoring port."""
+
+    logging: LoggingSettings = LoggingSettings()
+    """Log level, per-request sampling and format."""
+
+    card_token_key: SecretStr = SecretStr(DEVELOPMENT_CARD_TOKEN_KEY)
+    """HMAC key that turns a raw card number arriving as `card_id` into a stable token.
+    Set it (`FRAUD_CARD_TOKEN_KEY`) in production, the same in every worker and across
+    restarts, or a card's history splits. The default is a public development key: the
+    server warns while it is in use."""
+
+    @field_validator("card_token_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if len(key.get_secret_value()) < MIN_CARD_TOKEN_KEY_LENGTH:
+            raise PydanticCustomError(
+                "key_too_short",
+                "must be at least {minimum} characters",
+                {"minimum": MIN_CARD_TOKEN_KEY_LENGTH},
+            )
+        return key
+
+    @property
+    def uses_development_card_token_key(self) -> bool:
+        """Whether `card_token_key` is the public development default."""
+        return self.card_token_key.get_secret_value() == DEVELOPMENT_CARD_TOKEN_KEY
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings as JSON-ready values, secrets masked."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(config_file: Path | None = None) -> ServeSettings:
+    """Settings from the environment over `config_file` (TOML) over the defaults."""
+    return load_layered_settings(ServeSettings, config_file)

@@ -1,0 +1,39 @@
+"""The scoring core's errors. They name what went wrong, never a transport status code:
+the gRPC adapter maps each class to a status in one table.
+
+    ScoringError
+    ├── InvalidRequest        a field is missing, malformed or out of range
+    ├── UnknownTransaction    an outcome names a transaction unknown or too old to matter
+    └── ModelUnavailable      no model is loaded and no fallback may answer
+"""
+
+from __future__ import annotations
+
+
+class ScoringError(Exception):
+    """Base class of every error the scoring core raises on purpose."""
+
+
+class InvalidRequest(ScoringError):
+    """A request field the caller must fix; `str()` is "field: reason" and safe to return.
+
+    The reason must never quote the field's value: it can be request data such as a card
+    number.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        # Both parts go to Exception so args round-trip through pickle and repr.
+        super().__init__(field, reason)
+        self.field = field
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class UnknownTransaction(ScoringError):
+    """An outcome for a transaction id the server does not know or has already forgotten."""
+
+
+class ModelUnavailable(ScoringError):
+    """No model is loaded and the fallback policy does not allow answering without one."""

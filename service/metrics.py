@@ -1,0 +1,136 @@
+"""Prometheus metrics of the scoring server, defined once, at import, on the default registry.
+
+Label names are fixed and label values come from small closed sets (RPC method names, gRPC
+status codes, decisions, fallback reasons), never from a request. The children the hot path
+touches are bound here, so a request does no label lookup:
+
+    rpc = rpc_metrics(handler_call_details.method)          # a dict lookup
+    rpc.duration.observe(seconds); rpc.requests[code].inc()
+    DECISION_COUNTERS[result.decision, result.source].inc(); SCORES.observe(result.score)
+
+`start_metrics_server` serves `/metrics` over HTTP on its own port. Each process has its own
+metrics: with several server workers, each needs its own metrics port (or Prometheus
+multiprocess mode, which this module does not set up).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from service.scoring_types import Decision, DecisionSource
+
+# Fine-grained from 0.1 ms, where a scoring call's own work is, to 100 ms, past the budget;
+# the last buckets only say how badly a stalled call overran.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+# Most transactions score near 0, so the low end is logarithmic; thresholds sit anywhere.
+SCORE_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+    0.95, 0.99, 1.0,
+)  # fmt: skip
+SCORING_SERVICE = "/fraud.v1.FraudScoring/"
+SCORING_RPCS = ("Score", "ScoreStream", "ReportOutcome", "GetModelInfo")
+FALLBACK_REASONS = ("deadline", "model_unavailable", "model_error")
+
+RPC_DURATION = Histogram(
+    "fraud_rpc_duration_seconds",
+    "Time the server took to answer an RPC, by method.",
+    ["rpc"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_REQUESTS = Counter(
+    "fraud_rpc_requests", "RPCs answered, by method and gRPC status code.", ["rpc", "code"]
+)
+IN_FLIGHT = Gauge("fraud_rpc_in_flight", "Scoring RPCs in progress (what shedding limits).")
+SHED = Counter("fraud_shed", "Scoring RPCs refused at once because too many were in flight.")
+FALLBACKS = Counter(
+    "fraud_fallback", "Answers given by the fallback rules, by why the model did not.", ["reason"]
+)
+DECISIONS = Counter(
+    "fraud_decisions", "Decisions returned, by decision and by who decided.", ["decision", "source"]
+)
+SCORES = Histogram("fraud_score", "Model scores returned.", buckets=SCORE_BUCKETS)
+MODEL_INFO = Gauge("fraud_model_info", "1 for the model version being served.", ["version"])
+MODEL_LOADED = Gauge(
+    "fraud_model_loaded_timestamp_seconds", "When the served model was loaded, in Unix time."
+)
+OUTCOMES = Counter("fraud_outcomes", "Outcomes reported, by label.", ["is_fraud"])
+FEATURE_STATE = Gauge(
+    "fraud_feature_state_entities", "Entities in the online feature state, by kind.", ["kind"]
+)
+
+DECISION_COUNTERS = {
+    (decision, source): DECISIONS.labels(decision.name.lower(), source.name.lower())
+    for decision in Decision
+    for source in DecisionSource
+}
+FALLBACK_COUNTERS = {reason: FALLBACKS.labels(reason) for reason in FALLBACK_REASONS}
+OUTCOME_COUNTERS = {is_fraud: OUTCOMES.labels(str(is_fraud).lower()) for is_fraud in (True, False)}
+
+
+class RpcMetrics:
+    """The metric children of one RPC method, bound once."""
+
+    __slots__ = ("duration", "requests")
+
+    def __init__(self, rpc: str) -> None:
+        """Children labelled `rpc`, with a request counter per gRPC status code."""
+        self.duration = RPC_DURATION.labels(rpc)
+        self.requests = {code: RPC_REQUESTS.labels(rpc, code.name) for code in grpc.StatusCode}
+
+
+_RPC_METRICS = {SCORING_SERVICE + rpc: RpcMetrics(rpc) for rpc in SCORING_RPCS}
+
+
+def rpc_metrics(method: str) -> RpcMetrics:
+    """The children for a full gRPC method path such as "/fraud.v1.FraudScoring/Score".
+
+    Labelled with the method's name. Other services' methods (health, reflection) are bound
+    on first use; their number is fixed by the services the server registers.
+    """
+    bound = _RPC_METRICS.get(method)
+    if bound is None:
+        bound = _RPC_METRICS[method] = RpcMetrics(method.rpartition("/")[2])
+    return bound
+
+
+def set_serving_model(version: str, loaded_at: float) -> None:
+    """Record that `version`, loaded at Unix time `loaded_at`, now serves (and no other)."""
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(version).set(1)
+    MODEL_LOADED.set(loaded_at)
+
+
+class EntityCounts(Protocol):
+    """What `track_feature_state` reads: the feature engine's entity counts."""
+
+    @property
+    def cards_tracked(self) -> int: ...
+
+    @property
+    def terminals_tracked(self) -> int: ...
+
+
+def track_feature_state(state: EntityCounts) -> None:
+    """Report `state`'s card and terminal counts, read at each scrape (no hot-path cost).
+
+    The scrape runs in the metrics server's thread: the counts must be safe to read there
+    (the feature engine's are `len()` of dicts, atomic under the GIL).
+    """
+    FEATURE_STATE.labels("cards").set_function(lambda: state.cards_tracked)
+    FEATURE_STATE.labels("terminals").set_function(lambda: state.terminals_tracked)
+
+
+def start_metrics_server(host: str, port: int) -> tuple[WSGIServer, int]:
+    """Serve `/metrics` on `host`:`port` from a daemon thread; returns the server and its port.
+
+    Port 0 binds a free port, returned. Stop with `server.shutdown()` then `server_close()`.
+    """
+    server, _thread = start_http_server(port, addr=host)
+    return server, server.server_port
