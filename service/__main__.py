@@ -1,0 +1,300 @@
+"""`fraud-serve` (also `python -m service`): the composition root of the scoring server.
+
+    settings → logs → metrics endpoint → champion's feature config → feature engine → scorer
+    → health NOT_SERVING → server started → champion loaded and warmed up → SERVING
+    → SIGTERM or SIGINT → NOT_SERVING at once, calls in progress finish within the grace
+
+The port opens before the model is loaded, so probes get an answer (NOT_SERVING) while it
+warms up; scoring calls in that window get the fallback decision ("model_unavailable").
+The server never reports SERVING without a verified model: without a champion, or with one
+that fails its checks, it exits.
+
+Exit status: 0 after a graceful shutdown, 1 when the server cannot start or serve (no
+champion, a refused model, a port in use), 2 for bad arguments or configuration.
+
+With `--workers N` above 1 this process only supervises N worker processes that each run
+the whole server on the same port (see `service.grpc_api.server` for what that gives up);
+worker i serves its metrics on the metrics port + i, and SIGTERM is passed on to every one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from types import FrameType
+
+import structlog
+from pydantic import ValidationError
+
+from service.artifact import ArtifactError
+from service.card_tokens import CardTokenizer
+from service.config import ConfigError, ServerSettings, ServeSettings, load_settings
+from service.features import FeatureConfig, FeatureEngine
+from service.grpc_api.server import (
+    BindError,
+    HealthServicer,
+    build_server,
+    create_health,
+    set_serving,
+    shut_down,
+)
+from service.logs import configure_logging
+from service.metrics import set_serving_model, start_metrics_server, track_feature_state
+from service.model_store import LoadedModel, ModelStore
+from service.registry import Registry, RegistryError
+from service.scoring import FallbackPolicy, ModelSource, Scorer
+from service.validation import ScoringLimits
+
+_log = structlog.get_logger("service")
+
+_EPILOG = """\
+Every setting can also come from the environment (FRAUD_ prefix, "__" between nested
+names, e.g. FRAUD_SERVER__MAX_IN_FLIGHT=512) or from the --config file; flags override both,
+and the environment overrides the file. Set FRAUD_CARD_TOKEN_KEY in production.
+Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT), 1 when the server cannot start,
+2 for bad arguments or configuration.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the scoring server until SIGTERM or SIGINT; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    settings = parse_settings(arguments)
+    configure_logging(settings.logging)
+    if settings.server.workers > 1:
+        return _supervise(arguments, settings.server.workers)
+    return _run(settings, settings.server.metrics_port)
+
+
+def parse_settings(arguments: Sequence[str]) -> ServeSettings:
+    """The settings for a `fraud-serve` command line: its flags over the environment over
+    the `--config` file. Exits with status 2 and the reason on a bad argument or setting.
+    """
+    parser = _parser()
+    try:
+        return _settings(parser.parse_args(arguments))
+    except ConfigError as error:
+        parser.error(str(error))
+
+
+def build_scorer(settings: ServeSettings, engine: FeatureEngine, store: ModelSource) -> Scorer:
+    """The scoring core over `engine`'s state and `store`'s model, configured by `settings`."""
+    limits = settings.limits
+    return Scorer(
+        engine,
+        store,
+        tokenizer=CardTokenizer(settings.card_token_key.get_secret_value().encode()),
+        limits=ScoringLimits(
+            max_string_length=limits.max_string_length,
+            max_amount_minor=limits.max_amount_minor,
+            max_future_skew_seconds=limits.max_future_skew_seconds,
+        ),
+        fallback=FallbackPolicy(settings.fallback.policy, settings.fallback.approve_below_minor),
+    )
+
+
+async def load_and_serve(store: ModelStore, health: HealthServicer) -> LoadedModel:
+    """Load and warm up the champion off the event loop, then report SERVING.
+
+    RegistryError or ArtifactError when there is no champion fit to serve; health stays
+    NOT_SERVING then.
+    """
+    model = await asyncio.to_thread(store.load_champion)
+    set_serving_model(model.version, time.time())
+    await set_serving(health)
+    return model
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = {name: field.default for name, field in ServerSettings.model_fields.items()}
+    registry = ServeSettings.model_fields["registry"].default
+    parser = argparse.ArgumentParser(
+        prog="fraud-serve",
+        description="Serve real-time card fraud scores over gRPC with the registry's champion.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+    parser.add_argument(
+        "--registry", type=Path, metavar="DIR", help=f"model registry (default: {registry})"
+    )
+    parser.add_argument(
+        "--host",
+        metavar="HOST",
+        help=f"interface of the scoring and metrics ports (default: {defaults['host']}: all)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        metavar="N",
+        help=f"gRPC scoring port; 0 picks a free one (default: {defaults['port']})",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help=f"Prometheus /metrics port; 0 picks a free one (default: {defaults['metrics_port']})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing the scoring port; each keeps its own feature state, so "
+        f"only 1 keeps every card's features exact (default: {defaults['workers']})",
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> ServeSettings:
+    """The settings from the environment and file, with the command line's flags on top."""
+    settings = load_settings(args.config)
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "metrics_port": args.metrics_port,
+        "workers": args.workers,
+    }
+    server_flags = {name: value for name, value in flags.items() if value is not None}
+    try:
+        server = ServerSettings.model_validate(settings.server.model_dump() | server_flags)
+    except ValidationError as error:
+        problems = "; ".join(f"{item['loc'][0]}: {item['msg']}" for item in error.errors())
+        raise ConfigError(f"invalid option ({problems})") from None
+    if server.workers > 1 and server.port == 0:
+        raise ConfigError("several workers need a fixed port to share, not port 0")
+    registry = settings.registry if args.registry is None else args.registry
+    return settings.model_copy(update={"server": server, "registry": registry})
+
+
+def _run(settings: ServeSettings, metrics_port: int) -> int:
+    _log.info("starting", settings=settings.describe())
+    if settings.uses_development_card_token_key:
+        _log.warning(
+            "development_card_token_key",
+            advice="card numbers sent as card_id are hashed with a public key: "
+            "set FRAUD_CARD_TOKEN_KEY",
+        )
+    return asyncio.run(_serve(settings, metrics_port))
+
+
+async def _serve(settings: ServeSettings, metrics_port: int) -> int:
+    try:
+        feature_config = _champion_feature_config(settings.registry)
+        metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
+    except (RegistryError, ArtifactError, OSError) as error:
+        _log.error("cannot_start", reason=str(error))
+        return 1
+    try:
+        return await _serve_until_stopped(settings, feature_config, metrics_port)
+    except BindError as error:
+        _log.error("cannot_start", reason=str(error))
+        return 1
+    finally:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+
+
+def _champion_feature_config(registry_root: Path) -> FeatureConfig:
+    """The feature config the champion was trained with: the engine must compute the same."""
+    champion = Registry(registry_root).champion()
+    if champion is None:
+        raise RegistryError(f"{registry_root} has no champion: train and promote a model first")
+    _version, manifest = champion
+    return manifest.feature_config
+
+
+async def _serve_until_stopped(
+    settings: ServeSettings, feature_config: FeatureConfig, metrics_port: int
+) -> int:
+    store = ModelStore(settings.registry, feature_config=feature_config)
+    engine = FeatureEngine(feature_config)
+    track_feature_state(engine)
+    health = await create_health()
+    server, port = build_server(settings, build_scorer(settings, engine, store), health)
+    stop = _stop_on_signals()
+    await server.start()
+    _log.info("listening", port=port, metrics_port=metrics_port, tls=settings.tls.enabled)
+    try:
+        model = await load_and_serve(store, health)
+    except (RegistryError, ArtifactError) as error:
+        _log.error("model_refused", reason=str(error))
+        await shut_down(server, health, 0)
+        return 1
+    _log.info("serving", port=port, metrics_port=metrics_port, model_version=model.version)
+    await stop.wait()
+    _log.info("shutting_down", grace_seconds=settings.server.grace_seconds)
+    await shut_down(server, health, settings.server.grace_seconds)
+    _log.info("stopped")
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (repeats are harmless)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def _supervise(arguments: list[str], workers: int) -> int:
+    """Run `workers` server processes on the shared port until they all exit."""
+    processes = _worker_processes(arguments, workers)
+    _pass_signals_on(processes)
+    for process in processes:
+        process.start()
+    _log.info("supervising", workers=workers, pids=[process.pid for process in processes])
+    for process in processes:
+        process.join()
+    failed = [process.name for process in processes if process.exitcode != 0]
+    if failed:
+        _log.error("workers_failed", workers=failed)
+        return 1
+    return 0
+
+
+def _worker_processes(arguments: list[str], workers: int) -> list[SpawnProcess]:
+    # spawn, not fork: a forked grpc or onnxruntime runtime is not safe to use. Spawned
+    # children never import a module run as `python -m service` (it is `__main__` there), so
+    # the target comes from this module imported under its real name.
+    import service.__main__ as entry_point
+
+    context = multiprocessing.get_context("spawn")
+    return [
+        context.Process(
+            target=entry_point.run_worker, args=(arguments, index), name=f"worker-{index}"
+        )
+        for index in range(workers)
+    ]
+
+
+def _pass_signals_on(processes: list[SpawnProcess]) -> None:
+    """SIGTERM and SIGINT here become SIGTERM in every worker still running."""
+
+    def pass_on(_signum: int, _frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: the worker shuts down gracefully
+
+    signal.signal(signal.SIGTERM, pass_on)
+    signal.signal(signal.SIGINT, pass_on)
+
+
+def run_worker(arguments: list[str], index: int) -> None:
+    """One worker process: the same arguments and environment, its own metrics port."""
+    settings = parse_settings(arguments)
+    configure_logging(settings.logging)
+    structlog.contextvars.bind_contextvars(worker=index)
+    base_port = settings.server.metrics_port
+    sys.exit(_run(settings, base_port + index if base_port else 0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The grpc.aio server: the scoring service, health checking and reflection on one port.
+
+`build_server` returns the server and the port it bound (port 0 binds a free one: tests).
+Health follows the standard `grpc.health.v1` protocol for the whole server ("") and for
+`fraud.v1.FraudScoring`: NOT_SERVING from `create_health` until `set_serving` (called once
+a model is loaded and warmed up), NOT_SERVING again from `shut_down` on. Health and
+reflection calls are not subject to load shedding (see `interceptors`).
+
+Port sharing: with `server.workers` above 1, several processes bind the same port
+(SO_REUSEPORT) and the kernel spreads connections among them. Each process holds its own
+feature state, so a card whose swipes arrive on several connections has its history split:
+each worker sees part of it, and its velocity and terminal-risk features undercount. With
+one worker (the default) port reuse is switched off, so a second server started on a busy
+port fails instead of silently taking half of the traffic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.config import ServerSettings, ServeSettings, TlsSettings
+from service.grpc_api.interceptors import ScoringCallInterceptor
+from service.grpc_api.servicer import FraudScoringServicer, ScoringCore
+from service.logs import RequestLogSampler
+
+SCORING_SERVICE_NAME: str = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
+HEALTH_SERVICE_NAMES = (health.OVERALL_HEALTH, SCORING_SERVICE_NAME)
+
+HealthServicer = health_aio.HealthServicer
+
+
+class BindError(Exception):
+    """The server cannot listen on the configured address."""
+
+
+async def create_health() -> HealthServicer:
+    """A health service that says NOT_SERVING for the server and the scoring service."""
+    servicer = HealthServicer()
+    await _set_status(servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return servicer
+
+
+async def set_serving(servicer: HealthServicer) -> None:
+    """Report the server and the scoring service SERVING (ignored once shutting down)."""
+    await _set_status(servicer, health_pb2.HealthCheckResponse.SERVING)
+
+
+def build_server(
+    settings: ServeSettings, scorer: ScoringCore, health_servicer: HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """A server for `scorer` and `health_servicer`, bound but not started, and its port.
+
+    Must run inside the event loop that will serve it. BindError if the address is taken.
+    """
+    servicer = FraudScoringServicer(
+        scorer,
+        budget_seconds=settings.budget.server_budget_ms / 1000,
+        log_sampler=RequestLogSampler(settings.logging.sample_rate),
+    )
+    server = grpc.aio.server(
+        interceptors=[ScoringCallInterceptor(settings.server.max_in_flight)],
+        options=_channel_options(settings.server),
+    )
+    scoring_pb2_grpc.add_FraudScoringServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SCORING_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server, _bind(server, settings.server, settings.tls)
+
+
+async def shut_down(
+    server: grpc.aio.Server, health_servicer: HealthServicer, grace_seconds: float
+) -> None:
+    """Health NOT_SERVING at once, then stop: calls in progress get `grace_seconds` to end.
+
+    New calls are refused from the start. An open health Watch is a call in progress too:
+    it receives NOT_SERVING, and holds the stop until its watcher leaves or the grace ends.
+    """
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_seconds)
+
+
+async def _set_status(servicer: HealthServicer, status: int) -> None:
+    for service in HEALTH_SERVICE_NAMES:
+        await servicer.set(service, status)
+
+
+def _channel_options(server: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", server.max_message_bytes),
+        ("grpc.max_send_message_length", server.max_message_bytes),
+        ("grpc.so_reuseport", int(server.workers > 1)),
+    ]
+
+
+def _bind(server: grpc.aio.Server, settings: ServerSettings, tls: TlsSettings) -> int:
+    address = settings.scoring_address
+    try:
+        if tls.cert_file is None or tls.key_file is None:
+            return server.add_insecure_port(address)
+        credentials = _credentials(tls.cert_file, tls.key_file, tls.client_ca_file)
+        return server.add_secure_port(address, credentials)
+    # grpc says only "Failed to bind": the address is in use or not a local interface.
+    except RuntimeError as error:
+        raise BindError(f"cannot listen on {address}: {error}") from error
+
+
+def _credentials(
+    cert_file: Path, key_file: Path, client_ca_file: Path | None
+) -> grpc.ServerCredentials:
+    """TLS with the key pair; mutual TLS when a client CA bundle is given."""
+    client_ca = None if client_ca_file is None else client_ca_file.read_bytes()
+    return grpc.ssl_server_credentials(
+        [(key_file.read_bytes(), cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )

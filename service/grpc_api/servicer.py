@@ -1,0 +1,210 @@
+"""The gRPC face of the scoring core: each RPC converts its request, makes one call to the
+core and converts the answer. No thresholds, features or rules live here.
+
+Errors are mapped by one table, the same for every RPC:
+
+    InvalidRequest      INVALID_ARGUMENT   details "field: reason"
+    UnknownTransaction  NOT_FOUND
+    ModelUnavailable    UNAVAILABLE
+    anything else       INTERNAL           details "internal error"; traceback in the log
+
+The core's messages never quote request values, so they are safe to return; an unexpected
+exception's text can hold anything, so it goes to the log only (where card numbers are
+redacted), never to the caller.
+
+Deadlines: a transaction must be answered by the earlier of its server budget, counted from
+the call's arrival (for a stream, from the message's), and the client's deadline, less
+`SAFETY_MARGIN_SECONDS` for sending the answer. The core gets that instant and answers by
+fallback once it has passed.
+
+Each scored transaction and each refused request gets one log line, for a sampled share of
+them; a request outside the sample costs one random draw and no formatting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import NoReturn, Protocol
+
+import grpc
+import structlog
+
+from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.errors import InvalidRequest, ModelUnavailable, ScoringError, UnknownTransaction
+from service.grpc_api.converters import (
+    to_model_info,
+    to_raw_outcome,
+    to_raw_transaction,
+    to_score_response,
+)
+from service.grpc_api.interceptors import call_arrival
+from service.logs import RequestLogSampler
+from service.metrics import DECISION_COUNTERS, FALLBACK_COUNTERS, OUTCOME_COUNTERS, SCORES
+from service.scoring_types import (
+    DecisionSource,
+    ModelSummary,
+    RawOutcome,
+    RawTransaction,
+    ScoreResult,
+)
+
+# Time kept back from every deadline to serialise and send the answer: a few hundred
+# microseconds of server work at most, doubled for a busy machine.
+SAFETY_MARGIN_SECONDS = 0.0005
+INTERNAL_DETAILS = "internal error"
+# A stream error names its transaction by position and by id, cut to this length.
+_SHOWN_ID_LENGTH = 64
+
+STATUS_BY_ERROR: tuple[tuple[type[ScoringError], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownTransaction, grpc.StatusCode.NOT_FOUND),
+    (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+ScoreContext = grpc.aio.ServicerContext[scoring_pb2.ScoreRequest, scoring_pb2.ScoreResponse]
+OutcomeContext = grpc.aio.ServicerContext[scoring_pb2.OutcomeRequest, scoring_pb2.OutcomeResponse]
+InfoContext = grpc.aio.ServicerContext[scoring_pb2.GetModelInfoRequest, scoring_pb2.ModelInfo]
+AnyContext = ScoreContext | OutcomeContext | InfoContext
+
+_log = structlog.get_logger(__name__)
+
+
+class ScoringCore(Protocol):
+    """What the servicer asks of the scoring core (`service.scoring.Scorer`)."""
+
+    def score(self, raw: RawTransaction, *, deadline: float | None) -> ScoreResult:
+        """The decision for `raw`, answered by fallback once `time.monotonic()` > deadline."""
+
+    def report_outcome(self, raw: RawOutcome) -> None:
+        """Count a confirmed label from its report time on."""
+
+    def model_summary(self) -> ModelSummary:
+        """The model deciding now."""
+
+
+def status_for(error: Exception) -> grpc.StatusCode:
+    """The status code of a call that failed with `error` (INTERNAL when unexpected)."""
+    for error_class, code in STATUS_BY_ERROR:
+        if isinstance(error, error_class):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def answer_by(arrived: float, now: float, budget: float, time_remaining: float | None) -> float:
+    """The `time.monotonic()` instant by which a transaction that `arrived` must be answered.
+
+    The earlier of `budget` seconds after arrival and the client's deadline
+    (`time_remaining` seconds after `now`, None without one), less the safety margin.
+    """
+    deadline = arrived + budget
+    if time_remaining is not None:
+        deadline = min(deadline, now + time_remaining)
+    return deadline - SAFETY_MARGIN_SECONDS
+
+
+class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
+    """The `fraud.v1.FraudScoring` service over a scoring core. Event-loop thread only."""
+
+    def __init__(
+        self, scorer: ScoringCore, *, budget_seconds: float, log_sampler: RequestLogSampler
+    ) -> None:
+        """Serve `scorer`, answering each transaction within `budget_seconds` of arrival."""
+        self._scorer = scorer
+        self._budget = budget_seconds
+        self._sampler = log_sampler
+
+    async def Score(
+        self, request: scoring_pb2.ScoreRequest, context: ScoreContext
+    ) -> scoring_pb2.ScoreResponse:
+        """Scores one transaction."""
+        arrived = call_arrival()
+        remaining = context.time_remaining()
+        deadline = answer_by(arrived, time.monotonic(), self._budget, remaining)
+        try:
+            result = self._scorer.score(to_raw_transaction(request), deadline=deadline)
+        except Exception as error:
+            await self._fail(context, "Score", error)
+        self._account("Score", result, arrived)
+        return to_score_response(result)
+
+    async def ScoreStream(
+        self, request_iterator: AsyncIterator[scoring_pb2.ScoreRequest], context: ScoreContext
+    ) -> AsyncIterator[scoring_pb2.ScoreResponse]:
+        """Scores each transaction of the stream in order; the first bad one ends it."""
+        position = 0
+        async for request in request_iterator:
+            arrived = time.monotonic()  # each message's budget runs from its own arrival
+            deadline = answer_by(arrived, arrived, self._budget, context.time_remaining())
+            try:
+                result = self._scorer.score(to_raw_transaction(request), deadline=deadline)
+            except Exception as error:
+                where = _stream_position(position, request.transaction.transaction_id)
+                await self._fail(context, "ScoreStream", error, where)
+            self._account("ScoreStream", result, arrived)
+            yield to_score_response(result)
+            position += 1
+
+    async def ReportOutcome(
+        self, request: scoring_pb2.OutcomeRequest, context: OutcomeContext
+    ) -> scoring_pb2.OutcomeResponse:
+        """Records the confirmed outcome of an earlier transaction."""
+        try:
+            self._scorer.report_outcome(to_raw_outcome(request))
+        except Exception as error:
+            await self._fail(context, "ReportOutcome", error)
+        OUTCOME_COUNTERS[request.is_fraud].inc()
+        return scoring_pb2.OutcomeResponse()
+
+    async def GetModelInfo(
+        self, request: scoring_pb2.GetModelInfoRequest, context: InfoContext
+    ) -> scoring_pb2.ModelInfo:
+        """Describes the model deciding now."""
+        try:
+            summary = self._scorer.model_summary()
+        except Exception as error:
+            await self._fail(context, "GetModelInfo", error)
+        return to_model_info(summary)
+
+    def _account(self, rpc: str, result: ScoreResult, arrived: float) -> None:
+        """Metrics for every answer; the log line for the sampled ones."""
+        DECISION_COUNTERS[result.decision, result.source].inc()
+        if result.source is DecisionSource.MODEL:
+            SCORES.observe(result.score)
+        else:
+            FALLBACK_COUNTERS[result.fallback_reason].inc()
+        if self._sampler.should_log():
+            # Card, terminal and merchant ids stay out: only what identifies the request.
+            _log.info(
+                "scored",
+                rpc=rpc,
+                transaction_id=result.transaction_id,
+                model_version=result.model_version,
+                decision=result.decision.name,
+                source=result.source.name,
+                fallback_reason=result.fallback_reason,
+                score=result.score,
+                latency_ms=round((time.monotonic() - arrived) * 1000, 3),
+            )
+
+    async def _fail(
+        self, context: AnyContext, rpc: str, error: Exception, where: str = ""
+    ) -> NoReturn:
+        """End the call with the status `error` maps to; `where` prefixes the details."""
+        code = status_for(error)
+        if code is grpc.StatusCode.INTERNAL:
+            # Logged whatever the sample: every one is a bug to fix. No request data.
+            _log.error("internal_error", rpc=rpc, exc_info=error)
+            await context.abort(code, INTERNAL_DETAILS)
+        if self._sampler.should_log():
+            field = error.field if isinstance(error, InvalidRequest) else None
+            _log.info("refused", rpc=rpc, code=code.name, field=field)
+        await context.abort(code, where + str(error))
+
+
+def _stream_position(position: int, transaction_id: str) -> str:
+    """How a stream error names its transaction: "transaction #3 ('tx-42'): "."""
+    shown = transaction_id[:_SHOWN_ID_LENGTH]
+    if len(transaction_id) > _SHOWN_ID_LENGTH:
+        shown += "..."
+    return f"transaction #{position} ({shown!r}): "

@@ -1,0 +1,288 @@
+"""`fraud-serve` / `python -m service`: the command line, and the program as a real process
+(startup, SIGTERM with calls in flight, worker processes, and what reaches its logs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.__main__ import main, parse_settings
+from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.client import FraudScoringClient, build_outcome_request, build_score_request
+from tests.conftest import TrainedModel
+
+STARTUP_TIMEOUT = 120.0  # seconds: imports and model loading on a busy shared machine
+CALL_TIMEOUT = 10.0
+PAN_DIGITS = "4111111111111111"  # Luhn-valid test card number
+PAN_FORMS = (PAN_DIGITS, "4111 1111 1111 1111", "4111-1111-1111-1111")
+
+
+class ServerProcess:
+    """`python -m service ARGS` as a child process; its stdout and stderr are collected."""
+
+    def __init__(self, *arguments: str, environment: dict[str, str] | None = None) -> None:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("FRAUD_")}
+        env |= {"FRAUD_LOGGING__FORMAT": "json"} | (environment or {})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", *arguments],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.output: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def wait_for(self, event: str) -> dict[str, Any]:
+        """The next JSON log line whose event is `event`."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            line = self._lines.get(timeout=left)
+            assert line is not None, f"exited before {event!r}:\n{self.text()}"
+            record = _json(line)
+            if record.get("event") == event:
+                return record
+        raise AssertionError(f"no {event!r} line:\n{self.text()}")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self) -> int:
+        """The exit status, once the process has ended and its output is read."""
+        status = self.process.wait(timeout=STARTUP_TIMEOUT)
+        self._reader.join(timeout=STARTUP_TIMEOUT)
+        return status
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def events(self) -> list[str]:
+        """The events of the JSON log lines, in order (grpc's own lines are skipped)."""
+        return [event for line in self.output if (event := _json(line).get("event"))]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.wait()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.output.append(line)
+                self._lines.put(line)
+        self._lines.put(None)
+
+
+@pytest.fixture
+def start_process() -> Iterator[Any]:
+    """Start `python -m service` processes; any still running after the test is killed."""
+    processes: list[ServerProcess] = []
+
+    def start(*arguments: str, environment: dict[str, str] | None = None) -> ServerProcess:
+        process = ServerProcess(*arguments, environment=environment)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
+
+
+def _json(line: str) -> dict[str, Any]:
+    """A JSON log line as a dict; {} for anything else (grpc's own stderr lines)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _serve_arguments(trained_model: TrainedModel, *extra: str) -> list[str]:
+    return [
+        "--registry", str(trained_model.registry),
+        "--host", "127.0.0.1",
+        "--port", "0",
+        "--metrics-port", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def _request(
+    transaction_id: str, card_id: str = "card-1", *, amount_minor: int = 1250, currency: str = "EUR"
+) -> scoring_pb2.ScoreRequest:
+    when = datetime.now(UTC) - timedelta(hours=2)
+    return build_score_request(transaction_id, card_id, "term-1", amount_minor, currency, when)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=CALL_TIMEOUT) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# --- The command line (in process) ---------------------------------------------------------
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help lists each option and says where else settings come from."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--config", "--registry", "--host", "--port", "--metrics-port", "--workers"):
+        assert option in text
+    assert "FRAUD_" in text
+
+
+def test_flags_override_the_environment_which_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flag beats the environment, and the environment beats the --config file."""
+    config = tmp_path / "serve.toml"
+    config.write_text("registry = 'from-file'\n[server]\nport = 7001\nmetrics_port = 7002\n")
+    monkeypatch.setenv("FRAUD_SERVER__PORT", "7003")
+    monkeypatch.setenv("FRAUD_SERVER__GRACE_SECONDS", "4")
+    settings = parse_settings(["--config", str(config), "--port", "0", "--host", "[::1]"])
+    assert (settings.server.port, settings.server.metrics_port) == (0, 7002)
+    assert (settings.server.host, settings.server.grace_seconds) == ("::1", 4.0)
+    assert settings.registry == Path("from-file")
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--port", "70000"], ["--workers", "0"], ["--workers", "2", "--port", "0"], ["--port", "x"]],
+    ids=["port-out-of-range", "no-workers", "workers-on-port-0", "port-not-a-number"],
+)
+def test_a_bad_option_exits_with_status_2(
+    arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid flag value stops the program before it starts, with the reason."""
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(arguments)
+    assert exited.value.code == 2
+    assert "fraud-serve: error:" in capsys.readouterr().err
+
+
+# --- The program (real processes) ----------------------------------------------------------
+
+
+def test_without_a_champion_the_server_exits_with_status_1(
+    tmp_path: Path, start_process: Any
+) -> None:
+    """An empty registry is refused at startup: no port is opened, the exit status is 1."""
+    process = start_process("--registry", str(tmp_path), "--port", "0", "--metrics-port", "0")
+    record = process.wait_for("cannot_start")
+    assert "no champion" in record["reason"]
+    assert process.wait() == 1
+    assert "listening" not in process.events()
+
+
+def test_sigterm_lets_calls_in_flight_finish_and_exits_0(
+    trained_model: TrainedModel, start_process: Any
+) -> None:
+    """On SIGTERM health turns NOT_SERVING at once, an open call still finishes, exit 0."""
+    process = start_process(*_serve_arguments(trained_model))
+    serving = process.wait_for("serving")
+    assert serving["model_version"] == trained_model.version
+    assert "development_card_token_key" in process.events()  # the default key is public
+    metrics = _get(f"http://127.0.0.1:{serving['metrics_port']}/metrics")
+    assert f'fraud_model_info{{version="{trained_model.version}"}} 1.0' in metrics
+    channel = grpc.insecure_channel(f"127.0.0.1:{serving['port']}")
+    health: Any = health_pb2_grpc.HealthStub(channel)
+    updates = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=STARTUP_TIMEOUT)
+    assert next(updates).status == health_pb2.HealthCheckResponse.SERVING
+    pending: queue.Queue[scoring_pb2.ScoreRequest | None] = queue.Queue()
+    stream = scoring_pb2_grpc.FraudScoringStub(channel).ScoreStream(
+        iter(pending.get, None), timeout=STARTUP_TIMEOUT
+    )
+    pending.put(_request("before-sigterm"))
+    assert next(stream).transaction_id == "before-sigterm"
+
+    process.signal(signal.SIGTERM)
+    assert next(updates).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    updates.cancel()
+    pending.put(_request("during-grace"))
+    during = next(stream)
+    pending.put(None)  # the caller is done: the stream ends, nothing else is in flight
+    assert list(stream) == []
+
+    assert during.transaction_id == "during-grace"
+    assert during.decision_source == scoring_pb2.DECISION_SOURCE_MODEL
+    assert process.wait() == 0
+    assert process.events()[-2:] == ["shutting_down", "stopped"]
+
+
+def test_no_card_number_reaches_the_logs(trained_model: TrainedModel, start_process: Any) -> None:
+    """At DEBUG with every request logged, a card number sent as card_id never appears."""
+    environment = {
+        "FRAUD_LOGGING__LEVEL": "DEBUG",
+        "FRAUD_LOGGING__SAMPLE_RATE": "1.0",
+        "FRAUD_CARD_TOKEN_KEY": "a-production-key-for-this-test",
+    }
+    process = start_process(*_serve_arguments(trained_model), environment=environment)
+    target = f"127.0.0.1:{process.wait_for('serving')['port']}"
+    stub = scoring_pb2_grpc.FraudScoringStub(grpc.insecure_channel(target))
+    for number, pan in enumerate(PAN_FORMS):
+        stub.Score(_request(f"tx-{number}", pan), timeout=CALL_TIMEOUT)
+        with pytest.raises(grpc.RpcError):
+            stub.Score(_request(f"bad-{number}", pan, currency="XYZ"), timeout=CALL_TIMEOUT)
+    stream = [
+        _request("tx-stream", PAN_DIGITS),
+        _request("bad-stream", PAN_DIGITS, amount_minor=-1),
+    ]
+    with pytest.raises(grpc.RpcError):
+        list(stub.ScoreStream(iter(stream), timeout=CALL_TIMEOUT))
+    outcome = build_outcome_request("tx-0", True, datetime.now(UTC))
+    stub.ReportOutcome(outcome, timeout=CALL_TIMEOUT)
+
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert process.events().count("scored") == len(PAN_FORMS) + 1
+    assert process.events().count("refused") == len(PAN_FORMS) + 1
+    for pan in PAN_FORMS:
+        assert pan not in process.text()
+    assert "development_card_token_key" not in process.events()
+
+
+def test_workers_share_one_port_and_stop_together(
+    trained_model: TrainedModel, start_process: Any
+) -> None:
+    """With --workers 2 two processes serve the same port; SIGTERM stops both, exit 0."""
+    port = _free_port()
+    process = start_process(*_serve_arguments(trained_model, "--workers", "2", "--port", str(port)))
+    workers = {process.wait_for("serving")["worker"] for _ in range(2)}
+    assert workers == {0, 1}
+    with FraudScoringClient(f"127.0.0.1:{port}", timeout=CALL_TIMEOUT) as client:
+        response = client.score("tx-w", "card-w", "term-w", 100, "EUR", datetime.now(UTC))
+    assert response.model_version == trained_model.version
+
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert process.events().count("stopped") == 2
