@@ -32,7 +32,7 @@ from service.features import FeatureConfig, FeatureEngine
 from service.model_store import ModelStore
 from service.registry import Registry
 from tests.conftest import TrainedModel
-from tests.service.test_server import LoopbackServer
+from tests.service.loopback import LoopbackServer
 from training.history_files import write_transactions
 from training.simulate import simulate
 from training.simulation_params import SimulationParams

@@ -6,14 +6,11 @@ with the same blocking clients backends use.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import csv
 import queue
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -46,9 +43,6 @@ from service.grpc_api.interceptors import OVERLOADED_DETAILS
 from service.grpc_api.server import (
     SCORING_SERVICE_NAME,
     BindError,
-    HealthServicer,
-    build_server,
-    create_health,
     set_serving,
     shut_down,
 )
@@ -58,6 +52,7 @@ from service.registry import Registry
 from service.scoring import ModelSource
 from service.scoring_types import ModelSummary, RawOutcome, RawTransaction, ScoreResult
 from tests.conftest import TrainedModel
+from tests.service.loopback import LoopbackServer
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # generous: the machine is shared; no test relies on it running out
@@ -65,47 +60,6 @@ PAN = "4111 1111 1111 1111"  # Luhn-valid test card number
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 Status = grpc.StatusCode
-
-
-class LoopbackServer:
-    """A `build_server` server on 127.0.0.1, in an event loop on its own thread."""
-
-    def __init__(self, settings: ServeSettings, scorer: ScoringCore) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        try:
-            self.health, self.server, self.port = self.run(self._start(settings, scorer))
-        except BaseException:
-            self._close_loop()
-            raise
-        self.target = f"127.0.0.1:{self.port}"
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run `coroutine` in the server's loop and return its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=60)
-
-    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Start `coroutine` in the server's loop without waiting for it."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
-    def stop(self) -> None:
-        self.run(shut_down(self.server, self.health, 0))
-        self._close_loop()
-
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    @staticmethod
-    async def _start(
-        settings: ServeSettings, scorer: ScoringCore
-    ) -> tuple[HealthServicer, grpc.aio.Server, int]:
-        health = await create_health()
-        server, port = build_server(settings, scorer, health)
-        await server.start()
-        return health, server, port
 
 
 @pytest.fixture(scope="module")
