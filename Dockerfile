@@ -3,7 +3,8 @@
 # no compilers), running as an unprivileged user against a registry mounted at /models.
 #
 #   docker build -t fraud-scoring .
-#   docker run -p 50051:50051 -p 9464:9464 -v "$PWD/models:/models:ro" fraud-scoring
+#   docker run -p 50051:50051 -p 9464:9464 -v "$PWD/models:/models:ro" \
+#       -v fraud-outcomes:/var/lib/fraud/outcomes fraud-scoring
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -20,9 +21,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-RUN useradd --system --uid 10001 --no-create-home fraud
+RUN useradd --system --uid 10001 --no-create-home fraud \
+    && mkdir -p /var/lib/fraud/outcomes && chown -R fraud /var/lib/fraud
 USER fraud
+WORKDIR /var/lib/fraud
+# Reported outcomes are kept here for retraining: mount a volume to keep them.
+VOLUME ["/var/lib/fraud/outcomes"]
 ENV FRAUD_REGISTRY=/models \
+    FRAUD_OUTCOMES_DIRECTORY=/var/lib/fraud/outcomes \
     PYTHONUNBUFFERED=1
 EXPOSE 50051 9464
 ENTRYPOINT ["fraud-serve"]

@@ -1,8 +1,10 @@
 """`fraud-serve` (also `python -m service`): the composition root of the scoring server.
 
-    settings → logs → metrics endpoint → champion's feature config → feature engine → scorer
-    → health NOT_SERVING → server started → champion loaded and warmed up → SERVING
+    settings → logs → metrics endpoint → champion's feature config → feature engine
+    → outcome log → scorer → health NOT_SERVING → server started
+    → champion loaded and warmed up → SERVING
     → SIGTERM or SIGINT → NOT_SERVING at once, calls in progress finish within the grace
+    → outcome log drained and closed
 
 The port opens before the model is loaded, so probes get an answer (NOT_SERVING) while it
 warms up; scoring calls in that window get the fallback decision ("model_unavailable").
@@ -48,8 +50,9 @@ from service.grpc_api.server import (
 from service.logs import configure_logging
 from service.metrics import set_serving_model, start_metrics_server, track_feature_state
 from service.model_store import LoadedModel, ModelStore
+from service.outcome_log import OutcomeLog
 from service.registry import Registry, RegistryError
-from service.scoring import FallbackPolicy, ModelSource, Scorer
+from service.scoring import FallbackPolicy, ModelSource, OutcomeSink, Scorer
 from service.validation import ScoringLimits
 
 _log = structlog.get_logger("service")
@@ -84,8 +87,15 @@ def parse_settings(arguments: Sequence[str]) -> ServeSettings:
         parser.error(str(error))
 
 
-def build_scorer(settings: ServeSettings, engine: FeatureEngine, store: ModelSource) -> Scorer:
-    """The scoring core over `engine`'s state and `store`'s model, configured by `settings`."""
+def build_scorer(
+    settings: ServeSettings,
+    engine: FeatureEngine,
+    store: ModelSource,
+    *,
+    outcome_sink: OutcomeSink | None = None,
+) -> Scorer:
+    """The scoring core over `engine`'s state and `store`'s model, configured by `settings`;
+    accepted outcomes also go to `outcome_sink`."""
     limits = settings.limits
     return Scorer(
         engine,
@@ -97,6 +107,7 @@ def build_scorer(settings: ServeSettings, engine: FeatureEngine, store: ModelSou
             max_future_skew_seconds=limits.max_future_skew_seconds,
         ),
         fallback=FallbackPolicy(settings.fallback.policy, settings.fallback.approve_below_minor),
+        outcome_sink=outcome_sink,
     )
 
 
@@ -213,11 +224,28 @@ def _champion_feature_config(registry_root: Path) -> FeatureConfig:
 async def _serve_until_stopped(
     settings: ServeSettings, feature_config: FeatureConfig, metrics_port: int
 ) -> int:
+    directory = settings.outcomes_directory
+    if directory is None:
+        return await _serve_scorer(settings, feature_config, metrics_port, None)
+    outcome_log = OutcomeLog(directory)
+    try:
+        return await _serve_scorer(settings, feature_config, metrics_port, outcome_log.record)
+    finally:
+        outcome_log.close()  # the server has stopped: no outcome can arrive any more
+
+
+async def _serve_scorer(
+    settings: ServeSettings,
+    feature_config: FeatureConfig,
+    metrics_port: int,
+    outcome_sink: OutcomeSink | None,
+) -> int:
     store = ModelStore(settings.registry, feature_config=feature_config)
     engine = FeatureEngine(feature_config)
     track_feature_state(engine)
     health = await create_health()
-    server, port = build_server(settings, build_scorer(settings, engine, store), health)
+    scorer = build_scorer(settings, engine, store, outcome_sink=outcome_sink)
+    server, port = build_server(settings, scorer, health)
     stop = _stop_on_signals()
     await server.start()
     _log.info("listening", port=port, metrics_port=metrics_port, tls=settings.tls.enabled)

@@ -223,11 +223,25 @@ class ServeSettings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     """Log level, per-request sampling and format."""
 
+    outcomes_directory: Path | None = Path("outcomes")
+    """Where reported outcomes are kept for retraining, as daily `outcomes-YYYY-MM-DD.jsonl`
+    files (created if missing; a relative path is from the working directory). Written off
+    the request path: if the disk stalls or fails, outcomes are dropped and counted
+    (`fraud_outcome_log_dropped_total`), never delaying a call. In a container, mount a
+    writable volume here, or the outcomes go with the container. An empty value
+    (`FRAUD_OUTCOMES_DIRECTORY=`, or `""` in the file) keeps no log."""
+
     card_token_key: SecretStr = SecretStr(DEVELOPMENT_CARD_TOKEN_KEY)
     """HMAC key that turns a raw card number arriving as `card_id` into a stable token.
     Set it (`FRAUD_CARD_TOKEN_KEY`) in production, the same in every worker and across
     restarts, or a card's history splits. The default is a public development key: the
     server warns while it is in use."""
+
+    @field_validator("outcomes_directory", mode="before")
+    @classmethod
+    def _empty_disables(cls, directory: object) -> object:
+        # Neither the environment nor TOML can say None; an empty path would mean "here".
+        return None if directory == "" else directory
 
     @field_validator("card_token_key")
     @classmethod

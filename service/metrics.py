@@ -61,6 +61,10 @@ MODEL_LOADED = Gauge(
     "fraud_model_loaded_timestamp_seconds", "When the served model was loaded, in Unix time."
 )
 OUTCOMES = Counter("fraud_outcomes", "Outcomes reported, by label.", ["is_fraud"])
+OUTCOME_LOG_DROPPED = Counter(
+    "fraud_outcome_log_dropped",
+    "Accepted outcomes not written to the outcome log (queue full, log closed or disk error).",
+)
 FEATURE_STATE = Gauge(
     "fraud_feature_state_entities", "Entities in the online feature state, by kind.", ["kind"]
 )

@@ -26,13 +26,15 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
 
 Outcomes feed the same engine: an outcome reported before its transaction's event time
 counts from that event time (the engine clamps it), as one reported right then would.
+Each outcome the engine accepts also goes, as reported, to the `outcome_sink` (the outcome
+log kept for retraining, in the server); refused ones do not.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -56,6 +58,9 @@ from service.validation import ScoringLimits, to_outcome, to_transaction
 FallbackMode = Literal["amount_floor", "decline", "disabled"]
 FALLBACK_MODES: tuple[FallbackMode, ...] = ("amount_floor", "decline", "disabled")
 DEFAULT_ANSWERS_KEPT = 100_000
+
+# Receives each accepted outcome: transaction id, is_fraud, reported_at in Unix seconds.
+OutcomeSink = Callable[[str, bool, float], None]
 
 _log = structlog.get_logger(__name__)
 
@@ -99,10 +104,12 @@ class Scorer:
         limits: ScoringLimits,
         fallback: FallbackPolicy,
         answers_kept: int = DEFAULT_ANSWERS_KEPT,
+        outcome_sink: OutcomeSink | None = None,
     ) -> None:
         """Score with `engine`'s state and `store`'s current model.
 
         `answers_kept` bounds the memory of recent answers that makes retries idempotent.
+        `outcome_sink` gets every outcome the engine accepts; it must be quick and not raise.
         """
         model = store.current
         if model is not None and model.manifest.feature_config != engine.config:
@@ -115,6 +122,7 @@ class Scorer:
         self._limits = limits
         self._fallback = fallback
         self._answers_kept = answers_kept
+        self._outcome_sink = outcome_sink
         # Transaction id to its answer; None when it was counted but could not be answered.
         self._answers: OrderedDict[str, ScoreResult | None] = OrderedDict()
 
@@ -156,6 +164,8 @@ class Scorer:
         )
         if not known:
             raise UnknownTransaction("unknown transaction_id, or too old to affect any feature")
+        if self._outcome_sink is not None:
+            self._outcome_sink(outcome.transaction_id, outcome.is_fraud, outcome.reported_at)
 
     def model_summary(self) -> ModelSummary:
         """The model deciding now; ModelUnavailable when none is loaded."""

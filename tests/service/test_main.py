@@ -94,12 +94,14 @@ class ServerProcess:
 
 
 @pytest.fixture
-def start_process() -> Iterator[Any]:
-    """Start `python -m service` processes; any still running after the test is killed."""
+def start_process(tmp_path: Path) -> Iterator[Any]:
+    """Start `python -m service` processes, keeping outcomes in tmp_path/outcomes rather than
+    the working directory; any still running after the test is killed."""
     processes: list[ServerProcess] = []
+    outcomes = {"FRAUD_OUTCOMES_DIRECTORY": str(tmp_path / "outcomes")}
 
     def start(*arguments: str, environment: dict[str, str] | None = None) -> ServerProcess:
-        process = ServerProcess(*arguments, environment=environment)
+        process = ServerProcess(*arguments, environment=outcomes | (environment or {}))
         processes.append(process)
         return process
 
@@ -239,8 +241,11 @@ def test_sigterm_lets_calls_in_flight_finish_and_exits_0(
     assert process.events()[-2:] == ["shutting_down", "stopped"]
 
 
-def test_no_card_number_reaches_the_logs(trained_model: TrainedModel, start_process: Any) -> None:
-    """At DEBUG with every request logged, a card number sent as card_id never appears."""
+def test_no_card_number_reaches_the_logs(
+    trained_model: TrainedModel, start_process: Any, tmp_path: Path
+) -> None:
+    """At DEBUG with every request logged, a card number sent as card_id never appears in
+    the logs; the accepted outcome is kept in the outcome log, written by shutdown."""
     environment = {
         "FRAUD_LOGGING__LEVEL": "DEBUG",
         "FRAUD_LOGGING__SAMPLE_RATE": "1.0",
@@ -269,6 +274,9 @@ def test_no_card_number_reaches_the_logs(trained_model: TrainedModel, start_proc
     for pan in PAN_FORMS:
         assert pan not in process.text()
     assert "development_card_token_key" not in process.events()
+    (segment,) = (tmp_path / "outcomes").iterdir()
+    kept = [json.loads(line) for line in segment.read_text().splitlines()]
+    assert [(record["transaction_id"], record["is_fraud"]) for record in kept] == [("tx-0", True)]
 
 
 def test_workers_share_one_port_and_stop_together(

@@ -357,6 +357,21 @@ def test_an_outcome_without_report_time_is_invalid(scorer: Scorer) -> None:
         scorer.report_outcome(RawOutcome("tx-1", True, None))
 
 
+def test_only_accepted_outcomes_reach_the_outcome_sink(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """The sink gets each outcome the engine accepted, as reported; refused ones never."""
+    received: list[tuple[str, bool, float]] = []
+    scorer = _scorer(engine, store, outcome_sink=lambda *outcome: received.append(outcome))
+    scorer.score(_raw(0, timestamp_ns=T0_NS))
+    scorer.report_outcome(RawOutcome("tx-0", True, T0_NS + DAY_NS))
+    with pytest.raises(UnknownTransaction):
+        scorer.report_outcome(RawOutcome("never-seen", True, T0_NS + DAY_NS))
+    with pytest.raises(InvalidRequest):
+        scorer.report_outcome(RawOutcome("tx-0", False, None))
+    assert received == [("tx-0", True, (T0_NS + DAY_NS) / NANOS_PER_SECOND)]
+
+
 def test_model_summary_describes_the_current_model(scorer: Scorer, model: LoadedModel) -> None:
     """GetModelInfo's summary is the deciding model's."""
     assert scorer.model_summary() == model.summary()
