@@ -60,7 +60,7 @@ class _Scored:
     booster: lgb.Booster
     onnx_model: bytes
     metrics: dict[str, dict[str, float]]
-    test_scores: NDArray[np.float64]
+    scores: dict[str, NDArray[np.float64]]
 
 
 def train(
@@ -85,9 +85,8 @@ def train(
     )
     say(f"training on {int(periods.train.sum())} transactions")
     scored = _fit_and_score(table, periods, settings, progress)
-    validation_scores = predict(scored.booster, table.features[periods.validation])
     thresholds = choose_thresholds(
-        table.labels[periods.validation], validation_scores, settings.thresholds
+        table.labels[periods.validation], scored.scores["validation"], settings.thresholds
     )
     champion = _comparable_champion(Registry(registry_root), settings)
     results = _run_gates(table, periods, scored, settings, champion)
@@ -100,7 +99,7 @@ def train(
         (staging / EVALUATION_FILE).write_text(json.dumps(scored.metrics, indent=2) + "\n")
         save_evaluation_plots(
             table.labels[periods.test],
-            scored.test_scores,
+            scored.scores["test"],
             staging,
             title="test period",
             thresholds=thresholds,
@@ -148,9 +147,9 @@ def _fit_and_score(
     )
     delay = math.ceil(settings.features.label_delay_days)
     metrics: dict[str, dict[str, float]] = {}
-    test_scores = np.empty(0)
+    split_scores: dict[str, NDArray[np.float64]] = {}
     for name, mask in (("validation", periods.validation), ("test", periods.test)):
-        scores = predict(booster, features[mask])
+        scores = split_scores[name] = predict(booster, features[mask])
         metrics[name] = evaluate(
             table.days[mask],
             table.cards[mask],
@@ -160,8 +159,7 @@ def _fit_and_score(
             k=settings.card_precision_k,
             card_precision=_card_precision(table, mask, scores, settings.card_precision_k, delay),
         )
-        test_scores = scores
-    return _Scored(booster, export_onnx(booster, FEATURE_NAMES), metrics, test_scores)
+    return _Scored(booster, export_onnx(booster, FEATURE_NAMES), metrics, split_scores)
 
 
 def _card_precision(
