@@ -54,10 +54,19 @@ def export_onnx(booster: lightgbm.Booster, feature_names: Sequence[str]) -> byte
         target_opset=TARGET_OPSET,
     )
     _make_batch_symbolic(model)
+    _sort_opset_imports(model)
     onnx.helper.set_model_props(model, {FEATURE_NAMES_KEY: ",".join(feature_names)})
     onnx.checker.check_model(model, full_check=True)
     serialized: bytes = model.SerializeToString(deterministic=True)
     return serialized
+
+
+def _sort_opset_imports(model: onnx.ModelProto) -> None:
+    """Opset imports in domain order: the converter's order was seen to vary between
+    processes, and the version name is derived from the model's bytes."""
+    imports = sorted(model.opset_import, key=lambda opset: opset.domain)
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
 
 
 def float32_threshold_booster(booster: lightgbm.Booster) -> lightgbm.Booster:

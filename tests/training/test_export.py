@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightgbm
@@ -114,6 +118,37 @@ def test_export_is_byte_for_byte_deterministic(booster: lightgbm.Booster, model:
     reloaded = lightgbm.Booster(model_str=booster.model_to_string())
     assert export_onnx(booster, FEATURE_NAMES) == model
     assert export_onnx(reloaded, FEATURE_NAMES) == model
+
+
+_EXPORT_IN_A_FRESH_PROCESS = """
+import sys
+import lightgbm
+from training.export import export_onnx
+booster = lightgbm.Booster(model_file=sys.argv[1])
+sys.stdout.buffer.write(export_onnx(booster, [f"f{i}" for i in range(booster.num_feature())]))
+"""
+
+
+def test_export_bytes_do_not_depend_on_the_process_hash_seed(
+    booster: lightgbm.Booster, tmp_path: Path
+) -> None:
+    """Two processes with different string hash seeds export the same bytes (version ids
+    are derived from them)."""
+    model_file = tmp_path / "model.txt"
+    booster.save_model(str(model_file))
+    outputs = []
+    for seed in ("1", "2", "3"):
+        result = subprocess.run(
+            [sys.executable, "-c", _EXPORT_IN_A_FRESH_PROCESS, str(model_file)],
+            capture_output=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            timeout=120,
+        )
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1] == outputs[2]
+    domains = [opset.domain for opset in onnx.load_from_string(outputs[0]).opset_import]
+    assert domains == sorted(domains)
 
 
 def test_metadata_carries_feature_names(model: bytes) -> None:
