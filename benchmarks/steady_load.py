@@ -45,8 +45,6 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 from multiprocessing import get_context
 from pathlib import Path
 from typing import TypeAlias
@@ -57,11 +55,9 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.history_requests import request_from_row
 from benchmarks.machine import describe_run
 from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.client import build_score_request
-from service.currency import exponent
-from service.domain import EntryMode
 
 LOCAL_HOST = "127.0.0.1"
 MAX_RATE = 5_000
@@ -76,35 +72,6 @@ _Floats = npt.NDArray[np.float64]
 _Score: TypeAlias = (
     "grpc.aio.UnaryUnaryMultiCallable[scoring_pb2.ScoreRequest, scoring_pb2.ScoreResponse]"
 )
-
-
-def request_from_row(row: dict[str, str]) -> scoring_pb2.ScoreRequest:
-    """The Score request for one history row (its amount text scaled to minor units)."""
-    card_present = row.get("card_present", "")
-    return build_score_request(
-        row["transaction_id"],
-        row["card_id"],
-        row["terminal_id"],
-        amount_minor(row["amount"], row["currency"]),
-        row["currency"],
-        datetime.fromisoformat(row["timestamp"]),
-        merchant_id=row.get("merchant_id", ""),
-        mcc=int(row.get("mcc") or 0),
-        entry_mode=EntryMode.parse(row.get("entry_mode", "")),
-        card_present=None if not card_present else card_present == "true",
-        country=row.get("country", ""),
-    )
-
-
-def amount_minor(text: str, currency: str) -> int:
-    """`text` (major units, e.g. "61.28") in `currency`'s minor units; exact or ValueError."""
-    digits = exponent(currency)
-    if digits is None:
-        raise ValueError(f"unknown currency {currency!r}")
-    scaled = Decimal(text).scaleb(digits)
-    if scaled != scaled.to_integral_value():
-        raise ValueError(f"amount {text!r} has more decimals than {currency} allows")
-    return int(scaled)
 
 
 def load_requests(path: Path, count: int) -> list[scoring_pb2.ScoreRequest]:

@@ -17,17 +17,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import grpc
 import pytest
 
+from benchmarks.history_requests import request_from_row
 from service.__main__ import build_scorer
 from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.client import build_outcome_request, build_score_request
+from service.client import build_outcome_request
 from service.config import BudgetSettings, ServerSettings, ServeSettings
-from service.currency import exponent
 from service.features import FeatureConfig, FeatureEngine
 from service.model_store import ModelStore
 from service.registry import Registry
@@ -179,7 +178,7 @@ def _batches(rows: Iterable[dict[str, str]], label_delay: timedelta) -> Iterator
             yield batch
             batch = Batch()
         batch.outcomes += known
-        batch.requests.append(_score_request(row, when))
+        batch.requests.append(request_from_row(row))
         if row["is_fraud"] == "1":
             unknown.append((when + label_delay, row["transaction_id"]))
     yield batch
@@ -192,25 +191,3 @@ def _history_rows(history: Path) -> list[dict[str, str]]:
 
 def _history_order(row: dict[str, str]) -> tuple[datetime, str]:
     return datetime.fromisoformat(row["timestamp"]), row["transaction_id"]
-
-
-def _score_request(row: dict[str, str], when: datetime) -> scoring_pb2.ScoreRequest:
-    """What a backend sends for a history row: exact minor units, the proto's enums."""
-    digits = exponent(row["currency"])
-    assert digits is not None, row["currency"]
-    amount_minor = Decimal(row["amount"]).scaleb(digits)
-    assert amount_minor == amount_minor.to_integral_value(), row["amount"]
-    mode = row["entry_mode"]
-    return build_score_request(
-        row["transaction_id"],
-        row["card_id"],
-        row["terminal_id"],
-        int(amount_minor),
-        row["currency"],
-        when,
-        merchant_id=row["merchant_id"],
-        mcc=int(row["mcc"] or 0),
-        entry_mode=scoring_pb2.EntryMode.Value(f"ENTRY_MODE_{mode.upper()}") if mode else 0,
-        card_present={"true": True, "false": False}.get(row["card_present"]),
-        country=row["country"],
-    )

@@ -12,12 +12,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
+from benchmarks.history_requests import amount_minor, request_from_row
 from benchmarks.steady_load import (
-    amount_minor,
     histogram_quantile,
     load_requests,
     main,
-    request_from_row,
     scrape_histogram,
     server_cpu_seconds,
     server_figures,

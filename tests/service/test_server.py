@@ -12,7 +12,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from benchmarks.history_requests import request_from_row
 from service.__main__ import build_scorer, load_and_serve
 from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.client import FraudScoringClient, build_outcome_request, build_score_request
@@ -35,7 +35,6 @@ from service.config import (
     ServeSettings,
     TlsSettings,
 )
-from service.currency import exponent
 from service.domain import EntryMode
 from service.features import FeatureConfig, FeatureEngine
 from service.features.engine import FEATURE_NAMES
@@ -729,23 +728,4 @@ def _history_requests(history: Path, *, days: int) -> Iterator[scoring_pb2.Score
             first = first or when
             if when - first >= timedelta(days=days):
                 return
-            yield _history_request(row, when)
-
-
-def _history_request(row: dict[str, str], when: datetime) -> scoring_pb2.ScoreRequest:
-    digits = exponent(row["currency"])
-    assert digits is not None
-    card_present = {"true": True, "false": False}.get(row["card_present"])
-    return build_score_request(
-        row["transaction_id"],
-        row["card_id"],
-        row["terminal_id"],
-        int(Decimal(row["amount"]).scaleb(digits)),
-        row["currency"],
-        when,
-        merchant_id=row["merchant_id"],
-        mcc=int(row["mcc"] or 0),
-        entry_mode=EntryMode.parse(row["entry_mode"]),
-        card_present=card_present,
-        country=row["country"],
-    )
+            yield request_from_row(row)
