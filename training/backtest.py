@@ -18,13 +18,14 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 from service.features import FEATURES
 from training.booster import fit_booster, predict
 from training.config import TrainSettings
 from training.dataset import FeatureTable, build_feature_table
-from training.metrics import card_precision_at_k, evaluate
+from training.metrics import card_known_from_day, card_precision_at_k, evaluate
 
 # The handbook's published chapter 5 test results, best model per metric (XGBoost).
 HANDBOOK_BEST = {"auc_roc": 0.869, "average_precision": 0.687, "card_precision_at_100": 0.303}
@@ -150,15 +151,12 @@ def _select_rounds(
 def _known_compromised(table: FeatureTable, start: int, delay: int) -> NDArray[np.bool_]:
     """Rows of cards whose fraud is known by their day: a fraud from `start` on, at least
     delay + 1 days earlier (the handbook's training window plus elapsed delay days)."""
-    frauds = (table.labels == 1) & (table.days >= start)
-    first_fraud_day: dict[object, int] = {}
-    for card, day in zip(table.cards[frauds].tolist(), table.days[frauds].tolist(), strict=True):
-        first_fraud_day.setdefault(card, day)
-    known_from = np.array(
-        [first_fraud_day.get(card, np.iinfo(np.int64).max) for card in table.cards.tolist()],
-        dtype=np.float64,
+    since = table.days >= start
+    known = card_known_from_day(
+        table.days[since], table.cards[since], table.labels[since], delay + 1
     )
-    return table.days >= known_from + delay + 1
+    known_from = pd.Series(table.cards).astype(str).map(pd.Series(known, dtype="float64"))
+    return np.asarray(table.days >= known_from.to_numpy(), dtype=np.bool_)
 
 
 def _days(table: FeatureTable, first: int, end: int) -> NDArray[np.bool_]:

@@ -8,8 +8,8 @@ transaction after the warm-up days is scored by the ONNX model through the serve
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from service.features import FEATURE_ENGINE_VERSION, FEATURES
 from service.onnx_model import OnnxScorer
 from service.registry import CHAMPION, Registry, RegistryError
 from training.dataset import build_feature_table
+from training.durable_files import replace_atomically
 from training.metrics import evaluate, weekly_card_precision_at_k
 
 
@@ -97,14 +98,11 @@ def write_scores(
     path: Path, transaction_ids: NDArray[np.object_], scores: NDArray[np.float64]
 ) -> None:
     """`transaction_id,score` per row, scores at full precision, written atomically."""
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("transaction_id", "score"))
-        writer.writerows(zip(transaction_ids.tolist(), map(repr, scores.tolist()), strict=True))
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(("transaction_id", "score"))
+    writer.writerows(zip(transaction_ids.tolist(), map(repr, scores.tolist()), strict=True))
+    replace_atomically(path, text.getvalue())
 
 
 def _resolve(models: Registry, version: str | None) -> tuple[str, Manifest]:

@@ -1,8 +1,10 @@
 """Training features by replaying history through the server's own feature engine.
 
-Transactions go through `FeatureEngine.observe` in event-time order, exactly as the server
-would see them, and each known fraud is fed back with `report_outcome` as reported one
-label delay after its transaction: the server's path, with the handbook's label timing.
+Transactions go through the two halves `FeatureEngine` is made of (`CardFeatures`, then
+`RiskFeatures`) in event-time order, exactly as the server would see them, and each known
+fraud is fed back with `report_outcome` as reported one label delay after its transaction:
+the server's path, with the handbook's label timing. The halves keep disjoint state, so
+they can replay one after the other or side by side.
 """
 
 from __future__ import annotations
@@ -22,11 +24,9 @@ from tqdm import tqdm
 from service.domain import EntryMode, Transaction, epoch_seconds
 from service.features import (
     CARD_HALF,
-    FEATURES,
     RISK_HALF,
     CardFeatures,
     FeatureConfig,
-    FeatureEngine,
     RiskFeatures,
 )
 
@@ -86,27 +86,13 @@ def replay_features(
     if processes is None:
         processes = 2 if len(frame) >= _PARALLEL_FROM_ROWS and (os.cpu_count() or 1) > 1 else 1
     if processes == 1:
-        return _replay_whole(frame, config, progress)
+        card_half = _replay_card_half(frame, config, progress)
+        return np.hstack([card_half, _replay_risk_half(frame, config)])
     spawn = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
         risk_half = pool.submit(_replay_risk_half, frame, config)
         card_half = _replay_card_half(frame, config, progress)
         return np.hstack([card_half, risk_half.result()])
-
-
-def _replay_whole(
-    frame: pd.DataFrame, config: FeatureConfig, progress: bool
-) -> NDArray[np.float32]:
-    engine = FeatureEngine(config)
-    delay = config.label_delay_seconds
-    values = array("f")
-    for tx, is_fraud in _progress(
-        zip(transactions(frame), _labels(frame), strict=True), frame, progress
-    ):
-        values.extend(engine.observe(tx))
-        if is_fraud:
-            engine.report_outcome(tx.transaction_id, True, tx.timestamp + delay)
-    return _matrix(values, len(frame), len(FEATURES))
 
 
 def _replay_card_half(
