@@ -2,7 +2,9 @@
 
     settings → logs → metrics endpoint → champion's feature config → feature engine
     → outcome log → scorer → health NOT_SERVING → server started
-    → champion loaded and warmed up → SERVING
+    → champion (and challenger) loaded and warmed up → SERVING
+    → the registry followed: a look every `models.poll_seconds`, and one on SIGHUP
+      (`service.model_watcher`); a promotion or rollback swaps the model in place
     → SIGTERM or SIGINT → NOT_SERVING at once, calls in progress finish within the grace
     → outcome log drained and closed
 
@@ -23,21 +25,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import signal
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 
+import prometheus_client
 import structlog
 from pydantic import ValidationError
 
 from service.artifact import ArtifactError
 from service.card_tokens import CardTokenizer
 from service.config import ConfigError, ServerSettings, ServeSettings, load_settings
+from service.drift import DriftCollector
 from service.features import FeatureConfig, FeatureEngine
 from service.grpc_api.server import (
     BindError,
@@ -47,12 +51,21 @@ from service.grpc_api.server import (
     set_serving,
     shut_down,
 )
-from service.logs import configure_logging
-from service.metrics import set_serving_model, start_metrics_server, track_feature_state
+from service.logs import RequestLogSampler, configure_logging
+from service.metrics import start_metrics_server, track_feature_state
 from service.model_store import LoadedModel, ModelStore
+from service.model_watcher import ModelWatcher
 from service.outcome_log import OutcomeLog
-from service.registry import Registry, RegistryError
-from service.scoring import FallbackPolicy, ModelSource, OutcomeSink, Scorer
+from service.registry import CHAMPION, Registry, RegistryError
+from service.scoring import (
+    DriftSink,
+    FallbackPolicy,
+    ModelSource,
+    OutcomeSink,
+    Scorer,
+    ShadowSink,
+)
+from service.shadow import ShadowScorer
 from service.validation import ScoringLimits
 
 _log = structlog.get_logger("service")
@@ -93,9 +106,12 @@ def build_scorer(
     store: ModelSource,
     *,
     outcome_sink: OutcomeSink | None = None,
+    shadow: ShadowSink | None = None,
+    drift: DriftSink | None = None,
 ) -> Scorer:
     """The scoring core over `engine`'s state and `store`'s model, configured by `settings`;
-    accepted outcomes also go to `outcome_sink`."""
+    accepted outcomes also go to `outcome_sink`, decided transactions to `shadow` and
+    `drift`."""
     limits = settings.limits
     return Scorer(
         engine,
@@ -108,17 +124,27 @@ def build_scorer(
         ),
         fallback=FallbackPolicy(settings.fallback.policy, settings.fallback.approve_below_minor),
         outcome_sink=outcome_sink,
+        shadow=shadow,
+        drift=drift,
     )
 
 
-async def load_and_serve(store: ModelStore, health: HealthServicer) -> LoadedModel:
-    """Load and warm up the champion off the event loop, then report SERVING.
+async def load_and_serve(watcher: ModelWatcher, health: HealthServicer) -> LoadedModel:
+    """Load and warm up the champion (and any challenger) off the event loop, then report
+    SERVING.
 
-    RegistryError or ArtifactError when there is no champion fit to serve; health stays
-    NOT_SERVING then.
+    RegistryError when there is no champion fit to serve; health stays NOT_SERVING then.
     """
-    model = await asyncio.to_thread(store.load_champion)
-    set_serving_model(model.version, time.time())
+    await watcher.refresh()
+    store = watcher.store
+    model = store.current
+    if model is None:
+        refused = [refusal.detail for refusal in store.refusals if refusal.alias == CHAMPION]
+        raise RegistryError(
+            refused[0]
+            if refused
+            else f"{store.registry.root} has no champion: train and promote a model first"
+        )
     await set_serving(health)
     return model
 
@@ -240,27 +266,68 @@ async def _serve_scorer(
     metrics_port: int,
     outcome_sink: OutcomeSink | None,
 ) -> int:
-    store = ModelStore(settings.registry, feature_config=feature_config)
+    models = settings.models
+    store = ModelStore(
+        settings.registry,
+        feature_config=feature_config,
+        allow_major_library_difference=models.allow_major_library_difference,
+    )
     engine = FeatureEngine(feature_config)
     track_feature_state(engine)
     health = await create_health()
-    scorer = build_scorer(settings, engine, store, outcome_sink=outcome_sink)
-    server, port = build_server(settings, scorer, health)
+    shadow = ShadowScorer(
+        store,
+        asyncio.get_running_loop().call_soon,
+        log_sampler=RequestLogSampler(settings.logging.sample_rate),
+        backlog_limit=models.shadow_backlog,
+    )
+    drift = DriftCollector(window=settings.drift.window, min_rows=settings.drift.min_rows)
+    prometheus_client.REGISTRY.register(drift)
+    scorer = build_scorer(
+        settings, engine, store, outcome_sink=outcome_sink, shadow=shadow, drift=drift
+    )
+    watcher = ModelWatcher(store)
+    server, port = build_server(settings, scorer, health, models=watcher)
     stop = _stop_on_signals()
     await server.start()
     _log.info("listening", port=port, metrics_port=metrics_port, tls=settings.tls.enabled)
     try:
-        model = await load_and_serve(store, health)
+        model = await load_and_serve(watcher, health)
     except (RegistryError, ArtifactError) as error:
         _log.error("model_refused", reason=str(error))
         await shut_down(server, health, 0)
         return 1
     _log.info("serving", port=port, metrics_port=metrics_port, model_version=model.version)
-    await stop.wait()
+    async with _following_the_registry(watcher, models.poll_seconds):
+        await stop.wait()
     _log.info("shutting_down", grace_seconds=settings.server.grace_seconds)
     await shut_down(server, health, settings.server.grace_seconds)
     _log.info("stopped")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _following_the_registry(
+    watcher: ModelWatcher, poll_seconds: float
+) -> AsyncIterator[None]:
+    """Hot reload while the context lasts: a poll (unless 0) and SIGHUP for a look now."""
+    looks: set[asyncio.Task[object]] = set()  # referenced until done, or asyncio may drop them
+
+    def look_now() -> None:
+        task: asyncio.Task[object] = asyncio.create_task(watcher.reload())
+        looks.add(task)
+        task.add_done_callback(looks.discard)
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, look_now)
+    polling = asyncio.create_task(watcher.run(poll_seconds)) if poll_seconds > 0 else None
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in (polling, *looks):
+            if task is not None:
+                task.cancel()
 
 
 def _stop_on_signals() -> asyncio.Event:

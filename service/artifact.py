@@ -18,10 +18,11 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.drift import DriftReference
 from service.features.config import FeatureConfig
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -34,8 +35,32 @@ REQUIRED_FILES = (ONNX_MODEL_FILE, NATIVE_MODEL_FILE)
 GOLDEN_TOLERANCE = 1e-5
 
 
+# Why an artifact was refused: a closed set, so each can label a metric.
+RefusalReason = Literal[
+    "missing_manifest",
+    "invalid_manifest",
+    "missing_file",
+    "checksum_mismatch",
+    "feature_contract",
+    "invalid_thresholds",
+    "invalid_onnx",
+    "golden_mismatch",
+    "invalid_native_model",
+    "library_mismatch",
+    "version_mismatch",
+]
+REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
+
+
 class ArtifactError(Exception):
-    """An artifact that must not be served: missing file, bad checksum, bad manifest."""
+    """An artifact that must not be served: missing file, bad checksum, bad manifest.
+
+    `reason` names the check that failed; the message says what was found.
+    """
+
+    def __init__(self, message: str, *, reason: RefusalReason) -> None:
+        super().__init__(message)
+        self.reason: RefusalReason = reason
 
 
 class _Frozen(BaseModel):
@@ -104,6 +129,7 @@ class Manifest(_Frozen):
     gates: list[GateResult]
     parent_version: str | None = None
     golden_sample: GoldenSample
+    drift_reference: DriftReference | None = None
     files: dict[str, str] = Field(description="File name to SHA-256 of every other file.")
 
     @property
@@ -124,22 +150,31 @@ def read_manifest(artifact_dir: Path) -> Manifest:
     path = artifact_dir / MANIFEST_FILE
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise ArtifactError(f"{path}: missing", reason="missing_manifest") from error
     except OSError as error:
-        raise ArtifactError(f"{path}: cannot read manifest ({error.strerror})") from error
+        raise ArtifactError(
+            f"{path}: cannot read manifest ({error.strerror})", reason="invalid_manifest"
+        ) from error
     try:
         document = json.loads(text)
     except ValueError as error:
-        raise ArtifactError(f"{path}: invalid manifest: {error}") from error
+        raise ArtifactError(
+            f"{path}: invalid manifest: {error}", reason="invalid_manifest"
+        ) from error
     # Checked before validation: another schema's fields would otherwise hide the real cause.
     schema = document.get("schema_version") if isinstance(document, dict) else None
     if schema not in (None, MANIFEST_SCHEMA_VERSION):
         raise ArtifactError(
-            f"{path}: manifest schema {schema}, this server reads {MANIFEST_SCHEMA_VERSION}"
+            f"{path}: manifest schema {schema}, this server reads {MANIFEST_SCHEMA_VERSION}",
+            reason="invalid_manifest",
         )
     try:
         return Manifest.model_validate_json(text)
     except ValueError as error:
-        raise ArtifactError(f"{path}: invalid manifest: {error}") from error
+        raise ArtifactError(
+            f"{path}: invalid manifest: {error}", reason="invalid_manifest"
+        ) from error
 
 
 def verify_artifact(artifact_dir: Path) -> Manifest:
@@ -147,14 +182,20 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
     manifest = read_manifest(artifact_dir)
     missing = [name for name in REQUIRED_FILES if name not in manifest.files]
     if missing:
-        raise ArtifactError(f"{artifact_dir}: manifest lists no {', '.join(missing)}")
+        raise ArtifactError(
+            f"{artifact_dir}: manifest lists no {', '.join(missing)}", reason="invalid_manifest"
+        )
     for name, expected in manifest.files.items():
         path = artifact_dir / name
         if Path(name).name != name:
-            raise ArtifactError(f"{artifact_dir}: file name {name!r} leaves the artifact")
+            raise ArtifactError(
+                f"{artifact_dir}: file name {name!r} leaves the artifact", reason="invalid_manifest"
+            )
         if not path.is_file():
-            raise ArtifactError(f"{path}: missing")
+            raise ArtifactError(f"{path}: missing", reason="missing_file")
         actual = sha256_file(path)
         if actual != expected:
-            raise ArtifactError(f"{path}: SHA-256 {actual}, manifest says {expected}")
+            raise ArtifactError(
+                f"{path}: SHA-256 {actual}, manifest says {expected}", reason="checksum_mismatch"
+            )
     return manifest

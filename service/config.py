@@ -33,6 +33,7 @@ DEVELOPMENT_CARD_TOKEN_KEY = "fraud-scoring-development-key-do-not-use-in-produc
 
 # A shorter HMAC key would be easy to guess, and with it card numbers from their tokens.
 MIN_CARD_TOKEN_KEY_LENGTH = 16
+MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 class _Group(BaseModel):
@@ -170,6 +171,67 @@ class TlsSettings(_Group):
         return self.client_ca_file is not None
 
 
+class ModelSettings(_Group):
+    """How the server follows the registry: hot reload, library checks, the shadow."""
+
+    poll_seconds: float = Field(default=1.0, ge=0)
+    """How often the registry's aliases are read to pick up a promotion, a rollback or a
+    new challenger. A look reads two small files; loading and checking a new model takes
+    a second or so, off the request path. 0 turns hot reload off (SIGHUP and the admin
+    `Reload` still look on demand)."""
+
+    allow_major_library_difference: bool = False
+    """Serve a model trained with another major version of onnxruntime, lightgbm or numpy
+    than the server's. Refused by default: such a model may score differently in ways the
+    golden sample does not catch. Minor differences are always served, logged and exported
+    (`fraud_model_library_difference`)."""
+
+    shadow_backlog: int = Field(default=4096, ge=1)
+    """Transactions waiting for the challenger at most; beyond it the challenger skips them
+    (`fraud_shadow_skipped_total{reason="backlog_full"}`) rather than queue without bound."""
+
+
+class DriftSettings(_Group):
+    """Drift of live traffic from the model's reference period (`service.drift`)."""
+
+    window: int = Field(default=10_000, ge=100)
+    """Most recent model-scored transactions the population stability index is computed
+    over. 10,000 is a few seconds at peak and an hour or two off-peak: enough rows for ten
+    bins per feature, recent enough to show a shift within minutes."""
+
+    min_rows: int = Field(default=500, ge=1)
+    """Rows the window needs before any PSI or live decision rate is exported: fewer would
+    give noise, and an alert must not fire on a window just emptied by a model swap."""
+
+    @field_validator("min_rows")
+    @classmethod
+    def _within_window(cls, min_rows: int, info: ValidationInfo) -> int:
+        window = info.data.get("window")
+        if window is not None and min_rows > window:
+            raise PydanticCustomError("min_rows", "must not exceed drift.window")
+        return min_rows
+
+
+class AdminSettings(_Group):
+    """The `fraud.v1.ModelAdmin` service: list models, force a reload."""
+
+    token: SecretStr | None = None
+    """Bearer token admin calls must present (`authorization: Bearer <token>` metadata).
+    Unset (the default), the admin service is not offered at all. At least 16 characters;
+    use TLS, or it crosses the network in clear."""
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise PydanticCustomError(
+                "token_too_short",
+                "must be at least {minimum} characters",
+                {"minimum": MIN_ADMIN_TOKEN_LENGTH},
+            )
+        return token
+
+
 class LoggingSettings(_Group):
     """Structured logs on standard output."""
 
@@ -222,6 +284,15 @@ class ServeSettings(BaseSettings):
 
     logging: LoggingSettings = LoggingSettings()
     """Log level, per-request sampling and format."""
+
+    models: ModelSettings = ModelSettings()
+    """Hot reload, library version checks and the challenger's shadow."""
+
+    drift: DriftSettings = DriftSettings()
+    """The sliding window of the drift statistics."""
+
+    admin: AdminSettings = AdminSettings()
+    """The model administration service and its token."""
 
     outcomes_directory: Path | None = Path("outcomes")
     """Where reported outcomes are kept for retraining, as daily `outcomes-YYYY-MM-DD.jsonl`

@@ -15,12 +15,15 @@ multiprocess mode, which this module does not set up).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from service.artifact import REFUSAL_REASONS
+from service.registry import ALIASES, REGISTRY_ERROR
 from service.scoring_types import Decision, DecisionSource
 
 # Fine-grained from 0.1 ms, where a scoring call's own work is, to 100 ms, past the budget;
@@ -56,9 +59,50 @@ DECISIONS = Counter(
     "fraud_decisions", "Decisions returned, by decision and by who decided.", ["decision", "source"]
 )
 SCORES = Histogram("fraud_score", "Model scores returned.", buckets=SCORE_BUCKETS)
-MODEL_INFO = Gauge("fraud_model_info", "1 for the model version being served.", ["version"])
+MODEL_INFO = Gauge(
+    "fraud_model_info",
+    "1 for the model version each alias serves (champion decides, challenger shadows).",
+    ["alias", "version"],
+)
 MODEL_LOADED = Gauge(
-    "fraud_model_loaded_timestamp_seconds", "When the served model was loaded, in Unix time."
+    "fraud_model_loaded_timestamp_seconds",
+    "When each alias's model was loaded, in Unix time.",
+    ["alias"],
+)
+MODEL_LOADS = Counter("fraud_model_loads", "Models loaded and swapped in, by alias.", ["alias"])
+MODEL_LOAD_SECONDS = Histogram(
+    "fraud_model_load_seconds",
+    "Time to check, load and warm up a model before the swap, off the request path.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+MODEL_REFUSALS = Counter(
+    "fraud_model_refusals",
+    "Versions an alias pointed at that were refused (the old model kept serving), by reason.",
+    ["alias", "reason"],
+)
+LIBRARY_DIFFERENCES = Gauge(
+    "fraud_model_library_difference",
+    "1 for each serving library whose version differs from the champion's training, by "
+    "severity (major differences are refused unless allowed).",
+    ["library", "severity"],
+)
+SHADOW_SCORES = Histogram(
+    "fraud_shadow_score", "Challenger scores of the champion's transactions.", buckets=SCORE_BUCKETS
+)
+SHADOW_COMPARISONS = Counter(
+    "fraud_shadow_comparisons",
+    "Transactions scored by the challenger, by whether its decision agreed with the champion's.",
+    ["agreement"],
+)
+SHADOW_SCORE_DIFFERENCE = Histogram(
+    "fraud_shadow_score_difference",
+    "Absolute difference between the challenger's and the champion's score.",
+    buckets=(0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SHADOW_SKIPPED = Counter(
+    "fraud_shadow_skipped",
+    "Transactions the challenger did not score, by why (backlog full, challenger error).",
+    ["reason"],
 )
 OUTCOMES = Counter("fraud_outcomes", "Outcomes reported, by label.", ["is_fraud"])
 OUTCOME_LOG_DROPPED = Counter(
@@ -76,6 +120,15 @@ DECISION_COUNTERS = {
 }
 FALLBACK_COUNTERS = {reason: FALLBACKS.labels(reason) for reason in FALLBACK_REASONS}
 OUTCOME_COUNTERS = {is_fraud: OUTCOMES.labels(str(is_fraud).lower()) for is_fraud in (True, False)}
+SHADOW_AGREEMENT_COUNTERS = {
+    agreed: SHADOW_COMPARISONS.labels("agree" if agreed else "disagree") for agreed in (True, False)
+}
+# Every (alias, reason) series exists from the start at 0, so alert rules see a rise from 0.
+for _alias in ALIASES:
+    for _reason in (*REFUSAL_REASONS, REGISTRY_ERROR):
+        MODEL_REFUSALS.labels(_alias, _reason)
+SHADOW_SKIP_REASONS = ("backlog_full", "challenger_error")
+SHADOW_SKIP_COUNTERS = {reason: SHADOW_SKIPPED.labels(reason) for reason in SHADOW_SKIP_REASONS}
 
 
 class RpcMetrics:
@@ -88,6 +141,9 @@ class RpcMetrics:
         self.duration = RPC_DURATION.labels(rpc)
         self.requests = {code: RPC_REQUESTS.labels(rpc, code.name) for code in grpc.StatusCode}
 
+
+# The version each alias's MODEL_INFO child is labelled with, to remove it at the next swap.
+_SERVED_VERSIONS: dict[str, str] = {}
 
 _RPC_METRICS = {SCORING_SERVICE + rpc: RpcMetrics(rpc) for rpc in SCORING_RPCS}
 
@@ -104,11 +160,28 @@ def rpc_metrics(method: str) -> RpcMetrics:
     return bound
 
 
-def set_serving_model(version: str, loaded_at: float) -> None:
-    """Record that `version`, loaded at Unix time `loaded_at`, now serves (and no other)."""
-    MODEL_INFO.clear()
-    MODEL_INFO.labels(version).set(1)
-    MODEL_LOADED.set(loaded_at)
+def set_serving_model(alias: str, version: str | None, loaded_at: float) -> None:
+    """Record that `alias` serves `version` (None: nothing), loaded at Unix time `loaded_at`."""
+    previous = _SERVED_VERSIONS.pop(alias, None)
+    if previous is not None:
+        MODEL_INFO.remove(alias, previous)
+        MODEL_LOADED.remove(alias)
+    if version is not None:
+        MODEL_INFO.labels(alias, version).set(1)
+        MODEL_LOADED.labels(alias).set(loaded_at)
+        _SERVED_VERSIONS[alias] = version
+
+
+def count_refusal(alias: str, reason: str) -> None:
+    """Count a refused version (reloads are rare: the label lookup costs nothing here)."""
+    MODEL_REFUSALS.labels(alias, reason).inc()
+
+
+def set_library_differences(differences: Iterable[tuple[str, str]]) -> None:
+    """Export the champion's (library, severity) differences from training, and no others."""
+    LIBRARY_DIFFERENCES.clear()
+    for library, severity in differences:
+        LIBRARY_DIFFERENCES.labels(library, severity).set(1)
 
 
 class EntityCounts(Protocol):

@@ -1,23 +1,34 @@
-"""Loading a model the server may trust, and holding the one that currently decides.
+"""Loading a model the server may trust, and holding the ones that decide and shadow.
 
 `load_model` serves nothing it has not checked, in this order; each refusal is an
-`ArtifactError` saying which check failed:
+`ArtifactError` whose `reason` names the check that failed:
 
-1. every file matches the SHA-256 its manifest lists (`service.artifact.verify_artifact`);
+1. every file matches the SHA-256 its manifest lists (`service.artifact.verify_artifact`):
+   a truncated, corrupted or half-copied artifact stops here, before any model file is
+   parsed;
 2. the model was built for this server's feature engine: same engine version, same
    feature names in the same order and, when the caller says which, the same feature
    config as the running engine (a model trained with another label delay reads other
    features);
-3. the ONNX graph loads and fits the scoring contract (`service.onnx_model.OnnxScorer`);
-4. the golden sample, replayed row by row through `OnnxScorer.score_one` (the path requests
+3. the thresholds are ordered;
+4. the serving libraries' versions match training's (`service.library_versions`): a major
+   difference is refused unless allowed, a minor one is recorded on the model;
+5. the ONNX graph loads and fits the scoring contract (`service.onnx_model.OnnxScorer`);
+6. the golden sample, replayed row by row through `OnnxScorer.score_one` (the path requests
    take), gives the scores training recorded, within `GOLDEN_TOLERANCE`;
-5. the native LightGBM model loads, for the same features, with a reason code for each.
+7. the native LightGBM model loads, for the same features, with a reason code for each.
 
 The golden replay doubles as the ONNX warm-up; one explanation warms up the reasons path.
+
+`ModelStore` follows the registry's aliases: the champion decides, the optional challenger
+is scored in its shadow. See its docstring for how a swap stays atomic.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +46,18 @@ from service.artifact import (
 )
 from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig
 from service.features.engine import FEATURE_NAMES
+from service.library_versions import LibraryDifference, differences, installed_versions
 from service.onnx_model import OnnxScorer
 from service.reasons import Explainer
-from service.registry import CHAMPION, Registry, RegistryError
+from service.registry import (
+    ALIASES,
+    CHALLENGER,
+    CHAMPION,
+    REGISTRY_ERROR,
+    VERSION_PATTERN,
+    Registry,
+    RegistryError,
+)
 from service.scoring_types import ModelSummary
 
 
@@ -50,6 +70,7 @@ class LoadedModel:
     scorer: OnnxScorer
     thresholds: Thresholds
     explainer: Explainer
+    library_differences: tuple[LibraryDifference, ...] = ()
 
     def summary(self) -> ModelSummary:
         """The model as `GetModelInfo` describes it: test-period metrics only."""
@@ -68,42 +89,143 @@ class LoadedModel:
 
 
 def load_model(
-    artifact_dir: Path, *, expected_feature_config: FeatureConfig | None = None
+    artifact_dir: Path,
+    *,
+    expected_feature_config: FeatureConfig | None = None,
+    serving_libraries: Mapping[str, str] | None = None,
+    allow_major_library_difference: bool = False,
 ) -> LoadedModel:
-    """The model in `artifact_dir`, once every check in the module docstring passed."""
+    """The model in `artifact_dir`, once every check in the module docstring passed.
+
+    `serving_libraries` (library name to version) defaults to what is installed here.
+    """
     manifest = verify_artifact(artifact_dir)
     _check_feature_contract(artifact_dir, manifest, expected_feature_config)
     _check_thresholds(artifact_dir, manifest.thresholds)
+    serving = installed_versions() if serving_libraries is None else serving_libraries
+    library_differences = differences(manifest.libraries, serving)
+    if not allow_major_library_difference:
+        _refuse_major_differences(artifact_dir, library_differences)
     scorer = _onnx_scorer(artifact_dir / ONNX_MODEL_FILE)
     _replay_golden_sample(artifact_dir, scorer, manifest.golden_sample)
     explainer = _explainer(artifact_dir / NATIVE_MODEL_FILE)
     explainer.explain(manifest.golden_sample.features[0])
-    return LoadedModel(manifest.version, manifest, scorer, manifest.thresholds, explainer)
+    return LoadedModel(
+        manifest.version,
+        manifest,
+        scorer,
+        manifest.thresholds,
+        explainer,
+        library_differences,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AliasChange:
+    """An alias now served by another model: `version` None when the alias was removed."""
+
+    alias: str
+    version: str | None
+    previous: str | None
+    load_seconds: float
+    library_differences: tuple[LibraryDifference, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A version an alias points at that the store would not load.
+
+    `reason` is an `ArtifactError` reason, or "registry_error" when the registry could not
+    say which version the alias names or the version is not published.
+    """
+
+    alias: str
+    version: str | None
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReport:
+    """What one look at the registry changed: loads and new refusals."""
+
+    changes: tuple[AliasChange, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+
+
+_Listing = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Standing:
+    """A refusal, and the artifact's file listing when it was made."""
+
+    refusal: Refusal
+    listing: _Listing | None
+
+
+class _Refused(Exception):
+    """A look at an alias that ended in a refusal: why, and the version and listing checked."""
+
+    def __init__(
+        self, error: RegistryError | ArtifactError, version: str | None, listing: _Listing | None
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.version = version
+        self.listing = listing
 
 
 class ModelStore:
-    """The registry's champion, loaded, behind one reference.
+    """The registry's champion and challenger, each loaded behind one reference.
 
     A load builds and checks a complete `LoadedModel` before it replaces the reference, so
-    the scoring thread sees the old model or the new one, never a partial one, and a refused
-    model leaves the current one deciding. A load may run on another thread than scoring;
-    two loads must not run at once.
+    the scoring thread, which reads `champion` once per request, sees the old model or the
+    new one, never a partial one or a mix of two. A refused model leaves the current one
+    deciding. The previous model is dropped at the swap (its ONNX session is freed once
+    the requests that read it are done): the store never holds more than one model per
+    alias.
+
+    A refusal is remembered with the artifact's file listing (names, sizes, modification
+    times): the same artifact is not checked again on every poll, but one whose files
+    change (a copy that completes) is, and so is every refused one on `retry_refused`.
+
+    Loads may run on another thread than scoring; two loads must not run at once.
     """
 
-    def __init__(self, registry_root: Path, *, feature_config: FeatureConfig | None = None) -> None:
+    def __init__(
+        self,
+        registry_root: Path,
+        *,
+        feature_config: FeatureConfig | None = None,
+        allow_major_library_difference: bool = False,
+    ) -> None:
         """Read models from `registry_root`.
 
         `feature_config` is the running feature engine's: every model must have been trained
         with it. When None, the first model loaded fixes it for the later ones.
         """
-        self._registry = Registry(registry_root)
+        self.registry = Registry(registry_root)
         self._feature_config = feature_config
-        self._current: LoadedModel | None = None
+        self._allow_major = allow_major_library_difference
+        self._serving_libraries = installed_versions()
+        self._models: dict[str, LoadedModel | None] = dict.fromkeys(ALIASES)
+        self._refused: dict[str, _Standing] = {}
 
     @property
     def current(self) -> LoadedModel | None:
-        """The model deciding now; None until a load succeeds."""
-        return self._current
+        """The champion, which decides; None until a load succeeds."""
+        return self._models[CHAMPION]
+
+    @property
+    def challenger(self) -> LoadedModel | None:
+        """The model scored in the champion's shadow; None without a challenger alias."""
+        return self._models[CHALLENGER]
+
+    @property
+    def refusals(self) -> tuple[Refusal, ...]:
+        """The standing refusals: versions an alias points at that are not served."""
+        return tuple(standing.refusal for standing in self._refused.values())
 
     def load_champion(self) -> LoadedModel:
         """Switch to the champion (a no-op if it is already deciding) and return it.
@@ -111,25 +233,143 @@ class ModelStore:
         RegistryError when there is no champion or the alias is corrupt, ArtifactError when
         the champion must not be served; either way the current model keeps deciding.
         """
-        version = self._registry.alias(CHAMPION)
+        version = self.registry.alias(CHAMPION)
         if version is None:
             raise RegistryError(
-                f"{self._registry.root} has no champion: train and promote a model first"
+                f"{self.registry.root} has no champion: train and promote a model first"
             )
-        current = self._current
-        if current is not None and current.version == version:
-            return current  # versions are immutable: nothing to reload
-        artifact_dir = self._registry.artifact_dir(version)
-        model = load_model(artifact_dir, expected_feature_config=self._expected_feature_config())
-        if model.version != version:
-            raise ArtifactError(f"{artifact_dir}: manifest says version {model.version}")
-        self._current = model
+        self._switch(CHAMPION, version)
+        model = self._models[CHAMPION]
+        assert model is not None  # _switch raises rather than leave the champion unset
         return model
 
+    def refresh(self, *, retry_refused: bool = False) -> RefreshReport:
+        """Follow both aliases to the versions they name now; never raises for a bad model.
+
+        A refused version is reported once, the first time it is refused; later looks
+        skip it until its files change or `retry_refused` is set.
+        """
+        if retry_refused:
+            self._refused.clear()
+        changes: list[AliasChange] = []
+        refusals: list[Refusal] = []
+        for alias in ALIASES:
+            try:
+                change = self._follow(alias)
+            except _Refused as refused:
+                refusal = self._refuse(alias, refused)
+                if refusal is not None:
+                    refusals.append(refusal)
+                continue
+            if change is not None:
+                changes.append(change)
+        return RefreshReport(tuple(changes), tuple(refusals))
+
+    def _follow(self, alias: str) -> AliasChange | None:
+        """Serve what `alias` names now; _Refused, changing nothing, if that is refused."""
+        try:
+            version = self.registry.alias(alias)
+        except RegistryError as error:
+            raise _Refused(error, None, None) from error
+        current = self._models[alias]
+        if version is None:
+            self._refused.pop(alias, None)
+            if current is None or alias == CHAMPION:
+                return None  # a champion, once served, is only ever replaced
+            self._models[alias] = None
+            return AliasChange(alias, None, current.version, 0.0)
+        if current is not None and current.version == version:
+            self._refused.pop(alias, None)
+            return None  # versions are immutable: nothing to reload
+        # Read before the checks, as the version is: a refusal stands for what was checked,
+        # so an alias moved or a copy completed while they ran is looked at next time.
+        listing = self._listing(version)
+        standing = self._refused.get(alias)
+        if (
+            standing is not None
+            and standing.refusal.version == version
+            and standing.listing == listing
+        ):
+            return None
+        try:
+            return self._switch(alias, version)
+        except (RegistryError, ArtifactError) as error:
+            raise _Refused(error, version, listing) from error
+
+    def _switch(self, alias: str, version: str) -> AliasChange | None:
+        """Serve `version` under `alias`; raises, changing nothing, if it is refused."""
+        current = self._models[alias]
+        if current is not None and current.version == version:
+            return None
+        started = time.perf_counter()
+        model = self._loaded_elsewhere(version) or self._load(version)
+        self._models[alias] = model
+        self._refused.pop(alias, None)
+        return AliasChange(
+            alias,
+            version,
+            None if current is None else current.version,
+            time.perf_counter() - started,
+            model.library_differences,
+        )
+
+    def _loaded_elsewhere(self, version: str) -> LoadedModel | None:
+        """The model of `version` if another alias serves it: promoting is then instant."""
+        for model in self._models.values():
+            if model is not None and model.version == version:
+                return model
+        return None
+
+    def _load(self, version: str) -> LoadedModel:
+        artifact_dir = self.registry.versions_dir / version
+        if not (VERSION_PATTERN.fullmatch(version) and artifact_dir.is_dir()):
+            artifact_dir = self.registry.artifact_dir(version)  # RegistryError, saying why
+        model = load_model(
+            artifact_dir,
+            expected_feature_config=self._expected_feature_config(),
+            serving_libraries=self._serving_libraries,
+            allow_major_library_difference=self._allow_major,
+        )
+        if model.version != version:
+            raise ArtifactError(
+                f"{artifact_dir}: manifest says version {model.version}", reason="version_mismatch"
+            )
+        return model
+
+    def _refuse(self, alias: str, refused: _Refused) -> Refusal | None:
+        """Record the refusal; it is returned only when it was not already standing."""
+        error = refused.error
+        reason = error.reason if isinstance(error, ArtifactError) else REGISTRY_ERROR
+        refusal = Refusal(alias, refused.version, reason, str(error))
+        standing = _Standing(refusal, refused.listing)
+        previous = self._refused.get(alias)
+        self._refused[alias] = standing
+        if previous is not None and (previous.refusal, previous.listing) == (
+            refusal,
+            standing.listing,
+        ):
+            return None
+        return refusal
+
+    def _listing(self, version: str) -> _Listing | None:
+        """Names, sizes and modification times of the version's files; None if absent."""
+        try:
+            with os.scandir(self.registry.versions_dir / version) as entries:
+                return tuple(
+                    sorted((entry.name, *_size_and_mtime(entry.stat())) for entry in entries)
+                )
+        except OSError:
+            return None
+
     def _expected_feature_config(self) -> FeatureConfig | None:
-        if self._feature_config is not None or self._current is None:
+        if self._feature_config is not None:
             return self._feature_config
-        return self._current.manifest.feature_config
+        champion = self._models[CHAMPION]
+        return None if champion is None else champion.manifest.feature_config
+
+
+def _size_and_mtime(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _check_feature_contract(
@@ -138,14 +378,25 @@ def _check_feature_contract(
     if manifest.feature_engine_version != FEATURE_ENGINE_VERSION:
         raise ArtifactError(
             f"{artifact_dir}: built for feature engine {manifest.feature_engine_version}, "
-            f"this server computes version {FEATURE_ENGINE_VERSION}"
+            f"this server computes version {FEATURE_ENGINE_VERSION}",
+            reason="feature_contract",
         )
     if tuple(manifest.feature_names) != FEATURE_NAMES:
-        raise ArtifactError(f"{artifact_dir}: the manifest's features are not this server's")
+        raise ArtifactError(
+            f"{artifact_dir}: the manifest's features are not this server's",
+            reason="feature_contract",
+        )
+    reference = manifest.drift_reference
+    if reference is not None and reference.feature_names != manifest.feature_names:
+        raise ArtifactError(
+            f"{artifact_dir}: the drift reference's features are not the model's",
+            reason="invalid_manifest",
+        )
     if expected_config is not None and manifest.feature_config != expected_config:
         raise ArtifactError(
             f"{artifact_dir}: trained with feature config {manifest.feature_config!r}, the "
-            f"running feature engine uses {expected_config!r}"
+            f"running feature engine uses {expected_config!r}",
+            reason="feature_contract",
         )
 
 
@@ -153,7 +404,19 @@ def _check_thresholds(artifact_dir: Path, thresholds: Thresholds) -> None:
     if thresholds.review > thresholds.decline:
         raise ArtifactError(
             f"{artifact_dir}: review threshold {thresholds.review} is above the decline "
-            f"threshold {thresholds.decline}"
+            f"threshold {thresholds.decline}",
+            reason="invalid_thresholds",
+        )
+
+
+def _refuse_major_differences(
+    artifact_dir: Path, library_differences: tuple[LibraryDifference, ...]
+) -> None:
+    major = [item.describe() for item in library_differences if item.severity == "major"]
+    if major:
+        raise ArtifactError(
+            f"{artifact_dir}: trained with another major version: {'; '.join(major)}",
+            reason="library_mismatch",
         )
 
 
@@ -162,7 +425,7 @@ def _onnx_scorer(path: Path) -> OnnxScorer:
         return OnnxScorer(path, len(FEATURES))
     # onnxruntime raises its own exception classes, derived from Exception only.
     except Exception as error:
-        raise ArtifactError(f"{path}: cannot be served: {error}") from error
+        raise ArtifactError(f"{path}: cannot be served: {error}", reason="invalid_onnx") from error
 
 
 def _replay_golden_sample(artifact_dir: Path, scorer: OnnxScorer, sample: GoldenSample) -> None:
@@ -170,12 +433,15 @@ def _replay_golden_sample(artifact_dir: Path, scorer: OnnxScorer, sample: Golden
     if not sample.features or len(sample.features) != len(sample.scores):
         raise ArtifactError(
             f"{artifact_dir}: golden sample has {len(sample.features)} rows and "
-            f"{len(sample.scores)} scores; it needs at least one row and a score for each"
+            f"{len(sample.scores)} scores; it needs at least one row and a score for each",
+            reason="golden_mismatch",
         )
     try:
         actual = np.array([scorer.score_one(row) for row in sample.features])
     except ValueError as error:
-        raise ArtifactError(f"{artifact_dir}: golden sample: {error}") from error
+        raise ArtifactError(
+            f"{artifact_dir}: golden sample: {error}", reason="golden_mismatch"
+        ) from error
     expected = np.array(sample.scores)
     # Written so that a NaN score fails too.
     (failing,) = np.nonzero(~(np.abs(actual - expected) <= GOLDEN_TOLERANCE))
@@ -183,7 +449,8 @@ def _replay_golden_sample(artifact_dir: Path, scorer: OnnxScorer, sample: Golden
         row = int(failing[0])
         raise ArtifactError(
             f"{artifact_dir}: golden sample row {row} scores {actual[row]!r}, training recorded "
-            f"{expected[row]!r} ({failing.size} rows beyond the tolerance {GOLDEN_TOLERANCE})"
+            f"{expected[row]!r} ({failing.size} rows beyond the tolerance {GOLDEN_TOLERANCE})",
+            reason="golden_mismatch",
         )
 
 
@@ -191,7 +458,12 @@ def _explainer(path: Path) -> Explainer:
     try:
         explainer = Explainer(path)
     except ValueError as error:
-        raise ArtifactError(f"{path}: cannot explain scores: {error}") from error
+        raise ArtifactError(
+            f"{path}: cannot explain scores: {error}", reason="invalid_native_model"
+        ) from error
     if explainer.feature_names != FEATURE_NAMES:
-        raise ArtifactError(f"{path}: the native model's features are not this server's")
+        raise ArtifactError(
+            f"{path}: the native model's features are not this server's",
+            reason="invalid_native_model",
+        )
     return explainer

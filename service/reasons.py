@@ -49,7 +49,7 @@ a row here before a model using it can be served.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -127,6 +127,7 @@ _LANE_FILL = np.array([[0.0], [-np.inf], [np.nan], [-np.inf], [np.nan]])
 
 _Node = dict[str, Any]
 """One node of `Booster.dump_model()`'s `tree_structure`."""
+_TREES_PER_DUMP = 10
 
 
 class Explainer:
@@ -143,17 +144,20 @@ class Explainer:
         is a kind of model path attribution does not cover (see the module docstring).
         """
         try:
-            dump: dict[str, Any] = lightgbm.Booster(model_file=str(model_file)).dump_model()
+            booster = lightgbm.Booster(model_file=str(model_file))
+            header: dict[str, Any] = booster.dump_model(num_iteration=1)
         except lightgbm.basic.LightGBMError as error:
             raise ValueError(f"{model_file}: not a LightGBM model ({error})") from error
-        names: list[str] = dump["feature_names"]
+        names: list[str] = header["feature_names"]
         missing = [name for name in names if name not in REASON_CODES]
         if missing:
             raise ValueError(f"no reason code for feature(s) {', '.join(missing)}")
         self.feature_names = tuple(names)
         self._codes = tuple(REASON_CODES[name] for name in names)
         self._top = top
-        self._forest = _PathForest.from_dump(dump)
+        if header["num_tree_per_iteration"] != 1 or header["average_output"]:
+            raise ValueError("only models of one summed tree per iteration can be explained")
+        self._forest = _PathForest.from_trees(_tree_dumps(booster), len(names))
 
     @property
     def bias(self) -> float:
@@ -198,12 +202,10 @@ class _PathForest:
     leaf_contributions: NDArray[np.float64]  # (leaf, feature)
 
     @classmethod
-    def from_dump(cls, dump: dict[str, Any]) -> _PathForest:
-        """Compile `Booster.dump_model()` output; ValueError for models it cannot explain."""
-        if dump["num_tree_per_iteration"] != 1 or dump["average_output"]:
-            raise ValueError("only models of one summed tree per iteration can be explained")
-        n_features = len(dump["feature_names"])
-        walked = [_walk(tree["tree_structure"], n_features) for tree in dump["tree_info"]]
+    def from_trees(cls, tree_dumps: Iterable[_Node], n_features: int) -> _PathForest:
+        """Compile the `tree_info` entries of `Booster.dump_model()` of a model of one
+        summed tree per iteration; ValueError for trees it cannot explain."""
+        walked = [_walk(tree["tree_structure"], n_features) for tree in tree_dumps]
         trees = [tree for tree in walked if tree.slots]
         words = max((math.ceil(len(tree.leaves) / _WORD_BITS) for tree in trees), default=1)
         masks = [_bitmask(left, words) for tree in trees for left in tree.left_leaves]
@@ -249,6 +251,20 @@ class _Tree:
     thresholds: list[float] = field(default_factory=list)
     left_leaves: list[tuple[int, int]] = field(default_factory=list)  # per split: [first, end)
     leaves: list[NDArray[np.float64]] = field(default_factory=list)
+
+
+def _tree_dumps(booster: lightgbm.Booster) -> Iterator[_Node]:
+    """Each tree's `dump_model()` entry, dumped `_TREES_PER_DUMP` at a time.
+
+    A server loads a new model beside the thread that answers requests. Dumped whole, a
+    300-tree model is one 3 MB JSON parse into a million objects, then their collection
+    and release: each a single step that holds the GIL (80-500 ms measured, the longer
+    with a large feature state in the heap), stalling every request meanwhile. In small
+    dumps, each step is a few milliseconds.
+    """
+    for start in range(0, booster.current_iteration(), _TREES_PER_DUMP):
+        dump = booster.dump_model(start_iteration=start, num_iteration=_TREES_PER_DUMP)
+        yield from dump["tree_info"]
 
 
 _Visit = tuple[_Node, int, bool]

@@ -31,6 +31,8 @@ from service.artifact import MANIFEST_FILE, ArtifactError, Manifest, verify_arti
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
+# The refusal reason of an alias that names no loadable version (see `ModelStore`).
+REGISTRY_ERROR = "registry_error"
 
 VERSIONS_DIR = "versions"
 ALIASES_DIR = "aliases"
@@ -146,7 +148,9 @@ class Registry:
         path = self.artifact_dir(version)
         manifest = verify_artifact(path)
         if manifest.version != version:
-            raise ArtifactError(f"{path}: manifest says version {manifest.version}")
+            raise ArtifactError(
+                f"{path}: manifest says version {manifest.version}", reason="version_mismatch"
+            )
         return manifest
 
     def champion(self) -> tuple[str, Manifest] | None:

@@ -2,6 +2,8 @@
 
     validate → already answered? same answer → budget gone? fallback "deadline"
     → feature state → ONNX score → thresholds → reasons (REVIEW and DECLINE only)
+    → drift statistics (`service.drift`) → the challenger's shadow, if one is set (scored
+      after the answer: `service.shadow`)
 
 Threading: a `Scorer` is NOT thread-safe. The feature engine's state and the ONNX scorer's
 bound buffers belong to one thread: the server calls the scorer from its asyncio event-loop
@@ -42,6 +44,7 @@ import structlog
 
 from service.artifact import Thresholds
 from service.card_tokens import CardTokenizer
+from service.drift import DriftReference
 from service.errors import ModelUnavailable, UnknownTransaction
 from service.features import FeatureEngine
 from service.model_store import LoadedModel
@@ -84,6 +87,33 @@ class FallbackPolicy:
             raise ValueError("approve_below_minor must be 0 or more")
 
 
+class ShadowSink(Protocol):
+    """Takes each transaction the champion decided, for the challenger (`ShadowScorer`)."""
+
+    def submit(
+        self,
+        transaction_id: str,
+        features: Sequence[float],
+        champion: LoadedModel,
+        score: float,
+        decision: Decision,
+    ) -> None:
+        """Queue the comparison; must be quick and not raise."""
+
+
+class DriftSink(Protocol):
+    """Takes each transaction the champion decided, for drift statistics (`DriftCollector`)."""
+
+    def record(
+        self,
+        reference: DriftReference | None,
+        features: Sequence[float],
+        score: float,
+        decision: Decision,
+    ) -> None:
+        """Add the transaction to the window of the model whose reference is `reference`."""
+
+
 class ModelSource(Protocol):
     """Where the scorer finds the model deciding now: a `ModelStore` in the server."""
 
@@ -105,11 +135,14 @@ class Scorer:
         fallback: FallbackPolicy,
         answers_kept: int = DEFAULT_ANSWERS_KEPT,
         outcome_sink: OutcomeSink | None = None,
+        shadow: ShadowSink | None = None,
+        drift: DriftSink | None = None,
     ) -> None:
         """Score with `engine`'s state and `store`'s current model.
 
         `answers_kept` bounds the memory of recent answers that makes retries idempotent.
         `outcome_sink` gets every outcome the engine accepts; it must be quick and not raise.
+        `shadow` and `drift` get every transaction the model decided, with its features.
         """
         model = store.current
         if model is not None and model.manifest.feature_config != engine.config:
@@ -123,6 +156,8 @@ class Scorer:
         self._fallback = fallback
         self._answers_kept = answers_kept
         self._outcome_sink = outcome_sink
+        self._shadow = shadow
+        self._drift = drift
         # Transaction id to its answer; None when it was counted but could not be answered.
         self._answers: OrderedDict[str, ScoreResult | None] = OrderedDict()
 
@@ -186,11 +221,15 @@ class Scorer:
         # Any failure of a verified model is unexpected: answer by the rules, keep the trace.
         try:
             score = model.scorer.score_one(features)
-            decision = _decision(score, model.thresholds)
+            decision = decision_for(score, model.thresholds)
             reasons = () if decision is Decision.APPROVE else model.explainer.explain(features)
         except Exception:
             _log.exception("model_error", model_version=model.version)
             return self._fall_back(transaction_id, amount_minor, "model_error")
+        if self._drift is not None:
+            self._drift.record(model.manifest.drift_reference, features, score, decision)
+        if self._shadow is not None:
+            self._shadow.submit(transaction_id, features, model, score, decision)
         return ScoreResult(
             transaction_id, score, decision, reasons, model.version, DecisionSource.MODEL, ""
         )
@@ -220,7 +259,7 @@ class Scorer:
             answers.popitem(last=False)
 
 
-def _decision(score: float, thresholds: Thresholds) -> Decision:
+def decision_for(score: float, thresholds: Thresholds) -> Decision:
     """DECLINE at or above the decline threshold, REVIEW at or above review, else APPROVE."""
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"score {score!r} is not a probability")

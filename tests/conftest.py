@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.server_process import ServerProcess
 from training.config import load_settings
 from training.history_files import write_transactions
 from training.pipeline import train
@@ -64,3 +67,33 @@ def trained_model(
     registry = tmp_path_factory.mktemp("registry")
     result = train(small_history, registry, load_settings(small_config))
     return TrainedModel(registry, result.manifest.version, small_config, small_history)
+
+
+@pytest.fixture(scope="session")
+def other_model(
+    tmp_path_factory: pytest.TempPathFactory, small_history: Path, small_config: Path
+) -> TrainedModel:
+    """Another model of the same features, trained with other hyperparameters: its scores
+    differ from `trained_model`'s. Published in a registry of its own."""
+    registry = tmp_path_factory.mktemp("other_registry")
+    settings = load_settings(small_config)
+    booster = settings.booster.model_copy(update={"num_leaves": 7, "learning_rate": 0.1})
+    result = train(small_history, registry, settings.model_copy(update={"booster": booster}))
+    return TrainedModel(registry, result.manifest.version, small_config, small_history)
+
+
+@pytest.fixture
+def start_process(tmp_path: Path) -> Iterator[Any]:
+    """Start `python -m service` processes, keeping outcomes in tmp_path/outcomes rather than
+    the working directory; any still running after the test is killed."""
+    processes: list[ServerProcess] = []
+    outcomes = {"FRAUD_OUTCOMES_DIRECTORY": str(tmp_path / "outcomes")}
+
+    def start(*arguments: str, environment: dict[str, str] | None = None) -> ServerProcess:
+        process = ServerProcess(*arguments, environment=outcomes | (environment or {}))
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from service.artifact import ArtifactError
-from service.registry import RegistryError
+from service.registry import CHALLENGER, CHAMPION, RegistryError
 from training.config import ConfigError, TrainSettings, load_settings
 from training.data import DataError
 from training.evaluate import EvaluationError
@@ -188,8 +188,12 @@ def _add_registry(commands: Any) -> None:
     )
     actions = command.add_subparsers(title="actions", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="versions with their test metrics and aliases")
-    promote = actions.add_parser("promote", help="make VERSION the champion")
-    promote.add_argument("version", help="a published version")
+    promote = actions.add_parser(
+        "promote", help="make VERSION (or the challenger's version) the champion"
+    )
+    promote.add_argument(
+        "version", help="a published version, or 'challenger' for the challenger's version"
+    )
     promote.add_argument("--reason", default="promoted by hand", help="recorded in history")
     promote.add_argument(
         "--alias", default="champion", choices=("champion", "challenger"), help="(champion)"
@@ -351,10 +355,17 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from training.registry import promote
+    from training.registry import promote, promote_challenger
 
-    promote(_registry(args, _settings(args)), args.version, alias=args.alias, reason=args.reason)
-    _say(f"{args.alias} is now {args.version}")
+    root = _registry(args, _settings(args))
+    if args.version == CHALLENGER:
+        if args.alias != CHAMPION:
+            raise RegistryError("only the champion can take the challenger's version")
+        version = promote_challenger(root, reason=args.reason)
+    else:
+        version = args.version
+        promote(root, version, alias=args.alias, reason=args.reason)
+    _say(f"{args.alias} is now {version}")
     return 0
 
 

@@ -35,6 +35,7 @@ from training import gates, registry
 from training.booster import fit_booster, predict
 from training.config import TrainSettings
 from training.dataset import FeatureTable, build_feature_table
+from training.drift_reference import build_drift_reference
 from training.export import export_onnx, parity_gap
 from training.golden import golden_sample
 from training.libraries import library_versions
@@ -124,6 +125,13 @@ def train(
                 OnnxScorer(scored.onnx_model, len(FEATURES)),
                 rows=settings.golden_sample_rows,
                 seed=settings.booster.seed,
+            ),
+            drift_reference=build_drift_reference(
+                table.features[periods.test],
+                scored.scores["test"],
+                thresholds,
+                feature_names=FEATURE_NAMES,
+                period="test",
             ),
             files={},
         )

@@ -38,6 +38,7 @@ from service.artifact import (
 )
 from service.registry import (
     ALIASES,
+    CHALLENGER,
     CHAMPION,
     Action,
     AliasRecord,
@@ -163,6 +164,21 @@ def set_alias(
 def promote(root: Path, version: str, *, alias: str = CHAMPION, reason: str) -> HistoryEntry:
     """Point `alias` at `version` and record why."""
     return set_alias(root, alias, version, action="promote", reason=reason)
+
+
+def promote_challenger(root: Path, *, reason: str) -> str:
+    """Make the challenger's version the champion; that version.
+
+    The challenger alias stays where it is: naming the champion's version, it shadows
+    nothing until it is pointed at a new candidate.
+    """
+    with _exclusive(root):
+        registry = Registry(root)
+        version = registry.alias(CHALLENGER)
+        if version is None:
+            raise RegistryError(f"{root} has no challenger to promote")
+        _move_alias(registry, CHAMPION, version, action="promote", reason=reason)
+    return version
 
 
 def rollback(root: Path, *, alias: str = CHAMPION, reason: str) -> str:

@@ -1,4 +1,5 @@
-"""The grpc.aio server: the scoring service, health checking and reflection on one port.
+"""The grpc.aio server: the scoring service, health checking, reflection and, when an admin
+token is set, model administration, on one port.
 
 `build_server` returns the server and the port it bound (port 0 binds a free one: tests).
 Health follows the standard `grpc.health.v1` protocol for the whole server ("") and for
@@ -23,13 +24,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from service.config import ServerSettings, ServeSettings, TlsSettings
+from service.grpc_api.admin import ModelAdministration, ModelAdminServicer
 from service.grpc_api.interceptors import ScoringCallInterceptor
 from service.grpc_api.servicer import FraudScoringServicer, ScoringCore
 from service.logs import RequestLogSampler
 
 SCORING_SERVICE_NAME: str = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
+ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
 HEALTH_SERVICE_NAMES = (health.OVERALL_HEALTH, SCORING_SERVICE_NAME)
 
 HealthServicer = health_aio.HealthServicer
@@ -52,10 +55,15 @@ async def set_serving(servicer: HealthServicer) -> None:
 
 
 def build_server(
-    settings: ServeSettings, scorer: ScoringCore, health_servicer: HealthServicer
+    settings: ServeSettings,
+    scorer: ScoringCore,
+    health_servicer: HealthServicer,
+    *,
+    models: ModelAdministration | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A server for `scorer` and `health_servicer`, bound but not started, and its port.
 
+    With `models` and an admin token in `settings`, the `fraud.v1.ModelAdmin` service too.
     Must run inside the event loop that will serve it. BindError if the address is taken.
     """
     servicer = FraudScoringServicer(
@@ -69,9 +77,13 @@ def build_server(
     )
     scoring_pb2_grpc.add_FraudScoringServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SCORING_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    services = [SCORING_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    token = settings.admin.token
+    if models is not None and token is not None:
+        admin = ModelAdminServicer(models, token=token.get_secret_value())
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
+        services.append(ADMIN_SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
     return server, _bind(server, settings.server, settings.tls)
 
 

@@ -53,31 +53,35 @@ def test_tampered_file_is_named(tmp_path: Path) -> None:
     """One changed byte in a listed file fails verification, naming that file."""
     write_artifact(tmp_path)
     flip_first_byte(tmp_path / NATIVE_MODEL_FILE)
-    with pytest.raises(ArtifactError, match=rf"{NATIVE_MODEL_FILE}: SHA-256"):
+    with pytest.raises(ArtifactError, match=rf"{NATIVE_MODEL_FILE}: SHA-256") as refused:
         verify_artifact(tmp_path)
+    assert refused.value.reason == "checksum_mismatch"
 
 
 def test_missing_listed_file_is_named(tmp_path: Path) -> None:
     """A listed file that is gone fails verification, naming that file."""
     write_artifact(tmp_path)
     (tmp_path / REPORT_FILE).unlink()
-    with pytest.raises(ArtifactError, match=rf"{REPORT_FILE}: missing"):
+    with pytest.raises(ArtifactError, match=rf"{REPORT_FILE}: missing") as refused:
         verify_artifact(tmp_path)
+    assert refused.value.reason == "missing_file"
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
     """A directory without manifest.json is not an artifact."""
     write_model_files(tmp_path)
-    with pytest.raises(ArtifactError, match="cannot read manifest"):
+    with pytest.raises(ArtifactError, match=rf"{MANIFEST_FILE}: missing") as refused:
         verify_artifact(tmp_path)
+    assert refused.value.reason == "missing_manifest"
 
 
 def test_invalid_manifest_json(tmp_path: Path) -> None:
     """A manifest that is not JSON is reported as invalid."""
     write_artifact(tmp_path)
     (tmp_path / MANIFEST_FILE).write_text('{"version": ', encoding="utf-8")
-    with pytest.raises(ArtifactError, match="invalid manifest"):
+    with pytest.raises(ArtifactError, match="invalid manifest") as refused:
         verify_artifact(tmp_path)
+    assert refused.value.reason == "invalid_manifest"
 
 
 def test_manifest_missing_a_field(tmp_path: Path) -> None:
@@ -95,8 +99,9 @@ def test_wrong_schema_version(tmp_path: Path) -> None:
     """A manifest of another schema version is refused with both versions named."""
     write_artifact(tmp_path)
     edit_manifest(tmp_path, schema_version=2)
-    with pytest.raises(ArtifactError, match="manifest schema 2, this server reads 1"):
+    with pytest.raises(ArtifactError, match="manifest schema 2, this server reads 1") as refused:
         verify_artifact(tmp_path)
+    assert refused.value.reason == "invalid_manifest"
 
 
 def test_newer_schema_with_new_fields_reports_the_schema(tmp_path: Path) -> None:
@@ -113,8 +118,9 @@ def test_manifest_must_list_the_required_models(tmp_path: Path) -> None:
     manifest = read_manifest(tmp_path)
     files = {name: digest for name, digest in manifest.files.items() if name != ONNX_MODEL_FILE}
     edit_manifest(tmp_path, files=files)
-    with pytest.raises(ArtifactError, match=f"lists no {ONNX_MODEL_FILE}"):
+    with pytest.raises(ArtifactError, match=f"lists no {ONNX_MODEL_FILE}") as refused:
         verify_artifact(tmp_path)
+    assert refused.value.reason == "invalid_manifest"
 
 
 def test_file_names_cannot_leave_the_artifact(tmp_path: Path) -> None:
@@ -125,5 +131,6 @@ def test_file_names_cannot_leave_the_artifact(tmp_path: Path) -> None:
     outside.write_text("secret", encoding="utf-8")
     files = {**read_manifest(artifact).files, "../outside.txt": sha256_file(outside)}
     edit_manifest(artifact, files=files)
-    with pytest.raises(ArtifactError, match="leaves the artifact"):
+    with pytest.raises(ArtifactError, match="leaves the artifact") as refused:
         verify_artifact(artifact)
+    assert refused.value.reason == "invalid_manifest"

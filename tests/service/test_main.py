@@ -5,16 +5,10 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,96 +21,11 @@ from service.__main__ import main, parse_settings
 from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.client import FraudScoringClient, build_outcome_request, build_score_request
 from tests.conftest import TrainedModel
+from tests.server_process import STARTUP_TIMEOUT
 
-STARTUP_TIMEOUT = 120.0  # seconds: imports and model loading on a busy shared machine
 CALL_TIMEOUT = 10.0
 PAN_DIGITS = "4111111111111111"  # Luhn-valid test card number
 PAN_FORMS = (PAN_DIGITS, "4111 1111 1111 1111", "4111-1111-1111-1111")
-
-
-class ServerProcess:
-    """`python -m service ARGS` as a child process; its stdout and stderr are collected."""
-
-    def __init__(self, *arguments: str, environment: dict[str, str] | None = None) -> None:
-        env = {name: value for name, value in os.environ.items() if not name.startswith("FRAUD_")}
-        env |= {"FRAUD_LOGGING__FORMAT": "json"} | (environment or {})
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", *arguments],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.output: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def wait_for(self, event: str) -> dict[str, Any]:
-        """The next JSON log line whose event is `event`."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0:
-            line = self._lines.get(timeout=left)
-            assert line is not None, f"exited before {event!r}:\n{self.text()}"
-            record = _json(line)
-            if record.get("event") == event:
-                return record
-        raise AssertionError(f"no {event!r} line:\n{self.text()}")
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self) -> int:
-        """The exit status, once the process has ended and its output is read."""
-        status = self.process.wait(timeout=STARTUP_TIMEOUT)
-        self._reader.join(timeout=STARTUP_TIMEOUT)
-        return status
-
-    def text(self) -> str:
-        return "".join(self.output)
-
-    def events(self) -> list[str]:
-        """The events of the JSON log lines, in order (grpc's own lines are skipped)."""
-        return [event for line in self.output if (event := _json(line).get("event"))]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.wait()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            for line in self.process.stdout:
-                self.output.append(line)
-                self._lines.put(line)
-        self._lines.put(None)
-
-
-@pytest.fixture
-def start_process(tmp_path: Path) -> Iterator[Any]:
-    """Start `python -m service` processes, keeping outcomes in tmp_path/outcomes rather than
-    the working directory; any still running after the test is killed."""
-    processes: list[ServerProcess] = []
-    outcomes = {"FRAUD_OUTCOMES_DIRECTORY": str(tmp_path / "outcomes")}
-
-    def start(*arguments: str, environment: dict[str, str] | None = None) -> ServerProcess:
-        process = ServerProcess(*arguments, environment=outcomes | (environment or {}))
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.kill()
-
-
-def _json(line: str) -> dict[str, Any]:
-    """A JSON log line as a dict; {} for anything else (grpc's own stderr lines)."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _serve_arguments(trained_model: TrainedModel, *extra: str) -> list[str]:
@@ -215,7 +124,7 @@ def test_sigterm_lets_calls_in_flight_finish_and_exits_0(
     assert serving["model_version"] == trained_model.version
     assert "development_card_token_key" in process.events()  # the default key is public
     metrics = _get(f"http://127.0.0.1:{serving['metrics_port']}/metrics")
-    assert f'fraud_model_info{{version="{trained_model.version}"}} 1.0' in metrics
+    assert f'fraud_model_info{{alias="champion",version="{trained_model.version}"}} 1.0' in metrics
     channel = grpc.insecure_channel(f"127.0.0.1:{serving['port']}")
     health: Any = health_pb2_grpc.HealthStub(channel)
     updates = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=STARTUP_TIMEOUT)

@@ -173,18 +173,28 @@ def test_score_histogram_buckets(metrics_url: str) -> None:
         assert after[key] - before[key] == expected
 
 
-def test_serving_model_replaces_the_previous_version(metrics_url: str) -> None:
-    """After a reload only the new version is reported, with its load time."""
-    set_serving_model("2024-01-01-aaaa", loaded_at=1_700_000_000.0)
-    set_serving_model("2024-02-01-bbbb", loaded_at=1_700_000_600.0)
-    samples = scrape(metrics_url)
-    versions = {
-        dict(labels)["version"]: sample
+def _served_versions(samples: Samples) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["alias"], dict(labels)["version"]): sample
         for (name, labels), sample in samples.items()
         if name == "fraud_model_info"
     }
-    assert versions == {"2024-02-01-bbbb": 1.0}
-    assert value(samples, "fraud_model_loaded_timestamp_seconds") == 1_700_000_600.0
+
+
+def test_serving_model_replaces_the_previous_version(metrics_url: str) -> None:
+    """After a reload only the new version is reported for the alias, with its load time."""
+    set_serving_model("champion", "2024-01-01-aaaa", loaded_at=1_700_000_000.0)
+    set_serving_model("challenger", "2024-01-15-cccc", loaded_at=1_700_000_300.0)
+    set_serving_model("champion", "2024-02-01-bbbb", loaded_at=1_700_000_600.0)
+    samples = scrape(metrics_url)
+    assert _served_versions(samples) == {
+        ("champion", "2024-02-01-bbbb"): 1.0,
+        ("challenger", "2024-01-15-cccc"): 1.0,
+    }
+    loaded = ("fraud_model_loaded_timestamp_seconds", frozenset({("alias", "champion")}))
+    assert samples[loaded] == 1_700_000_600.0
+    set_serving_model("challenger", None, loaded_at=1_700_000_900.0)
+    assert _served_versions(scrape(metrics_url)) == {("champion", "2024-02-01-bbbb"): 1.0}
 
 
 @dataclass

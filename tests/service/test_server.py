@@ -47,6 +47,7 @@ from service.grpc_api.server import (
 )
 from service.grpc_api.servicer import SAFETY_MARGIN_SECONDS, ScoringCore, answer_by
 from service.model_store import ModelStore
+from service.model_watcher import ModelWatcher
 from service.registry import Registry
 from service.scoring import ModelSource
 from service.scoring_types import ModelSummary, RawOutcome, RawTransaction, ScoreResult
@@ -473,7 +474,7 @@ def test_health_follows_the_model_and_the_shutdown(
     early = _stub(server.target).Score(_request(), timeout=TIMEOUT)
     assert early.fallback_reason == "model_unavailable"
 
-    server.run(load_and_serve(store, server.health))
+    server.run(load_and_serve(ModelWatcher(store), server.health))
     assert _health(server.target) == SERVING
     assert _health(server.target, SCORING_SERVICE_NAME) == SERVING
 

@@ -142,6 +142,11 @@ def test_registry_promote_list_and_rollback(trained_model: TrainedModel, tmp_pat
     listing = run("registry", "list", "--registry", registry).stdout
     assert first in listing
     assert second in listing
+    run("registry", "promote", first, "--alias", "challenger", "--registry", registry)
+    promoted = run("registry", "promote", "challenger", "--registry", registry)
+    assert first in promoted.stderr + promoted.stdout
+    assert Registry(registry).alias("champion") == first
+    run("registry", "promote", second, "--registry", registry)
     rolled = run("registry", "rollback", "--registry", registry, "--reason", "bad canary")
     assert rolled.stdout.strip() == first
     assert Registry(registry).alias("champion") == first

@@ -21,6 +21,7 @@ from training.registry import (
     format_versions,
     list_versions,
     promote,
+    promote_challenger,
     refuse,
     rollback,
     set_alias,
@@ -190,6 +191,27 @@ def test_promote_points_the_alias(tmp_path: Path) -> None:
     entry = promote(tmp_path, second, reason="better recall")
     assert Registry(tmp_path).alias(CHAMPION) == second
     assert (entry.action, entry.previous, entry.reason) == ("promote", first, "better recall")
+
+
+def test_promote_challenger_makes_it_the_champion(tmp_path: Path) -> None:
+    """The challenger's version becomes the champion in one call; the history says so."""
+    first, second, _ = publish_three(tmp_path)
+    promote(tmp_path, first, reason="first model")
+    promote(tmp_path, second, alias=CHALLENGER, reason="nightly retrain")
+    assert promote_challenger(tmp_path, reason="won the shadow comparison") == second
+    registry = Registry(tmp_path)
+    assert registry.alias(CHAMPION) == second
+    last = registry.history()[-1]
+    assert (last.alias, last.version, last.previous) == (CHAMPION, second, first)
+
+
+def test_promote_challenger_without_one_fails(tmp_path: Path) -> None:
+    """With no challenger there is nothing to promote, and the champion stays."""
+    first = publish(tmp_path)
+    promote(tmp_path, first, reason="first model")
+    with pytest.raises(RegistryError, match="no challenger"):
+        promote_challenger(tmp_path, reason="x")
+    assert Registry(tmp_path).alias(CHAMPION) == first
 
 
 def test_set_alias_on_unknown_version_fails(tmp_path: Path) -> None:

@@ -1,0 +1,359 @@
+"""Drift monitoring: recent traffic against the reference the model was trained for.
+
+The population stability index (PSI) compares the share of live rows in each bin, a_i,
+with the share the reference period had, e_i:
+
+    PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
+
+Both shares are floored at `PSI_EPSILON` (1e-4, one row in a full default window) before
+the formula, so a bin empty on one side adds a large but finite term instead of infinity;
+the floored shares are not renormalised. Conventions: below 0.1 stable, 0.1 to 0.25
+moderate drift (look), above 0.25 major drift (act). Sampling noise alone gives about
+(bins - 1) / rows: 0.001 for 11 bins over 10,000 rows, 0.02 over the 500-row minimum.
+
+Bins (`Bins`): a sorted list of finite edges cuts the real line into len(edges) + 1 bins,
+open-ended at both ends, [edges[i-1], edges[i]) in between; NaN (a missing value) has a
+last bin of its own. Training chooses the edges (`training.drift_reference`): quantiles of
+the reference, a bin of its own for every value holding a large share (a spike at 0), and
+every edge halfway between two observed values, so that no reference value sits on one.
+The same `bin_proportions` bins the reference and the live window.
+
+`DriftMonitor` keeps the last `window` scored transactions (default 10,000) in one
+preallocated ring buffer of packed rows (33 float32 features, the score, the decision:
+1.4 MB), viewed as a numpy record array. `record` packs one row with `struct.pack_into` and
+bumps a counter: 0.8 to 1.3 microseconds on the 2-core development machine, half the cost
+of assigning the Python floats into numpy rows, and nothing is binned per request. A
+scrape sorts each column of the window (numpy sorts release the GIL) and counts the values
+below each edge by binary search: 3 to 5 ms for 33 features over 10,000 rows. A window
+holding fewer than `min_rows` (default 500) exports no PSI and no live decision rates: the
+series are absent, so alerts on them cannot fire on a new or nearly empty window.
+
+`DriftCollector` is the Prometheus collector (register it once). It follows the deciding
+model: each `record` names the model's reference, and a new reference starts a new,
+empty window, since another model's scores are not comparable. Metrics, all gauges:
+
+    fraud_drift_psi{feature}            PSI of each model feature (closed set: the model's)
+    fraud_drift_score_psi               PSI of the model's score
+    fraud_drift_window_transactions     rows in the window
+    fraud_decision_rate{decision}       share of the window's decisions
+    fraud_decision_rate_expected{decision}  the same share over the reference period
+
+Features with a daily or weekly cycle (hour_of_day, day_of_week) drift whenever the
+window spans less than a cycle, as decision rates may: read them against the window's
+duration.
+
+Threading: `record` runs on the scoring thread and `collect` on the metrics server's
+thread, with no lock (one would add 40% to `record`). A row is written before the counter
+that covers it is bumped, and a scrape reads the counter once, then reads each value of
+the window once. A row written during the scrape (a dozen at 3,000 scores a second) can
+only replace, in each column, one old value by a newer one or by a mix of their bytes:
+each bin count is off by at most the number of such rows, out of thousands. PSI is
+computed column by column, never across columns, so a row that is new in some columns
+and old in others does no other harm.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Self
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.scoring_types import Decision
+
+PSI_EPSILON = 1e-4
+DEFAULT_WINDOW = 10_000
+MIN_WINDOW_ROWS = 500
+# Rounding slack when checking that stored proportions sum to 1.
+_SUM_TOLERANCE = 1e-6
+_LABELS = {decision: decision.name.lower() for decision in Decision}
+
+FloatArray = NDArray[np.floating]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Bins(_Frozen):
+    """A binned distribution: bins below edges[0], between edges, from edges[-1] up, NaN.
+
+    `proportions` has len(edges) + 2 entries, the NaN bin last, and sums to 1.
+    """
+
+    edges: list[float] = Field(description="Finite, strictly increasing bin edges.")
+    proportions: list[float] = Field(description="Share of the reference in each bin.")
+
+    @model_validator(mode="after")
+    def _check_bins(self) -> Self:
+        edges = np.array(self.edges, dtype=np.float64)
+        if not np.isfinite(edges).all() or (np.diff(edges) <= 0).any():
+            raise ValueError("edges must be finite and strictly increasing")
+        shares = np.array(self.proportions, dtype=np.float64)
+        if shares.size != edges.size + 2:
+            raise ValueError(f"{edges.size} edges need {edges.size + 2} proportions")
+        if (shares < 0).any() or abs(shares.sum() - 1) > _SUM_TOLERANCE:
+            raise ValueError("proportions must be non-negative and sum to 1")
+        return self
+
+
+class FeatureBins(Bins):
+    """The bins of one model feature, named as in the manifest's feature list."""
+
+    name: str
+
+
+class DecisionRates(_Frozen):
+    """Share of transactions per decision."""
+
+    approve: float = Field(ge=0, le=1)
+    review: float = Field(ge=0, le=1)
+    decline: float = Field(ge=0, le=1)
+
+
+class DriftReference(_Frozen):
+    """What the model's inputs, scores and decisions looked like on a reference period."""
+
+    period: str = Field(description="The manifest period it describes, e.g. 'test'.")
+    rows: int = Field(gt=0, description="Transactions in the reference period.")
+    features: list[FeatureBins] = Field(description="One per model feature, in model order.")
+    score: Bins
+    decision_rates: DecisionRates = Field(description="Under the model's thresholds.")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [feature.name for feature in self.features]
+
+
+def bin_proportions(values: FloatArray, edges: Sequence[float]) -> NDArray[np.float64]:
+    """Share of `values` in each bin of `edges` (see `Bins`), NaN bin last."""
+    return _sorted_shares(np.sort(values), _search_edges(edges))
+
+
+def psi(actual: FloatArray, expected: FloatArray) -> float:
+    """Population stability index of `actual` shares against `expected`, per bin."""
+    floored_actual = np.maximum(actual, PSI_EPSILON)
+    floored_expected = np.maximum(expected, PSI_EPSILON)
+    terms = (floored_actual - floored_expected) * np.log(floored_actual / floored_expected)
+    return float(np.sum(terms))
+
+
+def _search_edges(edges: Sequence[float]) -> NDArray[np.float64]:
+    # numpy orders NaN after every number: a NaN edge last counts the values that are not NaN.
+    return np.append(np.asarray(edges, dtype=np.float64), np.nan)
+
+
+def _sorted_shares(
+    sorted_values: FloatArray, search_edges: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    # Counting values below each edge in sorted values is several times faster than
+    # locating each value among the edges (which mispredicts a branch per value).
+    below = np.searchsorted(sorted_values, search_edges, side="left")
+    return np.diff(below, prepend=0, append=sorted_values.size) / sorted_values.size
+
+
+class _Binning(NamedTuple):
+    search_edges: NDArray[np.float64]
+    expected: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, bins: Bins) -> _Binning:
+        return cls(_search_edges(bins.edges), np.array(bins.proportions, dtype=np.float64))
+
+    def psi(self, sorted_values: FloatArray) -> float:
+        return psi(_sorted_shares(sorted_values, self.search_edges), self.expected)
+
+
+@dataclass(frozen=True)
+class DriftSnapshot:
+    """The window at one instant; PSI and live rates are empty below the minimum rows."""
+
+    rows: int
+    feature_psi: dict[str, float]
+    score_psi: float | None
+    decision_rates: dict[str, float]
+
+
+_NO_WINDOW = DriftSnapshot(0, {}, None, {})
+
+
+class DriftMonitor:
+    """The last `window` scored transactions of one model, compared with its reference.
+
+    `record` belongs to one thread; `snapshot` may run on another (module docstring).
+    """
+
+    def __init__(
+        self,
+        reference: DriftReference,
+        *,
+        window: int = DEFAULT_WINDOW,
+        min_rows: int = MIN_WINDOW_ROWS,
+    ) -> None:
+        """An empty window of `window` rows; PSI is computed from `min_rows` rows on."""
+        if not 1 <= min_rows <= window:
+            raise ValueError(f"need 1 <= min_rows ({min_rows}) <= window ({window})")
+        self.reference = reference
+        self._window = window
+        self._min_rows = min_rows
+        self._feature_binnings = [_Binning.of(bins) for bins in reference.features]
+        self._score_binning = _Binning.of(reference.score)
+        # One packed record per row: features in float32 as the model reads them (they round
+        # exactly as training's matrix did), the score, the decision. One struct.pack_into
+        # per row costs half of writing numpy arrays from Python floats.
+        width = len(reference.features)
+        packer = struct.Struct(f"<{width}fdb")
+        self._pack_into = packer.pack_into
+        self._row_size = packer.size
+        self._buffer = bytearray(window * packer.size)
+        self._records = np.frombuffer(self._buffer, dtype=_record_dtype(width))
+        self._recorded = 0
+
+    def record(self, features: Sequence[float], score: float, decision: Decision) -> None:
+        """Add one scored transaction, replacing the oldest once the window is full.
+
+        `features` holds one value per reference feature, in the reference's order.
+        """
+        index = self._recorded % self._window
+        try:
+            self._pack_into(self._buffer, index * self._row_size, *features, score, decision)
+        except OverflowError:  # a value beyond float32: store it as the model reads it, inf
+            with np.errstate(over="ignore"):
+                self._records[index] = (features, score, decision)
+        self._recorded += 1  # last: the row is complete before a snapshot counts it
+
+    def snapshot(self) -> DriftSnapshot:
+        """PSI per feature and for the score, and live decision rates, over the window."""
+        rows = min(self._recorded, self._window)
+        if rows < self._min_rows:
+            return DriftSnapshot(rows, {}, None, {})
+        records = self._records[:rows]
+        columns = records["features"].T.copy()  # one feature per contiguous row
+        columns.sort(axis=1)
+        feature_psi = {
+            bins.name: binning.psi(column)
+            for bins, binning, column in zip(
+                self.reference.features, self._feature_binnings, columns, strict=True
+            )
+        }
+        score_psi = self._score_binning.psi(np.sort(records["score"]))
+        return DriftSnapshot(rows, feature_psi, score_psi, _decision_rates(records["decision"]))
+
+
+def _record_dtype(width: int) -> np.dtype[np.void]:
+    """The numpy view of a row packed by struct format f"<{width}fdb" (no padding)."""
+    return np.dtype([("features", "<f4", (width,)), ("score", "<f8"), ("decision", "i1")])
+
+
+def _decision_rates(decisions: NDArray[np.int8]) -> dict[str, float]:
+    counts = np.bincount(decisions, minlength=len(Decision) + 1)
+    return {label: float(counts[decision]) / decisions.size for decision, label in _LABELS.items()}
+
+
+class DriftCollector:
+    """Prometheus collector of the deciding model's drift; `record` on the scoring thread.
+
+    Register once: `prometheus_client.REGISTRY.register(collector)`.
+    """
+
+    def __init__(self, *, window: int = DEFAULT_WINDOW, min_rows: int = MIN_WINDOW_ROWS) -> None:
+        """No window until the first `record`; each reference gets `window` rows."""
+        self._window = window
+        self._min_rows = min_rows
+        self._reference: DriftReference | None = None
+        self._monitor: DriftMonitor | None = None
+
+    @property
+    def monitor(self) -> DriftMonitor | None:
+        """The window of the model that scored last; None when it carried no reference."""
+        return self._monitor
+
+    def record(
+        self,
+        reference: DriftReference | None,
+        features: Sequence[float],
+        score: float,
+        decision: Decision,
+    ) -> None:
+        """Add a transaction scored by the model whose manifest carries `reference`.
+
+        A reference other than the last one's (a model swap) starts a new, empty window;
+        None (an artifact without a reference) stops monitoring until one arrives.
+        """
+        if reference is not self._reference:
+            self._follow(reference)
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.record(features, score, decision)
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric families, without samples: registration computes nothing."""
+        return _families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        """The metric families with the window's values, computed now."""
+        monitor = self._monitor  # read once: a swap during the scrape changes nothing here
+        return _families(monitor)
+
+    def _follow(self, reference: DriftReference | None) -> None:
+        self._monitor = (
+            None
+            if reference is None
+            else DriftMonitor(reference, window=self._window, min_rows=self._min_rows)
+        )
+        self._reference = reference
+
+
+def _families(monitor: DriftMonitor | None) -> list[Metric]:
+    snapshot = _NO_WINDOW if monitor is None else monitor.snapshot()
+    expected = {} if monitor is None else monitor.reference.decision_rates.model_dump()
+    return [
+        _labelled(
+            "fraud_drift_psi",
+            "Population stability index of each model feature over the drift window.",
+            "feature",
+            snapshot.feature_psi,
+        ),
+        _unlabelled(
+            "fraud_drift_score_psi",
+            "Population stability index of the model's score over the drift window.",
+            snapshot.score_psi,
+        ),
+        _unlabelled(
+            "fraud_drift_window_transactions",
+            "Scored transactions in the drift window.",
+            snapshot.rows,
+        ),
+        _labelled(
+            "fraud_decision_rate",
+            "Share of the drift window's transactions given each decision.",
+            "decision",
+            snapshot.decision_rates,
+        ),
+        _labelled(
+            "fraud_decision_rate_expected",
+            "Share of the reference period's transactions given each decision.",
+            "decision",
+            expected,
+        ),
+    ]
+
+
+def _labelled(name: str, help_text: str, label: str, values: dict[str, float]) -> Metric:
+    family = GaugeMetricFamily(name, help_text, labels=[label])
+    for label_value, value in values.items():
+        family.add_metric([label_value], value)
+    return family
+
+
+def _unlabelled(name: str, help_text: str, value: float | None) -> Metric:
+    family = GaugeMetricFamily(name, help_text)
+    if value is not None:
+        family.add_metric([], value)
+    return family

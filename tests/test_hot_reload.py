@@ -1,0 +1,480 @@
+"""The model lifecycle of a running `fraud-serve` process under continuous load from another
+process: swaps, rollback, refused artifacts and the shadow challenger, with every answer
+checked against the score its model version gives the same transaction's features.
+
+The load driver sends a history's swipes one at a time and in order, so replaying the same
+requests through a local feature engine gives each answer's exact feature vector.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
+from service.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE, sha256_file
+from service.card_tokens import CardTokenizer
+from service.config import DEVELOPMENT_CARD_TOKEN_KEY
+from service.features import FEATURES, FeatureEngine
+from service.grpc_api.converters import to_raw_transaction
+from service.model_store import ModelStore
+from service.onnx_model import OnnxScorer
+from service.registry import CHALLENGER, CHAMPION, AliasRecord, Registry
+from service.validation import ScoringLimits, to_transaction
+from tests.conftest import TrainedModel
+from tests.factories import flip_first_byte
+from tests.load_driver import DriverRun, history_requests, start_driver
+from tests.server_process import ServerProcess
+from training.registry import promote, promote_challenger, rollback
+
+ADMIN_TOKEN = "hot-reload-test-admin-token"
+WAIT_SECONDS = 90.0  # bound on any wait for the server to follow the registry
+SWAPS = 22
+# Answers needed on each side of a comparison for its agreement rate to mean something.
+SHADOW_SAMPLE = 200
+
+Edit = Callable[[Path], None]
+
+
+@pytest.fixture
+def registry(trained_model: TrainedModel, other_model: TrainedModel, tmp_path: Path) -> Path:
+    """A registry holding the trained champion and, published beside it, the other model."""
+    root = Path(shutil.copytree(trained_model.registry, tmp_path / "models"))
+    source = Registry(other_model.registry).artifact_dir(other_model.version)
+    _publish(root, source, other_model.version)
+    return root
+
+
+@pytest.fixture
+def serve(
+    start_process: Callable[..., ServerProcess], registry: Path
+) -> Callable[[], tuple[str, str]]:
+    """Start fraud-serve on `registry`, polling it every 50 ms; its target and metrics URL."""
+
+    def start() -> tuple[str, str]:
+        process = start_process(
+            "--registry", str(registry), "--host", "127.0.0.1", "--port", "0",
+            "--metrics-port", "0",
+            environment={
+                "FRAUD_MODELS__POLL_SECONDS": "0.05",
+                "FRAUD_ADMIN__TOKEN": ADMIN_TOKEN,
+                "FRAUD_LOGGING__SAMPLE_RATE": "0",
+                # Model answers only, however busy the shared test machine: a fallback has
+                # no version to check. Latency during swaps is measured in benchmarks/.
+                "FRAUD_BUDGET__SERVER_BUDGET_MS": "5000",
+            },
+        )  # fmt: skip
+        serving = process.wait_for("serving")
+        return f"127.0.0.1:{serving['port']}", f"http://127.0.0.1:{serving['metrics_port']}/metrics"
+
+    return start
+
+
+@pytest.fixture
+def driver(tmp_path: Path, trained_model: TrainedModel) -> Iterator[Callable[[str], DriverRun]]:
+    """Start the load driver on a target; stopped after the test if still running."""
+    runs: list[DriverRun] = []
+
+    def start(target: str) -> DriverRun:
+        run = start_driver(target, trained_model.history, "hot-", tmp_path / "answers.jsonl")
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.stop.set()
+        run.process.join(30)
+        if run.process.is_alive():
+            run.process.kill()
+
+
+def test_swaps_and_a_rollback_under_load_fail_no_request(
+    serve: Callable[[], tuple[str, str]],
+    driver: Callable[[str], DriverRun],
+    registry: Path,
+    trained_model: TrainedModel,
+    other_model: TrainedModel,
+) -> None:
+    """22 promotions back and forth, then a rollback: every answer comes from a published
+    version and carries that version's own score for the transaction's features."""
+    target, _metrics = serve()
+    admin = _Admin(target)
+    load = driver(target)
+    first, second = trained_model.version, other_model.version
+    for swap in range(SWAPS):
+        version = second if swap % 2 == 0 else first
+        promote(registry, version, reason=f"swap {swap}")
+        admin.wait_until(lambda models, v=version: models.serving_version == v)  # type: ignore[misc]
+    assert rollback(registry, reason="bad canary") == second  # the champion was `first`
+    admin.wait_until(lambda models: models.serving_version == second)
+    load.wait_for_answers(200)
+
+    answers = load.finish()
+    by_version = _check_every_answer(
+        answers, registry, trained_model.history, [first, second], scores_differ=True
+    )
+    assert set(by_version) == {first, second}
+    assert min(by_version.values()) >= 50
+
+
+BAD_ARTIFACTS: list[tuple[str, str]] = [
+    ("truncated_onnx", "invalid_onnx"),
+    ("random_bytes_onnx", "invalid_onnx"),
+    ("checksum_mismatch", "checksum_mismatch"),
+    ("missing_manifest", "missing_manifest"),
+    ("wrong_feature_list", "feature_contract"),
+    ("parity_failure", "golden_mismatch"),
+    ("library_major_version", "library_mismatch"),
+    ("half_copied_directory", "checksum_mismatch"),
+    ("unpublished_version", "registry_error"),
+]
+
+
+def test_bad_artifacts_published_under_load_are_refused(
+    serve: Callable[[], tuple[str, str]],
+    driver: Callable[[str], DriverRun],
+    registry: Path,
+    trained_model: TrainedModel,
+) -> None:
+    """Each kind of broken artifact the champion alias is pointed at is refused with its
+    reason, counted, and the old model answers every request meanwhile."""
+    target, metrics_url = serve()
+    admin = _Admin(target)
+    load = driver(target)
+    source = Registry(registry).artifact_dir(trained_model.version)
+    for number, (kind, reason) in enumerate(BAD_ARTIFACTS):
+        version = f"20990101T0000{number:02d}Z-badc0de{number}"
+        _BAD_ARTIFACT_MAKERS[kind](registry, source, version)
+        _point_alias(registry, CHAMPION, version)  # by hand: the registry's writer refuses it
+        models = admin.wait_until(
+            lambda models, v=version: any(r.version == v for r in models.refusals)  # type: ignore[misc]
+        )
+        (refusal,) = models.refusals
+        assert (kind, refusal.alias, refusal.reason) == (kind, CHAMPION, reason)
+        assert models.serving_version == trained_model.version
+    _point_alias(registry, CHAMPION, trained_model.version)
+    admin.wait_until(lambda models: not models.refusals)
+    load.wait_for_answers(100)
+
+    answers = load.finish()
+    by_version = _check_every_answer(
+        answers, registry, trained_model.history, [trained_model.version]
+    )
+    assert set(by_version) == {trained_model.version}
+    refusals = _samples(metrics_url, "fraud_model_refusals_total")
+    expected = Counter(reason for _kind, reason in BAD_ARTIFACTS)
+    for reason, count in expected.items():
+        assert refusals[(("alias", CHAMPION), ("reason", reason))] == count
+
+
+def test_the_shadow_challenger_agreement_follows_the_challenger(
+    serve: Callable[[], tuple[str, str]],
+    driver: Callable[[str], DriverRun],
+    registry: Path,
+    trained_model: TrainedModel,
+    other_model: TrainedModel,
+) -> None:
+    """A similar challenger agrees with the champion on most decisions, one that declines
+    everything on few; answers are unchanged by either, and promoting the challenger is
+    one call after which it decides and the shadow stops."""
+    target, metrics_url = serve()
+    admin = _Admin(target)
+    load = driver(target)
+    champion = trained_model.version
+    decline_all = "20990101T000000Z-dec11eae"
+    _publish(registry, Registry(registry).artifact_dir(champion), decline_all, _decline_all)
+
+    promote(registry, other_model.version, alias=CHALLENGER, reason="similar model")
+    admin.wait_until(lambda models: models.challenger_version == other_model.version)
+    similar = _agreement_over(metrics_url, SHADOW_SAMPLE)
+    promote(registry, decline_all, alias=CHALLENGER, reason="declines everything")
+    admin.wait_until(lambda models: models.challenger_version == decline_all)
+    contrary = _agreement_over(metrics_url, SHADOW_SAMPLE)
+    assert similar > 0.8
+    assert contrary < 0.2
+
+    assert promote_challenger(registry, reason="the shadow says so") == decline_all
+    admin.wait_until(lambda models: models.serving_version == decline_all)
+    load.wait_for_answers(100)
+    compared = _agreement_counts(metrics_url)
+    load.wait_for_answers(100)
+    assert _agreement_counts(metrics_url) == compared  # a model is not compared with itself
+
+    answers = load.finish()
+    by_version = _check_every_answer(
+        answers, registry, trained_model.history, [champion, decline_all]
+    )
+    assert set(by_version) == {champion, decline_all}
+    promoted = [answer for answer in answers if answer["model_version"] == decline_all]
+    assert {answer["decision"] for answer in promoted} == {"DECISION_DECLINE"}
+
+
+def test_memory_after_100_reloads_stays_within_8_mib_of_memory_after_10(
+    registry: Path, trained_model: TrainedModel, other_model: TrainedModel
+) -> None:
+    """Reloading between two versions releases the old sessions: resident memory after 100
+    swaps is within 8 MiB of what it was after 10 (measured in a fresh process)."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        after = pool.submit(
+            resident_memory_after_swaps,
+            registry,
+            (trained_model.version, other_model.version),
+            (10, 100),
+        ).result(timeout=600)
+    assert after[100] - after[10] <= 8 * 2**20, after
+
+
+def resident_memory_after_swaps(
+    registry: Path, versions: tuple[str, str], checkpoints: Iterable[int]
+) -> dict[int, int]:
+    """Resident set size (bytes) after each checkpoint's number of champion swaps, each a
+    full load of the other version through `ModelStore.refresh`."""
+    store = ModelStore(registry)
+    store.load_champion()
+    sizes: dict[int, int] = {}
+    swaps = 0
+    for checkpoint in sorted(checkpoints):
+        while swaps < checkpoint:
+            _point_alias(registry, CHAMPION, versions[swaps % 2])
+            report = store.refresh()
+            assert not report.refusals, report
+            swaps += 1
+        gc.collect()
+        sizes[checkpoint] = psutil.Process().memory_info().rss
+    return sizes
+
+
+# --- artifacts -------------------------------------------------------------------------------
+
+
+def _publish(root: Path, source: Path, version: str, edit: Edit | None = None) -> Path:
+    """Publish a copy of `source` as `version` the way the registry does: complete aside,
+    then renamed into place."""
+    staging = Path(shutil.copytree(source, root / ".staging" / version))
+    _edit_manifest(staging, lambda manifest: manifest.update(version=version))
+    if edit is not None:
+        edit(staging)
+    target = root / "versions" / version
+    staging.rename(target)
+    return target
+
+
+def _point_alias(root: Path, alias: str, version: str) -> None:
+    """Move an alias without the registry writer's checks, atomically (aside, then rename)."""
+    record = AliasRecord(alias=alias, version=version, updated_at=datetime.now(UTC))
+    path = Registry(root).alias_path(alias)
+    aside = path.with_suffix(".tmp")
+    aside.write_text(record.model_dump_json(), encoding="utf-8")
+    aside.replace(path)
+
+
+def _edit_manifest(artifact: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+    path = artifact / MANIFEST_FILE
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    edit(manifest)
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _rehashed(artifact: Path, name: str, content: bytes) -> None:
+    """Replace a file and update its checksum: the manifest vouches for the bad content."""
+    (artifact / name).write_bytes(content)
+    digest = sha256_file(artifact / name)
+    _edit_manifest(artifact, lambda manifest: manifest["files"].update({name: digest}))
+
+
+def _truncate_onnx(artifact: Path) -> None:
+    content = (artifact / ONNX_MODEL_FILE).read_bytes()
+    _rehashed(artifact, ONNX_MODEL_FILE, content[: len(content) // 2])
+
+
+def _random_onnx(artifact: Path) -> None:
+    _rehashed(artifact, ONNX_MODEL_FILE, os.urandom(64 * 1024))
+
+
+def _swap_two_features(artifact: Path) -> None:
+    def swap(manifest: dict[str, Any]) -> None:
+        features = manifest["features"]
+        features[0], features[1] = features[1], features[0]
+
+    _edit_manifest(artifact, swap)
+
+
+def _shift_golden_scores(artifact: Path) -> None:
+    def shift(manifest: dict[str, Any]) -> None:
+        scores = manifest["golden_sample"]["scores"]
+        manifest["golden_sample"]["scores"] = [min(score + 1e-3, 1.0) for score in scores]
+
+    _edit_manifest(artifact, shift)
+
+
+def _old_onnxruntime(artifact: Path) -> None:
+    _edit_manifest(artifact, lambda manifest: manifest["libraries"].update(onnxruntime="0.9.0"))
+
+
+def _decline_all(artifact: Path) -> None:
+    _edit_manifest(
+        artifact, lambda manifest: manifest["thresholds"].update(review=0.0, decline=0.0)
+    )
+
+
+def _half_copy(root: Path, source: Path, version: str) -> None:
+    """A copy into the registry's versions directory itself, killed halfway through the
+    native model: the manifest and the files before it in name order are complete."""
+    target = root / "versions" / version
+    target.mkdir()
+    for path in sorted(source.iterdir()):
+        content = path.read_bytes()
+        if path.name == NATIVE_MODEL_FILE:
+            (target / path.name).write_bytes(content[: len(content) // 2])
+            break
+        (target / path.name).write_bytes(content)
+    _edit_manifest(target, lambda manifest: manifest.update(version=version))
+
+
+def _published_with(edit: Edit) -> Callable[[Path, Path, str], None]:
+    def make(root: Path, source: Path, version: str) -> None:
+        _publish(root, source, version, edit)
+
+    return make
+
+
+def _without_manifest(root: Path, source: Path, version: str) -> None:
+    _publish(root, source, version, lambda artifact: (artifact / MANIFEST_FILE).unlink())
+
+
+def _nothing_published(_root: Path, _source: Path, _version: str) -> None:
+    """The alias names a version that was never published."""
+
+
+_BAD_ARTIFACT_MAKERS: dict[str, Callable[[Path, Path, str], None]] = {
+    "truncated_onnx": _published_with(_truncate_onnx),
+    "random_bytes_onnx": _published_with(_random_onnx),
+    "checksum_mismatch": _published_with(lambda a: flip_first_byte(a / NATIVE_MODEL_FILE)),
+    "missing_manifest": _without_manifest,
+    "wrong_feature_list": _published_with(_swap_two_features),
+    "parity_failure": _published_with(_shift_golden_scores),
+    "library_major_version": _published_with(_old_onnxruntime),
+    "half_copied_directory": _half_copy,
+    "unpublished_version": _nothing_published,
+}
+
+
+# --- the server, seen from outside ------------------------------------------------------------
+
+
+class _Admin:
+    """The server's ModelAdmin service, with the token."""
+
+    def __init__(self, target: str) -> None:
+        self._stub = admin_pb2_grpc.ModelAdminStub(grpc.insecure_channel(target))
+        self._metadata = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+    def models(self) -> admin_pb2.ListModelsResponse:
+        return self._stub.ListModels(
+            admin_pb2.ListModelsRequest(), metadata=self._metadata, timeout=10
+        )
+
+    def wait_until(
+        self, condition: Callable[[admin_pb2.ListModelsResponse], bool]
+    ) -> admin_pb2.ListModelsResponse:
+        """The first listing that meets `condition`, polled until WAIT_SECONDS pass."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            models = self.models()
+            if condition(models):
+                return models
+            time.sleep(0.02)
+        raise AssertionError(f"the server did not get there; it reports:\n{self.models()}")
+
+
+def _samples(metrics_url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples named `name`, by their sorted labels."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def _agreement_counts(metrics_url: str) -> tuple[float, float]:
+    samples = _samples(metrics_url, "fraud_shadow_comparisons_total")
+    return (
+        samples.get((("agreement", "agree"),), 0.0),
+        samples.get((("agreement", "disagree"),), 0.0),
+    )
+
+
+def _agreement_over(metrics_url: str, comparisons: int) -> float:
+    """The agreement rate over the next `comparisons` shadow comparisons."""
+    agreed, disagreed = _agreement_counts(metrics_url)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        now_agreed, now_disagreed = _agreement_counts(metrics_url)
+        total = (now_agreed - agreed) + (now_disagreed - disagreed)
+        if total >= comparisons:
+            return (now_agreed - agreed) / total
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {comparisons} shadow comparisons in {WAIT_SECONDS} s")
+
+
+def _check_every_answer(
+    answers: list[dict[str, Any]],
+    registry: Path,
+    history: Path,
+    versions: list[str],
+    *,
+    scores_differ: bool = False,
+) -> Counter[str]:
+    """Every answer is the model's, from one of `versions`, with that version's score for
+    the features the server computed; how many answers each version gave.
+
+    With `scores_differ`, most answers must also tell the versions apart (each gives
+    another score), or the check would prove little.
+    """
+    assert answers, "the driver got no answer"
+    store = Registry(registry)
+    scorers = {
+        version: OnnxScorer(store.artifact_dir(version) / ONNX_MODEL_FILE, len(FEATURES))
+        for version in versions
+    }
+    engine = FeatureEngine(store.load(versions[0]).feature_config)
+    tokenizer = CardTokenizer(DEVELOPMENT_CARD_TOKEN_KEY.encode())
+    limits = ScoringLimits()
+    by_version: Counter[str] = Counter()
+    telling_apart = 0
+    requests = history_requests(history, "hot-")
+    for request, answer in zip(requests, answers, strict=False):
+        assert answer["code"] == "OK", answer
+        assert answer["source"] == "DECISION_SOURCE_MODEL", answer
+        assert answer["transaction_id"] == request.transaction.transaction_id
+        version = answer["model_version"]
+        assert version in scorers, answer
+        raw = to_raw_transaction(request)
+        tx = to_transaction(raw, now_ns=time.time_ns(), limits=limits, tokenizer=tokenizer)
+        features = engine.observe(tx)
+        scores = {name: scorer.score_one(features) for name, scorer in scorers.items()}
+        assert answer["score"] == scores[version], answer
+        by_version[version] += 1
+        telling_apart += len(set(scores.values())) == len(scores)
+    if scores_differ:
+        assert telling_apart > len(answers) // 2, (telling_apart, len(answers))
+    return by_version
