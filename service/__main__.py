@@ -18,7 +18,8 @@ champion, a refused model, a port in use), 2 for bad arguments or configuration.
 
 With `--workers N` above 1 this process only supervises N worker processes that each run
 the whole server on the same port (see `service.grpc_api.server` for what that gives up);
-worker i serves its metrics on the metrics port + i, and SIGTERM is passed on to every one.
+worker i serves its metrics on the metrics port + i, and SIGTERM and SIGHUP are passed on to
+every one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -314,6 +316,7 @@ async def _following_the_registry(
     looks: set[asyncio.Task[object]] = set()  # referenced until done, or asyncio may drop them
 
     def look_now() -> None:
+        _log.info("reload_requested", trigger="SIGHUP")
         task: asyncio.Task[object] = asyncio.create_task(watcher.reload())
         looks.add(task)
         task.add_done_callback(looks.discard)
@@ -371,15 +374,22 @@ def _worker_processes(arguments: list[str], workers: int) -> list[SpawnProcess]:
 
 
 def _pass_signals_on(processes: list[SpawnProcess]) -> None:
-    """SIGTERM and SIGINT here become SIGTERM in every worker still running."""
+    """SIGTERM and SIGINT here become SIGTERM in every worker still running; SIGHUP (look
+    at the registry now) is passed on as it is."""
 
-    def pass_on(_signum: int, _frame: FrameType | None) -> None:
+    def stop(_signum: int, _frame: FrameType | None) -> None:
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: the worker shuts down gracefully
 
-    signal.signal(signal.SIGTERM, pass_on)
-    signal.signal(signal.SIGINT, pass_on)
+    def reload(_signum: int, _frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
 
 
 def run_worker(arguments: list[str], index: int) -> None:

@@ -191,7 +191,8 @@ def test_no_card_number_reaches_the_logs(
 def test_workers_share_one_port_and_stop_together(
     trained_model: TrainedModel, start_process: Any
 ) -> None:
-    """With --workers 2 two processes serve the same port; SIGTERM stops both, exit 0."""
+    """With --workers 2 two processes serve the same port; SIGHUP reaches both, SIGTERM
+    stops both, exit 0."""
     port = _free_port()
     process = start_process(*_serve_arguments(trained_model, "--workers", "2", "--port", str(port)))
     workers = {process.wait_for("serving")["worker"] for _ in range(2)}
@@ -200,6 +201,9 @@ def test_workers_share_one_port_and_stop_together(
         response = client.score("tx-w", "card-w", "term-w", 100, "EUR", datetime.now(UTC))
     assert response.model_version == trained_model.version
 
+    process.signal(signal.SIGHUP)
+    reloading = {process.wait_for("reload_requested")["worker"] for _ in range(2)}
+    assert reloading == {0, 1}
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
     assert process.events().count("stopped") == 2
