@@ -17,6 +17,7 @@ from service.config import (
 )
 
 SECRET_KEY = "a-production-secret-0123456789"
+ADMIN_TOKEN = "an-admin-token-0123456789"
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +88,8 @@ def test_training_variables_are_not_serve_settings(monkeypatch: pytest.MonkeyPat
         ("FRAUD_SERVER__METRICS_PORT", "50051", "server.metrics_port: must differ"),
         ("FRAUD_FALLBACK__POLICY", "approve", "fallback.policy: "),
         ("FRAUD_LOGGING__SAMPLE_RATE", "1.5", "logging.sample_rate: "),
+        ("FRAUD_MODELS__POLL_SECONDS", "-1", "models.poll_seconds: "),
+        ("FRAUD_MODELS__SHADOW_BACKLOG", "0", "models.shadow_backlog: "),
         ("FRAUD_SERVER__PROT", "1", "server.prot: Extra inputs are not permitted"),
     ],
 )
@@ -212,6 +215,36 @@ def test_short_key_error_has_no_chained_validation_text(
         load_settings(None)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+def test_model_and_admin_defaults() -> None:
+    """By default the registry is polled every second, majors are refused, no admin service."""
+    settings = load_settings(None)
+    assert settings.models.poll_seconds == 1.0
+    assert not settings.models.allow_major_library_difference
+    assert settings.models.shadow_backlog == 4096
+    assert settings.admin.token is None
+
+
+def test_poll_interval_and_admin_token_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FRAUD_MODELS__POLL_SECONDS and FRAUD_ADMIN__TOKEN are read; the token stays masked."""
+    monkeypatch.setenv("FRAUD_MODELS__POLL_SECONDS", "0.25")
+    monkeypatch.setenv("FRAUD_ADMIN__TOKEN", ADMIN_TOKEN)
+    settings = load_settings(None)
+    assert settings.models.poll_seconds == 0.25
+    assert settings.admin.token is not None
+    assert settings.admin.token.get_secret_value() == ADMIN_TOKEN
+    for text in (json.dumps(settings.describe()), repr(settings), str(settings)):
+        assert ADMIN_TOKEN not in text
+
+
+def test_short_admin_token_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A too-short admin token is an error naming the field, not the token."""
+    message = config_error(monkeypatch, FRAUD_ADMIN__TOKEN="short-token")
+    assert "admin.token: must be at least 16 characters" in message
+    assert "short-token" not in message
 
 
 def test_host_accepts_grpc_brackets_and_builds_the_address(

@@ -6,10 +6,11 @@ import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+import pytest
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service._proto.fraud.v1 import scoring_pb2
+from service._proto.fraud.v1 import admin_pb2, scoring_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = Path("service/_proto")
@@ -25,7 +26,7 @@ MESSAGE = FieldDescriptor.TYPE_MESSAGE
 
 # The published contract: (field number, wire type) of every field. Add rows for new fields;
 # never change or delete a row (retire a field with `reserved` in the .proto instead).
-FIELDS: dict[str, dict[str, tuple[int, int]]] = {
+SCORING_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
     "Transaction": {
         "transaction_id": (1, STRING),
         "card_id": (2, STRING),
@@ -71,6 +72,30 @@ FIELDS: dict[str, dict[str, tuple[int, int]]] = {
     },
 }
 
+ADMIN_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
+    "ListModelsRequest": {},
+    "ReloadRequest": {},
+    "PublishedVersion": {
+        "version": (1, STRING),
+        "created_at": (2, MESSAGE),
+        "aliases": (3, STRING),
+        "test_metrics": (4, MESSAGE),
+        "parent_version": (5, STRING),
+    },
+    "Refusal": {
+        "alias": (1, STRING),
+        "version": (2, STRING),
+        "reason": (3, STRING),
+        "detail": (4, STRING),
+    },
+    "ListModelsResponse": {
+        "serving_version": (1, STRING),
+        "challenger_version": (2, STRING),
+        "versions": (3, MESSAGE),
+        "refusals": (4, MESSAGE),
+    },
+}
+
 ENUMS: dict[str, dict[str, int]] = {
     "EntryMode": {
         "ENTRY_MODE_UNSPECIFIED": 0,
@@ -94,12 +119,25 @@ ENUMS: dict[str, dict[str, int]] = {
 }
 
 # rpc name -> (request, response, client streaming, server streaming)
-METHODS = {
+SCORING_METHODS = {
     "Score": ("ScoreRequest", "ScoreResponse", False, False),
     "ScoreStream": ("ScoreRequest", "ScoreResponse", True, True),
     "ReportOutcome": ("OutcomeRequest", "OutcomeResponse", False, False),
     "GetModelInfo": ("GetModelInfoRequest", "ModelInfo", False, False),
 }
+ADMIN_METHODS = {
+    "ListModels": ("ListModelsRequest", "ListModelsResponse", False, False),
+    "Reload": ("ReloadRequest", "ListModelsResponse", False, False),
+}
+# Each .proto file's descriptor, with its pinned messages, then with its pinned service.
+CONTRACTS = [
+    pytest.param(scoring_pb2.DESCRIPTOR, SCORING_FIELDS, id="scoring"),
+    pytest.param(admin_pb2.DESCRIPTOR, ADMIN_FIELDS, id="admin"),
+]
+SERVICES = [
+    pytest.param(scoring_pb2.DESCRIPTOR, "fraud.v1.FraudScoring", SCORING_METHODS, id="scoring"),
+    pytest.param(admin_pb2.DESCRIPTOR, "fraud.v1.ModelAdmin", ADMIN_METHODS, id="admin"),
+]
 
 
 def _files(root: Path) -> dict[Path, bytes]:
@@ -125,13 +163,14 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path):
     generated = _files(tmp_path / GENERATED)
     tools = f"grpcio-tools {version('grpcio-tools')}, mypy-protobuf {version('mypy-protobuf')}"
     assert Path("fraud/v1/scoring_pb2_grpc.pyi") in generated
+    assert Path("fraud/v1/admin_pb2_grpc.pyi") in generated
     assert generated == _files(REPO / GENERATED), (
         f"service/_proto is stale or was edited by hand: run scripts/generate-proto ({tools})"
     )
 
 
 def test_messages_round_trip_through_the_wire():
-    """Every field of a request and a response survives serialization."""
+    """Every field of a request, a response and the admin listing survives serialization."""
     request = scoring_pb2.ScoreRequest(
         transaction=scoring_pb2.Transaction(
             transaction_id="tx-1",
@@ -156,7 +195,26 @@ def test_messages_round_trip_through_the_wire():
         decision_source=scoring_pb2.DECISION_SOURCE_MODEL,
     )
 
-    for message in (request, response):
+    models = admin_pb2.ListModelsResponse(
+        serving_version="v2",
+        challenger_version="v3",
+        versions=[
+            admin_pb2.PublishedVersion(
+                version="v2",
+                created_at=Timestamp(seconds=1_700_000_000),
+                aliases=["champion"],
+                test_metrics={"auc_roc": 0.93},
+                parent_version="v1",
+            )
+        ],
+        refusals=[
+            admin_pb2.Refusal(
+                alias="challenger", version="v4", reason="golden_mismatch", detail="d"
+            )
+        ],
+    )
+
+    for message in (request, response, models):
         parsed = type(message).FromString(message.SerializeToString())
         assert parsed == message
     assert scoring_pb2.ScoreRequest.FromString(request.SerializeToString()).transaction.HasField(
@@ -164,12 +222,15 @@ def test_messages_round_trip_through_the_wire():
     )
 
 
-def test_field_numbers_and_types_are_pinned():
+@pytest.mark.parametrize(("file", "fields"), CONTRACTS)
+def test_field_numbers_and_types_are_pinned(
+    file: FileDescriptor, fields: dict[str, dict[str, tuple[int, int]]]
+) -> None:
     """No message field of the published contract was renumbered, retyped or removed."""
-    actual = {name: _fields(scoring_pb2.DESCRIPTOR.message_types_by_name[name]) for name in FIELDS}
+    actual = {name: _fields(file.message_types_by_name[name]) for name in fields}
 
-    assert actual == FIELDS
-    assert set(scoring_pb2.DESCRIPTOR.message_types_by_name) == set(FIELDS)
+    assert actual == fields
+    assert set(file.message_types_by_name) == set(fields)
 
 
 def test_enum_numbers_are_pinned():
@@ -179,9 +240,12 @@ def test_enum_numbers_are_pinned():
     assert actual == ENUMS
 
 
-def test_service_methods_are_pinned():
-    """The service keeps its rpc names, message types and streaming shapes."""
-    service = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"]
+@pytest.mark.parametrize(("file", "full_name", "methods"), SERVICES)
+def test_service_methods_are_pinned(
+    file: FileDescriptor, full_name: str, methods: dict[str, tuple[str, str, bool, bool]]
+) -> None:
+    """Each service keeps its rpc names, message types and streaming shapes."""
+    (service,) = file.services_by_name.values()
     actual = {
         method.name: (
             method.input_type.name,
@@ -192,5 +256,5 @@ def test_service_methods_are_pinned():
         for method in service.methods
     }
 
-    assert service.full_name == "fraud.v1.FraudScoring"
-    assert actual == METHODS
+    assert service.full_name == full_name
+    assert actual == methods
