@@ -21,7 +21,8 @@ from service.model_overview import ModelsOverview
 from service.model_store import RefreshReport
 
 AUTHORIZATION_KEY = "authorization"
-BEARER = "Bearer "
+# The scheme is case-insensitive (RFC 7235); the token is compared exactly.
+BEARER_SCHEME = "bearer"
 
 ListContext = grpc.aio.ServicerContext[admin_pb2.ListModelsRequest, admin_pb2.ListModelsResponse]
 ReloadContext = grpc.aio.ServicerContext[admin_pb2.ReloadRequest, admin_pb2.ListModelsResponse]
@@ -45,7 +46,7 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
     def __init__(self, models: ModelAdministration, *, token: str) -> None:
         """Serve `models` to callers presenting `token`."""
         self._models = models
-        self._expected = (BEARER + token).encode()
+        self._expected = token.encode()
 
     async def ListModels(
         self, request: admin_pb2.ListModelsRequest, context: ListContext
@@ -77,7 +78,10 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
 
     async def _authenticate(self, context: ListContext | ReloadContext, rpc: str) -> None:
         presented = _authorization(context)
-        if presented is None or not hmac.compare_digest(presented.encode(), self._expected):
+        scheme, _, token = (presented or "").partition(" ")
+        if scheme.lower() != BEARER_SCHEME or not hmac.compare_digest(
+            token.encode(), self._expected
+        ):
             _log.warning("admin_unauthenticated", rpc=rpc, token_sent=presented is not None)
             await _abort_unauthenticated(context)
 

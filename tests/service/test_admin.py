@@ -153,6 +153,19 @@ def test_an_unauthenticated_reload_changes_nothing(registry: Path) -> None:
     assert _with_admin(registry, scenario) == champion
 
 
+def test_the_bearer_scheme_is_case_insensitive(registry: Path) -> None:
+    """RFC 7235: "bearer" and "BEARER" name the same scheme; the token itself is exact."""
+
+    async def scenario(stub: ModelAdminAsyncStub) -> str:
+        lower = (("authorization", f"bearer {TOKEN}"),)
+        response = await stub.ListModels(
+            admin_pb2.ListModelsRequest(), metadata=lower, timeout=TIMEOUT
+        )
+        return response.serving_version
+
+    assert _with_admin(registry, scenario) == Registry(registry).alias(CHAMPION)
+
+
 def test_list_models_describes_the_registry_and_what_is_served(registry: Path) -> None:
     """Every published version with its aliases and metrics; the champion is serving."""
     publish_copy(registry, OTHER_VERSION)
