@@ -1,0 +1,136 @@
+"""What each `fraud-bench` subcommand does, once its arguments are parsed.
+
+`prepare` checks the arguments as a whole (a ValueError is a usage error, exit status 2)
+and returns the command, to be called with the command line it came from; that call
+does the work and returns the report (its errors are failures, exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+
+from benchmarks.client import Rpc
+from benchmarks.machine import describe_run
+from benchmarks.measurement import LoadSettings, Mode, ServerProbe, measure
+from benchmarks.memory import measure_in_fresh_process
+from benchmarks.report import Report
+from benchmarks.saturation import rate_steps
+from benchmarks.suite import SuiteSettings, floors_report, run_suite, saturate_server
+from benchmarks.traffic import OutcomeMix, build_calls, load_history, new_run_id
+
+Command = Callable[[list[str]], Report]
+# History rows a closed loop loads per second of run: more than one server answers.
+CLOSED_LOOP_ROWS_PER_SECOND = 5_000
+
+
+def prepare(args: argparse.Namespace) -> Command:
+    """The command `args` asks for, checked; ValueError if the arguments do not fit."""
+    if args.command == "run":
+        load = load_settings(args, args.mode, args.rpc, args.rate)
+        return functools.partial(_run, args, load, outcome_mix(args))
+    if args.command == "saturate":
+        rates = rate_steps(args.start, args.step, args.max_rate)
+        load_settings(args, "open", "unary", rates[-1])  # checks every other setting too
+        return functools.partial(_saturate, args, rates, outcome_mix(args))
+    if args.command == "memory":
+        if args.days <= 0:
+            raise ValueError("--days must be above 0")
+        return functools.partial(_memory, args)
+    settings = suite_settings(args)
+    return functools.partial(floors_report if args.command == "floors" else run_suite, settings)
+
+
+def load_settings(args: argparse.Namespace, mode: Mode, rpc: Rpc, rate: float) -> LoadSettings:
+    """The load of a run against `args.target`; ValueError if out of bounds."""
+    return LoadSettings(
+        target=args.target,
+        mode=mode,
+        rpc=rpc,
+        seconds=args.seconds,
+        rate=rate,
+        arrivals=args.arrivals,
+        in_flight=args.in_flight,
+        max_in_flight=args.max_in_flight,
+        processes=args.processes,
+        connections=args.connections,
+        streams=args.streams,
+        timeout=args.timeout,
+        seed=args.seed,
+    )
+
+
+def outcome_mix(args: argparse.Namespace) -> OutcomeMix:
+    """The outcome reports asked for; ValueError if out of bounds."""
+    return OutcomeMix(share=args.outcome_share, lag=args.outcome_lag, seed=args.seed)
+
+
+def suite_settings(args: argparse.Namespace) -> SuiteSettings:
+    """The settings of `suite` or `floors`; ValueError if out of bounds."""
+    suite = args.command == "suite"
+    defaults = SuiteSettings()
+    return SuiteSettings(
+        registry=args.registry,
+        data=args.data,
+        out=args.out,
+        seconds=args.seconds,
+        rate=args.rate,
+        in_flight=args.in_flight,
+        stream_rate=args.stream_rate if suite else defaults.stream_rate,
+        streams=args.streams,
+        budget_ms=args.budget_ms if suite else defaults.budget_ms,
+        saturation_start=args.start if suite else defaults.saturation_start,
+        saturation_step=args.step if suite else defaults.saturation_step,
+        saturation_max=args.max_rate if suite else defaults.saturation_max,
+        saturation_seconds=args.step_seconds if suite else defaults.saturation_seconds,
+        processes=args.processes,
+        connections=args.connections,
+        timeout=args.timeout,
+        arrivals=args.arrivals,
+        outcomes=outcome_mix(args),
+        seed=args.seed,
+        onnx_calls=args.onnx_calls,
+        memory_days=args.memory_days if suite else 0.0,
+    )
+
+
+def _run(
+    args: argparse.Namespace, load: LoadSettings, mix: OutcomeMix, command_line: list[str]
+) -> Report:
+    rows = args.rows
+    if rows is None and load.mode == "open":
+        rows = load.calls_needed()
+    elif rows is None:
+        rows = round(CLOSED_LOOP_ROWS_PER_SECOND * load.seconds)
+    history = load_history(args.data, rows, args.skip_rows)
+    calls = build_calls(history, args.run_id or new_run_id(), mix)
+    probe = ServerProbe(args.server_pid, tuple(args.metrics))
+    measurement = measure(args.name, load, calls, probe)
+    return Report("run", describe_run(), command_line, _settings(args), [measurement])
+
+
+def _saturate(
+    args: argparse.Namespace, rates: list[float], mix: OutcomeMix, command_line: list[str]
+) -> Report:
+    rows = sum(round(rate * args.seconds) for rate in rates)
+    history = load_history(args.data, rows, args.skip_rows)
+    saturation = saturate_server(
+        rates,
+        lambda rate: load_settings(args, "open", "unary", rate),
+        history,
+        mix,
+        ServerProbe(args.server_pid, tuple(args.metrics)),
+        args.budget_ms,
+        args.run_id or new_run_id(),
+    )
+    return Report("saturate", describe_run(), command_line, _settings(args), saturation=saturation)
+
+
+def _memory(args: argparse.Namespace, command_line: list[str]) -> Report:
+    figures = measure_in_fresh_process(args.registry, args.data, args.days)
+    return Report("memory", describe_run(), command_line, _settings(args), memory=figures)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    return {name: value for name, value in vars(args).items() if name != "command"}

@@ -1,0 +1,140 @@
+"""`fraud-bench` end to end: real servers, report.json, table, charts, exit statuses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.floor_server import EmptyFloorServicer
+from benchmarks.servers import fraud_serve_spec, serving
+from tests.benchmarks.thread_server import ThreadServer
+from tests.conftest import TrainedModel
+
+QUICK = ["--processes", "1", "--seconds", "1", "--rate", "200"]
+
+
+@pytest.fixture(scope="module")
+def floor() -> Iterator[ThreadServer]:
+    server = ThreadServer(EmptyFloorServicer())
+    yield server
+    server.stop()
+
+
+def _report(directory: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((directory / "report.json").read_text())
+    return document
+
+
+def test_run_against_fraud_serve_reports_its_cpu_and_own_latency(
+    trained_model: TrainedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Against real fraud-serve: all answered, its CPU and own quantiles reported, charts drawn."""
+    spec = fraud_serve_spec("serve", trained_model.registry)
+    with serving(spec, tmp_path / "logs") as server:
+        arguments = ["run", "--target", server.target, "--server-pid", str(server.probe.pid)]
+        arguments += ["--metrics", server.probe.metrics_urls[0], "--run-id", "cli"]
+        status = main(
+            [*arguments, "--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
+        )
+
+    assert status == 0
+    report = _report(tmp_path)
+    (measurement,) = report["measurements"]
+    assert measurement["statuses"] == {"OK": measurement["latency"]["count"]}
+    assert sum(measurement["decisions"].values()) == measurement["latency"]["count"]
+    assert measurement["server"]["cpu_us_per_answer"] > 0
+    assert measurement["server_latency"]["requests"] == measurement["latency"]["count"]
+    assert report["command_line"] == [
+        "fraud-bench",
+        *arguments,
+        "--data",
+        str(trained_model.history),
+        "--out",
+        str(tmp_path),
+        *QUICK,
+    ]
+    assert {"date", "commit", "cpu", "cores"} <= report["run"].keys()
+    assert capsys.readouterr().out.splitlines()[3].startswith("run ")
+    assert (tmp_path / "spectrum.png").stat().st_size > 0
+    assert (tmp_path / "timeline-run.png").stat().st_size > 0
+
+
+def test_floors_measures_onnx_alone_and_both_floor_servers(
+    trained_model: TrainedModel, tmp_path: Path
+):
+    """`floors` times inference alone and loads the empty and ONNX floor servers it starts."""
+    arguments = ["floors", "--registry", str(trained_model.registry), "--onnx-calls", "300"]
+    arguments += ["--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
+
+    assert main(arguments) == 0
+
+    report = _report(tmp_path)
+    assert [m["name"] for m in report["measurements"]] == ["floor-empty", "floor-onnx"]
+    assert all(m["server"]["cpu_us_per_answer"] > 0 for m in report["measurements"])
+    assert report["onnx_alone"]["calls"] == 300
+
+
+def test_saturate_steps_up_to_the_highest_rate_held(
+    floor: ThreadServer, small_history: Path, tmp_path: Path
+):
+    """Against a fast server and a loose budget, every step holds up to the last rate."""
+    arguments = ["saturate", "--target", floor.target, "--data", str(small_history)]
+    arguments += ["--out", str(tmp_path), "--processes", "1", "--seconds", "0.5"]
+
+    status = main(
+        [*arguments, "--start", "100", "--step", "100", "--max-rate", "300", "--budget-ms", "5000"]
+    )
+
+    assert status == 0
+    saturation = _report(tmp_path)["saturation"]
+    assert [step["rate"] for step in saturation["steps"]] == [100, 200, 300]
+    assert saturation["highest_held_rate"] == 300
+    assert (tmp_path / "saturation.png").stat().st_size > 0
+
+
+def test_memory_runs_in_a_fresh_process(trained_model: TrainedModel, tmp_path: Path):
+    """`memory` reports the cards and bytes per card of the days it fed."""
+    arguments = ["memory", "--registry", str(trained_model.registry), "--days", "5"]
+
+    assert main([*arguments, "--data", str(trained_model.history), "--out", str(tmp_path)]) == 0
+
+    memory = _report(tmp_path)["memory"]
+    assert memory["cards"] > 0
+    assert memory["days"] == 5
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["run", "--target", "10.1.2.3:50051"],
+        ["run", "--target", "127.0.0.1:50051", "--metrics", "http://example.com/metrics"],
+        ["run", "--target", "127.0.0.1:50051", "--rate", "0"],
+        ["run", "--target", "127.0.0.1:50051", "--processes", "99"],
+        ["run", "--target", "127.0.0.1:50051", "--outcome-share", "2"],
+        ["saturate", "--target", "127.0.0.1:50051", "--start", "900", "--max-rate", "100"],
+        ["memory", "--days", "0"],
+        ["suite", "--seconds", "1000"],
+        ["run", "--target", "127.0.0.1:50051", "--mode", "sideways"],
+    ],
+)
+def test_bad_arguments_exit_with_status_2(arguments: list[str], tmp_path: Path):
+    """Off-loopback targets, out-of-bounds settings and unknown choices are usage errors."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*arguments, "--out", str(tmp_path)])
+
+    assert exit_info.value.code == 2
+
+
+def test_a_run_that_cannot_read_its_data_exits_with_status_1(
+    floor: ThreadServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """A missing history file is a failure (status 1) with the reason on stderr."""
+    arguments = ["run", "--target", floor.target, "--data", str(tmp_path / "none.csv")]
+
+    assert main([*arguments, "--out", str(tmp_path)]) == 1
+    assert "none.csv" in capsys.readouterr().err
