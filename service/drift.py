@@ -42,6 +42,10 @@ Features with a daily or weekly cycle (hour_of_day, day_of_week) drift whenever 
 window spans less than a cycle, as decision rates may: read them against the window's
 duration.
 
+A scrape that finds a PSI above `PSI_MAJOR` (0.25), for the score or a feature other than
+the cyclic ones, logs a "drift_detected" warning naming them, at most once every
+`warn_interval_seconds` (15 minutes by default): the scrape, not the request, pays for it.
+
 Threading: `record` runs on the scoring thread and `collect` on the metrics server's
 thread, with no lock (one would add 40% to `record`). A row is written before the counter
 that covers it is bumped, and a scrape reads the counter once, then reads each value of
@@ -55,11 +59,13 @@ and old in others does no other harm.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Self
 
 import numpy as np
+import structlog
 from numpy.typing import NDArray
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -68,6 +74,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from service.scoring_types import Decision
 
 PSI_EPSILON = 1e-4
+PSI_MAJOR = 0.25
+# Drift by construction in any window shorter than their cycle: never warned of.
+CYCLIC_FEATURES = frozenset({"hour_of_day", "day_of_week"})
+DRIFT_WARNING_INTERVAL_SECONDS = 900.0
 DEFAULT_WINDOW = 10_000
 MIN_WINDOW_ROWS = 500
 # Rounding slack when checking that stored proportions sum to 1.
@@ -75,6 +85,8 @@ _SUM_TOLERANCE = 1e-6
 _LABELS = {decision: decision.name.lower() for decision in Decision}
 
 FloatArray = NDArray[np.floating]
+
+_log = structlog.get_logger(__name__)
 
 
 class _Frozen(BaseModel):
@@ -262,10 +274,21 @@ class DriftCollector:
     Register once: `prometheus_client.REGISTRY.register(collector)`.
     """
 
-    def __init__(self, *, window: int = DEFAULT_WINDOW, min_rows: int = MIN_WINDOW_ROWS) -> None:
-        """No window until the first `record`; each reference gets `window` rows."""
+    def __init__(
+        self,
+        *,
+        window: int = DEFAULT_WINDOW,
+        min_rows: int = MIN_WINDOW_ROWS,
+        warn_interval_seconds: float = DRIFT_WARNING_INTERVAL_SECONDS,
+    ) -> None:
+        """No window until the first `record`; each reference gets `window` rows.
+
+        A scrape finding major drift logs it, once per `warn_interval_seconds` at most.
+        """
         self._window = window
         self._min_rows = min_rows
+        self._warn_interval = warn_interval_seconds
+        self._last_warning: float | None = None
         self._reference: DriftReference | None = None
         self._monitor: DriftMonitor | None = None
 
@@ -294,12 +317,37 @@ class DriftCollector:
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples: registration computes nothing."""
-        return _families(None)
+        return _families(_NO_WINDOW, {})
 
     def collect(self) -> Iterable[Metric]:
-        """The metric families with the window's values, computed now."""
+        """The metric families with the window's values, computed now; warns of drift."""
         monitor = self._monitor  # read once: a swap during the scrape changes nothing here
-        return _families(monitor)
+        if monitor is None:
+            return _families(_NO_WINDOW, {})
+        snapshot = monitor.snapshot()
+        self._warn_of_drift(snapshot)
+        return _families(snapshot, monitor.reference.decision_rates.model_dump())
+
+    def _warn_of_drift(self, snapshot: DriftSnapshot) -> None:
+        drifted = {
+            name: round(value, 3)
+            for name, value in snapshot.feature_psi.items()
+            if value > PSI_MAJOR and name not in CYCLIC_FEATURES
+        }
+        score_psi = snapshot.score_psi
+        if not drifted and (score_psi is None or score_psi <= PSI_MAJOR):
+            return
+        now = time.monotonic()
+        if self._last_warning is not None and now - self._last_warning < self._warn_interval:
+            return
+        self._last_warning = now
+        _log.warning(
+            "drift_detected",
+            features=drifted,
+            score_psi=None if score_psi is None else round(score_psi, 3),
+            window_transactions=snapshot.rows,
+            threshold=PSI_MAJOR,
+        )
 
     def _follow(self, reference: DriftReference | None) -> None:
         self._monitor = (
@@ -310,9 +358,7 @@ class DriftCollector:
         self._reference = reference
 
 
-def _families(monitor: DriftMonitor | None) -> list[Metric]:
-    snapshot = _NO_WINDOW if monitor is None else monitor.snapshot()
-    expected = {} if monitor is None else monitor.reference.decision_rates.model_dump()
+def _families(snapshot: DriftSnapshot, expected: dict[str, float]) -> list[Metric]:
     return [
         _labelled(
             "fraud_drift_psi",

@@ -6,6 +6,10 @@ model version) first, then level, ISO timestamp, traceback, card-number redactio
 or console renderer. structlog's own loggers write straight to the stream (no `logging`
 machinery on the hot path) and are cached on first use; calls below the level return at once.
 
+Request ids: a logged request's line carries the caller's `x-request-id` or, without one, a
+`new_request_id()`, bound with the model version through context variables. Only requests
+in the log sample pay for either: an unsampled request costs one random draw.
+
 Card numbers never belong in a log line: the scoring path logs none, and `redact_card_numbers`
 is the defence in depth that replaces anything looking like one (13-19 digits, spaces or
 dashes allowed, passing the Luhn check), wherever it sits in an event, tracebacks included.
@@ -14,6 +18,7 @@ dashes allowed, passing the Luhn check), wherever it sits in an event, traceback
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import sys
@@ -31,6 +36,12 @@ REDACTED = "[REDACTED]"
 _CARD_NUMBER_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 # Values rendered as they are; anything else is rendered by its repr, so that is scrubbed.
 _PLAIN_TYPES = (bool, float, type(None))
+REQUEST_ID_BYTES = 8
+
+
+def new_request_id() -> str:
+    """A random request id, 16 hex digits: unique enough to find one request's lines."""
+    return os.urandom(REQUEST_ID_BYTES).hex()
 
 
 class RequestLogSampler:

@@ -26,6 +26,10 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
   raised before the state is touched; after a failed inference the transaction stays
   counted, and a repeat raises ModelUnavailable again rather than counting it twice.
 
+Stage timings (`fraud_stage_duration_seconds`): one call in `stage_timing_every` has its
+feature state, inference (score and decision) and reasons stages timed (`service.metrics`
+says why a sample); reasons are timed only when computed, for REVIEW and DECLINE.
+
 Outcomes feed the same engine: an outcome reported before its transaction's event time
 counts from that event time (the engine clamps it), as one reported right then would.
 Each outcome the engine accepts also goes, as reported, to the `outcome_sink` (the outcome
@@ -38,6 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Literal, Protocol
 
 import structlog
@@ -47,6 +52,13 @@ from service.card_tokens import CardTokenizer
 from service.drift import DriftReference
 from service.errors import ModelUnavailable, UnknownTransaction
 from service.features import FeatureEngine
+from service.metrics import (
+    FEATURES_STAGE,
+    INFERENCE_STAGE,
+    REASONS_STAGE,
+    STAGE_TIMING_EVERY,
+    StageSampler,
+)
 from service.model_store import LoadedModel
 from service.scoring_types import (
     Decision,
@@ -137,12 +149,14 @@ class Scorer:
         outcome_sink: OutcomeSink | None = None,
         shadow: ShadowSink | None = None,
         drift: DriftSink | None = None,
+        stage_timing_every: int = STAGE_TIMING_EVERY,
     ) -> None:
         """Score with `engine`'s state and `store`'s current model.
 
         `answers_kept` bounds the memory of recent answers that makes retries idempotent.
         `outcome_sink` gets every outcome the engine accepts; it must be quick and not raise.
         `shadow` and `drift` get every transaction the model decided, with its features.
+        One call in `stage_timing_every` has its stages timed.
         """
         model = store.current
         if model is not None and model.manifest.feature_config != engine.config:
@@ -158,6 +172,7 @@ class Scorer:
         self._outcome_sink = outcome_sink
         self._shadow = shadow
         self._drift = drift
+        self._stage_sampler = StageSampler(stage_timing_every)
         # Transaction id to its answer; None when it was counted but could not be answered.
         self._answers: OrderedDict[str, ScoreResult | None] = OrderedDict()
 
@@ -178,9 +193,13 @@ class Scorer:
         model = self._store.current
         if model is None and self._fallback.mode == "disabled":
             raise ModelUnavailable("no model is loaded and the fallback is disabled")
+        timed = self._stage_sampler.due()
+        started = perf_counter()
         features = self._engine.observe(tx)
+        if timed:
+            FEATURES_STAGE.observe(perf_counter() - started)
         try:
-            result = self._decide(model, transaction_id, raw.amount_minor, features)
+            result = self._decide(model, transaction_id, raw.amount_minor, features, timed)
         except BaseException:
             self._remember(transaction_id, None)  # counted all the same
             raise
@@ -215,17 +234,24 @@ class Scorer:
         transaction_id: str,
         amount_minor: int,
         features: Sequence[float],
+        timed: bool,
     ) -> ScoreResult:
         if model is None:
             return self._fall_back(transaction_id, amount_minor, "model_unavailable")
         # Any failure of a verified model is unexpected: answer by the rules, keep the trace.
         try:
+            started = perf_counter()
             score = model.scorer.score_one(features)
             decision = decision_for(score, model.thresholds)
+            inferred = perf_counter()
             reasons = () if decision is Decision.APPROVE else model.explainer.explain(features)
         except Exception:
             _log.exception("model_error", model_version=model.version)
             return self._fall_back(transaction_id, amount_minor, "model_error")
+        if timed:  # reasons first: their clock is still running
+            if decision is not Decision.APPROVE:
+                REASONS_STAGE.observe(perf_counter() - inferred)
+            INFERENCE_STAGE.observe(inferred - started)
         if self._drift is not None:
             self._drift.record(model.manifest.drift_reference, features, score, decision)
         if self._shadow is not None:

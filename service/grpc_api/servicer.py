@@ -18,13 +18,17 @@ the call's arrival (for a stream, from the message's), and the client's deadline
 fallback once it has passed.
 
 Each scored transaction and each refused request gets one log line, for a sampled share of
-them; a request outside the sample costs one random draw and no formatting.
+them; a request outside the sample costs one random draw and no formatting. A logged line
+carries the request id (the caller's `x-request-id` metadata, else a fresh one) and the
+model version, bound through structlog's context variables while it is written; so does
+every internal error's line.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import NoReturn, Protocol
 
 import grpc
@@ -39,7 +43,7 @@ from service.grpc_api.converters import (
     to_score_response,
 )
 from service.grpc_api.interceptors import call_arrival
-from service.logs import RequestLogSampler
+from service.logs import RequestLogSampler, new_request_id
 from service.metrics import DECISION_COUNTERS, FALLBACK_COUNTERS, OUTCOME_COUNTERS, SCORES
 from service.scoring_types import (
     DecisionSource,
@@ -55,6 +59,9 @@ SAFETY_MARGIN_SECONDS = 0.0005
 INTERNAL_DETAILS = "internal error"
 # A stream error names its transaction by position and by id, cut to this length.
 _SHOWN_ID_LENGTH = 64
+REQUEST_ID_KEY = "x-request-id"
+# A caller's request id is logged as sent, cut to this length.
+MAX_REQUEST_ID_LENGTH = 128
 
 STATUS_BY_ERROR: tuple[tuple[type[ScoringError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -91,6 +98,15 @@ def status_for(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def request_id(context: AnyContext) -> str:
+    """The call's `x-request-id` metadata (cut to MAX_REQUEST_ID_LENGTH), else a new id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            return text[:MAX_REQUEST_ID_LENGTH]
+    return new_request_id()
+
+
 def answer_by(arrived: float, now: float, budget: float, time_remaining: float | None) -> float:
     """The `time.monotonic()` instant by which a transaction that `arrived` must be answered.
 
@@ -125,7 +141,7 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
             result = self._scorer.score(to_raw_transaction(request), deadline=deadline)
         except Exception as error:
             await self._fail(context, "Score", error)
-        self._account("Score", result, arrived)
+        self._account("Score", result, arrived, context)
         return to_score_response(result)
 
     async def ScoreStream(
@@ -141,7 +157,7 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
             except Exception as error:
                 where = _stream_position(position, request.transaction.transaction_id)
                 await self._fail(context, "ScoreStream", error, where)
-            self._account("ScoreStream", result, arrived)
+            self._account("ScoreStream", result, arrived, context)
             yield to_score_response(result)
             position += 1
 
@@ -166,7 +182,9 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
             await self._fail(context, "GetModelInfo", error)
         return to_model_info(summary)
 
-    def _account(self, rpc: str, result: ScoreResult, arrived: float) -> None:
+    def _account(
+        self, rpc: str, result: ScoreResult, arrived: float, context: ScoreContext
+    ) -> None:
         """Metrics for every answer; the log line for the sampled ones."""
         DECISION_COUNTERS[result.decision, result.source].inc()
         if result.source is DecisionSource.MODEL:
@@ -175,17 +193,17 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
             FALLBACK_COUNTERS[result.fallback_reason].inc()
         if self._sampler.should_log():
             # Card, terminal and merchant ids stay out: only what identifies the request.
-            _log.info(
-                "scored",
-                rpc=rpc,
-                transaction_id=result.transaction_id,
-                model_version=result.model_version,
-                decision=result.decision.name,
-                source=result.source.name,
-                fallback_reason=result.fallback_reason,
-                score=result.score,
-                latency_ms=round((time.monotonic() - arrived) * 1000, 3),
-            )
+            with _log_context(context, model_version=result.model_version):
+                _log.info(
+                    "scored",
+                    rpc=rpc,
+                    transaction_id=result.transaction_id,
+                    decision=result.decision.name,
+                    source=result.source.name,
+                    fallback_reason=result.fallback_reason,
+                    score=result.score,
+                    latency_ms=round((time.monotonic() - arrived) * 1000, 3),
+                )
 
     async def _fail(
         self, context: AnyContext, rpc: str, error: Exception, where: str = ""
@@ -194,12 +212,19 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
         code = status_for(error)
         if code is grpc.StatusCode.INTERNAL:
             # Logged whatever the sample: every one is a bug to fix. No request data.
-            _log.error("internal_error", rpc=rpc, exc_info=error)
+            with _log_context(context):
+                _log.error("internal_error", rpc=rpc, exc_info=error)
             await context.abort(code, INTERNAL_DETAILS)
         if self._sampler.should_log():
             field = error.field if isinstance(error, InvalidRequest) else None
-            _log.info("refused", rpc=rpc, code=code.name, field=field)
+            with _log_context(context):
+                _log.info("refused", rpc=rpc, code=code.name, field=field)
         await context.abort(code, where + str(error))
+
+
+def _log_context(context: AnyContext, **bound: str) -> AbstractContextManager[None]:
+    """The call's request id, and `bound`, in every log line written inside the block."""
+    return structlog.contextvars.bound_contextvars(request_id=request_id(context), **bound)
 
 
 def _stream_position(position: int, transaction_id: str) -> str:

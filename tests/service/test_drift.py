@@ -8,6 +8,8 @@ zero, a few discrete codes, a feature that is sometimes missing.
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,10 +17,12 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from service.artifact import Thresholds
 from service.drift import (
     PSI_EPSILON,
+    PSI_MAJOR,
     Bins,
     DriftCollector,
     DriftMonitor,
@@ -31,6 +35,7 @@ from service.scoring_types import Decision
 from training.drift_reference import build_drift_reference
 
 AMOUNT = FEATURE_NAMES.index("amount")
+HOUR = FEATURE_NAMES.index("hour_of_day")
 NOT_PRESENT_1D = FEATURE_NAMES.index("card_not_present_count_1d")
 DAYS_SINCE_TERMINAL = FEATURE_NAMES.index("days_since_card_used_terminal")
 THRESHOLDS = Thresholds(review=0.2, decline=0.6, policy="fixed for tests")
@@ -287,6 +292,59 @@ def test_a_collector_without_a_window_exports_zero_rows():
     families = scrape(registry)
     assert families["fraud_drift_window_transactions"] == {(): 0}
     assert families["fraud_decision_rate_expected"] == {}
+
+
+def drift_warnings(collector: DriftCollector, scrapes: int) -> list[MutableMapping[str, Any]]:
+    """The drift_detected lines logged while `collector` is scraped `scrapes` times."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    with capture_logs() as entries:
+        for _ in range(scrapes):
+            scrape(registry)
+    return [entry for entry in entries if entry["event"] == "drift_detected"]
+
+
+def shifted_collector(
+    reference: DriftReference, warn_interval_seconds: float = 900.0
+) -> DriftCollector:
+    """A collector whose window has amounts x3 and every swipe in the same hour."""
+    collector = DriftCollector(
+        window=2_000, min_rows=500, warn_interval_seconds=warn_interval_seconds
+    )
+    live = traffic(2_000, seed=13)
+    live[:, AMOUNT] *= 3
+    live[:, HOUR] = 3.0
+    scores = scores_of(live)
+    for row, score, decision in zip(live.tolist(), scores, decisions_of(scores), strict=True):
+        collector.record(reference, row, float(score), decision)
+    return collector
+
+
+def test_a_scrape_warns_of_major_drift_once_per_interval(reference):
+    """Amounts x3: the first scrape logs a warning naming amount and the score's PSI, not
+    the hour (cyclic: it drifts in any short window); the next scrape, within 15 minutes,
+    logs nothing."""
+    (warning,) = drift_warnings(shifted_collector(reference), scrapes=2)
+    assert warning["log_level"] == "warning"
+    assert set(warning["features"]) == {"amount"}
+    assert warning["features"]["amount"] > PSI_MAJOR
+    assert warning["score_psi"] > PSI_MAJOR
+    assert warning["window_transactions"] == 2_000
+
+
+def test_drift_warnings_repeat_once_the_interval_has_passed(reference):
+    """With no interval between warnings, every scrape of a drifted window logs one."""
+    assert len(drift_warnings(shifted_collector(reference, 0.0), scrapes=3)) == 3
+
+
+def test_stable_traffic_logs_no_drift_warning(reference):
+    """Fresh draws from the reference's population warn of nothing."""
+    collector = DriftCollector(window=2_000, min_rows=500, warn_interval_seconds=0.0)
+    live = traffic(2_000, seed=14)
+    scores = scores_of(live)
+    for row, score, decision in zip(live.tolist(), scores, decisions_of(scores), strict=True):
+        collector.record(reference, row, float(score), decision)
+    assert drift_warnings(collector, scrapes=2) == []
 
 
 def test_bins_refuse_inconsistent_edges_and_proportions():

@@ -6,20 +6,36 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
-from datetime import datetime
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 import structlog
+from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
-from service.config import LoggingSettings
-from service.logs import REDACTED, RequestLogSampler, configure_logging
+from service.__main__ import build_scorer
+from service._proto.fraud.v1 import scoring_pb2_grpc
+from service.client import build_score_request
+from service.config import LoggingSettings, ServerSettings, ServeSettings
+from service.features import FeatureEngine
+from service.grpc_api.servicer import MAX_REQUEST_ID_LENGTH, REQUEST_ID_KEY
+from service.logs import REDACTED, RequestLogSampler, configure_logging, new_request_id
+from service.model_store import ModelStore
+from service.registry import Registry
+from tests.conftest import TrainedModel
+from tests.service.loopback import LoopbackServer
 
 # Luhn-valid test numbers (Visa and American Express test ranges).
 VISA = "4111111111111111"
 AMEX = "378282246310005"
 NOT_LUHN = "4111111111111112"
+CALL_TIMEOUT = 10.0
+GENERATED_ID = re.compile(r"[0-9a-f]{16}")
 
 
 @pytest.fixture(autouse=True)
@@ -187,3 +203,65 @@ def test_sampler_refuses_a_rate_outside_zero_to_one() -> None:
     for rate in (-0.1, 1.1, float("nan")):
         with pytest.raises(ValueError, match="sample rate"):
             RequestLogSampler(rate)
+
+
+def test_new_request_ids_are_16_hex_digits_and_differ() -> None:
+    """Generated ids have a fixed, log-friendly form and do not repeat."""
+    ids = {new_request_id() for _ in range(1_000)}
+    assert len(ids) == 1_000
+    assert all(GENERATED_ID.fullmatch(request_id) for request_id in ids)
+
+
+@pytest.fixture(scope="module")
+def logging_server(trained_model: TrainedModel) -> Iterator[LoopbackServer]:
+    """A real server of the trained champion that logs every request."""
+    champion = Registry(trained_model.registry).champion()
+    assert champion is not None
+    feature_config = champion[1].feature_config
+    store = ModelStore(trained_model.registry, feature_config=feature_config)
+    store.load_champion()
+    settings = ServeSettings(
+        server=ServerSettings(host="127.0.0.1", port=0), logging=LoggingSettings(sample_rate=1.0)
+    )
+    server = LoopbackServer(settings, build_scorer(settings, FeatureEngine(feature_config), store))
+    yield server
+    server.stop()
+
+
+def _score(target: str, transaction_id: str, amount_minor: int, *metadata: tuple[str, str]) -> None:
+    when = datetime.now(UTC) - timedelta(hours=1)
+    request = build_score_request(transaction_id, "card-1", "term-1", amount_minor, "EUR", when)
+    stub = scoring_pb2_grpc.FraudScoringStub(grpc.insecure_channel(target))
+    stub.Score(request, metadata=metadata, timeout=CALL_TIMEOUT)
+
+
+def _captured() -> AbstractContextManager[list[EventDict]]:
+    """Capture log events with the context variables bound when each was logged."""
+    return capture_logs(processors=[structlog.contextvars.merge_contextvars])
+
+
+def test_a_logged_request_carries_its_request_id_and_model_version(
+    logging_server: LoopbackServer, trained_model: TrainedModel
+) -> None:
+    """The scored line binds the caller's x-request-id, cut to length, or a new id, and
+    the model version."""
+    long_id = "r" * (MAX_REQUEST_ID_LENGTH + 50)
+    target = logging_server.target
+    with _captured() as entries:
+        _score(target, "tx-given", 100, (REQUEST_ID_KEY, "req-from-the-caller"))
+        _score(target, "tx-long", 100, (REQUEST_ID_KEY, long_id))
+        _score(target, "tx-none", 100)
+    scored = {entry["transaction_id"]: entry for entry in entries if entry["event"] == "scored"}
+    assert scored["tx-given"]["request_id"] == "req-from-the-caller"
+    assert scored["tx-long"]["request_id"] == long_id[:MAX_REQUEST_ID_LENGTH]
+    assert GENERATED_ID.fullmatch(scored["tx-none"]["request_id"])
+    assert {entry["model_version"] for entry in scored.values()} == {trained_model.version}
+
+
+def test_a_refused_request_logs_its_request_id(logging_server: LoopbackServer) -> None:
+    """An invalid request's "refused" line names the field and carries the request id."""
+    with _captured() as entries, pytest.raises(grpc.RpcError):
+        _score(logging_server.target, "tx-bad", -1, (REQUEST_ID_KEY, "req-refused"))
+    (refused,) = [entry for entry in entries if entry["event"] == "refused"]
+    assert (refused["request_id"], refused["code"]) == ("req-refused", "INVALID_ARGUMENT")
+    assert refused["field"] == "transaction.amount_minor"

@@ -21,6 +21,8 @@ from service.metrics import (
     LATENCY_BUCKETS,
     OUTCOME_COUNTERS,
     SCORES,
+    STAGE_BUCKETS,
+    StageSampler,
     rpc_metrics,
     set_serving_model,
     start_metrics_server,
@@ -41,7 +43,9 @@ OUR_FAMILIES = {
     "fraud_model_loaded_timestamp_seconds",
     "fraud_outcomes",
     "fraud_feature_state_entities",
+    "fraud_stage_duration_seconds",
 }
+STAGES = ("features", "inference", "reasons")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -215,3 +219,29 @@ def test_feature_state_is_read_at_each_scrape(metrics_url: str) -> None:
     name = "fraud_feature_state_entities"
     assert (value(first, name, kind="cards"), value(first, name, kind="terminals")) == (3, 5)
     assert (value(second, name, kind="cards"), value(second, name, kind="terminals")) == (40, 7)
+
+
+def test_stage_histograms_are_exposed_for_every_stage_before_any_call(metrics_url: str) -> None:
+    """Each scoring stage has its histogram, with the fine stage buckets, from the start."""
+    samples = scrape(metrics_url)
+    for stage in STAGES:
+        bounds = {
+            float(dict(labels)["le"])
+            for name, labels in samples
+            if name == "fraud_stage_duration_seconds_bucket" and ("stage", stage) in labels
+        }
+        assert bounds == {*STAGE_BUCKETS, math.inf}
+
+
+def test_stage_sampler_picks_the_first_call_then_one_in_every() -> None:
+    """Every 4: calls 1, 5 and 9 of 10 are timed; every 1: all of them."""
+    every_four = StageSampler(4)
+    assert [every_four.due() for _ in range(10)] == [n % 4 == 0 for n in range(10)]
+    every_call = StageSampler(1)
+    assert all(every_call.due() for _ in range(10))
+
+
+def test_stage_sampler_refuses_a_period_below_one() -> None:
+    """Timing one call in 0 (or fewer) means nothing."""
+    with pytest.raises(ValueError, match="at least 1"):
+        StageSampler(0)

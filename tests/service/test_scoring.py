@@ -11,6 +11,7 @@ import lightgbm
 import numpy as np
 import numpy.typing as npt
 import pytest
+from prometheus_client import REGISTRY
 
 from service.artifact import Thresholds
 from service.card_tokens import CardTokenizer
@@ -39,6 +40,7 @@ T0_NS = 1_704_067_200 * NANOS_PER_SECOND  # 2024-01-01T00:00:00Z
 DAY_NS = 86_400 * NANOS_PER_SECOND
 PAN = "4111111111111111"
 REPLAYED_DAYS = 10
+STAGES = ("features", "inference", "reasons")
 # Scorer answers for a stretch of history, and the scores training's replay gives it.
 Replayed = tuple[list[ScoreResult], npt.NDArray[np.float64]]
 
@@ -394,3 +396,48 @@ def test_a_store_without_champion_gets_rule_answers(tmp_path: Path, engine: Feat
     """An empty registry gives a store without model: the scorer still answers by the rules."""
     result = _scorer(engine, ModelStore(tmp_path)).score(_raw(1))
     assert result.fallback_reason == "model_unavailable"
+
+
+def _stage_counts() -> dict[str, float]:
+    return {
+        stage: REGISTRY.get_sample_value("fraud_stage_duration_seconds_count", {"stage": stage})
+        or 0.0
+        for stage in STAGES
+    }
+
+
+def _stages_timed(scorer: Scorer, *raws: RawTransaction) -> dict[str, float]:
+    """How many timings of each stage scoring `raws` adds."""
+    before = _stage_counts()
+    for raw in raws:
+        scorer.score(raw)
+    after = _stage_counts()
+    return {stage: after[stage] - before[stage] for stage in STAGES}
+
+
+def _with_thresholds(model: LoadedModel, review: float, decline: float) -> OneModel:
+    thresholds = Thresholds(review=review, decline=decline, policy="fixed for the test")
+    return OneModel(dataclasses.replace(model, thresholds=thresholds))
+
+
+def test_a_timed_call_times_reasons_only_when_it_computes_them(
+    engine: FeatureEngine, model: LoadedModel
+) -> None:
+    """Timing every call: a reviewed swipe times its three stages, an approved one two."""
+    reviewing = _scorer(engine, _with_thresholds(model, 0.0, 1.0), stage_timing_every=1)
+    assert _stages_timed(reviewing, _raw(1)) == {"features": 1, "inference": 1, "reasons": 1}
+    approving = _scorer(engine, _with_thresholds(model, 1.0, 1.0), stage_timing_every=1)
+    assert _stages_timed(approving, _raw(2)) == {"features": 1, "inference": 1, "reasons": 0}
+
+
+def test_one_call_in_n_has_its_stages_timed(engine: FeatureEngine, store: ModelStore) -> None:
+    """One call in 4: of 9 calls, the 1st, 5th and 9th are timed."""
+    scorer = _scorer(engine, store, stage_timing_every=4)
+    timed = _stages_timed(scorer, *(_raw(number) for number in range(1, 10)))
+    assert (timed["features"], timed["inference"]) == (3, 3)
+
+
+def test_a_call_without_a_model_times_its_features_only(engine: FeatureEngine) -> None:
+    """The rules answer: the feature state was updated and timed, no inference ran."""
+    scorer = _scorer(engine, OneModel(None), stage_timing_every=1)
+    assert _stages_timed(scorer, _raw(1)) == {"features": 1, "inference": 0, "reasons": 0}
