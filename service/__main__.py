@@ -45,6 +45,7 @@ from service.card_tokens import CardTokenizer
 from service.config import ConfigError, ServerSettings, ServeSettings, load_settings
 from service.drift import DriftCollector
 from service.features import FeatureConfig, FeatureEngine
+from service.gc_policy import configure_garbage_collection
 from service.grpc_api.server import (
     BindError,
     HealthServicer,
@@ -214,6 +215,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
 
 def _run(settings: ServeSettings, metrics_port: int) -> int:
     _log.info("starting", settings=settings.describe())
+    configure_garbage_collection(full_collections=settings.server.full_gc)
     if settings.uses_development_card_token_key:
         _log.warning(
             "development_card_token_key",
