@@ -16,9 +16,12 @@
 5. the ONNX graph loads and fits the scoring contract (`service.onnx_model.OnnxScorer`);
 6. the golden sample, replayed row by row through `OnnxScorer.score_one` (the path requests
    take), gives the scores training recorded, within `GOLDEN_TOLERANCE`;
-7. the native LightGBM model loads, for the same features, with a reason code for each.
+7. the reason tables load (`reasons.npz`, compiled by training; for older artifacts,
+   compiled here from the native LightGBM model), for the same features, with a reason
+   code for each, and explain the golden rows' scores: each row's contributions plus the
+   bias give back the score training recorded.
 
-The golden replay doubles as the ONNX warm-up; one explanation warms up the reasons path.
+The golden replay doubles as the ONNX warm-up; the explanations warm up the reasons path.
 
 `ModelStore` follows the registry's aliases: the champion decides, the optional challenger
 is scored in its shadow. See its docstring for how a swap stays atomic.
@@ -26,6 +29,7 @@ is scored in its shadow. See its docstring for how a swap stays atomic.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -38,6 +42,7 @@ from service.artifact import (
     GOLDEN_TOLERANCE,
     NATIVE_MODEL_FILE,
     ONNX_MODEL_FILE,
+    REASON_TABLES_FILE,
     ArtifactError,
     GoldenSample,
     Manifest,
@@ -59,6 +64,11 @@ from service.registry import (
     RegistryError,
 )
 from service.scoring_types import ModelSummary
+
+# The reasons come from LightGBM's float64 trees, the golden scores from the float32 ONNX
+# graph: training's parity gate keeps the two within `gates.max_parity_gap` (1e-5 by
+# default, at most 1e-3) on every test row.
+REASONS_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -108,8 +118,8 @@ def load_model(
         _refuse_major_differences(artifact_dir, library_differences)
     scorer = _onnx_scorer(artifact_dir / ONNX_MODEL_FILE)
     _replay_golden_sample(artifact_dir, scorer, manifest.golden_sample)
-    explainer = _explainer(artifact_dir / NATIVE_MODEL_FILE)
-    explainer.explain(manifest.golden_sample.features[0])
+    explainer = _explainer(artifact_dir, manifest)
+    _check_reasons_explain_the_scores(artifact_dir, explainer, manifest.golden_sample)
     return LoadedModel(
         manifest.version,
         manifest,
@@ -454,9 +464,11 @@ def _replay_golden_sample(artifact_dir: Path, scorer: OnnxScorer, sample: Golden
         )
 
 
-def _explainer(path: Path) -> Explainer:
+def _explainer(artifact_dir: Path, manifest: Manifest) -> Explainer:
+    tables = REASON_TABLES_FILE in manifest.files
+    path = artifact_dir / (REASON_TABLES_FILE if tables else NATIVE_MODEL_FILE)
     try:
-        explainer = Explainer(path)
+        explainer = Explainer.from_tables(path) if tables else Explainer(path)
     except ValueError as error:
         raise ArtifactError(
             f"{path}: cannot explain scores: {error}", reason="invalid_native_model"
@@ -467,3 +479,20 @@ def _explainer(path: Path) -> Explainer:
             reason="invalid_native_model",
         )
     return explainer
+
+
+def _check_reasons_explain_the_scores(
+    artifact_dir: Path, explainer: Explainer, sample: GoldenSample
+) -> None:
+    """ArtifactError unless the reasons add up to the golden scores: tables of another
+    model would name the wrong features however well their file verifies."""
+    for row, (features, score) in enumerate(zip(sample.features, sample.scores, strict=True)):
+        raw = explainer.bias + float(explainer.contributions(features).sum())
+        explained = 1.0 / (1.0 + math.exp(-raw))
+        if not abs(explained - score) <= REASONS_TOLERANCE:
+            raise ArtifactError(
+                f"{artifact_dir}: the reasons of golden row {row} add up to a score of "
+                f"{explained!r}, the model scores {score!r}: they explain another model",
+                reason="invalid_native_model",
+            )
+    explainer.explain(sample.features[0])  # warms up the path REVIEW and DECLINE take

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from service.artifact import (
     NATIVE_MODEL_FILE,
     ONNX_MODEL_FILE,
+    REASON_TABLES_FILE,
     DataFingerprint,
     GateResult,
     Manifest,
@@ -30,6 +31,7 @@ from service.artifact import (
 )
 from service.features import FEATURE_ENGINE_VERSION, FEATURES
 from service.onnx_model import OnnxScorer
+from service.reasons import Explainer
 from service.registry import CHAMPION, Registry
 from training import gates, registry
 from training.booster import fit_booster, predict
@@ -97,6 +99,8 @@ def train(
     with registry.stage(registry_root) as staging:
         (staging / ONNX_MODEL_FILE).write_bytes(scored.onnx_model)
         scored.booster.save_model(str(staging / NATIVE_MODEL_FILE))
+        # Compiled here, once, so that serving loads them in milliseconds (service.reasons).
+        Explainer(staging / NATIVE_MODEL_FILE).save_tables(staging / REASON_TABLES_FILE)
         (staging / EVALUATION_FILE).write_text(json.dumps(scored.metrics, indent=2) + "\n")
         save_evaluation_plots(
             table.labels[periods.test],

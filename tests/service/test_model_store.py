@@ -3,12 +3,14 @@ registry's champion and challenger, on copies of a trained model."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service import model_store
@@ -17,6 +19,7 @@ from service.artifact import (
     MANIFEST_FILE,
     NATIVE_MODEL_FILE,
     ONNX_MODEL_FILE,
+    REASON_TABLES_FILE,
     REQUIRED_FILES,
     ArtifactError,
     read_manifest,
@@ -91,6 +94,16 @@ def test_summary_describes_the_model(champion_dir: Path) -> None:
     assert "lightgbm" in summary.training_libraries
 
 
+def test_an_artifact_without_reason_tables_still_loads(artifact: Path) -> None:
+    """Artifacts written before training compiled the tables get them compiled at load,
+    the same as the trained ones."""
+    trained = load_model(artifact)
+    _without_reason_tables(artifact)
+    compiled = load_model(artifact)
+    for row in read_manifest(artifact).golden_sample.features[:20]:
+        assert compiled.explainer.explain(row) == trained.explainer.explain(row)
+
+
 # --- What load_model refuses, and why ------------------------------------------------------
 
 
@@ -133,6 +146,27 @@ def _trained_with_onnxruntime_0(manifest: dict[str, Any]) -> None:
 
 def _unchanged(artifact: Path) -> None:
     """Leave the artifact as trained: the load options make it unfit."""
+
+
+def _without_reason_tables(artifact: Path) -> None:
+    """The artifact as written before training compiled the reason tables."""
+    (artifact / REASON_TABLES_FILE).unlink()
+    edit_manifest(artifact, lambda manifest: manifest["files"].pop(REASON_TABLES_FILE))
+
+
+def _garbage_native_model_without_tables(artifact: Path) -> None:
+    _without_reason_tables(artifact)
+    replace_file(artifact, NATIVE_MODEL_FILE, b"not a model\n")
+
+
+def _doubled_reason_tables(artifact: Path) -> None:
+    """Well-formed tables whose leaf values are not the model's (re-hashed)."""
+    with np.load(artifact / REASON_TABLES_FILE) as tables:
+        arrays = {name: tables[name] for name in tables.files}
+    arrays["leaf_contributions"] = arrays["leaf_contributions"] * 2
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    replace_file(artifact, REASON_TABLES_FILE, buffer.getvalue())
 
 
 def _serving_onnxruntime(version: str) -> dict[str, str]:
@@ -224,11 +258,25 @@ REFUSED_ARTIFACTS = [
         id="onnx-garbage-rehashed",
     ),
     pytest.param(
-        lambda artifact: replace_file(artifact, NATIVE_MODEL_FILE, b"not a model\n"),
+        _garbage_native_model_without_tables,
         {},
         f"{NATIVE_MODEL_FILE}: cannot explain scores",
         "invalid_native_model",
-        id="native-garbage-rehashed",
+        id="native-garbage-rehashed-no-tables",
+    ),
+    pytest.param(
+        lambda artifact: replace_file(artifact, REASON_TABLES_FILE, b"not tables\n"),
+        {},
+        f"{REASON_TABLES_FILE}: cannot explain scores",
+        "invalid_native_model",
+        id="reason-tables-garbage-rehashed",
+    ),
+    pytest.param(
+        _doubled_reason_tables,
+        {},
+        "they explain another model",
+        "invalid_native_model",
+        id="reason-tables-of-another-model",
     ),
     pytest.param(
         _unchanged,

@@ -297,3 +297,36 @@ def test_a_file_that_is_not_a_lightgbm_model_is_refused(tmp_path: Path) -> None:
     path.write_text("tree garbage\n", encoding="utf-8")
     with pytest.raises(ValueError, match="not a LightGBM model"):
         Explainer(path)
+
+
+def test_saved_tables_explain_as_the_model_they_came_from(tmp_path: Path) -> None:
+    """Tables written by save_tables and read by from_tables give the same contributions,
+    bias and reasons as the explainer compiled from the native model."""
+    rows = _rows(2000, seed=4, missing=0.1)
+    model_file = _train(tmp_path / NATIVE_MODEL_FILE, rows, _labels(rows))
+    compiled = Explainer(model_file)
+    compiled.save_tables(tmp_path / "reasons.npz")
+    loaded = Explainer.from_tables(tmp_path / "reasons.npz")
+    assert loaded.feature_names == compiled.feature_names
+    assert loaded.bias == compiled.bias
+    for row in rows[:200].tolist():
+        assert loaded.contributions(row).tolist() == compiled.contributions(row).tolist()
+        assert loaded.explain(row) == compiled.explain(row)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not an npz file", "not reason tables"), (None, "no leaf_contributions")],
+)
+def test_files_that_are_not_reason_tables_are_value_errors(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    """Garbage, or an archive missing an array, is refused with ValueError."""
+    path = tmp_path / "reasons.npz"
+    if content is None:
+        with path.open("wb") as out:
+            np.savez(out, bias=np.array(0.0), feature_names=np.array(["amount"]))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        Explainer.from_tables(path)
