@@ -56,17 +56,17 @@ class CardHistory:
         "_amounts",
         "_home_country",
         "_last_time",
+        "_mean_month",
         "_not_present",
         "_not_present_day",
         "_probes",
         "_probes_hour",
+        "_spread_month",
         "_start_day",
         "_start_hour",
         "_start_month",
         "_start_week",
         "_sum_day",
-        "_sum_month",
-        "_sum_squares_month",
         "_sum_week",
         "_terminal_last_seen",
         "_times",
@@ -81,7 +81,7 @@ class CardHistory:
         self._not_present: list[bool] = []
         self._start_hour = self._start_day = self._start_week = self._start_month = 0
         self._probes_hour = self._not_present_day = 0
-        self._sum_day = self._sum_week = self._sum_month = self._sum_squares_month = 0.0
+        self._sum_day = self._sum_week = self._mean_month = self._spread_month = 0.0
         self._last_time = -math.inf
         self._terminal_last_seen: dict[str, float] = {}
         self._home_country = ""
@@ -140,35 +140,44 @@ class CardHistory:
         self._sum_week = sum_week
         count_week = size - start
 
+        # The month's mean and spread are kept as Welford's running mean and sum of squared
+        # deviations, updated as amounts leave and enter: sums of squares would cancel
+        # catastrophically when a card's amounts vary little around a large mean.
         cutoff = now - MONTH
         start = self._start_month
-        prior_sum = self._sum_month
-        prior_squares = self._sum_squares_month
+        mean = self._mean_month
+        spread = self._spread_month
+        count = newest - start
         while times[start] <= cutoff:
             old = amounts[start]
-            prior_sum -= old
-            prior_squares -= old * old
+            count -= 1
+            if count == 0:
+                mean = spread = 0.0  # an empty window forgets accumulated rounding
+            else:
+                delta = old - mean
+                mean -= delta / count
+                spread -= delta * (old - mean)
             start += 1
-        if start == newest:
-            prior_sum = prior_squares = 0.0
-        sum_month = prior_sum + amount
-        self._sum_month = sum_month
-        self._sum_squares_month = prior_squares + amount * amount
+        prior_count, prior_mean, prior_spread = count, mean, spread
+        count += 1
+        delta = amount - mean
+        mean += delta / count
+        spread += delta * (amount - mean)
+        self._mean_month = mean
+        self._spread_month = spread
         self._start_month = start
-        count_month = size - start
 
-        mean_month = sum_month / count_month
         out += (
             count_hour,
             count_day,
             count_week,
-            count_month,
+            count,
             sum_day / count_day,
             sum_week / count_week,
-            mean_month,
-            _std(self._sum_squares_month, mean_month, count_month),
+            mean,
+            _std(spread, mean, count),
         )
-        _append_relative(amount, count_month - 1, prior_sum, prior_squares, out)
+        _append_relative(amount, prior_count, prior_mean, prior_spread, out)
         out += (
             probes_hour,
             not_present_day,
@@ -208,25 +217,24 @@ class CardHistory:
 
 
 def _append_relative(
-    amount: float, count: int, total: float, squares: float, out: list[float]
+    amount: float, count: int, mean: float, spread: float, out: list[float]
 ) -> None:
     """Amount against the card's earlier 30 days: ratio to the mean, and z-score."""
     if count == 0:
         out += (-1.0, 0.0)
         return
-    mean = total / count
-    std = _std(squares, mean, count)
+    std = _std(spread, mean, count)
     out += (
         amount / mean if mean > 0 else -1.0,
         (amount - mean) / std if count > 1 and std > 0 else 0.0,
     )
 
 
-def _std(sum_squares: float, mean: float, count: int) -> float:
-    """Population standard deviation from running sums.
+def _std(spread: float, mean: float, count: int) -> float:
+    """Population standard deviation from the sum of squared deviations `spread`.
 
-    Running sums carry rounding noise, so a variance within ~1e-12 of the squared mean is
-    zero: otherwise identical amounts would give a tiny, meaningless deviation.
+    Running updates carry rounding noise, so a variance within ~1e-12 of the squared mean
+    is zero: otherwise identical amounts would give a tiny, meaningless deviation.
     """
-    variance = sum_squares / count - mean * mean
+    variance = spread / count
     return math.sqrt(variance) if variance > _RELATIVE_NOISE * mean * mean else 0.0
