@@ -7,7 +7,7 @@ behind them, to measure what gRPC alone costs, with the same harness as the real
 `empty`: `Score` returns one fixed `ScoreResponse` (built once), `ScoreStream` returns it
 for every message, `ReportOutcome` returns an empty answer. `onnx`: the same, except that
 each transaction first runs single-row ONNX inference of the model
-(`benchmarks.onnx_floor.SingleRowModel`, one session configured as the server's) and the
+(`benchmarks.onnx_floor.SingleRowModel`: the server's own `OnnxScorer`) and the
 answer carries its score. That is the "bare gRPC + ONNX" floor the scoring server's CPU
 per request is compared against.
 

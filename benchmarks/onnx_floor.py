@@ -1,11 +1,11 @@
 """Single-row ONNX inference of a published model, as bare as it gets: the floor of what
 scoring one transaction can cost.
 
-One onnxruntime session on the artifact's `model.onnx`, configured as the server's
-(`service.onnx_model`): one intra-op and one inter-op thread, sequential execution,
-spinning off, all graph optimisations. Each call scores one float32 row with a plain
-`session.run`; the rows are the artifact's golden sample (real feature vectors from
-training), taken in turn, so the trees take their real paths.
+The artifact's `model.onnx` in the server's own scorer (`service.onnx_model.OnnxScorer`:
+one session, one intra-op and one inter-op thread, spinning off, the row written into a
+bound input buffer), so the floor is the inference every request of `fraud-serve` pays.
+The rows are the artifact's golden sample (real feature vectors from training), taken in
+turn, so the trees take their real paths.
 
 `time_single_row` measures that call alone, in this process: the floor under both the
 ONNX floor server (`benchmarks.floor_server --kind onnx`) and `fraud-serve`.
@@ -19,31 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 
 from service.artifact import read_manifest
-from service.onnx_model import PROBABILITY_OUTPUT
-
-_FRAUD_COLUMN = 1
+from service.onnx_model import OnnxScorer
 
 
 class SingleRowModel:
-    """An onnxruntime session that scores one golden-sample row per call. One thread only."""
+    """The server's scorer, scoring one golden-sample row per call. One thread only."""
 
     def __init__(self, model: Path) -> None:
         """Load `model` (an artifact's model.onnx; its manifest.json must sit beside it)."""
-        rows = np.asarray(read_manifest(model.parent).golden_sample.features, dtype=np.float32)
-        self._session = onnxruntime.InferenceSession(
-            str(model), _session_options(), providers=["CPUExecutionProvider"]
-        )
-        self._input = self._session.get_inputs()[0].name
-        self._rows = itertools.cycle([row.reshape(1, -1) for row in rows])
-        self.features = int(rows.shape[1])
+        rows = read_manifest(model.parent).golden_sample.features
+        self.features = len(rows[0])
+        self._scorer = OnnxScorer(model, self.features)
+        self._rows = itertools.cycle(rows)
 
     def predict(self) -> float:
         """The fraud probability of the next row."""
-        (probabilities,) = self._session.run([PROBABILITY_OUTPUT], {self._input: next(self._rows)})
-        return float(probabilities[0, _FRAUD_COLUMN])
+        return self._scorer.score_one(next(self._rows))
 
 
 @dataclass(frozen=True)
@@ -77,13 +70,3 @@ def time_single_row(model: Path, calls: int = 20_000, max_seconds: float = 10.0)
         p50_us=round(float(p50), 2),
         p99_us=round(float(p99), 2),
     )
-
-
-def _session_options() -> onnxruntime.SessionOptions:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options

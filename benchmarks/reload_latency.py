@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import tempfile
@@ -33,9 +32,9 @@ from benchmarks.measurement import LoadSettings, Measurement, measure
 from benchmarks.report import Report, render_table, write_json
 from benchmarks.servers import fraud_serve_spec, serving
 from benchmarks.traffic import NO_OUTCOMES, build_calls, load_history, new_run_id
-from service.artifact import MANIFEST_FILE, ONNX_MODEL_FILE
-from service.registry import CHAMPION, STAGING_DIR, VERSIONS_DIR, Registry
-from training.registry import promote, version_name
+from service.artifact import MANIFEST_FILE, read_manifest
+from service.registry import CHAMPION, Registry
+from training.registry import finalise, promote, stage
 
 POLL_SECONDS = "0.1"
 
@@ -105,17 +104,19 @@ def _measure(
 
 
 def _republished(registry: Path, champion: str) -> str:
-    """The champion's artifact published again under a new version name: a swap to it is
-    the same work as to any other model (checks, load, golden replay, warm-up)."""
+    """The champion's artifact published again, through the registry's own publish, under
+    a new version name: a swap to it is the same work as to any other model (checks,
+    load, golden replay, warm-up)."""
     source = Registry(registry).artifact_dir(champion)
-    later = datetime.now(UTC) + timedelta(seconds=1)
-    version = version_name(later, (source / ONNX_MODEL_FILE).read_bytes())
-    staging = Path(shutil.copytree(source, registry / STAGING_DIR / version))
-    manifest = json.loads((staging / MANIFEST_FILE).read_text(encoding="utf-8"))
-    manifest["version"] = version
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
-    staging.rename(registry / VERSIONS_DIR / version)
-    return version
+    manifest = read_manifest(source)
+    # A version is named by its creation second: the copy must not share the champion's.
+    created = max(datetime.now(UTC), manifest.created_at + timedelta(seconds=1))
+    with stage(registry) as staging:
+        for path in source.iterdir():
+            if path.name != MANIFEST_FILE:
+                shutil.copy2(path, staging / path.name)
+        copy = manifest.model_copy(update={"version": "", "created_at": created})
+        return finalise(registry, staging, copy).name
 
 
 @contextmanager

@@ -40,7 +40,7 @@ import prometheus_client
 import structlog
 from pydantic import ValidationError
 
-from service.artifact import ArtifactError
+from service.artifact import ArtifactError, read_manifest
 from service.card_tokens import CardTokenizer
 from service.config import ConfigError, ServerSettings, ServeSettings, load_settings
 from service.drift import DriftCollector
@@ -243,12 +243,15 @@ async def _serve(settings: ServeSettings, metrics_port: int) -> int:
 
 
 def _champion_feature_config(registry_root: Path) -> FeatureConfig:
-    """The feature config the champion was trained with: the engine must compute the same."""
-    champion = Registry(registry_root).champion()
-    if champion is None:
+    """The feature config the champion was trained with: the engine must compute the same.
+
+    Read from its manifest alone: loading the champion verifies every file moments later.
+    """
+    registry = Registry(registry_root)
+    version = registry.alias(CHAMPION)
+    if version is None:
         raise RegistryError(f"{registry_root} has no champion: train and promote a model first")
-    _version, manifest = champion
-    return manifest.feature_config
+    return read_manifest(registry.artifact_dir(version)).feature_config
 
 
 async def _serve_until_stopped(

@@ -9,7 +9,6 @@ requests through a local feature engine gives each answer's exact feature vector
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import time
@@ -17,7 +16,6 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -28,19 +26,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
-from service.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE, sha256_file
+from service.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE
 from service.card_tokens import CardTokenizer
 from service.config import DEVELOPMENT_CARD_TOKEN_KEY
 from service.features import FEATURES, FeatureEngine
 from service.grpc_api.converters import to_raw_transaction
 from service.model_store import ModelStore
 from service.onnx_model import OnnxScorer
-from service.registry import CHALLENGER, CHAMPION, AliasRecord, Registry
+from service.registry import CHALLENGER, CHAMPION, Registry
 from service.validation import ScoringLimits, to_transaction
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
 from tests.load_driver import DriverRun, history_requests, start_driver
 from tests.server_process import ServerProcess
+from tests.service.registry_copies import edit_manifest, point_alias, replace_file, set_thresholds
 from training.registry import promote, promote_challenger, rollback
 
 ADMIN_TOKEN = "hot-reload-test-admin-token"
@@ -161,14 +160,14 @@ def test_bad_artifacts_published_under_load_are_refused(
     for number, (kind, reason) in enumerate(BAD_ARTIFACTS):
         version = f"20990101T0000{number:02d}Z-badc0de{number}"
         _BAD_ARTIFACT_MAKERS[kind](registry, source, version)
-        _point_alias(registry, CHAMPION, version)  # by hand: the registry's writer refuses it
+        point_alias(registry, CHAMPION, version)  # by hand: the registry's writer refuses it
         models = admin.wait_until(
             lambda models, v=version: any(r.version == v for r in models.refusals)  # type: ignore[misc]
         )
         (refusal,) = models.refusals
         assert (kind, refusal.alias, refusal.reason) == (kind, CHAMPION, reason)
         assert models.serving_version == trained_model.version
-    _point_alias(registry, CHAMPION, trained_model.version)
+    point_alias(registry, CHAMPION, trained_model.version)
     admin.wait_until(lambda models: not models.refusals)
     load.wait_for_answers(100)
 
@@ -198,7 +197,12 @@ def test_the_shadow_challenger_agreement_follows_the_challenger(
     load = driver(target)
     champion = trained_model.version
     decline_all = "20990101T000000Z-dec11eae"
-    _publish(registry, Registry(registry).artifact_dir(champion), decline_all, _decline_all)
+    _publish(
+        registry,
+        Registry(registry).artifact_dir(champion),
+        decline_all,
+        lambda artifact: set_thresholds(artifact, review=0.0, decline=0.0),
+    )
 
     promote(registry, other_model.version, alias=CHALLENGER, reason="similar model")
     admin.wait_until(lambda models: models.challenger_version == other_model.version)
@@ -251,7 +255,7 @@ def resident_memory_after_swaps(
     swaps = 0
     for checkpoint in sorted(checkpoints):
         while swaps < checkpoint:
-            _point_alias(registry, CHAMPION, versions[swaps % 2])
+            point_alias(registry, CHAMPION, versions[swaps % 2])
             report = store.refresh()
             assert not report.refusals, report
             swaps += 1
@@ -267,7 +271,7 @@ def _publish(root: Path, source: Path, version: str, edit: Edit | None = None) -
     """Publish a copy of `source` as `version` the way the registry does: complete aside,
     then renamed into place."""
     staging = Path(shutil.copytree(source, root / ".staging" / version))
-    _edit_manifest(staging, lambda manifest: manifest.update(version=version))
+    edit_manifest(staging, lambda manifest: manifest.update(version=version))
     if edit is not None:
         edit(staging)
     target = root / "versions" / version
@@ -275,36 +279,13 @@ def _publish(root: Path, source: Path, version: str, edit: Edit | None = None) -
     return target
 
 
-def _point_alias(root: Path, alias: str, version: str) -> None:
-    """Move an alias without the registry writer's checks, atomically (aside, then rename)."""
-    record = AliasRecord(alias=alias, version=version, updated_at=datetime.now(UTC))
-    path = Registry(root).alias_path(alias)
-    aside = path.with_suffix(".tmp")
-    aside.write_text(record.model_dump_json(), encoding="utf-8")
-    aside.replace(path)
-
-
-def _edit_manifest(artifact: Path, edit: Callable[[dict[str, Any]], object]) -> None:
-    path = artifact / MANIFEST_FILE
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    edit(manifest)
-    path.write_text(json.dumps(manifest), encoding="utf-8")
-
-
-def _rehashed(artifact: Path, name: str, content: bytes) -> None:
-    """Replace a file and update its checksum: the manifest vouches for the bad content."""
-    (artifact / name).write_bytes(content)
-    digest = sha256_file(artifact / name)
-    _edit_manifest(artifact, lambda manifest: manifest["files"].update({name: digest}))
-
-
 def _truncate_onnx(artifact: Path) -> None:
     content = (artifact / ONNX_MODEL_FILE).read_bytes()
-    _rehashed(artifact, ONNX_MODEL_FILE, content[: len(content) // 2])
+    replace_file(artifact, ONNX_MODEL_FILE, content[: len(content) // 2])
 
 
 def _random_onnx(artifact: Path) -> None:
-    _rehashed(artifact, ONNX_MODEL_FILE, os.urandom(64 * 1024))
+    replace_file(artifact, ONNX_MODEL_FILE, os.urandom(64 * 1024))
 
 
 def _swap_two_features(artifact: Path) -> None:
@@ -312,7 +293,7 @@ def _swap_two_features(artifact: Path) -> None:
         features = manifest["features"]
         features[0], features[1] = features[1], features[0]
 
-    _edit_manifest(artifact, swap)
+    edit_manifest(artifact, swap)
 
 
 def _shift_golden_scores(artifact: Path) -> None:
@@ -320,17 +301,11 @@ def _shift_golden_scores(artifact: Path) -> None:
         scores = manifest["golden_sample"]["scores"]
         manifest["golden_sample"]["scores"] = [min(score + 1e-3, 1.0) for score in scores]
 
-    _edit_manifest(artifact, shift)
+    edit_manifest(artifact, shift)
 
 
 def _old_onnxruntime(artifact: Path) -> None:
-    _edit_manifest(artifact, lambda manifest: manifest["libraries"].update(onnxruntime="0.9.0"))
-
-
-def _decline_all(artifact: Path) -> None:
-    _edit_manifest(
-        artifact, lambda manifest: manifest["thresholds"].update(review=0.0, decline=0.0)
-    )
+    edit_manifest(artifact, lambda manifest: manifest["libraries"].update(onnxruntime="0.9.0"))
 
 
 def _half_copy(root: Path, source: Path, version: str) -> None:
@@ -344,7 +319,7 @@ def _half_copy(root: Path, source: Path, version: str) -> None:
             (target / path.name).write_bytes(content[: len(content) // 2])
             break
         (target / path.name).write_bytes(content)
-    _edit_manifest(target, lambda manifest: manifest.update(version=version))
+    edit_manifest(target, lambda manifest: manifest.update(version=version))
 
 
 def _published_with(edit: Edit) -> Callable[[Path, Path, str], None]:

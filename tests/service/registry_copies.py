@@ -1,8 +1,9 @@
 """Private copies of the session-trained registry, and the edits tests make to them: publish
 a copy of the champion under another version, move or remove an alias, edit a manifest.
 
-Alias files are written in place here (the registry's writers rename them into place): the
-store reads them between steps, never during a write.
+Alias files are written aside and renamed into place, as the registry's writers do, so a
+server polling the registry meanwhile never reads half of one; unlike those writers,
+nothing here checks that the version exists or verifies.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def set_thresholds(artifact_dir: Path, *, review: float, decline: float) -> None
 def point_alias(registry_root: Path, alias: str, version: str) -> None:
     """Point `alias` at `version`, published or not."""
     record = AliasRecord(alias=alias, version=version, updated_at=datetime.now(UTC))
-    Registry(registry_root).alias_path(alias).write_text(record.model_dump_json())
+    path = Registry(registry_root).alias_path(alias)
+    aside = path.with_suffix(".tmp")
+    aside.write_text(record.model_dump_json(), encoding="utf-8")
+    aside.replace(path)
 
 
 def remove_alias(registry_root: Path, alias: str) -> None:
