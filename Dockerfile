@@ -22,13 +22,14 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 RUN useradd --system --uid 10001 --no-create-home fraud \
-    && mkdir -p /var/lib/fraud/outcomes && chown -R fraud /var/lib/fraud
+    && mkdir -p /var/lib/fraud/decisions /var/lib/fraud/outcomes && chown -R fraud /var/lib/fraud
 USER fraud
 WORKDIR /var/lib/fraud
-# Reported outcomes are kept here for retraining: mount a volume to keep them.
-VOLUME ["/var/lib/fraud/outcomes"]
+# Decisions and reported outcomes are kept here for retraining: mount volumes to keep them.
+VOLUME ["/var/lib/fraud/decisions", "/var/lib/fraud/outcomes"]
 ENV FRAUD_REGISTRY=/models \
-    FRAUD_OUTCOMES_DIRECTORY=/var/lib/fraud/outcomes \
+    FRAUD_DECISION_LOG__DIRECTORY=/var/lib/fraud/decisions \
+    FRAUD_OUTCOME_LOG__DIRECTORY=/var/lib/fraud/outcomes \
     PYTHONUNBUFFERED=1
 EXPOSE 50051 9464
 ENTRYPOINT ["fraud-serve"]

@@ -100,10 +100,14 @@ def serving(spec: ServerSpec, log_dir: Path) -> Iterator[RunningServer]:
     """Start the server of `spec`, yield it once SERVING, then stop it (exit 0 expected)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(prefix="fraud-bench-outcomes-") as outcomes,
+        tempfile.TemporaryDirectory(prefix="fraud-bench-logs-") as logs,
         (log_dir / f"{spec.name}.log").open("wb") as log,
     ):
-        environment = os.environ | {"FRAUD_OUTCOMES_DIRECTORY": outcomes} | spec.environment
+        logs_in = {
+            "FRAUD_DECISION_LOG__DIRECTORY": f"{logs}/decisions",
+            "FRAUD_OUTCOME_LOG__DIRECTORY": f"{logs}/outcomes",
+        }
+        environment = os.environ | logs_in | spec.environment
         process = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
         try:
             _wait_serving(spec, process)

@@ -1,12 +1,12 @@
 """`fraud-serve` (also `python -m service`): the composition root of the scoring server.
 
     settings → logs → metrics endpoint → champion's feature config → feature engine
-    → outcome log → scorer → health NOT_SERVING → server started
+    → decision and outcome logs → scorer → health NOT_SERVING → server started
     → champion (and challenger) loaded and warmed up → SERVING
     → the registry followed: a look every `models.poll_seconds`, and one on SIGHUP
       (`service.model_watcher`); a promotion or rollback swaps the model in place
     → SIGTERM or SIGINT → NOT_SERVING at once, calls in progress finish within the grace
-    → outcome log drained and closed
+    → decision and outcome logs drained and closed
 
 The port opens before the model is loaded, so probes get an answer (NOT_SERVING) while it
 warms up; scoring calls in that window get the fallback decision ("model_unavailable").
@@ -31,10 +31,11 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import prometheus_client
 import structlog
@@ -42,7 +43,14 @@ from pydantic import ValidationError
 
 from service.artifact import ArtifactError, read_manifest
 from service.card_tokens import CardTokenizer
-from service.config import ConfigError, ServerSettings, ServeSettings, load_settings
+from service.config import (
+    ConfigError,
+    RecordLogSettings,
+    ServerSettings,
+    ServeSettings,
+    load_settings,
+)
+from service.decision_log import DecisionLog
 from service.drift import DriftCollector
 from service.features import FeatureConfig, FeatureEngine
 from service.gc_policy import configure_garbage_collection
@@ -59,8 +67,10 @@ from service.metrics import start_metrics_server, track_feature_state
 from service.model_store import LoadedModel, ModelStore
 from service.model_watcher import ModelWatcher
 from service.outcome_log import OutcomeLog
+from service.record_log import LogLimits
 from service.registry import CHAMPION, Registry, RegistryError
 from service.scoring import (
+    DecisionSink,
     DriftSink,
     FallbackPolicy,
     ModelSource,
@@ -72,6 +82,7 @@ from service.shadow import ShadowScorer
 from service.validation import ScoringLimits
 
 _log = structlog.get_logger("service")
+_LogT = TypeVar("_LogT")
 
 _EPILOG = """\
 Every setting can also come from the environment (FRAUD_ prefix, "__" between nested
@@ -111,10 +122,11 @@ def build_scorer(
     outcome_sink: OutcomeSink | None = None,
     shadow: ShadowSink | None = None,
     drift: DriftSink | None = None,
+    decisions: DecisionSink | None = None,
 ) -> Scorer:
     """The scoring core over `engine`'s state and `store`'s model, configured by `settings`;
     accepted outcomes also go to `outcome_sink`, decided transactions to `shadow` and
-    `drift`."""
+    `drift`, answers to `decisions`."""
     limits = settings.limits
     return Scorer(
         engine,
@@ -129,6 +141,7 @@ def build_scorer(
         outcome_sink=outcome_sink,
         shadow=shadow,
         drift=drift,
+        decisions=decisions,
     )
 
 
@@ -257,20 +270,44 @@ def _champion_feature_config(registry_root: Path) -> FeatureConfig:
 async def _serve_until_stopped(
     settings: ServeSettings, feature_config: FeatureConfig, metrics_port: int
 ) -> int:
-    directory = settings.outcomes_directory
-    if directory is None:
-        return await _serve_scorer(settings, feature_config, metrics_port, None)
-    outcome_log = OutcomeLog(directory)
+    decision_log = _open_log(DecisionLog, settings.decision_log)
+    outcome_log = _open_log(OutcomeLog, settings.outcome_log)
     try:
-        return await _serve_scorer(settings, feature_config, metrics_port, outcome_log.record)
+        return await _serve_scorer(
+            settings,
+            feature_config,
+            metrics_port,
+            decisions=decision_log,
+            outcome_sink=None if outcome_log is None else outcome_log.record,
+        )
     finally:
-        outcome_log.close()  # the server has stopped: no outcome can arrive any more
+        # The server has stopped: no decision or outcome can arrive any more.
+        for log in (decision_log, outcome_log):
+            if log is not None:
+                log.close()
+
+
+def _open_log(
+    kind: Callable[[Path, LogLimits], _LogT], settings: RecordLogSettings
+) -> _LogT | None:
+    """The log `settings` ask for, writing from now on; None when they keep no log."""
+    if settings.directory is None:
+        return None
+    limits = LogLimits(
+        max_bytes=settings.max_bytes,
+        retention_days=settings.retention_days,
+        segment_bytes=settings.segment_bytes,
+        max_pending=settings.max_pending,
+    )
+    return kind(settings.directory, limits)
 
 
 async def _serve_scorer(
     settings: ServeSettings,
     feature_config: FeatureConfig,
     metrics_port: int,
+    *,
+    decisions: DecisionSink | None,
     outcome_sink: OutcomeSink | None,
 ) -> int:
     models = settings.models
@@ -291,7 +328,13 @@ async def _serve_scorer(
     drift = DriftCollector(window=settings.drift.window, min_rows=settings.drift.min_rows)
     prometheus_client.REGISTRY.register(drift)
     scorer = build_scorer(
-        settings, engine, store, outcome_sink=outcome_sink, shadow=shadow, drift=drift
+        settings,
+        engine,
+        store,
+        outcome_sink=outcome_sink,
+        shadow=shadow,
+        drift=drift,
+        decisions=decisions,
     )
     watcher = ModelWatcher(store)
     server, port = build_server(settings, scorer, health, models=watcher)

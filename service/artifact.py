@@ -109,6 +109,36 @@ class GateResult(_Frozen):
     detail: str
 
 
+class LineageSource(_Frozen):
+    """One input a model was built from: a history file or the server's decision log."""
+
+    name: str
+    rows: int
+    frauds: int
+    sha256: str | None = Field(default=None, description="SHA-256 of the file, if one file.")
+
+
+class Lineage(_Frozen):
+    """Where a model came from: its data window, its parent, its inputs and why it was made."""
+
+    kind: Literal["train", "retrain"]
+    data_start: datetime = Field(description="First event of the data the model was built from.")
+    data_end: datetime = Field(description="Last event of that data, evaluation included.")
+    as_of: datetime | None = Field(
+        default=None, description="Outcomes reported after this instant were not known."
+    )
+    parent_version: str | None = Field(
+        default=None, description="The champion when the model was made."
+    )
+    sources: list[LineageSource]
+    trigger: str | None = Field(default=None, description="What started a retrain, in words.")
+    gates: list[GateResult]
+    comparison: dict[str, dict[str, float]] | None = Field(
+        default=None,
+        description="A retrain's metrics of 'champion' and 'candidate' on the same window.",
+    )
+
+
 class GoldenSample(_Frozen):
     """Feature rows with the scores training expects; serving replays them before trusting."""
 
@@ -136,6 +166,8 @@ class Manifest(_Frozen):
     golden_sample: GoldenSample
     drift_reference: DriftReference | None = None
     files: dict[str, str] = Field(description="File name to SHA-256 of every other file.")
+    # Optional so that manifests written before lineage was recorded still load.
+    lineage: Lineage | None = None
 
     @property
     def feature_names(self) -> list[str]:

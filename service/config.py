@@ -34,6 +34,8 @@ DEVELOPMENT_CARD_TOKEN_KEY = "fraud-scoring-development-key-do-not-use-in-produc
 # A shorter HMAC key would be easy to guess, and with it card numbers from their tokens.
 MIN_CARD_TOKEN_KEY_LENGTH = 16
 MIN_ADMIN_TOKEN_LENGTH = 16
+MIB = 1 << 20
+GIB = 1 << 30
 
 
 class _Group(BaseModel):
@@ -259,6 +261,47 @@ class LoggingSettings(_Group):
         return level.upper() if isinstance(level, str) else level
 
 
+class RecordLogSettings(_Group):
+    """A JSON-lines log kept for retraining (`service.record_log`): where, how much, how long.
+
+    Written off the request path: when the disk stalls or fails, records are dropped and
+    counted (`fraud_record_log_dropped_total`), never delaying a call. With several workers
+    each writes segments of its own (its process id is in their names) into the directory.
+    """
+
+    directory: Path | None = None
+    """Directory of the log's segments, created if missing (a relative path is from the
+    working directory): `decisions` and `outcomes` by default. In a container, mount a
+    writable volume here, or the log goes with the container. An empty value (`""` in the
+    file, or e.g. `FRAUD_DECISION_LOG__DIRECTORY=`) keeps no log."""
+
+    max_bytes: int = Field(default=2 * GIB, ge=1)
+    """Disk the log's segments may take, all workers together (2 GiB for decisions, 256 MiB
+    for outcomes by default): beyond it the oldest segments are deleted. Size it for
+    `retention_days` of traffic: a decision line takes 700 to 1,000 bytes (2 GiB holds some
+    2 to 3 million decisions), an outcome line about 140."""
+
+    retention_days: float = Field(default=180.0, gt=0)
+    """Age (from a segment's opening) beyond which a segment is deleted. Chargebacks arrive
+    up to about 120 days after the transaction, and retraining needs the transactions they
+    label: 180 days keeps both, with margin."""
+
+    segment_bytes: int = Field(default=64 * MIB, ge=4096)
+    """Size at which a segment is closed and a new one begun (a new one also starts each UTC
+    day); retention deletes whole segments, so this is its granularity."""
+
+    max_pending: int = Field(default=100_000, ge=1)
+    """Records waiting for the writer at most; beyond, new ones are dropped. 100,000 rides
+    out a disk stalled for a minute at over 1,500 transactions per second, at the cost of
+    up to about 180 MB of memory for decisions (some 1.8 KB each while waiting)."""
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _empty_disables(cls, directory: object) -> object:
+        # Neither the environment nor TOML can say None; an empty path would mean "here".
+        return None if directory == "" else directory
+
+
 class ServeSettings(BaseSettings):
     """Everything `fraud-serve` needs besides the model itself."""
 
@@ -268,6 +311,9 @@ class ServeSettings(BaseSettings):
         frozen=True,
         extra="forbid",
         use_attribute_docstrings=True,
+        # A group's default may differ from its class's (the two record logs): a setting
+        # given for one field of it keeps the group's other defaults.
+        nested_model_default_partial_update=True,
     )
 
     registry: Path = Path("models")
@@ -300,25 +346,20 @@ class ServeSettings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     """The model administration service and its token."""
 
-    outcomes_directory: Path | None = Path("outcomes")
-    """Where reported outcomes are kept for retraining, as daily `outcomes-YYYY-MM-DD.jsonl`
-    files (created if missing; a relative path is from the working directory). Written off
-    the request path: if the disk stalls or fails, outcomes are dropped and counted
-    (`fraud_outcome_log_dropped_total`), never delaying a call. In a container, mount a
-    writable volume here, or the outcomes go with the container. An empty value
-    (`FRAUD_OUTCOMES_DIRECTORY=`, or `""` in the file) keeps no log."""
+    decision_log: RecordLogSettings = RecordLogSettings(directory=Path("decisions"))
+    """Every decision given, with its transaction and features, for retraining."""
+
+    outcome_log: RecordLogSettings = RecordLogSettings(
+        directory=Path("outcomes"), max_bytes=GIB // 4
+    )
+    """Every outcome accepted, for retraining: a fraction of the transactions, a sixth of a
+    decision's size each, hence a budget of 256 MiB by default."""
 
     card_token_key: SecretStr = SecretStr(DEVELOPMENT_CARD_TOKEN_KEY)
     """HMAC key that turns a raw card number arriving as `card_id` into a stable token.
     Set it (`FRAUD_CARD_TOKEN_KEY`) in production, the same in every worker and across
     restarts, or a card's history splits. The default is a public development key: the
     server warns while it is in use."""
-
-    @field_validator("outcomes_directory", mode="before")
-    @classmethod
-    def _empty_disables(cls, directory: object) -> object:
-        # Neither the environment nor TOML can say None; an empty path would mean "here".
-        return None if directory == "" else directory
 
     @field_validator("card_token_key")
     @classmethod

@@ -24,7 +24,7 @@ multiprocess mode, which this module does not set up).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol, get_args
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -55,6 +55,10 @@ STAGE_TIMING_EVERY: Final = 16
 SCORING_SERVICE = "/fraud.v1.FraudScoring/"
 SCORING_RPCS = ("Score", "ScoreStream", "ReportOutcome", "GetModelInfo")
 FALLBACK_REASONS = ("deadline", "model_unavailable", "model_error")
+# The logs kept for retraining (`service.record_log`), and why one drops a record.
+RecordLogKind = Literal["decisions", "outcomes"]
+RecordLogDropReason = Literal["queue_full", "write_error", "closed"]
+RECORD_LOG_DROP_REASONS: tuple[RecordLogDropReason, ...] = get_args(RecordLogDropReason)
 
 RPC_DURATION = Histogram(
     "fraud_rpc_duration_seconds",
@@ -128,9 +132,14 @@ SHADOW_SKIPPED = Counter(
     ["reason"],
 )
 OUTCOMES = Counter("fraud_outcomes", "Outcomes reported, by label.", ["is_fraud"])
-OUTCOME_LOG_DROPPED = Counter(
-    "fraud_outcome_log_dropped",
-    "Accepted outcomes not written to the outcome log (queue full, log closed or disk error).",
+RECORD_LOG_DROPPED = Counter(
+    "fraud_record_log_dropped",
+    "Records the decision or outcome log did not write, by log and reason (queue full, "
+    "log closed, write error).",
+    ["log", "reason"],
+)
+RECORD_LOG_WRITTEN = Counter(
+    "fraud_record_log_written", "Records written by the decision or outcome log.", ["log"]
 )
 FEATURE_STATE = Gauge(
     "fraud_feature_state_entities", "Entities in the online feature state, by kind.", ["kind"]
@@ -155,6 +164,14 @@ for _alias in ALIASES:
         MODEL_REFUSALS.labels(_alias, _reason)
 SHADOW_SKIP_REASONS = ("backlog_full", "challenger_error")
 SHADOW_SKIP_COUNTERS = {reason: SHADOW_SKIPPED.labels(reason) for reason in SHADOW_SKIP_REASONS}
+RECORD_LOG_DROPPED_COUNTERS = {
+    (log, reason): RECORD_LOG_DROPPED.labels(log, reason)
+    for log in get_args(RecordLogKind)
+    for reason in RECORD_LOG_DROP_REASONS
+}
+RECORD_LOG_WRITTEN_COUNTERS = {
+    log: RECORD_LOG_WRITTEN.labels(log) for log in get_args(RecordLogKind)
+}
 
 
 class StageSampler:

@@ -43,7 +43,9 @@ STAGING_DIR = ".staging"
 # time and differ by content.
 VERSION_PATTERN = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 
-Action = Literal["promote", "rollback", "publish", "refuse"]
+# "decline": a retrain that judged its candidate not worth publishing, or had nothing new
+# to learn from; the reason says why, with the numbers.
+Action = Literal["promote", "rollback", "publish", "refuse", "decline"]
 
 
 class RegistryError(Exception):
@@ -63,10 +65,11 @@ class AliasRecord(_Frozen):
 
 
 class HistoryEntry(_Frozen):
-    """One line of `history.jsonl`: an alias change, a publication or a refusal.
+    """One line of `history.jsonl`: an alias change, a publication, a refusal or a decline.
 
-    `alias` is None for a publication; `version` is None for a refused artifact that had no
-    ONNX model to name it by.
+    `alias` is None for a publication and a decline; `version` is None for a refused
+    artifact that had no ONNX model to name it by, and for a retrain that declined before
+    training a candidate.
     """
 
     at: datetime
@@ -161,7 +164,7 @@ class Registry:
         return version, self.load(version)
 
     def history(self) -> list[HistoryEntry]:
-        """Every alias change, publication and refusal, oldest first."""
+        """Every alias change, publication, refusal and decline, oldest first."""
         try:
             text = self.history_path.read_text(encoding="utf-8")
         except FileNotFoundError:

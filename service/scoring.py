@@ -3,7 +3,7 @@
     validate → already answered? same answer → budget gone? fallback "deadline"
     → feature state → ONNX score → thresholds → reasons (REVIEW and DECLINE only)
     → drift statistics (`service.drift`) → the challenger's shadow, if one is set (scored
-      after the answer: `service.shadow`)
+      after the answer: `service.shadow`) → the decision sink
 
 Threading: a `Scorer` is NOT thread-safe. The feature engine's state and the ONNX scorer's
 bound buffers belong to one thread: the server calls the scorer from its asyncio event-loop
@@ -30,6 +30,11 @@ Stage timings (`fraud_stage_duration_seconds`): one call in `stage_timing_every`
 feature state, inference (score and decision) and reasons stages timed (`service.metrics`
 says why a sample); reasons are timed only when computed, for REVIEW and DECLINE.
 
+Decisions: every answer but a repeat's goes to the `decisions` sink (the decision log kept
+for retraining, in the server) with the transaction and its features, or None for a
+"deadline" answer, which computed none. Such a transaction is not counted, so a retry is
+answered, and logged, again: readers keep its first line that has features.
+
 Outcomes feed the same engine: an outcome reported before its transaction's event time
 counts from that event time (the engine clamps it), as one reported right then would.
 Each outcome the engine accepts also goes, as reported, to the `outcome_sink` (the outcome
@@ -49,9 +54,10 @@ import structlog
 
 from service.artifact import Thresholds
 from service.card_tokens import CardTokenizer
+from service.domain import Transaction
 from service.drift import DriftReference
 from service.errors import ModelUnavailable, UnknownTransaction
-from service.features import FeatureEngine
+from service.features import FEATURE_ENGINE_VERSION, FeatureEngine
 from service.metrics import (
     FEATURES_STAGE,
     INFERENCE_STAGE,
@@ -126,6 +132,19 @@ class DriftSink(Protocol):
         """Add the transaction to the window of the model whose reference is `reference`."""
 
 
+class DecisionSink(Protocol):
+    """Takes each answered and counted transaction, for retraining (`DecisionLog`)."""
+
+    def record(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        feature_engine_version: int,
+    ) -> None:
+        """Queue the decision; must be quick, not raise, and not change `features`."""
+
+
 class ModelSource(Protocol):
     """Where the scorer finds the model deciding now: a `ModelStore` in the server."""
 
@@ -149,13 +168,16 @@ class Scorer:
         outcome_sink: OutcomeSink | None = None,
         shadow: ShadowSink | None = None,
         drift: DriftSink | None = None,
+        decisions: DecisionSink | None = None,
         stage_timing_every: int = STAGE_TIMING_EVERY,
     ) -> None:
         """Score with `engine`'s state and `store`'s current model.
 
         `answers_kept` bounds the memory of recent answers that makes retries idempotent.
         `outcome_sink` gets every outcome the engine accepts; it must be quick and not raise.
-        `shadow` and `drift` get every transaction the model decided, with its features.
+        `shadow` and `drift` get every transaction the model decided, with its features;
+        `decisions` every answer given to a transaction counted (not to repeats), with the
+        features when they were computed.
         One call in `stage_timing_every` has its stages timed.
         """
         model = store.current
@@ -172,6 +194,7 @@ class Scorer:
         self._outcome_sink = outcome_sink
         self._shadow = shadow
         self._drift = drift
+        self._decisions = decisions
         self._stage_sampler = StageSampler(stage_timing_every)
         # Transaction id to its answer; None when it was counted but could not be answered.
         self._answers: OrderedDict[str, ScoreResult | None] = OrderedDict()
@@ -189,7 +212,10 @@ class Scorer:
         if transaction_id in self._answers:
             return self._repeat(transaction_id)
         if deadline is not None and time.monotonic() >= deadline:
-            return self._fall_back(transaction_id, raw.amount_minor, "deadline")
+            result = self._fall_back(transaction_id, raw.amount_minor, "deadline")
+            if self._decisions is not None:
+                self._decisions.record(tx, None, result, FEATURE_ENGINE_VERSION)
+            return result
         model = self._store.current
         if model is None and self._fallback.mode == "disabled":
             raise ModelUnavailable("no model is loaded and the fallback is disabled")
@@ -204,6 +230,8 @@ class Scorer:
             self._remember(transaction_id, None)  # counted all the same
             raise
         self._remember(transaction_id, result)
+        if self._decisions is not None:
+            self._decisions.record(tx, features, result, FEATURE_ENGINE_VERSION)
         return result
 
     def report_outcome(self, raw: RawOutcome) -> None:

@@ -84,13 +84,16 @@ def other_model(
 
 @pytest.fixture
 def start_process(tmp_path: Path) -> Iterator[Any]:
-    """Start `python -m service` processes, keeping outcomes in tmp_path/outcomes rather than
-    the working directory; any still running after the test is killed."""
+    """Start `python -m service` processes, keeping their decision and outcome logs in
+    tmp_path rather than the working directory; any still running after the test is killed."""
     processes: list[ServerProcess] = []
-    outcomes = {"FRAUD_OUTCOMES_DIRECTORY": str(tmp_path / "outcomes")}
+    logs = {
+        "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path / "decisions"),
+        "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path / "outcomes"),
+    }
 
     def start(*arguments: str, environment: dict[str, str] | None = None) -> ServerProcess:
-        process = ServerProcess(*arguments, environment=outcomes | (environment or {}))
+        process = ServerProcess(*arguments, environment=logs | (environment or {}))
         processes.append(process)
         return process
 

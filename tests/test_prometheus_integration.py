@@ -131,7 +131,8 @@ def start_server(registry: Path, workdir: Path) -> ServerProcess:
         "FRAUD_DRIFT__WINDOW": str(DRIFT_WINDOW),
         "FRAUD_DRIFT__MIN_ROWS": str(DRIFT_MIN_ROWS),
         "FRAUD_LOGGING__SAMPLE_RATE": "0",
-        "FRAUD_OUTCOMES_DIRECTORY": str(workdir / "outcomes"),
+        "FRAUD_DECISION_LOG__DIRECTORY": str(workdir / "decisions"),
+        "FRAUD_OUTCOME_LOG__DIRECTORY": str(workdir / "outcomes"),
     }
     return ServerProcess(
         "--registry", str(registry), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from service.__main__ import build_scorer
-from service.config import ServerSettings, ServeSettings
+from service.config import RecordLogSettings, ServerSettings, ServeSettings
 from service.features import FeatureEngine
 from service.grpc_api.server import set_serving
 from service.model_store import ModelStore
@@ -20,7 +20,11 @@ from tests.service.loopback import LoopbackServer
 README = Path(__file__).resolve().parent.parent / "README.md"
 GRPCURL = Path(sys.executable).with_name("grpcurl")
 README_TARGET = "localhost:50051"
-SETTINGS = ServeSettings(server=ServerSettings(host="127.0.0.1", port=0), outcomes_directory=None)
+SETTINGS = ServeSettings(
+    server=ServerSettings(host="127.0.0.1", port=0),
+    decision_log=RecordLogSettings(directory=None),
+    outcome_log=RecordLogSettings(directory=None),
+)
 
 
 def readme_grpcurl_commands() -> list[list[str]]:

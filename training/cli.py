@@ -1,7 +1,8 @@
 """`fraud-train`: simulate histories, train and publish models, evaluate, manage the registry.
 
 Exit codes: 0 success; 1 unexpected error; 2 bad input or usage (the message says which
-file, row, column or setting); 3 a quality gate failed and nothing was published.
+file, row, column or setting); 3 a quality gate failed and nothing was published; 4 a
+retrain declined to publish (no new labels, or the candidate is not better; it says why).
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +24,21 @@ from service.registry import CHALLENGER, CHAMPION, RegistryError
 from training.config import ConfigError, TrainSettings, load_settings
 from training.data import DataError
 from training.evaluate import EvaluationError
+from training.feedback import FeedbackError
 from training.gates import GateFailure
 from training.split import SplitError
 
 EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
+EXIT_DECLINED = 4
 
 _BAD_INPUT = (
     ArtifactError,
     ConfigError,
     DataError,
     EvaluationError,
+    FeedbackError,
     RegistryError,
     SplitError,
     FileNotFoundError,
@@ -63,13 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
             "Offline pipeline of the fraud-scoring service: simulate a transaction history, "
             "train, evaluate and publish versioned ONNX models to a registry."
         ),
-        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad input or usage, 3 gate failed.",
+        epilog=(
+            "Exit codes: 0 ok, 1 unexpected error, 2 bad input or usage, 3 gate failed, "
+            "4 retrain declined to publish."
+        ),
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_simulate(commands)
     _add_train(commands)
     _add_evaluate(commands)
     _add_backtest(commands)
+    _add_retrain(commands)
     _add_registry(commands)
     _add_config(commands)
     return parser
@@ -178,6 +188,56 @@ def _add_backtest(commands: Any) -> None:
         "feature sets on the same data with the same learner",
     )
     command.set_defaults(handler=_backtest)
+
+
+def _add_retrain(commands: Any) -> None:
+    command = commands.add_parser(
+        "retrain",
+        help="build a candidate from the server's decision log and outcomes; publish it as "
+        "challenger when it beats the champion",
+        description=(
+            "Label the server's logged decisions as of the newest record (a fraud report counts "
+            "from its report time; silence counts as genuine once the label delay has passed), "
+            "train a candidate with the same pipeline and gates as `train`, score it and the "
+            "champion on the most recent labelled days, and publish it as challenger when it "
+            "is better by [retrain] min_improvement. A person promotes it (`registry promote "
+            "challenger`) unless [promotion] mode is automatic. --watch keeps looking at the "
+            "triggers (schedule, drift, live precision) and retrains when one fires."
+        ),
+    )
+    command.add_argument(
+        "--decisions", type=Path, required=True, help="the server's decision log directory"
+    )
+    command.add_argument(
+        "--outcomes", type=Path, required=True, help="the server's outcome log directory"
+    )
+    command.add_argument(
+        "--history", type=Path, help="also learn from this history file (CSV or Parquet)"
+    )
+    command.add_argument(
+        "--as-of",
+        type=_aware_datetime,
+        help="ISO 8601 time to label as of (default: the newest record in the logs)",
+    )
+    command.add_argument(
+        "--report", type=Path, help="also write the comparison report here, as JSON"
+    )
+    command.add_argument(
+        "--watch", action="store_true", help="loop: retrain whenever a trigger fires"
+    )
+    command.add_argument(
+        "--max-checks", type=int, help="with --watch: stop after this many looks (default: never)"
+    )
+    command.add_argument(
+        "--metrics-url",
+        action="append",
+        default=[],
+        help="a server's /metrics address for the drift trigger and the shadow agreement "
+        "(repeatable; replaces [triggers] metrics_urls)",
+    )
+    _registry_option(command)
+    _config_option(command)
+    command.set_defaults(handler=_retrain)
 
 
 def _add_registry(commands: Any) -> None:
@@ -345,6 +405,59 @@ def _backtest(args: argparse.Namespace) -> int:
     result = run_backtest(args.data, _settings(args), windows, progress=_progress(), say=_say)
     print(_json(result))
     return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from training.retrain import retrain
+    from training.watch import watch
+
+    settings = _settings(args)
+    if args.metrics_url:
+        triggers = settings.triggers.model_copy(update={"metrics_urls": args.metrics_url})
+        settings = settings.model_copy(update={"triggers": triggers})
+    root = _registry(args, settings)
+    if args.watch:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        published = watch(
+            root,
+            args.decisions,
+            args.outcomes,
+            settings,
+            history=args.history,
+            max_checks=args.max_checks,
+            say=_say,
+            stop=stop,
+        )
+        _say(f"watch stopped: {published} challenger(s) published")
+        return 0
+    result = retrain(
+        root,
+        args.decisions,
+        args.outcomes,
+        settings,
+        history=args.history,
+        as_of=args.as_of,
+        trigger="requested by hand",
+        say=_say,
+    )
+    _say(result.table)
+    if args.report is not None:
+        args.report.write_text(_json(result.report) + "\n")
+    if not result.published:
+        _error(f"nothing published: {result.reason}")
+        return EXIT_DECLINED
+    _say(f"challenger is now {result.version}: {result.reason}")
+    print(result.version)
+    return 0
+
+
+def _aware_datetime(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. 2026-09-01T00:00Z")
+    return moment
 
 
 def _list(args: argparse.Namespace) -> int:

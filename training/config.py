@@ -8,7 +8,7 @@ nested names, e.g. `FRAUD_TRAIN_BOOSTER__LEARNING_RATE=0.03`), the TOML file giv
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -113,6 +113,83 @@ class GateConfig(_Section):
     """Largest |ONNX - LightGBM| score difference over the test set."""
 
 
+class RetrainConfig(_Section):
+    """`fraud-train retrain`: a candidate from the decision log and outcomes, judged against
+    the champion on the most recent labelled window."""
+
+    evaluation_days: int = Field(default=7, ge=1)
+    """Most recent days of labelled logged transactions both models are scored on; the
+    candidate never trains on them."""
+
+    validation_days: int = Field(default=7, ge=1)
+    """Days just before the evaluation window (after a label-delay gap) used for early
+    stopping and for choosing the candidate's thresholds."""
+
+    min_new_frauds: int = Field(default=10, ge=1)
+    """Fraud reports received since the champion's data ended that a retrain needs; with
+    fewer, there is nothing new to learn and nothing is published."""
+
+    min_evaluation_frauds: int = Field(default=20, ge=1)
+    """Labelled frauds the evaluation window needs for a comparison worth acting on."""
+
+    min_improvement: float = Field(default=0.01, ge=0, le=1)
+    """How much higher the candidate's average precision on the evaluation window must be
+    than the champion's before it is published as challenger."""
+
+
+class TriggerConfig(_Section):
+    """When `fraud-train retrain --watch` retrains; each trigger on its own, any one fires."""
+
+    check_seconds: float = Field(default=300.0, gt=0)
+    """Time between two looks at the triggers."""
+
+    schedule_hours: float = Field(default=168.0, ge=0)
+    """Retrain when the last publication or declined retrain is this old (168: weekly);
+    0 turns the schedule off."""
+
+    metrics_urls: list[str] = []
+    """Servers' `/metrics` addresses read for the drift trigger and the shadow agreement,
+    e.g. `http://127.0.0.1:9464/metrics`; empty turns both off."""
+
+    drift_psi: float = Field(default=0.25, gt=0)
+    """Population stability index of any input feature (or the score) above which drift is
+    counted; 0.25 is the customary "significant shift"."""
+
+    drift_checks: int = Field(default=3, ge=1)
+    """Consecutive looks the drift must last before it fires, so one noisy window does not."""
+
+    precision_floor: float = Field(default=0.2, ge=0, le=1)
+    """Retrain when the live precision of the model's reviews and declines (share that
+    proved fraud, from the outcomes) falls below this; 0 turns the trigger off."""
+
+    precision_window_days: float = Field(default=7.0, gt=0)
+    """Most recent days of labelled decisions the live precision is computed over."""
+
+    min_labelled_alerts: int = Field(default=30, ge=1)
+    """Labelled reviews and declines the precision needs before it may fire."""
+
+
+class PromotionConfig(_Section):
+    """Who makes the challenger the champion."""
+
+    mode: Literal["manual", "automatic"] = "manual"
+    """`manual`: a person reads the retrain report and runs `fraud-train registry promote
+    challenger`. `automatic`: `--watch` promotes once the conditions below hold."""
+
+    shadow_hours: float = Field(default=24.0, ge=0)
+    """Time the challenger must have run in shadow (since it was named) before it may be
+    promoted automatically."""
+
+    min_agreement: float = Field(default=0.9, ge=0, le=1)
+    """Share of shadow decisions the challenger must agree with the champion on."""
+
+    min_comparisons: int = Field(default=1000, ge=1)
+    """Shadow comparisons needed before the agreement counts."""
+
+    min_average_precision: float = Field(default=0.4, ge=0, le=1)
+    """Lowest average precision of the challenger on its evaluation window."""
+
+
 class TrainSettings(BaseSettings):
     """Everything `fraud-train` needs to turn a history into a published model."""
 
@@ -147,6 +224,15 @@ class TrainSettings(BaseSettings):
 
     card_precision_k: int = Field(default=100, ge=1)
     """k of the daily card precision@k (cards an investigator team checks a day)."""
+
+    retrain: RetrainConfig = RetrainConfig()
+    """How a retrain builds, judges and publishes its candidate."""
+
+    triggers: TriggerConfig = TriggerConfig()
+    """When the retrain loop (`--watch`) retrains."""
+
+    promotion: PromotionConfig = PromotionConfig()
+    """Manual or automatic promotion of the challenger."""
 
 
 def load_settings(config_file: Path | None = None) -> TrainSettings:

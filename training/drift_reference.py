@@ -14,10 +14,12 @@ Bins, per feature and for the score: cuts at the deciles (`DRIFT_BINS`), plus a 
 each side of any single value holding at least a decile's share (a spike at 0 gets a bin
 of its own), deduplicated. Every edge lies halfway between two observed values, never on
 one, so a value seen in training cannot land in another bin over a rounding difference
-(the server's ONNX scores differ from LightGBM's in the last float32 digits). The outer
-bins are open-ended; NaN (a missing value) has a bin of its own. A feature constant over
-the period gets one bin for every number: the model cannot split on it, so only its
-missing share is worth watching.
+(the server's ONNX scores differ from LightGBM's in the last float32 digits). Values
+outside the period's range get bins of their own, open-ended, just beyond its smallest and
+largest value (half the median gap between its values away): a value never seen in
+training, such as a first e-commerce purchase where the period had only card-present
+ones, is the shift that matters most, and would vanish into an outer decile otherwise.
+NaN (a missing value) has a bin of its own.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def build_drift_reference(
 def bin_edges(values: NDArray[np.floating], bins: int) -> list[float]:
     """Edges for `values`: quantile cuts, each spike alone, each edge between two values."""
     finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return []
     distinct, counts = np.unique(finite, return_counts=True)
     share_below = np.cumsum(counts) / finite.size
     # Cut j separates distinct[j] from distinct[j + 1].
@@ -73,7 +77,18 @@ def bin_edges(values: NDArray[np.floating], bins: int) -> list[float]:
     cuts = cuts[(cuts >= 0) & (cuts < distinct.size - 1)]
     lower = distinct[cuts].astype(np.float64)
     upper = distinct[cuts + 1].astype(np.float64)
-    return [float(edge) for edge in np.unique((lower + upper) / 2)]
+    inner = (lower + upper) / 2
+    margin = _range_margin(distinct.astype(np.float64))
+    outer = [distinct[0] - margin, distinct[-1] + margin]
+    return [float(edge) for edge in np.unique(np.concatenate([inner, outer]))]
+
+
+def _range_margin(distinct: NDArray[np.float64]) -> float:
+    """How far beyond the observed range the outer edges lie: half the median gap between
+    distinct values (0.5 for a constant), never within float32 rounding of an extreme."""
+    gap = float(np.median(np.diff(distinct))) if distinct.size > 1 else 1.0
+    largest = float(np.abs(distinct[[0, -1]]).max())
+    return max(gap / 2, 1e-6 * max(largest, 1.0))
 
 
 def decision_rates(scores: NDArray[np.float64], thresholds: Thresholds) -> DecisionRates:

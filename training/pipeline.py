@@ -4,50 +4,45 @@ Steps: load and validate → replay features → split by time → fit with earl
 evaluate → choose thresholds → export to ONNX → gates (floors, no regression against the
 champion, ONNX parity) → stage the artifact → finalise (checksums, completeness) → promote.
 Nothing reaches the registry unless every gate passed.
+
+Fitting, the floors and parity gates and publishing are `training.candidate`'s, shared with
+`training.retrain`; the no-regression gate and promotion to champion are train's own.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
-from numpy.typing import NDArray
 
 from service.artifact import (
-    NATIVE_MODEL_FILE,
     ONNX_MODEL_FILE,
-    REASON_TABLES_FILE,
     DataFingerprint,
     GateResult,
+    Lineage,
+    LineageSource,
     Manifest,
-    ManifestFeature,
-    Period,
 )
-from service.features import FEATURE_ENGINE_VERSION, FEATURES
+from service.features import FEATURES
 from service.onnx_model import OnnxScorer
-from service.reasons import Explainer
 from service.registry import CHAMPION, Registry
 from training import gates, registry
-from training.booster import fit_booster, predict
+from training.candidate import (
+    FEATURE_NAMES,
+    Candidate,
+    ModelData,
+    fit_candidate,
+    instant,
+    publish,
+    quality_gates,
+)
 from training.config import TrainSettings
 from training.dataset import FeatureTable, build_feature_table
-from training.drift_reference import build_drift_reference
-from training.export import export_onnx, parity_gap
-from training.golden import golden_sample
-from training.libraries import library_versions
-from training.metrics import evaluate, format_metrics_table, weekly_card_precision_at_k
-from training.plots import save_evaluation_plots
-from training.split import NANOS_PER_DAY, Periods, split_periods
-from training.thresholds import choose_thresholds
-
-FEATURE_NAMES = [feature.name for feature in FEATURES]
-EVALUATION_FILE = "evaluation.json"
+from training.metrics import evaluate, format_metrics_table
+from training.split import split_periods
 
 
 @dataclass(frozen=True)
@@ -56,14 +51,6 @@ class TrainResult:
     artifact_dir: Path
     promoted: bool
     report: str
-
-
-@dataclass(frozen=True)
-class _Scored:
-    booster: lgb.Booster
-    onnx_model: bytes
-    metrics: dict[str, dict[str, float]]
-    scores: dict[str, NDArray[np.float64]]
 
 
 def train(
@@ -86,135 +73,68 @@ def train(
     periods = split_periods(
         table.days, table.labels, settings.split, settings.features.label_delay_days
     )
+    model_data = ModelData(table.features, table.labels, table.days, table.cards, periods)
     say(f"training on {int(periods.train.sum())} transactions")
-    scored = _fit_and_score(table, periods, settings, progress)
-    thresholds = choose_thresholds(
-        table.labels[periods.validation], scored.scores["validation"], settings.thresholds
-    )
+    candidate = fit_candidate(model_data, settings, progress=progress)
     champion = _comparable_champion(Registry(registry_root), settings)
-    results = _run_gates(table, periods, scored, settings, champion)
+    results = quality_gates(model_data, candidate, settings)
+    results.extend(_no_regression(model_data, candidate, settings, champion))
     gates.require(results)
 
-    created = datetime.now(UTC)
-    with registry.stage(registry_root) as staging:
-        (staging / ONNX_MODEL_FILE).write_bytes(scored.onnx_model)
-        scored.booster.save_model(str(staging / NATIVE_MODEL_FILE))
-        # Compiled here, once, so that serving loads them in milliseconds (service.reasons).
-        Explainer(staging / NATIVE_MODEL_FILE).save_tables(staging / REASON_TABLES_FILE)
-        (staging / EVALUATION_FILE).write_text(json.dumps(scored.metrics, indent=2) + "\n")
-        save_evaluation_plots(
-            table.labels[periods.test],
-            scored.scores["test"],
-            staging,
-            title="test period",
-            thresholds=thresholds,
-        )
-        manifest = Manifest(
-            version=registry.version_name(created, scored.onnx_model),
-            created_at=created,
-            feature_engine_version=FEATURE_ENGINE_VERSION,
-            feature_config=settings.features,
-            features=[ManifestFeature(name=f.name, description=f.description) for f in FEATURES],
-            thresholds=thresholds,
-            metrics=scored.metrics,
-            training_data=_fingerprint(table),
-            periods=_periods(table, periods),
-            training_config=settings.model_dump(mode="json"),
-            libraries=library_versions(),
-            gates=results,
-            parent_version=_current_champion(registry_root),
-            golden_sample=golden_sample(
-                table.features[periods.test],
-                table.labels[periods.test],
-                OnnxScorer(scored.onnx_model, len(FEATURES)),
-                rows=settings.golden_sample_rows,
-                seed=settings.booster.seed,
-            ),
-            drift_reference=build_drift_reference(
-                table.features[periods.test],
-                scored.scores["test"],
-                thresholds,
-                feature_names=FEATURE_NAMES,
-                period="test",
-            ),
-            files={},
-        )
-        artifact_dir = registry.finalise(registry_root, staging, manifest)
+    fingerprint = _fingerprint(table)
+    lineage = Lineage(
+        kind="train",
+        data_start=fingerprint.first_event,
+        data_end=fingerprint.last_event,
+        parent_version=_current_champion(registry_root),
+        sources=[
+            LineageSource(
+                name=fingerprint.source,
+                rows=fingerprint.rows,
+                frauds=int(np.count_nonzero(table.labels == 1)),
+                sha256=fingerprint.sha256,
+            )
+        ],
+        gates=results,
+    )
+    manifest, artifact_dir = publish(
+        registry_root,
+        model_data,
+        candidate,
+        settings,
+        created_at=datetime.now(UTC),
+        training_data=fingerprint,
+        lineage=lineage,
+    )
     if promote:
         registry.promote(registry_root, manifest.version, reason="passed every gate in training")
-    report = format_metrics_table(scored.metrics)
+    report = format_metrics_table(candidate.metrics)
     return TrainResult(manifest, artifact_dir, promote, report)
 
 
-def _fit_and_score(
-    table: FeatureTable, periods: Periods, settings: TrainSettings, progress: bool
-) -> _Scored:
-    features, labels = table.features, table.labels
-    booster = fit_booster(
-        settings.booster,
-        FEATURE_NAMES,
-        (features[periods.train], labels[periods.train]),
-        (features[periods.validation], labels[periods.validation]),
-        progress=progress,
-    )
-    delay = math.ceil(settings.features.label_delay_days)
-    metrics: dict[str, dict[str, float]] = {}
-    split_scores: dict[str, NDArray[np.float64]] = {}
-    for name, mask in (("validation", periods.validation), ("test", periods.test)):
-        scores = split_scores[name] = predict(booster, features[mask])
-        metrics[name] = evaluate(
-            table.days[mask],
-            table.cards[mask],
-            labels[mask],
-            scores,
-            alert_rate=settings.thresholds.alert_rate,
-            k=settings.card_precision_k,
-            card_precision=_card_precision(table, mask, scores, settings.card_precision_k, delay),
-        )
-    return _Scored(booster, export_onnx(booster, FEATURE_NAMES), metrics, split_scores)
-
-
-def _card_precision(
-    table: FeatureTable, mask: NDArray[np.bool_], scores: NDArray[np.float64], k: int, delay: int
-) -> float:
-    """Card precision@k of the masked rows, with the earlier history's known frauds."""
-    full = np.zeros(len(table))
-    full[mask] = scores
-    return weekly_card_precision_at_k(
-        table.days, table.cards, table.labels, full, mask, k=k, label_delay_days=delay
-    )
-
-
-def _run_gates(
-    table: FeatureTable,
-    periods: Periods,
-    scored: _Scored,
+def _no_regression(
+    data: ModelData,
+    candidate: Candidate,
     settings: TrainSettings,
     champion: tuple[str, Path] | None,
 ) -> list[GateResult]:
-    test_features = table.features[periods.test]
-    results = gates.metric_floors(scored.metrics["test"], settings.gates, settings.card_precision_k)
-    gap = parity_gap(scored.booster, scored.onnx_model, test_features)
-    results.append(gates.parity(gap, settings.gates))
     champion_metrics = None
     champion_version = None
     if champion is not None:
         champion_version, model_path = champion
-        scores = OnnxScorer(model_path, len(FEATURES)).score_batch(test_features)
+        test = data.periods.test
+        scores = OnnxScorer(model_path, len(FEATURES)).score_batch(data.features[test])
         champion_metrics = evaluate(
-            table.days[periods.test],
-            table.cards[periods.test],
-            table.labels[periods.test],
+            data.days[test],
+            data.cards[test],
+            data.labels[test],
             scores,
             alert_rate=settings.thresholds.alert_rate,
             k=settings.card_precision_k,
         )
-    results.extend(
-        gates.no_regression(
-            scored.metrics["test"], champion_metrics, champion_version, settings.gates
-        )
+    return gates.no_regression(
+        candidate.metrics["test"], champion_metrics, champion_version, settings.gates
     )
-    return results
 
 
 def _comparable_champion(models: Registry, settings: TrainSettings) -> tuple[str, Path] | None:
@@ -237,29 +157,7 @@ def _fingerprint(table: FeatureTable) -> DataFingerprint:
     return DataFingerprint(
         sha256=table.source.source_sha256,
         rows=len(table),
-        first_event=_instant(int(timestamps.iloc[0])),
-        last_event=_instant(int(timestamps.iloc[-1])),
+        first_event=instant(int(timestamps.iloc[0])),
+        last_event=instant(int(timestamps.iloc[-1])),
         source=table.source.source_name,
     )
-
-
-def _periods(table: FeatureTable, periods: Periods) -> dict[str, Period]:
-    spans = {
-        "train": periods.train_days,
-        "validation": periods.validation_days,
-        "test": periods.test_days,
-    }
-    result = {}
-    for name, (start, end) in spans.items():
-        mask = getattr(periods, name)
-        result[name] = Period(
-            start=_instant(start * NANOS_PER_DAY),
-            end=_instant(end * NANOS_PER_DAY),
-            rows=int(mask.sum()),
-            frauds=int(table.labels[mask].sum()),
-        )
-    return result
-
-
-def _instant(nanoseconds: int) -> datetime:
-    return datetime.fromtimestamp(nanoseconds / 1e9, tz=UTC)

@@ -59,6 +59,7 @@ from training.metrics import format_metrics_table
 __all__ = [
     "RegistryError",
     "VersionRow",
+    "decline",
     "finalise",
     "format_versions",
     "list_versions",
@@ -199,6 +200,15 @@ def refuse(root: Path, version: str, *, alias: str = CHAMPION, reason: str) -> H
     registry = Registry(root)
     with _exclusive(root):
         return _record(registry, "refuse", alias=alias, version=version, reason=reason)
+
+
+def decline(root: Path, *, reason: str, version: str | None = None) -> HistoryEntry:
+    """Record that a retrain published nothing, and why; `version` is the candidate's
+    would-be name when one was trained. Moves no alias."""
+    if not reason.strip():
+        raise RegistryError("give a reason: a declined retrain is audited like a promotion")
+    with _exclusive(root):
+        return _record(Registry(root), "decline", version=version, reason=reason)
 
 
 def list_versions(root: Path) -> list[VersionRow]:

@@ -54,7 +54,8 @@ def scraped(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactor
         "FRAUD_DRIFT__WINDOW": "100",
         "FRAUD_DRIFT__MIN_ROWS": "10",
         "FRAUD_LOGGING__SAMPLE_RATE": "0",
-        "FRAUD_OUTCOMES_DIRECTORY": str(tmp_path_factory.mktemp("outcomes")),
+        "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path_factory.mktemp("decisions")),
+        "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path_factory.mktemp("outcomes")),
     }
     server = ServerProcess(
         "--registry", str(trained_model.registry), "--host", "127.0.0.1", "--port", "0",

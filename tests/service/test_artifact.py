@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from service.artifact import (
     NATIVE_MODEL_FILE,
     ONNX_MODEL_FILE,
     ArtifactError,
+    GateResult,
+    Lineage,
+    LineageSource,
     read_manifest,
     sha256_file,
     verify_artifact,
@@ -134,3 +138,30 @@ def test_file_names_cannot_leave_the_artifact(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="leaves the artifact") as refused:
         verify_artifact(artifact)
     assert refused.value.reason == "invalid_manifest"
+
+
+def test_manifest_written_before_lineage_loads(tmp_path: Path) -> None:
+    """A manifest with no lineage key, as older training wrote, verifies with lineage None."""
+    write_artifact(tmp_path)
+    path = tmp_path / MANIFEST_FILE
+    document = json.loads(path.read_text(encoding="utf-8"))
+    del document["lineage"]
+    path.write_text(json.dumps(document), encoding="utf-8")
+    assert verify_artifact(tmp_path).lineage is None
+
+
+def test_lineage_round_trips(tmp_path: Path) -> None:
+    """A retrain's lineage reads back as written, sources, gates and comparison included."""
+    lineage = Lineage(
+        kind="retrain",
+        data_start=datetime(2026, 8, 1, tzinfo=UTC),
+        data_end=datetime(2026, 9, 27, tzinfo=UTC),
+        as_of=datetime(2026, 10, 4, tzinfo=UTC),
+        parent_version="20260801T000000Z-0123abcd",
+        sources=[LineageSource(name="decision log", rows=1234, frauds=40)],
+        trigger="precision 0.12 < 0.20",
+        gates=[GateResult(name="onnx_parity", passed=True, detail="0 <= 1e-5")],
+        comparison={"champion": {"average_precision": 0.32}, "candidate": {"auc_roc": 0.9}},
+    )
+    write_artifact(tmp_path, lineage=lineage)
+    assert read_manifest(tmp_path).lineage == lineage

@@ -90,6 +90,8 @@ def test_training_variables_are_not_serve_settings(monkeypatch: pytest.MonkeyPat
         ("FRAUD_LOGGING__SAMPLE_RATE", "1.5", "logging.sample_rate: "),
         ("FRAUD_MODELS__POLL_SECONDS", "-1", "models.poll_seconds: "),
         ("FRAUD_MODELS__SHADOW_BACKLOG", "0", "models.shadow_backlog: "),
+        ("FRAUD_DECISION_LOG__RETENTION_DAYS", "0", "decision_log.retention_days: "),
+        ("FRAUD_OUTCOME_LOG__MAX_PENDING", "0", "outcome_log.max_pending: "),
         ("FRAUD_SERVER__PROT", "1", "server.prot: Extra inputs are not permitted"),
     ],
 )
@@ -263,6 +265,42 @@ def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_LOGGING__LEVEL", "debug")
     assert load_settings(None).logging.level == "DEBUG"
     assert "logging.level: " in config_error(monkeypatch, FRAUD_LOGGING__LEVEL="loud")
+
+
+def test_record_log_defaults() -> None:
+    """Decisions and outcomes are kept in directories of their own for 180 days, outcomes
+    within a smaller budget."""
+    settings = ServeSettings()
+    decisions, outcomes = settings.decision_log, settings.outcome_log
+    assert (decisions.directory, outcomes.directory) == (Path("decisions"), Path("outcomes"))
+    assert (decisions.max_bytes, outcomes.max_bytes) == (2 * 1024**3, 256 * 1024**2)
+    assert decisions.retention_days == outcomes.retention_days == 180
+    assert decisions.segment_bytes == outcomes.segment_bytes == 64 * 1024**2
+    assert decisions.max_pending == outcomes.max_pending == 100_000
+
+
+def test_one_record_log_setting_keeps_that_log_s_other_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting one field of a log, in the environment or the file, leaves the rest of its
+    group at the group's defaults, not at those of the shared class."""
+    monkeypatch.setenv("FRAUD_OUTCOME_LOG__MAX_PENDING", "5")
+    config = write_toml(tmp_path, "[decision_log]\nretention_days = 30\n")
+    settings = load_settings(config)
+    assert settings.outcome_log == ServeSettings().outcome_log.model_copy(update={"max_pending": 5})
+    assert settings.decision_log == ServeSettings().decision_log.model_copy(
+        update={"retention_days": 30}
+    )
+
+
+def test_an_empty_record_log_directory_keeps_no_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty directory, in the environment or the file, turns that log off."""
+    monkeypatch.setenv("FRAUD_DECISION_LOG__DIRECTORY", "")
+    settings = load_settings(write_toml(tmp_path, '[outcome_log]\ndirectory = ""\n'))
+    assert settings.decision_log.directory is None
+    assert settings.outcome_log.directory is None
 
 
 def test_settings_are_frozen() -> None:

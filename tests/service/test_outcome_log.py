@@ -1,4 +1,4 @@
-"""Tests for service.outcome_log: accepted outcomes appended to daily JSON-lines files."""
+"""Tests for service.outcome_log: accepted outcomes as JSON lines in "outcomes" segments."""
 
 from __future__ import annotations
 
@@ -11,94 +11,72 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from service.outcome_log import OutcomeLog
+from service.record_log import LogLimits
 
 REPORTED_AT = 1_704_067_200.25  # 2024-01-01T00:00:00.25Z
-# Far more than a queue of one can hold while the writer waits: some must be dropped.
-RECORDS = 100
+RECEIVED_AT = datetime(2026, 9, 1, 8, 30, 0, 123_456, UTC).timestamp()
 
 
-def _dropped() -> float:
-    value = REGISTRY.get_sample_value("fraud_outcome_log_dropped_total")
+def dropped(reason: str) -> float:
+    labels = {"log": "outcomes", "reason": reason}
+    value = REGISTRY.get_sample_value("fraud_record_log_dropped_total", labels)
     assert value is not None
     return value
 
 
-def _segment(directory: Path) -> Path:
-    """Today's segment: outcomes are filed by the UTC day they were received."""
-    return directory / f"outcomes-{datetime.now(UTC).date().isoformat()}.jsonl"
-
-
-def _lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines()]
+def lines(segment: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in segment.read_text().splitlines()]
 
 
 def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
-    """Each outcome becomes one JSON line in today's segment, in a directory created for it."""
+    """Each outcome becomes one JSON line, as reported and when received, in a segment of
+    kind "outcomes" in a directory created for it."""
     directory = tmp_path / "volume" / "outcomes"
-    before = datetime.now(UTC)
-    log = OutcomeLog(directory)
+    log = OutcomeLog(directory, clock=lambda: RECEIVED_AT)
     log.record("tx-1", True, REPORTED_AT)
     log.record("tx-2", False, REPORTED_AT + 60)
     log.close()
 
-    segments = list(directory.iterdir())
-    assert len(segments) == 1
-    assert segments[0].name.startswith("outcomes-")
-    first, second = _lines(segments[0].read_text())
-    assert first["transaction_id"] == "tx-1"
-    assert first["is_fraud"] is True
-    assert first["reported_at"] == "2024-01-01T00:00:00.250000+00:00"
-    assert datetime.fromisoformat(first["received_at"]) >= before.replace(microsecond=0)
-    assert (second["transaction_id"], second["is_fraud"]) == ("tx-2", False)
-    assert second["reported_at"] == "2024-01-01T00:01:00.250000+00:00"
+    (segment,) = directory.iterdir()
+    assert segment.name == f"outcomes-20260901T083000123456Z-{os.getpid()}-0.jsonl"
+    assert lines(segment) == [
+        {
+            "transaction_id": "tx-1",
+            "is_fraud": True,
+            "reported_at": "2024-01-01T00:00:00.250000+00:00",
+            "received_at": "2026-09-01T08:30:00.123456+00:00",
+        },
+        {
+            "transaction_id": "tx-2",
+            "is_fraud": False,
+            "reported_at": "2024-01-01T00:01:00.250000+00:00",
+            "received_at": "2026-09-01T08:30:00.123456+00:00",
+        },
+    ]
 
 
-def test_a_second_log_appends_to_the_same_segment(tmp_path: Path) -> None:
-    """A restarted server keeps the lines already written and adds its own after them."""
-    for transaction_id in ("before-restart", "after-restart"):
-        log = OutcomeLog(tmp_path)
-        log.record(transaction_id, True, REPORTED_AT)
-        log.close()
-    records = _lines(_segment(tmp_path).read_text())
-    assert [record["transaction_id"] for record in records] == ["before-restart", "after-restart"]
+def test_outcome_drops_are_counted_as_the_outcome_log_s(tmp_path: Path) -> None:
+    """Outcomes beyond the pending bound are counted under log="outcomes"; recording never
+    raises."""
+    before = dropped("queue_full")
+    log = OutcomeLog(tmp_path, LogLimits(max_pending=1), flush_seconds=3600)
+    log.record("kept", True, REPORTED_AT)
+    log.record("dropped", True, REPORTED_AT)
+    assert dropped("queue_full") == before + 1
+    log.close()
+    (segment,) = tmp_path.iterdir()
+    assert [record["transaction_id"] for record in lines(segment)] == ["kept"]
 
 
 def test_a_disk_error_drops_and_counts_without_raising(tmp_path: Path) -> None:
-    """When the directory cannot be created (a file is in the way), records are counted
-    as dropped; recording and closing raise nothing."""
+    """When the directory cannot be created (a file is in the way), the outcomes are
+    counted as write errors; recording and closing raise nothing."""
     blocked = tmp_path / "outcomes"
     blocked.write_text("not a directory")
-    dropped = _dropped()
+    before = dropped("write_error")
     log = OutcomeLog(blocked)
     for number in range(3):
         log.record(f"tx-{number}", True, REPORTED_AT)
     log.close()
-    assert _dropped() == dropped + 3
+    assert dropped("write_error") == before + 3
     assert blocked.read_text() == "not a directory"
-
-
-def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
-    """With the writer stuck on its file, records beyond the queue's room are dropped and
-    counted; each record is either written or counted."""
-    fifo = _segment(tmp_path)
-    os.mkfifo(fifo)  # opening it for writing blocks until the test reads it
-    dropped = _dropped()
-    log = OutcomeLog(tmp_path, max_pending=1)
-    for number in range(RECORDS):
-        log.record(f"tx-{number}", True, REPORTED_AT)
-    assert _dropped() > dropped
-    with fifo.open("rb") as reader:  # unblocks the writer
-        log.close()
-        written = _lines(reader.read().decode())
-    assert len(written) + (_dropped() - dropped) == RECORDS
-    assert written[0]["transaction_id"] == "tx-0"
-
-
-def test_a_record_after_close_is_dropped(tmp_path: Path) -> None:
-    """Once closed, the log writes nothing more and counts what it refused."""
-    log = OutcomeLog(tmp_path)
-    log.close()
-    dropped = _dropped()
-    log.record("late", True, REPORTED_AT)
-    assert _dropped() == dropped + 1
-    assert list(tmp_path.iterdir()) == []

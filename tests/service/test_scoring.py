@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from service.artifact import Thresholds
 from service.card_tokens import CardTokenizer
 from service.domain import NANOS_PER_SECOND, Transaction
 from service.errors import InvalidRequest, ModelUnavailable, UnknownTransaction
-from service.features import FEATURES, FeatureConfig, FeatureEngine
+from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig, FeatureEngine
 from service.model_store import LoadedModel, ModelStore
 from service.onnx_model import OnnxScorer
 from service.scoring import FallbackPolicy, Scorer
@@ -372,6 +373,41 @@ def test_only_accepted_outcomes_reach_the_outcome_sink(
     with pytest.raises(InvalidRequest):
         scorer.report_outcome(RawOutcome("tx-0", False, None))
     assert received == [("tx-0", True, (T0_NS + DAY_NS) / NANOS_PER_SECOND)]
+
+
+class RecordedDecisions:
+    """A decision sink that keeps what it is given, as the decision log would queue it."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Transaction, Sequence[float] | None, ScoreResult, int]] = []
+
+    def record(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        feature_engine_version: int,
+    ) -> None:
+        self.records.append((tx, features, result, feature_engine_version))
+
+
+def test_every_answer_but_a_repeat_reaches_the_decision_sink(
+    engine: FeatureEngine, store: ModelStore, broken_model: LoadedModel
+) -> None:
+    """Model and fallback answers go to the sink with the tokenised transaction and its
+    features (None for a late request, which computed none); a repeat's answer does not."""
+    decisions = RecordedDecisions()
+    scorer = _scorer(engine, store, decisions=decisions)
+    late = scorer.score(_raw(1, card_id=PAN), deadline=time.monotonic() - 1.0)
+    answer = scorer.score(_raw(1, card_id=PAN))
+    assert scorer.score(_raw(1, card_id=PAN)) is answer
+    failed = _scorer(engine, OneModel(broken_model), decisions=decisions).score(_raw(2))
+
+    assert [record[2] for record in decisions.records] == [late, answer, failed]
+    assert [record[0].card_id for record in decisions.records[:2]] == [TOKENIZER.token(PAN)] * 2
+    assert decisions.records[0][1] is None
+    assert [len(record[1] or ()) for record in decisions.records[1:]] == [len(FEATURES)] * 2
+    assert {record[3] for record in decisions.records} == {FEATURE_ENGINE_VERSION}
 
 
 def test_model_summary_describes_the_current_model(scorer: Scorer, model: LoadedModel) -> None:

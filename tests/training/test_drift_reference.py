@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.artifact import Thresholds
-from service.drift import DriftReference, bin_proportions
+from service.drift import DriftReference, bin_proportions, psi
 from service.registry import Registry
 from tests.conftest import TrainedModel
 from training.drift_reference import bin_edges, build_drift_reference, decision_rates
@@ -15,11 +15,14 @@ THRESHOLDS = Thresholds(review=0.5, decline=0.9, policy="fixed for tests")
 
 
 def test_continuous_values_get_decile_bins():
-    """A continuous column gets 9 edges and about a tenth of its rows in each bin."""
+    """A continuous column gets 9 decile edges, about a tenth of its rows in each bin, and
+    the two empty bins beyond its range."""
     values = np.random.default_rng(1).lognormal(3, 1, 10_000).astype(np.float32)
     edges = bin_edges(values, 10)
-    assert len(edges) == 9
-    np.testing.assert_allclose(bin_proportions(values, edges)[:-1], 0.1, atol=1e-3)
+    assert len(edges) == 11
+    shares = bin_proportions(values, edges)
+    np.testing.assert_allclose(shares[1:-2], 0.1, atol=1e-3)
+    assert shares[0] == shares[-2] == 0
 
 
 def test_a_spike_at_zero_gets_a_bin_of_its_own():
@@ -28,9 +31,9 @@ def test_a_spike_at_zero_gets_a_bin_of_its_own():
     values = np.where(rng.random(10_000) < 0.7, 0, rng.random(10_000) + 0.01).astype(np.float32)
     edges = bin_edges(values, 10)
     shares = bin_proportions(values, edges)
-    assert 0 < edges[0] < values[values > 0].min()
-    assert shares[0] == np.mean(values == 0)
-    assert len(edges) >= 3
+    assert edges[0] < 0 < edges[1] < values[values > 0].min()
+    assert shares[1] == np.mean(values == 0)
+    assert len(edges) >= 4
 
 
 def test_a_spike_inside_the_range_is_cut_on_both_sides():
@@ -44,11 +47,32 @@ def test_a_spike_inside_the_range_is_cut_on_both_sides():
 
 
 def test_discrete_values_each_get_a_bin_with_edges_between_them():
-    """Three equally common codes: edges halfway between them, a third in each bin."""
+    """Three equally common codes: edges halfway between them and half a gap beyond them."""
     values = np.tile(np.array([0, 1, 2], dtype=np.float32), 100)
     edges = bin_edges(values, 10)
-    assert edges == [0.5, 1.5]
-    np.testing.assert_allclose(bin_proportions(values, edges), [1 / 3, 1 / 3, 1 / 3, 0])
+    assert edges == [-0.5, 0.5, 1.5, 2.5]
+    np.testing.assert_allclose(bin_proportions(values, edges), [0, 1 / 3, 1 / 3, 1 / 3, 0, 0])
+
+
+def test_a_value_never_seen_in_the_reference_is_drift():
+    """Card-present only in the reference; 5% card-not-present live: PSI well above 0.25.
+
+    (Found by the closed-loop test: with open outer deciles a new category was invisible.)
+    """
+    reference = np.ones(5_000, dtype=np.float32)
+    live = np.where(np.arange(10_000) % 20 == 0, 0.0, 1.0)
+    edges = bin_edges(reference, 10)
+    shift = psi(bin_proportions(live, edges), bin_proportions(reference, edges))
+    assert shift > 0.25
+
+
+def test_values_beyond_the_range_of_a_continuous_reference_barely_move_the_psi():
+    """Fresh draws of the reference's own distribution: a few beyond its extremes, PSI small."""
+    rng = np.random.default_rng(4)
+    reference = rng.lognormal(3, 1, 5_000).astype(np.float32)
+    live = rng.lognormal(3, 1, 10_000)
+    edges = bin_edges(reference, 10)
+    assert psi(bin_proportions(live, edges), bin_proportions(reference, edges)) < 0.02
 
 
 def test_missing_values_fill_the_last_bin_and_never_choose_edges():
@@ -58,12 +82,12 @@ def test_missing_values_fill_the_last_bin_and_never_choose_edges():
     assert bin_edges(np.full(5, np.nan, dtype=np.float32), 10) == []
 
 
-def test_a_constant_column_has_one_bin_for_every_number():
-    """A constant reference gives no edges: every number in one bin, then the NaN bin."""
+def test_a_constant_column_has_bins_below_at_and_above_its_value():
+    """A constant reference: its value alone in the middle bin, others on either side."""
     values = np.full(100, 3.0, dtype=np.float32)
     edges = bin_edges(values, 10)
-    assert edges == []
-    np.testing.assert_allclose(bin_proportions(values, edges), [1, 0])
+    assert edges == [2.5, 3.5]
+    np.testing.assert_allclose(bin_proportions(values, edges), [0, 1, 0, 0])
 
 
 def test_decision_rates_apply_the_thresholds_like_the_scorer():
@@ -83,7 +107,7 @@ def test_a_reference_built_from_a_table_describes_it():
     )
     assert reference.feature_names == ["a", "b", "c"]
     assert (reference.rows, reference.period) == (2_000, "test")
-    assert reference.features[2].edges == [0.5, 1.5, 2.5]
+    assert reference.features[2].edges == [-0.5, 0.5, 1.5, 2.5, 3.5]
     for bins in [*reference.features, reference.score]:
         assert sum(bins.proportions) == pytest.approx(1)
     assert reference.decision_rates == decision_rates(scores, THRESHOLDS)

@@ -17,6 +17,7 @@ from tests.factories import flip_first_byte, make_manifest, write_model_files
 from training.registry import (
     STALE_STAGING_SECONDS,
     RegistryError,
+    decline,
     finalise,
     format_versions,
     list_versions,
@@ -402,3 +403,22 @@ def test_refusal_is_recorded(tmp_path: Path) -> None:
     entry = Registry(tmp_path).history()[-1]
     assert (entry.action, entry.alias, entry.version) == ("refuse", CHAMPION, version)
     assert Registry(tmp_path).alias(CHAMPION) is None
+
+
+def test_decline_is_recorded(tmp_path: Path) -> None:
+    """decline() records a retrain that published nothing, with its reason; no alias moves."""
+    version = publish(tmp_path)
+    promote(tmp_path, version, reason="first model")
+    decline(tmp_path, reason="retrain: 3 new fraud reports, 10 needed")
+    entry = Registry(tmp_path).history()[-1]
+    assert (entry.action, entry.alias, entry.version) == ("decline", None, None)
+    assert entry.reason == "retrain: 3 new fraud reports, 10 needed"
+    assert Registry(tmp_path).alias(CHAMPION) == version
+    assert Registry(tmp_path).alias(CHALLENGER) is None
+
+
+def test_decline_needs_a_reason(tmp_path: Path) -> None:
+    """A decline without a reason is refused: it is part of the audit trail."""
+    publish(tmp_path)
+    with pytest.raises(RegistryError, match="give a reason"):
+        decline(tmp_path, reason=" ")
