@@ -9,6 +9,7 @@ they come from the manifest of the model being served.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -275,11 +276,14 @@ class RecordLogSettings(_Group):
     writable volume here, or the log goes with the container. An empty value (`""` in the
     file, or e.g. `FRAUD_DECISION_LOG__DIRECTORY=`) keeps no log."""
 
-    max_bytes: int = Field(default=2 * GIB, ge=1)
-    """Disk the log's segments may take, all workers together (2 GiB for decisions, 256 MiB
+    max_bytes: int = Field(default=16 * GIB, ge=1)
+    """Disk the log's segments may take, all workers together (16 GiB for decisions, 1 GiB
     for outcomes by default): beyond it the oldest segments are deleted. Size it for
-    `retention_days` of traffic: a decision line takes 700 to 1,000 bytes (2 GiB holds some
-    2 to 3 million decisions), an outcome line about 140."""
+    `retention_days` of traffic, or at least for the days a retrain learns from (label delay,
+    evaluation, validation and training days): a decision line takes 600 to 1,000 bytes, so
+    16 GiB hold about 20 million decisions, 30 days at 8 transactions a second; an outcome
+    line takes about 140. A segment deleted for want of space while younger than
+    `retention_days` is logged as a warning (`record_log_budget_short`)."""
 
     retention_days: float = Field(default=180.0, gt=0)
     """Age (from a segment's opening) beyond which a segment is deleted. Chargebacks arrive
@@ -349,11 +353,9 @@ class ServeSettings(BaseSettings):
     decision_log: RecordLogSettings = RecordLogSettings(directory=Path("decisions"))
     """Every decision given, with its transaction and features, for retraining."""
 
-    outcome_log: RecordLogSettings = RecordLogSettings(
-        directory=Path("outcomes"), max_bytes=GIB // 4
-    )
-    """Every outcome accepted, for retraining: a fraction of the transactions, a sixth of a
-    decision's size each, hence a budget of 256 MiB by default."""
+    outcome_log: RecordLogSettings = RecordLogSettings(directory=Path("outcomes"), max_bytes=GIB)
+    """Every valid outcome, for retraining: a fraction of the transactions, a fifth of a
+    decision's size each, hence a budget of 1 GiB by default."""
 
     card_token_key: SecretStr = SecretStr(DEVELOPMENT_CARD_TOKEN_KEY)
     """HMAC key that turns a raw card number arriving as `card_id` into a stable token.
@@ -382,6 +384,13 @@ class ServeSettings(BaseSettings):
         return self.model_dump(mode="json")
 
 
+# Environment variables of earlier releases, refused rather than silently ignored.
+RENAMED_VARIABLES = {"FRAUD_OUTCOMES_DIRECTORY": "FRAUD_OUTCOME_LOG__DIRECTORY"}
+
+
 def load_settings(config_file: Path | None = None) -> ServeSettings:
     """Settings from the environment over `config_file` (TOML) over the defaults."""
+    for old, new in RENAMED_VARIABLES.items():
+        if old in os.environ:
+            raise ConfigError(f"{old} is no longer read: set {new} instead")
     return load_layered_settings(ServeSettings, config_file)

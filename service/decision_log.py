@@ -9,14 +9,15 @@ HMAC token the server keeps, never a card number: the `Transaction` holds no oth
 answer (`score`, `decision` and `source` by name, `fallback_reason`, `model_version`), the
 `feature_engine_version` and the `features` the model read (null for a NaN; the whole list
 null when none were computed), `event_time` and `logged_at` (when the line was written) as
-ISO 8601 in UTC with microseconds. Segments, rotation, retention and what happens when the
-disk fails are `service.record_log`'s.
+ISO 8601 in UTC (`event_time` leaves out a fraction of a second that is 0). Segments,
+rotation, retention and what happens when the disk fails are `service.record_log`'s.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -77,7 +78,8 @@ def _fields(
 ) -> dict[str, object]:
     return {
         "transaction_id": tx.transaction_id,
-        "event_time": iso_utc(tx.timestamp),
+        # orjson writes it as ISO 8601, microseconds only when not 0, at a tenth of the cost.
+        "event_time": datetime.fromtimestamp(tx.timestamp, UTC),
         "card": tx.card_id,
         "terminal_id": tx.terminal_id,
         "merchant_id": tx.merchant_id,

@@ -1,4 +1,4 @@
-"""The log of accepted outcomes, kept for retraining: a `RecordLog` of kind "outcomes".
+"""The log of valid outcomes, kept for retraining: a `RecordLog` of kind "outcomes".
 
     Scorer.report_outcome → OutcomeLog.record: a tuple queued, nothing else
     → the log's writer thread: JSON lines in `outcomes-<opened at>-<pid>-<seq>.jsonl`
@@ -24,7 +24,7 @@ _Outcome = tuple[str, bool, float, float]
 
 
 class OutcomeLog(RecordLog[_Outcome]):
-    """Durable JSON-lines log of accepted outcomes, written by its own daemon thread."""
+    """Durable JSON-lines log of valid outcomes, written by its own daemon thread."""
 
     def __init__(
         self,
@@ -41,7 +41,7 @@ class OutcomeLog(RecordLog[_Outcome]):
         )
 
     def record(self, transaction_id: str, is_fraud: bool, reported_at: float) -> None:
-        """Queue one accepted outcome (`reported_at` in Unix seconds); never blocks or raises."""
+        """Queue one valid outcome (`reported_at` in Unix seconds); never blocks or raises."""
         self.append((transaction_id, is_fraud, reported_at, self._clock()))
 
 

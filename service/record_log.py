@@ -61,10 +61,15 @@ FLUSH_SECONDS = 0.2
 SYNC_SECONDS = 1.0
 WARNING_SECONDS = 60.0
 CLOSE_SECONDS = 5.0
-# Records encoded per write. The writer holds the GIL while it encodes a chunk (about 40 µs
-# a decision on the 2-core development machine), so a request waits up to that long: with
-# 16, a thread waking every 0.5 ms overshot by 1.1 ms at most; with 256, by 8 ms.
-CHUNK_RECORDS = 16
+# Records encoded per write. The writer holds the GIL while it encodes a chunk (about 4 µs
+# a decision on the 2-core development machine), so a request may wait that long.
+CHUNK_RECORDS = 32
+# Rest between two chunks, GIL released: with sleep(0), a writer with a backlog would ask
+# for the GIL back at once, chunk after chunk, and take turns with the request thread for
+# as long as the backlog lasts. Resting bounds its share of the GIL and still writes 32
+# records a millisecond, far above any serving rate. (At 1,000 answers/s on an otherwise
+# idle machine the two cost the same: benchmarks/RESULTS.md, "Decision log".)
+REST_SECONDS = 0.001
 SECONDS_PER_DAY = 86_400
 _STAMP = "%Y%m%dT%H%M%S%fZ"
 _SEGMENT = re.compile(r"(?P<kind>\w+)-(?P<stamp>\d{8}T\d{12}Z)-\d+-\d+\.jsonl")
@@ -76,7 +81,7 @@ _log = structlog.get_logger(__name__)
 class LogLimits:
     """How much a record log keeps: on disk, per segment, and in memory while writing."""
 
-    max_bytes: int = 2 * GIB
+    max_bytes: int = 16 * GIB
     retention_days: float = 180.0
     segment_bytes: int = 64 * MIB
     max_pending: int = 100_000
@@ -201,7 +206,8 @@ class RecordLog(Generic[T]):
                 self._written.inc(len(chunk))
             else:
                 self._dropped["write_error"].inc(len(chunk))
-            time.sleep(0)  # hands the GIL to the request thread between chunks
+            if not self._closing.is_set():  # closing: the requests have stopped
+                time.sleep(REST_SECONDS)
 
     def _write_chunk(self, chunk: list[T]) -> None:
         self._segments.append(self._encode(chunk, self._clock()))
@@ -354,7 +360,18 @@ class _Segments:
                 continue
             segment.path.unlink(missing_ok=True)  # another worker may have deleted it
             total -= segment.size
-            _log.info("record_log_segment_deleted", log=self._kind, segment=segment.path.name)
+            if segment.opened_at >= oldest_kept:
+                # Retraining may need what goes here: the operator should know, and size up.
+                _log.warning(
+                    "record_log_budget_short",
+                    log=self._kind,
+                    segment=segment.path.name,
+                    age_days=round((self._clock() - segment.opened_at) / SECONDS_PER_DAY, 2),
+                    retention_days=self._limits.retention_days,
+                    max_bytes=self._limits.max_bytes,
+                )
+            else:
+                _log.info("record_log_segment_deleted", log=self._kind, segment=segment.path.name)
 
     def _listing(self) -> list[_Segment]:
         """This kind's segments in the directory, with their opening times and sizes."""

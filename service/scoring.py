@@ -37,8 +37,9 @@ answered, and logged, again: readers keep its first line that has features.
 
 Outcomes feed the same engine: an outcome reported before its transaction's event time
 counts from that event time (the engine clamps it), as one reported right then would.
-Each outcome the engine accepts also goes, as reported, to the `outcome_sink` (the outcome
-log kept for retraining, in the server); refused ones do not.
+Every valid outcome also goes, as reported, to the `outcome_sink` (the outcome log kept
+for retraining, in the server), even one the engine cannot use: its transaction may have
+been scored before a restart or by another worker, and a late chargeback is still a label.
 """
 
 from __future__ import annotations
@@ -235,19 +236,24 @@ class Scorer:
         return result
 
     def report_outcome(self, raw: RawOutcome) -> None:
-        """Count a confirmed label from its report time on.
+        """Count a confirmed label from its report time on, and keep it for retraining.
 
-        InvalidRequest for bad input, UnknownTransaction when the transaction is unknown or
-        too old to change any feature.
+        InvalidRequest for bad input (nothing kept). UnknownTransaction when the feature
+        state does not hold the transaction (scored before a restart, by another worker, or
+        too long ago to change any feature): the outcome is kept for retraining all the
+        same, since a late chargeback is still a label.
         """
         outcome = to_outcome(raw, now_ns=time.time_ns(), limits=self._limits)
+        if self._outcome_sink is not None:
+            self._outcome_sink(outcome.transaction_id, outcome.is_fraud, outcome.reported_at)
         known = self._engine.report_outcome(
             outcome.transaction_id, outcome.is_fraud, outcome.reported_at
         )
         if not known:
-            raise UnknownTransaction("unknown transaction_id, or too old to affect any feature")
-        if self._outcome_sink is not None:
-            self._outcome_sink(outcome.transaction_id, outcome.is_fraud, outcome.reported_at)
+            raise UnknownTransaction(
+                "transaction_id unknown to this server's features, or too old to affect any; "
+                "the outcome is kept for retraining"
+            )
 
     def model_summary(self) -> ModelSummary:
         """The model deciding now; ModelUnavailable when none is loaded."""

@@ -128,7 +128,9 @@ def test_every_decision_is_kept_across_a_restart(
 ) -> None:
     """Decisions before and after a SIGTERM and restart are all in the decision log, once
     each, as answered, with every feature; a card number in none of its files; outcomes
-    reported before the restart are in the outcome log."""
+    reported before the restart are in the outcome log, and so is one reported after it for
+    a transaction scored before (NOT_FOUND to the caller: the new process's features do
+    not know it; a label for retraining all the same)."""
     history = trained_model.history
     server = serve()
     before = server.score(swipes(history, "first-", FIRST_RUN))
@@ -139,6 +141,11 @@ def test_every_decision_is_kept_across_a_restart(
     server.stop()
     server = serve()
     after = server.score(swipes(history, "second-", SECOND_RUN))
+    scored_before = next(iter(before))
+    late = build_outcome_request(scored_before, False, datetime.now(UTC))
+    with pytest.raises(grpc.RpcError) as refused:
+        server.stub.ReportOutcome(late, timeout=CALL_TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.NOT_FOUND
     server.stop()
 
     answers = before | recent | after
@@ -159,7 +166,8 @@ def test_every_decision_is_kept_across_a_restart(
     assert cards["recent-0"] == CardTokenizer(CARD_TOKEN_KEY.encode()).token(PAN)
     outcomes = [outcome for segment in lines(tmp_path / "outcomes").values() for outcome in segment]
     assert [(outcome["transaction_id"], outcome["is_fraud"]) for outcome in outcomes] == [
-        (transaction_id, True) for transaction_id in recent
+        *((transaction_id, True) for transaction_id in recent),
+        (scored_before, False),
     ]
 
 

@@ -273,7 +273,7 @@ def test_record_log_defaults() -> None:
     settings = ServeSettings()
     decisions, outcomes = settings.decision_log, settings.outcome_log
     assert (decisions.directory, outcomes.directory) == (Path("decisions"), Path("outcomes"))
-    assert (decisions.max_bytes, outcomes.max_bytes) == (2 * 1024**3, 256 * 1024**2)
+    assert (decisions.max_bytes, outcomes.max_bytes) == (16 * 1024**3, 1024**3)
     assert decisions.retention_days == outcomes.retention_days == 180
     assert decisions.segment_bytes == outcomes.segment_bytes == 64 * 1024**2
     assert decisions.max_pending == outcomes.max_pending == 100_000
@@ -329,3 +329,15 @@ def test_every_field_is_documented() -> None:
     visit(ServeSettings, "")
     assert undocumented == []
     assert "tls.client_ca_file" in documented
+
+
+def test_a_renamed_environment_variable_is_refused_with_its_new_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FRAUD_OUTCOMES_DIRECTORY (before the outcome log had limits) would be ignored, and
+    outcomes written where nobody looks: it is refused, naming its replacement."""
+    monkeypatch.setenv("FRAUD_OUTCOMES_DIRECTORY", "/data/outcomes")
+    with pytest.raises(
+        ConfigError, match=r"FRAUD_OUTCOMES_DIRECTORY.*FRAUD_OUTCOME_LOG__DIRECTORY"
+    ):
+        load_settings()

@@ -179,6 +179,23 @@ def test_retention_at_start_deletes_the_oldest_segments_beyond_the_byte_budget(
     assert sorted(tmp_path.iterdir()) == sorted([older, newer, other_kind, stranger])
 
 
+def test_a_budget_too_small_for_the_retention_period_is_warned_about(tmp_path: Path) -> None:
+    """Deleting for space a segment younger than `retention_days` is a warning with its age;
+    deleting an expired one is routine (info)."""
+    expired = make_segment(tmp_path, T0 - 200 * DAY, pid=1, size=10)
+    young = make_segment(tmp_path, T0 - 3 * DAY, pid=1, size=100)
+    make_segment(tmp_path, T0 - 1 * DAY, pid=1, size=100)
+    with capture_logs() as entries:
+        open_log(tmp_path, LogLimits(max_bytes=150), clock=Clock(T0)).close()
+    assert not expired.exists()
+    assert not young.exists()
+    levels = {entry["event"]: entry for entry in entries if "segment" in entry}
+    assert levels["record_log_budget_short"]["log_level"] == "warning"
+    assert levels["record_log_budget_short"]["segment"] == young.name
+    assert levels["record_log_budget_short"]["age_days"] == 3.0
+    assert levels["record_log_segment_deleted"]["segment"] == expired.name
+
+
 def test_retention_deletes_segments_older_than_the_limit(tmp_path: Path) -> None:
     """A segment opened more than `retention_days` ago (by its name) is deleted."""
     expired = make_segment(tmp_path, T0 - 181 * DAY, pid=1, size=10)

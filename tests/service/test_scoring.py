@@ -360,19 +360,22 @@ def test_an_outcome_without_report_time_is_invalid(scorer: Scorer) -> None:
         scorer.report_outcome(RawOutcome("tx-1", True, None))
 
 
-def test_only_accepted_outcomes_reach_the_outcome_sink(
+def test_every_valid_outcome_reaches_the_outcome_sink(
     engine: FeatureEngine, store: ModelStore
 ) -> None:
-    """The sink gets each outcome the engine accepted, as reported; refused ones never."""
+    """The sink gets each valid outcome, as reported, even one the feature state cannot use
+    (its transaction scored before a restart, by another worker, or too long ago): it is
+    still a label for retraining. Invalid ones never."""
     received: list[tuple[str, bool, float]] = []
     scorer = _scorer(engine, store, outcome_sink=lambda *outcome: received.append(outcome))
     scorer.score(_raw(0, timestamp_ns=T0_NS))
     scorer.report_outcome(RawOutcome("tx-0", True, T0_NS + DAY_NS))
     with pytest.raises(UnknownTransaction):
-        scorer.report_outcome(RawOutcome("never-seen", True, T0_NS + DAY_NS))
+        scorer.report_outcome(RawOutcome("before-a-restart", True, T0_NS + DAY_NS))
     with pytest.raises(InvalidRequest):
         scorer.report_outcome(RawOutcome("tx-0", False, None))
-    assert received == [("tx-0", True, (T0_NS + DAY_NS) / NANOS_PER_SECOND)]
+    reported = (T0_NS + DAY_NS) / NANOS_PER_SECOND
+    assert received == [("tx-0", True, reported), ("before-a-restart", True, reported)]
 
 
 class RecordedDecisions:

@@ -84,8 +84,8 @@ class FraudScoringServicer:
     def ReportOutcome(self, request, context):
         """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
         merchant risk features from `reported_at` on, and is kept for retraining.
-        Errors: NOT_FOUND (the transaction is unknown or too old to affect any feature),
-        INVALID_ARGUMENT.
+        Errors: NOT_FOUND (the transaction is unknown to this server's features or too old to
+        affect any; the outcome is still kept for retraining: do not retry), INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

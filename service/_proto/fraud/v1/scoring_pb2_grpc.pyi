@@ -56,8 +56,8 @@ class FraudScoringStub:
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
     merchant risk features from `reported_at` on, and is kept for retraining.
-    Errors: NOT_FOUND (the transaction is unknown or too old to affect any feature),
-    INVALID_ARGUMENT.
+    Errors: NOT_FOUND (the transaction is unknown to this server's features or too old to
+    affect any; the outcome is still kept for retraining: do not retry), INVALID_ARGUMENT.
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.GetModelInfoRequest, _scoring_pb2.ModelInfo]
     """Describes the model currently deciding: version, features, thresholds, metrics."""
@@ -82,8 +82,8 @@ class FraudScoringAsyncStub(FraudScoringStub):
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]  # type: ignore[assignment]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
     merchant risk features from `reported_at` on, and is kept for retraining.
-    Errors: NOT_FOUND (the transaction is unknown or too old to affect any feature),
-    INVALID_ARGUMENT.
+    Errors: NOT_FOUND (the transaction is unknown to this server's features or too old to
+    affect any; the outcome is still kept for retraining: do not retry), INVALID_ARGUMENT.
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_scoring_pb2.GetModelInfoRequest, _scoring_pb2.ModelInfo]  # type: ignore[assignment]
     """Describes the model currently deciding: version, features, thresholds, metrics."""
@@ -123,8 +123,8 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scoring_pb2.OutcomeResponse, _abc.Awaitable[_scoring_pb2.OutcomeResponse]]:
         """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
         merchant risk features from `reported_at` on, and is kept for retraining.
-        Errors: NOT_FOUND (the transaction is unknown or too old to affect any feature),
-        INVALID_ARGUMENT.
+        Errors: NOT_FOUND (the transaction is unknown to this server's features or too old to
+        affect any; the outcome is still kept for retraining: do not retry), INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
