@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from service.artifact import ArtifactError
 from service.registry import CHALLENGER, CHAMPION, RegistryError
@@ -202,7 +204,8 @@ def _add_retrain(commands: Any) -> None:
             "champion on the most recent labelled days, and publish it as challenger when it "
             "is better by [retrain] min_improvement. A person promotes it (`registry promote "
             "challenger`) unless [promotion] mode is automatic. --watch keeps looking at the "
-            "triggers (schedule, drift, live precision) and retrains when one fires."
+            "triggers (schedule, drift, live precision) and retrains when one fires; SIGTERM "
+            "or SIGINT ends it after the look under way, a second one interrupts that look."
         ),
     )
     command.add_argument(
@@ -226,7 +229,9 @@ def _add_retrain(commands: Any) -> None:
         "--watch", action="store_true", help="loop: retrain whenever a trigger fires"
     )
     command.add_argument(
-        "--max-checks", type=int, help="with --watch: stop after this many looks (default: never)"
+        "--max-checks",
+        type=_positive_int,
+        help="with --watch: stop after this many looks (default: never)",
     )
     command.add_argument(
         "--metrics-url",
@@ -237,7 +242,7 @@ def _add_retrain(commands: Any) -> None:
     )
     _registry_option(command)
     _config_option(command)
-    command.set_defaults(handler=_retrain)
+    command.set_defaults(handler=_retrain, usage_error=command.error)
 
 
 def _add_registry(commands: Any) -> None:
@@ -408,18 +413,40 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from training.retrain import retrain
-    from training.watch import watch
-
+    _check_retrain_arguments(args)
     settings = _settings(args)
     if args.metrics_url:
         triggers = settings.triggers.model_copy(update={"metrics_urls": args.metrics_url})
         settings = settings.model_copy(update={"triggers": triggers})
     root = _registry(args, settings)
     if args.watch:
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        return _watch(args, settings, root)
+    return _retrain_once(args, settings, root)
+
+
+def _check_retrain_arguments(args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) found before any work: options that do not go together, and a
+    report that could not be written once the retrain has published."""
+    usage_error: Callable[[str], NoReturn] = args.usage_error
+    if args.watch:
+        for option, value in (("--as-of", args.as_of), ("--report", args.report)):
+            if value is not None:
+                usage_error(f"{option} cannot be combined with --watch: it applies to one retrain")
+    elif args.max_checks is not None:
+        usage_error("--max-checks only applies with --watch")
+    if args.report is not None:
+        directory = args.report.parent
+        if not directory.is_dir():
+            usage_error(f"--report: directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            usage_error(f"--report: directory {directory} is not writable")
+
+
+def _watch(args: argparse.Namespace, settings: TrainSettings, root: Path) -> int:
+    from training.watch import watch
+
+    stop = threading.Event()
+    with _stopped_by_signals(stop):
         published = watch(
             root,
             args.decisions,
@@ -430,8 +457,36 @@ def _retrain(args: argparse.Namespace) -> int:
             say=_say,
             stop=stop,
         )
-        _say(f"watch stopped: {published} challenger(s) published")
-        return 0
+    _say(f"watch stopped: {published} challenger(s) published")
+    return 0
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """The first SIGTERM or SIGINT sets `stop`: the loop ends after the look under way. Any
+    later one raises KeyboardInterrupt at once (exit 130), for a person who will not wait
+    for a long retrain to finish. The handlers in place before are restored on the way out."""
+
+    def stop_then_interrupt(_signum: int, _frame: object) -> None:
+        stop.set()
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.default_int_handler)
+
+    previous = {signum: signal.signal(signum, stop_then_interrupt) for signum in _STOP_SIGNALS}
+    _say("watching: SIGTERM or SIGINT stops after the look under way; a second one interrupts it")
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _retrain_once(args: argparse.Namespace, settings: TrainSettings, root: Path) -> int:
+    from training.retrain import retrain
+
     result = retrain(
         root,
         args.decisions,
@@ -444,7 +499,7 @@ def _retrain(args: argparse.Namespace) -> int:
     )
     _say(result.table)
     if args.report is not None:
-        args.report.write_text(_json(result.report) + "\n")
+        _write_report(args.report, result.report)
     if not result.published:
         _error(f"nothing published: {result.reason}")
         return EXIT_DECLINED
@@ -453,11 +508,37 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write the retrain's report; a failure only warns, since the retrain is done (and a
+    published challenger keeps the report in its artifact)."""
+    try:
+        path.write_text(_json(report) + "\n", encoding="utf-8")
+    except OSError as error:
+        _say(f"fraud-train: warning: report not written to {path}: {error}")
+
+
 def _aware_datetime(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
+    """An ISO 8601 time with a zone: `--as-of`."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2026-09-01T00:00Z"
+        ) from None
     if moment.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. 2026-09-01T00:00Z")
     return moment
+
+
+def _positive_int(text: str) -> int:
+    """A whole number of at least 1: `--max-checks`."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return number
 
 
 def _list(args: argparse.Namespace) -> int:

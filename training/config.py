@@ -136,6 +136,15 @@ class RetrainConfig(_Section):
     """How much higher the candidate's average precision on the evaluation window must be
     than the champion's before it is published as challenger."""
 
+    silent_declines: Literal["exclude", "genuine"] = "exclude"
+    """What a declined transaction (declined by the model or by the fallback) counts as when
+    no outcome was reported for it. A decline blocks the payment, so it rarely draws a
+    chargeback: its silence is no evidence either way, and counting it genuine (as an
+    unreported transaction is once its label delay has passed) would teach the candidate
+    that the champion's declines were mistakes. `exclude` leaves such rows out, counted as
+    `silent_decline`; `genuine` counts them genuine. Declines with a reported outcome are
+    used either way, and reviews always: they are investigated and get outcomes."""
+
 
 class TriggerConfig(_Section):
     """When `fraud-train retrain --watch` retrains; each trigger on its own, any one fires."""

@@ -6,7 +6,8 @@ names sort by the time the segment was opened. Only files matching `<kind>-*.jso
 in name order, so "first" means first in that order, then in file order.
 
 Reading tolerates what a crash or a full disk leaves behind: a line that is not JSON, lacks a
-field or has a field of the wrong type is skipped and counted, never fatal. Blank lines are
+field, has a field of the wrong type or a value out of range (a time before 1677 or after
+2262, an integer beyond int64) is skipped and counted, never fatal. Blank lines are
 ignored. A decision logged twice under one transaction id keeps its first line with
 features (else its first line).
 
@@ -18,7 +19,8 @@ has passed by T, and is unknown before that. A label is thus never used before i
 
 Errors::
 
-    FeedbackError    a log directory is missing, unreadable or holds no segment
+    FeedbackError    a log directory is missing, unreadable or holds no segment; or the
+                     logs cannot label as of the moment asked (`training.retrain`)
 """
 
 from __future__ import annotations
@@ -60,11 +62,15 @@ _OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
     "received_at": (str,),
 }
 _FEATURE_VALUE_TYPES = frozenset({int, float, type(None)})
+_INT64 = np.iinfo(np.int64)
+_FIRST_NS_TIME = pd.Timestamp.min.tz_localize("UTC")
+_LAST_NS_TIME = pd.Timestamp.max.tz_localize("UTC")
 _MISSING = object()
 
 
 class FeedbackError(Exception):
-    """A log directory cannot be read: missing, unreadable, or without any segment."""
+    """The logs cannot be used: a directory missing, unreadable or without any segment, no
+    readable record, or an as-of moment they cannot label."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,16 @@ def label_known_ns(
     a transaction that counts as genuine because nothing was reported.
     """
     return _labels(transaction_ids, event_ns, outcomes, as_of_ns, label_delay_ns).known_ns
+
+
+def reported_by(
+    transaction_ids: NDArray[np.object_], outcomes: Outcomes, *, as_of_ns: int
+) -> NDArray[np.bool_]:
+    """Whether each transaction had an outcome reported at or before `as_of_ns`: a label that
+    rests on a report, not on silence."""
+    frame = outcomes.frame
+    reported = frame.loc[frame["reported_ns"] <= as_of_ns, "transaction_id"]
+    return pd.Index(transaction_ids).isin(reported)
 
 
 def newest_time_ns(decisions: DecisionLog, outcomes: Outcomes) -> int:
@@ -297,17 +313,24 @@ _OUTCOME_SCHEMA = _Schema(_OUTCOME_FIELDS)
 def _is_decision(record: Any) -> bool:
     if not _DECISION_SCHEMA.accepts(record):
         return False
+    # JSON integers reach 2**64 - 1; the frame's column is int64.
+    if not _INT64.min <= record["feature_engine_version"] <= _INT64.max:
+        return False
     features = record["features"]
     return features is None or set(map(type, features)) <= _FEATURE_VALUE_TYPES
 
 
 def _iso_ns(stamps: list[str]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
-    """Nanoseconds since the epoch of ISO 8601 `stamps` (naive ones are UTC), and which parsed."""
+    """Nanoseconds since the epoch of ISO 8601 `stamps` (naive ones are UTC), and which parsed;
+    a time nanoseconds in int64 cannot hold (before 1677, after 2262) counts as unparsable."""
     parsed = pd.to_datetime(
         pd.Series(stamps, dtype="str"), format="ISO8601", utc=True, errors="coerce"
-    ).dt.as_unit("ns")
-    ok = parsed.notna().to_numpy()
-    return parsed.to_numpy(dtype=np.int64, na_value=0), ok
+    )
+    # pandas parses to microseconds (nanoseconds only when a stamp has them), which reach
+    # far wider: out-of-range times must go before the conversion, which raises on them.
+    representable = parsed.between(_FIRST_NS_TIME, _LAST_NS_TIME)
+    in_ns = parsed.where(representable).dt.as_unit("ns")
+    return in_ns.to_numpy(dtype=np.int64, na_value=0), representable.to_numpy()
 
 
 def _strings(records: Sequence[dict[str, Any]], name: str) -> pd.Series:

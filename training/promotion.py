@@ -59,14 +59,17 @@ class ShadowTracker:
 
     A server's counters add up every comparison since its process started, whichever
     challenger made them. So a server's counts at the first look that shows it serving the
-    challenger (`fraud_model_info`) are its baseline, and only the increase counts; a
-    counter that went down (a restart) starts a new baseline. Comparisons made before the
-    loop's first look are therefore not counted: a restarted loop gathers them again.
+    challenger (`fraud_model_info`) are its baseline, and only the increase counts. A
+    restart starts a new baseline: the server's start time (`process_start_time_seconds`)
+    changed, or, for a server that does not export it, a counter went down. The start time
+    catches a restarted process that has already counted past its predecessor, whose
+    counts would otherwise be mixed with the old one's. Comparisons made before the loop's
+    first look are not counted: a restarted loop gathers them again.
     """
 
     def __init__(self) -> None:
         """No baselines yet."""
-        self._baselines: dict[str, tuple[str, ShadowCounts]] = {}
+        self._baselines: dict[str, _Baseline] = {}
 
     def counts(self, look: MetricsLook, challenger: str) -> ShadowCounts | None:
         """Comparisons of `challenger` since the baselines, summed over the servers that
@@ -79,16 +82,31 @@ class ShadowTracker:
         return sum((self._increase(server, challenger) for server in shadowing), ShadowCounts())
 
     def _increase(self, server: ServerMetrics, challenger: str) -> ShadowCounts:
-        version, baseline = self._baselines.get(server.url, ("", ShadowCounts()))
+        baseline = self._baselines.get(server.url)
         counts = server.shadow
-        if (
-            version != challenger
-            or counts.agree < baseline.agree
-            or counts.disagree < baseline.disagree
-        ):
-            self._baselines[server.url] = (challenger, counts)
+        if baseline is None or not baseline.continued_by(server, challenger):
+            self._baselines[server.url] = _Baseline(challenger, server.started_at, counts)
             return ShadowCounts()
-        return counts - baseline
+        return counts - baseline.counts
+
+
+@dataclass(frozen=True, slots=True)
+class _Baseline:
+    """A server's counts when it was first seen shadowing `challenger` in this process."""
+
+    challenger: str
+    started_at: float | None
+    counts: ShadowCounts
+
+    def continued_by(self, server: ServerMetrics, challenger: str) -> bool:
+        """Whether `server` still counts from this baseline: same challenger, same process."""
+        counts = server.shadow
+        return (
+            challenger == self.challenger
+            and server.started_at == self.started_at
+            and counts.agree >= self.counts.agree
+            and counts.disagree >= self.counts.disagree
+        )
 
 
 def consider_promotion(

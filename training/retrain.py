@@ -37,7 +37,14 @@ from training.candidate import (
 )
 from training.config import TrainSettings
 from training.dataset import build_feature_table
-from training.feedback import newest_time_ns, read_decision_log, read_outcomes
+from training.feedback import (
+    DecisionLog,
+    FeedbackError,
+    Outcomes,
+    newest_time_ns,
+    read_decision_log,
+    read_outcomes,
+)
 from training.gates import GateFailure
 from training.retrain_data import Declined, LabelledLog, RetrainData, assemble, label_log
 from training.retrain_report import Comparison, compare, format_report, json_ready
@@ -57,6 +64,14 @@ class RetrainResult:
     """JSON-ready: `json.dumps` writes it as it is."""
     table: str
     """The report for a person to read."""
+    waiting_for_labels: bool = False
+    """Declined for too few fraud reports since the champion's data ended
+    (`retrain.min_new_frauds`), before any candidate was judged: a retrain once more reports
+    have arrived may publish."""
+
+
+class _WaitingForLabels(Declined):
+    """Too few new fraud reports to learn anything from."""
 
 
 @dataclass(frozen=True)
@@ -92,15 +107,20 @@ def retrain(
 
     `history`, when given, is replayed and its rows before the log are trained on too.
     RegistryError when there is no champion or it reads other features than `settings`;
-    `training.feedback.FeedbackError` when a log cannot be read.
+    `training.feedback.FeedbackError` when a log cannot be read or `as_of` is after its
+    newest record.
     """
-    champion = _champion(registry_root, settings)
+    champion = comparable_champion(registry_root, settings)
     say(f"reading the decision log in {decisions_dir} and the outcomes in {outcomes_dir}")
     decisions = read_decision_log(decisions_dir, feature_count=len(FEATURES))
     outcomes = read_outcomes(outcomes_dir)
-    as_of_ns = newest_time_ns(decisions, outcomes) if as_of is None else _nanoseconds(as_of)
+    as_of_ns = _as_of_ns(decisions, outcomes, as_of)
     log = label_log(
-        decisions, outcomes, as_of_ns=as_of_ns, label_delay_days=settings.features.label_delay_days
+        decisions,
+        outcomes,
+        as_of_ns=as_of_ns,
+        label_delay_days=settings.features.label_delay_days,
+        silent_declines=settings.retrain.silent_declines,
     )
     run = _Retrain(registry_root, settings, champion, instant(as_of_ns), trigger, say)
     run.report["rows"] = {"logged": log.logged_rows, "usable": len(log), "excluded": log.excluded}
@@ -145,7 +165,7 @@ class _Retrain:
         needed = self.settings.retrain.min_new_frauds
         self.report.update(new_fraud_reports=new, min_new_frauds=needed)
         if new < needed:
-            raise Declined(
+            raise _WaitingForLabels(
                 f"{new} new fraud reports on logged transactions since champion "
                 f"{self.champion.version}'s data ended ({since:%Y-%m-%d %H:%M} UTC), "
                 f"{needed} needed: nothing new to learn"
@@ -223,7 +243,8 @@ class _Retrain:
         reason = self._reason(declined.reason)
         report, table = self._finish(declined.version, "declined", reason)
         registry.decline(self.root, reason=reason, version=declined.version)
-        return RetrainResult(False, None, reason, report, table)
+        waiting = isinstance(declined, _WaitingForLabels)
+        return RetrainResult(False, None, reason, report, table, waiting_for_labels=waiting)
 
     def _finish(self, version: str | None, verdict: str, reason: str) -> tuple[dict[str, Any], str]:
         """The final report, as data and as text."""
@@ -269,7 +290,7 @@ def _window(data: RetrainData) -> str:
     return f"{window['days']} ({window['rows']} tx, {window['frauds']} frauds)"
 
 
-def _champion(root: Path, settings: TrainSettings) -> _Champion:
+def comparable_champion(root: Path, settings: TrainSettings) -> _Champion:
     models = Registry(root)
     found = models.champion()
     if found is None:
@@ -287,6 +308,24 @@ def _champion(root: Path, settings: TrainSettings) -> _Champion:
             "feature settings, or train and promote a new champion"
         )
     return _Champion(version, manifest, models.artifact_dir(version))
+
+
+def _as_of_ns(decisions: DecisionLog, outcomes: Outcomes, as_of: datetime | None) -> int:
+    """`as_of`, by default the logs' newest record; FeedbackError when it is after that one."""
+    newest_ns = newest_time_ns(decisions, outcomes)
+    if as_of is None:
+        return newest_ns
+    as_of_ns = _nanoseconds(as_of)
+    # Past the logs, silence proves nothing: a transaction looks unreported only because the
+    # logs end, yet its label delay would pass and it would count as genuine.
+    if as_of_ns > newest_ns:
+        newest = pd.Timestamp(newest_ns, tz="UTC").isoformat()
+        raise FeedbackError(
+            f"as of {as_of.isoformat()} is after the newest event or report in the logs "
+            f"({newest}): transactions would count as genuine for want of reports the logs "
+            "cannot hold yet; give a time at or before it"
+        )
+    return as_of_ns
 
 
 def _nanoseconds(moment: datetime) -> int:

@@ -5,7 +5,9 @@ A logged row is used when it has a feature vector, computed by this feature engi
 and its label is settled: its event is at least one label delay before "as of", so its label
 is 1 or 0 for certain (`training.feedback.labels_as_of`). Rows of the last label delay are
 left out even when their fraud is already reported: only their frauds can be known yet, so
-keeping them would fill the newest days, the evaluation window, with frauds.
+keeping them would fill the newest days, the evaluation window, with frauds. A model decline
+without any reported outcome is left out too, unless `retrain.silent_declines` says
+"genuine": a blocked payment rarely draws a chargeback, so its silence proves nothing.
 
 Periods, whole UTC days, oldest first (as `training.split`, whose docstring says why a gap):
 
@@ -21,17 +23,18 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.artifact import DataFingerprint, LineageSource
 from service.features import FEATURE_ENGINE_VERSION, FEATURES
+from service.scoring_types import Decision
 from training.candidate import ModelData, instant
 from training.config import TrainSettings
 from training.dataset import FeatureTable
-from training.feedback import DecisionLog, Outcomes, label_known_ns, labels_as_of
+from training.feedback import DecisionLog, Outcomes, label_known_ns, labels_as_of, reported_by
 from training.split import NANOS_PER_DAY, Periods, day_index
 
 
@@ -59,13 +62,13 @@ class LabelledLog:
     first_logged_ns: int
     excluded: dict[str, int]
     fraud_known_ns: NDArray[np.int64]
-    """When each fraud among rows with usable features became known (its report time)."""
+    """When each fraud among the usable rows became known (its report time)."""
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def new_frauds(self, since_ns: int) -> int:
-        """Frauds (rows with usable features) reported after `since_ns`."""
+        """Frauds among the usable rows reported after `since_ns`."""
         return int(np.count_nonzero(self.fraud_known_ns > since_ns))
 
 
@@ -81,10 +84,16 @@ class RetrainData:
 
 
 def label_log(
-    decisions: DecisionLog, outcomes: Outcomes, *, as_of_ns: int, label_delay_days: float
+    decisions: DecisionLog,
+    outcomes: Outcomes,
+    *,
+    as_of_ns: int,
+    label_delay_days: float,
+    silent_declines: Literal["exclude", "genuine"],
 ) -> LabelledLog:
     """The decision log labelled as of `as_of_ns`; each left-out row counted under its first
-    reason: `no_features`, `other_feature_engine`, `label_not_settled`."""
+    reason: `no_features`, `other_feature_engine`, `label_not_settled`, `silent_decline`
+    (never with `silent_declines` "genuine"; see `RetrainConfig.silent_declines`)."""
     frame = decisions.frame
     delay_ns = round(label_delay_days * NANOS_PER_DAY)
     event_ns = frame["event_ns"].to_numpy(dtype=np.int64)
@@ -93,17 +102,18 @@ def label_log(
     labels = labels_as_of(ids, event_ns, outcomes, **timing)
     known_ns = label_known_ns(ids, event_ns, outcomes, **timing)
     engine = frame["feature_engine_version"].to_numpy() == FEATURE_ENGINE_VERSION
+    silent = _silent_declines(decisions, outcomes, labels, as_of_ns)
     checks = {
         "no_features": decisions.has_features,
         "other_feature_engine": engine,
         "label_not_settled": (event_ns + delay_ns <= as_of_ns) & (labels >= 0),
+        "silent_decline": ~silent if silent_declines == "exclude" else np.ones_like(silent),
     }
     usable = np.ones(len(frame), dtype=np.bool_)
     excluded = {}
     for reason, passes in checks.items():
         excluded[reason] = int(np.count_nonzero(usable & ~passes))
         usable &= passes
-    featured = decisions.has_features & engine
     return LabelledLog(
         features=decisions.features[usable],
         labels=labels[usable],
@@ -113,8 +123,21 @@ def label_log(
         # Sorted by event time; an empty log starts at "as of", so no history row is cut.
         first_logged_ns=int(event_ns[0]) if len(event_ns) else as_of_ns,
         excluded=excluded,
-        fraud_known_ns=known_ns[featured & (labels == 1)],
+        fraud_known_ns=known_ns[usable & (labels == 1)],
     )
+
+
+def _silent_declines(
+    decisions: DecisionLog, outcomes: Outcomes, labels: NDArray[np.int8], as_of_ns: int
+) -> NDArray[np.bool_]:
+    """Declines that count as genuine only because no outcome was reported by then. The
+    fallback's declines too: blocked is blocked, whoever decided."""
+    frame = decisions.frame
+    declined = frame["decision"] == Decision.DECLINE.name
+    ids = frame["transaction_id"].to_numpy(dtype=object)
+    reported = reported_by(ids, outcomes, as_of_ns=as_of_ns)
+    silent: NDArray[np.bool_] = declined.to_numpy(dtype=np.bool_) & (labels == 0) & ~reported
+    return silent
 
 
 def assemble(

@@ -83,7 +83,7 @@ class ServerMetrics:
     aliases: dict[str, str]
     """Version each alias serves (`fraud_model_info`)."""
     started_at: float | None
-    """Unix time the process started, if it says."""
+    """Unix time the process started, if it says: a new value is a restarted process."""
 
     def psi(self) -> dict[str, float]:
         """Every PSI it exports, the score's under `SCORE_SUBJECT`."""

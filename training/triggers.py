@@ -28,9 +28,10 @@ precision  The live precision of the champion's REVIEW and DECLINE decisions (MO
            has, so counting it would tilt precision towards 1. Unknown labels are left out.
 
 Drift and precision fire once per episode: once a retrain triggered while they held has
-run to its end (`Triggers.retrained`), they stay quiet until a look sees them clear. A new
+answered them (`Triggers.retrained`), they stay quiet until a look sees them clear. A new
 champion clears both in time: the servers start a new drift window for it, and precision
-is measured on its own decisions.
+is measured on its own decisions. A retrain that only waits for fraud reports has not
+answered them (`training.watch` does not call `retrained`): they fire again at the next look.
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ class Triggers:
         return next((Fired(name, check.detail) for name, check in checks if check.holds), None)
 
     def retrained(self) -> None:
-        """A retrain ran to its end: the drift and precision episodes now holding are answered."""
+        """A retrain answered (it published, or declined on its merits): the drift and
+        precision episodes now holding stay quiet until they clear."""
         self._drift_answered = self._drifted_looks >= self._config.drift_checks
         self._precision_answered = self._precision_low
 

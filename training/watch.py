@@ -11,13 +11,22 @@ One look, each step logged through `say`:
 4. count the challenger's shadow comparisons and apply the promotion policy
    (`training.promotion`).
 
-A step that fails (unreadable logs, a corrupt registry, a retrain that raises) is logged
-and the look goes on without it, the loop with the next look: a watch loop is meant to run
-for months, and the next look may find the problem gone. A retrain that raised did not
-answer its trigger, which fires again at the next look; one stopped by a quality gate
-(`GateFailure`) did: it recorded its decline like any other. The loop ends after `max_checks`
-looks, or when `stop` is set (the CLI sets it on SIGTERM and SIGINT); waiting between looks
-wakes at once when it is.
+Before the first look, `check_ready` refuses what would fail every look: a registry without
+a champion reading the features this installation computes (`RegistryError`), a log
+directory that does not exist (`FeedbackError`, most often a wrong path).
+
+A step that fails at a look (unreadable logs, a corrupt registry, a retrain that raises) is
+logged and the look goes on without it, the loop with the next look: a watch loop is meant
+to run for months, and the next look may find the problem gone. A retrain that raised did
+not answer its trigger, which fires again at the next look; one stopped by a quality gate
+(`GateFailure`) did: it recorded its decline like any other. Every decline answers but one:
+a retrain waiting for fraud reports (`RetrainResult.waiting_for_labels`). Drift and live
+precision usually show before the reports of the frauds behind them arrive; such a decline
+leaves drift and precision armed, and the next retrain runs once the outcome log has
+changed (before that it would only record the same decline again).
+
+The loop ends after `max_checks` looks, or when `stop` is set (the CLI sets it on SIGTERM
+and SIGINT); waiting between looks wakes at once when it is.
 """
 
 from __future__ import annotations
@@ -32,10 +41,10 @@ from typing import Protocol, TypeVar
 from service.features import FEATURES
 from service.registry import CHALLENGER, CHAMPION, Registry
 from training.config import TrainSettings
-from training.feedback import read_decision_log, read_outcomes
+from training.feedback import FeedbackError, read_decision_log, read_outcomes
 from training.gates import GateFailure
 from training.promotion import ShadowTracker, consider_promotion
-from training.retrain import RetrainResult, retrain
+from training.retrain import RetrainResult, comparable_champion, retrain
 from training.server_metrics import MetricsLook, read_servers
 from training.triggers import Fired, LivePrecision, Triggers, live_precision
 
@@ -79,9 +88,11 @@ def watch(
     """Look, retrain and promote until `max_checks` looks (None: until `stop` is set);
     the number of retrains that published a challenger.
 
-    `sleep` waits between looks; by default, on `stop`, so that setting it ends the wait.
-    `history` is passed on to every retrain.
+    `check_ready` first: RegistryError or FeedbackError, before any look, when the registry
+    or the logs could never be retrained from. `sleep` waits between looks; by default, on
+    `stop`, so that setting it ends the wait. `history` is passed on to every retrain.
     """
+    check_ready(registry_root, decisions_dir, outcomes_dir, settings)
     stop = stop or threading.Event()
     wait = sleep or stop.wait
     watcher = _Watcher(
@@ -96,6 +107,21 @@ def watch(
         wait(settings.triggers.check_seconds)
     say(f"watch ended: {checks} looks, {published} challengers published")
     return published
+
+
+def check_ready(
+    registry_root: Path, decisions_dir: Path, outcomes_dir: Path, settings: TrainSettings
+) -> None:
+    """RegistryError unless the registry has a champion reading the features of `settings`;
+    FeedbackError if a log directory does not exist. Empty directories are fine: the
+    servers may not have logged anything yet."""
+    comparable_champion(registry_root, settings)
+    for kind, directory in (("decision", decisions_dir), ("outcome", outcomes_dir)):
+        if not directory.is_dir():
+            raise FeedbackError(
+                f"{kind} log directory {directory} does not exist: check the path, or start "
+                "a server that logs there first"
+            )
 
 
 class _Watcher:
@@ -120,6 +146,9 @@ class _Watcher:
         self._say = say
         self._triggers = Triggers(settings.triggers)
         self._shadow = ShadowTracker()
+        # The outcome log's size when a retrain last waited for fraud reports: until it
+        # changes, another retrain would only record the same decline again.
+        self._waited_at_outcomes: int | None = None
 
     def look(self, number: int) -> bool:
         """Look once; whether a retrain published a challenger."""
@@ -165,7 +194,15 @@ class _Watcher:
         )
 
     def _retrain(self, fired: Fired) -> bool:
+        outcomes_seen = _outcome_log_size(self._outcomes_dir)
+        if outcomes_seen == self._waited_at_outcomes:
+            self._say(
+                "still waiting for new fraud reports: the outcome log has not changed since "
+                f"the last retrain ({fired.name} trigger holds)"
+            )
+            return False
         self._say(f"{fired.name} trigger fired: retraining")
+        self._waited_at_outcomes = None
         try:
             result = self._retrain_fn(
                 self._registry.root,
@@ -181,10 +218,23 @@ class _Watcher:
             self._triggers.retrained()
             self._say(f"retrain declined: {failure}")
             return False
+        self._answer(result, outcomes_seen)
+        return result.published
+
+    def _answer(self, result: RetrainResult, outcomes_seen: int) -> None:
+        """Say what the retrain did; its evidence is answered unless it waits for labels,
+        `outcomes_seen` being the outcome log's size it started from."""
+        if result.waiting_for_labels:
+            # Drift and low precision show before the fraud reports behind them arrive.
+            self._waited_at_outcomes = outcomes_seen
+            self._say(
+                f"retrain waits for new fraud reports: {result.reason} "
+                "(drift and precision stay armed: they may fire again at the next look)"
+            )
+            return
         self._triggers.retrained()
         outcome = f"published challenger {result.version}" if result.published else "declined"
         self._say(f"retrain {outcome}: {result.reason}")
-        return result.published
 
     def _consider_promotion(self, metrics: MetricsLook | None) -> None:
         challenger = self._registry.alias(CHALLENGER)
@@ -205,3 +255,8 @@ class _Watcher:
         except Exception as error:
             self._say(f"{step} failed: {type(error).__name__}: {error}")
             return None
+
+
+def _outcome_log_size(directory: Path) -> int:
+    """Bytes in the outcome log's segments: it changes when reports arrive (or age out)."""
+    return sum(path.stat().st_size for path in directory.glob("outcomes-*.jsonl") if path.is_file())

@@ -22,6 +22,7 @@ from training.feedback import (
     newest_time_ns,
     read_decision_log,
     read_outcomes,
+    reported_by,
 )
 
 FEATURES = 3
@@ -200,7 +201,8 @@ def test_features_keep_nan_and_flag_missing_or_misshapen_vectors(decision_log: D
 
 
 def test_invalid_lines_are_skipped_and_counted(tmp_path: Path) -> None:
-    """Non-JSON, a missing field, a wrong type, a boolean amount and a bad timestamp all skip."""
+    """Non-JSON, a missing field, a wrong type, a boolean amount, a bad or out-of-range
+    timestamp and an integer beyond int64 all skip."""
     missing_card = decision("m", 0.0)
     del missing_card["card"]
     write_segment(
@@ -213,12 +215,14 @@ def test_invalid_lines_are_skipped_and_counted(tmp_path: Path) -> None:
             decision("bool", 0.0) | {"amount": True},
             decision("vector", 0.0) | {"features": ["x", 1.0, 2.0]},
             decision("when", 0.0) | {"event_time": "yesterday"},
+            decision("year", 0.0) | {"event_time": "9026-01-01T00:00:00+00:00"},
+            decision("engine", 0.0) | {"feature_engine_version": 18446744073709551615},
         ],
         tail='["not", "an", "object"]\nnot json\n\n',
     )
     log = read_decision_log(tmp_path, feature_count=FEATURES)
     assert log.frame["transaction_id"].tolist() == ["ok"]
-    assert log.skipped_lines == 7
+    assert log.skipped_lines == 9
 
 
 def test_log_of_torn_lines_only_reads_empty(tmp_path: Path) -> None:
@@ -270,7 +274,8 @@ def test_directory_without_segments_is_a_feedback_error(tmp_path: Path) -> None:
 
 
 def test_outcomes_read_sorted_by_report_time(tmp_path: Path) -> None:
-    """Outcomes from several segments sort by reported_at, keeping file order among ties."""
+    """Outcomes from several segments sort by reported_at, keeping file order among ties;
+    torn lines and report times out of range are skipped and counted."""
     directory = tmp_path / "outcomes"
     write_segment(
         directory,
@@ -281,7 +286,11 @@ def test_outcomes_read_sorted_by_report_time(tmp_path: Path) -> None:
     write_segment(
         directory,
         segment_name("outcomes", at(1), 2, 0),
-        [outcome("tie2", False, 2.0), outcome("early", False, 1.0)],
+        [
+            outcome("tie2", False, 2.0),
+            outcome("early", False, 1.0),
+            outcome("far", True, 3.0) | {"reported_at": "9026-01-01T00:00:00+00:00"},
+        ],
     )
     outcomes = read_outcomes(directory)
     frame = outcomes.frame
@@ -289,7 +298,7 @@ def test_outcomes_read_sorted_by_report_time(tmp_path: Path) -> None:
     assert frame["is_fraud"].tolist() == [False, True, False, True]
     assert frame["reported_ns"].tolist() == [ns(at(hours)) for hours in (1, 2, 2, 9)]
     assert (frame["received_ns"] - frame["reported_ns"]).eq(10**9).all()
-    assert (outcomes.skipped_lines, outcomes.segments) == (1, 2)
+    assert (outcomes.skipped_lines, outcomes.segments) == (2, 2)
 
 
 @pytest.mark.parametrize(
@@ -367,6 +376,14 @@ def test_label_known_ns_says_when_each_label_became_known(
         label_delay_ns=DELAY_NS,
     )
     assert known.tolist() == [ns(at(24)), ns(at(4)), NOT_KNOWN_NS, NOT_KNOWN_NS]
+
+
+def test_reported_by_tells_reported_labels_from_silent_ones(tmp_path: Path) -> None:
+    """A transaction counts as reported only once an outcome, fraud or genuine, was reported."""
+    outcomes = write_outcomes(tmp_path, [outcome("fraud", True, 2.0), outcome("fine", False, 5.0)])
+    ids = np.array(["fraud", "fine", "silent"], dtype=object)
+    assert reported_by(ids, outcomes, as_of_ns=ns(at(4))).tolist() == [True, False, False]
+    assert reported_by(ids, outcomes, as_of_ns=ns(at(5))).tolist() == [True, True, False]
 
 
 def test_newest_time_is_the_latest_event_or_report(

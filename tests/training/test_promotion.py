@@ -211,10 +211,13 @@ CHALLENGER_A = "20260902T000000Z-bbbbbbbb"
 CHALLENGER_B = "20260903T000000Z-cccccccc"
 
 
-def shadowing(url: str, challenger: str, agree: int, disagree: int = 0) -> ServerMetrics:
-    """A server shadowing `challenger`, its counters at (agree, disagree)."""
+def shadowing(
+    url: str, challenger: str, agree: int, disagree: int = 0, *, started_at: float | None = None
+) -> ServerMetrics:
+    """A server shadowing `challenger`, its counters at (agree, disagree), started at
+    `started_at` (None: it does not say)."""
     return ServerMetrics(
-        url, {}, None, ShadowCounts(agree, disagree), {CHALLENGER: challenger}, None
+        url, {}, None, ShadowCounts(agree, disagree), {CHALLENGER: challenger}, started_at
     )
 
 
@@ -250,6 +253,17 @@ def test_a_restarted_server_starts_a_new_baseline():
         counts = tracker.counts(MetricsLook((shadowing("a", CHALLENGER_A, agree),)), CHALLENGER_A)
 
     assert counts == ShadowCounts(25, 0)
+
+
+def test_a_server_restarted_past_its_old_counts_starts_a_new_baseline():
+    """A new start time means a new process, even when its counters already exceed the old
+    baseline: only what the new process counted after its first look counts."""
+    tracker = ShadowTracker()
+    for agree, started_at in ((100, 1_000.0), (150, 1_000.0), (400, 2_000.0), (430, 2_000.0)):
+        server = shadowing("a", CHALLENGER_A, agree, started_at=started_at)
+        counts = tracker.counts(MetricsLook((server,)), CHALLENGER_A)
+
+    assert counts == ShadowCounts(30, 0)
 
 
 def test_a_new_challenger_starts_a_new_count():

@@ -29,6 +29,7 @@ from service.registry import (
 from training.candidate import instant
 from training.config import TrainSettings, load_settings
 from training.data import load_transactions
+from training.feedback import FeedbackError, newest_time_ns, read_decision_log, read_outcomes
 from training.gates import GateFailure
 from training.history_files import write_transactions
 from training.pipeline import train
@@ -147,6 +148,7 @@ def test_a_better_candidate_becomes_the_challenger(
     assert entry.reason == result.reason
     assert entry.reason.startswith("retrain: candidate AP ")
     assert entry.reason.endswith(f"frauds); trigger: {TRIGGER}")
+    assert not result.waiting_for_labels
     metrics = result.report["metrics"]
     assert metrics["candidate"]["average_precision"] >= (
         metrics["champion"]["average_precision"] + 0.01
@@ -200,15 +202,15 @@ def test_the_report_is_part_of_the_artifact(published: tuple[Path, RetrainResult
         assert heading in result.table
 
 
-def test_rows_of_another_feature_engine_are_counted_not_used(
-    published: tuple[Path, RetrainResult],
-) -> None:
-    """Logged rows of another engine version or without features are left out and counted."""
+def test_left_out_rows_are_counted_not_used(published: tuple[Path, RetrainResult]) -> None:
+    """Logged rows of another engine version, without features, not settled, or declined by
+    the champion and never reported are left out and counted."""
     _, result = published
     rows = result.report["rows"]
     assert rows["excluded"]["no_features"] == FALLBACK_ROWS
     assert rows["excluded"]["other_feature_engine"] == OTHER_ENGINE_ROWS
     assert rows["excluded"]["label_not_settled"] > 0
+    assert rows["excluded"]["silent_decline"] > 0  # only frauds are reported here
     assert rows["usable"] == rows["logged"] - sum(rows["excluded"].values())
 
 
@@ -224,6 +226,27 @@ def test_no_new_fraud_reports_publish_nothing(logged: Logged, tmp_path: Path) ->
     assert _assert_declined(registry, logged, result.reason).version is None
     assert result.report["verdict"] == "declined"
     assert result.reason in result.table
+    assert result.waiting_for_labels
+
+
+def test_an_as_of_after_the_logs_is_refused(logged: Logged, tmp_path: Path) -> None:
+    """An as-of later than every logged event and report would call every unreported
+    transaction genuine: FeedbackError naming both times, and nothing recorded."""
+    registry = _copy(logged, tmp_path / "models")
+    newest = pd.Timestamp(
+        newest_time_ns(
+            read_decision_log(logged.decisions, feature_count=len(FEATURES)),
+            read_outcomes(logged.outcomes),
+        ),
+        tz="UTC",
+    )
+    as_of = (newest + timedelta(days=1)).to_pydatetime()
+    history = Registry(registry).history()
+    with pytest.raises(FeedbackError) as refused:
+        retrain(registry, logged.decisions, logged.outcomes, logged.settings, as_of=as_of)
+    assert as_of.isoformat() in str(refused.value)
+    assert newest.isoformat() in str(refused.value)
+    assert Registry(registry).history() == history
 
 
 def test_a_candidate_not_better_by_the_margin_publishes_nothing(
@@ -237,6 +260,7 @@ def test_a_candidate_not_better_by_the_margin_publishes_nothing(
     assert "candidate AP " in result.reason
     assert "vs champion " in result.reason
     assert "not better by the 1.0000 required" in result.reason
+    assert not result.waiting_for_labels
     entry = _assert_declined(registry, logged, result.reason)
     assert entry.version == result.report["candidate"]
     assert entry.version is not None
@@ -265,6 +289,7 @@ def test_too_few_evaluation_frauds_publish_nothing(logged: Logged, tmp_path: Pat
     assert not result.published
     assert "the evaluation period" in result.reason
     assert "at least 100000" in result.reason
+    assert not result.waiting_for_labels
     assert _assert_declined(registry, logged, result.reason).version is None
 
 

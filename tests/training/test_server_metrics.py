@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -57,10 +57,13 @@ class MetricsEndpoint:
     def __init__(self) -> None:
         self.status = 200
         self.body = ""
+        self.on_request: Callable[[], object] = lambda: None
+        """Called at each request before it is answered, while the client waits."""
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                endpoint.on_request()
                 payload = endpoint.body.encode()
                 self.send_response(endpoint.status)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")

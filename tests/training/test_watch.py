@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -9,16 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import CHALLENGER, CHAMPION, HISTORY_FILE, VERSIONS_DIR, Registry
+from service.features import FeatureConfig
+from service.registry import (
+    CHALLENGER,
+    CHAMPION,
+    HISTORY_FILE,
+    VERSIONS_DIR,
+    Registry,
+    RegistryError,
+)
 from tests.conftest import TrainedModel
-from tests.service.registry_copies import copy_registry
+from tests.service.registry_copies import copy_registry, remove_alias
 from tests.training.test_server_metrics import MetricsEndpoint
 from tests.training.test_triggers import decision, outcome, write_segment
 from training.config import PromotionConfig, TrainSettings, TriggerConfig
+from training.feedback import FeedbackError
 from training.gates import GateFailure
 from training.registry import decline, promote
 from training.retrain import RetrainResult
-from training.watch import watch
+from training.retrain import retrain as real_retrain
+from training.watch import RetrainFn, watch
 
 QUIET = TriggerConfig(schedule_hours=0, precision_floor=0, check_seconds=60)
 SCHEDULE = QUIET.model_copy(update={"schedule_hours": 168})
@@ -53,6 +64,14 @@ def declines(root: Path) -> RetrainResult:
     """Decline as a real retrain does, recording it in the history."""
     decline(root, reason="retrain: nothing new to learn")
     return RetrainResult(False, None, "nothing new to learn", {}, "")
+
+
+def waits_for_labels(root: Path) -> RetrainResult:
+    """Decline for want of new fraud reports, recording it, as a real retrain does."""
+    decline(root, reason="retrain: 2 new fraud reports, 10 needed")
+    return RetrainResult(
+        False, None, "2 new fraud reports, 10 needed", {}, "", waiting_for_labels=True
+    )
 
 
 def fails_gate(root: Path) -> RetrainResult:
@@ -114,17 +133,21 @@ class Run:
 def run_watch(
     root: Path,
     triggers: TriggerConfig,
-    retrain_fn: FakeRetrain,
+    retrain_fn: RetrainFn,
     *,
     checks: int,
     logs: tuple[Path, Path] | None = None,
     promotion: PromotionConfig | None = None,
     sleep: Callable[[float], object] | None = None,
+    settings: TrainSettings | None = None,
 ) -> tuple[int, Run]:
-    """`watch` for `checks` looks with the given settings; its result and what it said."""
+    """`watch` for `checks` looks with the given settings (by default, `triggers` and
+    `promotion`; log directories without logs); its result and what it said."""
     run = Run()
-    decisions, outcomes = logs or (root / "no-decisions", root / "no-outcomes")
-    settings = TrainSettings(triggers=triggers, promotion=promotion or PromotionConfig())
+    decisions, outcomes = logs or empty_log_dirs(root.parent)
+    settings = settings or TrainSettings(
+        triggers=triggers, promotion=promotion or PromotionConfig()
+    )
     published = watch(
         root,
         decisions,
@@ -136,6 +159,14 @@ def run_watch(
         sleep=sleep or run.sleep,
     )
     return published, run
+
+
+def empty_log_dirs(parent: Path) -> tuple[Path, Path]:
+    """Decision and outcome log directories under `parent`, holding no log yet."""
+    decisions, outcomes = parent / "empty-decisions", parent / "empty-outcomes"
+    for directory in (decisions, outcomes):
+        directory.mkdir(exist_ok=True)
+    return decisions, outcomes
 
 
 def test_a_due_schedule_retrains_once_and_its_decline_quiets_it(never_retrained):
@@ -184,7 +215,7 @@ def test_a_retrain_that_raises_is_reported_and_tried_again(never_retrained):
 
 
 def test_unreadable_logs_are_reported_and_the_other_triggers_still_judged(never_retrained):
-    """No decision log: the precision step fails and says so; the schedule still fires."""
+    """No decision logged yet: the precision step fails and says so; the schedule still fires."""
     retrain = FakeRetrain(declines)
     triggers = SCHEDULE.model_copy(update={"precision_floor": 0.5})
 
@@ -192,7 +223,7 @@ def test_unreadable_logs_are_reported_and_the_other_triggers_still_judged(never_
 
     assert len(retrain.triggers) == 1
     [failure] = run.said_line("precision failed: FeedbackError")
-    assert "does not exist" in failure
+    assert "holds no decisions-*.jsonl segment" in failure
 
 
 def test_low_live_precision_triggers_a_retrain(registry, low_precision_logs):
@@ -214,6 +245,47 @@ def test_a_gate_failure_answers_its_trigger_and_a_crash_does_not(registry, low_p
 
     assert (len(gated.triggers), len(crashed.triggers)) == (1, 2)
     assert run.said_line("retrain declined: quality gate failed")
+
+
+def test_a_retrain_waiting_for_labels_runs_again_once_new_reports_arrive(
+    registry, low_precision_logs
+):
+    """Lasting low precision: a retrain waiting for fraud reports leaves the trigger armed,
+    and the next retrain runs once the outcome log has grown (here, a report arriving during
+    each of the first two); the first that declines on its merits quiets the trigger."""
+    _, outcomes = low_precision_logs
+
+    def reported_meanwhile(root: Path) -> RetrainResult:
+        with (outcomes / "outcomes-20260902T000000000000Z-100-0.jsonl").open("a") as segment:
+            segment.write(json.dumps(outcome(f"late-{len(retrain.triggers)}", 21)) + "\n")
+        return waits_for_labels(root)
+
+    then = iter([reported_meanwhile, reported_meanwhile, declines])
+    retrain = FakeRetrain(lambda root: next(then)(root))
+    recorded = len(Registry(registry).history())
+
+    _, run = run_watch(registry, PRECISION, retrain, checks=4, logs=low_precision_logs)
+
+    assert len(retrain.triggers) == 3
+    actions = [entry.action for entry in Registry(registry).history()[recorded:]]
+    assert actions == ["decline"] * 3
+    assert len(run.said_line("retrain waits for new fraud reports")) == 2
+
+
+def test_a_retrain_waiting_for_labels_is_not_repeated_until_the_outcome_log_grows(
+    registry, low_precision_logs
+):
+    """With no report arriving, the real retrain declines once (one history entry); later
+    looks say they still wait instead of recording the same decline again."""
+    recorded = len(Registry(registry).history())
+
+    _, run = run_watch(registry, PRECISION, real_retrain, checks=3, logs=low_precision_logs)
+
+    [declined] = Registry(registry).history()[recorded:]
+    assert declined.action == "decline"
+    assert "nothing new to learn" in declined.reason
+    assert len(run.said_line("retrain waits for new fraud reports")) == 1
+    assert len(run.said_line("still waiting for new fraud reports")) == 2
 
 
 def test_lasting_drift_on_a_servers_metrics_retrains_once(registry, endpoint):
@@ -272,15 +344,16 @@ def test_the_automatic_policy_promotes_once_the_shadow_has_agreed(
     assert Registry(registry).alias(CHAMPION) == other_model.version
 
 
-def test_setting_stop_ends_the_loop_without_max_checks(registry):
+def test_setting_stop_ends_the_loop_without_max_checks(registry, tmp_path):
     """With no bound on looks, the loop ends once `stop` is set (here, while it waits)."""
     stop = threading.Event()
     run = Run()
+    decisions, outcomes = empty_log_dirs(tmp_path)
 
     published = watch(
         registry,
-        registry / "no-decisions",
-        registry / "no-outcomes",
+        decisions,
+        outcomes,
         TrainSettings(triggers=QUIET),
         retrain_fn=FakeRetrain(declines),
         say=run.said.append,
@@ -301,3 +374,38 @@ def shadow_text(challenger: str, *, agree: int) -> str:
         "# TYPE fraud_shadow_comparisons_total counter\n"
         f'fraud_shadow_comparisons_total{{agreement="agree"}} {agree}.0\n'
     )
+
+
+def test_a_registry_without_a_champion_is_refused_before_any_look(registry):
+    """No champion to compare with: RegistryError at once, instead of a failed retrain per look."""
+    remove_alias(registry, CHAMPION)
+    retrain = FakeRetrain(declines)
+
+    with pytest.raises(RegistryError, match="no champion"):
+        run_watch(registry, SCHEDULE, retrain, checks=1)
+
+    assert retrain.triggers == []
+
+
+def test_a_champion_reading_other_features_is_refused_before_any_look(registry):
+    """A champion built with another feature configuration could never be retrained here."""
+    settings = TrainSettings(triggers=SCHEDULE, features=FeatureConfig(label_delay_days=3))
+    retrain = FakeRetrain(declines)
+
+    with pytest.raises(RegistryError, match="reads other features"):
+        run_watch(registry, SCHEDULE, retrain, checks=1, settings=settings)
+
+    assert retrain.triggers == []
+
+
+@pytest.mark.parametrize("missing", ["decisions", "outcomes"])
+def test_a_missing_log_directory_is_refused_before_any_look(registry, tmp_path, missing):
+    """A log directory that does not exist (a wrong path) is named at once."""
+    logs = dict(zip(("decisions", "outcomes"), empty_log_dirs(tmp_path), strict=True))
+    logs[missing] = logs[missing].with_name("typo")
+    retrain = FakeRetrain(declines)
+
+    with pytest.raises(FeedbackError, match=f"{missing[:-1]} log directory .*typo does not exist"):
+        run_watch(registry, SCHEDULE, retrain, checks=1, logs=(logs["decisions"], logs["outcomes"]))
+
+    assert retrain.triggers == []
