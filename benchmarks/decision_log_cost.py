@@ -18,6 +18,7 @@ from pathlib import Path
 
 from service.decision_log import DecisionLog
 from service.domain import EntryMode, Transaction
+from service.features import FeatureConfig
 from service.scoring_types import Decision, DecisionSource, ScoreResult
 
 FEATURE_COUNT = 33
@@ -48,7 +49,7 @@ def _cost(logging: bool, directory: Path, records: int, rate: float) -> tuple[fl
         "tx-123456", 0.0123, Decision.APPROVE, (), "20261126T000000Z-3fa2c1d0",
         DecisionSource.MODEL, "",
     )  # fmt: skip
-    log = DecisionLog(directory) if logging else None
+    log = DecisionLog(directory, feature_config=FeatureConfig()) if logging else None
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     for number in range(records):

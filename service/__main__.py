@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -270,7 +271,9 @@ def _champion_feature_config(registry_root: Path) -> FeatureConfig:
 async def _serve_until_stopped(
     settings: ServeSettings, feature_config: FeatureConfig, metrics_port: int
 ) -> int:
-    decision_log = _open_log(DecisionLog, settings.decision_log)
+    decision_log = _open_log(
+        functools.partial(DecisionLog, feature_config=feature_config), settings.decision_log
+    )
     outcome_log = _open_log(OutcomeLog, settings.outcome_log)
     try:
         return await _serve_scorer(

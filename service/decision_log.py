@@ -7,14 +7,17 @@
 Each line is one JSON object: the transaction as the feature engine saw it (`card` is the
 HMAC token the server keeps, never a card number: the `Transaction` holds no other), the
 answer (`score`, `decision` and `source` by name, `fallback_reason`, `model_version`), the
-`feature_engine_version` and the `features` the model read (null for a NaN; the whole list
-null when none were computed), `event_time` and `logged_at` (when the line was written) as
-ISO 8601 in UTC (`event_time` leaves out a fraction of a second that is 0). Segments,
-rotation, retention and what happens when the disk fails are `service.record_log`'s.
+`feature_engine_version`, the `feature_config` fingerprint (`FeatureConfig.fingerprint`:
+the settings the features were computed with) and the `features` the model read (null for
+a NaN; the whole list null when none were computed), `event_time` and `logged_at` (when
+the line was written) as ISO 8601 in UTC (`event_time` leaves out a fraction of a second
+that is 0). Segments, rotation, retention and what happens when the disk fails are
+`service.record_log`'s.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -23,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from service.domain import Transaction
+from service.features import FeatureConfig
 from service.record_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog, iso_utc
 from service.scoring_types import ScoreResult
 
@@ -38,13 +42,16 @@ class DecisionLog(RecordLog[_Decision]):
         directory: Path,
         limits: LogLimits = DEFAULT_LIMITS,
         *,
+        feature_config: FeatureConfig,
         flush_seconds: float = FLUSH_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Log into `directory` (created when first written to) within `limits`, writing
-        every `flush_seconds`; `clock` gives the wall time."""
+        every `flush_seconds`, each line marked with `feature_config`'s fingerprint (the
+        settings the features were computed with); `clock` gives the wall time."""
+        encode = functools.partial(_encode, feature_config.fingerprint)
         super().__init__(
-            directory, "decisions", _encode, limits, flush_seconds=flush_seconds, clock=clock
+            directory, "decisions", encode, limits, flush_seconds=flush_seconds, clock=clock
         )
 
     def record(
@@ -64,9 +71,12 @@ class DecisionLog(RecordLog[_Decision]):
             self._drop()
 
 
-def _encode(decisions: Sequence[_Decision], written_at: float) -> bytes:
+def _encode(feature_config: str, decisions: Sequence[_Decision], written_at: float) -> bytes:
     logged_at = iso_utc(written_at)
-    return b"".join(orjson.dumps(_fields(*decision, logged_at)) + b"\n" for decision in decisions)
+    return b"".join(
+        orjson.dumps(_fields(*decision, feature_config, logged_at)) + b"\n"
+        for decision in decisions
+    )
 
 
 def _fields(
@@ -74,6 +84,7 @@ def _fields(
     features: Sequence[float] | None,
     result: ScoreResult,
     feature_engine_version: int,
+    feature_config: str,
     logged_at: str,
 ) -> dict[str, object]:
     return {
@@ -95,6 +106,7 @@ def _fields(
         "fallback_reason": result.fallback_reason,
         "model_version": result.model_version,
         "feature_engine_version": feature_engine_version,
+        "feature_config": feature_config,
         # orjson writes NaN, which is not JSON, as null.
         "features": features,
         "logged_at": logged_at,

@@ -79,7 +79,8 @@ class DecisionLog:
 
     `frame` columns: transaction_id, event_ns (ns since the epoch, UTC), card (the card
     token), terminal_id, amount, score, decision, source, model_version,
-    feature_engine_version. `features[i]` is row i's logged vector (NaN for null entries, all
+    feature_engine_version, feature_config (the fingerprint of the feature settings; "" on a
+    line that has none). `features[i]` is row i's logged vector (NaN for null entries, all
     NaN when `has_features[i]` is False: no vector logged, or one of another length).
     """
 
@@ -316,6 +317,8 @@ def _is_decision(record: Any) -> bool:
     # JSON integers reach 2**64 - 1; the frame's column is int64.
     if not _INT64.min <= record["feature_engine_version"] <= _INT64.max:
         return False
+    if not isinstance(record.get("feature_config", ""), str):
+        return False
     features = record["features"]
     return features is None or set(map(type, features)) <= _FEATURE_VALUE_TYPES
 
@@ -351,6 +354,10 @@ def _decision_frame(records: Sequence[dict[str, Any]], event_ns: NDArray[np.int6
             "model_version": _strings(records, "model_version"),
             "feature_engine_version": np.array(
                 [record["feature_engine_version"] for record in records], dtype=np.int64
+            ),
+            # Lines written before the fingerprint was logged have none: "".
+            "feature_config": pd.Series(
+                [record.get("feature_config", "") for record in records], dtype="str"
             ),
         }
     )

@@ -119,7 +119,7 @@ def retrain(
         decisions,
         outcomes,
         as_of_ns=as_of_ns,
-        label_delay_days=settings.features.label_delay_days,
+        feature_config=settings.features,
         silent_declines=settings.retrain.silent_declines,
     )
     run = _Retrain(registry_root, settings, champion, instant(as_of_ns), trigger, say)

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.artifact import DataFingerprint, LineageSource
-from service.features import FEATURE_ENGINE_VERSION, FEATURES
+from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig
 from service.scoring_types import Decision
 from training.candidate import ModelData, instant
 from training.config import TrainSettings
@@ -88,24 +88,28 @@ def label_log(
     outcomes: Outcomes,
     *,
     as_of_ns: int,
-    label_delay_days: float,
+    feature_config: FeatureConfig,
     silent_declines: Literal["exclude", "genuine"],
 ) -> LabelledLog:
-    """The decision log labelled as of `as_of_ns`; each left-out row counted under its first
-    reason: `no_features`, `other_feature_engine`, `label_not_settled`, `silent_decline`
-    (never with `silent_declines` "genuine"; see `RetrainConfig.silent_declines`)."""
+    """The decision log labelled as of `as_of_ns` with `feature_config`'s label delay; each
+    left-out row counted under its first reason: `no_features`, `other_feature_engine`,
+    `other_feature_config` (features computed with other settings than `feature_config`; a
+    line without a fingerprint passes), `label_not_settled`, `silent_decline` (never with
+    `silent_declines` "genuine"; see `RetrainConfig.silent_declines`)."""
     frame = decisions.frame
-    delay_ns = round(label_delay_days * NANOS_PER_DAY)
+    delay_ns = round(feature_config.label_delay_days * NANOS_PER_DAY)
     event_ns = frame["event_ns"].to_numpy(dtype=np.int64)
     ids = frame["transaction_id"].to_numpy(dtype=object)
     timing = {"as_of_ns": as_of_ns, "label_delay_ns": delay_ns}
     labels = labels_as_of(ids, event_ns, outcomes, **timing)
     known_ns = label_known_ns(ids, event_ns, outcomes, **timing)
     engine = frame["feature_engine_version"].to_numpy() == FEATURE_ENGINE_VERSION
+    settings = frame["feature_config"].isin(["", feature_config.fingerprint]).to_numpy()
     silent = _silent_declines(decisions, outcomes, labels, as_of_ns)
     checks = {
         "no_features": decisions.has_features,
         "other_feature_engine": engine,
+        "other_feature_config": settings,
         "label_not_settled": (event_ns + delay_ns <= as_of_ns) & (labels >= 0),
         "silent_decline": ~silent if silent_declines == "exclude" else np.ones_like(silent),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, ConfigDict, Field
 
 SECONDS_PER_DAY = 86_400.0
@@ -18,6 +20,12 @@ class FeatureConfig(BaseModel):
 
     small_amount: float = Field(default=2.0, ge=0)
     """Amounts below this (major units) count as card-testing probes."""
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits naming these settings, written on each logged decision: its features
+        were computed with them, and a retrain uses only rows of its own settings."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
     @property
     def label_delay_seconds(self) -> float:

@@ -52,7 +52,7 @@ class NoModel:
 
 def logged(directory: Path, *decisions: tuple[Any, ...]) -> list[dict[str, Any]]:
     """The lines a decision log writes for `decisions` (record's arguments)."""
-    log = DecisionLog(directory, clock=lambda: LOGGED_AT)
+    log = DecisionLog(directory, feature_config=FeatureConfig(), clock=lambda: LOGGED_AT)
     for decision in decisions:
         log.record(*decision)
     log.close()
@@ -83,6 +83,7 @@ def test_a_model_decision_is_one_line_with_every_field(tmp_path: Path) -> None:
         "fallback_reason": "",
         "model_version": "20260901T000000Z",
         "feature_engine_version": 3,
+        "feature_config": FeatureConfig().fingerprint,
         "features": [12.5, 10.0, 1.0],
         "logged_at": "2026-09-01T10:00:01.654321+00:00",
     }
@@ -108,7 +109,7 @@ def test_a_card_number_scored_is_logged_as_its_token_only(tmp_path: Path) -> Non
     """Scored through the Scorer, a card number sent as card_id reaches the decision file
     as its keyed token alone, with every feature the engine computed."""
     tokenizer = CardTokenizer(b"a key for this test")
-    log = DecisionLog(tmp_path)
+    log = DecisionLog(tmp_path, feature_config=FeatureConfig())
     scorer = Scorer(
         FeatureEngine(FeatureConfig()),
         NoModel(),
@@ -131,3 +132,16 @@ def test_a_card_number_scored_is_logged_as_its_token_only(tmp_path: Path) -> Non
     lines = [json.loads(line) for line in text.splitlines()]
     assert [line["card"] for line in lines] == [tokenizer.token(PAN)] * 2
     assert [len(line["features"]) for line in lines] == [len(FEATURES)] * 2
+
+
+def test_each_feature_config_marks_its_lines_with_its_own_fingerprint(tmp_path: Path) -> None:
+    """Lines of a log for other feature settings carry another fingerprint: a retrain can
+    tell rows computed with other settings from its own."""
+    other = FeatureConfig(label_delay_days=3.0)
+    log = DecisionLog(tmp_path, feature_config=other)
+    log.record(TX, [1.0], MODEL_ANSWER, 3)
+    log.close()
+    (segment,) = tmp_path.iterdir()
+    line = json.loads(segment.read_text())
+    assert line["feature_config"] == other.fingerprint != FeatureConfig().fingerprint
+    assert FeatureConfig().fingerprint == FeatureConfig().fingerprint  # stable

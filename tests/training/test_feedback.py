@@ -394,3 +394,17 @@ def test_newest_time_is_the_latest_event_or_report(
     assert newest_time_ns(decision_log, outcomes) == ns(at(3))
     later = write_outcomes(tmp_path / "later", [outcome("a", True, 7.0)])
     assert newest_time_ns(decision_log, later) == ns(at(7))
+
+
+def test_the_feature_settings_fingerprint_is_read_and_empty_when_absent(tmp_path: Path) -> None:
+    """A line's `feature_config` lands in the frame; a line without one reads as ""; one
+    that is not text is skipped."""
+    directory = tmp_path / "decisions"
+    marked = decision("m", 0.0) | {"feature_config": "0123456789ab"}
+    unmarked = decision("u", 1.0)
+    unmarked.pop("feature_config", None)
+    broken = decision("b", 2.0) | {"feature_config": 7}
+    write_segment(directory, segment_name("decisions", at(0), 100, 0), [marked, unmarked, broken])
+    log = read_decision_log(directory, feature_count=FEATURES)
+    assert log.frame["feature_config"].tolist() == ["0123456789ab", ""]
+    assert log.skipped_lines == 1

@@ -53,6 +53,7 @@ class Row(NamedTuple):
     source: str = "MODEL"
     engine: int = FEATURE_ENGINE_VERSION
     has_features: bool = True
+    config: str = SETTINGS.features.fingerprint
 
 
 def decision_log(rows: list[Row]) -> DecisionLog:
@@ -71,6 +72,7 @@ def decision_log(rows: list[Row]) -> DecisionLog:
             "source": column["source"].astype("str"),
             "model_version": "v1",
             "feature_engine_version": column["engine"].astype(np.int64),
+            "feature_config": column["config"].astype("str"),
         }
     )
     has_features = column["has_features"].to_numpy(dtype=np.bool_)
@@ -121,7 +123,7 @@ def label(
         decision_log(rows),
         outcomes(reports),
         as_of_ns=AS_OF_NS,
-        label_delay_days=SETTINGS.features.label_delay_days,
+        feature_config=SETTINGS.features,
         silent_declines=silent_declines,
     )
 
@@ -184,13 +186,18 @@ def test_history_rows_are_cut_at_the_first_logged_event() -> None:
 
 
 def test_each_left_out_row_is_counted_under_its_first_reason() -> None:
-    """Rows without features, of another engine, not settled, or silent declines are left out,
-    each counted once, under the first reason that applies."""
+    """Rows without features, of another engine or other feature settings, not settled, or
+    silent declines are left out, each counted once, under the first reason that applies; a
+    line from before the settings were logged (no fingerprint) is taken as current."""
     other = FEATURE_ENGINE_VERSION + 1
+    other_settings = SETTINGS.features.model_copy(update={"small_amount": 5.0}).fingerprint
     odd = [
         Row("no_vector", at(5, 2), has_features=False),
         Row("no_vector_other_engine", at(5, 3), engine=other, has_features=False),
         Row("other_engine", at(5, 4), engine=other),
+        Row("other_engine_other_settings", at(5, 6), engine=other, config=other_settings),
+        Row("other_settings", at(5, 7), config=other_settings),
+        Row("unmarked", at(5, 8), config=""),
         Row("other_engine_unsettled", at(19, 2), engine=other),
         Row("silent_decline", at(5, 5), decision="DECLINE"),
         Row("unsettled_decline", at(19, 3), decision="DECLINE"),
@@ -200,11 +207,12 @@ def test_each_left_out_row_is_counted_under_its_first_reason() -> None:
     # Unsettled traffic: day 18 at 13 and 19 o'clock, all four of day 19.
     assert log.excluded == {
         "no_features": 2,
-        "other_feature_engine": 2,
+        "other_feature_engine": 3,
+        "other_feature_config": 1,
         "label_not_settled": 6 + 1,
         "silent_decline": 1,
     }
-    assert len(log) == log.logged_rows - sum(log.excluded.values()) == len(rows) - 6
+    assert len(log) == log.logged_rows - sum(log.excluded.values()) == len(rows) - 6 + 1
 
 
 @pytest.mark.parametrize(
