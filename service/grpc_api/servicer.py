@@ -107,6 +107,23 @@ def request_id(context: AnyContext) -> str:
     return new_request_id()
 
 
+class _CallLog:
+    """One call's request id, worked out when its first line is logged and kept for the
+    rest: every line of a stream carries the same id, and an unlogged call costs none."""
+
+    __slots__ = ("_context", "_request_id")
+
+    def __init__(self, context: AnyContext) -> None:
+        self._context = context
+        self._request_id: str | None = None
+
+    def bound(self, **values: str) -> AbstractContextManager[None]:
+        """The request id, and `values`, in every log line written inside the block."""
+        if self._request_id is None:
+            self._request_id = request_id(self._context)
+        return structlog.contextvars.bound_contextvars(request_id=self._request_id, **values)
+
+
 def answer_by(arrived: float, now: float, budget: float, time_remaining: float | None) -> float:
     """The `time.monotonic()` instant by which a transaction that `arrived` must be answered.
 
@@ -140,8 +157,8 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
         try:
             result = self._scorer.score(to_raw_transaction(request), deadline=deadline)
         except Exception as error:
-            await self._fail(context, "Score", error)
-        self._account("Score", result, arrived, context)
+            await self._fail(_CallLog(context), context, "Score", error)
+        self._account("Score", result, arrived, _CallLog(context))
         return to_score_response(result)
 
     async def ScoreStream(
@@ -149,6 +166,7 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
     ) -> AsyncIterator[scoring_pb2.ScoreResponse]:
         """Scores each transaction of the stream in order; the first bad one ends it."""
         position = 0
+        call_log = _CallLog(context)
         async for request in request_iterator:
             arrived = time.monotonic()  # each message's budget runs from its own arrival
             deadline = answer_by(arrived, arrived, self._budget, context.time_remaining())
@@ -156,8 +174,8 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
                 result = self._scorer.score(to_raw_transaction(request), deadline=deadline)
             except Exception as error:
                 where = _stream_position(position, request.transaction.transaction_id)
-                await self._fail(context, "ScoreStream", error, where)
-            self._account("ScoreStream", result, arrived, context)
+                await self._fail(call_log, context, "ScoreStream", error, where)
+            self._account("ScoreStream", result, arrived, call_log)
             yield to_score_response(result)
             position += 1
 
@@ -168,7 +186,7 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
         try:
             self._scorer.report_outcome(to_raw_outcome(request))
         except Exception as error:
-            await self._fail(context, "ReportOutcome", error)
+            await self._fail(_CallLog(context), context, "ReportOutcome", error)
         OUTCOME_COUNTERS[request.is_fraud].inc()
         return scoring_pb2.OutcomeResponse()
 
@@ -179,12 +197,10 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
         try:
             summary = self._scorer.model_summary()
         except Exception as error:
-            await self._fail(context, "GetModelInfo", error)
+            await self._fail(_CallLog(context), context, "GetModelInfo", error)
         return to_model_info(summary)
 
-    def _account(
-        self, rpc: str, result: ScoreResult, arrived: float, context: ScoreContext
-    ) -> None:
+    def _account(self, rpc: str, result: ScoreResult, arrived: float, call_log: _CallLog) -> None:
         """Metrics for every answer; the log line for the sampled ones."""
         DECISION_COUNTERS[result.decision, result.source].inc()
         if result.source is DecisionSource.MODEL:
@@ -193,7 +209,7 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
             FALLBACK_COUNTERS[result.fallback_reason].inc()
         if self._sampler.should_log():
             # Card, terminal and merchant ids stay out: only what identifies the request.
-            with _log_context(context, model_version=result.model_version):
+            with call_log.bound(model_version=result.model_version):
                 _log.info(
                     "scored",
                     rpc=rpc,
@@ -206,25 +222,20 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
                 )
 
     async def _fail(
-        self, context: AnyContext, rpc: str, error: Exception, where: str = ""
+        self, call_log: _CallLog, context: AnyContext, rpc: str, error: Exception, where: str = ""
     ) -> NoReturn:
         """End the call with the status `error` maps to; `where` prefixes the details."""
         code = status_for(error)
         if code is grpc.StatusCode.INTERNAL:
             # Logged whatever the sample: every one is a bug to fix. No request data.
-            with _log_context(context):
+            with call_log.bound():
                 _log.error("internal_error", rpc=rpc, exc_info=error)
             await context.abort(code, INTERNAL_DETAILS)
         if self._sampler.should_log():
             field = error.field if isinstance(error, InvalidRequest) else None
-            with _log_context(context):
+            with call_log.bound():
                 _log.info("refused", rpc=rpc, code=code.name, field=field)
         await context.abort(code, where + str(error))
-
-
-def _log_context(context: AnyContext, **bound: str) -> AbstractContextManager[None]:
-    """The call's request id, and `bound`, in every log line written inside the block."""
-    return structlog.contextvars.bound_contextvars(request_id=request_id(context), **bound)
 
 
 def _stream_position(position: int, transaction_id: str) -> str:

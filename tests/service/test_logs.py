@@ -258,6 +258,24 @@ def test_a_logged_request_carries_its_request_id_and_model_version(
     assert {entry["model_version"] for entry in scored.values()} == {trained_model.version}
 
 
+def test_every_line_of_one_stream_carries_the_same_generated_request_id(
+    logging_server: LoopbackServer,
+) -> None:
+    """A ScoreStream without x-request-id gets one id for the call, not one per line."""
+    when = datetime.now(UTC) - timedelta(hours=1)
+    requests = [
+        build_score_request(f"tx-stream-{n}", "card-1", "term-1", 100, "EUR", when)
+        for n in range(3)
+    ]
+    stub = scoring_pb2_grpc.FraudScoringStub(grpc.insecure_channel(logging_server.target))
+    with _captured() as entries:
+        list(stub.ScoreStream(iter(requests), timeout=CALL_TIMEOUT))
+    ids = [entry["request_id"] for entry in entries if entry["event"] == "scored"]
+    assert len(ids) == 3
+    assert len(set(ids)) == 1
+    assert GENERATED_ID.fullmatch(ids[0])
+
+
 def test_a_refused_request_logs_its_request_id(logging_server: LoopbackServer) -> None:
     """An invalid request's "refused" line names the field and carries the request id."""
     with _captured() as entries, pytest.raises(grpc.RpcError):
