@@ -69,7 +69,7 @@ from service.model_store import LoadedModel, ModelStore
 from service.model_watcher import ModelWatcher
 from service.outcome_log import OutcomeLog
 from service.record_log import LogLimits
-from service.registry import CHAMPION, Registry, RegistryError
+from service.registry import CHAMPION, Registry, RegistryError, no_champion
 from service.scoring import (
     DecisionSink,
     DriftSink,
@@ -157,11 +157,7 @@ async def load_and_serve(watcher: ModelWatcher, health: HealthServicer) -> Loade
     model = store.current
     if model is None:
         refused = [refusal.detail for refusal in store.refusals if refusal.alias == CHAMPION]
-        raise RegistryError(
-            refused[0]
-            if refused
-            else f"{store.registry.root} has no champion: train and promote a model first"
-        )
+        raise RegistryError(refused[0]) if refused else no_champion(store.registry.root)
     await set_serving(health)
     return model
 
@@ -264,7 +260,7 @@ def _champion_feature_config(registry_root: Path) -> FeatureConfig:
     registry = Registry(registry_root)
     version = registry.alias(CHAMPION)
     if version is None:
-        raise RegistryError(f"{registry_root} has no champion: train and promote a model first")
+        raise no_champion(registry_root)
     return read_manifest(registry.artifact_dir(version)).feature_config
 
 
@@ -296,13 +292,7 @@ def _open_log(
     """The log `settings` ask for, writing from now on; None when they keep no log."""
     if settings.directory is None:
         return None
-    limits = LogLimits(
-        max_bytes=settings.max_bytes,
-        retention_days=settings.retention_days,
-        segment_bytes=settings.segment_bytes,
-        max_pending=settings.max_pending,
-    )
-    return kind(settings.directory, limits)
+    return kind(settings.directory, LogLimits(**settings.model_dump(exclude={"directory"})))
 
 
 async def _serve_scorer(
@@ -346,8 +336,9 @@ async def _serve_scorer(
     _log.info("listening", port=port, metrics_port=metrics_port, tls=settings.tls.enabled)
     try:
         model = await load_and_serve(watcher, health)
-    except (RegistryError, ArtifactError) as error:
-        _log.error("model_refused", reason=str(error))
+    except RegistryError as error:
+        # The watcher has logged the refusal itself ("model_refused", with its reason code).
+        _log.error("cannot_start", reason=str(error))
         await shut_down(server, health, 0)
         return 1
     _log.info("serving", port=port, metrics_port=metrics_port, model_version=model.version)

@@ -59,7 +59,6 @@ and old in others does no other harm.
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Self
@@ -71,6 +70,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.logs import Throttle
 from service.scoring_types import Decision
 
 PSI_EPSILON = 1e-4
@@ -287,8 +287,7 @@ class DriftCollector:
         """
         self._window = window
         self._min_rows = min_rows
-        self._warn_interval = warn_interval_seconds
-        self._last_warning: float | None = None
+        self._warnings = Throttle(warn_interval_seconds)
         self._reference: DriftReference | None = None
         self._monitor: DriftMonitor | None = None
 
@@ -337,10 +336,8 @@ class DriftCollector:
         score_psi = snapshot.score_psi
         if not drifted and (score_psi is None or score_psi <= PSI_MAJOR):
             return
-        now = time.monotonic()
-        if self._last_warning is not None and now - self._last_warning < self._warn_interval:
+        if not self._warnings.ready():
             return
-        self._last_warning = now
         _log.warning(
             "drift_detected",
             features=drifted,

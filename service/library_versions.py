@@ -24,7 +24,6 @@ from typing import Literal
 SERVING_LIBRARIES = ("onnxruntime", "lightgbm", "numpy")
 
 Severity = Literal["major", "minor"]
-SEVERITIES: tuple[Severity, ...] = ("major", "minor")
 
 _LEADING_NUMBER = re.compile(r"\d+")
 

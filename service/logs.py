@@ -22,6 +22,7 @@ import os
 import random
 import re
 import sys
+import time
 from typing import TextIO
 
 import structlog
@@ -152,3 +153,25 @@ def _scrub(value: object) -> object:
 def _redact_match(match: re.Match[str]) -> str:
     candidate = match.group()
     return REDACTED if looks_like_card_number(candidate) else candidate
+
+
+class Throttle:
+    """Says yes at most once per `interval` seconds; counts the events it silenced."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._silenced = 0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self._silenced += 1
+            return False
+        self._next = now + self._interval
+        return True
+
+    def take_silenced(self) -> int:
+        """The events silenced since the last call, the count reset."""
+        silenced, self._silenced = self._silenced, 0
+        return silenced

@@ -62,6 +62,7 @@ from service.registry import (
     VERSION_PATTERN,
     Registry,
     RegistryError,
+    no_champion,
 )
 from service.scoring_types import ModelSummary
 
@@ -245,9 +246,7 @@ class ModelStore:
         """
         version = self.registry.alias(CHAMPION)
         if version is None:
-            raise RegistryError(
-                f"{self.registry.root} has no champion: train and promote a model first"
-            )
+            raise no_champion(self.registry.root)
         self._switch(CHAMPION, version)
         model = self._models[CHAMPION]
         assert model is not None  # _switch raises rather than leave the champion unset
@@ -354,10 +353,7 @@ class ModelStore:
         standing = _Standing(refusal, refused.listing)
         previous = self._refused.get(alias)
         self._refused[alias] = standing
-        if previous is not None and (previous.refusal, previous.listing) == (
-            refusal,
-            standing.listing,
-        ):
+        if previous == standing:
             return None
         return refusal
 

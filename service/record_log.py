@@ -43,6 +43,8 @@ from typing import BinaryIO, Generic, NamedTuple, TypeVar
 
 import structlog
 
+from service.config import GIB, MIB
+from service.logs import Throttle
 from service.metrics import (
     RECORD_LOG_DROP_REASONS,
     RECORD_LOG_DROPPED_COUNTERS,
@@ -55,8 +57,6 @@ T = TypeVar("T")
 # Encodes a chunk of records, given the wall time (Unix seconds) of writing, as JSON lines.
 ChunkEncoder = Callable[[Sequence[T], float], bytes]
 
-GIB = 1 << 30
-MIB = 1 << 20
 FLUSH_SECONDS = 0.2
 SYNC_SECONDS = 1.0
 WARNING_SECONDS = 60.0
@@ -144,8 +144,8 @@ class RecordLog(Generic[T]):
             reason: RECORD_LOG_DROPPED_COUNTERS[kind, reason] for reason in RECORD_LOG_DROP_REASONS
         }
         self._written = RECORD_LOG_WRITTEN_COUNTERS[kind]
-        self._drop_warnings = _Throttle(WARNING_SECONDS)
-        self._failures = _Throttle(WARNING_SECONDS)
+        self._drop_warnings = Throttle(WARNING_SECONDS)
+        self._failures = Throttle(WARNING_SECONDS)
         self._failing = False
         self._segments = _Segments(directory, kind, limits, clock)
         self._thread = threading.Thread(target=self._run, name=f"{kind}-log", daemon=True)
@@ -384,28 +384,6 @@ class _Segments:
                 with contextlib.suppress(FileNotFoundError):
                     segments.append(_Segment(opened_at, Path(entry.path), entry.stat().st_size))
         return segments
-
-
-class _Throttle:
-    """Says yes at most once per `interval` seconds; counts the events it silenced."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._next = 0.0
-        self._silenced = 0
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            self._silenced += 1
-            return False
-        self._next = now + self._interval
-        return True
-
-    def take_silenced(self) -> int:
-        """The events silenced since the last call, the count reset."""
-        silenced, self._silenced = self._silenced, 0
-        return silenced
 
 
 def _write_all(file: BinaryIO, data: bytes) -> None:

@@ -52,6 +52,11 @@ class RegistryError(Exception):
     """The registry cannot do what was asked; the message says what to do instead."""
 
 
+def no_champion(root: Path) -> RegistryError:
+    """The error of a registry that has no champion to serve."""
+    return RegistryError(f"{root} has no champion: train and promote a model first")
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
