@@ -26,12 +26,12 @@ from pathlib import Path
 import orjson
 
 from service.domain import Transaction
-from service.features import FeatureConfig
+from service.features import FEATURE_ENGINE_VERSION, FeatureConfig
 from service.record_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog, iso_utc
 from service.scoring_types import ScoreResult
 
-# The transaction, its features (None: not computed), the answer, the feature engine version.
-_Decision = tuple[Transaction, Sequence[float] | None, ScoreResult, int]
+# The transaction, its features (None: not computed), the answer.
+_Decision = tuple[Transaction, Sequence[float] | None, ScoreResult]
 
 
 class DecisionLog(RecordLog[_Decision]):
@@ -59,14 +59,13 @@ class DecisionLog(RecordLog[_Decision]):
         tx: Transaction,
         features: Sequence[float] | None,
         result: ScoreResult,
-        feature_engine_version: int,
     ) -> None:
         """Queue one decision; never blocks or raises. `features` must not change afterwards
         (the writer thread reads them later); None when none were computed."""
         # `append` inlined: every scored transaction comes here, and a second call would
         # cost as much again as this whole body.
         if len(self._pending) < self._room:
-            self._pending.append((tx, features, result, feature_engine_version))
+            self._pending.append((tx, features, result))
         else:
             self._drop()
 
@@ -83,7 +82,6 @@ def _fields(
     tx: Transaction,
     features: Sequence[float] | None,
     result: ScoreResult,
-    feature_engine_version: int,
     feature_config: str,
     logged_at: str,
 ) -> dict[str, object]:
@@ -105,7 +103,8 @@ def _fields(
         "source": result.source.name,
         "fallback_reason": result.fallback_reason,
         "model_version": result.model_version,
-        "feature_engine_version": feature_engine_version,
+        # This process's engine computed every logged vector.
+        "feature_engine_version": FEATURE_ENGINE_VERSION,
         "feature_config": feature_config,
         # orjson writes NaN, which is not JSON, as null.
         "features": features,

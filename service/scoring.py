@@ -58,7 +58,7 @@ from service.card_tokens import CardTokenizer
 from service.domain import Transaction
 from service.drift import DriftReference
 from service.errors import ModelUnavailable, UnknownTransaction
-from service.features import FEATURE_ENGINE_VERSION, FeatureEngine
+from service.features import FeatureEngine
 from service.metrics import (
     FEATURES_STAGE,
     INFERENCE_STAGE,
@@ -141,7 +141,6 @@ class DecisionSink(Protocol):
         tx: Transaction,
         features: Sequence[float] | None,
         result: ScoreResult,
-        feature_engine_version: int,
     ) -> None:
         """Queue the decision; must be quick, not raise, and not change `features`."""
 
@@ -215,7 +214,7 @@ class Scorer:
         if deadline is not None and time.monotonic() >= deadline:
             result = self._fall_back(transaction_id, raw.amount_minor, "deadline")
             if self._decisions is not None:
-                self._decisions.record(tx, None, result, FEATURE_ENGINE_VERSION)
+                self._decisions.record(tx, None, result)
             return result
         model = self._store.current
         if model is None and self._fallback.mode == "disabled":
@@ -232,7 +231,7 @@ class Scorer:
             raise
         self._remember(transaction_id, result)
         if self._decisions is not None:
-            self._decisions.record(tx, features, result, FEATURE_ENGINE_VERSION)
+            self._decisions.record(tx, features, result)
         return result
 
     def report_outcome(self, raw: RawOutcome) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from service.card_tokens import CardTokenizer
 from service.decision_log import DecisionLog
 from service.domain import EntryMode, Transaction
-from service.features import FEATURES, FeatureConfig, FeatureEngine
+from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig, FeatureEngine
 from service.model_store import LoadedModel
 from service.scoring import FallbackPolicy, Scorer
 from service.scoring_types import Decision, DecisionSource, RawTransaction, ScoreResult
@@ -64,7 +64,7 @@ def logged(directory: Path, *decisions: tuple[Any, ...]) -> list[dict[str, Any]]
 def test_a_model_decision_is_one_line_with_every_field(tmp_path: Path) -> None:
     """Transaction, answer, engine version and features, times in ISO UTC to the
     microsecond, the decision and who decided by name."""
-    (line,) = logged(tmp_path, (TX, [12.5, 10.0, 1.0], MODEL_ANSWER, 3))
+    (line,) = logged(tmp_path, (TX, [12.5, 10.0, 1.0], MODEL_ANSWER))
     assert line == {
         "transaction_id": "tx-1",
         "event_time": "2026-09-01T10:00:00.123456+00:00",
@@ -82,7 +82,7 @@ def test_a_model_decision_is_one_line_with_every_field(tmp_path: Path) -> None:
         "source": "MODEL",
         "fallback_reason": "",
         "model_version": "20260901T000000Z",
-        "feature_engine_version": 3,
+        "feature_engine_version": FEATURE_ENGINE_VERSION,
         "feature_config": FeatureConfig().fingerprint,
         "features": [12.5, 10.0, 1.0],
         "logged_at": "2026-09-01T10:00:01.654321+00:00",
@@ -95,8 +95,8 @@ def test_nan_features_are_null_and_features_never_computed_a_null_list(tmp_path:
     unknown = TX._replace(card_present=None, mcc=-1, entry_mode=EntryMode.UNKNOWN)
     with_nan, without = logged(
         tmp_path,
-        (TX, [1.0, math.nan, 2.0], MODEL_ANSWER, 1),
-        (unknown, None, FALLBACK_ANSWER, 1),
+        (TX, [1.0, math.nan, 2.0], MODEL_ANSWER),
+        (unknown, None, FALLBACK_ANSWER),
     )
     assert with_nan["features"] == [1.0, None, 2.0]
     assert without["features"] is None
@@ -139,7 +139,7 @@ def test_each_feature_config_marks_its_lines_with_its_own_fingerprint(tmp_path: 
     tell rows computed with other settings from its own."""
     other = FeatureConfig(label_delay_days=3.0)
     log = DecisionLog(tmp_path, feature_config=other)
-    log.record(TX, [1.0], MODEL_ANSWER, 3)
+    log.record(TX, [1.0], MODEL_ANSWER)
     log.close()
     (segment,) = tmp_path.iterdir()
     line = json.loads(segment.read_text())

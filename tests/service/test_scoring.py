@@ -18,7 +18,7 @@ from service.artifact import Thresholds
 from service.card_tokens import CardTokenizer
 from service.domain import NANOS_PER_SECOND, Transaction
 from service.errors import InvalidRequest, ModelUnavailable, UnknownTransaction
-from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig, FeatureEngine
+from service.features import FEATURES, FeatureConfig, FeatureEngine
 from service.model_store import LoadedModel, ModelStore
 from service.onnx_model import OnnxScorer
 from service.scoring import FallbackPolicy, Scorer
@@ -31,13 +31,14 @@ from service.scoring_types import (
 )
 from service.validation import ScoringLimits
 from tests.conftest import TrainedModel
+from tests.factories import T0_NS
+from tests.factories import raw_transaction as _raw
 from training.data import load_transactions
 from training.export import export_onnx
 from training.replay import replay_features, transactions
 
 NAMES = [feature.name for feature in FEATURES]
 TOKENIZER = CardTokenizer(b"test key")
-T0_NS = 1_704_067_200 * NANOS_PER_SECOND  # 2024-01-01T00:00:00Z
 DAY_NS = 86_400 * NANOS_PER_SECOND
 PAN = "4111111111111111"
 REPLAYED_DAYS = 10
@@ -79,23 +80,6 @@ def scorer(engine: FeatureEngine, store: ModelStore) -> Scorer:
 def _scorer(engine: FeatureEngine, store: Any, **options: Any) -> Scorer:
     options.setdefault("fallback", FallbackPolicy())
     return Scorer(engine, store, tokenizer=TOKENIZER, limits=ScoringLimits(), **options)
-
-
-def _raw(number: int, **changes: Any) -> RawTransaction:
-    raw = RawTransaction(
-        transaction_id=f"tx-{number}",
-        card_id="card-1",
-        terminal_id="term-1",
-        merchant_id="merch-1",
-        amount_minor=2_500,
-        currency="EUR",
-        timestamp_ns=T0_NS + number * 60 * NANOS_PER_SECOND,
-        mcc=5411,
-        entry_mode=1,
-        card_present=True,
-        country="FR",
-    )
-    return dataclasses.replace(raw, **changes)
 
 
 def _probe(engine: FeatureEngine, card_id: str = "card-1", **changes: Any) -> dict[str, float]:
@@ -382,16 +366,12 @@ class RecordedDecisions:
     """A decision sink that keeps what it is given, as the decision log would queue it."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[Transaction, Sequence[float] | None, ScoreResult, int]] = []
+        self.records: list[tuple[Transaction, Sequence[float] | None, ScoreResult]] = []
 
     def record(
-        self,
-        tx: Transaction,
-        features: Sequence[float] | None,
-        result: ScoreResult,
-        feature_engine_version: int,
+        self, tx: Transaction, features: Sequence[float] | None, result: ScoreResult
     ) -> None:
-        self.records.append((tx, features, result, feature_engine_version))
+        self.records.append((tx, features, result))
 
 
 def test_every_answer_but_a_repeat_reaches_the_decision_sink(
@@ -410,7 +390,6 @@ def test_every_answer_but_a_repeat_reaches_the_decision_sink(
     assert [record[0].card_id for record in decisions.records[:2]] == [TOKENIZER.token(PAN)] * 2
     assert decisions.records[0][1] is None
     assert [len(record[1] or ()) for record in decisions.records[1:]] == [len(FEATURES)] * 2
-    assert {record[3] for record in decisions.records} == {FEATURE_ENGINE_VERSION}
 
 
 def test_model_summary_describes_the_current_model(scorer: Scorer, model: LoadedModel) -> None:
