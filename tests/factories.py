@@ -1,7 +1,9 @@
-"""Test factories shared across packages: valid manifests and fake artifacts on disk."""
+"""Test factories shared across packages: valid manifests, fake artifacts on disk and raw
+transactions."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,13 @@ from service.artifact import (
     Thresholds,
     sha256_file,
 )
+from service.domain import NANOS_PER_SECOND
 from service.features.config import FeatureConfig
+from service.scoring_types import RawTransaction
 
 # A file beside the models, as the real reports are.
 REPORT_FILE = "report.json"
+T0_NS = 1_704_067_200 * NANOS_PER_SECOND  # 2024-01-01T00:00:00Z
 
 
 def make_manifest(**changes: Any) -> Manifest:
@@ -74,3 +79,22 @@ def flip_first_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[0] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def raw_transaction(number: int, **changes: Any) -> RawTransaction:
+    """Swipe "tx-`number`" of card-1 at term-1, 25.00 EUR, `number` minutes after T0_NS;
+    `changes` replace fields."""
+    raw = RawTransaction(
+        transaction_id=f"tx-{number}",
+        card_id="card-1",
+        terminal_id="term-1",
+        merchant_id="merch-1",
+        amount_minor=2_500,
+        currency="EUR",
+        timestamp_ns=T0_NS + number * 60 * NANOS_PER_SECOND,
+        mcc=5411,
+        entry_mode=1,
+        card_present=True,
+        country="FR",
+    )
+    return dataclasses.replace(raw, **changes)

@@ -33,6 +33,7 @@ from service.artifact import ONNX_MODEL_FILE
 from service.features import FEATURES
 from service.onnx_model import OnnxScorer
 from service.registry import CHALLENGER, Registry
+from tests.conftest import SMALL_MODEL
 from tests.replay_traffic import TrafficReplay
 from tests.server_process import ServerProcess
 from training.config import load_settings
@@ -47,7 +48,9 @@ SHIFT_DAY = 45  # online purchases, card testing and card-not-present sprees beg
 RETRAIN_DAY = 80  # traffic up to here is what the retrain may learn from
 LABEL_DELAY_DAYS = 2
 
-LOOP_CONFIG = f"""\
+LOOP_CONFIG = (
+    SMALL_MODEL
+    + f"""
 [features]
 label_delay_days = {LABEL_DELAY_DAYS}
 
@@ -55,16 +58,6 @@ label_delay_days = {LABEL_DELAY_DAYS}
 warmup_days = 14
 validation_days = 7
 test_days = 7
-
-[booster]
-max_rounds = 60
-early_stopping_rounds = 20
-min_child_samples = 20
-max_bin = 255
-
-[gates]
-min_auc_roc = 0.6
-min_average_precision = 0.05
 
 [retrain]
 evaluation_days = 5
@@ -78,6 +71,7 @@ schedule_hours = 0
 drift_checks = 1
 precision_floor = 0
 """
+)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import json
 import resource
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.card_tokens import CardTokenizer
@@ -24,6 +22,7 @@ from service.client import build_outcome_request, build_score_request
 from service.features import FEATURES
 from tests.conftest import TrainedModel
 from tests.load_driver import history_requests
+from tests.metrics_scrape import scrape, value
 from tests.server_process import ServerProcess
 
 CALL_TIMEOUT = 10.0
@@ -59,13 +58,7 @@ class Server:
 
     def record_log_count(self, metric: str, **labels: str) -> float:
         """The value of `metric` (a record log counter) with `labels` in /metrics."""
-        with urllib.request.urlopen(self._metrics_url, timeout=CALL_TIMEOUT) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == metric and sample.labels == {"log": "decisions", **labels}:
-                    return float(sample.value)
-        raise AssertionError(f"{metric} {labels} is not in /metrics")
+        return value(scrape(self._metrics_url), metric, log="decisions", **labels)
 
     def wait_for_count(self, metric: str, total: float, **labels: str) -> None:
         deadline = time.monotonic() + WAIT_SECONDS
@@ -80,10 +73,8 @@ class Server:
 
 
 @pytest.fixture
-def serve(
-    start_process: Start, trained_model: TrainedModel, tmp_path: Path
-) -> Callable[[], Server]:
-    """Start fraud-serve keeping its decisions and outcomes in tmp_path."""
+def serve(start_process: Start, trained_model: TrainedModel) -> Callable[[], Server]:
+    """Start fraud-serve; `start_process` keeps its decisions and outcomes in tmp_path."""
 
     def start() -> Server:
         return Server(
@@ -91,8 +82,6 @@ def serve(
                 "--registry", str(trained_model.registry), "--host", "127.0.0.1",
                 "--port", "0", "--metrics-port", "0",
                 environment={
-                    "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path / "decisions"),
-                    "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path / "outcomes"),
                     "FRAUD_LOGGING__SAMPLE_RATE": "0",
                     # Model answers only, however busy the machine: each has its features.
                     "FRAUD_BUDGET__SERVER_BUDGET_MS": "5000",

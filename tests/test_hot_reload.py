@@ -12,7 +12,6 @@ import gc
 import os
 import shutil
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +22,6 @@ from typing import Any
 import grpc
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
 from service.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE
@@ -38,6 +36,7 @@ from service.validation import ScoringLimits, to_transaction
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
 from tests.load_driver import DriverRun, history_requests, start_driver
+from tests.metrics_scrape import scrape, value
 from tests.server_process import ServerProcess
 from tests.service.registry_copies import edit_manifest, point_alias, replace_file, set_thresholds
 from training.registry import promote, promote_challenger, rollback
@@ -176,10 +175,11 @@ def test_bad_artifacts_published_under_load_are_refused(
         answers, registry, trained_model.history, [trained_model.version]
     )
     assert set(by_version) == {trained_model.version}
-    refusals = _samples(metrics_url, "fraud_model_refusals_total")
+    samples = scrape(metrics_url)
     expected = Counter(reason for _kind, reason in BAD_ARTIFACTS)
     for reason, count in expected.items():
-        assert refusals[(("alias", CHAMPION), ("reason", reason))] == count
+        refusals = value(samples, "fraud_model_refusals_total", alias=CHAMPION, reason=reason)
+        assert refusals == count
 
 
 def test_the_shadow_challenger_agreement_follows_the_challenger(
@@ -378,24 +378,10 @@ class _Admin:
         raise AssertionError(f"the server did not get there; it reports:\n{self.models()}")
 
 
-def _samples(metrics_url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """The samples named `name`, by their sorted labels."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    }
-
-
 def _agreement_counts(metrics_url: str) -> tuple[float, float]:
-    samples = _samples(metrics_url, "fraud_shadow_comparisons_total")
-    return (
-        samples.get((("agreement", "agree"),), 0.0),
-        samples.get((("agreement", "disagree"),), 0.0),
-    )
+    samples = scrape(metrics_url)
+    name = "fraud_shadow_comparisons_total"
+    return value(samples, name, agreement="agree"), value(samples, name, agreement="disagree")
 
 
 def _agreement_over(metrics_url: str, comparisons: int) -> float:

@@ -14,7 +14,6 @@ import csv
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.servers import free_ports
 from service.metrics import LATENCY_BUCKETS
 from tests.conftest import TrainedModel
 from tests.deploy.grafana_dashboard import expressions
@@ -161,7 +161,7 @@ def start_prometheus(workdir: Path, metrics_ports: dict[str, int]) -> Prometheus
     }
     config_file = workdir / "prometheus.yml"
     config_file.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-    port = free_port()
+    port = free_ports(1)
     log = workdir / "prometheus.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -180,13 +180,6 @@ def start_prometheus(workdir: Path, metrics_ports: dict[str, int]) -> Prometheus
 def stop(prometheus: PrometheusProcess) -> None:
     prometheus.process.terminate()
     prometheus.process.wait(timeout=HTTP_TIMEOUT)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_until_ready(prometheus: PrometheusProcess) -> str:

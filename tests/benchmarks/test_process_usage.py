@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 
@@ -65,6 +66,11 @@ def test_a_tree_counts_its_childrens_cpu_time():
 
 
 def test_run_queue_wait_is_read_for_a_live_process_and_zero_for_none():
-    """The wait of a live process is a time; a process that is gone reads 0."""
-    assert run_queue_wait_seconds(os.getpid()) >= 0.0
+    """A live process reads its kernel's run queue wait, which only grows; a gone one reads 0."""
+    before = run_queue_wait_seconds(os.getpid())
+    # The kernel's figure in between: schedstat's second field, in nanoseconds.
+    kernel = int(Path("/proc/self/schedstat").read_text().split()[1]) / 1e9
+    after = run_queue_wait_seconds(os.getpid())
+    # This process has waited for a CPU at some point since it started, so 0 is no reading.
+    assert 0.0 < before <= kernel <= after
     assert run_queue_wait_seconds(2**22 + 12_345) == 0.0

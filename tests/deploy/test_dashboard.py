@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import re
 import signal
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,13 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.client import build_outcome_request
 from tests.conftest import TrainedModel
 from tests.deploy.grafana_dashboard import expressions, load_dashboard, metric_names, panels
 from tests.load_driver import history_requests
+from tests.metrics_scrape import scrape_families
 from tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,14 +63,12 @@ def scraped(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactor
     try:
         serving = server.wait_for("serving")
         _send_traffic(trained_model.history, f"127.0.0.1:{serving['port']}")
-        url = f"http://127.0.0.1:{serving['metrics_port']}/metrics"
-        with urllib.request.urlopen(url, timeout=CALL_TIMEOUT) as response:
-            text = response.read().decode("utf-8")
+        families = scrape_families(f"http://127.0.0.1:{serving['metrics_port']}/metrics")
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
     finally:
         server.kill()
-    return list(text_string_to_metric_families(text))
+    return families
 
 
 @pytest.fixture(scope="module")

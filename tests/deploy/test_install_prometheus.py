@@ -4,6 +4,7 @@ it is missing and cannot be installed."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def run_script(path: str) -> subprocess.CompletedProcess[str]:
 
 def test_with_promtool_and_prometheus_on_path_it_does_nothing() -> None:
     """Both tools found (as scripts/test leaves them): exit 0 without installing anything."""
+    tools = ("promtool", "prometheus")
+    assert all(shutil.which(tool) for tool in tools), "run scripts/install-prometheus first"
     result = run_script(os.environ["PATH"])
     assert (result.returncode, result.stderr) == (0, "")
 

@@ -7,13 +7,11 @@ before and after an action rather than assuming counters start at zero.
 from __future__ import annotations
 
 import math
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import (
     DECISION_COUNTERS,
@@ -29,6 +27,7 @@ from service.metrics import (
     track_feature_state,
 )
 from service.scoring_types import Decision, DecisionSource
+from tests.metrics_scrape import Samples, scrape, scrape_families, value
 
 SCORE_METHOD = "/fraud.v1.FraudScoring/Score"
 OUR_FAMILIES = {
@@ -47,8 +46,6 @@ OUR_FAMILIES = {
 }
 STAGES = ("features", "inference", "reasons")
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 @pytest.fixture(scope="module")
 def metrics_url() -> Iterator[str]:
@@ -59,28 +56,10 @@ def metrics_url() -> Iterator[str]:
     server.server_close()
 
 
-def scrape_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200
-        return str(response.read().decode("utf-8"))
-
-
-def scrape(url: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(scrape_text(url))
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[name, frozenset(labels.items())]
-
-
 def test_server_binds_a_free_port_and_exposes_every_metric(metrics_url: str) -> None:
     """Port 0 gives a real port, and the exposition declares all the server's metrics."""
     assert not metrics_url.endswith(":0/metrics")
-    families = {family.name for family in text_string_to_metric_families(scrape_text(metrics_url))}
+    families = {family.name for family in scrape_families(metrics_url)}
     assert families >= OUR_FAMILIES
 
 

@@ -16,16 +16,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.card_tokens import CardTokenizer
-from service.domain import NANOS_PER_SECOND
 from service.features import FeatureEngine
 from service.logs import RequestLogSampler
 from service.model_store import LoadedModel, ModelStore
 from service.registry import CHALLENGER
 from service.scoring import FallbackPolicy, Scorer, decision_for
-from service.scoring_types import Decision, DecisionSource, RawTransaction
+from service.scoring_types import Decision, DecisionSource
 from service.shadow import ShadowScorer
 from service.validation import ScoringLimits
 from tests.conftest import TrainedModel
+from tests.factories import raw_transaction
 from tests.service.registry_copies import (
     copy_registry,
     point_alias,
@@ -36,7 +36,6 @@ from tests.service.registry_copies import (
 
 DECLINER = "20990102T000000Z-4567cdef"  # the champion's model, declining every score
 TWIN = "20990104T000000Z-0a1b2c3d"  # the champion's model and thresholds, another version
-T0_NS = 1_704_067_200 * NANOS_PER_SECOND  # 2024-01-01T00:00:00Z
 
 Drain = Callable[[], None]
 # The shadow's counters: comparisons by agreement, skips by reason.
@@ -244,22 +243,6 @@ def test_a_row_the_challenger_cannot_score_is_skipped_and_counted(
     }
 
 
-def _raw(number: int) -> RawTransaction:
-    return RawTransaction(
-        transaction_id=f"tx-{number}",
-        card_id="card-1",
-        terminal_id="term-1",
-        merchant_id="merch-1",
-        amount_minor=2_500,
-        currency="EUR",
-        timestamp_ns=T0_NS + number * 60 * NANOS_PER_SECOND,
-        mcc=5411,
-        entry_mode=1,
-        card_present=True,
-        country="FR",
-    )
-
-
 def test_the_scorer_hands_the_shadow_model_decisions_only(
     registry: Path, scheduled: list[Drain]
 ) -> None:
@@ -275,8 +258,11 @@ def test_the_scorer_hands_the_shadow_model_decisions_only(
         shadow=_shadow(store, scheduled),
     )
     before = _counters()
-    answered = [scorer.score(_raw(1)), scorer.score(_raw(2), deadline=time.monotonic() - 1)]
-    answered.append(scorer.score(_raw(3)))
+    answered = [
+        scorer.score(raw_transaction(1)),
+        scorer.score(raw_transaction(2), deadline=time.monotonic() - 1),
+        scorer.score(raw_transaction(3)),
+    ]
     assert [result.source for result in answered] == [
         DecisionSource.MODEL,
         DecisionSource.FALLBACK,
