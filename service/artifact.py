@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.drift import DriftReference
+from service.drift_bins import DriftReference
 from service.features.config import FeatureConfig
 
 MANIFEST_SCHEMA_VERSION = 1

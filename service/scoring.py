@@ -56,7 +56,7 @@ import structlog
 from service.artifact import Thresholds
 from service.card_tokens import CardTokenizer
 from service.domain import Transaction
-from service.drift import DriftReference
+from service.drift_bins import DriftReference
 from service.errors import ModelUnavailable, UnknownTransaction
 from service.features import FeatureEngine
 from service.metrics import (

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.artifact import Thresholds
-from service.drift import Bins, DecisionRates, DriftReference, FeatureBins, bin_proportions
+from service.drift_bins import Bins, DecisionRates, DriftReference, FeatureBins, bin_proportions
 
 DRIFT_BINS = 10
 

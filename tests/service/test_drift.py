@@ -20,16 +20,8 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from service.artifact import Thresholds
-from service.drift import (
-    PSI_EPSILON,
-    PSI_MAJOR,
-    Bins,
-    DriftCollector,
-    DriftMonitor,
-    DriftReference,
-    bin_proportions,
-    psi,
-)
+from service.drift import PSI_MAJOR, DriftCollector, DriftMonitor
+from service.drift_bins import PSI_EPSILON, Bins, DriftReference, bin_proportions, psi
 from service.features.engine import FEATURE_NAMES
 from service.scoring_types import Decision
 from training.drift_reference import build_drift_reference

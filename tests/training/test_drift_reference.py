@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.artifact import Thresholds
-from service.drift import DriftReference, bin_proportions, psi
+from service.drift_bins import DriftReference, bin_proportions, psi
 from service.registry import Registry
 from tests.conftest import TrainedModel
 from training.drift_reference import bin_edges, build_drift_reference, decision_rates
