@@ -2,11 +2,12 @@
 its rows came from (`training.pipeline.train`: a replayed history; `training.retrain`: the
 server's decision log).
 
-    fit_candidate   fit with early stopping on validation, score validation and test,
-                    choose thresholds on validation, export to ONNX
-    quality_gates   metric floors on test, ONNX parity
-    publish         stage models, reason tables, evaluation, plots and reports; write the
-                    manifest (golden sample, drift reference, lineage); finalise
+    fit_candidate        fit with early stopping on validation, score validation and test,
+                         choose thresholds on validation, export to ONNX
+    quality_gates        metric floors on test, ONNX parity
+    reads_same_features  whether a published model (the champion) reads the same features
+    publish              stage models, reason tables, evaluation, plots and reports; write
+                         the manifest (golden sample, drift reference, lineage); finalise
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from training.drift_reference import build_drift_reference
 from training.export import export_onnx, parity_gap
 from training.golden import golden_sample
 from training.libraries import library_versions
-from training.metrics import evaluate, weekly_card_precision_at_k
+from training.metrics import evaluate_masked
 from training.plots import save_evaluation_plots
 from training.split import NANOS_PER_DAY, Periods
 from training.thresholds import choose_thresholds
@@ -105,26 +106,25 @@ def period_metrics(
 ) -> dict[str, float]:
     """Every metric of the rows in `mask` scored `scores`; card precision@k with the earlier
     rows' known frauds."""
-    k = settings.card_precision_k
-    full = np.zeros(len(data.labels))
-    full[mask] = scores
-    card_precision = weekly_card_precision_at_k(
+    return evaluate_masked(
         data.days,
         data.cards,
         data.labels,
-        full,
+        scores,
         mask,
-        k=k,
+        alert_rate=settings.thresholds.alert_rate,
+        k=settings.card_precision_k,
         label_delay_days=math.ceil(settings.features.label_delay_days),
     )
-    return evaluate(
-        data.days[mask],
-        data.cards[mask],
-        data.labels[mask],
-        scores,
-        alert_rate=settings.thresholds.alert_rate,
-        k=k,
-        card_precision=card_precision,
+
+
+def reads_same_features(manifest: Manifest, settings: TrainSettings) -> bool:
+    """Whether the model of `manifest` reads the features a candidate trained here with
+    `settings` would: the same names, feature engine version and feature settings."""
+    return (
+        manifest.feature_names == FEATURE_NAMES
+        and manifest.feature_engine_version == FEATURE_ENGINE_VERSION
+        and manifest.feature_config == settings.features
     )
 
 

@@ -21,7 +21,7 @@ from service.onnx_model import OnnxScorer
 from service.registry import CHAMPION, Registry, RegistryError
 from training.dataset import build_feature_table
 from training.durable_files import replace_atomically
-from training.metrics import evaluate, weekly_card_precision_at_k
+from training.metrics import evaluate_masked
 
 
 class EvaluationError(Exception):
@@ -52,27 +52,17 @@ def evaluate_history(
     model_path = Registry(registry_root).artifact_dir(version) / ONNX_MODEL_FILE
     scores = OnnxScorer(model_path, len(FEATURES)).score_batch(table.features[scored])
     labels = table.labels[scored]
-    full_scores = np.zeros(len(table))
-    full_scores[scored] = scores
-    card_precision = weekly_card_precision_at_k(
-        table.days,
-        table.cards,
-        table.labels,
-        full_scores,
-        scored,
-        k=k,
-        label_delay_days=math.ceil(manifest.feature_config.label_delay_days),
-    )
     metrics: dict[str, float | str] = {"model_version": version, "warmup_days": warmup_days}
     metrics.update(
-        evaluate(
-            table.days[scored],
-            table.cards[scored],
-            labels,
+        evaluate_masked(
+            table.days,
+            table.cards,
+            table.labels,
             scores,
+            scored,
             alert_rate=alert_rate,
             k=k,
-            card_precision=card_precision,
+            label_delay_days=math.ceil(manifest.feature_config.label_delay_days),
         )
     )
     metrics.update(decision_rates(labels, scores, manifest.thresholds))

@@ -154,6 +154,51 @@ def read_outcomes(directory: Path) -> Outcomes:
     )
 
 
+class LabelledOutcomes(NamedTuple):
+    """Transactions' labels as of a moment (`label_outcomes`), row-aligned with them."""
+
+    label: NDArray[np.int8]
+    """1 fraud, 0 genuine, UNKNOWN_LABEL."""
+    known_ns: NDArray[np.int64]
+    """When each label became known: the deciding outcome's report time, or event time plus
+    the label delay for a transaction genuine because nothing was reported; NOT_KNOWN_NS
+    for an unknown label."""
+    reported: NDArray[np.bool_]
+    """Whether an outcome, fraud or genuine, was reported by then (whatever the event time):
+    a label that rests on a report, not on silence."""
+
+
+def label_outcomes(
+    transaction_ids: NDArray[np.object_],
+    event_ns: NDArray[np.int64],
+    outcomes: Outcomes,
+    *,
+    as_of_ns: int,
+    label_delay_ns: int,
+) -> LabelledOutcomes:
+    """Each transaction's label as known at `as_of_ns`, when it became known, and whether a
+    report says it.
+
+    The latest outcome reported by then decides; without one, a transaction is genuine once
+    `label_delay_ns` has passed since its event, unknown before. A transaction whose event is
+    after `as_of_ns` had not happened yet, so it is unknown whatever was reported.
+    """
+    events = np.asarray(event_ns, dtype=np.int64)
+    known_ns = events + label_delay_ns
+    label = np.where(known_ns <= as_of_ns, 0, UNKNOWN_LABEL).astype(np.int8)
+    visible = outcomes.frame[outcomes.frame["reported_ns"] <= as_of_ns]
+    # Sorted by report time, file order among ties: the last line per id is the latest.
+    latest = visible.drop_duplicates("transaction_id", keep="last")
+    where = pd.Index(latest["transaction_id"]).get_indexer(pd.Index(transaction_ids))
+    reported = where >= 0
+    label[reported] = latest["is_fraud"].to_numpy(dtype=np.int8)[where[reported]]
+    known_ns[reported] = latest["reported_ns"].to_numpy(dtype=np.int64)[where[reported]]
+    unknown = (label == UNKNOWN_LABEL) | (events > as_of_ns)
+    label[unknown] = UNKNOWN_LABEL
+    known_ns[unknown] = NOT_KNOWN_NS
+    return LabelledOutcomes(label, known_ns, reported)
+
+
 def labels_as_of(
     transaction_ids: NDArray[np.object_],
     event_ns: NDArray[np.int64],
@@ -162,39 +207,10 @@ def labels_as_of(
     as_of_ns: int,
     label_delay_ns: int,
 ) -> NDArray[np.int8]:
-    """Each transaction's label as known at `as_of_ns`: 1 fraud, 0 genuine, UNKNOWN_LABEL.
-
-    The latest outcome reported by then decides; without one, a transaction is genuine once
-    `label_delay_ns` has passed since its event, unknown before. A transaction whose event is
-    after `as_of_ns` had not happened yet, so it is unknown whatever was reported.
-    """
-    return _labels(transaction_ids, event_ns, outcomes, as_of_ns, label_delay_ns).label
-
-
-def label_known_ns(
-    transaction_ids: NDArray[np.object_],
-    event_ns: NDArray[np.int64],
-    outcomes: Outcomes,
-    *,
-    as_of_ns: int,
-    label_delay_ns: int,
-) -> NDArray[np.int64]:
-    """When each label of `labels_as_of` (same arguments) became known; NOT_KNOWN_NS if unknown.
-
-    That is the report time of the deciding outcome, or event time plus the label delay for
-    a transaction that counts as genuine because nothing was reported.
-    """
-    return _labels(transaction_ids, event_ns, outcomes, as_of_ns, label_delay_ns).known_ns
-
-
-def reported_by(
-    transaction_ids: NDArray[np.object_], outcomes: Outcomes, *, as_of_ns: int
-) -> NDArray[np.bool_]:
-    """Whether each transaction had an outcome reported at or before `as_of_ns`: a label that
-    rests on a report, not on silence."""
-    frame = outcomes.frame
-    reported = frame.loc[frame["reported_ns"] <= as_of_ns, "transaction_id"]
-    return pd.Index(transaction_ids).isin(reported)
+    """Each transaction's label as known at `as_of_ns`: `label_outcomes`' labels alone."""
+    return label_outcomes(
+        transaction_ids, event_ns, outcomes, as_of_ns=as_of_ns, label_delay_ns=label_delay_ns
+    ).label
 
 
 def newest_time_ns(decisions: DecisionLog, outcomes: Outcomes) -> int:
@@ -211,35 +227,6 @@ class _Lines(NamedTuple):
     records: list[dict[str, Any]]
     skipped: int
     segments: int
-
-
-class _Labels(NamedTuple):
-    label: NDArray[np.int8]
-    known_ns: NDArray[np.int64]
-
-
-def _labels(
-    transaction_ids: NDArray[np.object_],
-    event_ns: NDArray[np.int64],
-    outcomes: Outcomes,
-    as_of_ns: int,
-    label_delay_ns: int,
-) -> _Labels:
-    """Labels as of `as_of_ns` and when each became known (see `labels_as_of`)."""
-    events = np.asarray(event_ns, dtype=np.int64)
-    known_ns = events + label_delay_ns
-    label = np.where(known_ns <= as_of_ns, 0, UNKNOWN_LABEL).astype(np.int8)
-    visible = outcomes.frame[outcomes.frame["reported_ns"] <= as_of_ns]
-    # Sorted by report time, file order among ties: the last line per id is the latest.
-    latest = visible.drop_duplicates("transaction_id", keep="last")
-    where = pd.Index(latest["transaction_id"]).get_indexer(pd.Index(transaction_ids))
-    reported = where >= 0
-    label[reported] = latest["is_fraud"].to_numpy(dtype=np.int8)[where[reported]]
-    known_ns[reported] = latest["reported_ns"].to_numpy(dtype=np.int64)[where[reported]]
-    unknown = (label == UNKNOWN_LABEL) | (events > as_of_ns)
-    label[unknown] = UNKNOWN_LABEL
-    known_ns[unknown] = NOT_KNOWN_NS
-    return _Labels(label, known_ns)
 
 
 def _read_valid(directory: Path, kind: str, valid: Callable[[Any], bool]) -> _Lines:

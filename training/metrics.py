@@ -210,6 +210,36 @@ def evaluate(
     }
 
 
+def evaluate_masked(
+    day: IntArray,
+    card: CardArray,
+    label: IntArray,
+    score: FloatArray,
+    scored: npt.NDArray[np.bool_],
+    *,
+    alert_rate: float,
+    k: int,
+    label_delay_days: int,
+) -> dict[str, float]:
+    """`evaluate` of the `scored` rows, `score` holding their scores alone; card precision@k
+    by `weekly_card_precision_at_k`, the other rows of the whole-history arrays `day`, `card`
+    and `label` supplying the frauds known by then."""
+    full_score = np.zeros(len(label))
+    full_score[scored] = score
+    card_precision = weekly_card_precision_at_k(
+        day, card, label, full_score, scored, k=k, label_delay_days=label_delay_days
+    )
+    return evaluate(
+        day[scored],
+        card[scored],
+        label[scored],
+        score,
+        alert_rate=alert_rate,
+        k=k,
+        card_precision=card_precision,
+    )
+
+
 def format_metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     """A fixed-width text table: one row per split or model, one column per metric.
 

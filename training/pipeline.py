@@ -31,13 +31,13 @@ from service.onnx_model import OnnxScorer
 from service.registry import CHAMPION, Registry
 from training import gates, registry
 from training.candidate import (
-    FEATURE_NAMES,
     Candidate,
     ModelData,
     fit_candidate,
     instant,
     publish,
     quality_gates,
+    reads_same_features,
 )
 from training.config import TrainSettings
 from training.dataset import FeatureTable, build_feature_table
@@ -143,7 +143,7 @@ def _comparable_champion(models: Registry, settings: TrainSettings) -> tuple[str
     if champion is None:
         return None
     version, manifest = champion
-    if manifest.feature_names != FEATURE_NAMES or manifest.feature_config != settings.features:
+    if not reads_same_features(manifest, settings):
         return None
     return version, models.artifact_dir(version) / ONNX_MODEL_FILE
 

@@ -9,6 +9,9 @@ since the champion's data ended? → periods → fit, thresholds, ONNX and gates
 and lineage → point `challenger` at it. A retrain that publishes nothing records a `decline`
 in the registry history, its reason giving the numbers; a failed gate also raises
 `GateFailure`, as in `train`. Making the challenger champion is a separate, deliberate step.
+
+`retrain` reads the logs itself; `retrain_from_logs` takes them read already (the watch loop
+reads them once a look, for its precision trigger and its retrain).
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from service.features import FEATURE_ENGINE_VERSION, FEATURES
 from service.registry import CHALLENGER, Registry, RegistryError
 from training import registry
 from training.candidate import (
-    FEATURE_NAMES,
     Candidate,
     fit_candidate,
     instant,
     publish,
     quality_gates,
+    reads_same_features,
 )
 from training.config import TrainSettings
 from training.dataset import build_feature_table
@@ -45,7 +48,7 @@ from training.feedback import (
     read_decision_log,
     read_outcomes,
 )
-from training.gates import GateFailure
+from training.gates import GateFailure, require
 from training.retrain_data import Declined, LabelledLog, RetrainData, assemble, label_log
 from training.retrain_report import Comparison, compare, format_report, json_ready
 
@@ -110,10 +113,37 @@ def retrain(
     `training.feedback.FeedbackError` when a log cannot be read or `as_of` is after its
     newest record.
     """
-    champion = comparable_champion(registry_root, settings)
+    # Checked again by `retrain_from_logs`, and here first: before a long read of the logs.
+    comparable_champion(registry_root, settings)
     say(f"reading the decision log in {decisions_dir} and the outcomes in {outcomes_dir}")
-    decisions = read_decision_log(decisions_dir, feature_count=len(FEATURES))
-    outcomes = read_outcomes(outcomes_dir)
+    return retrain_from_logs(
+        registry_root,
+        read_decision_log(decisions_dir, feature_count=len(FEATURES)),
+        read_outcomes(outcomes_dir),
+        settings,
+        log_name=decision_log_name(decisions_dir),
+        history=history,
+        as_of=as_of,
+        trigger=trigger,
+        say=say,
+    )
+
+
+def retrain_from_logs(
+    registry_root: Path,
+    decisions: DecisionLog,
+    outcomes: Outcomes,
+    settings: TrainSettings,
+    *,
+    log_name: str,
+    history: Path | None = None,
+    as_of: datetime | None = None,
+    trigger: str | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> RetrainResult:
+    """`retrain` from logs already read (`training.feedback`), recorded as the source
+    `log_name` (`decision_log_name` of their directory); the same errors but unreadable logs."""
+    champion = comparable_champion(registry_root, settings)
     as_of_ns = _as_of_ns(decisions, outcomes, as_of)
     log = label_log(
         decisions,
@@ -124,7 +154,12 @@ def retrain(
     )
     run = _Retrain(registry_root, settings, champion, instant(as_of_ns), trigger, say)
     run.report["rows"] = {"logged": log.logged_rows, "usable": len(log), "excluded": log.excluded}
-    return run.run(log, f"decision log in {decisions_dir.name}/", history)
+    return run.run(log, log_name, history)
+
+
+def decision_log_name(decisions_dir: Path) -> str:
+    """How a retrain's lineage names the decision log in `decisions_dir`."""
+    return f"decision log in {decisions_dir.name}/"
 
 
 class _Retrain:
@@ -185,11 +220,12 @@ class _Retrain:
         self.say(f"training on {data.summary['train']['rows']} transactions")
         candidate = fit_candidate(data.model, self.settings)
         gates = quality_gates(data.model, candidate, self.settings)
-        if not all(gate.passed for gate in gates):
-            failure = GateFailure(gates)
+        try:
+            require(gates)
+        except GateFailure as failure:
             reason = self._reason(f"{failure} on {_window(data)}")
             registry.decline(self.root, reason=reason, version=self._version(candidate))
-            raise failure
+            raise
         return candidate, gates
 
     def _compare(self, data: RetrainData, candidate: Candidate) -> Comparison:
@@ -296,11 +332,7 @@ def comparable_champion(root: Path, settings: TrainSettings) -> _Champion:
     if found is None:
         raise RegistryError(f"{root} has no champion to compare with: train and promote one first")
     version, manifest = found
-    if (
-        manifest.feature_names != FEATURE_NAMES
-        or manifest.feature_engine_version != FEATURE_ENGINE_VERSION
-        or manifest.feature_config != settings.features
-    ):
+    if not reads_same_features(manifest, settings):
         raise RegistryError(
             f"champion {version} reads other features than this retrain would train on "
             f"(engine {manifest.feature_engine_version}, {manifest.feature_config!r}; here "

@@ -3,7 +3,7 @@ of a moment, cut into periods, with an optional replayed history before them.
 
 A logged row is used when it has a feature vector, computed by this feature engine version,
 and its label is settled: its event is at least one label delay before "as of", so its label
-is 1 or 0 for certain (`training.feedback.labels_as_of`). Rows of the last label delay are
+is 1 or 0 for certain (`training.feedback.label_outcomes`). Rows of the last label delay are
 left out even when their fraud is already reported: only their frauds can be known yet, so
 keeping them would fill the newest days, the evaluation window, with frauds. A model decline
 without any reported outcome is left out too, unless `retrain.silent_declines` says
@@ -34,7 +34,7 @@ from service.scoring_types import Decision
 from training.candidate import ModelData, instant
 from training.config import TrainSettings
 from training.dataset import FeatureTable
-from training.feedback import DecisionLog, Outcomes, label_known_ns, labels_as_of, reported_by
+from training.feedback import DecisionLog, Outcomes, label_outcomes
 from training.split import NANOS_PER_DAY, Periods, day_index
 
 
@@ -100,12 +100,12 @@ def label_log(
     delay_ns = round(feature_config.label_delay_days * NANOS_PER_DAY)
     event_ns = frame["event_ns"].to_numpy(dtype=np.int64)
     ids = frame["transaction_id"].to_numpy(dtype=object)
-    timing = {"as_of_ns": as_of_ns, "label_delay_ns": delay_ns}
-    labels = labels_as_of(ids, event_ns, outcomes, **timing)
-    known_ns = label_known_ns(ids, event_ns, outcomes, **timing)
+    labels, known_ns, reported = label_outcomes(
+        ids, event_ns, outcomes, as_of_ns=as_of_ns, label_delay_ns=delay_ns
+    )
     engine = frame["feature_engine_version"].to_numpy() == FEATURE_ENGINE_VERSION
     settings = frame["feature_config"].isin(["", feature_config.fingerprint]).to_numpy()
-    silent = _silent_declines(decisions, outcomes, labels, as_of_ns)
+    silent = _silent_declines(decisions, labels, reported)
     checks = {
         "no_features": decisions.has_features,
         "other_feature_engine": engine,
@@ -132,14 +132,11 @@ def label_log(
 
 
 def _silent_declines(
-    decisions: DecisionLog, outcomes: Outcomes, labels: NDArray[np.int8], as_of_ns: int
+    decisions: DecisionLog, labels: NDArray[np.int8], reported: NDArray[np.bool_]
 ) -> NDArray[np.bool_]:
     """Declines that count as genuine only because no outcome was reported by then. The
     fallback's declines too: blocked is blocked, whoever decided."""
-    frame = decisions.frame
-    declined = frame["decision"] == Decision.DECLINE.name
-    ids = frame["transaction_id"].to_numpy(dtype=object)
-    reported = reported_by(ids, outcomes, as_of_ns=as_of_ns)
+    declined = decisions.frame["decision"] == Decision.DECLINE.name
     silent: NDArray[np.bool_] = declined.to_numpy(dtype=np.bool_) & (labels == 0) & ~reported
     return silent
 

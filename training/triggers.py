@@ -46,9 +46,11 @@ import pandas as pd
 
 from service.drift import CYCLIC_FEATURES
 from service.registry import HistoryEntry
+from service.scoring_types import Decision, DecisionSource
 from training.config import TriggerConfig
 from training.feedback import UNKNOWN_LABEL, DecisionLog, Outcomes, labels_as_of, newest_time_ns
 from training.server_metrics import MetricsLook, Psi, ServerMetrics
+from training.split import NANOS_PER_DAY
 
 TriggerName = Literal["schedule", "drift", "precision"]
 
@@ -58,9 +60,7 @@ TRANSACTION_FIELDS = frozenset({"amount", "mcc", "entry_mode", "card_present"})
 # after every server start until it has filled.
 HISTORY_WARMUP_SECONDS = 30 * 86_400
 SCHEDULE_ACTIONS = frozenset({"publish", "decline"})
-ALERT_DECISIONS = ("REVIEW", "DECLINE")
-MODEL_SOURCE = "MODEL"
-_NS_PER_DAY = 86_400 * 10**9
+ALERT_DECISIONS = (Decision.REVIEW.name, Decision.DECLINE.name)
 _ANSWERED = "; a retrain already answered it, quiet until it clears"
 
 
@@ -147,10 +147,10 @@ def live_precision(
     newest time."""
     as_of_ns = newest_time_ns(decisions, outcomes)
     end_ns = as_of_ns - label_delay_ns
-    start_ns = end_ns - round(window_days * _NS_PER_DAY)
+    start_ns = end_ns - round(window_days * NANOS_PER_DAY)
     frame = decisions.frame
     alerts = frame[
-        (frame["source"] == MODEL_SOURCE)
+        (frame["source"] == DecisionSource.MODEL.name)
         & frame["decision"].isin(ALERT_DECISIONS)
         & (frame["model_version"] == champion)
         & (frame["event_ns"] > start_ns)

@@ -11,6 +11,9 @@ One look, each step logged through `say`:
 4. count the challenger's shadow comparisons and apply the promotion policy
    (`training.promotion`).
 
+A look reads the decision and outcome logs at most once, and only when the precision
+trigger or a retrain needs them; the retrain is given them as read.
+
 Before the first look, `check_ready` refuses what would fail every look: a registry without
 a champion reading the features this installation computes (`RegistryError`), a log
 directory that does not exist (`FeedbackError`, most often a wrong path).
@@ -34,17 +37,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from service.features import FEATURES
 from service.registry import CHALLENGER, CHAMPION, Registry
 from training.config import TrainSettings
-from training.feedback import FeedbackError, read_decision_log, read_outcomes
+from training.feedback import (
+    DecisionLog,
+    FeedbackError,
+    Outcomes,
+    read_decision_log,
+    read_outcomes,
+)
 from training.gates import GateFailure
 from training.promotion import ShadowTracker, consider_promotion
-from training.retrain import RetrainResult, comparable_champion, retrain
+from training.retrain import (
+    RetrainResult,
+    comparable_champion,
+    decision_log_name,
+    retrain_from_logs,
+)
 from training.server_metrics import MetricsLook, read_servers
 from training.triggers import Fired, LivePrecision, Triggers, live_precision
 
@@ -53,7 +67,8 @@ _T = TypeVar("_T")
 
 
 class RetrainFn(Protocol):
-    """What the loop calls to retrain: `training.retrain.retrain` or a stand-in."""
+    """What the loop may call to retrain instead of its own: `training.retrain.retrain` or a
+    stand-in, given the log directories."""
 
     def __call__(
         self,
@@ -80,7 +95,7 @@ def watch(
     *,
     history: Path | None = None,
     max_checks: int | None = None,
-    retrain_fn: RetrainFn = retrain,
+    retrain_fn: RetrainFn | None = None,
     say: Say = _quiet,
     sleep: Callable[[float], object] | None = None,
     stop: threading.Event | None = None,
@@ -90,7 +105,9 @@ def watch(
 
     `check_ready` first: RegistryError or FeedbackError, before any look, when the registry
     or the logs could never be retrained from. `sleep` waits between looks; by default, on
-    `stop`, so that setting it ends the wait. `history` is passed on to every retrain.
+    `stop`, so that setting it ends the wait. `history` is passed on to every retrain;
+    `retrain_fn` replaces `training.retrain.retrain_from_logs`, which is given the logs as
+    the look has read them (None: that one).
     """
     check_ready(registry_root, decisions_dir, outcomes_dir, settings)
     stop = stop or threading.Event()
@@ -134,7 +151,7 @@ class _Watcher:
         outcomes_dir: Path,
         settings: TrainSettings,
         history: Path | None,
-        retrain_fn: RetrainFn,
+        retrain_fn: RetrainFn | None,
         say: Say,
     ) -> None:
         self._registry = Registry(registry_root)
@@ -153,10 +170,11 @@ class _Watcher:
     def look(self, number: int) -> bool:
         """Look once; whether a retrain published a challenger."""
         self._say(f"look {number}")
+        logs = _LookLogs(self._decisions_dir, self._outcomes_dir)
         metrics = self._read_metrics()
-        fired = self._attempt("triggers", partial(self._check_triggers, metrics))
+        fired = self._attempt("triggers", partial(self._check_triggers, metrics, logs))
         published = fired is not None and bool(
-            self._attempt("retrain", partial(self._retrain, fired))
+            self._attempt("retrain", partial(self._retrain, fired, logs))
         )
         self._attempt("promotion", partial(self._consider_promotion, metrics))
         return published
@@ -170,31 +188,31 @@ class _Watcher:
             self._say(f"metrics of {url} unread: {reason}")
         return metrics
 
-    def _check_triggers(self, metrics: MetricsLook | None) -> Fired | None:
+    def _check_triggers(self, metrics: MetricsLook | None, logs: _LookLogs) -> Fired | None:
         fired = self._triggers.check(
             history=self._registry.history(),
             now=datetime.now(UTC),
             metrics=metrics,
-            precision=self._attempt("precision", self._measure_precision),
+            precision=self._attempt("precision", partial(self._measure_precision, logs)),
         )
         for detail in self._triggers.details:
             self._say(detail)
         return fired
 
-    def _measure_precision(self) -> LivePrecision | None:
+    def _measure_precision(self, logs: _LookLogs) -> LivePrecision | None:
         champion = self._registry.alias(CHAMPION)
         if self._settings.triggers.precision_floor == 0 or champion is None:
             return None
         return live_precision(
-            read_decision_log(self._decisions_dir, feature_count=len(FEATURES)),
-            read_outcomes(self._outcomes_dir),
+            logs.decisions,
+            logs.outcomes,
             champion=champion,
             window_days=self._settings.triggers.precision_window_days,
             label_delay_ns=round(self._settings.features.label_delay_seconds * 1e9),
         )
 
-    def _retrain(self, fired: Fired) -> bool:
-        outcomes_seen = _outcome_log_size(self._outcomes_dir)
+    def _retrain(self, fired: Fired, logs: _LookLogs) -> bool:
+        outcomes_seen = logs.outcome_log_size
         if outcomes_seen == self._waited_at_outcomes:
             self._say(
                 "still waiting for new fraud reports: the outcome log has not changed since "
@@ -204,15 +222,7 @@ class _Watcher:
         self._say(f"{fired.name} trigger fired: retraining")
         self._waited_at_outcomes = None
         try:
-            result = self._retrain_fn(
-                self._registry.root,
-                self._decisions_dir,
-                self._outcomes_dir,
-                self._settings,
-                history=self._history,
-                trigger=fired.detail,
-                say=self._say,
-            )
+            result = self._run_retrain(fired.detail, logs)
         except GateFailure as failure:
             # The retrain ran to its end and recorded its decline: the evidence is answered.
             self._triggers.retrained()
@@ -220,6 +230,28 @@ class _Watcher:
             return False
         self._answer(result, outcomes_seen)
         return result.published
+
+    def _run_retrain(self, trigger: str, logs: _LookLogs) -> RetrainResult:
+        if self._retrain_fn is not None:
+            return self._retrain_fn(
+                self._registry.root,
+                self._decisions_dir,
+                self._outcomes_dir,
+                self._settings,
+                history=self._history,
+                trigger=trigger,
+                say=self._say,
+            )
+        return retrain_from_logs(
+            self._registry.root,
+            logs.decisions,
+            logs.outcomes,
+            self._settings,
+            log_name=decision_log_name(self._decisions_dir),
+            history=self._history,
+            trigger=trigger,
+            say=self._say,
+        )
 
     def _answer(self, result: RetrainResult, outcomes_seen: int) -> None:
         """Say what the retrain did; its evidence is answered unless it waits for labels,
@@ -255,6 +287,30 @@ class _Watcher:
         except Exception as error:
             self._say(f"{step} failed: {type(error).__name__}: {error}")
             return None
+
+
+class _LookLogs:
+    """The logs as one look sees them: each read at most once, and only when a step asks."""
+
+    def __init__(self, decisions_dir: Path, outcomes_dir: Path) -> None:
+        self._decisions_dir = decisions_dir
+        self._outcomes_dir = outcomes_dir
+
+    @cached_property
+    def outcome_log_size(self) -> int:
+        """The outcome log's size (`_outcome_log_size`) before this look read it, if it did:
+        what it read holds at least the reports this size counts."""
+        return _outcome_log_size(self._outcomes_dir)
+
+    @cached_property
+    def decisions(self) -> DecisionLog:
+        return read_decision_log(self._decisions_dir, feature_count=len(FEATURES))
+
+    @cached_property
+    def outcomes(self) -> Outcomes:
+        # Measured first, so that a report arriving during the read is news at the next look.
+        _ = self.outcome_log_size
+        return read_outcomes(self._outcomes_dir)
 
 
 def _outcome_log_size(directory: Path) -> int:

@@ -17,12 +17,11 @@ from training.feedback import (
     DecisionLog,
     FeedbackError,
     Outcomes,
-    label_known_ns,
+    label_outcomes,
     labels_as_of,
     newest_time_ns,
     read_decision_log,
     read_outcomes,
-    reported_by,
 )
 
 FEATURES = 3
@@ -363,27 +362,35 @@ def test_labels_logged_decisions_from_logged_outcomes(
     assert labels(decision_log, outcomes, 25.5) == [0, 1, 0, UNKNOWN_LABEL]
 
 
-def test_label_known_ns_says_when_each_label_became_known(
+def test_label_outcomes_says_when_each_label_became_known(
     decision_log: DecisionLog, tmp_path: Path
 ) -> None:
     """Known at the deciding report, at event plus delay when silent, never when unknown."""
     outcomes = write_outcomes(tmp_path / "outcomes", [outcome("b", True, 4.0)])
-    known = label_known_ns(
+    known = label_outcomes(
         decision_log.frame["transaction_id"].to_numpy(),
         decision_log.frame["event_ns"].to_numpy(),
         outcomes,
         as_of_ns=ns(at(25.5)),
         label_delay_ns=DELAY_NS,
-    )
+    ).known_ns
     assert known.tolist() == [ns(at(24)), ns(at(4)), NOT_KNOWN_NS, NOT_KNOWN_NS]
 
 
-def test_reported_by_tells_reported_labels_from_silent_ones(tmp_path: Path) -> None:
+def test_label_outcomes_tells_reported_labels_from_silent_ones(tmp_path: Path) -> None:
     """A transaction counts as reported only once an outcome, fraud or genuine, was reported."""
     outcomes = write_outcomes(tmp_path, [outcome("fraud", True, 2.0), outcome("fine", False, 5.0)])
     ids = np.array(["fraud", "fine", "silent"], dtype=object)
-    assert reported_by(ids, outcomes, as_of_ns=ns(at(4))).tolist() == [True, False, False]
-    assert reported_by(ids, outcomes, as_of_ns=ns(at(5))).tolist() == [True, True, False]
+    events = np.full(len(ids), ns(at(0)), dtype=np.int64)
+
+    def reported(as_of_hours: float) -> list[bool]:
+        found = label_outcomes(
+            ids, events, outcomes, as_of_ns=ns(at(as_of_hours)), label_delay_ns=DELAY_NS
+        )
+        return list(found.reported.tolist())
+
+    assert reported(4) == [True, False, False]
+    assert reported(5) == [True, True, False]
 
 
 def test_newest_time_is_the_latest_event_or_report(

@@ -26,6 +26,7 @@ from service.registry import (
     Registry,
     RegistryError,
 )
+from tests.conftest import SMALL_MODEL
 from training.candidate import instant
 from training.config import TrainSettings, load_settings
 from training.data import load_transactions
@@ -46,21 +47,13 @@ FALLBACK_ROWS = 50  # the next ones, answered by the fallback without features
 TRIGGER = "drift: amount PSI 0.31 > 0.25 on 3 looks"
 
 # The conftest's small booster, with periods that fit the 45 logged days.
-RETRAIN_CONFIG = """\
+RETRAIN_CONFIG = (
+    SMALL_MODEL
+    + """
 [split]
 warmup_days = 7
 validation_days = 7
 test_days = 7
-
-[booster]
-max_rounds = 60
-early_stopping_rounds = 20
-min_child_samples = 20
-max_bin = 255
-
-[gates]
-min_auc_roc = 0.6
-min_average_precision = 0.05
 
 [retrain]
 evaluation_days = 7
@@ -69,6 +62,7 @@ min_new_frauds = 10
 min_evaluation_frauds = 20
 min_improvement = 0.01
 """
+)
 
 
 @dataclass(frozen=True)
