@@ -21,17 +21,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks import commands
-from benchmarks.charts import write_charts
-from benchmarks.client import RPCS
-from benchmarks.client_pool import ClientError
-from benchmarks.measurement import LOCAL_HOST, MODES
-from benchmarks.report import Report, render_table, write_json
-from benchmarks.schedule import ARRIVALS
-from benchmarks.servers import ServerError
+from benchmarks.load.client import RPCS
+from benchmarks.load.client_pool import ClientError
+from benchmarks.load.schedule import ARRIVALS
+from benchmarks.measurements.load_run import LOCAL_HOST, MODES
+from benchmarks.reporting.charts import write_charts
+from benchmarks.reporting.report import Report, render_table, write_json
+from benchmarks.servers.launch import ServerError
 from benchmarks.suite import SuiteSettings
 from benchmarks.suite import __doc__ as suite_doc
-from service.artifact import ArtifactError
-from service.registry import RegistryError
+from service.model.artifact import ArtifactError
+from service.model.registry import RegistryError
 
 _DEFAULTS = SuiteSettings()
 _RUN = """\

@@ -11,14 +11,14 @@ import argparse
 import functools
 from collections.abc import Callable
 
-from benchmarks.client import Rpc
-from benchmarks.machine import describe_run
-from benchmarks.measurement import LoadSettings, Mode, ServerProbe, measure
-from benchmarks.memory import measure_in_fresh_process
-from benchmarks.report import Report
-from benchmarks.saturation import rate_steps
+from benchmarks.load.client import Rpc
+from benchmarks.load.traffic import OutcomeMix, build_calls, load_history, new_run_id
+from benchmarks.measurements.load_run import LoadSettings, Mode, ServerProbe, measure
+from benchmarks.measurements.machine import describe_run
+from benchmarks.measurements.memory import measure_in_fresh_process
+from benchmarks.measurements.saturation import rate_steps
+from benchmarks.reporting.report import Report
 from benchmarks.suite import SuiteSettings, floors_report, run_suite, saturate_server
-from benchmarks.traffic import OutcomeMix, build_calls, load_history, new_run_id
 
 Command = Callable[[list[str]], Report]
 # History rows a closed loop loads per second of run: more than one server answers.

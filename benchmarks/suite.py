@@ -3,7 +3,7 @@ server the suite starts itself (on free ports of 127.0.0.1) and stops (SIGTERM, 
 
     floors          single-row ONNX inference alone (in this process); then an open loop
                     of unary `Score` at `rate` against the empty floor server and against
-                    the bare gRPC + ONNX floor server (`benchmarks.floor_server`)
+                    the bare gRPC + ONNX floor server (`benchmarks.servers.floor`)
     fraud-serve     open loop, unary, at `rate`; closed loop, unary, `in_flight` calls in
                     flight; open loop on `ScoreStream` at `stream_rate` (`streams` streams
                     per client process); each against a freshly started server
@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.client import Rpc
-from benchmarks.floor_server import FLOOR_KINDS
-from benchmarks.machine import describe_run
-from benchmarks.measurement import (
+from benchmarks.load.client import Rpc
+from benchmarks.load.schedule import Arrivals
+from benchmarks.load.traffic import History, OutcomeMix, build_calls, load_history, new_run_id
+from benchmarks.measurements.load_run import (
     LOCAL_HOST,
     LoadSettings,
     Measurement,
@@ -39,15 +39,15 @@ from benchmarks.measurement import (
     ServerProbe,
     measure,
 )
-from benchmarks.memory import measure_in_fresh_process
-from benchmarks.onnx_floor import InferenceTiming, time_single_row
-from benchmarks.report import Report
-from benchmarks.saturation import Attempt, Saturation, rate_steps, search
-from benchmarks.schedule import Arrivals
-from benchmarks.servers import ServerSpec, floor_spec, fraud_serve_spec, serving
-from benchmarks.traffic import History, OutcomeMix, build_calls, load_history, new_run_id
-from service.artifact import ONNX_MODEL_FILE
-from service.registry import Registry
+from benchmarks.measurements.machine import describe_run
+from benchmarks.measurements.memory import measure_in_fresh_process
+from benchmarks.measurements.onnx_floor import InferenceTiming, time_single_row
+from benchmarks.measurements.saturation import Attempt, Saturation, rate_steps, search
+from benchmarks.reporting.report import Report
+from benchmarks.servers.floor import FLOOR_KINDS
+from benchmarks.servers.launch import ServerSpec, floor_spec, fraud_serve_spec, serving
+from service.model.artifact import ONNX_MODEL_FILE
+from service.model.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
     → decision and outcome logs → scorer → health NOT_SERVING → server started
     → champion (and challenger) loaded and warmed up → SERVING
     → the registry followed: a look every `models.poll_seconds`, and one on SIGHUP
-      (`service.model_watcher`); a promotion or rollback swaps the model in place
+      (`service.model.watcher`); a promotion or rollback swaps the model in place
     → SIGTERM or SIGINT → NOT_SERVING at once, calls in progress finish within the grace
     → decision and outcome logs drained and closed
 
@@ -42,35 +42,15 @@ import prometheus_client
 import structlog
 from pydantic import ValidationError
 
-from service.artifact import ArtifactError, read_manifest
-from service.card_tokens import CardTokenizer
-from service.config import (
+from service.config.settings import (
     ConfigError,
     RecordLogSettings,
     ServerSettings,
     ServeSettings,
     load_settings,
 )
-from service.decision_log import DecisionLog
-from service.drift import DriftCollector
-from service.features import FeatureConfig, FeatureEngine
-from service.gc_policy import configure_garbage_collection
-from service.grpc_api.server import (
-    BindError,
-    HealthServicer,
-    build_server,
-    create_health,
-    set_serving,
-    shut_down,
-)
-from service.logs import RequestLogSampler, configure_logging
-from service.metrics import start_metrics_server, track_feature_state
-from service.model_store import LoadedModel, ModelStore
-from service.model_watcher import ModelWatcher
-from service.outcome_log import OutcomeLog
-from service.record_log import LogLimits
-from service.registry import CHAMPION, Registry, RegistryError, no_champion
-from service.scoring import (
+from service.core.card_tokens import CardTokenizer
+from service.core.scoring import (
     DecisionSink,
     DriftSink,
     FallbackPolicy,
@@ -79,8 +59,28 @@ from service.scoring import (
     Scorer,
     ShadowSink,
 )
-from service.shadow import ShadowScorer
-from service.validation import ScoringLimits
+from service.core.validation import ScoringLimits
+from service.features import FeatureConfig, FeatureEngine
+from service.grpc_api.server import (
+    BindError,
+    HealthServicer,
+    build_server,
+    create_health,
+    set_serving,
+    shut_down,
+)
+from service.model.artifact import ArtifactError, read_manifest
+from service.model.registry import CHAMPION, Registry, RegistryError, no_champion
+from service.model.shadow import ShadowScorer
+from service.model.store import LoadedModel, ModelStore
+from service.model.watcher import ModelWatcher
+from service.observability.drift import DriftCollector
+from service.observability.gc_policy import configure_garbage_collection
+from service.observability.logs import RequestLogSampler, configure_logging
+from service.observability.metrics import start_metrics_server, track_feature_state
+from service.records.decision_writer import DecisionLog
+from service.records.outcome_writer import OutcomeLog
+from service.records.segment_log import LogLimits
 
 _log = structlog.get_logger("service")
 _LogT = TypeVar("_LogT")

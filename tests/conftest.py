@@ -11,10 +11,10 @@ import pytest
 
 from tests.server_process import ServerProcess
 from training.config import load_settings
-from training.history_files import write_transactions
-from training.pipeline import train
-from training.simulate import simulate
-from training.simulation_params import SimulationParams
+from training.model_build.pipeline import train
+from training.simulation.history_files import write_transactions
+from training.simulation.params import SimulationParams
+from training.simulation.simulate import simulate
 
 # A booster that trains in seconds and gates a small history can pass; tests add the
 # periods that fit their data.

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.artifact import (
+from service.core.domain import NANOS_PER_SECOND
+from service.features.config import FeatureConfig
+from service.model.artifact import (
     MANIFEST_FILE,
     NATIVE_MODEL_FILE,
     ONNX_MODEL_FILE,
@@ -21,8 +23,6 @@ from service.artifact import (
     Thresholds,
     sha256_file,
 )
-from service.domain import NANOS_PER_SECOND
-from service.features.config import FeatureConfig
 from service.scoring_types import RawTransaction
 
 # A file beside the models, as the real reports are.

@@ -21,8 +21,8 @@ from typing import Any
 
 import grpc
 
-from benchmarks.history_requests import request_from_row
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from benchmarks.load.history_requests import request_from_row
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 
 CALL_TIMEOUT = 10.0
 

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 import grpc
 import pandas as pd
 
-from benchmarks.history_requests import request_from_row
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.client import build_outcome_request
+from benchmarks.load.history_requests import request_from_row
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import build_outcome_request
 
 CALL_TIMEOUT = 60.0
 CHUNK = 256  # swipes per ScoreStream call: every answer is back before outcomes are sent

@@ -28,20 +28,20 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.artifact import ONNX_MODEL_FILE
 from service.features import FEATURES
-from service.onnx_model import OnnxScorer
-from service.registry import CHALLENGER, Registry
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.model.artifact import ONNX_MODEL_FILE
+from service.model.onnx_scorer import OnnxScorer
+from service.model.registry import CHALLENGER, Registry
 from tests.conftest import SMALL_MODEL
 from tests.replay_traffic import TrafficReplay
 from tests.server_process import ServerProcess
 from training.config import load_settings
-from training.feedback import read_decision_log
-from training.history_files import write_transactions
-from training.pipeline import train
-from training.simulate import simulate
-from training.simulation_params import SimulationParams
+from training.model_build.pipeline import train
+from training.retraining.feedback import read_decision_log
+from training.simulation.history_files import write_transactions
+from training.simulation.params import SimulationParams
+from training.simulation.simulate import simulate
 
 DAYS = 100
 SHIFT_DAY = 45  # online purchases, card testing and card-not-present sprees begin
@@ -191,7 +191,7 @@ def test_a_new_fraud_pattern_is_learned_from_the_servers_own_logs_and_served(
 
 def _fraud_train(*arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", *arguments],
+        [sys.executable, "-m", "training.cli.main", *arguments],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
 

@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import pytest
 
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.card_tokens import CardTokenizer
-from service.client import build_outcome_request, build_score_request
+from service.core.card_tokens import CardTokenizer
 from service.features import FEATURES
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import build_outcome_request, build_score_request
 from tests.conftest import TrainedModel
 from tests.load_driver import history_requests
 from tests.metrics_scrape import scrape, value

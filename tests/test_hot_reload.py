@@ -23,23 +23,23 @@ import grpc
 import psutil
 import pytest
 
-from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
-from service.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE
-from service.card_tokens import CardTokenizer
-from service.config import DEVELOPMENT_CARD_TOKEN_KEY
+from service.config.settings import DEVELOPMENT_CARD_TOKEN_KEY
+from service.core.card_tokens import CardTokenizer
+from service.core.validation import ScoringLimits, to_transaction
 from service.features import FEATURES, FeatureEngine
+from service.grpc_api._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
 from service.grpc_api.converters import to_raw_transaction
-from service.model_store import ModelStore
-from service.onnx_model import OnnxScorer
-from service.registry import CHALLENGER, CHAMPION, Registry
-from service.validation import ScoringLimits, to_transaction
+from service.model.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE
+from service.model.onnx_scorer import OnnxScorer
+from service.model.registry import CHALLENGER, CHAMPION, Registry
+from service.model.store import ModelStore
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
 from tests.load_driver import DriverRun, history_requests, start_driver
 from tests.metrics_scrape import scrape, value
 from tests.server_process import ServerProcess
 from tests.service.registry_copies import edit_manifest, point_alias, replace_file, set_thresholds
-from training.registry import promote, promote_challenger, rollback
+from training.registry.publishing import promote, promote_challenger, rollback
 
 ADMIN_TOKEN = "hot-reload-test-admin-token"
 WAIT_SECONDS = 90.0  # bound on any wait for the server to follow the registry

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.servers import free_ports
-from service.metrics import LATENCY_BUCKETS
+from benchmarks.servers.launch import free_ports
+from service.observability.metrics import LATENCY_BUCKETS
 from tests.conftest import TrainedModel
 from tests.deploy.grafana_dashboard import expressions
 from tests.load_driver import start_driver

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from service.__main__ import build_scorer
-from service.config import RecordLogSettings, ServerSettings, ServeSettings
+from service.config.settings import RecordLogSettings, ServerSettings, ServeSettings
 from service.features import FeatureEngine
 from service.grpc_api.server import set_serving
-from service.model_store import ModelStore
+from service.model.store import ModelStore
 from tests.conftest import TrainedModel
 from tests.service.loopback import LoopbackServer
 

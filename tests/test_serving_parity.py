@@ -22,19 +22,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from benchmarks.history_requests import request_from_row
+from benchmarks.load.history_requests import request_from_row
 from service.__main__ import build_scorer
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.client import build_outcome_request
-from service.config import BudgetSettings, ServerSettings, ServeSettings
+from service.config.settings import BudgetSettings, ServerSettings, ServeSettings
 from service.features import FeatureConfig, FeatureEngine
-from service.model_store import ModelStore
-from service.registry import Registry
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import build_outcome_request
+from service.model.registry import Registry
+from service.model.store import ModelStore
 from tests.conftest import TrainedModel
 from tests.service.loopback import LoopbackServer
-from training.history_files import write_transactions
-from training.simulate import simulate
-from training.simulation_params import SimulationParams
+from training.simulation.history_files import write_transactions
+from training.simulation.params import SimulationParams
+from training.simulation.simulate import simulate
 
 TOLERANCE = 1e-6
 CALL_TIMEOUT = 60.0  # generous: the machine is shared; no check relies on it running out

@@ -13,9 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.config.layered import ConfigError, load_layered_settings
 from service.features import FeatureConfig
-from service.layered_settings import ConfigError, load_layered_settings
-from training.thresholds import ThresholdPolicy
+from training.model_build.thresholds import ThresholdPolicy
 
 __all__ = ["ConfigError", "TrainSettings", "load_settings"]
 

@@ -15,7 +15,7 @@ from service.features.engine import (
     FeatureEngine,
     FeatureSpec,
 )
-from service.features.outcomes import RiskFeatures
+from service.features.risk_features import RiskFeatures
 
 __all__ = [
     "CARD_HALF",

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from service.domain import Transaction
-from service.features.card import CARD_FEATURES, CardHistory
+from service.core.domain import Transaction
+from service.features.card_history import CARD_FEATURES, CardHistory
 from service.features.config import FeatureConfig
-from service.features.outcomes import RiskFeatures, risk_feature_specs
+from service.features.risk_features import RiskFeatures, risk_feature_specs
 
 FEATURE_ENGINE_VERSION = 1
 

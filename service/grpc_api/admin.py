@@ -15,10 +15,10 @@ from typing import NoReturn, Protocol
 import grpc
 import structlog
 
-from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
+from service.grpc_api._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
 from service.grpc_api.servicer import INTERNAL_DETAILS
-from service.model_overview import ModelsOverview
-from service.model_store import RefreshReport
+from service.model.overview import ModelsOverview
+from service.model.store import RefreshReport
 
 AUTHORIZATION_KEY = "authorization"
 # The scheme is case-insensitive (RFC 7235); the token is compared exactly.

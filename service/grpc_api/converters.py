@@ -1,7 +1,7 @@
 """Conversions between the wire messages and the scoring core's plain values.
 
 One function per direction and message, no logic beyond moving fields: requests stay
-unvalidated (`service.validation` judges them) and enum numbers pass through unchanged,
+unvalidated (`service.core.validation` judges them) and enum numbers pass through unchanged,
 unknown ones included. All but `to_model_info` run on every call, so they build no
 temporary lists or dicts.
 """
@@ -12,8 +12,8 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
-from service._proto.fraud.v1 import scoring_pb2
-from service.domain import NANOS_PER_SECOND
+from service.core.domain import NANOS_PER_SECOND
+from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from service.scoring_types import (
     ModelSummary,
     RawOutcome,

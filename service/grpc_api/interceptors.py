@@ -29,7 +29,7 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
-from service.metrics import IN_FLIGHT, SCORING_SERVICE, SHED, RpcMetrics, rpc_metrics
+from service.observability.metrics import IN_FLIGHT, SCORING_SERVICE, SHED, RpcMetrics, rpc_metrics
 
 # Generic in the type stubs only: a string, so that it is never subscripted at run time.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"

@@ -24,12 +24,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc, scoring_pb2, scoring_pb2_grpc
-from service.config import ServerSettings, ServeSettings, TlsSettings
+from service.config.settings import ServerSettings, ServeSettings, TlsSettings
+from service.grpc_api._proto.fraud.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
+)
 from service.grpc_api.admin import ModelAdministration, ModelAdminServicer
 from service.grpc_api.interceptors import ScoringCallInterceptor
 from service.grpc_api.servicer import FraudScoringServicer, ScoringCore
-from service.logs import RequestLogSampler
+from service.observability.logs import RequestLogSampler
 
 SCORING_SERVICE_NAME: str = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
 ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name

@@ -34,8 +34,8 @@ from typing import NoReturn, Protocol
 import grpc
 import structlog
 
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.errors import InvalidRequest, ModelUnavailable, ScoringError, UnknownTransaction
+from service.core.errors import InvalidRequest, ModelUnavailable, ScoringError, UnknownTransaction
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.converters import (
     to_model_info,
     to_raw_outcome,
@@ -43,8 +43,13 @@ from service.grpc_api.converters import (
     to_score_response,
 )
 from service.grpc_api.interceptors import call_arrival
-from service.logs import RequestLogSampler, new_request_id
-from service.metrics import DECISION_COUNTERS, FALLBACK_COUNTERS, OUTCOME_COUNTERS, SCORES
+from service.observability.logs import RequestLogSampler, new_request_id
+from service.observability.metrics import (
+    DECISION_COUNTERS,
+    FALLBACK_COUNTERS,
+    OUTCOME_COUNTERS,
+    SCORES,
+)
 from service.scoring_types import (
     DecisionSource,
     ModelSummary,
@@ -78,7 +83,7 @@ _log = structlog.get_logger(__name__)
 
 
 class ScoringCore(Protocol):
-    """What the servicer asks of the scoring core (`service.scoring.Scorer`)."""
+    """What the servicer asks of the scoring core (`service.core.scoring.Scorer`)."""
 
     def score(self, raw: RawTransaction, *, deadline: float | None) -> ScoreResult:
         """The decision for `raw`, answered by fallback once `time.monotonic()` > deadline."""

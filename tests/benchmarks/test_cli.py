@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.floor_server import EmptyFloorServicer
-from benchmarks.servers import fraud_serve_spec, serving
+from benchmarks.servers.floor import EmptyFloorServicer
+from benchmarks.servers.launch import fraud_serve_spec, serving
 from tests.benchmarks.thread_server import ThreadServer
 from tests.conftest import TrainedModel
 

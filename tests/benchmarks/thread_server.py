@@ -8,8 +8,8 @@ import threading
 
 import grpc
 
-from benchmarks.floor_server import start_floor_server
-from service._proto.fraud.v1 import scoring_pb2_grpc
+from benchmarks.servers.floor import start_floor_server
+from service.grpc_api._proto.fraud.v1 import scoring_pb2_grpc
 
 
 class ThreadServer:

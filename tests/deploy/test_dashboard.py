@@ -16,8 +16,8 @@ import grpc
 import pytest
 from prometheus_client.metrics_core import Metric
 
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.client import build_outcome_request
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import build_outcome_request
 from tests.conftest import TrainedModel
 from tests.deploy.grafana_dashboard import expressions, load_dashboard, metric_names, panels
 from tests.load_driver import history_requests

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.config import ServeSettings
+from service.config.settings import ServeSettings
 from service.grpc_api.server import HealthServicer, build_server, create_health, shut_down
 from service.grpc_api.servicer import ScoringCore
 

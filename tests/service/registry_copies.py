@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.artifact import MANIFEST_FILE, sha256_file
-from service.registry import CHAMPION, AliasRecord, Registry
+from service.model.artifact import MANIFEST_FILE, sha256_file
+from service.model.registry import CHAMPION, AliasRecord, Registry
 from tests.conftest import TrainedModel
 
 

@@ -17,23 +17,23 @@ import grpc
 import pytest
 from pydantic import SecretStr
 
-from service._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
-from service.artifact import ONNX_MODEL_FILE, read_manifest
-from service.card_tokens import CardTokenizer
-from service.config import AdminSettings, ServerSettings, ServeSettings
+from service.config.settings import AdminSettings, ServerSettings, ServeSettings
+from service.core.card_tokens import CardTokenizer
+from service.core.scoring import FallbackPolicy, Scorer
+from service.core.validation import ScoringLimits
 from service.features import FeatureEngine
+from service.grpc_api._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
 from service.grpc_api.server import build_server, create_health
-from service.model_store import ModelStore
-from service.model_watcher import ModelWatcher
-from service.registry import CHAMPION, Registry
-from service.scoring import FallbackPolicy, Scorer
-from service.validation import ScoringLimits
+from service.model.artifact import ONNX_MODEL_FILE, read_manifest
+from service.model.registry import CHAMPION, Registry
+from service.model.store import ModelStore
+from service.model.watcher import ModelWatcher
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
 from tests.service.registry_copies import copy_registry, point_alias, publish_copy
 
 if TYPE_CHECKING:
-    from service._proto.fraud.v1.admin_pb2_grpc import ModelAdminAsyncStub
+    from service.grpc_api._proto.fraud.v1.admin_pb2_grpc import ModelAdminAsyncStub
 
 T = TypeVar("T")
 TOKEN = "admin-token-for-tests-0123456789"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service._proto.fraud.v1 import scoring_pb2
+from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from service.grpc_api.converters import (
     to_model_info,
     to_raw_outcome,

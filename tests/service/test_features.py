@@ -9,10 +9,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from service.domain import EntryMode, Transaction
+from service.core.domain import EntryMode, Transaction
 from service.features import FEATURES, FeatureConfig, FeatureEngine
-from service.features.card import CARD_WINDOWS
-from service.features.risk import RISK_WINDOWS
+from service.features.card_history import CARD_WINDOWS
+from service.features.risk_history import RISK_WINDOWS
 
 NAMES = [feature.name for feature in FEATURES]
 HOUR = 3600.0

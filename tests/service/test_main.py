@@ -18,8 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.__main__ import main, parse_settings
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.client import FraudScoringClient, build_outcome_request, build_score_request
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import FraudScoringClient, build_outcome_request, build_score_request
 from tests.conftest import TrainedModel
 from tests.server_process import STARTUP_TIMEOUT
 

@@ -10,10 +10,10 @@ import pytest
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service._proto.fraud.v1 import admin_pb2, scoring_pb2
+from service.grpc_api._proto.fraud.v1 import admin_pb2, scoring_pb2
 
 REPO = Path(__file__).resolve().parents[2]
-GENERATED = Path("service/_proto")
+GENERATED = Path("service/grpc_api/_proto")
 
 STRING = FieldDescriptor.TYPE_STRING
 BOOL = FieldDescriptor.TYPE_BOOL
@@ -157,7 +157,7 @@ def _values(enum: EnumDescriptor) -> dict[str, int]:
 
 
 def test_committed_stubs_match_a_fresh_generation(tmp_path):
-    """scripts/generate-proto reproduces service/_proto byte for byte."""
+    """scripts/generate-proto reproduces service/grpc_api/_proto byte for byte."""
     subprocess.run([REPO / "scripts" / "generate-proto", tmp_path], check=True, cwd=REPO)
 
     generated = _files(tmp_path / GENERATED)
@@ -165,7 +165,8 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path):
     assert Path("fraud/v1/scoring_pb2_grpc.pyi") in generated
     assert Path("fraud/v1/admin_pb2_grpc.pyi") in generated
     assert generated == _files(REPO / GENERATED), (
-        f"service/_proto is stale or was edited by hand: run scripts/generate-proto ({tools})"
+        "service/grpc_api/_proto is stale or was edited by hand: "
+        f"run scripts/generate-proto ({tools})"
     )
 
 

@@ -23,11 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from benchmarks.history_requests import request_from_row
+from benchmarks.load.history_requests import request_from_row
 from service.__main__ import build_scorer, load_and_serve
-from service._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.client import FraudScoringClient, build_outcome_request, build_score_request
-from service.config import (
+from service.config.settings import (
     BudgetSettings,
     FallbackSettings,
     LoggingSettings,
@@ -35,9 +33,12 @@ from service.config import (
     ServeSettings,
     TlsSettings,
 )
-from service.domain import EntryMode
+from service.core.domain import EntryMode
+from service.core.scoring import ModelSource
 from service.features import FeatureConfig, FeatureEngine
 from service.features.engine import FEATURE_NAMES
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import FraudScoringClient, build_outcome_request, build_score_request
 from service.grpc_api.interceptors import OVERLOADED_DETAILS
 from service.grpc_api.server import (
     SCORING_SERVICE_NAME,
@@ -46,10 +47,9 @@ from service.grpc_api.server import (
     shut_down,
 )
 from service.grpc_api.servicer import SAFETY_MARGIN_SECONDS, ScoringCore, answer_by
-from service.model_store import ModelStore
-from service.model_watcher import ModelWatcher
-from service.registry import Registry
-from service.scoring import ModelSource
+from service.model.registry import Registry
+from service.model.store import ModelStore
+from service.model.watcher import ModelWatcher
 from service.scoring_types import ModelSummary, RawOutcome, RawTransaction, ScoreResult
 from tests.conftest import TrainedModel
 from tests.service.loopback import LoopbackServer

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from service.artifact import NATIVE_MODEL_FILE, ONNX_MODEL_FILE, verify_artifact
 from service.features import FEATURES
-from service.onnx_model import OnnxScorer
-from service.registry import Registry
+from service.model.artifact import NATIVE_MODEL_FILE, ONNX_MODEL_FILE, verify_artifact
+from service.model.onnx_scorer import OnnxScorer
+from service.model.registry import Registry
 from tests.conftest import TrainedModel
 from tests.service.registry_copies import copy_registry
-from tests.training.test_server_metrics import MetricsEndpoint
-from tests.training.test_triggers import decision, outcome, write_segment
-from training.cli import build_parser, main
+from tests.training.retraining.test_server_scrape import MetricsEndpoint
+from tests.training.retraining.test_triggers import decision, outcome, write_segment
+from training.cli.main import build_parser, main
 
 FRAUD_TRAIN = str(Path(sys.executable).with_name("fraud-train"))
 

@@ -1,0 +1,1 @@
+"""The load client: traffic, schedules, the client processes, streams and their tallies."""

@@ -1,0 +1,1 @@
+"""Each measurement the harness makes: load runs, saturation, memory, reloads, floors."""

@@ -1,0 +1,252 @@
+"""One measurement: a server loaded by client processes under one setting, and what it gave.
+
+`measure` deals the calls out to `LoadSettings.processes` client processes (call i to
+process i mod P, with its due time in an open loop), runs them together
+(`benchmarks.load.client_pool`) and merges what they saw: latency histograms added up, status
+codes, the decision mix, each client's CPU share. With a `ServerProbe` it also reads the
+server's process tree (CPU time and memory, psutil) when the clients start and once they
+are done, for the server's CPU per answer, and scrapes the server's own latency histogram.
+
+The settings bound every run: rate, length, processes and in-flight calls have ceilings,
+and the target must be on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from benchmarks.load.client import ClientJob, ClientResult, Rpc
+from benchmarks.load.client_pool import run_clients
+from benchmarks.load.histograms import (
+    LatencyRecorder,
+    LatencySummary,
+    Second,
+    percentile_spectrum,
+    summarise,
+    timeline,
+)
+from benchmarks.load.schedule import Arrivals, due_offsets
+from benchmarks.load.tally import OK
+from benchmarks.load.traffic import Call
+from benchmarks.measurements.process_usage import ProcessUsage, process_usage
+from benchmarks.measurements.server_latency import ServerLatency, scrape_all, server_latency
+
+Mode = Literal["open", "closed"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+LOCAL_HOST = "127.0.0.1"
+MAX_RATE = 50_000.0
+MAX_SECONDS = 120.0
+MAX_PROCESSES = 8
+MAX_IN_FLIGHT = 10_000
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How one measurement loads the server.
+
+    Open loop: `rate` calls per second for `seconds`, `arrivals` constant or Poisson; at
+    most `max_in_flight` unary calls in flight per process (stream messages are not
+    capped). Closed loop: `in_flight` calls in flight in all, for `seconds` or until the
+    calls run out. `connections` and `streams` are per process; `timeout` is each unary
+    call's deadline and the time the end of the run waits for late answers.
+    """
+
+    target: str
+    mode: Mode
+    rpc: Rpc
+    seconds: float
+    rate: float = 1000.0
+    arrivals: Arrivals = "constant"
+    in_flight: int = 32
+    max_in_flight: int = 1000
+    processes: int = 1
+    connections: int = 1
+    streams: int = 4
+    timeout: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        host, _, port = self.target.rpartition(":")
+        if host != LOCAL_HOST or not port.isdigit():
+            raise ValueError(f"the target must be {LOCAL_HOST}:PORT, not {self.target!r}")
+        if not (0 < self.rate <= MAX_RATE and 0 < self.seconds <= MAX_SECONDS):
+            raise ValueError(
+                f"rate must be in (0, {MAX_RATE:g}] and seconds in (0, {MAX_SECONDS:g}]"
+            )
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ValueError(f"processes must be 1 to {MAX_PROCESSES}")
+        if not self.processes <= self.in_flight <= MAX_IN_FLIGHT or self.max_in_flight < 1:
+            raise ValueError(f"in_flight must be processes to {MAX_IN_FLIGHT}; max_in_flight 1+")
+        if self.connections < 1 or self.streams < 1 or self.timeout <= 0:
+            raise ValueError("connections and streams must be 1 or more, timeout above 0")
+
+    def calls_needed(self) -> int:
+        """Calls an open-loop run sends (a closed loop sends what it has time for)."""
+        return round(self.rate * self.seconds)
+
+
+@dataclass(frozen=True)
+class ServerProbe:
+    """Where to read a local server's figures: its process id, its metrics endpoints."""
+
+    pid: int | None = None
+    metrics_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerCost:
+    """The server's CPU over the run (its process tree), per OK `Score` answer and as a
+    share of a core (with its event loops' run-queue wait, likewise).
+
+    The outcome reports' cost is in the CPU time too: the same share of the calls in
+    every run of the same traffic. So is the work on calls that then failed, which is why
+    only runs without errors compare fairly.
+    """
+
+    cpu_seconds: float
+    cpu_us_per_answer: float
+    cpu_share: float
+    run_queue_wait_share: float
+    rss_bytes_after: int
+    processes: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one measurement gave. Latency from due (open) or send (closed) time, in ms.
+
+    `errors` counts `Score` calls that did not end OK. Outcome reports are counted apart
+    (`outcome_statuses`): a report of a swipe the server never scored, or one that another
+    worker scored (each worker has its own feature state), is NOT_FOUND by design.
+    """
+
+    name: str
+    settings: LoadSettings
+    calls_sent: int
+    achieved_rate: float
+    latency: LatencySummary
+    statuses: dict[str, int]
+    outcome_statuses: dict[str, int]
+    decisions: dict[str, int]
+    fallbacks: int
+    errors: int
+    client_cpu_share: list[float]
+    client_run_queue_wait_share: list[float]
+    client_gc_pause_max_ms: float
+    server: ServerCost | None
+    server_latency: ServerLatency | None
+    spectrum: list[tuple[float, float]]
+    timeline: list[Second]
+
+
+def measure(
+    name: str, settings: LoadSettings, calls: Sequence[Call], probe: ServerProbe = ServerProbe()
+) -> Measurement:
+    """Run one measurement of `calls` (an open loop sends the first `calls_needed()`)."""
+    jobs = client_jobs(settings, calls)
+    scrape = bool(probe.metrics_urls) and settings.rpc == "unary"
+    histogram_before = scrape_all(probe.metrics_urls, "Score") if scrape else None
+    started: list[tuple[float, ProcessUsage | None]] = []
+
+    def on_start() -> None:
+        usage = None if probe.pid is None else process_usage(probe.pid)
+        started.append((time.perf_counter(), usage))
+
+    results = run_clients(jobs, on_start)
+    wall = time.perf_counter() - started[0][0]
+    usage_before = started[0][1]
+    measurement = _summarise(name, settings, results)
+    if histogram_before is not None:
+        after = scrape_all(probe.metrics_urls, "Score")
+        measurement = dataclasses.replace(
+            measurement, server_latency=server_latency(histogram_before, after)
+        )
+    if probe.pid is not None and usage_before is not None:
+        after_usage = process_usage(probe.pid)
+        answers = measurement.statuses.get(OK, 0)
+        cost = _server_cost(usage_before, after_usage, answers, wall)
+        measurement = dataclasses.replace(measurement, server=cost)
+    return measurement
+
+
+def client_jobs(settings: LoadSettings, calls: Sequence[Call]) -> list[ClientJob]:
+    """Each client process's share: call i to process i mod P, with its due time if open."""
+    processes = settings.processes
+    due: list[float] | None = None
+    if settings.mode == "open":
+        count = settings.calls_needed()
+        if len(calls) < count:
+            raise ValueError(f"the run needs {count} calls, {len(calls)} were given")
+        calls = calls[:count]
+        due = due_offsets(count, settings.rate, settings.arrivals, settings.seed).tolist()
+    return [
+        ClientJob(
+            target=settings.target,
+            calls=calls[k::processes],
+            due=None if due is None else due[k::processes],
+            rpc=settings.rpc,
+            in_flight=_share(settings, k),
+            seconds=settings.seconds,
+            timeout=settings.timeout,
+            connections=settings.connections,
+            streams=settings.streams,
+        )
+        for k in range(processes)
+    ]
+
+
+def _share(settings: LoadSettings, k: int) -> int:
+    if settings.mode == "open":
+        return settings.max_in_flight
+    whole, rest = divmod(settings.in_flight, settings.processes)
+    return whole + (k < rest)
+
+
+def _summarise(name: str, settings: LoadSettings, results: list[ClientResult]) -> Measurement:
+    latency = LatencyRecorder.merged(result.latency for result in results)
+    statuses = sum((result.statuses for result in results), Counter[str]())
+    outcomes = sum((result.outcome_statuses for result in results), Counter[str]())
+    last_answer = max(result.last_answer for result in results)
+    pauses = [pause for result in results for pause in result.gc_pauses]
+    return Measurement(
+        name=name,
+        settings=settings,
+        calls_sent=sum(statuses.values()) + sum(outcomes.values()),
+        achieved_rate=round(statuses[OK] / last_answer, 1) if last_answer else 0.0,
+        latency=summarise(latency.overall),
+        statuses=dict(statuses),
+        outcome_statuses=dict(outcomes),
+        decisions=dict(sum((result.decisions for result in results), Counter[str]())),
+        fallbacks=sum(result.fallbacks for result in results),
+        errors=sum(count for code, count in statuses.items() if code != OK),
+        client_cpu_share=[round(r.cpu_seconds / r.wall_seconds, 3) for r in results],
+        client_run_queue_wait_share=[
+            round(r.run_queue_wait_seconds / r.wall_seconds, 3) for r in results
+        ],
+        client_gc_pause_max_ms=round(max(pauses, default=0.0) * 1e3, 2),
+        server=None,
+        server_latency=None,
+        spectrum=percentile_spectrum(latency.overall),
+        timeline=timeline(latency),
+    )
+
+
+def _server_cost(
+    before: ProcessUsage, after: ProcessUsage, answers: int, wall: float
+) -> ServerCost:
+    cpu = after.cpu_seconds - before.cpu_seconds
+    return ServerCost(
+        cpu_seconds=round(cpu, 3),
+        cpu_us_per_answer=round(cpu / answers * 1e6, 1) if answers else 0.0,
+        cpu_share=round(cpu / wall, 3),
+        run_queue_wait_share=round(
+            (after.run_queue_wait_seconds - before.run_queue_wait_seconds) / wall, 3
+        ),
+        rss_bytes_after=after.rss_bytes,
+        processes=after.processes,
+    )

@@ -1,0 +1,1 @@
+"""What a run leaves: the report (JSON and table) and its charts."""

@@ -1,0 +1,1 @@
+"""The servers the harness starts: `fraud-serve` and the floor servers."""

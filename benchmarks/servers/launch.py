@@ -1,0 +1,158 @@
+"""Servers the harness starts itself: `fraud-serve` and the floor servers, as child processes
+on free ports of 127.0.0.1.
+
+`serving(spec, log_dir)` starts one, waits until its grpc.health.v1 check says SERVING,
+hands back where to reach it and what to probe, and on leaving stops it with SIGTERM and
+checks that it exited 0 (a graceful shutdown). Its output goes to `<log_dir>/<name>.log`.
+Every wait is bounded; a server that fails to start, or will not stop, is killed and
+reported as a `ServerError`.
+
+`fraud-serve --workers N` needs a fixed scoring port (its workers share it) and serves
+metrics on N consecutive ports: both are picked free here. Its outcome log goes to a
+temporary directory removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from benchmarks.measurements.load_run import LOCAL_HOST, ServerProbe
+from benchmarks.servers.floor import FloorKind
+
+STARTUP_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
+_PORT_ATTEMPTS = 50
+
+
+class ServerError(Exception):
+    """A server the harness started did not start, serve or stop as it should."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: its name (for logs), command, address and environment."""
+
+    name: str
+    argv: list[str]
+    target: str
+    metrics_urls: tuple[str, ...] = ()
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A server that answers SERVING: where to send load and what to probe."""
+
+    name: str
+    target: str
+    probe: ServerProbe
+
+
+def fraud_serve_spec(name: str, registry: Path, workers: int = 1) -> ServerSpec:
+    """`fraud-serve` on free 127.0.0.1 ports with the registry's champion."""
+    port = free_ports(1)
+    metrics_port = free_ports(workers)
+    argv = [
+        *(sys.executable, "-m", "service"),
+        *("--registry", str(registry), "--host", LOCAL_HOST),
+        *("--port", str(port), "--metrics-port", str(metrics_port), "--workers", str(workers)),
+    ]
+    urls = tuple(f"http://{LOCAL_HOST}:{metrics_port + i}/metrics" for i in range(workers))
+    return ServerSpec(name, argv, f"{LOCAL_HOST}:{port}", urls, {"FRAUD_LOGGING__FORMAT": "json"})
+
+
+def floor_spec(name: str, kind: FloorKind, model: Path | None) -> ServerSpec:
+    """A floor server (`benchmarks.servers.floor`) on a free 127.0.0.1 port."""
+    port = free_ports(1)
+    argv = [sys.executable, "-m", "benchmarks.servers.floor", "--kind", kind, "--port", str(port)]
+    if model is not None:
+        argv += ["--model", str(model)]
+    return ServerSpec(name, argv, f"{LOCAL_HOST}:{port}")
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports of 127.0.0.1 free right now."""
+    for _ in range(_PORT_ATTEMPTS):
+        with socket.socket() as probe:
+            probe.bind((LOCAL_HOST, 0))
+            first: int = probe.getsockname()[1]
+        if all(_is_free(port) for port in range(first + 1, first + count)):
+            return first
+    raise ServerError(f"found no {count} consecutive free ports on {LOCAL_HOST}")
+
+
+@contextlib.contextmanager
+def serving(spec: ServerSpec, log_dir: Path) -> Iterator[RunningServer]:
+    """Start the server of `spec`, yield it once SERVING, then stop it (exit 0 expected)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="fraud-bench-logs-") as logs,
+        (log_dir / f"{spec.name}.log").open("wb") as log,
+    ):
+        logs_in = {
+            "FRAUD_DECISION_LOG__DIRECTORY": f"{logs}/decisions",
+            "FRAUD_OUTCOME_LOG__DIRECTORY": f"{logs}/outcomes",
+        }
+        environment = os.environ | logs_in | spec.environment
+        process = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        try:
+            _wait_serving(spec, process)
+            yield RunningServer(spec.name, spec.target, ServerProbe(process.pid, spec.metrics_urls))
+        except BaseException:
+            _stop(process)
+            raise
+        status = _stop(process)
+        if status != 0:
+            raise ServerError(f"{spec.name} exited with status {status} on SIGTERM (see its log)")
+
+
+def _wait_serving(spec: ServerSpec, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    with grpc.insecure_channel(spec.target) as channel:
+        # The type stubs declare no methods on HealthStub.
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServerError(
+                    f"{spec.name} exited with status {process.returncode} (see its log)"
+                )
+            with contextlib.suppress(grpc.RpcError):
+                answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise ServerError(f"{spec.name} was not SERVING within {STARTUP_TIMEOUT:g} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then the exit status; killed (and -9) if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((LOCAL_HOST, port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,397 @@
+"""Configuration of `fraud-serve`: one frozen settings model, every knob defaulted and documented.
+
+Values come from, highest first: the environment (`FRAUD_` prefix, `__` between nested names,
+e.g. `FRAUD_SERVER__PORT=50052`), the TOML file given with `--config`, then the defaults below.
+Each field's docstring is its documentation. `ServeSettings.describe()` gives the effective
+values with secrets masked, fit for a log line. The feature engine's settings are not here:
+they come from the manifest of the model being served.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.config.layered import ConfigError, load_layered_settings
+
+__all__ = ["ConfigError", "ServeSettings", "load_settings"]
+
+# Public on purpose: tokens keyed with it are not secret, so the server warns while it is used.
+DEVELOPMENT_CARD_TOKEN_KEY = "fraud-scoring-development-key-do-not-use-in-production"
+
+# A shorter HMAC key would be easy to guess, and with it card numbers from their tokens.
+MIN_CARD_TOKEN_KEY_LENGTH = 16
+MIN_ADMIN_TOKEN_LENGTH = 16
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ServerSettings(_Group):
+    """Where and how the gRPC server listens."""
+
+    host: str = "::"
+    """Interface for the scoring and metrics ports. `::` listens on every IPv6 and (dual-stack,
+    as on Linux) IPv4 interface, which a container needs; `127.0.0.1` accepts local callers only.
+    `[::]` (gRPC's bracketed form) is accepted too."""
+
+    port: int = Field(default=50051, ge=0, le=65535)
+    """Scoring (gRPC) port; 50051 is gRPC's customary port. 0 picks a free one (tests)."""
+
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Prometheus `/metrics` HTTP port, kept apart from scoring traffic; 9464 is the port
+    Prometheus exporters conventionally use. 0 picks a free one (tests)."""
+
+    workers: int = Field(default=1, ge=1)
+    """Server processes sharing the scoring port. 1 keeps every card's and terminal's
+    features exact; with more, each process holds its own feature state, so a card's history
+    splits across processes and its velocity and risk features undercount."""
+
+    max_in_flight: int = Field(default=256, ge=1)
+    """Scoring calls in progress above which new ones get RESOURCE_EXHAUSTED at once instead
+    of queueing without bound. At about 0.25 ms of server CPU each, 256 calls are some 60 ms
+    of work: calls queued longer than that would miss the budget anyway. Health checks are
+    not counted."""
+
+    grace_seconds: float = Field(default=10.0, ge=0)
+    """Time in-flight calls get to finish after SIGTERM; stays well inside Kubernetes's
+    default 30 s termination grace period."""
+
+    full_gc: bool = False
+    """Let Python run full (generation 2) garbage collections. Off by default: each walks
+    every live object of the feature state while holding up every request (15-160 ms
+    measured); young garbage is still collected (see `service.observability.gc_policy`). Turn on if
+    resident memory grows without bound."""
+
+    max_message_bytes: int = Field(default=64 * 1024, ge=4096)
+    """Largest gRPC message received or sent. A transaction takes a few hundred bytes and
+    the model info a few KiB, so 64 KiB rejects abuse without limiting real calls."""
+
+    @field_validator("host")
+    @classmethod
+    def _strip_brackets(cls, host: str) -> str:
+        return host.removeprefix("[").removesuffix("]")
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _distinct_ports(cls, metrics_port: int, info: ValidationInfo) -> int:
+        if metrics_port != 0 and metrics_port == info.data.get("port"):
+            raise PydanticCustomError("port_clash", "must differ from server.port")
+        return metrics_port
+
+    @property
+    def scoring_address(self) -> str:
+        """`host:port` as gRPC expects it, with an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class BudgetSettings(_Group):
+    """How long the server may work on one request."""
+
+    server_budget_ms: float = Field(default=20.0, gt=0, le=60_000)
+    """Time from a request's arrival within which it is answered, whatever the client's
+    deadline (the earlier of the two applies). A request whose budget is gone before scoring
+    starts gets the fallback decision. Scoring takes well under 1 ms, so 20 ms trips only
+    under overload or long pauses, and still answers within a payment flow's patience."""
+
+
+class FallbackSettings(_Group):
+    """The rule-based decision given when the model cannot answer in time."""
+
+    policy: Literal["amount_floor", "decline", "disabled"] = "amount_floor"
+    """`amount_floor`: approve below `approve_below_minor`, review from it up; `decline`:
+    decline everything; `disabled`: no fallback, callers get UNAVAILABLE. The default
+    follows the issuer's view that a late answer costs more than a conservative one."""
+
+    approve_below_minor: int = Field(default=5000, ge=0)
+    """Floor of the `amount_floor` policy, in the transaction currency's minor units (5000 is
+    50.00 USD or EUR). Compared as is, with no currency conversion: 5000 JPY is far less."""
+
+
+class LimitsSettings(_Group):
+    """Bounds on request values; anything outside is INVALID_ARGUMENT."""
+
+    max_string_length: int = Field(default=128, ge=1, le=4096)
+    """Longest accepted id, currency or country string, in characters. Real ids are short;
+    the bound keeps huge strings out of the feature state's keys."""
+
+    max_amount_minor: int = Field(default=10**11, ge=1)
+    """Largest amount in minor units (10**11 is one billion USD): anything above is a bug or
+    an attack, not a card payment."""
+
+    max_future_skew_seconds: float = Field(default=300.0, ge=0)
+    """How far a transaction's event time may be ahead of the server clock. Five minutes
+    absorbs clock drift between terminals and the server; later times are rejected so that
+    one bad clock cannot push the feature windows of a card forward."""
+
+
+class TlsSettings(_Group):
+    """TLS on the scoring port; off unless a certificate and key are given."""
+
+    cert_file: FilePath | None = None
+    """PEM server certificate chain. With `key_file`, the scoring port speaks TLS only."""
+
+    key_file: FilePath | None = Field(default=None, validate_default=True)
+    """PEM private key of `cert_file`; required with it, refused without it."""
+
+    client_ca_file: FilePath | None = Field(default=None, validate_default=True)
+    """PEM CA bundle that client certificates must chain to (mutual TLS): callers without
+    such a certificate are refused. Needs `cert_file` and `key_file`."""
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_with_cert(cls, key_file: Path | None, info: ValidationInfo) -> Path | None:
+        if "cert_file" in info.data and (info.data["cert_file"] is None) != (key_file is None):
+            raise PydanticCustomError("tls_pair", "tls.cert_file and tls.key_file go together")
+        return key_file
+
+    @field_validator("client_ca_file")
+    @classmethod
+    def _ca_with_cert(cls, client_ca_file: Path | None, info: ValidationInfo) -> Path | None:
+        if client_ca_file is not None and info.data.get("cert_file") is None:
+            raise PydanticCustomError("tls_ca", "needs tls.cert_file and tls.key_file")
+        return client_ca_file
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the scoring port uses TLS."""
+        return self.cert_file is not None
+
+    @property
+    def mutual(self) -> bool:
+        """Whether clients must present a certificate."""
+        return self.client_ca_file is not None
+
+
+class ModelSettings(_Group):
+    """How the server follows the registry: hot reload, library checks, the shadow."""
+
+    poll_seconds: float = Field(default=1.0, ge=0)
+    """How often the registry's aliases are read to pick up a promotion, a rollback or a
+    new challenger. A look reads two small files; loading and checking a new model takes
+    a second or so, off the request path. 0 turns hot reload off (SIGHUP and the admin
+    `Reload` still look on demand)."""
+
+    allow_major_library_difference: bool = False
+    """Serve a model trained with another major version of onnxruntime, lightgbm or numpy
+    than the server's. Refused by default: such a model may score differently in ways the
+    golden sample does not catch. Minor differences are always served, logged and exported
+    (`fraud_model_library_difference`)."""
+
+    shadow_backlog: int = Field(default=4096, ge=1)
+    """Transactions waiting for the challenger at most; beyond it the challenger skips them
+    (`fraud_shadow_skipped_total{reason="backlog_full"}`) rather than queue without bound."""
+
+
+class DriftSettings(_Group):
+    """Drift of live traffic from the model's reference period (`service.observability.drift`)."""
+
+    window: int = Field(default=10_000, ge=100)
+    """Most recent model-scored transactions the population stability index is computed
+    over. 10,000 is a few seconds at peak and an hour or two off-peak: enough rows for ten
+    bins per feature, recent enough to show a shift within minutes."""
+
+    min_rows: int = Field(default=500, ge=1)
+    """Rows the window needs before any PSI or live decision rate is exported: fewer would
+    give noise, and an alert must not fire on a window just emptied by a model swap."""
+
+    @field_validator("min_rows")
+    @classmethod
+    def _within_window(cls, min_rows: int, info: ValidationInfo) -> int:
+        window = info.data.get("window")
+        if window is not None and min_rows > window:
+            raise PydanticCustomError("min_rows", "must not exceed drift.window")
+        return min_rows
+
+
+class AdminSettings(_Group):
+    """The `fraud.v1.ModelAdmin` service: list models, force a reload."""
+
+    token: SecretStr | None = None
+    """Bearer token admin calls must present (`authorization: Bearer <token>` metadata).
+    Unset (the default), the admin service is not offered at all. At least 16 characters;
+    use TLS, or it crosses the network in clear."""
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise PydanticCustomError(
+                "token_too_short",
+                "must be at least {minimum} characters",
+                {"minimum": MIN_ADMIN_TOKEN_LENGTH},
+            )
+        return token
+
+
+class LoggingSettings(_Group):
+    """Structured logs on standard output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Lowest level written, for our logs and for libraries' (grpc's) alike. Case-insensitive."""
+
+    sample_rate: float = Field(default=0.01, ge=0, le=1)
+    """Share of requests that get a per-request log line. 1% keeps a useful sample at
+    thousands of requests per second without the formatting cost on every one; metrics
+    count every request."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    """`json`: one JSON object per line, for collectors; `console`: aligned, readable lines;
+    `auto`: console on a terminal, JSON otherwise (containers, files, pipes)."""
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_case(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+
+class RecordLogSettings(_Group):
+    """A JSON-lines log kept for retraining (`service.records.segment_log`): where, how much, how
+    long.
+
+    Written off the request path: when the disk stalls or fails, records are dropped and
+    counted (`fraud_record_log_dropped_total`), never delaying a call. With several workers
+    each writes segments of its own (its process id is in their names) into the directory.
+    """
+
+    directory: Path | None = None
+    """Directory of the log's segments, created if missing (a relative path is from the
+    working directory): `decisions` and `outcomes` by default. In a container, mount a
+    writable volume here, or the log goes with the container. An empty value (`""` in the
+    file, or e.g. `FRAUD_DECISION_LOG__DIRECTORY=`) keeps no log."""
+
+    max_bytes: int = Field(default=16 * GIB, ge=1)
+    """Disk the log's segments may take, all workers together (16 GiB for decisions, 1 GiB
+    for outcomes by default): beyond it the oldest segments are deleted. Size it for
+    `retention_days` of traffic, or at least for the days a retrain learns from (label delay,
+    evaluation, validation and training days): a decision line takes 600 to 1,000 bytes, so
+    16 GiB hold about 20 million decisions, 30 days at 8 transactions a second; an outcome
+    line takes about 140. A segment deleted for want of space while younger than
+    `retention_days` is logged as a warning (`record_log_budget_short`)."""
+
+    retention_days: float = Field(default=180.0, gt=0)
+    """Age (from a segment's opening) beyond which a segment is deleted. Chargebacks arrive
+    up to about 120 days after the transaction, and retraining needs the transactions they
+    label: 180 days keeps both, with margin."""
+
+    segment_bytes: int = Field(default=64 * MIB, ge=4096)
+    """Size at which a segment is closed and a new one begun (a new one also starts each UTC
+    day); retention deletes whole segments, so this is its granularity."""
+
+    max_pending: int = Field(default=100_000, ge=1)
+    """Records waiting for the writer at most; beyond, new ones are dropped. 100,000 rides
+    out a disk stalled for a minute at over 1,500 transactions per second, at the cost of
+    up to about 180 MB of memory for decisions (some 1.8 KB each while waiting)."""
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _empty_disables(cls, directory: object) -> object:
+        # Neither the environment nor TOML can say None; an empty path would mean "here".
+        return None if directory == "" else directory
+
+
+class ServeSettings(BaseSettings):
+    """Everything `fraud-serve` needs besides the model itself."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        # A group's default may differ from its class's (the two record logs): a setting
+        # given for one field of it keeps the group's other defaults.
+        nested_model_default_partial_update=True,
+    )
+
+    registry: Path = Path("models")
+    """Model registry directory (what `fraud-train` publishes into); the champion is served."""
+
+    server: ServerSettings = ServerSettings()
+    """Ports, worker processes, concurrency and shutdown."""
+
+    budget: BudgetSettings = BudgetSettings()
+    """Server-side latency budget per request."""
+
+    fallback: FallbackSettings = FallbackSettings()
+    """Decision when the model cannot answer in time or is not loaded."""
+
+    limits: LimitsSettings = LimitsSettings()
+    """Request validation bounds."""
+
+    tls: TlsSettings = TlsSettings()
+    """TLS and mutual TLS on the scoring port."""
+
+    logging: LoggingSettings = LoggingSettings()
+    """Log level, per-request sampling and format."""
+
+    models: ModelSettings = ModelSettings()
+    """Hot reload, library version checks and the challenger's shadow."""
+
+    drift: DriftSettings = DriftSettings()
+    """The sliding window of the drift statistics."""
+
+    admin: AdminSettings = AdminSettings()
+    """The model administration service and its token."""
+
+    decision_log: RecordLogSettings = RecordLogSettings(directory=Path("decisions"))
+    """Every decision given, with its transaction and features, for retraining."""
+
+    outcome_log: RecordLogSettings = RecordLogSettings(directory=Path("outcomes"), max_bytes=GIB)
+    """Every valid outcome, for retraining: a fraction of the transactions, a fifth of a
+    decision's size each, hence a budget of 1 GiB by default."""
+
+    card_token_key: SecretStr = SecretStr(DEVELOPMENT_CARD_TOKEN_KEY)
+    """HMAC key that turns a raw card number arriving as `card_id` into a stable token.
+    Set it (`FRAUD_CARD_TOKEN_KEY`) in production, the same in every worker and across
+    restarts, or a card's history splits. The default is a public development key: the
+    server warns while it is in use."""
+
+    @field_validator("card_token_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if len(key.get_secret_value()) < MIN_CARD_TOKEN_KEY_LENGTH:
+            raise PydanticCustomError(
+                "key_too_short",
+                "must be at least {minimum} characters",
+                {"minimum": MIN_CARD_TOKEN_KEY_LENGTH},
+            )
+        return key
+
+    @property
+    def uses_development_card_token_key(self) -> bool:
+        """Whether `card_token_key` is the public development default."""
+        return self.card_token_key.get_secret_value() == DEVELOPMENT_CARD_TOKEN_KEY
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings as JSON-ready values, secrets masked."""
+        return self.model_dump(mode="json")
+
+
+# Environment variables of earlier releases, refused rather than silently ignored.
+RENAMED_VARIABLES = {"FRAUD_OUTCOMES_DIRECTORY": "FRAUD_OUTCOME_LOG__DIRECTORY"}
+
+
+def load_settings(config_file: Path | None = None) -> ServeSettings:
+    """Settings from the environment over `config_file` (TOML) over the defaults."""
+    for old, new in RENAMED_VARIABLES.items():
+        if old in os.environ:
+            raise ConfigError(f"{old} is no longer read: set {new} instead")
+    return load_layered_settings(ServeSettings, config_file)

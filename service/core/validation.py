@@ -1,0 +1,145 @@
+"""Requests checked and converted to domain values before anything touches the feature state.
+
+This runs on every request, so each rule is a plain comparison: no pydantic, no regular
+expression, and no string formatting unless the request is bad. The first bad field in the
+proto's field order raises `InvalidRequest`, named as in the proto
+("transaction.amount_minor") with the reason, never the value: a value can be a card number.
+
+Conversions are the ones training uses (`service.core.domain`): amounts from minor units with
+the currency's ISO 4217 exponent, event times from integer nanoseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from service.core.card_tokens import CardTokenizer
+from service.core.currency import exponent
+from service.core.domain import NANOS_PER_SECOND, EntryMode, Transaction, epoch_seconds, major_units
+from service.core.errors import InvalidRequest
+from service.scoring_types import RawOutcome, RawTransaction
+
+# 2000-01-01T00:00:00Z: anything earlier is a unit mistake (seconds sent as nanoseconds...).
+_EARLIEST_NS = 946_684_800 * NANOS_PER_SECOND
+_MAX_MCC = 9999
+# EntryMode numbers run from 0 without gaps, so a wire number indexes its member.
+_ENTRY_MODES = tuple(EntryMode)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringLimits:
+    """What a request may carry. Plain values: the composition root maps settings onto them."""
+
+    max_string_length: int = 128
+    """Longest id (characters) accepted in any string field."""
+    max_amount_minor: int = 10**11
+    """Largest amount accepted, in minor units (a billion EUR)."""
+    max_future_skew_seconds: float = 300.0
+    """How far ahead of the server's clock an event time or report time may be."""
+
+
+class Outcome(NamedTuple):
+    """A validated outcome: `reported_at` in event-time seconds since the Unix epoch."""
+
+    transaction_id: str
+    is_fraud: bool
+    reported_at: float
+
+
+def to_transaction(
+    raw: RawTransaction, *, now_ns: int, limits: ScoringLimits, tokenizer: CardTokenizer
+) -> Transaction:
+    """The domain transaction for `raw`, its card number (if any) tokenised.
+
+    `now_ns` is the server's wall clock, in nanoseconds since the Unix epoch. Raises
+    InvalidRequest naming the first bad field.
+    """
+    length = limits.max_string_length
+    transaction_id = _required_text(raw.transaction_id, "transaction.transaction_id", length)
+    card_id = _required_text(raw.card_id, "transaction.card_id", length)
+    terminal_id = _required_text(raw.terminal_id, "transaction.terminal_id", length)
+    merchant_id = _optional_text(raw.merchant_id, "transaction.merchant_id", length)
+    amount_minor = _amount_minor(raw.amount_minor, limits.max_amount_minor)
+    digits = _currency_digits(raw.currency)
+    timestamp_ns = _event_time_ns(raw.timestamp_ns, "transaction.timestamp", now_ns, limits)
+    return Transaction(
+        transaction_id,
+        epoch_seconds(timestamp_ns),
+        tokenizer.token(card_id),
+        terminal_id,
+        major_units(amount_minor, digits),
+        merchant_id,
+        _mcc(raw.mcc),
+        _entry_mode(raw.entry_mode),
+        raw.currency,
+        _country(raw.country),
+        raw.card_present,
+    )
+
+
+def to_outcome(raw: RawOutcome, *, now_ns: int, limits: ScoringLimits) -> Outcome:
+    """The validated outcome for `raw`; InvalidRequest naming the first bad field."""
+    transaction_id = _required_text(raw.transaction_id, "transaction_id", limits.max_string_length)
+    reported_at_ns = _event_time_ns(raw.reported_at_ns, "reported_at", now_ns, limits)
+    return Outcome(transaction_id, raw.is_fraud, epoch_seconds(reported_at_ns))
+
+
+def _required_text(value: str, field: str, max_length: int) -> str:
+    if not value:
+        raise InvalidRequest(field, "required")
+    return _optional_text(value, field, max_length)
+
+
+def _optional_text(value: str, field: str, max_length: int) -> str:
+    if len(value) > max_length:
+        raise InvalidRequest(field, f"longer than {max_length} characters")
+    return value
+
+
+def _amount_minor(value: int, maximum: int) -> int:
+    if value < 0:
+        raise InvalidRequest("transaction.amount_minor", "must be 0 or more")
+    if value > maximum:
+        raise InvalidRequest("transaction.amount_minor", f"above the maximum of {maximum}")
+    return value
+
+
+def _currency_digits(code: str) -> int:
+    if not code:
+        raise InvalidRequest("transaction.currency", "required")
+    digits = exponent(code)
+    if digits is None:
+        raise InvalidRequest("transaction.currency", "not an active ISO 4217 alphabetic code")
+    return digits
+
+
+def _event_time_ns(value: int | None, field: str, now_ns: int, limits: ScoringLimits) -> int:
+    if value is None:
+        raise InvalidRequest(field, "required")
+    if value < _EARLIEST_NS:
+        raise InvalidRequest(field, "before 2000-01-01")
+    skew = limits.max_future_skew_seconds
+    if value > now_ns + skew * NANOS_PER_SECOND:
+        raise InvalidRequest(field, f"more than {skew:g} seconds ahead of the server's clock")
+    return value
+
+
+def _mcc(value: int) -> int:
+    if value == 0:
+        return -1  # proto3 zero: not sent
+    if not 0 < value <= _MAX_MCC:
+        raise InvalidRequest("transaction.mcc", f"must be between 0 and {_MAX_MCC}")
+    return value
+
+
+def _entry_mode(value: int) -> EntryMode:
+    if 0 <= value < len(_ENTRY_MODES):
+        return _ENTRY_MODES[value]
+    raise InvalidRequest("transaction.entry_mode", "unknown entry mode number")
+
+
+def _country(value: str) -> str:
+    if value and not (len(value) == 2 and value.isascii() and value.isalpha() and value.isupper()):
+        raise InvalidRequest("transaction.country", "must be 2 uppercase letters or empty")
+    return value

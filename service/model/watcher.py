@@ -1,0 +1,141 @@
+"""Hot reload: the running server follows the registry's aliases without a restart.
+
+`ModelWatcher.run` looks at the registry every `poll_seconds` (reading two small alias
+files: a few microseconds of I/O), and `refresh` does one look on demand (the admin
+`Reload` RPC, SIGHUP). Each look runs `ModelStore.refresh` on a worker thread, so every
+check and the warm-up of a new model happen off the event loop that answers requests;
+the swap itself is one reference assignment (see `ModelStore`). Looks never overlap.
+
+Polling rather than filesystem notifications: it works the same on every filesystem a
+registry lives on (local disk, NFS, a Kubernetes volume), where inotify does not, and a
+look costs so little that a one-second poll is cheaper than the machinery to avoid it.
+Writers rename complete files into place (`training.registry.publishing`), so a look sees an alias
+before or after a move, and a version directory complete or not at all.
+
+Every change and refusal is logged and counted (`service.observability.metrics`): "model_swapped"
+and
+`fraud_model_loads_total`, "model_refused" and `fraud_model_refusals_total{reason}`, the
+champion's library differences from training in `fraud_model_library_difference`. A
+refusal never touches health: the model already serving goes on serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import structlog
+
+from service.model.overview import ModelsOverview, models_overview
+from service.model.registry import CHAMPION
+from service.model.store import AliasChange, ModelStore, RefreshReport, Refusal
+from service.observability.metrics import (
+    MODEL_LOAD_SECONDS,
+    MODEL_LOADS,
+    count_refusal,
+    set_library_differences,
+    set_serving_model,
+)
+
+LOADING_SWITCH_INTERVAL_SECONDS = 0.0005
+
+# Called on the event-loop thread after each swap, e.g. to reset drift statistics.
+SwapListener = Callable[[AliasChange], None]
+
+_log = structlog.get_logger(__name__)
+
+
+class ModelWatcher:
+    """Keeps a `ModelStore` following the registry. Event-loop thread only."""
+
+    def __init__(self, store: ModelStore, *, on_swap: Sequence[SwapListener] = ()) -> None:
+        """Keep `store` following its registry; tell `on_swap` of each swap."""
+        self.store = store
+        self._on_swap = tuple(on_swap)
+        self._lock = asyncio.Lock()
+
+    async def run(self, poll_seconds: float) -> None:
+        """Look at the registry every `poll_seconds` until cancelled."""
+        if poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
+        while True:
+            await asyncio.sleep(poll_seconds)
+            # One failed look (a registry mount gone, a bug) must not end hot reload for good.
+            try:
+                await self.refresh()
+            except Exception:
+                _log.exception("model_watch_failed", registry=str(self.store.registry.root))
+
+    async def refresh(self, *, retry_refused: bool = False) -> RefreshReport:
+        """One look at the registry now; see `ModelStore.refresh`. OSError if unreadable."""
+        async with self._lock:
+            with _short_gil_turns():
+                report = await asyncio.to_thread(self.store.refresh, retry_refused=retry_refused)
+        for change in report.changes:
+            self._swapped(change)
+        for refusal in report.refusals:
+            _refused(refusal)
+        return report
+
+    async def reload(self) -> RefreshReport:
+        """A look at the registry now that retries refused versions (admin RPC, SIGHUP)."""
+        return await self.refresh(retry_refused=True)
+
+    def overview(self) -> ModelsOverview:
+        """The registry's versions and what is served; reads files, so not on the loop."""
+        return models_overview(self.store)
+
+    def _swapped(self, change: AliasChange) -> None:
+        set_serving_model(change.alias, change.version, time.time())
+        if change.version is None:
+            _log.info("model_retired", alias=change.alias, previous=change.previous)
+        else:
+            MODEL_LOADS.labels(change.alias).inc()
+            MODEL_LOAD_SECONDS.observe(change.load_seconds)
+            _log.info(
+                "model_swapped",
+                alias=change.alias,
+                version=change.version,
+                previous=change.previous,
+                load_seconds=round(change.load_seconds, 3),
+            )
+        if change.alias == CHAMPION:
+            differences = change.library_differences
+            set_library_differences((item.library, item.severity) for item in differences)
+            for item in differences:
+                _log.warning("library_version_differs", difference=item.describe())
+        for listener in self._on_swap:
+            listener(change)
+
+
+@contextlib.contextmanager
+def _short_gil_turns() -> Iterator[None]:
+    """Shorter GIL turns while a look may load a model beside the event loop.
+
+    The loading thread runs Python (manifest, reason tables) and keeps the GIL for up to
+    the switch interval whenever the event loop wakes for a request. Lowering the interval
+    from Python's 5 ms to 0.5 ms during the look cut the loop's p99 wake-up delay during
+    loads from 5.2 to 3.1-3.4 ms, measured on the 2-core machine; the extra switching
+    costs nothing noticeable over a look of a fraction of a second.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(LOADING_SWITCH_INTERVAL_SECONDS)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _refused(refusal: Refusal) -> None:
+    count_refusal(refusal.alias, refusal.reason)
+    _log.error(
+        "model_refused",
+        alias=refusal.alias,
+        version=refusal.version,
+        reason=refusal.reason,
+        detail=refusal.detail,
+        advice="the model already loaded keeps serving",
+    )

@@ -1,0 +1,393 @@
+"""An append-only JSON-lines log written off the request path, by its own daemon thread.
+
+    request thread: RecordLog.append → a length check and a tuple onto a deque, nothing else
+    → writer thread, every `flush_seconds`: the pending records, CHUNK_RECORDS at a time,
+      encoded by the concrete log's encoder and appended in one `O_APPEND` write each
+    → fsync at least every second; a segment rotated at `segment_bytes` or when the UTC
+      day changes, then the oldest segments deleted beyond `max_bytes` or `retention_days`
+
+Segments are named `<kind>-<YYYYMMDDTHHMMSSffffffZ>-<pid>-<seq>.jsonl`: the UTC wall time
+the segment was opened, so names sort by time, then the writing process and its count of
+segments, so that worker processes sharing a directory never write to the same file.
+
+The log never slows down or fails a request. With `max_pending` records waiting (the disk is
+stalled or slower than the traffic) or once closed, a record is dropped; a disk error drops
+the chunk being written. Drops count in `fraud_record_log_dropped_total{log, reason}` and are
+logged at most once a minute. After a disk error the next chunk goes to a fresh segment, as
+the failed one may end in a torn line (readers skip it); a segment still empty is kept, so a
+disk that stays full costs no new file per chunk.
+
+Retention runs when the writer starts and after each rotation. It deletes this kind's
+oldest segments of every process while their total exceeds `max_bytes` or while one is
+older than `retention_days` by the time in its name, never the segment it is writing. It
+cannot tell which segment another worker is writing: with a budget many segments deep it
+only ever reaches old ones, and a writer whose segment was deleted under it starts a fresh
+one at its next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Generic, NamedTuple, TypeVar
+
+import structlog
+
+from service.config.settings import GIB, MIB
+from service.observability.logs import Throttle
+from service.observability.metrics import (
+    RECORD_LOG_DROP_REASONS,
+    RECORD_LOG_DROPPED_COUNTERS,
+    RECORD_LOG_WRITTEN_COUNTERS,
+    RecordLogDropReason,
+    RecordLogKind,
+)
+
+T = TypeVar("T")
+# Encodes a chunk of records, given the wall time (Unix seconds) of writing, as JSON lines.
+ChunkEncoder = Callable[[Sequence[T], float], bytes]
+
+FLUSH_SECONDS = 0.2
+SYNC_SECONDS = 1.0
+WARNING_SECONDS = 60.0
+CLOSE_SECONDS = 5.0
+# Records encoded per write. The writer holds the GIL while it encodes a chunk (about 4 µs
+# a decision on the 2-core development machine), so a request may wait that long.
+CHUNK_RECORDS = 32
+# Rest between two chunks, GIL released: with sleep(0), a writer with a backlog would ask
+# for the GIL back at once, chunk after chunk, and take turns with the request thread for
+# as long as the backlog lasts. Resting bounds its share of the GIL and still writes 32
+# records a millisecond, far above any serving rate. (At 1,000 answers/s on an otherwise
+# idle machine the two cost the same: benchmarks/RESULTS.md, "Decision log".)
+REST_SECONDS = 0.001
+SECONDS_PER_DAY = 86_400
+_STAMP = "%Y%m%dT%H%M%S%fZ"
+_SEGMENT = re.compile(r"(?P<kind>\w+)-(?P<stamp>\d{8}T\d{12}Z)-\d+-\d+\.jsonl")
+
+_log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LogLimits:
+    """How much a record log keeps: on disk, per segment, and in memory while writing."""
+
+    max_bytes: int = 16 * GIB
+    retention_days: float = 180.0
+    segment_bytes: int = 64 * MIB
+    max_pending: int = 100_000
+
+
+DEFAULT_LIMITS = LogLimits()
+
+
+def segment_name(kind: str, opened_at: float, pid: int, seq: int) -> str:
+    """The file name of a `kind` segment opened at Unix time `opened_at` by process `pid`."""
+    return f"{kind}-{datetime.fromtimestamp(opened_at, UTC).strftime(_STAMP)}-{pid}-{seq}.jsonl"
+
+
+def segment_opened_at(name: str, kind: str) -> float | None:
+    """When the `kind` segment named `name` was opened (Unix time); None if it is not one."""
+    match = _SEGMENT.fullmatch(name)
+    if match is None or match["kind"] != kind:
+        return None
+    try:
+        opened = datetime.strptime(match["stamp"], _STAMP)
+    except ValueError:  # digits in the right places, but no date (month 13)
+        return None
+    return opened.replace(tzinfo=UTC).timestamp()
+
+
+def iso_utc(seconds: float) -> str:
+    """Unix time `seconds` as ISO 8601 in UTC with microseconds, as the logs write times."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
+
+
+class RecordLog(Generic[T]):
+    """Appends records to rotated JSON-lines segments from a daemon thread of its own.
+
+    A concrete log subclasses it with a typed `record` method that queues a tuple through
+    `append`, or, on the hot path, inlines `append`'s three lines.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        kind: RecordLogKind,
+        encode: ChunkEncoder[T],
+        limits: LogLimits = DEFAULT_LIMITS,
+        *,
+        flush_seconds: float = FLUSH_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Log `kind` records into `directory` (created when first written to), encoded by
+        `encode`, written every `flush_seconds`; `clock` gives the wall time."""
+        self.directory = directory
+        self._kind = kind
+        self._encode = encode
+        self._clock = clock
+        self._flush_seconds = flush_seconds
+        self._max_pending = limits.max_pending
+        self._pending: deque[T] = deque()
+        self._room = limits.max_pending  # 0 once closed: `append` needs no second check
+        self._closing = threading.Event()
+        self._dropped = {
+            reason: RECORD_LOG_DROPPED_COUNTERS[kind, reason] for reason in RECORD_LOG_DROP_REASONS
+        }
+        self._written = RECORD_LOG_WRITTEN_COUNTERS[kind]
+        self._drop_warnings = Throttle(WARNING_SECONDS)
+        self._failures = Throttle(WARNING_SECONDS)
+        self._failing = False
+        self._segments = _Segments(directory, kind, limits, clock)
+        self._thread = threading.Thread(target=self._run, name=f"{kind}-log", daemon=True)
+        self._thread.start()
+
+    def append(self, record: T) -> None:
+        """Queue `record`; never blocks or raises. Dropped and counted when `max_pending`
+        records are waiting already or the log is closed."""
+        if len(self._pending) < self._room:
+            self._pending.append(record)
+        else:
+            self._drop()
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Write what is queued, sync it and stop the writer, waiting at most `timeout`.
+
+        Records appended from now on are dropped: call it once the last one is appended.
+        """
+        self._room = 0
+        self._closing.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _log.warning(
+                "record_log_not_drained",
+                log=self._kind,
+                directory=str(self.directory),
+                pending=len(self._pending),
+            )
+
+    def _drop(self) -> None:
+        reason: RecordLogDropReason = "closed" if self._closing.is_set() else "queue_full"
+        self._dropped[reason].inc()
+        if self._drop_warnings.ready():
+            _log.warning(
+                "record_log_dropped",
+                log=self._kind,
+                reason=reason,
+                dropped_since_last_warning=self._drop_warnings.take_silenced() + 1,
+                max_pending=self._max_pending,
+            )
+
+    def _run(self) -> None:
+        self._segments.apply_retention()
+        while True:
+            wait = min(self._flush_seconds, self._segments.seconds_to_sync())
+            closing = self._closing.wait(wait)
+            self._write_pending()
+            self._guarded(self._segments.sync_if_due)
+            if closing:
+                break
+        self._guarded(self._segments.close)
+
+    def _write_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            chunk = [pending.popleft() for _ in range(min(CHUNK_RECORDS, len(pending)))]
+            if self._guarded(functools.partial(self._write_chunk, chunk)):
+                self._written.inc(len(chunk))
+            else:
+                self._dropped["write_error"].inc(len(chunk))
+            if not self._closing.is_set():  # closing: the requests have stopped
+                time.sleep(REST_SECONDS)
+
+    def _write_chunk(self, chunk: list[T]) -> None:
+        self._segments.append(self._encode(chunk, self._clock()))
+
+    def _guarded(self, step: Callable[[], None]) -> bool:
+        """Run `step`; report a failure (rate-limited) and say whether it succeeded."""
+        try:
+            step()
+        except Exception as error:
+            # OSError: the disk. Anything else is a bug of the encoder, which must not end
+            # the writer: the records it was given are dropped all the same.
+            self._failing = True
+            if self._failures.ready():
+                _log.error(
+                    "record_log_write_failed",
+                    log=self._kind,
+                    directory=str(self.directory),
+                    error=str(error),
+                    failures_since_last_report=self._failures.take_silenced() + 1,
+                    exc_info=not isinstance(error, OSError),
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            _log.info("record_log_recovered", log=self._kind, directory=str(self.directory))
+        return True
+
+
+class _Segment(NamedTuple):
+    opened_at: float
+    path: Path
+    size: int
+
+
+class _Segments:
+    """The segment being written, its rotation, and the deletion of old ones.
+
+    Owned by the writer thread alone. Methods raise OSError on a disk error, after which
+    the next append goes to a fresh segment.
+    """
+
+    def __init__(
+        self, directory: Path, kind: str, limits: LogLimits, clock: Callable[[], float]
+    ) -> None:
+        self._directory = directory
+        self._kind = kind
+        self._limits = limits
+        self._clock = clock
+        self._pid = os.getpid()
+        self._seq = itertools.count()
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self._day = 0
+        self._size = 0
+        self._unsynced = False
+        self._synced_at = time.monotonic()
+
+    def append(self, data: bytes) -> None:
+        """Append whole lines in one write, to a new segment if this one is done."""
+        file = self._current()
+        try:
+            _write_all(file, data)
+        except OSError:
+            self._after_failure()
+            raise
+        self._size += len(data)
+        self._unsynced = True
+
+    def seconds_to_sync(self) -> float:
+        """How long the writer may wait before it must sync (infinite: nothing to sync)."""
+        if not self._unsynced:
+            return float("inf")
+        return max(0.0, self._synced_at + SYNC_SECONDS - time.monotonic())
+
+    def sync_if_due(self) -> None:
+        """fsync what was written if the last sync is a second old or more."""
+        if self.seconds_to_sync() == 0.0:
+            self._sync()
+
+    def close(self) -> None:
+        """Sync and close the open segment."""
+        self._sync()
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+    def apply_retention(self) -> None:
+        """Delete the oldest segments beyond the byte budget or the age limit."""
+        try:
+            self._delete_old_segments()
+        except OSError as error:  # a failed clean-up costs disk space, not records
+            _log.warning("record_log_retention_failed", log=self._kind, error=str(error))
+
+    def _current(self) -> BinaryIO:
+        now = self._clock()
+        file = self._file
+        if file is None:
+            return self._open(now)
+        if (
+            self._size >= self._limits.segment_bytes
+            or int(now // SECONDS_PER_DAY) != self._day
+            or os.fstat(file.fileno()).st_nlink == 0  # deleted under us
+        ):
+            self.close()
+            file = self._open(now)
+            self.apply_retention()
+        return file
+
+    def _open(self, now: float) -> BinaryIO:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        path = self._directory / segment_name(self._kind, now, self._pid, next(self._seq))
+        # Unbuffered: each chunk is one write() of whole lines, appended atomically.
+        self._file = path.open("ab", buffering=0)
+        self._path = path
+        self._day = int(now // SECONDS_PER_DAY)
+        self._size = 0
+        return self._file
+
+    def _sync(self) -> None:
+        if self._file is not None and self._unsynced:
+            try:
+                os.fsync(self._file.fileno())
+            except OSError:
+                self._after_failure()
+                raise
+        self._unsynced = False
+        self._synced_at = time.monotonic()
+
+    def _after_failure(self) -> None:
+        """Give up the segment, unless it is still empty: nothing can be torn in it."""
+        file = self._file
+        if file is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.fstat(file.fileno()).st_size == 0:
+                return
+        self._file = None
+        self._unsynced = False
+        with contextlib.suppress(OSError):
+            file.close()
+
+    def _delete_old_segments(self) -> None:
+        segments = sorted(self._listing())
+        total = sum(segment.size for segment in segments)
+        oldest_kept = self._clock() - self._limits.retention_days * SECONDS_PER_DAY
+        for segment in segments:
+            if total <= self._limits.max_bytes and segment.opened_at >= oldest_kept:
+                return  # the rest are newer still
+            if self._file is not None and segment.path == self._path:
+                continue
+            segment.path.unlink(missing_ok=True)  # another worker may have deleted it
+            total -= segment.size
+            if segment.opened_at >= oldest_kept:
+                # Retraining may need what goes here: the operator should know, and size up.
+                _log.warning(
+                    "record_log_budget_short",
+                    log=self._kind,
+                    segment=segment.path.name,
+                    age_days=round((self._clock() - segment.opened_at) / SECONDS_PER_DAY, 2),
+                    retention_days=self._limits.retention_days,
+                    max_bytes=self._limits.max_bytes,
+                )
+            else:
+                _log.info("record_log_segment_deleted", log=self._kind, segment=segment.path.name)
+
+    def _listing(self) -> list[_Segment]:
+        """This kind's segments in the directory, with their opening times and sizes."""
+        segments = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._directory) as entries:
+            for entry in entries:
+                opened_at = segment_opened_at(entry.name, self._kind)
+                if opened_at is None:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    segments.append(_Segment(opened_at, Path(entry.path), entry.stat().st_size))
+        return segments
+
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """Write all of `data`; a regular file takes it in one call, the loop covers the rest."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]

@@ -1,0 +1,462 @@
+"""Tests for service.core.scoring: the scoring use case on a trained model and real feature
+state."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightgbm
+import numpy as np
+import numpy.typing as npt
+import pytest
+from prometheus_client import REGISTRY
+
+from service.core.card_tokens import CardTokenizer
+from service.core.domain import NANOS_PER_SECOND, Transaction
+from service.core.errors import InvalidRequest, ModelUnavailable, UnknownTransaction
+from service.core.scoring import FallbackPolicy, Scorer
+from service.core.validation import ScoringLimits
+from service.features import FEATURES, FeatureConfig, FeatureEngine
+from service.model.artifact import Thresholds
+from service.model.onnx_scorer import OnnxScorer
+from service.model.store import LoadedModel, ModelStore
+from service.scoring_types import (
+    Decision,
+    DecisionSource,
+    RawOutcome,
+    RawTransaction,
+    ScoreResult,
+)
+from tests.conftest import TrainedModel
+from tests.factories import T0_NS
+from tests.factories import raw_transaction as _raw
+from training.data.loading import load_transactions
+from training.data.replay import replay_features, transactions
+from training.model_build.export import export_onnx
+
+NAMES = [feature.name for feature in FEATURES]
+TOKENIZER = CardTokenizer(b"test key")
+DAY_NS = 86_400 * NANOS_PER_SECOND
+PAN = "4111111111111111"
+REPLAYED_DAYS = 10
+STAGES = ("features", "inference", "reasons")
+# Scorer answers for a stretch of history, and the scores training's replay gives it.
+Replayed = tuple[list[ScoreResult], npt.NDArray[np.float64]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OneModel:
+    """A model source that always offers the same model (or none)."""
+
+    current: LoadedModel | None
+
+
+@pytest.fixture(scope="module")
+def store(trained_model: TrainedModel) -> ModelStore:
+    store = ModelStore(trained_model.registry)
+    store.load_champion()
+    return store
+
+
+@pytest.fixture(scope="module")
+def model(store: ModelStore) -> LoadedModel:
+    assert store.current is not None
+    return store.current
+
+
+@pytest.fixture
+def engine(model: LoadedModel) -> FeatureEngine:
+    return FeatureEngine(model.manifest.feature_config)
+
+
+@pytest.fixture
+def scorer(engine: FeatureEngine, store: ModelStore) -> Scorer:
+    return _scorer(engine, store)
+
+
+def _scorer(engine: FeatureEngine, store: Any, **options: Any) -> Scorer:
+    options.setdefault("fallback", FallbackPolicy())
+    return Scorer(engine, store, tokenizer=TOKENIZER, limits=ScoringLimits(), **options)
+
+
+def _probe(engine: FeatureEngine, card_id: str = "card-1", **changes: Any) -> dict[str, float]:
+    """The features of one more transaction a day after T0: shows what the state holds."""
+    fields: dict[str, Any] = {
+        "transaction_id": "probe",
+        "timestamp": (T0_NS + DAY_NS // 2) / NANOS_PER_SECOND,
+        "card_id": card_id,
+        "terminal_id": "term-1",
+        "amount": 10.0,
+    }
+    fields.update(changes)
+    return dict(zip(NAMES, engine.observe(Transaction(**fields)), strict=True))
+
+
+def _card_count(engine: FeatureEngine, card_id: str = "card-1") -> float:
+    """How many transactions the state holds for the card, the probe included."""
+    return _probe(engine, card_id)["card_tx_count_1d"]
+
+
+def _expected_decision(score: float, model: LoadedModel) -> Decision:
+    if score >= model.thresholds.decline:
+        return Decision.DECLINE
+    return Decision.REVIEW if score >= model.thresholds.review else Decision.APPROVE
+
+
+def test_a_scored_transaction_has_every_field(scorer: Scorer, model: LoadedModel) -> None:
+    """A model answer carries the id, a probability, its decision and the model version."""
+    result = scorer.score(_raw(1))
+    assert result.transaction_id == "tx-1"
+    assert 0.0 <= result.score <= 1.0
+    assert result.decision == _expected_decision(result.score, model)
+    assert result.model_version == model.version
+    assert result.source is DecisionSource.MODEL
+    assert result.fallback_reason == ""
+
+
+@pytest.fixture(scope="module")
+def replayed(trained_model: TrainedModel, model: LoadedModel) -> Replayed:
+    """The first days of the training history scored by the Scorer, outcomes reported as
+    training feeds them, next to training's own replay of the same rows through ONNX."""
+    frame = load_transactions(trained_model.history).frame
+    first_day_ns = int(frame["timestamp_ns"].iloc[0])
+    frame = frame[frame["timestamp_ns"] < first_day_ns + REPLAYED_DAYS * DAY_NS]
+    config = model.manifest.feature_config
+    expected = model.scorer.score_batch(replay_features(frame, config))
+    scorer = _scorer(FeatureEngine(config), OneModel(model))
+    delay_ns = round(config.label_delay_seconds * NANOS_PER_SECOND)
+    results = []
+    rows = zip(
+        transactions(frame), frame["timestamp_ns"].tolist(), frame["is_fraud"].tolist(), strict=True
+    )
+    for tx, timestamp_ns, is_fraud in rows:
+        results.append(scorer.score(_raw_from(tx, timestamp_ns)))
+        if is_fraud:
+            scorer.report_outcome(RawOutcome(tx.transaction_id, True, timestamp_ns + delay_ns))
+    return results, expected
+
+
+def _raw_from(tx: Transaction, timestamp_ns: int) -> RawTransaction:
+    """The request a terminal would send for a history row (two-decimal currencies)."""
+    return RawTransaction(
+        tx.transaction_id,
+        tx.card_id,
+        tx.terminal_id,
+        tx.merchant_id,
+        round(tx.amount * 100),
+        tx.currency,
+        timestamp_ns,
+        max(tx.mcc, 0),
+        int(tx.entry_mode),
+        tx.card_present,
+        tx.country,
+    )
+
+
+def test_scores_match_the_training_replay(replayed: Replayed) -> None:
+    """Scoring a history online, outcomes reported when known, gives training's scores."""
+    results, expected = replayed
+    assert len(results) > 1_000
+    assert all(result.source is DecisionSource.MODEL for result in results)
+    scores = np.array([result.score for result in results])
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+
+
+def test_decisions_follow_the_thresholds_with_reasons_only_when_needed(
+    replayed: Replayed, model: LoadedModel
+) -> None:
+    """APPROVE has no reasons; REVIEW and DECLINE have one to three, strongest first."""
+    results, _ = replayed
+    # This model reviews what it declines (review == decline): REVIEW is tested below.
+    assert {Decision.APPROVE, Decision.DECLINE} <= {result.decision for result in results}
+    for result in results:
+        assert result.decision == _expected_decision(result.score, model)
+        if result.decision is Decision.APPROVE:
+            assert result.reasons == ()
+        else:
+            contributions = [reason.contribution for reason in result.reasons]
+            assert 1 <= len(contributions) <= 3
+            assert contributions == sorted(contributions, reverse=True)
+
+
+def test_scores_between_the_thresholds_are_reviewed_with_reasons(
+    engine: FeatureEngine, model: LoadedModel
+) -> None:
+    """With review at 0 and decline at 1, a swipe is reviewed and explained."""
+    thresholds = Thresholds(review=0.0, decline=1.0, policy="review everything")
+    scorer = _scorer(engine, OneModel(dataclasses.replace(model, thresholds=thresholds)))
+    result = scorer.score(_raw(1))
+    assert result.decision is Decision.REVIEW
+    assert 1 <= len(result.reasons) <= 3
+
+
+def test_a_repeated_transaction_is_answered_again_but_counted_once(
+    scorer: Scorer, engine: FeatureEngine
+) -> None:
+    """The same id gets the same answer, even with other content, and one place in the state."""
+    first = scorer.score(_raw(1))
+    assert scorer.score(_raw(1)) is first
+    assert scorer.score(_raw(1, amount_minor=99_999)) is first
+    assert _card_count(engine) == 2
+
+
+def test_the_memory_of_answers_is_bounded(engine: FeatureEngine, store: ModelStore) -> None:
+    """Beyond `answers_kept` newer transactions, a repeat is counted again."""
+    scorer = _scorer(engine, store, answers_kept=2)
+    for number in (1, 2, 3, 1):
+        scorer.score(_raw(number))
+    assert _card_count(engine) == 5
+
+
+def test_a_passed_deadline_gets_the_fallback_and_leaves_the_state(
+    scorer: Scorer, engine: FeatureEngine
+) -> None:
+    """A request already late is answered by the rules, not counted, and scored on retry."""
+    late = scorer.score(_raw(1), deadline=time.monotonic() - 1.0)
+    assert late == ScoreResult(
+        "tx-1", 0.0, Decision.APPROVE, (), "", DecisionSource.FALLBACK, "deadline"
+    )
+    retry = scorer.score(_raw(1), deadline=time.monotonic() + 10.0)
+    assert retry.source is DecisionSource.MODEL
+    assert _card_count(engine) == 2
+
+
+def test_no_model_falls_back_but_keeps_counting(engine: FeatureEngine) -> None:
+    """Without a model the rules answer and the state still learns the transaction."""
+    result = _scorer(engine, OneModel(None)).score(_raw(1))
+    assert (result.source, result.fallback_reason) == (DecisionSource.FALLBACK, "model_unavailable")
+    assert result.model_version == ""
+    assert _card_count(engine) == 2
+
+
+def test_no_model_and_no_fallback_is_unavailable_without_counting(engine: FeatureEngine) -> None:
+    """With the fallback disabled and no model, ModelUnavailable and the state is untouched."""
+    scorer = _scorer(engine, OneModel(None), fallback=FallbackPolicy(mode="disabled"))
+    with pytest.raises(ModelUnavailable):
+        scorer.score(_raw(1))
+    assert _card_count(engine) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "amount_minor", "decision"),
+    [
+        (FallbackPolicy(approve_below_minor=5_000), 4_999, Decision.APPROVE),
+        (FallbackPolicy(approve_below_minor=5_000), 5_000, Decision.REVIEW),
+        (FallbackPolicy(approve_below_minor=0), 0, Decision.REVIEW),
+        (FallbackPolicy(mode="decline"), 1, Decision.DECLINE),
+    ],
+)
+def test_fallback_policies(
+    engine: FeatureEngine, policy: FallbackPolicy, amount_minor: int, decision: Decision
+) -> None:
+    """Amount floor approves below the floor and reviews from it; decline declines."""
+    scorer = _scorer(engine, OneModel(None), fallback=policy)
+    assert scorer.score(_raw(1, amount_minor=amount_minor)).decision is decision
+
+
+def test_an_unknown_fallback_mode_is_refused() -> None:
+    """A typo in the policy fails at start-up, not on the first fallback."""
+    with pytest.raises(ValueError, match="fallback mode"):
+        FallbackPolicy(mode="approve")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def broken_model(model: LoadedModel) -> LoadedModel:
+    """The champion with an ONNX graph of the wrong width: every inference raises."""
+    rows = np.random.default_rng(0).normal(size=(200, 2))
+    params = {"objective": "binary", "verbose": -1, "num_threads": 1}
+    booster = lightgbm.train(params, lightgbm.Dataset(rows, rows[:, 0] > 0), num_boost_round=2)
+    scorer = OnnxScorer(export_onnx(booster, ["x0", "x1"]), 2)
+    return dataclasses.replace(model, scorer=scorer)
+
+
+def test_an_inference_error_falls_back(engine: FeatureEngine, broken_model: LoadedModel) -> None:
+    """A model that raises is answered by the rules ("model_error"), the swipe counted once."""
+    scorer = _scorer(engine, OneModel(broken_model))
+    result = scorer.score(_raw(1))
+    assert (result.source, result.fallback_reason) == (DecisionSource.FALLBACK, "model_error")
+    assert scorer.score(_raw(1)) is result
+    assert _card_count(engine) == 2
+
+
+def test_an_inference_error_without_fallback_is_unavailable_and_counted_once(
+    engine: FeatureEngine, broken_model: LoadedModel
+) -> None:
+    """With the fallback disabled a failing model gives ModelUnavailable, retries included."""
+    policy = FallbackPolicy(mode="disabled")
+    scorer = _scorer(engine, OneModel(broken_model), fallback=policy)
+    for _ in range(2):
+        with pytest.raises(ModelUnavailable):
+            scorer.score(_raw(1))
+    assert _card_count(engine) == 2
+
+
+def test_invalid_requests_leave_the_state_untouched(scorer: Scorer, engine: FeatureEngine) -> None:
+    """A request refused on its last field has not been counted."""
+    with pytest.raises(InvalidRequest, match=r"transaction\.country"):
+        scorer.score(_raw(1, country="france"))
+    assert _card_count(engine) == 1
+
+
+def test_card_numbers_are_one_card_under_their_token(scorer: Scorer, engine: FeatureEngine) -> None:
+    """A card number, plain or formatted, is counted under its token and nowhere else."""
+    scorer.score(_raw(1, card_id=PAN))
+    scorer.score(_raw(2, card_id="4111 1111 1111 1111"))
+    assert _card_count(engine, TOKENIZER.token(PAN)) == 3
+    assert _card_count(engine, PAN) == 1
+
+
+def test_a_reported_fraud_raises_the_terminal_risk(scorer: Scorer, engine: FeatureEngine) -> None:
+    """Once the label delay has passed, a reported fraud counts in the terminal's risk."""
+    scorer.score(_raw(0, timestamp_ns=T0_NS))
+    scorer.report_outcome(RawOutcome("tx-0", True, T0_NS + DAY_NS))
+    delay = engine.config.label_delay_seconds
+    later = T0_NS / NANOS_PER_SECOND + delay + 43_200.0
+    features = _probe(engine, timestamp=later)
+    assert features["terminal_tx_count_1d_delayed"] == 1
+    assert features["terminal_risk_1d"] == 1.0
+
+
+def test_without_outcome_the_terminal_risk_stays_zero(
+    scorer: Scorer, engine: FeatureEngine
+) -> None:
+    """The same transaction with no outcome reported counts as genuine."""
+    scorer.score(_raw(0, timestamp_ns=T0_NS))
+    later = T0_NS / NANOS_PER_SECOND + engine.config.label_delay_seconds + 43_200.0
+    features = _probe(engine, timestamp=later)
+    assert features["terminal_tx_count_1d_delayed"] == 1
+    assert features["terminal_risk_1d"] == 0.0
+
+
+def test_an_outcome_for_an_unknown_transaction_is_refused(scorer: Scorer) -> None:
+    """An outcome naming a transaction the state does not hold raises UnknownTransaction."""
+    with pytest.raises(UnknownTransaction):
+        scorer.report_outcome(RawOutcome("never-seen", True, T0_NS))
+
+
+def test_an_outcome_without_report_time_is_invalid(scorer: Scorer) -> None:
+    """reported_at is required."""
+    scorer.score(_raw(1))
+    with pytest.raises(InvalidRequest, match="reported_at: required"):
+        scorer.report_outcome(RawOutcome("tx-1", True, None))
+
+
+def test_every_valid_outcome_reaches_the_outcome_sink(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """The sink gets each valid outcome, as reported, even one the feature state cannot use
+    (its transaction scored before a restart, by another worker, or too long ago): it is
+    still a label for retraining. Invalid ones never."""
+    received: list[tuple[str, bool, float]] = []
+    scorer = _scorer(engine, store, outcome_sink=lambda *outcome: received.append(outcome))
+    scorer.score(_raw(0, timestamp_ns=T0_NS))
+    scorer.report_outcome(RawOutcome("tx-0", True, T0_NS + DAY_NS))
+    with pytest.raises(UnknownTransaction):
+        scorer.report_outcome(RawOutcome("before-a-restart", True, T0_NS + DAY_NS))
+    with pytest.raises(InvalidRequest):
+        scorer.report_outcome(RawOutcome("tx-0", False, None))
+    reported = (T0_NS + DAY_NS) / NANOS_PER_SECOND
+    assert received == [("tx-0", True, reported), ("before-a-restart", True, reported)]
+
+
+class RecordedDecisions:
+    """A decision sink that keeps what it is given, as the decision log would queue it."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Transaction, Sequence[float] | None, ScoreResult]] = []
+
+    def record(
+        self, tx: Transaction, features: Sequence[float] | None, result: ScoreResult
+    ) -> None:
+        self.records.append((tx, features, result))
+
+
+def test_every_answer_but_a_repeat_reaches_the_decision_sink(
+    engine: FeatureEngine, store: ModelStore, broken_model: LoadedModel
+) -> None:
+    """Model and fallback answers go to the sink with the tokenised transaction and its
+    features (None for a late request, which computed none); a repeat's answer does not."""
+    decisions = RecordedDecisions()
+    scorer = _scorer(engine, store, decisions=decisions)
+    late = scorer.score(_raw(1, card_id=PAN), deadline=time.monotonic() - 1.0)
+    answer = scorer.score(_raw(1, card_id=PAN))
+    assert scorer.score(_raw(1, card_id=PAN)) is answer
+    failed = _scorer(engine, OneModel(broken_model), decisions=decisions).score(_raw(2))
+
+    assert [record[2] for record in decisions.records] == [late, answer, failed]
+    assert [record[0].card_id for record in decisions.records[:2]] == [TOKENIZER.token(PAN)] * 2
+    assert decisions.records[0][1] is None
+    assert [len(record[1] or ()) for record in decisions.records[1:]] == [len(FEATURES)] * 2
+
+
+def test_model_summary_describes_the_current_model(scorer: Scorer, model: LoadedModel) -> None:
+    """GetModelInfo's summary is the deciding model's."""
+    assert scorer.model_summary() == model.summary()
+
+
+def test_model_summary_without_model_is_unavailable(engine: FeatureEngine) -> None:
+    """With no model loaded there is nothing to describe."""
+    with pytest.raises(ModelUnavailable):
+        _scorer(engine, OneModel(None)).model_summary()
+
+
+def test_an_engine_with_another_feature_config_is_refused(store: ModelStore) -> None:
+    """The scorer will not pair a model with an engine computing other features."""
+    engine = FeatureEngine(FeatureConfig(label_delay_days=3))
+    with pytest.raises(ValueError, match="feature engine's config"):
+        _scorer(engine, store)
+
+
+def test_a_store_without_champion_gets_rule_answers(tmp_path: Path, engine: FeatureEngine) -> None:
+    """An empty registry gives a store without model: the scorer still answers by the rules."""
+    result = _scorer(engine, ModelStore(tmp_path)).score(_raw(1))
+    assert result.fallback_reason == "model_unavailable"
+
+
+def _stage_counts() -> dict[str, float]:
+    return {
+        stage: REGISTRY.get_sample_value("fraud_stage_duration_seconds_count", {"stage": stage})
+        or 0.0
+        for stage in STAGES
+    }
+
+
+def _stages_timed(scorer: Scorer, *raws: RawTransaction) -> dict[str, float]:
+    """How many timings of each stage scoring `raws` adds."""
+    before = _stage_counts()
+    for raw in raws:
+        scorer.score(raw)
+    after = _stage_counts()
+    return {stage: after[stage] - before[stage] for stage in STAGES}
+
+
+def _with_thresholds(model: LoadedModel, review: float, decline: float) -> OneModel:
+    thresholds = Thresholds(review=review, decline=decline, policy="fixed for the test")
+    return OneModel(dataclasses.replace(model, thresholds=thresholds))
+
+
+def test_a_timed_call_times_reasons_only_when_it_computes_them(
+    engine: FeatureEngine, model: LoadedModel
+) -> None:
+    """Timing every call: a reviewed swipe times its three stages, an approved one two."""
+    reviewing = _scorer(engine, _with_thresholds(model, 0.0, 1.0), stage_timing_every=1)
+    assert _stages_timed(reviewing, _raw(1)) == {"features": 1, "inference": 1, "reasons": 1}
+    approving = _scorer(engine, _with_thresholds(model, 1.0, 1.0), stage_timing_every=1)
+    assert _stages_timed(approving, _raw(2)) == {"features": 1, "inference": 1, "reasons": 0}
+
+
+def test_one_call_in_n_has_its_stages_timed(engine: FeatureEngine, store: ModelStore) -> None:
+    """One call in 4: of 9 calls, the 1st, 5th and 9th are timed."""
+    scorer = _scorer(engine, store, stage_timing_every=4)
+    timed = _stages_timed(scorer, *(_raw(number) for number in range(1, 10)))
+    assert (timed["features"], timed["inference"]) == (3, 3)
+
+
+def test_a_call_without_a_model_times_its_features_only(engine: FeatureEngine) -> None:
+    """The rules answer: the feature state was updated and timed, no inference ran."""
+    scorer = _scorer(engine, OneModel(None), stage_timing_every=1)
+    assert _stages_timed(scorer, _raw(1)) == {"features": 1, "inference": 0, "reasons": 0}

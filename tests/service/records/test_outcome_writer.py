@@ -1,0 +1,83 @@
+"""Tests for service.records.outcome_writer: accepted outcomes as JSON lines in "outcomes"
+segments."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from service.records.outcome_writer import OutcomeLog
+from service.records.segment_log import LogLimits
+
+REPORTED_AT = 1_704_067_200.25  # 2024-01-01T00:00:00.25Z
+RECEIVED_AT = datetime(2026, 9, 1, 8, 30, 0, 123_456, UTC).timestamp()
+
+
+def dropped(reason: str) -> float:
+    labels = {"log": "outcomes", "reason": reason}
+    value = REGISTRY.get_sample_value("fraud_record_log_dropped_total", labels)
+    assert value is not None
+    return value
+
+
+def lines(segment: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in segment.read_text().splitlines()]
+
+
+def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
+    """Each outcome becomes one JSON line, as reported and when received, in a segment of
+    kind "outcomes" in a directory created for it."""
+    directory = tmp_path / "volume" / "outcomes"
+    log = OutcomeLog(directory, clock=lambda: RECEIVED_AT)
+    log.record("tx-1", True, REPORTED_AT)
+    log.record("tx-2", False, REPORTED_AT + 60)
+    log.close()
+
+    (segment,) = directory.iterdir()
+    assert segment.name == f"outcomes-20260901T083000123456Z-{os.getpid()}-0.jsonl"
+    assert lines(segment) == [
+        {
+            "transaction_id": "tx-1",
+            "is_fraud": True,
+            "reported_at": "2024-01-01T00:00:00.250000+00:00",
+            "received_at": "2026-09-01T08:30:00.123456+00:00",
+        },
+        {
+            "transaction_id": "tx-2",
+            "is_fraud": False,
+            "reported_at": "2024-01-01T00:01:00.250000+00:00",
+            "received_at": "2026-09-01T08:30:00.123456+00:00",
+        },
+    ]
+
+
+def test_outcome_drops_are_counted_as_the_outcome_log_s(tmp_path: Path) -> None:
+    """Outcomes beyond the pending bound are counted under log="outcomes"; recording never
+    raises."""
+    before = dropped("queue_full")
+    log = OutcomeLog(tmp_path, LogLimits(max_pending=1), flush_seconds=3600)
+    log.record("kept", True, REPORTED_AT)
+    log.record("dropped", True, REPORTED_AT)
+    assert dropped("queue_full") == before + 1
+    log.close()
+    (segment,) = tmp_path.iterdir()
+    assert [record["transaction_id"] for record in lines(segment)] == ["kept"]
+
+
+def test_a_disk_error_drops_and_counts_without_raising(tmp_path: Path) -> None:
+    """When the directory cannot be created (a file is in the way), the outcomes are
+    counted as write errors; recording and closing raise nothing."""
+    blocked = tmp_path / "outcomes"
+    blocked.write_text("not a directory")
+    before = dropped("write_error")
+    log = OutcomeLog(blocked)
+    for number in range(3):
+        log.record(f"tx-{number}", True, REPORTED_AT)
+    log.close()
+    assert dropped("write_error") == before + 3
+    assert blocked.read_text() == "not a directory"

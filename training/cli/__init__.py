@@ -1,0 +1,1 @@
+"""`fraud-train`: the argument parser and one handler module per command group."""

@@ -1,0 +1,1 @@
+"""Scoring a history as the server would, fraud metrics, the handbook backtest, plots."""

@@ -1,0 +1,366 @@
+"""The server's decision and outcome logs, read back and turned into point-in-time labels.
+
+Both logs are directories of JSON-lines segments named
+`<kind>-<YYYYMMDDTHHMMSSffffffZ>-<pid>-<seq>.jsonl` (kind `decisions` or `outcomes`), whose
+names sort by the time the segment was opened. Only files matching `<kind>-*.jsonl` are read,
+in name order, so "first" means first in that order, then in file order.
+
+Reading tolerates what a crash or a full disk leaves behind: a line that is not JSON, lacks a
+field, has a field of the wrong type or a value out of range (a time before 1677 or after
+2262, an integer beyond int64) is skipped and counted, never fatal. Blank lines are
+ignored. A decision logged twice under one transaction id keeps its first line with
+features (else its first line).
+
+Labels follow the DATA clock: a transaction's event time and an outcome's `reported_at`, as
+the caller sent them, never the wall time a file was written. As of a moment T, only outcomes
+reported at or before T are known, and the latest of them (a correction counts as a report)
+gives the label; a transaction without a known outcome counts as genuine once its label delay
+has passed by T, and is unknown before that. A label is thus never used before it was known.
+
+Errors::
+
+    FeedbackError    a log directory is missing, unreadable or holds no segment; or the
+                     logs cannot label as of the moment asked (`training.retraining.retrain`)
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+import pandas as pd
+from numpy.typing import NDArray
+
+UNKNOWN_LABEL = -1
+# When a label that is not known yet became known: never, which sorts after every real time.
+NOT_KNOWN_NS = np.iinfo(np.int64).max
+
+_NUMBER = (int, float)  # exact types: JSON true/false must not pass for numbers
+_DECISION_FIELDS: dict[str, tuple[type, ...]] = {
+    "transaction_id": (str,),
+    "event_time": (str,),
+    "card": (str,),
+    "terminal_id": (str,),
+    "amount": _NUMBER,
+    "score": _NUMBER,
+    "decision": (str,),
+    "source": (str,),
+    "model_version": (str,),
+    "feature_engine_version": (int,),
+    "features": (list, type(None)),
+}
+_OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
+    "transaction_id": (str,),
+    "is_fraud": (bool,),
+    "reported_at": (str,),
+    "received_at": (str,),
+}
+_FEATURE_VALUE_TYPES = frozenset({int, float, type(None)})
+_INT64 = np.iinfo(np.int64)
+_FIRST_NS_TIME = pd.Timestamp.min.tz_localize("UTC")
+_LAST_NS_TIME = pd.Timestamp.max.tz_localize("UTC")
+_MISSING = object()
+
+
+class FeedbackError(Exception):
+    """The logs cannot be used: a directory missing, unreadable or without any segment, no
+    readable record, or an as-of moment they cannot label."""
+
+
+@dataclass(frozen=True)
+class DecisionLog:
+    """One row per logged transaction, sorted by (event_ns, transaction_id).
+
+    `frame` columns: transaction_id, event_ns (ns since the epoch, UTC), card (the card
+    token), terminal_id, amount, score, decision, source, model_version,
+    feature_engine_version, feature_config (the fingerprint of the feature settings; "" on a
+    line that has none). `features[i]` is row i's logged vector (NaN for null entries, all
+    NaN when `has_features[i]` is False: no vector logged, or one of another length).
+    """
+
+    frame: pd.DataFrame
+    features: NDArray[np.float32]
+    has_features: NDArray[np.bool_]
+    skipped_lines: int
+    segments: int
+    duplicates: int
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Reported outcomes, sorted by reported_ns (file order among equal times).
+
+    `frame` columns: transaction_id, is_fraud, reported_ns, received_ns (ns since the epoch).
+    """
+
+    frame: pd.DataFrame
+    skipped_lines: int
+    segments: int
+
+
+def read_decision_log(directory: Path, *, feature_count: int) -> DecisionLog:
+    """Every decision logged in `directory`, with feature vectors of `feature_count` values."""
+    lines = _read_valid(directory, "decisions", _is_decision)
+    event_ns, timed = _iso_ns([record["event_time"] for record in lines.records])
+    records = [record for record, ok in zip(lines.records, timed, strict=True) if ok]
+    frame = _decision_frame(records, event_ns[timed])
+    features, has_features = _feature_matrix(
+        [record["features"] for record in records], feature_count
+    )
+    # A "deadline" answer is logged without features and its retry again, with them: of a
+    # transaction's lines, the first with features wins, else its first line.
+    preferred = frame.assign(_without=~has_features).sort_values("_without", kind="stable")
+    unique = preferred.drop_duplicates("transaction_id", keep="first").drop(columns="_without")
+    ordered = unique.sort_values(["event_ns", "transaction_id"], kind="stable")
+    rows = ordered.index.to_numpy()
+    return DecisionLog(
+        frame=ordered.reset_index(drop=True),
+        features=features[rows],
+        has_features=has_features[rows],
+        skipped_lines=lines.skipped + int((~timed).sum()),
+        segments=lines.segments,
+        duplicates=len(frame) - len(unique),
+    )
+
+
+def read_outcomes(directory: Path) -> Outcomes:
+    """Every outcome logged in `directory`, in the order they were reported."""
+    lines = _read_valid(directory, "outcomes", _OUTCOME_SCHEMA.accepts)
+    reported_ns, reported_ok = _iso_ns([record["reported_at"] for record in lines.records])
+    received_ns, received_ok = _iso_ns([record["received_at"] for record in lines.records])
+    timed = reported_ok & received_ok
+    records = [record for record, ok in zip(lines.records, timed, strict=True) if ok]
+    frame = pd.DataFrame(
+        {
+            "transaction_id": _strings(records, "transaction_id"),
+            "is_fraud": np.array([record["is_fraud"] for record in records], dtype=np.bool_),
+            "reported_ns": reported_ns[timed],
+            "received_ns": received_ns[timed],
+        }
+    )
+    return Outcomes(
+        frame=frame.sort_values("reported_ns", kind="stable").reset_index(drop=True),
+        skipped_lines=lines.skipped + int((~timed).sum()),
+        segments=lines.segments,
+    )
+
+
+class LabelledOutcomes(NamedTuple):
+    """Transactions' labels as of a moment (`label_outcomes`), row-aligned with them."""
+
+    label: NDArray[np.int8]
+    """1 fraud, 0 genuine, UNKNOWN_LABEL."""
+    known_ns: NDArray[np.int64]
+    """When each label became known: the deciding outcome's report time, or event time plus
+    the label delay for a transaction genuine because nothing was reported; NOT_KNOWN_NS
+    for an unknown label."""
+    reported: NDArray[np.bool_]
+    """Whether an outcome, fraud or genuine, was reported by then (whatever the event time):
+    a label that rests on a report, not on silence."""
+
+
+def label_outcomes(
+    transaction_ids: NDArray[np.object_],
+    event_ns: NDArray[np.int64],
+    outcomes: Outcomes,
+    *,
+    as_of_ns: int,
+    label_delay_ns: int,
+) -> LabelledOutcomes:
+    """Each transaction's label as known at `as_of_ns`, when it became known, and whether a
+    report says it.
+
+    The latest outcome reported by then decides; without one, a transaction is genuine once
+    `label_delay_ns` has passed since its event, unknown before. A transaction whose event is
+    after `as_of_ns` had not happened yet, so it is unknown whatever was reported.
+    """
+    events = np.asarray(event_ns, dtype=np.int64)
+    known_ns = events + label_delay_ns
+    label = np.where(known_ns <= as_of_ns, 0, UNKNOWN_LABEL).astype(np.int8)
+    visible = outcomes.frame[outcomes.frame["reported_ns"] <= as_of_ns]
+    # Sorted by report time, file order among ties: the last line per id is the latest.
+    latest = visible.drop_duplicates("transaction_id", keep="last")
+    where = pd.Index(latest["transaction_id"]).get_indexer(pd.Index(transaction_ids))
+    reported = where >= 0
+    label[reported] = latest["is_fraud"].to_numpy(dtype=np.int8)[where[reported]]
+    known_ns[reported] = latest["reported_ns"].to_numpy(dtype=np.int64)[where[reported]]
+    unknown = (label == UNKNOWN_LABEL) | (events > as_of_ns)
+    label[unknown] = UNKNOWN_LABEL
+    known_ns[unknown] = NOT_KNOWN_NS
+    return LabelledOutcomes(label, known_ns, reported)
+
+
+def labels_as_of(
+    transaction_ids: NDArray[np.object_],
+    event_ns: NDArray[np.int64],
+    outcomes: Outcomes,
+    *,
+    as_of_ns: int,
+    label_delay_ns: int,
+) -> NDArray[np.int8]:
+    """Each transaction's label as known at `as_of_ns`: `label_outcomes`' labels alone."""
+    return label_outcomes(
+        transaction_ids, event_ns, outcomes, as_of_ns=as_of_ns, label_delay_ns=label_delay_ns
+    ).label
+
+
+def newest_time_ns(decisions: DecisionLog, outcomes: Outcomes) -> int:
+    """The newest event time or report time in the logs: the default "as of" moment."""
+    times = np.concatenate(
+        [decisions.frame["event_ns"].to_numpy(), outcomes.frame["reported_ns"].to_numpy()]
+    )
+    if times.size == 0:
+        raise FeedbackError("the logs hold no readable decision or outcome")
+    return int(times.max())
+
+
+class _Lines(NamedTuple):
+    records: list[dict[str, Any]]
+    skipped: int
+    segments: int
+
+
+def _read_valid(directory: Path, kind: str, valid: Callable[[Any], bool]) -> _Lines:
+    """The valid records of `directory`'s `kind` segments, in name then file order."""
+    paths = _segments(directory, kind)
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    for path in paths:
+        try:
+            content = path.read_bytes()
+        except OSError as error:
+            raise FeedbackError(f"cannot read {kind} segment {path}: {error}") from error
+        for line in content.splitlines():
+            if not line.strip():
+                continue
+            record = _parse(line)
+            if valid(record):
+                records.append(record)
+            else:
+                skipped += 1
+    return _Lines(records, skipped, len(paths))
+
+
+def _segments(directory: Path, kind: str) -> list[Path]:
+    if not directory.is_dir():
+        raise FeedbackError(f"{kind} log directory {directory} does not exist")
+    try:
+        paths = [path for path in directory.glob(f"{kind}-*.jsonl") if path.is_file()]
+    except OSError as error:
+        raise FeedbackError(f"cannot list {kind} log directory {directory}: {error}") from error
+    if not paths:
+        raise FeedbackError(f"{kind} log directory {directory} holds no {kind}-*.jsonl segment")
+    return sorted(paths, key=lambda path: _natural_key(path.name))
+
+
+def _natural_key(name: str) -> tuple[str | int, ...]:
+    """Digit runs compare as numbers, so a pid's segment 10 follows its segment 9."""
+    # Splitting on a captured group puts the digit runs at the odd positions.
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:  # not UTF-8 or not JSON: a torn or corrupted line
+        return None
+
+
+class _Schema:
+    """The fields a record needs and the exact types each may have."""
+
+    def __init__(self, fields: dict[str, tuple[type, ...]]) -> None:
+        self._names = tuple(fields)
+        self._defaults = (_MISSING,) * len(fields)
+        # Every allowed combination of field types (few: few fields allow two), so that a
+        # record is checked with one set lookup: this runs once per line.
+        self._shapes = frozenset(itertools.product(*fields.values()))
+
+    def accepts(self, record: Any) -> bool:
+        """Whether `record` is an object with every field, each of an allowed type."""
+        if not isinstance(record, dict):
+            return False
+        values = map(record.get, self._names, self._defaults)
+        return tuple(map(type, values)) in self._shapes
+
+
+_DECISION_SCHEMA = _Schema(_DECISION_FIELDS)
+_OUTCOME_SCHEMA = _Schema(_OUTCOME_FIELDS)
+
+
+def _is_decision(record: Any) -> bool:
+    if not _DECISION_SCHEMA.accepts(record):
+        return False
+    # JSON integers reach 2**64 - 1; the frame's column is int64.
+    if not _INT64.min <= record["feature_engine_version"] <= _INT64.max:
+        return False
+    if not isinstance(record.get("feature_config", ""), str):
+        return False
+    features = record["features"]
+    return features is None or set(map(type, features)) <= _FEATURE_VALUE_TYPES
+
+
+def _iso_ns(stamps: list[str]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Nanoseconds since the epoch of ISO 8601 `stamps` (naive ones are UTC), and which parsed;
+    a time nanoseconds in int64 cannot hold (before 1677, after 2262) counts as unparsable."""
+    parsed = pd.to_datetime(
+        pd.Series(stamps, dtype="str"), format="ISO8601", utc=True, errors="coerce"
+    )
+    # pandas parses to microseconds (nanoseconds only when a stamp has them), which reach
+    # far wider: out-of-range times must go before the conversion, which raises on them.
+    representable = parsed.between(_FIRST_NS_TIME, _LAST_NS_TIME)
+    in_ns = parsed.where(representable).dt.as_unit("ns")
+    return in_ns.to_numpy(dtype=np.int64, na_value=0), representable.to_numpy()
+
+
+def _strings(records: Sequence[dict[str, Any]], name: str) -> pd.Series:
+    return pd.Series([record[name] for record in records], dtype="str")
+
+
+def _decision_frame(records: Sequence[dict[str, Any]], event_ns: NDArray[np.int64]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "transaction_id": _strings(records, "transaction_id"),
+            "event_ns": event_ns,
+            "card": _strings(records, "card"),
+            "terminal_id": _strings(records, "terminal_id"),
+            "amount": np.array([record["amount"] for record in records], dtype=np.float64),
+            "score": np.array([record["score"] for record in records], dtype=np.float64),
+            "decision": _strings(records, "decision"),
+            "source": _strings(records, "source"),
+            "model_version": _strings(records, "model_version"),
+            "feature_engine_version": np.array(
+                [record["feature_engine_version"] for record in records], dtype=np.int64
+            ),
+            # Lines written before the fingerprint was logged have none: "".
+            "feature_config": pd.Series(
+                [record.get("feature_config", "") for record in records], dtype="str"
+            ),
+        }
+    )
+
+
+def _feature_matrix(
+    vectors: Sequence[list[float | None] | None], feature_count: int
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """Logged vectors as rows (null entries NaN); rows without a vector of the right length
+    stay all NaN and are flagged False."""
+    has = np.array(
+        [vector is not None and len(vector) == feature_count for vector in vectors], dtype=np.bool_
+    )
+    matrix = np.full((len(vectors), feature_count), np.nan, dtype=np.float32)
+    complete = [vector for vector, ok in zip(vectors, has, strict=True) if ok]
+    if complete:
+        # float32 conversion turns JSON nulls (None) into NaN.
+        matrix[has] = np.array(complete, dtype=np.float32)
+    return matrix, has

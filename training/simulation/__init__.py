@@ -1,0 +1,1 @@
+"""The seeded transaction simulator and the history files it writes."""
