@@ -15,7 +15,8 @@ COPY benchmarks ./benchmarks
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim AS runtime
-# LightGBM's native library needs the OpenMP runtime.
+# The OpenMP runtime, which native wheels may load (kept from when the server ran LightGBM;
+# removing it needs an image build to check).
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*

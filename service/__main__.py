@@ -1,15 +1,12 @@
-"""`fraud-serve` (also `python -m service`): the composition root of the scoring server.
+"""`fraud-serve` (also `python -m service`): the command line of the scoring server.
 
-    settings → logs → metrics endpoint → champion's feature config → feature engine
-    → decision and outcome logs → scorer → health NOT_SERVING → server started
-    → champion (and challenger) loaded and warmed up → SERVING
-    → the registry followed: a look every `models.poll_seconds`, and one on SIGHUP
+    arguments and settings → logs → GC policy → metrics endpoint → `service.app.create_app`
+    → port open, health NOT_SERVING → champion (and challenger) loaded and warmed up
+    → SERVING → the registry followed: a look every `models.poll_seconds`, and one on SIGHUP
       (`service.model.watcher`); a promotion or rollback swaps the model in place
     → SIGTERM or SIGINT → NOT_SERVING at once, calls in progress finish within the grace
     → decision and outcome logs drained and closed
 
-The port opens before the model is loaded, so probes get an answer (NOT_SERVING) while it
-warms up; scoring calls in that window get the fallback decision ("model_unavailable").
 The server never reports SERVING without a verified model: without a champion, or with one
 that fails its checks, it exits.
 
@@ -26,64 +23,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import functools
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
 
-import prometheus_client
 import structlog
 from pydantic import ValidationError
 
-from service.config.settings import (
-    ConfigError,
-    RecordLogSettings,
-    ServerSettings,
-    ServeSettings,
-    load_settings,
-)
-from service.core.card_tokens import CardTokenizer
-from service.core.scoring import (
-    DecisionSink,
-    DriftSink,
-    FallbackPolicy,
-    ModelSource,
-    OutcomeSink,
-    Scorer,
-    ShadowSink,
-)
-from service.core.validation import ScoringLimits
-from service.features import FeatureConfig, FeatureEngine
-from service.grpc_api.server import (
-    BindError,
-    HealthServicer,
-    build_server,
-    create_health,
-    set_serving,
-    shut_down,
-)
-from service.model.artifact import ArtifactError, read_manifest
-from service.model.registry import CHAMPION, Registry, RegistryError, no_champion
-from service.model.shadow import ShadowScorer
-from service.model.store import LoadedModel, ModelStore
-from service.model.watcher import ModelWatcher
-from service.observability.drift import DriftCollector
+from service.app import App, create_app, following_the_registry
+from service.config.settings import ConfigError, ServerSettings, ServeSettings, load_settings
+from service.grpc_api.server import BindError
+from service.model.artifact import ArtifactError
+from service.model.registry import RegistryError
 from service.observability.gc_policy import configure_garbage_collection
-from service.observability.logs import RequestLogSampler, configure_logging
-from service.observability.metrics import start_metrics_server, track_feature_state
-from service.records.decision_writer import DecisionLog
-from service.records.outcome_writer import OutcomeLog
-from service.records.segment_log import LogLimits
+from service.observability.logs import configure_logging
+from service.observability.metrics import start_metrics_server
 
 _log = structlog.get_logger("service")
-_LogT = TypeVar("_LogT")
 
 _EPILOG = """\
 Every setting can also come from the environment (FRAUD_ prefix, "__" between nested
@@ -113,53 +74,6 @@ def parse_settings(arguments: Sequence[str]) -> ServeSettings:
         return _settings(parser.parse_args(arguments))
     except ConfigError as error:
         parser.error(str(error))
-
-
-def build_scorer(
-    settings: ServeSettings,
-    engine: FeatureEngine,
-    store: ModelSource,
-    *,
-    outcome_sink: OutcomeSink | None = None,
-    shadow: ShadowSink | None = None,
-    drift: DriftSink | None = None,
-    decisions: DecisionSink | None = None,
-) -> Scorer:
-    """The scoring core over `engine`'s state and `store`'s model, configured by `settings`;
-    accepted outcomes also go to `outcome_sink`, decided transactions to `shadow` and
-    `drift`, answers to `decisions`."""
-    limits = settings.limits
-    return Scorer(
-        engine,
-        store,
-        tokenizer=CardTokenizer(settings.card_token_key.get_secret_value().encode()),
-        limits=ScoringLimits(
-            max_string_length=limits.max_string_length,
-            max_amount_minor=limits.max_amount_minor,
-            max_future_skew_seconds=limits.max_future_skew_seconds,
-        ),
-        fallback=FallbackPolicy(settings.fallback.policy, settings.fallback.approve_below_minor),
-        outcome_sink=outcome_sink,
-        shadow=shadow,
-        drift=drift,
-        decisions=decisions,
-    )
-
-
-async def load_and_serve(watcher: ModelWatcher, health: HealthServicer) -> LoadedModel:
-    """Load and warm up the champion (and any challenger) off the event loop, then report
-    SERVING.
-
-    RegistryError when there is no champion fit to serve; health stays NOT_SERVING then.
-    """
-    await watcher.refresh()
-    store = watcher.store
-    model = store.current
-    if model is None:
-        refused = [refusal.detail for refusal in store.refusals if refusal.alias == CHAMPION]
-        raise RegistryError(refused[0]) if refused else no_champion(store.registry.root)
-    await set_serving(health)
-    return model
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -237,142 +151,45 @@ def _run(settings: ServeSettings, metrics_port: int) -> int:
 
 async def _serve(settings: ServeSettings, metrics_port: int) -> int:
     try:
-        feature_config = _champion_feature_config(settings.registry)
-        metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
-    except (RegistryError, ArtifactError, OSError) as error:
+        app = await create_app(settings)
+    except (RegistryError, ArtifactError, BindError) as error:
         _log.error("cannot_start", reason=str(error))
         return 1
     try:
-        return await _serve_until_stopped(settings, feature_config, metrics_port)
-    except BindError as error:
-        _log.error("cannot_start", reason=str(error))
-        return 1
+        try:
+            metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
+        except OSError as error:
+            _log.error("cannot_start", reason=str(error))
+            await app.stop(0)
+            return 1
+        try:
+            return await _serve_until_stopped(app, metrics_port)
+        finally:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     finally:
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        app.close()
 
 
-def _champion_feature_config(registry_root: Path) -> FeatureConfig:
-    """The feature config the champion was trained with: the engine must compute the same.
-
-    Read from its manifest alone: loading the champion verifies every file moments later.
-    """
-    registry = Registry(registry_root)
-    version = registry.alias(CHAMPION)
-    if version is None:
-        raise no_champion(registry_root)
-    return read_manifest(registry.artifact_dir(version)).feature_config
-
-
-async def _serve_until_stopped(
-    settings: ServeSettings, feature_config: FeatureConfig, metrics_port: int
-) -> int:
-    decision_log = _open_log(
-        functools.partial(DecisionLog, feature_config=feature_config), settings.decision_log
-    )
-    outcome_log = _open_log(OutcomeLog, settings.outcome_log)
-    try:
-        return await _serve_scorer(
-            settings,
-            feature_config,
-            metrics_port,
-            decisions=decision_log,
-            outcome_sink=None if outcome_log is None else outcome_log.record,
-        )
-    finally:
-        # The server has stopped: no decision or outcome can arrive any more.
-        for log in (decision_log, outcome_log):
-            if log is not None:
-                log.close()
-
-
-def _open_log(
-    kind: Callable[[Path, LogLimits], _LogT], settings: RecordLogSettings
-) -> _LogT | None:
-    """The log `settings` ask for, writing from now on; None when they keep no log."""
-    if settings.directory is None:
-        return None
-    return kind(settings.directory, LogLimits(**settings.model_dump(exclude={"directory"})))
-
-
-async def _serve_scorer(
-    settings: ServeSettings,
-    feature_config: FeatureConfig,
-    metrics_port: int,
-    *,
-    decisions: DecisionSink | None,
-    outcome_sink: OutcomeSink | None,
-) -> int:
-    models = settings.models
-    store = ModelStore(
-        settings.registry,
-        feature_config=feature_config,
-        allow_major_library_difference=models.allow_major_library_difference,
-    )
-    engine = FeatureEngine(feature_config)
-    track_feature_state(engine)
-    health = await create_health()
-    shadow = ShadowScorer(
-        store,
-        asyncio.get_running_loop().call_soon,
-        log_sampler=RequestLogSampler(settings.logging.sample_rate),
-        backlog_limit=models.shadow_backlog,
-    )
-    drift = DriftCollector(window=settings.drift.window, min_rows=settings.drift.min_rows)
-    prometheus_client.REGISTRY.register(drift)
-    scorer = build_scorer(
-        settings,
-        engine,
-        store,
-        outcome_sink=outcome_sink,
-        shadow=shadow,
-        drift=drift,
-        decisions=decisions,
-    )
-    watcher = ModelWatcher(store)
-    server, port = build_server(settings, scorer, health, models=watcher)
+async def _serve_until_stopped(app: App, metrics_port: int) -> int:
+    settings = app.settings
     stop = _stop_on_signals()
-    await server.start()
-    _log.info("listening", port=port, metrics_port=metrics_port, tls=settings.tls.enabled)
+    await app.start()
+    _log.info("listening", port=app.port, metrics_port=metrics_port, tls=settings.tls.enabled)
     try:
-        model = await load_and_serve(watcher, health)
+        model = await app.load_champion()
     except RegistryError as error:
         # The watcher has logged the refusal itself ("model_refused", with its reason code).
         _log.error("cannot_start", reason=str(error))
-        await shut_down(server, health, 0)
+        await app.stop(0)
         return 1
-    _log.info("serving", port=port, metrics_port=metrics_port, model_version=model.version)
-    async with _following_the_registry(watcher, models.poll_seconds):
+    _log.info("serving", port=app.port, metrics_port=metrics_port, model_version=model.version)
+    async with following_the_registry(app.watcher, settings.models.poll_seconds):
         await stop.wait()
     _log.info("shutting_down", grace_seconds=settings.server.grace_seconds)
-    await shut_down(server, health, settings.server.grace_seconds)
+    await app.stop(settings.server.grace_seconds)
     _log.info("stopped")
     return 0
-
-
-@contextlib.asynccontextmanager
-async def _following_the_registry(
-    watcher: ModelWatcher, poll_seconds: float
-) -> AsyncIterator[None]:
-    """Hot reload while the context lasts: a poll (unless 0) and SIGHUP for a look now."""
-    looks: set[asyncio.Task[object]] = set()  # referenced until done, or asyncio may drop them
-
-    def look_now() -> None:
-        _log.info("reload_requested", trigger="SIGHUP")
-        task: asyncio.Task[object] = asyncio.create_task(watcher.reload())
-        looks.add(task)
-        task.add_done_callback(looks.discard)
-
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, look_now)
-    polling = asyncio.create_task(watcher.run(poll_seconds)) if poll_seconds > 0 else None
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGHUP)
-        for task in (polling, *looks):
-            if task is not None:
-                task.cancel()
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.core.domain import NANOS_PER_SECOND
+from service.core.domain import NANOS_PER_SECOND, RawTransaction
 from service.features.config import FeatureConfig
 from service.model.artifact import (
     MANIFEST_FILE,
@@ -23,7 +23,6 @@ from service.model.artifact import (
     Thresholds,
     sha256_file,
 )
-from service.scoring_types import RawTransaction
 
 # A file beside the models, as the real reports are.
 REPORT_FILE = "report.json"

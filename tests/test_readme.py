@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.__main__ import build_scorer
+from service.app import build_scorer
 from service.config.settings import RecordLogSettings, ServerSettings, ServeSettings
 from service.features import FeatureEngine
 from service.grpc_api.server import set_serving

@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from benchmarks.load.history_requests import request_from_row
-from service.__main__ import build_scorer
+from service.app import build_scorer
 from service.config.settings import BudgetSettings, ServerSettings, ServeSettings
 from service.features import FeatureConfig, FeatureEngine
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc

@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.core.domain import EntryMode, Transaction
+from service.core.domain import Decision, DecisionSource, EntryMode, ScoreResult, Transaction
 from service.features import FeatureConfig
-from service.records.decision_writer import DecisionLog
-from service.scoring_types import Decision, DecisionSource, ScoreResult
+from service.records.decision_writer import DecisionLogWriter
 
 FEATURE_COUNT = 33
 PACE_EVERY = 20  # records between two sleeps
@@ -47,9 +46,9 @@ def _cost(logging: bool, directory: Path, records: int, rate: float) -> tuple[fl
     )  # fmt: skip
     answer = ScoreResult(
         "tx-123456", 0.0123, Decision.APPROVE, (), "20261126T000000Z-3fa2c1d0",
-        DecisionSource.MODEL, "",
+        DecisionSource.MODEL, None,
     )  # fmt: skip
-    log = DecisionLog(directory, feature_config=FeatureConfig()) if logging else None
+    log = DecisionLogWriter(directory, feature_config=FeatureConfig()) if logging else None
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     for number in range(records):

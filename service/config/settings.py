@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.config.layered import ConfigError, load_layered_settings
+from service.core.domain import FallbackMode
 
 __all__ = ["ConfigError", "ServeSettings", "load_settings"]
 
@@ -65,9 +66,9 @@ class ServerSettings(_Group):
 
     max_in_flight: int = Field(default=256, ge=1)
     """Scoring calls in progress above which new ones get RESOURCE_EXHAUSTED at once instead
-    of queueing without bound. At about 0.25 ms of server CPU each, 256 calls are some 60 ms
-    of work: calls queued longer than that would miss the budget anyway. Health checks are
-    not counted."""
+    of queueing without bound. 256 calls in progress already hold more server CPU than the
+    budget allows: calls queued behind them would miss it anyway. Health checks are not
+    counted."""
 
     grace_seconds: float = Field(default=10.0, ge=0)
     """Time in-flight calls get to finish after SIGTERM; stays well inside Kubernetes's
@@ -75,9 +76,9 @@ class ServerSettings(_Group):
 
     full_gc: bool = False
     """Let Python run full (generation 2) garbage collections. Off by default: each walks
-    every live object of the feature state while holding up every request (15-160 ms
-    measured); young garbage is still collected (see `service.observability.gc_policy`). Turn on if
-    resident memory grows without bound."""
+    every live object of the feature state while holding up every request (measured in
+    benchmarks/RESULTS.md); young garbage is still collected (see
+    `service.observability.gc_policy`). Turn on if resident memory grows without bound."""
 
     max_message_bytes: int = Field(default=64 * 1024, ge=4096)
     """Largest gRPC message received or sent. A transaction takes a few hundred bytes and
@@ -108,14 +109,14 @@ class BudgetSettings(_Group):
     server_budget_ms: float = Field(default=20.0, gt=0, le=60_000)
     """Time from a request's arrival within which it is answered, whatever the client's
     deadline (the earlier of the two applies). A request whose budget is gone before scoring
-    starts gets the fallback decision. Scoring takes well under 1 ms, so 20 ms trips only
+    starts gets the fallback decision. Scoring takes a small part of it, so 20 ms trips only
     under overload or long pauses, and still answers within a payment flow's patience."""
 
 
 class FallbackSettings(_Group):
     """The rule-based decision given when the model cannot answer in time."""
 
-    policy: Literal["amount_floor", "decline", "disabled"] = "amount_floor"
+    policy: FallbackMode = "amount_floor"
     """`amount_floor`: approve below `approve_below_minor`, review from it up; `decline`:
     decline everything; `disabled`: no fallback, callers get UNAVAILABLE. The default
     follows the issuer's view that a late answer costs more than a conservative one."""
@@ -190,7 +191,7 @@ class ModelSettings(_Group):
     `Reload` still look on demand)."""
 
     allow_major_library_difference: bool = False
-    """Serve a model trained with another major version of onnxruntime, lightgbm or numpy
+    """Serve a model trained with another major version of onnxruntime or numpy
     than the server's. Refused by default: such a model may score differently in ways the
     golden sample does not catch. Minor differences are always served, logged and exported
     (`fraud_model_library_difference`)."""
@@ -263,8 +264,8 @@ class LoggingSettings(_Group):
 
 
 class RecordLogSettings(_Group):
-    """A JSON-lines log kept for retraining (`service.records.segment_log`): where, how much, how
-    long.
+    """A JSON-lines log kept for retraining (`service.records.segment_log`): where, how much,
+    how long.
 
     Written off the request path: when the disk stalls or fails, records are dropped and
     counted (`fraud_record_log_dropped_total`), never delaying a call. With several workers

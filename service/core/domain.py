@@ -1,14 +1,24 @@
-"""The card transaction as the scoring core sees it, whatever transport it came from.
+"""The values of the scoring core, whatever transport they came from or go to.
+
+`RawTransaction` and `RawOutcome` are requests as they arrived, not yet validated;
+`Transaction` and `Outcome` are what validation makes of them; `ScoreResult` and
+`ModelSummary` are the core's answers. Plain frozen, slotted dataclasses, NamedTuples and
+enums, so the core never sees a protobuf message and the adapter never sees a feature.
 
 Both the training replay and the gRPC adapter build `Transaction` values and hand them to
 the feature engine, so every conversion that could make the two paths disagree lives here:
 amounts from minor units and event times from nanoseconds.
+
+The closed sets (decisions, who decided, why the fallback answered, fallback policies) are
+enums or `Literal`s defined here once, so mypy finds a misspelt one before a request does.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
-from typing import NamedTuple
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Literal, NamedTuple, get_args
 
 NANOS_PER_SECOND = 1_000_000_000
 # ISO 4217 minor-unit exponents run from 0 (JPY) to 4 (CLF).
@@ -65,3 +75,115 @@ def epoch_seconds(nanoseconds: int) -> float:
 def major_units(amount_minor: int, exponent: int) -> float:
     """An amount in major units from minor units (cents): correctly rounded, like parsing."""
     return amount_minor / _POWERS_OF_TEN[exponent]
+
+
+@dataclass(frozen=True, slots=True)
+class RawTransaction:
+    """A transaction exactly as received: any field may be empty, absurd or unknown.
+
+    `timestamp_ns` is the event time in nanoseconds since the Unix epoch, None when not
+    sent; `mcc` 0 means not sent; `entry_mode` is the wire enum number, possibly one this
+    server does not know; `card_present` None means not known.
+    """
+
+    transaction_id: str
+    card_id: str
+    terminal_id: str
+    merchant_id: str
+    amount_minor: int
+    currency: str
+    timestamp_ns: int | None
+    mcc: int
+    entry_mode: int
+    card_present: bool | None
+    country: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawOutcome:
+    """A confirmed label as received; `reported_at_ns` is None when not sent."""
+
+    transaction_id: str
+    is_fraud: bool
+    reported_at_ns: int | None
+
+
+class Decision(IntEnum):
+    """What the caller should do. The numbers are the wire enum's: never renumber."""
+
+    APPROVE = 1
+    REVIEW = 2
+    DECLINE = 3
+
+
+class DecisionSource(IntEnum):
+    """Who decided. The numbers are the wire enum's: never renumber."""
+
+    MODEL = 1
+    FALLBACK = 2
+
+
+class FallbackReason(StrEnum):
+    """Why the fallback rules answered instead of the model. The values are the ones callers,
+    metric labels and the decision log see: never rename."""
+
+    DEADLINE = "deadline"
+    """The answer was due before the work could start; the feature state is untouched."""
+    MODEL_UNAVAILABLE = "model_unavailable"
+    """No model is loaded yet (or none verified)."""
+    MODEL_ERROR = "model_error"
+    """The model failed on this transaction (logged with its trace)."""
+
+
+FallbackMode = Literal["amount_floor", "decline", "disabled"]
+"""How the fallback decides: "amount_floor" approves below a floor and reviews above it,
+"decline" declines everything, "disabled" answers nothing (`ModelUnavailable`)."""
+FALLBACK_MODES: tuple[FallbackMode, ...] = get_args(FallbackMode)
+
+
+class Outcome(NamedTuple):
+    """A validated outcome: `reported_at` in event-time seconds since the Unix epoch."""
+
+    transaction_id: str
+    is_fraud: bool
+    reported_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One feature's contribution to the log-odds of fraud, with its stable reason code."""
+
+    code: str
+    feature: str
+    contribution: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """The answer for one transaction.
+
+    `reasons` come strongest first; `fallback_reason` is None when the model decided.
+    """
+
+    transaction_id: str
+    score: float
+    decision: Decision
+    reasons: tuple[Reason, ...]
+    model_version: str
+    source: DecisionSource
+    fallback_reason: FallbackReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    """The deciding model as callers see it: `features` are (name, description) pairs."""
+
+    version: str
+    created_at: datetime
+    feature_engine_version: int
+    features: tuple[tuple[str, str], ...]
+    review_threshold: float
+    decline_threshold: float
+    threshold_policy: str
+    test_metrics: dict[str, float]
+    training_libraries: dict[str, str]

@@ -1,14 +1,13 @@
 """The scoring use case: a raw transaction in, a decision out, within the caller's budget.
 
     validate → already answered? same answer → budget gone? fallback "deadline"
-    → feature state → ONNX score → thresholds → reasons (REVIEW and DECLINE only)
-    → drift statistics (`service.observability.drift`) → the challenger's shadow, if one is set
-    (scored
-      after the answer: `service.model.shadow`) → the decision sink
+    → feature state → model score → thresholds → reasons (REVIEW and DECLINE only)
+    → the answer listeners (`service.core.ports.AnswerListener`: decision metrics, drift
+      statistics, the challenger's shadow, the decision log), in the order given
 
-Threading: a `Scorer` is NOT thread-safe. The feature engine's state and the ONNX scorer's
-bound buffers belong to one thread: the server calls the scorer from its asyncio event-loop
-thread, one call at a time (a call never awaits and takes tens of microseconds).
+Threading: a `Scorer` is NOT thread-safe. The feature state and the model's bound buffers
+belong to one thread: the server calls the scorer from its asyncio event-loop thread, one
+call at a time (a call never awaits).
 
 Choices made for the caller, to whom a late answer costs more than a conservative one:
 
@@ -27,64 +26,58 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
   raised before the state is touched; after a failed inference the transaction stays
   counted, and a repeat raises ModelUnavailable again rather than counting it twice.
 
-Stage timings (`fraud_stage_duration_seconds`): one call in `stage_timing_every` has its
-feature state, inference (score and decision) and reasons stages timed
-(`service.observability.metrics`
-says why a sample); reasons are timed only when computed, for REVIEW and DECLINE.
+Stage timings: the `StageTimer` chooses the calls whose feature state, inference (score and
+decision) and reasons stages are timed; reasons are timed only when computed, for REVIEW
+and DECLINE.
 
-Decisions: every answer but a repeat's goes to the `decisions` sink (the decision log kept
-for retraining, in the server) with the transaction and its features, or None for a
-"deadline" answer, which computed none. Such a transaction is not counted, so a retry is
-answered, and logged, again: readers keep its first line that has features.
+Listeners: every answer but a repeat's is heard, with the transaction and its features, or
+None for a "deadline" answer, which computed none. Such a transaction is not counted, so a
+retry is answered, and heard, again: the decision log's readers keep its first line that
+has features. A repeat is not a new decision: no listener hears it, no metric counts it.
 
-Outcomes feed the same engine: an outcome reported before its transaction's event time
-counts from that event time (the engine clamps it), as one reported right then would.
-Every valid outcome also goes, as reported, to the `outcome_sink` (the outcome log kept
-for retraining, in the server), even one the engine cannot use: its transaction may have
-been scored before a restart or by another worker, and a late chargeback is still a label.
+Outcomes feed the same feature state: an outcome reported before its transaction's event
+time counts from that event time (the state clamps it), as one reported right then would.
+Every valid outcome is also heard by the outcome listeners (the outcome log kept for
+retraining, in the server), even one the state cannot use: its transaction may have been
+scored before a restart or by another worker, and a late chargeback is still a label.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Literal, Protocol
+from typing import Generic
 
 import structlog
 
 from service.core.card_tokens import CardTokenizer
-from service.core.domain import Transaction
-from service.core.errors import ModelUnavailable, UnknownTransaction
-from service.core.validation import ScoringLimits, to_outcome, to_transaction
-from service.features import FeatureEngine
-from service.model.artifact import Thresholds
-from service.model.store import LoadedModel
-from service.observability.drift_bins import DriftReference
-from service.observability.metrics import (
-    FEATURES_STAGE,
-    INFERENCE_STAGE,
-    REASONS_STAGE,
-    STAGE_TIMING_EVERY,
-    StageSampler,
-)
-from service.scoring_types import (
+from service.core.domain import (
+    FALLBACK_MODES,
     Decision,
     DecisionSource,
+    FallbackMode,
+    FallbackReason,
     ModelSummary,
     RawOutcome,
     RawTransaction,
     ScoreResult,
 )
+from service.core.errors import ModelUnavailable, UnknownTransaction
+from service.core.ports import (
+    AnswerListener,
+    DecisionThresholds,
+    FeatureState,
+    ModelSource,
+    ModelT,
+    OutcomeListener,
+    StageTimer,
+)
+from service.core.validation import ScoringLimits, to_outcome, to_transaction
 
-FallbackMode = Literal["amount_floor", "decline", "disabled"]
-FALLBACK_MODES: tuple[FallbackMode, ...] = ("amount_floor", "decline", "disabled")
 DEFAULT_ANSWERS_KEPT = 100_000
-
-# Receives each accepted outcome: transaction id, is_fraud, reported_at in Unix seconds.
-OutcomeSink = Callable[[str, bool, float], None]
 
 _log = structlog.get_logger(__name__)
 
@@ -108,96 +101,54 @@ class FallbackPolicy:
             raise ValueError("approve_below_minor must be 0 or more")
 
 
-class ShadowSink(Protocol):
-    """Takes each transaction the champion decided, for the challenger (`ShadowScorer`)."""
+class _NoStageTimer:
+    """Times nothing: for a scorer built without metrics (tools, tests of other things)."""
 
-    def submit(
-        self,
-        transaction_id: str,
-        features: Sequence[float],
-        champion: LoadedModel,
-        score: float,
-        decision: Decision,
-    ) -> None:
-        """Queue the comparison; must be quick and not raise."""
+    def due(self) -> bool:
+        return False
 
+    def features(self, seconds: float) -> None:
+        """Never called: no call is due."""
 
-class DriftSink(Protocol):
-    """Takes each transaction the champion decided, for drift statistics (`DriftCollector`)."""
+    def inference(self, seconds: float) -> None:
+        """Never called: no call is due."""
 
-    def record(
-        self,
-        reference: DriftReference | None,
-        features: Sequence[float],
-        score: float,
-        decision: Decision,
-    ) -> None:
-        """Add the transaction to the window of the model whose reference is `reference`."""
+    def reasons(self, seconds: float) -> None:
+        """Never called: no call is due."""
 
 
-class DecisionSink(Protocol):
-    """Takes each answered and counted transaction, for retraining (`DecisionLog`)."""
-
-    def record(
-        self,
-        tx: Transaction,
-        features: Sequence[float] | None,
-        result: ScoreResult,
-    ) -> None:
-        """Queue the decision; must be quick, not raise, and not change `features`."""
-
-
-class ModelSource(Protocol):
-    """Where the scorer finds the model deciding now: a `ModelStore` in the server."""
-
-    @property
-    def current(self) -> LoadedModel | None:
-        """The model deciding now; None when none is loaded."""
-
-
-class Scorer:
+class Scorer(Generic[ModelT]):
     """Scores transactions, records outcomes and describes the model. One thread only."""
 
     def __init__(
         self,
-        engine: FeatureEngine,
-        store: ModelSource,
+        features: FeatureState,
+        models: ModelSource[ModelT],
         *,
         tokenizer: CardTokenizer,
         limits: ScoringLimits,
         fallback: FallbackPolicy,
+        answer_listeners: Sequence[AnswerListener[ModelT]] = (),
+        outcome_listeners: Sequence[OutcomeListener] = (),
+        stage_timer: StageTimer | None = None,
         answers_kept: int = DEFAULT_ANSWERS_KEPT,
-        outcome_sink: OutcomeSink | None = None,
-        shadow: ShadowSink | None = None,
-        drift: DriftSink | None = None,
-        decisions: DecisionSink | None = None,
-        stage_timing_every: int = STAGE_TIMING_EVERY,
     ) -> None:
-        """Score with `engine`'s state and `store`'s current model.
+        """Score with `features`' state and `models`' current model.
 
-        `answers_kept` bounds the memory of recent answers that makes retries idempotent.
-        `outcome_sink` gets every outcome the engine accepts; it must be quick and not raise.
-        `shadow` and `drift` get every transaction the model decided, with its features;
-        `decisions` every answer given to a transaction counted (not to repeats), with the
-        features when they were computed.
-        One call in `stage_timing_every` has its stages timed.
+        `answer_listeners` hear every answer given to a counted transaction (not a repeat's),
+        `outcome_listeners` every valid outcome; `stage_timer` chooses the calls whose
+        stages are timed. `answers_kept` bounds the memory of recent answers that makes
+        retries idempotent.
         """
-        model = store.current
-        if model is not None and model.manifest.feature_config != engine.config:
-            raise ValueError(
-                "the feature engine's config is not the one the model was trained with"
-            )
-        self._engine = engine
-        self._store = store
+        self._features = features
+        self._models = models
         self._tokenizer = tokenizer
         self._limits = limits
         self._fallback = fallback
+        self._answer_listeners = tuple(answer_listeners)
+        self._outcome_listeners = tuple(outcome_listeners)
+        self._stages: StageTimer = stage_timer or _NoStageTimer()
         self._answers_kept = answers_kept
-        self._outcome_sink = outcome_sink
-        self._shadow = shadow
-        self._drift = drift
-        self._decisions = decisions
-        self._stage_sampler = StageSampler(stage_timing_every)
         # Transaction id to its answer; None when it was counted but could not be answered.
         self._answers: OrderedDict[str, ScoreResult | None] = OrderedDict()
 
@@ -214,43 +165,45 @@ class Scorer:
         if transaction_id in self._answers:
             return self._repeat(transaction_id)
         if deadline is not None and time.monotonic() >= deadline:
-            result = self._fall_back(transaction_id, raw.amount_minor, "deadline")
-            if self._decisions is not None:
-                self._decisions.record(tx, None, result)
+            result = self._fall_back(transaction_id, raw.amount_minor, FallbackReason.DEADLINE)
+            for listener in self._answer_listeners:
+                listener.on_answer(tx, None, result, None)
             return result
-        model = self._store.current
+        model = self._models.current
         if model is None and self._fallback.mode == "disabled":
             raise ModelUnavailable("no model is loaded and the fallback is disabled")
-        timed = self._stage_sampler.due()
+        stages = self._stages
+        timed = stages.due()
         started = perf_counter()
-        features = self._engine.observe(tx)
+        features = self._features.observe(tx)
         if timed:
-            FEATURES_STAGE.observe(perf_counter() - started)
+            stages.features(perf_counter() - started)
         try:
             result = self._decide(model, transaction_id, raw.amount_minor, features, timed)
         except BaseException:
             self._remember(transaction_id, None)  # counted all the same
             raise
         self._remember(transaction_id, result)
-        if self._decisions is not None:
-            self._decisions.record(tx, features, result)
+        decided_by = model if result.fallback_reason is None else None
+        for listener in self._answer_listeners:
+            listener.on_answer(tx, features, result, decided_by)
         return result
 
     def report_outcome(self, raw: RawOutcome) -> None:
-        """Count a confirmed label from its report time on, and keep it for retraining.
+        """Count a confirmed label from its report time on, and tell the outcome listeners.
 
         InvalidRequest for bad input (nothing kept). UnknownTransaction when the feature
         state does not hold the transaction (scored before a restart, by another worker, or
-        too long ago to change any feature): the outcome is kept for retraining all the
-        same, since a late chargeback is still a label.
+        too long ago to change any feature): the listeners hear the outcome all the same,
+        since a late chargeback is still a label.
         """
         outcome = to_outcome(raw, now_ns=time.time_ns(), limits=self._limits)
-        if self._outcome_sink is not None:
-            self._outcome_sink(outcome.transaction_id, outcome.is_fraud, outcome.reported_at)
-        known = self._engine.report_outcome(
+        applied = self._features.report_outcome(
             outcome.transaction_id, outcome.is_fraud, outcome.reported_at
         )
-        if not known:
+        for listener in self._outcome_listeners:
+            listener.on_outcome(outcome, applied)
+        if not applied:
             raise UnknownTransaction(
                 "transaction_id unknown to this server's features, or too old to affect any; "
                 "the outcome is kept for retraining"
@@ -258,21 +211,21 @@ class Scorer:
 
     def model_summary(self) -> ModelSummary:
         """The model deciding now; ModelUnavailable when none is loaded."""
-        model = self._store.current
+        model = self._models.current
         if model is None:
             raise ModelUnavailable("no model is loaded")
         return model.summary()
 
     def _decide(
         self,
-        model: LoadedModel | None,
+        model: ModelT | None,
         transaction_id: str,
         amount_minor: int,
         features: Sequence[float],
         timed: bool,
     ) -> ScoreResult:
         if model is None:
-            return self._fall_back(transaction_id, amount_minor, "model_unavailable")
+            return self._fall_back(transaction_id, amount_minor, FallbackReason.MODEL_UNAVAILABLE)
         # Any failure of a verified model is unexpected: answer by the rules, keep the trace.
         try:
             started = perf_counter()
@@ -282,20 +235,18 @@ class Scorer:
             reasons = () if decision is Decision.APPROVE else model.explainer.explain(features)
         except Exception:
             _log.exception("model_error", model_version=model.version)
-            return self._fall_back(transaction_id, amount_minor, "model_error")
+            return self._fall_back(transaction_id, amount_minor, FallbackReason.MODEL_ERROR)
         if timed:  # reasons first: their clock is still running
             if decision is not Decision.APPROVE:
-                REASONS_STAGE.observe(perf_counter() - inferred)
-            INFERENCE_STAGE.observe(inferred - started)
-        if self._drift is not None:
-            self._drift.record(model.manifest.drift_reference, features, score, decision)
-        if self._shadow is not None:
-            self._shadow.submit(transaction_id, features, model, score, decision)
+                self._stages.reasons(perf_counter() - inferred)
+            self._stages.inference(inferred - started)
         return ScoreResult(
-            transaction_id, score, decision, reasons, model.version, DecisionSource.MODEL, ""
+            transaction_id, score, decision, reasons, model.version, DecisionSource.MODEL, None
         )
 
-    def _fall_back(self, transaction_id: str, amount_minor: int, reason: str) -> ScoreResult:
+    def _fall_back(
+        self, transaction_id: str, amount_minor: int, reason: FallbackReason
+    ) -> ScoreResult:
         mode = self._fallback.mode
         if mode == "disabled":
             raise ModelUnavailable(f"the model could not answer ({reason}); fallback disabled")
@@ -320,7 +271,7 @@ class Scorer:
             answers.popitem(last=False)
 
 
-def decision_for(score: float, thresholds: Thresholds) -> Decision:
+def decision_for(score: float, thresholds: DecisionThresholds) -> Decision:
     """DECLINE at or above the decline threshold, REVIEW at or above review, else APPROVE."""
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"score {score!r} is not a probability")

@@ -12,13 +12,20 @@ the currency's ISO 4217 exponent, event times from integer nanoseconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from service.core.card_tokens import CardTokenizer
 from service.core.currency import exponent
-from service.core.domain import NANOS_PER_SECOND, EntryMode, Transaction, epoch_seconds, major_units
+from service.core.domain import (
+    NANOS_PER_SECOND,
+    EntryMode,
+    Outcome,
+    RawOutcome,
+    RawTransaction,
+    Transaction,
+    epoch_seconds,
+    major_units,
+)
 from service.core.errors import InvalidRequest
-from service.scoring_types import RawOutcome, RawTransaction
 
 # 2000-01-01T00:00:00Z: anything earlier is a unit mistake (seconds sent as nanoseconds...).
 _EARLIEST_NS = 946_684_800 * NANOS_PER_SECOND
@@ -37,14 +44,6 @@ class ScoringLimits:
     """Largest amount accepted, in minor units (a billion EUR)."""
     max_future_skew_seconds: float = 300.0
     """How far ahead of the server's clock an event time or report time may be."""
-
-
-class Outcome(NamedTuple):
-    """A validated outcome: `reported_at` in event-time seconds since the Unix epoch."""
-
-    transaction_id: str
-    is_fraud: bool
-    reported_at: float
 
 
 def to_transaction(

@@ -5,13 +5,13 @@ one swipe at a time. Same class, same state, same floats: that is what keeps tra
 serving from drifting apart.
 """
 
+from service.features.card_features import CardFeatures
 from service.features.config import FeatureConfig
 from service.features.engine import (
     CARD_HALF,
     FEATURE_ENGINE_VERSION,
     FEATURES,
     RISK_HALF,
-    CardFeatures,
     FeatureEngine,
     FeatureSpec,
 )

@@ -47,9 +47,9 @@ class CardHistory:
     """The sliding-window state of one card.
 
     The windows are written out one by one rather than looped over: this runs once per
-    swipe on the server and once per row in training replay, and the unrolled form is
-    about twice as fast in CPython. The current transaction is appended first and acts as
-    a sentinel, so the expiry loops need no bounds checks.
+    swipe on the server and once per row in training replay, and the unrolled form spares
+    CPython a loop's per-window overhead. The current transaction is appended first and
+    acts as a sentinel, so the expiry loops need no bounds checks.
     """
 
     __slots__ = (

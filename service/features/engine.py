@@ -14,15 +14,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from service.core.domain import Transaction
-from service.features.card_history import CARD_FEATURES, CardHistory
+from service.features.card_features import CardFeatures, card_feature_specs
 from service.features.config import FeatureConfig
 from service.features.risk_features import RiskFeatures, risk_feature_specs
 
 FEATURE_ENGINE_VERSION = 1
-
-HOUR = 3_600
-DAY = 86_400
-_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday is 0
 
 
 class FeatureSpec(NamedTuple):
@@ -30,53 +26,14 @@ class FeatureSpec(NamedTuple):
     description: str
 
 
-_CONTEXT_FEATURES = (
-    ("amount", "Transaction amount in the currency's major units."),
-    ("hour_of_day", "Hour of the event time, UTC (0-23)."),
-    ("day_of_week", "Weekday of the event time, UTC (Monday is 0)."),
-    ("mcc", "Merchant category code; -1 when not sent."),
-    ("entry_mode", "EntryMode number (0 unknown, 1 chip, ... 5 e-commerce)."),
-    ("card_present", "1 card present, 0 not present, -1 not sent."),
-)
-
 CARD_HALF: tuple[FeatureSpec, ...] = tuple(
-    FeatureSpec(name, description) for name, description in (*_CONTEXT_FEATURES, *CARD_FEATURES)
+    FeatureSpec(name, description) for name, description in card_feature_specs()
 )
 RISK_HALF: tuple[FeatureSpec, ...] = tuple(
     FeatureSpec(name, description) for name, description in risk_feature_specs()
 )
 FEATURES: tuple[FeatureSpec, ...] = CARD_HALF + RISK_HALF
 FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
-
-
-class CardFeatures:
-    """The first half: the transaction's own fields and its card's behaviour."""
-
-    def __init__(self, config: FeatureConfig) -> None:
-        self._small_amount = config.small_amount
-        self._cards: dict[str, CardHistory] = {}
-
-    @property
-    def cards_tracked(self) -> int:
-        return len(self._cards)
-
-    def observe(self, tx: Transaction) -> list[float]:
-        """Record `tx` in its card's history; the first half of its vector."""
-        seconds = int(tx.timestamp // 1)
-        present = tx.card_present
-        out: list[float] = [
-            tx.amount,
-            seconds // HOUR % 24,
-            (seconds // DAY + _EPOCH_WEEKDAY) % 7,
-            tx.mcc,
-            tx.entry_mode,
-            -1 if present is None else int(present),
-        ]
-        card = self._cards.get(tx.card_id)
-        if card is None:
-            card = self._cards[tx.card_id] = CardHistory()
-        card.observe(tx, self._small_amount, out)
-        return out
 
 
 class FeatureEngine:

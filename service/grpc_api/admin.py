@@ -16,6 +16,7 @@ import grpc
 import structlog
 
 from service.grpc_api._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
+from service.grpc_api.converters import to_list_models_response
 from service.grpc_api.servicer import INTERNAL_DETAILS
 from service.model.overview import ModelsOverview
 from service.model.store import RefreshReport
@@ -105,28 +106,3 @@ async def _abort_unauthenticated(context: ListContext | ReloadContext) -> NoRetu
         grpc.StatusCode.UNAUTHENTICATED,
         "send the admin token as metadata 'authorization: Bearer <token>'",
     )
-
-
-def to_list_models_response(overview: ModelsOverview) -> admin_pb2.ListModelsResponse:
-    """The wire form of `overview`."""
-    response = admin_pb2.ListModelsResponse(
-        serving_version=overview.serving_version or "",
-        challenger_version=overview.challenger_version or "",
-    )
-    for published in overview.versions:
-        version = response.versions.add(
-            version=published.version,
-            aliases=published.aliases,
-            test_metrics=published.test_metrics,
-            parent_version=published.parent_version or "",
-        )
-        if published.created_at is not None:
-            version.created_at.FromDatetime(published.created_at)
-    for refusal in overview.refusals:
-        response.refusals.add(
-            alias=refusal.alias,
-            version=refusal.version or "",
-            reason=refusal.reason,
-            detail=refusal.detail,
-        )
-    return response

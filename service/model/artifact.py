@@ -30,10 +30,10 @@ MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ONNX_MODEL_FILE = "model.onnx"
 NATIVE_MODEL_FILE = "model.lgb.txt"
-# The reason tables compiled from the native model
-# (`service.model.explainer.Explainer.save_tables`):
-# optional, so that artifacts written before them still load (their tables are compiled at
-# load, which costs the serving process about 0.2 s of Python).
+# The reason tables training compiles from the native model
+# (`training.model_build.reason_tables`), read by `service.model.explainer`. Not in
+# REQUIRED_FILES, so that an older manifest without them still parses (listings, history);
+# the server refuses to serve such a version (`missing_file`): it never compiles a model.
 REASON_TABLES_FILE = "reasons.npz"
 REQUIRED_FILES = (ONNX_MODEL_FILE, NATIVE_MODEL_FILE)
 

@@ -1,12 +1,14 @@
 """Training's library versions against the server's own: where silent score drift comes from.
 
-The manifest records the versions training used (`training.model_build.libraries`). Of those, the
-ones
-that change what the server computes are compared with the versions installed here:
+The manifest records the versions training used (`training.model_build.libraries`). Of
+those, the ones that change what the server computes are compared with the versions
+installed here:
 
     onnxruntime   runs the scoring graph
-    lightgbm      parses the native model the reasons come from
-    numpy         carries every feature vector and score
+    numpy         carries every feature vector, score and reason table
+
+LightGBM is not one of them: the server never runs it (training exports the ONNX graph and
+compiles the reason tables, and the golden replay checks both).
 
 A different major version (the first number) is an incompatible release by the libraries'
 own conventions: `load_model` refuses it unless told otherwise. Any other difference is
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Literal
 
-SERVING_LIBRARIES = ("onnxruntime", "lightgbm", "numpy")
+SERVING_LIBRARIES = ("onnxruntime", "numpy")
 
 Severity = Literal["major", "minor"]
 

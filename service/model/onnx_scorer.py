@@ -7,9 +7,9 @@ input), an output `PROBABILITY_OUTPUT` of shape (N, 2) whose column 1 is the fra
 probability, and the feature names, comma-joined, under `FEATURE_NAMES_KEY` in the
 model's metadata.
 
-Sessions run on one intra-op and one inter-op thread with spinning off: one row is about
-20 microseconds of tree walking, too little to share between threads, and spinning
-threads burn the cores that concurrent requests need on a shared machine.
+Sessions run on one intra-op and one inter-op thread with spinning off: one row is too
+little tree walking to share between threads, and spinning threads burn the cores that
+concurrent requests need on a shared machine.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ appends it to a backlog and, if none is pending, schedules one drain with the ev
 has returned its response to grpc, and scores the whole backlog with the challenger.
 
 What it costs the request: one append and, at most once per loop iteration, one
-`call_soon`: about a microsecond. The challenger's own inference (~20 µs per row) is
-still spent on the event-loop thread, so it takes throughput, not latency, from requests.
+`call_soon`. The challenger's own inference is still spent on the event-loop thread, so it
+takes throughput, not latency, from requests.
 The backlog is bounded: beyond `backlog_limit` waiting transactions, new ones are skipped
 and counted, never queued without bound.
 
@@ -29,8 +29,9 @@ from typing import Protocol
 
 import structlog
 
+from service.core.domain import Decision, ScoreResult, Transaction
 from service.core.scoring import decision_for
-from service.model.store import LoadedModel
+from service.model.loading import LoadedModel
 from service.observability.logs import RequestLogSampler
 from service.observability.metrics import (
     SHADOW_AGREEMENT_COUNTERS,
@@ -38,7 +39,6 @@ from service.observability.metrics import (
     SHADOW_SCORES,
     SHADOW_SKIP_COUNTERS,
 )
-from service.scoring_types import Decision
 
 DEFAULT_BACKLOG_LIMIT = 4096
 
@@ -77,6 +77,18 @@ class ShadowScorer:
         self._backlog_limit = backlog_limit
         self._backlog: deque[_Pending] = deque()
         self._drain_scheduled = False
+
+    def on_answer(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        model: LoadedModel | None,
+    ) -> None:
+        """Queue a transaction the champion decided (`service.core.ports.AnswerListener`);
+        fallback answers have no champion decision to compare with."""
+        if model is not None and features is not None:
+            self.submit(tx.transaction_id, features, model, result.score, result.decision)
 
     def submit(
         self,

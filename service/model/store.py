@@ -1,59 +1,21 @@
-"""Loading a model the server may trust, and holding the ones that decide and shadow.
+"""The models that decide and shadow, following the registry's aliases.
 
-`load_model` serves nothing it has not checked, in this order; each refusal is an
-`ArtifactError` whose `reason` names the check that failed:
-
-1. every file matches the SHA-256 its manifest lists (`service.model.artifact.verify_artifact`):
-   a truncated, corrupted or half-copied artifact stops here, before any model file is
-   parsed;
-2. the model was built for this server's feature engine: same engine version, same
-   feature names in the same order and, when the caller says which, the same feature
-   config as the running engine (a model trained with another label delay reads other
-   features);
-3. the thresholds are ordered;
-4. the serving libraries' versions match training's (`service.model.library_versions`): a major
-   difference is refused unless allowed, a minor one is recorded on the model;
-5. the ONNX graph loads and fits the scoring contract (`service.model.onnx_scorer.OnnxScorer`);
-6. the golden sample, replayed row by row through `OnnxScorer.score_one` (the path requests
-   take), gives the scores training recorded, within `GOLDEN_TOLERANCE`;
-7. the reason tables load (`reasons.npz`, compiled by training; for older artifacts,
-   compiled here from the native LightGBM model), for the same features, with a reason
-   code for each, and explain the golden rows' scores: each row's contributions plus the
-   bias give back the score training recorded.
-
-The golden replay doubles as the ONNX warm-up; the explanations warm up the reasons path.
-
-`ModelStore` follows the registry's aliases: the champion decides, the optional challenger
-is scored in its shadow. See its docstring for how a swap stays atomic.
+The champion decides, the optional challenger is scored in its shadow; each is a
+`LoadedModel` that `service.model.loading.load_model` checked before it is held. See
+`ModelStore` for how a swap stays atomic and how refusals are remembered.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig
-from service.features.engine import FEATURE_NAMES
-from service.model.artifact import (
-    GOLDEN_TOLERANCE,
-    NATIVE_MODEL_FILE,
-    ONNX_MODEL_FILE,
-    REASON_TABLES_FILE,
-    ArtifactError,
-    GoldenSample,
-    Manifest,
-    Thresholds,
-    verify_artifact,
-)
-from service.model.explainer import Explainer
-from service.model.library_versions import LibraryDifference, differences, installed_versions
-from service.model.onnx_scorer import OnnxScorer
+from service.features import FeatureConfig
+from service.model.artifact import REFUSAL_REASONS, ArtifactError
+from service.model.library_versions import LibraryDifference, installed_versions
+from service.model.loading import LoadedModel, load_model
 from service.model.registry import (
     ALIASES,
     CHALLENGER,
@@ -64,71 +26,10 @@ from service.model.registry import (
     RegistryError,
     no_champion,
 )
-from service.scoring_types import ModelSummary
+from service.observability.metrics import start_refusal_counts
 
-# The reasons come from LightGBM's float64 trees, the golden scores from the float32 ONNX
-# graph: training's parity gate keeps the two within `gates.max_parity_gap` (1e-5 by
-# default, at most 1e-3) on every test row.
-REASONS_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A checked, warmed-up model. `scorer` is single-threaded (see `OnnxScorer`)."""
-
-    version: str
-    manifest: Manifest
-    scorer: OnnxScorer
-    thresholds: Thresholds
-    explainer: Explainer
-    library_differences: tuple[LibraryDifference, ...] = ()
-
-    def summary(self) -> ModelSummary:
-        """The model as `GetModelInfo` describes it: test-period metrics only."""
-        manifest = self.manifest
-        return ModelSummary(
-            version=self.version,
-            created_at=manifest.created_at,
-            feature_engine_version=manifest.feature_engine_version,
-            features=tuple((feature.name, feature.description) for feature in manifest.features),
-            review_threshold=self.thresholds.review,
-            decline_threshold=self.thresholds.decline,
-            threshold_policy=self.thresholds.policy,
-            test_metrics=dict(manifest.metrics.get("test", {})),
-            training_libraries=dict(manifest.libraries),
-        )
-
-
-def load_model(
-    artifact_dir: Path,
-    *,
-    expected_feature_config: FeatureConfig | None = None,
-    serving_libraries: Mapping[str, str] | None = None,
-    allow_major_library_difference: bool = False,
-) -> LoadedModel:
-    """The model in `artifact_dir`, once every check in the module docstring passed.
-
-    `serving_libraries` (library name to version) defaults to what is installed here.
-    """
-    manifest = verify_artifact(artifact_dir)
-    _check_feature_contract(artifact_dir, manifest, expected_feature_config)
-    _check_thresholds(artifact_dir, manifest.thresholds)
-    serving = installed_versions() if serving_libraries is None else serving_libraries
-    library_differences = differences(manifest.libraries, serving)
-    if not allow_major_library_difference:
-        _refuse_major_differences(artifact_dir, library_differences)
-    scorer = _onnx_scorer(artifact_dir / ONNX_MODEL_FILE)
-    _replay_golden_sample(artifact_dir, scorer, manifest.golden_sample)
-    explainer = _explainer(artifact_dir, manifest)
-    _check_reasons_explain_the_scores(artifact_dir, explainer, manifest.golden_sample)
-    return LoadedModel(
-        manifest.version,
-        manifest,
-        scorer,
-        manifest.thresholds,
-        explainer,
-        library_differences,
-    )
+# Every (alias, reason) series exists from the start at 0, so alert rules see a rise from 0.
+start_refusal_counts(ALIASES, (*REFUSAL_REASONS, REGISTRY_ERROR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,119 +277,3 @@ class ModelStore:
 
 def _size_and_mtime(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
-
-
-def _check_feature_contract(
-    artifact_dir: Path, manifest: Manifest, expected_config: FeatureConfig | None
-) -> None:
-    if manifest.feature_engine_version != FEATURE_ENGINE_VERSION:
-        raise ArtifactError(
-            f"{artifact_dir}: built for feature engine {manifest.feature_engine_version}, "
-            f"this server computes version {FEATURE_ENGINE_VERSION}",
-            reason="feature_contract",
-        )
-    if tuple(manifest.feature_names) != FEATURE_NAMES:
-        raise ArtifactError(
-            f"{artifact_dir}: the manifest's features are not this server's",
-            reason="feature_contract",
-        )
-    reference = manifest.drift_reference
-    if reference is not None and reference.feature_names != manifest.feature_names:
-        raise ArtifactError(
-            f"{artifact_dir}: the drift reference's features are not the model's",
-            reason="invalid_manifest",
-        )
-    if expected_config is not None and manifest.feature_config != expected_config:
-        raise ArtifactError(
-            f"{artifact_dir}: trained with feature config {manifest.feature_config!r}, the "
-            f"running feature engine uses {expected_config!r}",
-            reason="feature_contract",
-        )
-
-
-def _check_thresholds(artifact_dir: Path, thresholds: Thresholds) -> None:
-    if thresholds.review > thresholds.decline:
-        raise ArtifactError(
-            f"{artifact_dir}: review threshold {thresholds.review} is above the decline "
-            f"threshold {thresholds.decline}",
-            reason="invalid_thresholds",
-        )
-
-
-def _refuse_major_differences(
-    artifact_dir: Path, library_differences: tuple[LibraryDifference, ...]
-) -> None:
-    major = [item.describe() for item in library_differences if item.severity == "major"]
-    if major:
-        raise ArtifactError(
-            f"{artifact_dir}: trained with another major version: {'; '.join(major)}",
-            reason="library_mismatch",
-        )
-
-
-def _onnx_scorer(path: Path) -> OnnxScorer:
-    try:
-        return OnnxScorer(path, len(FEATURES))
-    # onnxruntime raises its own exception classes, derived from Exception only.
-    except Exception as error:
-        raise ArtifactError(f"{path}: cannot be served: {error}", reason="invalid_onnx") from error
-
-
-def _replay_golden_sample(artifact_dir: Path, scorer: OnnxScorer, sample: GoldenSample) -> None:
-    """ArtifactError unless every golden row scores as training recorded."""
-    if not sample.features or len(sample.features) != len(sample.scores):
-        raise ArtifactError(
-            f"{artifact_dir}: golden sample has {len(sample.features)} rows and "
-            f"{len(sample.scores)} scores; it needs at least one row and a score for each",
-            reason="golden_mismatch",
-        )
-    try:
-        actual = np.array([scorer.score_one(row) for row in sample.features])
-    except ValueError as error:
-        raise ArtifactError(
-            f"{artifact_dir}: golden sample: {error}", reason="golden_mismatch"
-        ) from error
-    expected = np.array(sample.scores)
-    # Written so that a NaN score fails too.
-    (failing,) = np.nonzero(~(np.abs(actual - expected) <= GOLDEN_TOLERANCE))
-    if failing.size:
-        row = int(failing[0])
-        raise ArtifactError(
-            f"{artifact_dir}: golden sample row {row} scores {actual[row]!r}, training recorded "
-            f"{expected[row]!r} ({failing.size} rows beyond the tolerance {GOLDEN_TOLERANCE})",
-            reason="golden_mismatch",
-        )
-
-
-def _explainer(artifact_dir: Path, manifest: Manifest) -> Explainer:
-    tables = REASON_TABLES_FILE in manifest.files
-    path = artifact_dir / (REASON_TABLES_FILE if tables else NATIVE_MODEL_FILE)
-    try:
-        explainer = Explainer.from_tables(path) if tables else Explainer(path)
-    except ValueError as error:
-        raise ArtifactError(
-            f"{path}: cannot explain scores: {error}", reason="invalid_native_model"
-        ) from error
-    if explainer.feature_names != FEATURE_NAMES:
-        raise ArtifactError(
-            f"{path}: the native model's features are not this server's",
-            reason="invalid_native_model",
-        )
-    return explainer
-
-
-def _check_reasons_explain_the_scores(
-    artifact_dir: Path, explainer: Explainer, sample: GoldenSample
-) -> None:
-    """ArtifactError unless the reasons add up to the golden scores: tables of another
-    model would name the wrong features however well their file verifies."""
-    for row, (features, score) in enumerate(zip(sample.features, sample.scores, strict=True)):
-        raw = explainer.bias + float(explainer.contributions(features).sum())
-        explained = 1.0 / (1.0 + math.exp(-raw))
-        if not abs(explained - score) <= REASONS_TOLERANCE:
-            raise ArtifactError(
-                f"{artifact_dir}: the reasons of golden row {row} add up to a score of "
-                f"{explained!r}, the model scores {score!r}: they explain another model",
-                reason="invalid_native_model",
-            )
-    explainer.explain(sample.features[0])  # warms up the path REVIEW and DECLINE take

@@ -1,22 +1,22 @@
 """Hot reload: the running server follows the registry's aliases without a restart.
 
 `ModelWatcher.run` looks at the registry every `poll_seconds` (reading two small alias
-files: a few microseconds of I/O), and `refresh` does one look on demand (the admin
-`Reload` RPC, SIGHUP). Each look runs `ModelStore.refresh` on a worker thread, so every
-check and the warm-up of a new model happen off the event loop that answers requests;
-the swap itself is one reference assignment (see `ModelStore`). Looks never overlap.
+files), and `refresh` does one look on demand (the admin `Reload` RPC, SIGHUP). Each look
+runs `ModelStore.refresh` on a worker thread, so every check and the warm-up of a new model
+happen off the event loop that answers requests; the swap itself is one reference
+assignment (see `ModelStore`). Looks never overlap.
 
 Polling rather than filesystem notifications: it works the same on every filesystem a
 registry lives on (local disk, NFS, a Kubernetes volume), where inotify does not, and a
 look costs so little that a one-second poll is cheaper than the machinery to avoid it.
-Writers rename complete files into place (`training.registry.publishing`), so a look sees an alias
-before or after a move, and a version directory complete or not at all.
+Writers rename complete files into place (`training.registry.publishing`), so a look sees
+an alias before or after a move, and a version directory complete or not at all.
 
-Every change and refusal is logged and counted (`service.observability.metrics`): "model_swapped"
-and
-`fraud_model_loads_total`, "model_refused" and `fraud_model_refusals_total{reason}`, the
-champion's library differences from training in `fraud_model_library_difference`. A
-refusal never touches health: the model already serving goes on serving.
+Every change and refusal is logged and counted (`service.observability.metrics`):
+"model_swapped" and `fraud_model_loads_total`, "model_refused" and
+`fraud_model_refusals_total{reason}`, the champion's library differences from training in
+`fraud_model_library_difference`. A refusal never touches health: the model already
+serving goes on serving.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 
 import structlog
 
@@ -42,19 +42,15 @@ from service.observability.metrics import (
 
 LOADING_SWITCH_INTERVAL_SECONDS = 0.0005
 
-# Called on the event-loop thread after each swap, e.g. to reset drift statistics.
-SwapListener = Callable[[AliasChange], None]
-
 _log = structlog.get_logger(__name__)
 
 
 class ModelWatcher:
     """Keeps a `ModelStore` following the registry. Event-loop thread only."""
 
-    def __init__(self, store: ModelStore, *, on_swap: Sequence[SwapListener] = ()) -> None:
-        """Keep `store` following its registry; tell `on_swap` of each swap."""
+    def __init__(self, store: ModelStore) -> None:
+        """Keep `store` following its registry."""
         self.store = store
-        self._on_swap = tuple(on_swap)
         self._lock = asyncio.Lock()
 
     async def run(self, poll_seconds: float) -> None:
@@ -107,8 +103,6 @@ class ModelWatcher:
             set_library_differences((item.library, item.severity) for item in differences)
             for item in differences:
                 _log.warning("library_version_differs", difference=item.describe())
-        for listener in self._on_swap:
-            listener(change)
 
 
 @contextlib.contextmanager
@@ -117,9 +111,9 @@ def _short_gil_turns() -> Iterator[None]:
 
     The loading thread runs Python (manifest, reason tables) and keeps the GIL for up to
     the switch interval whenever the event loop wakes for a request. Lowering the interval
-    from Python's 5 ms to 0.5 ms during the look cut the loop's p99 wake-up delay during
-    loads from 5.2 to 3.1-3.4 ms, measured on the 2-core machine; the extra switching
-    costs nothing noticeable over a look of a fraction of a second.
+    from Python's default to `LOADING_SWITCH_INTERVAL_SECONDS` for the look shortens the
+    loop's wake-up delay while a model loads (see benchmarks/RESULTS.md, "Hot reloads
+    under load"); the extra switching costs nothing noticeable over a look.
     """
     previous = sys.getswitchinterval()
     sys.setswitchinterval(LOADING_SWITCH_INTERVAL_SECONDS)

@@ -1,21 +1,19 @@
 """Drift monitoring: recent traffic against the reference the model was trained for.
 
-How a distribution is binned and compared (PSI) is `service.observability.drift_bins`'s; the
-reference
-itself travels in the manifest.
+How a distribution is binned and compared (PSI) is `service.observability.drift_bins`'s;
+the reference itself travels in the manifest.
 
 `DriftMonitor` keeps the last `window` scored transactions (default 10,000) in one
-preallocated ring buffer of packed rows (33 float32 features, the score, the decision:
-1.4 MB), viewed as a numpy record array. `record` packs one row with `struct.pack_into` and
-bumps a counter: 0.8 to 1.3 microseconds on the 2-core development machine, half the cost
-of assigning the Python floats into numpy rows, and nothing is binned per request. A
-scrape sorts each column of the window (numpy sorts release the GIL) and counts the values
-below each edge by binary search: 3 to 5 ms for 33 features over 10,000 rows. A window
+preallocated ring buffer of packed rows (the float32 features, the score, the decision),
+viewed as a numpy record array. `record` packs one row with `struct.pack_into` and bumps a
+counter, which costs less than assigning the Python floats into numpy rows, and nothing is
+binned per request. A scrape sorts each column of the window (numpy sorts release the GIL)
+and counts the values below each edge by binary search. A window
 holding fewer than `min_rows` (default 500) exports no PSI and no live decision rates: the
 series are absent, so alerts on them cannot fire on a new or nearly empty window.
 
 `DriftCollector` is the Prometheus collector (register it once). It follows the deciding
-model: each `record` names the model's reference, and a new reference starts a new,
+model: each answer it hears names the deciding model's reference, and a new reference starts a new,
 empty window, since another model's scores are not comparable. Metrics, all gauges:
 
     fraud_drift_psi{feature}            PSI of each model feature (closed set: the model's)
@@ -33,11 +31,11 @@ the cyclic ones, logs a "drift_detected" warning naming them, at most once every
 `warn_interval_seconds` (15 minutes by default): the scrape, not the request, pays for it.
 
 Threading: `record` runs on the scoring thread and `collect` on the metrics server's
-thread, with no lock (one would add 40% to `record`). A row is written before the counter
-that covers it is bumped, and a scrape reads the counter once, then reads each value of
-the window once. A row written during the scrape (a dozen at 3,000 scores a second) can
-only replace, in each column, one old value by a newer one or by a mix of their bytes:
-each bin count is off by at most the number of such rows, out of thousands. PSI is
+thread, with no lock (one would cost a large share of `record`). A row is written before
+the counter that covers it is bumped, and a scrape reads the counter once, then reads each
+value of the window once. A row written during the scrape (a few, at thousands of scores a
+second) can only replace, in each column, one old value by a newer one or by a mix of their
+bytes: each bin count is off by at most the number of such rows, out of thousands. PSI is
 computed column by column, never across columns, so a row that is new in some columns
 and old in others does no other harm.
 """
@@ -47,7 +45,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import structlog
@@ -55,7 +53,9 @@ from numpy.typing import NDArray
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from service.core.domain import Decision, ScoreResult, Transaction
 from service.observability.drift_bins import (
+    CYCLIC_FEATURES,
     Bins,
     DriftReference,
     FloatArray,
@@ -64,15 +64,12 @@ from service.observability.drift_bins import (
     sorted_shares,
 )
 from service.observability.logs import Throttle
-from service.scoring_types import Decision
 
 PSI_MAJOR = 0.25
-# Drift by construction in any window shorter than their cycle: never warned of.
-CYCLIC_FEATURES = frozenset({"hour_of_day", "day_of_week"})
 DRIFT_WARNING_INTERVAL_SECONDS = 900.0
 DEFAULT_WINDOW = 10_000
 MIN_WINDOW_ROWS = 500
-# Rounding slack when checking that stored proportions sum to 1.
+# The label each decision has in the decision-rate metrics and the reference's rates.
 _LABELS = {decision: decision.name.lower() for decision in Decision}
 
 
@@ -177,8 +174,15 @@ def _decision_rates(decisions: NDArray[np.int8]) -> dict[str, float]:
     return {label: float(counts[decision]) / decisions.size for decision, label in _LABELS.items()}
 
 
+class ReferencedModel(Protocol):
+    """A model that carries the drift reference of its test period (`LoadedModel`)."""
+
+    @property
+    def drift_reference(self) -> DriftReference | None: ...
+
+
 class DriftCollector:
-    """Prometheus collector of the deciding model's drift; `record` on the scoring thread.
+    """Prometheus collector of the deciding model's drift; fed on the scoring thread.
 
     Register once: `prometheus_client.REGISTRY.register(collector)`.
     """
@@ -204,6 +208,18 @@ class DriftCollector:
     def monitor(self) -> DriftMonitor | None:
         """The window of the model that scored last; None when it carried no reference."""
         return self._monitor
+
+    def on_answer(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        model: ReferencedModel | None,
+    ) -> None:
+        """Add a transaction the model decided (`service.core.ports.AnswerListener`);
+        fallback answers are left out: no model read their features."""
+        if model is not None and features is not None:
+            self.record(model.drift_reference, features, result.score, result.decision)
 
     def record(
         self,

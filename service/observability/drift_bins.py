@@ -13,16 +13,15 @@ moderate drift (look), above 0.25 major drift (act). Sampling noise alone gives 
 
 Bins (`Bins`): a sorted list of finite edges cuts the real line into len(edges) + 1 bins,
 open-ended at both ends, [edges[i-1], edges[i]) in between; NaN (a missing value) has a
-last bin of its own. Training chooses the edges (`training.model_build.drift_reference`): quantiles
-of
-the reference, a bin of its own for every value holding a large share (a spike at 0), bins
-of their own beyond the reference's range, and every edge halfway between two observed
-values (or just beyond the extremes), so that no reference value sits on one.
+last bin of its own. Training chooses the edges (`training.model_build.drift_reference`):
+quantiles of the reference, a bin of its own for every value holding a large share (a spike
+at 0), bins of their own beyond the reference's range, and every edge halfway between two
+observed values (or just beyond the extremes), so that no reference value sits on one.
 The same `bin_proportions` bins the reference and the live window.
 
 Shared by training, which publishes the reference in the manifest
-(`training.model_build.drift_reference`), and the server, which bins its live window the same way
-(`service.observability.drift`).
+(`training.model_build.drift_reference`) and judges drift for the retrain triggers, and the
+server, which bins its live window the same way (`service.observability.drift`).
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PSI_EPSILON = 1e-4
+# Drift by construction in any window shorter than their cycle: never warned of.
+CYCLIC_FEATURES = frozenset({"hour_of_day", "day_of_week"})
 _SUM_TOLERANCE = 1e-6
 
 FloatArray = NDArray[np.floating]
@@ -117,7 +118,7 @@ def sorted_shares(
     sorted_values: FloatArray, search_edges: NDArray[np.float64]
 ) -> NDArray[np.float64]:
     """Share of `sorted_values` in each bin of `search_edges` (from `search_edges`)."""
-    # Counting values below each edge in sorted values is several times faster than
-    # locating each value among the edges (which mispredicts a branch per value).
+    # Counting values below each edge in sorted values is faster than locating each value
+    # among the edges (which mispredicts a branch per value).
     below = np.searchsorted(sorted_values, search_edges, side="left")
     return np.diff(below, prepend=0, append=sorted_values.size) / sorted_values.size

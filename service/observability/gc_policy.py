@@ -2,12 +2,10 @@
 
 A full (generation 2) collection walks every live container object: with the feature state
 and the memory of recent answers of a running server that is hundreds of thousands of
-objects, and the walk holds the GIL throughout. Measured on the 2-core machine with the
-default model and 20-40 thousand transactions of state: 8 full collections in 40 s of
-load, 15-160 ms each, every request in flight stalled meanwhile (open-loop p99.9 78 ms at
-500 requests/s; 5.9 ms with full collections off, in the same benchmark). Model loads
-allocate enough to trigger them more often (p99 194 ms during a swap a second, 47 ms with
-them off).
+objects, and the walk holds the GIL throughout, stalling every request in flight. Under a
+steady load these stalls set the tail latency; model loads allocate enough to trigger them
+more often, so they stall swaps too (figures in benchmarks/RESULTS.md, "Hot reloads under
+load").
 
 So by default the server leaves full collections out. Young objects are still collected
 (generations 0 and 1), which is where the cycles of a request's life (exceptions,

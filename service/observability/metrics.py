@@ -7,14 +7,11 @@ touches are bound here, so a request does no label lookup:
     rpc = rpc_metrics(handler_call_details.method)          # a dict lookup
     rpc.duration.observe(seconds); rpc.requests[code].inc()
     DECISION_COUNTERS[result.decision, result.source].inc(); SCORES.observe(result.score)
-    started = perf_counter(); ...; FEATURES_STAGE.observe(perf_counter() - started)
 
-Stage timings are taken for one scoring call in `STAGE_TIMING_EVERY` (`StageSampler`):
-one `Histogram.observe` costs about 1.5 microseconds on the 2-core development machine, so
-timing every call's stages added 2.5 to 4.7 microseconds (more with reasons) to a call
-whose own work is 30 to 100; one call in 16 adds 0.4 to 0.7 (the countdown and three
-`perf_counter` reads on every call, the observes on the sixteenth). A sample gives the
-same percentiles; the histograms' counts are the sample's, a sixteenth of the calls.
+`DecisionMetrics` hears every answer and outcome of the scoring core (it is one of its
+listeners); `SampledStageTimer` times the stages of one scoring call in `STAGE_TIMING_EVERY`:
+a histogram observation is not free next to a call's own work, and a sample gives the same
+percentiles (the histograms' counts are the sample's, a sixteenth of the calls).
 
 `start_metrics_server` serves `/metrics` over HTTP on its own port. Each process has its own
 metrics: with several server workers, each needs its own metrics port (or Prometheus
@@ -23,19 +20,24 @@ multiprocess mode, which this module does not set up).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, Literal, Protocol, get_args
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from service.model.artifact import REFUSAL_REASONS
-from service.model.registry import ALIASES, REGISTRY_ERROR
-from service.scoring_types import Decision, DecisionSource
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    FallbackReason,
+    Outcome,
+    ScoreResult,
+    Transaction,
+)
 
-# Fine-grained from 0.1 ms, where a scoring call's own work is, to 100 ms, past the budget;
-# the last buckets only say how badly a stalled call overran.
+# Fine-grained at the low end, where a scoring call's own work lies, up to 100 ms, past the
+# budget; the last buckets only say how badly a stalled call overran.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
     0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -45,8 +47,8 @@ SCORE_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
     0.95, 0.99, 1.0,
 )  # fmt: skip
-# A scoring call's stages take from a few microseconds (features) to a few hundred (reasons);
-# the upper buckets catch a stage stalled by a pause (GC, a model load holding the GIL).
+# From the fastest stage (features) to the slowest (reasons), in fine steps; the upper
+# buckets catch a stage stalled by a pause (GC, a model load holding the GIL).
 STAGE_BUCKETS = (
     0.000005, 0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00015, 0.00025, 0.0005,
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
@@ -54,11 +56,7 @@ STAGE_BUCKETS = (
 STAGE_TIMING_EVERY: Final = 16
 SCORING_SERVICE = "/fraud.v1.FraudScoring/"
 SCORING_RPCS = ("Score", "ScoreStream", "ReportOutcome", "GetModelInfo")
-FALLBACK_REASONS = ("deadline", "model_unavailable", "model_error")
 # The logs kept for retraining (`service.records.segment_log`), and why one drops a record.
-RecordLogKind = Literal["decisions", "outcomes"]
-RecordLogDropReason = Literal["queue_full", "write_error", "closed"]
-RECORD_LOG_DROP_REASONS: tuple[RecordLogDropReason, ...] = get_args(RecordLogDropReason)
 
 RPC_DURATION = Histogram(
     "fraud_rpc_duration_seconds",
@@ -83,7 +81,9 @@ FALLBACKS = Counter(
     "fraud_fallback", "Answers given by the fallback rules, by why the model did not.", ["reason"]
 )
 DECISIONS = Counter(
-    "fraud_decisions", "Decisions returned, by decision and by who decided.", ["decision", "source"]
+    "fraud_decisions",
+    "Decisions made, by decision and by who decided (a repeat is not counted).",
+    ["decision", "source"],
 )
 SCORES = Histogram("fraud_score", "Model scores returned.", buckets=SCORE_BUCKETS)
 MODEL_INFO = Gauge(
@@ -153,29 +153,21 @@ DECISION_COUNTERS = {
     for decision in Decision
     for source in DecisionSource
 }
-FALLBACK_COUNTERS = {reason: FALLBACKS.labels(reason) for reason in FALLBACK_REASONS}
+FALLBACK_COUNTERS = {reason: FALLBACKS.labels(reason.value) for reason in FallbackReason}
 OUTCOME_COUNTERS = {is_fraud: OUTCOMES.labels(str(is_fraud).lower()) for is_fraud in (True, False)}
 SHADOW_AGREEMENT_COUNTERS = {
     agreed: SHADOW_COMPARISONS.labels("agree" if agreed else "disagree") for agreed in (True, False)
 }
-# Every (alias, reason) series exists from the start at 0, so alert rules see a rise from 0.
-for _alias in ALIASES:
-    for _reason in (*REFUSAL_REASONS, REGISTRY_ERROR):
-        MODEL_REFUSALS.labels(_alias, _reason)
-SHADOW_SKIP_REASONS = ("backlog_full", "challenger_error")
-SHADOW_SKIP_COUNTERS = {reason: SHADOW_SKIPPED.labels(reason) for reason in SHADOW_SKIP_REASONS}
-RECORD_LOG_DROPPED_COUNTERS = {
-    (log, reason): RECORD_LOG_DROPPED.labels(log, reason)
-    for log in get_args(RecordLogKind)
-    for reason in RECORD_LOG_DROP_REASONS
-}
-RECORD_LOG_WRITTEN_COUNTERS = {
-    log: RECORD_LOG_WRITTEN.labels(log) for log in get_args(RecordLogKind)
+# Why the challenger did not score a transaction the champion decided.
+ShadowSkipReason = Literal["backlog_full", "challenger_error"]
+SHADOW_SKIP_COUNTERS: dict[ShadowSkipReason, Counter] = {
+    reason: SHADOW_SKIPPED.labels(reason) for reason in get_args(ShadowSkipReason)
 }
 
 
-class StageSampler:
-    """Chooses the scoring calls whose stages are timed: the first, then one in `every`.
+class SampledStageTimer:
+    """Times the stages of the first scoring call, then of one in `every`
+    (`service.core.ports.StageTimer`).
 
     Every n-th call rather than a random draw: a countdown costs less, and periodic traffic
     in step with it would only tilt latency percentiles, which no decision depends on.
@@ -197,6 +189,48 @@ class StageSampler:
             return False
         self._left = self._every
         return True
+
+    def features(self, seconds: float) -> None:
+        """The feature state's update took `seconds`."""
+        FEATURES_STAGE.observe(seconds)
+
+    def inference(self, seconds: float) -> None:
+        """The model's score and the decision took `seconds`."""
+        INFERENCE_STAGE.observe(seconds)
+
+    def reasons(self, seconds: float) -> None:
+        """The reasons took `seconds`."""
+        REASONS_STAGE.observe(seconds)
+
+
+class DecisionMetrics:
+    """Counts the scoring core's decisions, scores, fallbacks and applied outcomes.
+
+    An answer listener and an outcome listener of the core (`service.core.ports`): a repeat
+    answered from the idempotency cache is not a new decision and is not counted again.
+    """
+
+    __slots__ = ()
+
+    def on_answer(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        model: object | None,
+    ) -> None:
+        """Count the decision, and the score or why the fallback answered."""
+        DECISION_COUNTERS[result.decision, result.source].inc()
+        reason = result.fallback_reason
+        if reason is None:
+            SCORES.observe(result.score)
+        else:
+            FALLBACK_COUNTERS[reason].inc()
+
+    def on_outcome(self, outcome: Outcome, applied: bool) -> None:
+        """Count an outcome the feature state applied, by label."""
+        if applied:
+            OUTCOME_COUNTERS[outcome.is_fraud].inc()
 
 
 class RpcMetrics:
@@ -238,6 +272,14 @@ def set_serving_model(alias: str, version: str | None, loaded_at: float) -> None
         MODEL_INFO.labels(alias, version).set(1)
         MODEL_LOADED.labels(alias).set(loaded_at)
         _SERVED_VERSIONS[alias] = version
+
+
+def start_refusal_counts(aliases: Iterable[str], reasons: Iterable[str]) -> None:
+    """Make every (alias, reason) refusal series exist at 0, so alert rules see a rise."""
+    reasons = tuple(reasons)
+    for alias in aliases:
+        for reason in reasons:
+            MODEL_REFUSALS.labels(alias, reason)
 
 
 def count_refusal(alias: str, reason: str) -> None:

@@ -1,17 +1,16 @@
 """The log of every decision the server gave, kept for retraining: a `RecordLog` of kind
 "decisions".
 
-    Scorer.score → DecisionLog.record: a tuple queued, nothing else
-    → the log's writer thread: JSON lines in `decisions-<opened at>-<pid>-<seq>.jsonl`
+    Scorer.score → DecisionLogWriter.on_answer (an `AnswerListener`): a tuple queued,
+      nothing else
+    → the log's writer thread: one `DecisionLine` a decision, as JSON lines in "decisions"
+      segments
 
-Each line is one JSON object: the transaction as the feature engine saw it (`card` is the
-HMAC token the server keeps, never a card number: the `Transaction` holds no other), the
-answer (`score`, `decision` and `source` by name, `fallback_reason`, `model_version`), the
-`feature_engine_version`, the `feature_config` fingerprint (`FeatureConfig.fingerprint`:
-the settings the features were computed with) and the `features` the model read (null for
-a NaN; the whole list null when none were computed), `event_time` and `logged_at` (when
-the line was written) as ISO 8601 in UTC (`event_time` leaves out a fraction of a second
-that is 0). Segments, rotation, retention and what happens when the disk fails are
+What a line holds, its fields' names and the segments' names are `service.records.schema`'s
+(`DecisionLine`, `DECISION_SCHEMA`), which training's reader reads by too. `card` is the
+HMAC token the server keeps, never a card number: the `Transaction` holds no other.
+`feature_config` is `FeatureConfig.fingerprint`, the settings the features were computed
+with. Segments, rotation, retention and what happens when the disk fails are
 `service.records.segment_log`'s.
 """
 
@@ -25,16 +24,16 @@ from pathlib import Path
 
 import orjson
 
-from service.core.domain import Transaction
+from service.core.domain import ScoreResult, Transaction
 from service.features import FEATURE_ENGINE_VERSION, FeatureConfig
-from service.records.segment_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog, iso_utc
-from service.scoring_types import ScoreResult
+from service.records.schema import DecisionLine, iso_utc
+from service.records.segment_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog
 
 # The transaction, its features (None: not computed), the answer.
 _Decision = tuple[Transaction, Sequence[float] | None, ScoreResult]
 
 
-class DecisionLog(RecordLog[_Decision]):
+class DecisionLogWriter(RecordLog[_Decision]):
     """Durable JSON-lines log of the server's decisions, written by its own daemon thread."""
 
     def __init__(
@@ -69,25 +68,42 @@ class DecisionLog(RecordLog[_Decision]):
         else:
             self._drop()
 
+    def on_answer(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        model: object,
+    ) -> None:
+        """Queue every answer, whoever gave it (`service.core.ports.AnswerListener`): as
+        `record`. The line names the deciding model by `result.model_version`."""
+        # `record` inlined, for the reason it inlines `append`.
+        if len(self._pending) < self._room:
+            self._pending.append((tx, features, result))
+        else:
+            self._drop()
+
 
 def _encode(feature_config: str, decisions: Sequence[_Decision], written_at: float) -> bytes:
     logged_at = iso_utc(written_at)
     return b"".join(
-        orjson.dumps(_fields(*decision, feature_config, logged_at)) + b"\n"
-        for decision in decisions
+        orjson.dumps(_line(*decision, feature_config, logged_at)) + b"\n" for decision in decisions
     )
 
 
-def _fields(
+def _line(
     tx: Transaction,
     features: Sequence[float] | None,
     result: ScoreResult,
     feature_config: str,
     logged_at: str,
-) -> dict[str, object]:
+) -> DecisionLine:
+    # A dict display checked against `DecisionLine` by mypy: building it costs no more than
+    # an untyped one, and this runs for every decision.
     return {
         "transaction_id": tx.transaction_id,
-        # orjson writes it as ISO 8601, microseconds only when not 0, at a tenth of the cost.
+        # orjson writes it as ISO 8601, microseconds only when not 0, far cheaper than
+        # formatting it here.
         "event_time": datetime.fromtimestamp(tx.timestamp, UTC),
         "card": tx.card_id,
         "terminal_id": tx.terminal_id,
@@ -101,7 +117,9 @@ def _fields(
         "score": result.score,
         "decision": result.decision.name,
         "source": result.source.name,
-        "fallback_reason": result.fallback_reason,
+        # None or "" when the model decided: written "". A reason, plain str or `StrEnum`
+        # member, is written as its string.
+        "fallback_reason": result.fallback_reason or "",
         "model_version": result.model_version,
         # This process's engine computed every logged vector.
         "feature_engine_version": FEATURE_ENGINE_VERSION,

@@ -1,12 +1,14 @@
 """The log of valid outcomes, kept for retraining: a `RecordLog` of kind "outcomes".
 
-    Scorer.report_outcome → OutcomeLog.record: a tuple queued, nothing else
-    → the log's writer thread: JSON lines in `outcomes-<opened at>-<pid>-<seq>.jsonl`
+    Scorer.report_outcome → OutcomeLogWriter.on_outcome (an `OutcomeListener`): a tuple
+      queued, nothing else
+    → the log's writer thread: one `OutcomeLine` an outcome, as JSON lines in "outcomes"
+      segments
 
-Each line is one JSON object: `transaction_id`, `is_fraud`, `reported_at` (as the caller
-reported it) and `received_at` (when the server accepted it), both ISO 8601 in UTC with
-microseconds. Outcomes carry no card data, so none reaches these files. Segments, rotation,
-retention and what happens when the disk fails are `service.records.segment_log`'s.
+What a line holds, its fields' names and the segments' names are `service.records.schema`'s
+(`OutcomeLine`, `OUTCOME_SCHEMA`), which training's reader reads by too. Outcomes carry no
+card data, so none reaches these files. Segments, rotation, retention and what happens when
+the disk fails are `service.records.segment_log`'s.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from pathlib import Path
 
 import orjson
 
-from service.records.segment_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog, iso_utc
+from service.core.domain import Outcome
+from service.records.schema import OutcomeLine, iso_utc
+from service.records.segment_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog
 
 # transaction_id, is_fraud, reported_at and received_at in Unix seconds.
 _Outcome = tuple[str, bool, float, float]
 
 
-class OutcomeLog(RecordLog[_Outcome]):
+class OutcomeLogWriter(RecordLog[_Outcome]):
     """Durable JSON-lines log of valid outcomes, written by its own daemon thread."""
 
     def __init__(
@@ -44,17 +48,23 @@ class OutcomeLog(RecordLog[_Outcome]):
         """Queue one valid outcome (`reported_at` in Unix seconds); never blocks or raises."""
         self.append((transaction_id, is_fraud, reported_at, self._clock()))
 
+    def on_outcome(self, outcome: Outcome, applied: bool) -> None:
+        """Log every valid outcome (`service.core.ports.OutcomeListener`), `applied` to the
+        feature state or not: a retrain labels transactions this process no longer holds,
+        or never scored (another worker did, or the server before a restart)."""
+        self.record(outcome.transaction_id, outcome.is_fraud, outcome.reported_at)
+
 
 def _encode(outcomes: Sequence[_Outcome], _written_at: float) -> bytes:
-    return b"".join(
-        orjson.dumps(
-            {
-                "transaction_id": transaction_id,
-                "is_fraud": is_fraud,
-                "reported_at": iso_utc(reported_at),
-                "received_at": iso_utc(received_at),
-            }
-        )
-        + b"\n"
-        for transaction_id, is_fraud, reported_at, received_at in outcomes
-    )
+    return b"".join(orjson.dumps(_line(*outcome)) + b"\n" for outcome in outcomes)
+
+
+def _line(
+    transaction_id: str, is_fraud: bool, reported_at: float, received_at: float
+) -> OutcomeLine:
+    return {
+        "transaction_id": transaction_id,
+        "is_fraud": is_fraud,
+        "reported_at": iso_utc(reported_at),
+        "received_at": iso_utc(received_at),
+    }

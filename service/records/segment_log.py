@@ -6,8 +6,8 @@
     → fsync at least every second; a segment rotated at `segment_bytes` or when the UTC
       day changes, then the oldest segments deleted beyond `max_bytes` or `retention_days`
 
-Segments are named `<kind>-<YYYYMMDDTHHMMSSffffffZ>-<pid>-<seq>.jsonl`: the UTC wall time
-the segment was opened, so names sort by time, then the writing process and its count of
+Segments are named by `service.records.schema` (`segment_name`): the UTC wall time the
+segment was opened, so names sort by time, then the writing process and its count of
 segments, so that worker processes sharing a directory never write to the same file.
 
 The log never slows down or fails a request. With `max_pending` records waiting (the disk is
@@ -31,27 +31,22 @@ import contextlib
 import functools
 import itertools
 import os
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Generic, NamedTuple, TypeVar
+from typing import BinaryIO, Generic, Literal, NamedTuple, TypeVar, get_args
 
 import structlog
 
-from service.config.settings import GIB, MIB
 from service.observability.logs import Throttle
 from service.observability.metrics import (
-    RECORD_LOG_DROP_REASONS,
-    RECORD_LOG_DROPPED_COUNTERS,
-    RECORD_LOG_WRITTEN_COUNTERS,
-    RecordLogDropReason,
-    RecordLogKind,
+    RECORD_LOG_DROPPED,
+    RECORD_LOG_WRITTEN,
 )
+from service.records.schema import RecordKind, segment_name, segment_opened_at
 
 T = TypeVar("T")
 # Encodes a chunk of records, given the wall time (Unix seconds) of writing, as JSON lines.
@@ -61,18 +56,21 @@ FLUSH_SECONDS = 0.2
 SYNC_SECONDS = 1.0
 WARNING_SECONDS = 60.0
 CLOSE_SECONDS = 5.0
-# Records encoded per write. The writer holds the GIL while it encodes a chunk (about 4 µs
-# a decision on the 2-core development machine), so a request may wait that long.
+# Records encoded per write. The writer holds the GIL while it encodes a chunk, so a
+# request may wait as long as one chunk takes to encode: chunks are kept small.
 CHUNK_RECORDS = 32
 # Rest between two chunks, GIL released: with sleep(0), a writer with a backlog would ask
 # for the GIL back at once, chunk after chunk, and take turns with the request thread for
-# as long as the backlog lasts. Resting bounds its share of the GIL and still writes 32
-# records a millisecond, far above any serving rate. (At 1,000 answers/s on an otherwise
-# idle machine the two cost the same: benchmarks/RESULTS.md, "Decision log".)
+# as long as the backlog lasts. Resting bounds its share of the GIL and still writes a
+# chunk a millisecond, far above any serving rate.
 REST_SECONDS = 0.001
 SECONDS_PER_DAY = 86_400
-_STAMP = "%Y%m%dT%H%M%S%fZ"
-_SEGMENT = re.compile(r"(?P<kind>\w+)-(?P<stamp>\d{8}T\d{12}Z)-\d+-\d+\.jsonl")
+# Byte units of the limits below.
+MIB = 1 << 20
+GIB = 1 << 30
+# Why a record was not written: the label of `fraud_record_log_dropped_total`.
+RecordLogDropReason = Literal["queue_full", "write_error", "closed"]
+RECORD_LOG_DROP_REASONS: tuple[RecordLogDropReason, ...] = get_args(RecordLogDropReason)
 
 _log = structlog.get_logger(__name__)
 
@@ -90,28 +88,6 @@ class LogLimits:
 DEFAULT_LIMITS = LogLimits()
 
 
-def segment_name(kind: str, opened_at: float, pid: int, seq: int) -> str:
-    """The file name of a `kind` segment opened at Unix time `opened_at` by process `pid`."""
-    return f"{kind}-{datetime.fromtimestamp(opened_at, UTC).strftime(_STAMP)}-{pid}-{seq}.jsonl"
-
-
-def segment_opened_at(name: str, kind: str) -> float | None:
-    """When the `kind` segment named `name` was opened (Unix time); None if it is not one."""
-    match = _SEGMENT.fullmatch(name)
-    if match is None or match["kind"] != kind:
-        return None
-    try:
-        opened = datetime.strptime(match["stamp"], _STAMP)
-    except ValueError:  # digits in the right places, but no date (month 13)
-        return None
-    return opened.replace(tzinfo=UTC).timestamp()
-
-
-def iso_utc(seconds: float) -> str:
-    """Unix time `seconds` as ISO 8601 in UTC with microseconds, as the logs write times."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
-
-
 class RecordLog(Generic[T]):
     """Appends records to rotated JSON-lines segments from a daemon thread of its own.
 
@@ -122,7 +98,7 @@ class RecordLog(Generic[T]):
     def __init__(
         self,
         directory: Path,
-        kind: RecordLogKind,
+        kind: RecordKind,
         encode: ChunkEncoder[T],
         limits: LogLimits = DEFAULT_LIMITS,
         *,
@@ -140,10 +116,11 @@ class RecordLog(Generic[T]):
         self._pending: deque[T] = deque()
         self._room = limits.max_pending  # 0 once closed: `append` needs no second check
         self._closing = threading.Event()
+        # Every (log, reason) series exists from the start at 0, so alerts see a rise from 0.
         self._dropped = {
-            reason: RECORD_LOG_DROPPED_COUNTERS[kind, reason] for reason in RECORD_LOG_DROP_REASONS
+            reason: RECORD_LOG_DROPPED.labels(kind, reason) for reason in RECORD_LOG_DROP_REASONS
         }
-        self._written = RECORD_LOG_WRITTEN_COUNTERS[kind]
+        self._written = RECORD_LOG_WRITTEN.labels(kind)
         self._drop_warnings = Throttle(WARNING_SECONDS)
         self._failures = Throttle(WARNING_SECONDS)
         self._failing = False
@@ -250,7 +227,7 @@ class _Segments:
     """
 
     def __init__(
-        self, directory: Path, kind: str, limits: LogLimits, clock: Callable[[], float]
+        self, directory: Path, kind: RecordKind, limits: LogLimits, clock: Callable[[], float]
     ) -> None:
         self._directory = directory
         self._kind = kind

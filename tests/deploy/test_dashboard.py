@@ -29,7 +29,8 @@ DOCS = ROOT / "docs" / "observability.md"
 CALL_TIMEOUT = 10.0
 SWIPES = 40
 GRID_WIDTH = 24
-# What the issue asks the dashboard to show, by the metric each needs.
+# Metrics some panel must query: together they chart latency, throughput and errors, load
+# shedding, fallbacks, decisions, scores, the model version and drift.
 REQUIRED_METRICS = {
     "fraud_rpc_duration_seconds_bucket",  # latency percentiles
     "fraud_rpc_requests_total",  # throughput and errors
@@ -123,8 +124,10 @@ def test_every_query_names_only_metrics_the_service_exports(exported: set[str]) 
         assert names <= exported, f"{sorted(names - exported)} not exported; in {expr}"
 
 
-def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
-    """Latency, throughput, errors, shed, fallback, decisions, scores, versions and drift."""
+def test_the_dashboard_queries_latency_traffic_decision_model_and_drift_metrics() -> None:
+    """Some panel queries each of: RPC latency, requests and errors, shed and fallback counts,
+    decisions, the score distribution, the model version over time, per-feature drift and
+    stage durations."""
     shown = set().union(*(metric_names(expr) for expr in expressions()))
     assert shown >= REQUIRED_METRICS
 

@@ -37,7 +37,6 @@ from service.model.artifact import (
     Period,
     Thresholds,
 )
-from service.model.explainer import Explainer
 from service.model.onnx_scorer import OnnxScorer
 from training.config import TrainSettings
 from training.data.split import NANOS_PER_DAY, Periods
@@ -49,6 +48,7 @@ from training.model_build.drift_reference import build_drift_reference
 from training.model_build.export import export_onnx, parity_gap
 from training.model_build.golden import golden_sample
 from training.model_build.libraries import library_versions
+from training.model_build.reason_tables import compile_reason_tables, save_tables
 from training.model_build.thresholds import choose_thresholds
 from training.registry import publishing as registry
 
@@ -162,8 +162,9 @@ def publish(
     with registry.stage(registry_root) as staging:
         (staging / ONNX_MODEL_FILE).write_bytes(candidate.onnx_model)
         candidate.booster.save_model(str(staging / NATIVE_MODEL_FILE))
-        # Compiled here, once, so that serving loads them in milliseconds (service.model.explainer).
-        Explainer(staging / NATIVE_MODEL_FILE).save_tables(staging / REASON_TABLES_FILE)
+        # Compiled here, once: the server only reads them (service.model.explainer).
+        reason_tables = compile_reason_tables(staging / NATIVE_MODEL_FILE)
+        save_tables(reason_tables, staging / REASON_TABLES_FILE)
         (staging / EVALUATION_FILE).write_text(json.dumps(candidate.metrics, indent=2) + "\n")
         for name, text in (reports or {}).items():
             (staging / name).write_text(text, encoding="utf-8")

@@ -1,14 +1,16 @@
 """The server's decision and outcome logs, read back and turned into point-in-time labels.
 
-Both logs are directories of JSON-lines segments named
-`<kind>-<YYYYMMDDTHHMMSSffffffZ>-<pid>-<seq>.jsonl` (kind `decisions` or `outcomes`), whose
-names sort by the time the segment was opened. Only files matching `<kind>-*.jsonl` are read,
-in name order, so "first" means first in that order, then in file order.
+Both logs are directories of JSON-lines segments, their names and their lines as
+`service.records.schema` defines them, the one definition the server's writers write by.
+Only files named as segments of the kind are read, in name order (the time each was opened,
+then the writing process and its count of segments), so "first" means first in that order,
+then in file order.
 
-Reading tolerates what a crash or a full disk leaves behind: a line that is not JSON, lacks a
-field, has a field of the wrong type or a value out of range (a time before 1677 or after
-2262, an integer beyond int64) is skipped and counted, never fatal. Blank lines are
-ignored. A decision logged twice under one transaction id keeps its first line with
+Reading tolerates what a crash or a full disk leaves behind: a line the schema does not
+accept (not JSON, a required field missing, a field of the wrong type, an integer beyond
+int64) or with a time out of range (before 1677 or after 2262) is skipped and counted, never
+fatal. An optional field a line leaves out reads as the schema's `absent` value. Blank lines
+are ignored. A decision logged twice under one transaction id keeps its first line with
 features (else its first line).
 
 Labels follow the DATA clock: a transaction's event time and an outcome's `reported_at`, as
@@ -25,9 +27,8 @@ Errors::
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,35 +38,20 @@ import orjson
 import pandas as pd
 from numpy.typing import NDArray
 
+from service.records.schema import (
+    DECISION_SCHEMA,
+    OUTCOME_SCHEMA,
+    LineSchema,
+    is_segment,
+    segment_glob,
+)
+
 UNKNOWN_LABEL = -1
 # When a label that is not known yet became known: never, which sorts after every real time.
 NOT_KNOWN_NS = np.iinfo(np.int64).max
 
-_NUMBER = (int, float)  # exact types: JSON true/false must not pass for numbers
-_DECISION_FIELDS: dict[str, tuple[type, ...]] = {
-    "transaction_id": (str,),
-    "event_time": (str,),
-    "card": (str,),
-    "terminal_id": (str,),
-    "amount": _NUMBER,
-    "score": _NUMBER,
-    "decision": (str,),
-    "source": (str,),
-    "model_version": (str,),
-    "feature_engine_version": (int,),
-    "features": (list, type(None)),
-}
-_OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
-    "transaction_id": (str,),
-    "is_fraud": (bool,),
-    "reported_at": (str,),
-    "received_at": (str,),
-}
-_FEATURE_VALUE_TYPES = frozenset({int, float, type(None)})
-_INT64 = np.iinfo(np.int64)
 _FIRST_NS_TIME = pd.Timestamp.min.tz_localize("UTC")
 _LAST_NS_TIME = pd.Timestamp.max.tz_localize("UTC")
-_MISSING = object()
 
 
 class FeedbackError(Exception):
@@ -74,14 +60,17 @@ class FeedbackError(Exception):
 
 
 @dataclass(frozen=True)
-class DecisionLog:
+class LoggedDecisions:
     """One row per logged transaction, sorted by (event_ns, transaction_id).
 
-    `frame` columns: transaction_id, event_ns (ns since the epoch, UTC), card (the card
-    token), terminal_id, amount, score, decision, source, model_version,
-    feature_engine_version, feature_config (the fingerprint of the feature settings; "" on a
-    line that has none). `features[i]` is row i's logged vector (NaN for null entries, all
-    NaN when `has_features[i]` is False: no vector logged, or one of another length).
+    `frame` columns, a line's fields of the same names unless said: transaction_id,
+    event_ns (`event_time` in ns since the epoch, UTC), card (the card token), terminal_id,
+    merchant_id, amount, currency, mcc, entry_mode, card_present (nullable), country, score,
+    decision, source, fallback_reason, model_version, feature_engine_version, feature_config
+    (the fingerprint of the feature settings). An optional field a line leaves out is its
+    schema's `absent` value ("" for a line written before feature settings had a
+    fingerprint). `features[i]` is row i's logged vector (NaN for null entries, all NaN when
+    `has_features[i]` is False: no vector logged, or one of another length).
     """
 
     frame: pd.DataFrame
@@ -96,7 +85,7 @@ class DecisionLog:
 
 
 @dataclass(frozen=True)
-class Outcomes:
+class LoggedOutcomes:
     """Reported outcomes, sorted by reported_ns (file order among equal times).
 
     `frame` columns: transaction_id, is_fraud, reported_ns, received_ns (ns since the epoch).
@@ -107,14 +96,14 @@ class Outcomes:
     segments: int
 
 
-def read_decision_log(directory: Path, *, feature_count: int) -> DecisionLog:
+def read_decision_log(directory: Path, *, feature_count: int) -> LoggedDecisions:
     """Every decision logged in `directory`, with feature vectors of `feature_count` values."""
-    lines = _read_valid(directory, "decisions", _is_decision)
-    event_ns, timed = _iso_ns([record["event_time"] for record in lines.records])
+    lines = _read_valid(directory, DECISION_SCHEMA)
+    event_ns, timed = _iso_ns(_values(lines.records, DECISION_SCHEMA, "event_time"))
     records = [record for record, ok in zip(lines.records, timed, strict=True) if ok]
     frame = _decision_frame(records, event_ns[timed])
     features, has_features = _feature_matrix(
-        [record["features"] for record in records], feature_count
+        _values(records, DECISION_SCHEMA, "features"), feature_count
     )
     # A "deadline" answer is logged without features and its retry again, with them: of a
     # transaction's lines, the first with features wins, else its first line.
@@ -122,7 +111,7 @@ def read_decision_log(directory: Path, *, feature_count: int) -> DecisionLog:
     unique = preferred.drop_duplicates("transaction_id", keep="first").drop(columns="_without")
     ordered = unique.sort_values(["event_ns", "transaction_id"], kind="stable")
     rows = ordered.index.to_numpy()
-    return DecisionLog(
+    return LoggedDecisions(
         frame=ordered.reset_index(drop=True),
         features=features[rows],
         has_features=has_features[rows],
@@ -132,22 +121,22 @@ def read_decision_log(directory: Path, *, feature_count: int) -> DecisionLog:
     )
 
 
-def read_outcomes(directory: Path) -> Outcomes:
+def read_outcomes(directory: Path) -> LoggedOutcomes:
     """Every outcome logged in `directory`, in the order they were reported."""
-    lines = _read_valid(directory, "outcomes", _OUTCOME_SCHEMA.accepts)
-    reported_ns, reported_ok = _iso_ns([record["reported_at"] for record in lines.records])
-    received_ns, received_ok = _iso_ns([record["received_at"] for record in lines.records])
+    lines = _read_valid(directory, OUTCOME_SCHEMA)
+    reported_ns, reported_ok = _iso_ns(_values(lines.records, OUTCOME_SCHEMA, "reported_at"))
+    received_ns, received_ok = _iso_ns(_values(lines.records, OUTCOME_SCHEMA, "received_at"))
     timed = reported_ok & received_ok
     records = [record for record, ok in zip(lines.records, timed, strict=True) if ok]
     frame = pd.DataFrame(
         {
-            "transaction_id": _strings(records, "transaction_id"),
-            "is_fraud": np.array([record["is_fraud"] for record in records], dtype=np.bool_),
+            "transaction_id": _strings(records, OUTCOME_SCHEMA, "transaction_id"),
+            "is_fraud": np.array(_values(records, OUTCOME_SCHEMA, "is_fraud"), dtype=np.bool_),
             "reported_ns": reported_ns[timed],
             "received_ns": received_ns[timed],
         }
     )
-    return Outcomes(
+    return LoggedOutcomes(
         frame=frame.sort_values("reported_ns", kind="stable").reset_index(drop=True),
         skipped_lines=lines.skipped + int((~timed).sum()),
         segments=lines.segments,
@@ -171,7 +160,7 @@ class LabelledOutcomes(NamedTuple):
 def label_outcomes(
     transaction_ids: NDArray[np.object_],
     event_ns: NDArray[np.int64],
-    outcomes: Outcomes,
+    outcomes: LoggedOutcomes,
     *,
     as_of_ns: int,
     label_delay_ns: int,
@@ -202,7 +191,7 @@ def label_outcomes(
 def labels_as_of(
     transaction_ids: NDArray[np.object_],
     event_ns: NDArray[np.int64],
-    outcomes: Outcomes,
+    outcomes: LoggedOutcomes,
     *,
     as_of_ns: int,
     label_delay_ns: int,
@@ -213,7 +202,7 @@ def labels_as_of(
     ).label
 
 
-def newest_time_ns(decisions: DecisionLog, outcomes: Outcomes) -> int:
+def newest_time_ns(decisions: LoggedDecisions, outcomes: LoggedOutcomes) -> int:
     """The newest event time or report time in the logs: the default "as of" moment."""
     times = np.concatenate(
         [decisions.frame["event_ns"].to_numpy(), outcomes.frame["reported_ns"].to_numpy()]
@@ -229,9 +218,11 @@ class _Lines(NamedTuple):
     segments: int
 
 
-def _read_valid(directory: Path, kind: str, valid: Callable[[Any], bool]) -> _Lines:
-    """The valid records of `directory`'s `kind` segments, in name then file order."""
-    paths = _segments(directory, kind)
+def _read_valid(directory: Path, schema: LineSchema) -> _Lines:
+    """The records `schema` accepts of `directory`'s segments of its kind, in name then file
+    order."""
+    kind = schema.kind
+    paths = _segments(directory, schema)
     records: list[dict[str, Any]] = []
     skipped = 0
     for path in paths:
@@ -243,22 +234,29 @@ def _read_valid(directory: Path, kind: str, valid: Callable[[Any], bool]) -> _Li
             if not line.strip():
                 continue
             record = _parse(line)
-            if valid(record):
+            if schema.accepts(record):
                 records.append(record)
             else:
                 skipped += 1
     return _Lines(records, skipped, len(paths))
 
 
-def _segments(directory: Path, kind: str) -> list[Path]:
+def _segments(directory: Path, schema: LineSchema) -> list[Path]:
+    kind = schema.kind
     if not directory.is_dir():
         raise FeedbackError(f"{kind} log directory {directory} does not exist")
     try:
-        paths = [path for path in directory.glob(f"{kind}-*.jsonl") if path.is_file()]
+        paths = [
+            path
+            for path in directory.glob(segment_glob(kind))
+            if is_segment(path.name, kind) and path.is_file()
+        ]
     except OSError as error:
         raise FeedbackError(f"cannot list {kind} log directory {directory}: {error}") from error
     if not paths:
-        raise FeedbackError(f"{kind} log directory {directory} holds no {kind}-*.jsonl segment")
+        raise FeedbackError(
+            f"{kind} log directory {directory} holds no {segment_glob(kind)} segment"
+        )
     return sorted(paths, key=lambda path: _natural_key(path.name))
 
 
@@ -276,40 +274,6 @@ def _parse(line: bytes) -> Any:
         return None
 
 
-class _Schema:
-    """The fields a record needs and the exact types each may have."""
-
-    def __init__(self, fields: dict[str, tuple[type, ...]]) -> None:
-        self._names = tuple(fields)
-        self._defaults = (_MISSING,) * len(fields)
-        # Every allowed combination of field types (few: few fields allow two), so that a
-        # record is checked with one set lookup: this runs once per line.
-        self._shapes = frozenset(itertools.product(*fields.values()))
-
-    def accepts(self, record: Any) -> bool:
-        """Whether `record` is an object with every field, each of an allowed type."""
-        if not isinstance(record, dict):
-            return False
-        values = map(record.get, self._names, self._defaults)
-        return tuple(map(type, values)) in self._shapes
-
-
-_DECISION_SCHEMA = _Schema(_DECISION_FIELDS)
-_OUTCOME_SCHEMA = _Schema(_OUTCOME_FIELDS)
-
-
-def _is_decision(record: Any) -> bool:
-    if not _DECISION_SCHEMA.accepts(record):
-        return False
-    # JSON integers reach 2**64 - 1; the frame's column is int64.
-    if not _INT64.min <= record["feature_engine_version"] <= _INT64.max:
-        return False
-    if not isinstance(record.get("feature_config", ""), str):
-        return False
-    features = record["features"]
-    return features is None or set(map(type, features)) <= _FEATURE_VALUE_TYPES
-
-
 def _iso_ns(stamps: list[str]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     """Nanoseconds since the epoch of ISO 8601 `stamps` (naive ones are UTC), and which parsed;
     a time nanoseconds in int64 cannot hold (before 1677, after 2262) counts as unparsable."""
@@ -323,29 +287,51 @@ def _iso_ns(stamps: list[str]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     return in_ns.to_numpy(dtype=np.int64, na_value=0), representable.to_numpy()
 
 
-def _strings(records: Sequence[dict[str, Any]], name: str) -> pd.Series:
-    return pd.Series([record[name] for record in records], dtype="str")
+def _values(records: Sequence[dict[str, Any]], schema: LineSchema, name: str) -> list[Any]:
+    """Field `name` of each record, the schema's `absent` value where a record leaves it out.
+
+    Raises KeyError if the schema has no such field: a reader naming a field the writers do
+    not write fails at once, instead of reading a column of `absent` values.
+    """
+    absent = schema[name].absent
+    return [record.get(name, absent) for record in records]
+
+
+def _strings(records: Sequence[dict[str, Any]], schema: LineSchema, name: str) -> pd.Series:
+    return pd.Series(_values(records, schema, name), dtype="str")
 
 
 def _decision_frame(records: Sequence[dict[str, Any]], event_ns: NDArray[np.int64]) -> pd.DataFrame:
+    def strings(name: str) -> pd.Series:
+        return _strings(records, DECISION_SCHEMA, name)
+
+    def numbers(name: str, dtype: type[np.generic]) -> NDArray[Any]:
+        # The schema accepts only integers within int64 for an int64 column.
+        return np.array(_values(records, DECISION_SCHEMA, name), dtype=dtype)
+
     return pd.DataFrame(
         {
-            "transaction_id": _strings(records, "transaction_id"),
+            "transaction_id": strings("transaction_id"),
             "event_ns": event_ns,
-            "card": _strings(records, "card"),
-            "terminal_id": _strings(records, "terminal_id"),
-            "amount": np.array([record["amount"] for record in records], dtype=np.float64),
-            "score": np.array([record["score"] for record in records], dtype=np.float64),
-            "decision": _strings(records, "decision"),
-            "source": _strings(records, "source"),
-            "model_version": _strings(records, "model_version"),
-            "feature_engine_version": np.array(
-                [record["feature_engine_version"] for record in records], dtype=np.int64
+            "card": strings("card"),
+            "terminal_id": strings("terminal_id"),
+            "merchant_id": strings("merchant_id"),
+            "amount": numbers("amount", np.float64),
+            "currency": strings("currency"),
+            "mcc": numbers("mcc", np.int64),
+            "entry_mode": numbers("entry_mode", np.int64),
+            # True, False or <NA> (not known).
+            "card_present": pd.array(
+                _values(records, DECISION_SCHEMA, "card_present"), dtype="boolean"
             ),
-            # Lines written before the fingerprint was logged have none: "".
-            "feature_config": pd.Series(
-                [record.get("feature_config", "") for record in records], dtype="str"
-            ),
+            "country": strings("country"),
+            "score": numbers("score", np.float64),
+            "decision": strings("decision"),
+            "source": strings("source"),
+            "fallback_reason": strings("fallback_reason"),
+            "model_version": strings("model_version"),
+            "feature_engine_version": numbers("feature_engine_version", np.int64),
+            "feature_config": strings("feature_config"),
         }
     )
 

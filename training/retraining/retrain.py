@@ -43,9 +43,9 @@ from training.model_build.candidate import (
 from training.model_build.gates import GateFailure, require
 from training.registry import publishing as registry
 from training.retraining.feedback import (
-    DecisionLog,
     FeedbackError,
-    Outcomes,
+    LoggedDecisions,
+    LoggedOutcomes,
     newest_time_ns,
     read_decision_log,
     read_outcomes,
@@ -132,8 +132,8 @@ def retrain(
 
 def retrain_from_logs(
     registry_root: Path,
-    decisions: DecisionLog,
-    outcomes: Outcomes,
+    decisions: LoggedDecisions,
+    outcomes: LoggedOutcomes,
     settings: TrainSettings,
     *,
     log_name: str,
@@ -343,7 +343,7 @@ def comparable_champion(root: Path, settings: TrainSettings) -> _Champion:
     return _Champion(version, manifest, models.artifact_dir(version))
 
 
-def _as_of_ns(decisions: DecisionLog, outcomes: Outcomes, as_of: datetime | None) -> int:
+def _as_of_ns(decisions: LoggedDecisions, outcomes: LoggedOutcomes, as_of: datetime | None) -> int:
     """`as_of`, by default the logs' newest record; FeedbackError when it is after that one."""
     newest_ns = newest_time_ns(decisions, outcomes)
     if as_of is None:

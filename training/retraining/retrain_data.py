@@ -29,14 +29,14 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from service.core.domain import Decision
 from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig
 from service.model.artifact import DataFingerprint, LineageSource
-from service.scoring_types import Decision
 from training.config import TrainSettings
 from training.data.dataset import FeatureTable
 from training.data.split import NANOS_PER_DAY, Periods, day_index
 from training.model_build.candidate import ModelData, instant
-from training.retraining.feedback import DecisionLog, Outcomes, label_outcomes
+from training.retraining.feedback import LoggedDecisions, LoggedOutcomes, label_outcomes
 
 
 class Declined(Exception):
@@ -85,8 +85,8 @@ class RetrainData:
 
 
 def label_log(
-    decisions: DecisionLog,
-    outcomes: Outcomes,
+    decisions: LoggedDecisions,
+    outcomes: LoggedOutcomes,
     *,
     as_of_ns: int,
     feature_config: FeatureConfig,
@@ -133,7 +133,7 @@ def label_log(
 
 
 def _silent_declines(
-    decisions: DecisionLog, labels: NDArray[np.int8], reported: NDArray[np.bool_]
+    decisions: LoggedDecisions, labels: NDArray[np.int8], reported: NDArray[np.bool_]
 ) -> NDArray[np.bool_]:
     """Declines that count as genuine only because no outcome was reported by then. The
     fallback's declines too: blocked is blocked, whoever decided."""

@@ -45,15 +45,15 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from service.core.domain import Decision, DecisionSource
 from service.model.registry import HistoryEntry
-from service.observability.drift import CYCLIC_FEATURES
-from service.scoring_types import Decision, DecisionSource
+from service.observability.drift_bins import CYCLIC_FEATURES
 from training.config import TriggerConfig
 from training.data.split import NANOS_PER_DAY
 from training.retraining.feedback import (
     UNKNOWN_LABEL,
-    DecisionLog,
-    Outcomes,
+    LoggedDecisions,
+    LoggedOutcomes,
     labels_as_of,
     newest_time_ns,
 )
@@ -143,8 +143,8 @@ def highest_drift(look: MetricsLook, *, now_s: float) -> Psi | None:
 
 
 def live_precision(
-    decisions: DecisionLog,
-    outcomes: Outcomes,
+    decisions: LoggedDecisions,
+    outcomes: LoggedOutcomes,
     *,
     champion: str,
     window_days: float,

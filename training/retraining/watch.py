@@ -43,12 +43,13 @@ from typing import Protocol, TypeVar
 
 from service.features import FEATURES
 from service.model.registry import CHALLENGER, CHAMPION, Registry
+from service.records.schema import is_segment, segment_glob
 from training.config import TrainSettings
 from training.model_build.gates import GateFailure
 from training.retraining.feedback import (
-    DecisionLog,
     FeedbackError,
-    Outcomes,
+    LoggedDecisions,
+    LoggedOutcomes,
     read_decision_log,
     read_outcomes,
 )
@@ -305,11 +306,11 @@ class _LookLogs:
         return _outcome_log_size(self._outcomes_dir)
 
     @cached_property
-    def decisions(self) -> DecisionLog:
+    def decisions(self) -> LoggedDecisions:
         return read_decision_log(self._decisions_dir, feature_count=len(FEATURES))
 
     @cached_property
-    def outcomes(self) -> Outcomes:
+    def outcomes(self) -> LoggedOutcomes:
         # Measured first, so that a report arriving during the read is news at the next look.
         _ = self.outcome_log_size
         return read_outcomes(self._outcomes_dir)
@@ -317,4 +318,8 @@ class _LookLogs:
 
 def _outcome_log_size(directory: Path) -> int:
     """Bytes in the outcome log's segments: it changes when reports arrive (or age out)."""
-    return sum(path.stat().st_size for path in directory.glob("outcomes-*.jsonl") if path.is_file())
+    return sum(
+        path.stat().st_size
+        for path in directory.glob(segment_glob("outcomes"))
+        if is_segment(path.name, "outcomes") and path.is_file()
+    )

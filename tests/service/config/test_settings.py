@@ -70,7 +70,6 @@ def test_environment_overrides_file_overrides_defaults(
     assert settings.server.port == 7000
     assert settings.server.workers == 2
     assert settings.server.metrics_port == 9464
-    assert isinstance(settings, ServeSettings)
 
 
 def test_training_variables_are_not_serve_settings(monkeypatch: pytest.MonkeyPatch) -> None:

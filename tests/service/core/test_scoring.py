@@ -16,21 +16,26 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.core.card_tokens import CardTokenizer
-from service.core.domain import NANOS_PER_SECOND, Transaction
-from service.core.errors import InvalidRequest, ModelUnavailable, UnknownTransaction
-from service.core.scoring import FallbackPolicy, Scorer
-from service.core.validation import ScoringLimits
-from service.features import FEATURES, FeatureConfig, FeatureEngine
-from service.model.artifact import Thresholds
-from service.model.onnx_scorer import OnnxScorer
-from service.model.store import LoadedModel, ModelStore
-from service.scoring_types import (
+from service.core.domain import (
+    NANOS_PER_SECOND,
     Decision,
     DecisionSource,
+    FallbackReason,
+    Outcome,
     RawOutcome,
     RawTransaction,
     ScoreResult,
+    Transaction,
 )
+from service.core.errors import InvalidRequest, ModelUnavailable, UnknownTransaction
+from service.core.scoring import FallbackPolicy, Scorer, decision_for
+from service.core.validation import ScoringLimits
+from service.features import FEATURES, FeatureEngine
+from service.model.artifact import Thresholds
+from service.model.loading import LoadedModel
+from service.model.onnx_scorer import OnnxScorer
+from service.model.store import ModelStore
+from service.observability.metrics import SampledStageTimer
 from tests.conftest import TrainedModel
 from tests.factories import T0_NS
 from tests.factories import raw_transaction as _raw
@@ -74,12 +79,18 @@ def engine(model: LoadedModel) -> FeatureEngine:
 
 
 @pytest.fixture
-def scorer(engine: FeatureEngine, store: ModelStore) -> Scorer:
+def scorer(engine: FeatureEngine, store: ModelStore) -> Scorer[LoadedModel]:
     return _scorer(engine, store)
 
 
-def _scorer(engine: FeatureEngine, store: Any, **options: Any) -> Scorer:
+def _scorer(
+    engine: FeatureEngine, store: Any, *, stage_timing_every: int | None = None, **options: Any
+) -> Scorer[LoadedModel]:
+    """A scorer over `engine` and `store`; `stage_timing_every` times the stages of one call
+    in that many, in the server's stage histograms."""
     options.setdefault("fallback", FallbackPolicy())
+    if stage_timing_every is not None:
+        options["stage_timer"] = SampledStageTimer(stage_timing_every)
     return Scorer(engine, store, tokenizer=TOKENIZER, limits=ScoringLimits(), **options)
 
 
@@ -101,21 +112,42 @@ def _card_count(engine: FeatureEngine, card_id: str = "card-1") -> float:
     return _probe(engine, card_id)["card_tx_count_1d"]
 
 
-def _expected_decision(score: float, model: LoadedModel) -> Decision:
-    if score >= model.thresholds.decline:
-        return Decision.DECLINE
-    return Decision.REVIEW if score >= model.thresholds.review else Decision.APPROVE
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [
+        (0.0, Decision.APPROVE),
+        (0.2999, Decision.APPROVE),
+        (0.3, Decision.REVIEW),
+        (0.7999, Decision.REVIEW),
+        (0.8, Decision.DECLINE),
+        (1.0, Decision.DECLINE),
+    ],
+)
+def test_decisions_turn_at_each_threshold_inclusive(score: float, expected: Decision) -> None:
+    """A score equal to a threshold takes that threshold's decision."""
+    thresholds = Thresholds(review=0.3, decline=0.8, policy="fixed for the test")
+    assert decision_for(score, thresholds) is expected
 
 
-def test_a_scored_transaction_has_every_field(scorer: Scorer, model: LoadedModel) -> None:
+@pytest.mark.parametrize("score", [-0.01, 1.01, float("nan")])
+def test_a_score_outside_zero_to_one_has_no_decision(score: float) -> None:
+    """A broken model's score is an error, never a decision."""
+    thresholds = Thresholds(review=0.3, decline=0.8, policy="fixed for the test")
+    with pytest.raises(ValueError, match="not a probability"):
+        decision_for(score, thresholds)
+
+
+def test_a_scored_transaction_has_every_field(
+    scorer: Scorer[LoadedModel], model: LoadedModel
+) -> None:
     """A model answer carries the id, a probability, its decision and the model version."""
     result = scorer.score(_raw(1))
     assert result.transaction_id == "tx-1"
     assert 0.0 <= result.score <= 1.0
-    assert result.decision == _expected_decision(result.score, model)
+    assert result.decision == decision_for(result.score, model.thresholds)
     assert result.model_version == model.version
     assert result.source is DecisionSource.MODEL
-    assert result.fallback_reason == ""
+    assert result.fallback_reason is None
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +206,7 @@ def test_decisions_follow_the_thresholds_with_reasons_only_when_needed(
     # This model reviews what it declines (review == decline): REVIEW is tested below.
     assert {Decision.APPROVE, Decision.DECLINE} <= {result.decision for result in results}
     for result in results:
-        assert result.decision == _expected_decision(result.score, model)
+        assert result.decision == decision_for(result.score, model.thresholds)
         if result.decision is Decision.APPROVE:
             assert result.reasons == ()
         else:
@@ -195,7 +227,7 @@ def test_scores_between_the_thresholds_are_reviewed_with_reasons(
 
 
 def test_a_repeated_transaction_is_answered_again_but_counted_once(
-    scorer: Scorer, engine: FeatureEngine
+    scorer: Scorer[LoadedModel], engine: FeatureEngine
 ) -> None:
     """The same id gets the same answer, even with other content, and one place in the state."""
     first = scorer.score(_raw(1))
@@ -213,12 +245,12 @@ def test_the_memory_of_answers_is_bounded(engine: FeatureEngine, store: ModelSto
 
 
 def test_a_passed_deadline_gets_the_fallback_and_leaves_the_state(
-    scorer: Scorer, engine: FeatureEngine
+    scorer: Scorer[LoadedModel], engine: FeatureEngine
 ) -> None:
     """A request already late is answered by the rules, not counted, and scored on retry."""
     late = scorer.score(_raw(1), deadline=time.monotonic() - 1.0)
     assert late == ScoreResult(
-        "tx-1", 0.0, Decision.APPROVE, (), "", DecisionSource.FALLBACK, "deadline"
+        "tx-1", 0.0, Decision.APPROVE, (), "", DecisionSource.FALLBACK, FallbackReason.DEADLINE
     )
     retry = scorer.score(_raw(1), deadline=time.monotonic() + 10.0)
     assert retry.source is DecisionSource.MODEL
@@ -295,14 +327,18 @@ def test_an_inference_error_without_fallback_is_unavailable_and_counted_once(
     assert _card_count(engine) == 2
 
 
-def test_invalid_requests_leave_the_state_untouched(scorer: Scorer, engine: FeatureEngine) -> None:
+def test_invalid_requests_leave_the_state_untouched(
+    scorer: Scorer[LoadedModel], engine: FeatureEngine
+) -> None:
     """A request refused on its last field has not been counted."""
     with pytest.raises(InvalidRequest, match=r"transaction\.country"):
         scorer.score(_raw(1, country="france"))
     assert _card_count(engine) == 1
 
 
-def test_card_numbers_are_one_card_under_their_token(scorer: Scorer, engine: FeatureEngine) -> None:
+def test_card_numbers_are_one_card_under_their_token(
+    scorer: Scorer[LoadedModel], engine: FeatureEngine
+) -> None:
     """A card number, plain or formatted, is counted under its token and nowhere else."""
     scorer.score(_raw(1, card_id=PAN))
     scorer.score(_raw(2, card_id="4111 1111 1111 1111"))
@@ -310,7 +346,9 @@ def test_card_numbers_are_one_card_under_their_token(scorer: Scorer, engine: Fea
     assert _card_count(engine, PAN) == 1
 
 
-def test_a_reported_fraud_raises_the_terminal_risk(scorer: Scorer, engine: FeatureEngine) -> None:
+def test_a_reported_fraud_raises_the_terminal_risk(
+    scorer: Scorer[LoadedModel], engine: FeatureEngine
+) -> None:
     """Once the label delay has passed, a reported fraud counts in the terminal's risk."""
     scorer.score(_raw(0, timestamp_ns=T0_NS))
     scorer.report_outcome(RawOutcome("tx-0", True, T0_NS + DAY_NS))
@@ -322,7 +360,7 @@ def test_a_reported_fraud_raises_the_terminal_risk(scorer: Scorer, engine: Featu
 
 
 def test_without_outcome_the_terminal_risk_stays_zero(
-    scorer: Scorer, engine: FeatureEngine
+    scorer: Scorer[LoadedModel], engine: FeatureEngine
 ) -> None:
     """The same transaction with no outcome reported counts as genuine."""
     scorer.score(_raw(0, timestamp_ns=T0_NS))
@@ -332,27 +370,37 @@ def test_without_outcome_the_terminal_risk_stays_zero(
     assert features["terminal_risk_1d"] == 0.0
 
 
-def test_an_outcome_for_an_unknown_transaction_is_refused(scorer: Scorer) -> None:
+def test_an_outcome_for_an_unknown_transaction_is_refused(scorer: Scorer[LoadedModel]) -> None:
     """An outcome naming a transaction the state does not hold raises UnknownTransaction."""
     with pytest.raises(UnknownTransaction):
         scorer.report_outcome(RawOutcome("never-seen", True, T0_NS))
 
 
-def test_an_outcome_without_report_time_is_invalid(scorer: Scorer) -> None:
+def test_an_outcome_without_report_time_is_invalid(scorer: Scorer[LoadedModel]) -> None:
     """reported_at is required."""
     scorer.score(_raw(1))
     with pytest.raises(InvalidRequest, match="reported_at: required"):
         scorer.report_outcome(RawOutcome("tx-1", True, None))
 
 
-def test_every_valid_outcome_reaches_the_outcome_sink(
+class RecordedOutcomes:
+    """An outcome listener that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, bool, float, bool]] = []
+
+    def on_outcome(self, outcome: Outcome, applied: bool) -> None:
+        self.heard.append((*outcome, applied))
+
+
+def test_every_valid_outcome_reaches_the_outcome_listeners(
     engine: FeatureEngine, store: ModelStore
 ) -> None:
-    """The sink gets each valid outcome, as reported, even one the feature state cannot use
-    (its transaction scored before a restart, by another worker, or too long ago): it is
+    """The listeners hear each valid outcome, as reported, even one the feature state cannot
+    use (its transaction scored before a restart, by another worker, or too long ago): it is
     still a label for retraining. Invalid ones never."""
-    received: list[tuple[str, bool, float]] = []
-    scorer = _scorer(engine, store, outcome_sink=lambda *outcome: received.append(outcome))
+    outcomes = RecordedOutcomes()
+    scorer = _scorer(engine, store, outcome_listeners=[outcomes])
     scorer.score(_raw(0, timestamp_ns=T0_NS))
     scorer.report_outcome(RawOutcome("tx-0", True, T0_NS + DAY_NS))
     with pytest.raises(UnknownTransaction):
@@ -360,40 +408,68 @@ def test_every_valid_outcome_reaches_the_outcome_sink(
     with pytest.raises(InvalidRequest):
         scorer.report_outcome(RawOutcome("tx-0", False, None))
     reported = (T0_NS + DAY_NS) / NANOS_PER_SECOND
-    assert received == [("tx-0", True, reported), ("before-a-restart", True, reported)]
+    assert outcomes.heard == [
+        ("tx-0", True, reported, True),
+        ("before-a-restart", True, reported, False),
+    ]
 
 
-class RecordedDecisions:
-    """A decision sink that keeps what it is given, as the decision log would queue it."""
+class RecordedAnswers:
+    """An answer listener that keeps what it hears, as the decision log would queue it."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[Transaction, Sequence[float] | None, ScoreResult]] = []
+        self.heard: list[
+            tuple[Transaction, Sequence[float] | None, ScoreResult, LoadedModel | None]
+        ] = []
 
-    def record(
-        self, tx: Transaction, features: Sequence[float] | None, result: ScoreResult
+    def on_answer(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        model: LoadedModel | None,
     ) -> None:
-        self.records.append((tx, features, result))
+        self.heard.append((tx, features, result, model))
 
 
-def test_every_answer_but_a_repeat_reaches_the_decision_sink(
-    engine: FeatureEngine, store: ModelStore, broken_model: LoadedModel
+def test_every_answer_but_a_repeat_reaches_the_listeners(
+    engine: FeatureEngine, store: ModelStore, model: LoadedModel, broken_model: LoadedModel
 ) -> None:
-    """Model and fallback answers go to the sink with the tokenised transaction and its
-    features (None for a late request, which computed none); a repeat's answer does not."""
-    decisions = RecordedDecisions()
-    scorer = _scorer(engine, store, decisions=decisions)
+    """Model and fallback answers are heard with the tokenised transaction and its features
+    (None for a late request, which computed none), and the deciding model (None when the
+    fallback answered); a repeat's answer is not heard again."""
+    answers = RecordedAnswers()
+    scorer = _scorer(engine, store, answer_listeners=[answers])
     late = scorer.score(_raw(1, card_id=PAN), deadline=time.monotonic() - 1.0)
     answer = scorer.score(_raw(1, card_id=PAN))
     assert scorer.score(_raw(1, card_id=PAN)) is answer
-    failed = _scorer(engine, OneModel(broken_model), decisions=decisions).score(_raw(2))
+    failed = _scorer(engine, OneModel(broken_model), answer_listeners=[answers]).score(_raw(2))
 
-    assert [record[2] for record in decisions.records] == [late, answer, failed]
-    assert [record[0].card_id for record in decisions.records[:2]] == [TOKENIZER.token(PAN)] * 2
-    assert decisions.records[0][1] is None
-    assert [len(record[1] or ()) for record in decisions.records[1:]] == [len(FEATURES)] * 2
+    assert [heard[2] for heard in answers.heard] == [late, answer, failed]
+    assert [heard[0].card_id for heard in answers.heard[:2]] == [TOKENIZER.token(PAN)] * 2
+    assert answers.heard[0][1] is None
+    assert [len(heard[1] or ()) for heard in answers.heard[1:]] == [len(FEATURES)] * 2
+    assert [heard[3] for heard in answers.heard] == [None, model, None]
 
 
-def test_model_summary_describes_the_current_model(scorer: Scorer, model: LoadedModel) -> None:
+def test_listeners_hear_in_the_order_given(engine: FeatureEngine, store: ModelStore) -> None:
+    """The composition root relies on the order: metrics first, the decision log last."""
+    order: list[str] = []
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def on_answer(self, *_heard: object) -> None:
+            order.append(self.name)
+
+    _scorer(engine, store, answer_listeners=[Named("first"), Named("second")]).score(_raw(1))
+    assert order == ["first", "second"]
+
+
+def test_model_summary_describes_the_current_model(
+    scorer: Scorer[LoadedModel], model: LoadedModel
+) -> None:
     """GetModelInfo's summary is the deciding model's."""
     assert scorer.model_summary() == model.summary()
 
@@ -404,17 +480,10 @@ def test_model_summary_without_model_is_unavailable(engine: FeatureEngine) -> No
         _scorer(engine, OneModel(None)).model_summary()
 
 
-def test_an_engine_with_another_feature_config_is_refused(store: ModelStore) -> None:
-    """The scorer will not pair a model with an engine computing other features."""
-    engine = FeatureEngine(FeatureConfig(label_delay_days=3))
-    with pytest.raises(ValueError, match="feature engine's config"):
-        _scorer(engine, store)
-
-
 def test_a_store_without_champion_gets_rule_answers(tmp_path: Path, engine: FeatureEngine) -> None:
     """An empty registry gives a store without model: the scorer still answers by the rules."""
     result = _scorer(engine, ModelStore(tmp_path)).score(_raw(1))
-    assert result.fallback_reason == "model_unavailable"
+    assert result.fallback_reason is FallbackReason.MODEL_UNAVAILABLE
 
 
 def _stage_counts() -> dict[str, float]:
@@ -425,7 +494,7 @@ def _stage_counts() -> dict[str, float]:
     }
 
 
-def _stages_timed(scorer: Scorer, *raws: RawTransaction) -> dict[str, float]:
+def _stages_timed(scorer: Scorer[LoadedModel], *raws: RawTransaction) -> dict[str, float]:
     """How many timings of each stage scoring `raws` adds."""
     before = _stage_counts()
     for raw in raws:

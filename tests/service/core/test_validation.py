@@ -10,10 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.core.card_tokens import CardTokenizer
-from service.core.domain import NANOS_PER_SECOND, EntryMode, Transaction
+from service.core.domain import (
+    NANOS_PER_SECOND,
+    EntryMode,
+    Outcome,
+    RawOutcome,
+    RawTransaction,
+    Transaction,
+)
 from service.core.errors import InvalidRequest
-from service.core.validation import Outcome, ScoringLimits, to_outcome, to_transaction
-from service.scoring_types import RawOutcome, RawTransaction
+from service.core.validation import ScoringLimits, to_outcome, to_transaction
 
 LIMITS = ScoringLimits()
 TOKENIZER = CardTokenizer(b"test key")

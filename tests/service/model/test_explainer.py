@@ -1,9 +1,8 @@
-"""Tests for service.model.explainer: reason codes from the native model of a trained artifact."""
+"""Tests for service.model.explainer: reason codes from the reason tables of a trained artifact."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,15 @@ import pytest
 from numpy.typing import NDArray
 
 from service.features import FEATURES
-from service.model.artifact import NATIVE_MODEL_FILE, read_manifest
+from service.model.artifact import NATIVE_MODEL_FILE, REASON_TABLES_FILE, read_manifest
 from service.model.explainer import REASON_CODES, Explainer
 from service.model.registry import Registry
 from tests.conftest import TrainedModel
 
 FEATURE_NAMES = [feature.name for feature in FEATURES]
-FEW_FEATURES = FEATURE_NAMES[:4]
-# What LightGBM makes of special inputs; each is tried on every kind of split.
-SPECIAL_VALUES = (np.nan, 0.0, -0.0, 1e-40, -1e-40, np.inf, -np.inf)
 
 
-def _predict(booster: lightgbm.Booster, rows: Any, **kind: bool) -> NDArray[np.float64]:
+def lightgbm_predict(booster: lightgbm.Booster, rows: Any, **kind: bool) -> NDArray[np.float64]:
     """LightGBM's prediction of float32 `rows` (probability unless `kind` says otherwise)."""
     return np.asarray(booster.predict(np.asarray(rows, dtype=np.float32), **kind), np.float64)
 
@@ -36,7 +32,7 @@ def artifact_dir(trained_model: TrainedModel) -> Path:
 
 @pytest.fixture(scope="module")
 def explainer(artifact_dir: Path) -> Explainer:
-    return Explainer(artifact_dir / NATIVE_MODEL_FILE)
+    return Explainer.from_tables(artifact_dir / REASON_TABLES_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +56,7 @@ def test_codes_are_upper_snake_case() -> None:
 
 
 def test_explainer_reads_the_models_features(explainer: Explainer) -> None:
-    """The native model of a trained artifact names the engine's features, in order."""
+    """The reason tables of a trained artifact name the engine's features, in order."""
     assert explainer.feature_names == tuple(FEATURE_NAMES)
 
 
@@ -68,7 +64,7 @@ def test_contributions_add_up_to_the_raw_score(
     explainer: Explainer, booster: lightgbm.Booster, golden_rows: list[list[float]]
 ) -> None:
     """On every golden row, bias plus contributions is LightGBM's raw score (log-odds)."""
-    raw = _predict(booster, golden_rows, raw_score=True)
+    raw = lightgbm_predict(booster, golden_rows, raw_score=True)
     totals = [explainer.bias + explainer.contributions(row).sum() for row in golden_rows]
     assert totals == pytest.approx(raw, rel=1e-9, abs=1e-9)
 
@@ -77,7 +73,7 @@ def test_bias_is_treeshaps_expected_value(
     explainer: Explainer, booster: lightgbm.Booster, golden_rows: list[list[float]]
 ) -> None:
     """Nodes are weighted by training rows as TreeSHAP weighs them: same bias (log-odds)."""
-    shap = _predict(booster, golden_rows[:1], pred_contrib=True)
+    shap = lightgbm_predict(booster, golden_rows[:1], pred_contrib=True)
     assert explainer.bias == pytest.approx(shap[0, -1], rel=1e-9)
 
 
@@ -86,8 +82,8 @@ def test_top_reason_mostly_agrees_with_treeshap(
 ) -> None:
     """On rows scored above even odds, the strongest feature is mostly TreeSHAP's too."""
     rows = np.array(golden_rows, dtype=np.float32)
-    flagged = rows[_predict(booster, rows) > 0.5]
-    shap_top = np.argmax(_predict(booster, flagged, pred_contrib=True)[:, :-1], axis=1)
+    flagged = rows[lightgbm_predict(booster, rows) > 0.5]
+    shap_top = np.argmax(lightgbm_predict(booster, flagged, pred_contrib=True)[:, :-1], axis=1)
     path_top = [np.argmax(explainer.contributions(row.tolist())) for row in flagged]
     assert len(flagged) >= 20
     assert np.mean(shap_top == path_top) >= 0.7
@@ -119,7 +115,7 @@ def test_high_scores_have_reasons(
 
 def test_top_sets_the_number_of_reasons(artifact_dir: Path, golden_rows: list[list[float]]) -> None:
     """An explainer built with top=1 gives at most one reason."""
-    explainer = Explainer(artifact_dir / NATIVE_MODEL_FILE, top=1)
+    explainer = Explainer.from_tables(artifact_dir / REASON_TABLES_FILE, top=1)
     assert all(len(explainer.explain(row)) <= 1 for row in golden_rows)
 
 
@@ -127,191 +123,6 @@ def test_a_row_of_the_wrong_length_is_refused(explainer: Explainer) -> None:
     """A row that is not one value per feature raises ValueError."""
     with pytest.raises(ValueError, match=f"expected {len(FEATURES)} features, got 2"):
         explainer.explain([1.0, 2.0])
-
-
-def _rows(count: int, *, seed: int, missing: float = 0.0, zeros: float = 0.0) -> NDArray[Any]:
-    """Normal rows of `FEW_FEATURES` with a share of zeros and of NaN."""
-    rng = np.random.default_rng(seed)
-    rows = rng.normal(size=(count, len(FEW_FEATURES)))
-    rows[rng.random(rows.shape) < zeros] = 0.0
-    rows[rng.random(rows.shape) < missing] = np.nan
-    return rows
-
-
-def _labels(rows: NDArray[Any]) -> NDArray[Any]:
-    filled = np.nan_to_num(rows)
-    labels: NDArray[Any] = (filled[:, 0] + filled[:, 1] * filled[:, 2] > 0.3).astype(int)
-    return labels
-
-
-def _train(path: Path, rows: NDArray[Any], labels: NDArray[Any], **params: Any) -> Path:
-    """A small native model of `FEW_FEATURES`, written to `path`."""
-    dataset_params = params.pop("dataset", {})
-    rounds = params.pop("rounds", 20)
-    settings = {"objective": "binary", "verbose": -1, "num_threads": 1, "seed": 1, **params}
-    dataset = lightgbm.Dataset(rows, labels, feature_name=FEW_FEATURES, **dataset_params)
-    lightgbm.train(settings, dataset, num_boost_round=rounds).save_model(str(path))
-    return path
-
-
-def _splits(dump: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every split node of a `Booster.dump_model()`."""
-    splits = []
-    stack = [tree["tree_structure"] for tree in dump["tree_info"]]
-    while stack:
-        node = stack.pop()
-        if "split_index" in node:
-            splits.append(node)
-            stack += [node["left_child"], node["right_child"]]
-    return splits
-
-
-def _missing_types(dump: dict[str, Any]) -> set[str]:
-    return {split["missing_type"] for split in _splits(dump)}
-
-
-def _most_leaves(dump: dict[str, Any]) -> int:
-    return int(max(tree["num_leaves"] for tree in dump["tree_info"]))
-
-
-# Training data and parameters for models whose splits route missing values each way
-# LightGBM can, and for one whose trees need three 64-bit words of leaves; with the check
-# that the model has what it is meant to test.
-ROUTING_CASES: dict[str, tuple[dict[str, float], dict[str, Any], Callable[[Any], bool]]] = {
-    "missing NaN": ({"missing": 0.1}, {}, lambda dump: "NaN" in _missing_types(dump)),
-    "missing Zero": (
-        {"zeros": 0.2},
-        {"zero_as_missing": True},
-        lambda dump: "Zero" in _missing_types(dump),
-    ),
-    "missing None": ({}, {}, lambda dump: _missing_types(dump) == {"None"}),
-    "150 leaves": (
-        {"missing": 0.05},
-        {"num_leaves": 150, "min_child_samples": 3, "rounds": 5},
-        lambda dump: _most_leaves(dump) > 128,
-    ),
-}
-
-
-def _probe_rows(dump: dict[str, Any], count: int) -> NDArray[np.float64]:
-    """Rows full of edge cases: special values, and values on or next to a threshold."""
-    thresholds: list[list[float]] = [[0.0] for _ in FEW_FEATURES]
-    for split in _splits(dump):
-        thresholds[split["split_feature"]].append(split["threshold"])
-    rng = np.random.default_rng(5)
-    rows = rng.normal(size=(count, len(FEW_FEATURES)))
-    for row in rows:
-        for feature, choices in enumerate(thresholds):
-            threshold = choices[rng.integers(len(choices))]
-            near = (threshold, np.nextafter(threshold, np.inf), np.nextafter(threshold, -np.inf))
-            candidates = (*SPECIAL_VALUES, *near)
-            if rng.random() < 0.6:
-                row[feature] = candidates[rng.integers(len(candidates))]
-    return rows
-
-
-@pytest.mark.parametrize("case", ROUTING_CASES)
-def test_rows_reach_the_leaves_lightgbm_sends_them_to(tmp_path: Path, case: str) -> None:
-    """Edge-case rows, read as float32 like ONNX, add up to LightGBM's raw score exactly."""
-    data, params, has_case = ROUTING_CASES[case]
-    rows = _rows(3000, seed=len(case), **data)
-    model_file = _train(tmp_path / NATIVE_MODEL_FILE, rows, _labels(rows), **params)
-    booster = lightgbm.Booster(model_file=str(model_file))
-    dump = booster.dump_model()
-    assert has_case(dump)
-    explainer = Explainer(model_file)
-    probes = _probe_rows(dump, 300)
-    raw = _predict(booster, probes, raw_score=True)
-    totals = [explainer.bias + explainer.contributions(row.tolist()).sum() for row in probes]
-    assert totals == pytest.approx(raw, rel=1e-9, abs=1e-9)
-
-
-def test_on_single_split_trees_contributions_are_treeshaps(tmp_path: Path) -> None:
-    """When every tree splits once, both methods credit each tree's feature alike: equal."""
-    rows = _rows(2000, seed=9, missing=0.1)
-    model_file = _train(tmp_path / NATIVE_MODEL_FILE, rows, _labels(rows), num_leaves=2)
-    booster = lightgbm.Booster(model_file=str(model_file))
-    probes = _probe_rows(booster.dump_model(), 100)
-    shap = _predict(booster, probes, pred_contrib=True)[:, :-1]
-    explainer = Explainer(model_file)
-    contributions = [explainer.contributions(row.tolist()) for row in probes]
-    assert np.array(contributions) == pytest.approx(shap, rel=1e-9, abs=1e-9)
-
-
-def test_a_model_without_splits_explains_nothing(tmp_path: Path) -> None:
-    """A model whose only tree is a leaf has all its score in the bias and gives no reason."""
-    rows = _rows(50, seed=6)
-    model_file = _train(tmp_path / NATIVE_MODEL_FILE, rows, _labels(rows), min_child_samples=100)
-    booster = lightgbm.Booster(model_file=str(model_file))
-    explainer = Explainer(model_file)
-    raw = _predict(booster, rows[:1], raw_score=True)[0]
-    assert explainer.bias == pytest.approx(raw, rel=1e-12)
-    assert not explainer.contributions(rows[0].tolist()).any()
-    assert explainer.explain(rows[0].tolist()) == ()
-
-
-# Parameters of models path attribution cannot explain, with the error they get. The last
-# feature is a category whose value (mod the number of classes) is the label.
-UNEXPLAINABLE: dict[str, tuple[dict[str, Any], str]] = {
-    "categorical split": (
-        {"dataset": {"categorical_feature": [3]}, "min_data_per_group": 5},
-        "categorical splits",
-    ),
-    "linear trees": ({"linear_tree": True}, "linear-tree leaves"),
-    "multiclass": ({"objective": "multiclass", "num_class": 3}, "one summed tree"),
-    "random forest": (
-        {"boosting": "rf", "bagging_fraction": 0.5, "bagging_freq": 1},
-        "one summed tree",
-    ),
-}
-
-
-@pytest.mark.parametrize("kind", UNEXPLAINABLE)
-def test_a_model_path_attribution_cannot_explain_is_refused(tmp_path: Path, kind: str) -> None:
-    """Categorical splits, linear leaves, several trees per round, averaged trees: ValueError."""
-    params, message = UNEXPLAINABLE[kind]
-    rows = _rows(600, seed=7)
-    categories = np.random.default_rng(8).integers(0, 6, len(rows))
-    rows[:, 3] = categories
-    labels = categories % params.get("num_class", 2)
-    model_file = _train(tmp_path / NATIVE_MODEL_FILE, rows, labels, rounds=5, **params)
-    with pytest.raises(ValueError, match=message):
-        Explainer(model_file)
-
-
-def test_a_model_with_unknown_features_is_refused(tmp_path: Path) -> None:
-    """A native model whose features have no reason code raises ValueError naming them."""
-    rows = np.random.default_rng(0).normal(size=(200, 2))
-    labels = (rows[:, 0] > 0).astype(int)
-    params = {"objective": "binary", "verbose": -1, "num_threads": 1}
-    dataset = lightgbm.Dataset(rows, labels, feature_name=["x0", "amount"])
-    path = tmp_path / NATIVE_MODEL_FILE
-    lightgbm.train(params, dataset, num_boost_round=3).save_model(str(path))
-    with pytest.raises(ValueError, match=r"no reason code for feature\(s\) x0$"):
-        Explainer(path)
-
-
-def test_a_file_that_is_not_a_lightgbm_model_is_refused(tmp_path: Path) -> None:
-    """A file LightGBM cannot read raises ValueError naming the file."""
-    path = tmp_path / NATIVE_MODEL_FILE
-    path.write_text("tree garbage\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="not a LightGBM model"):
-        Explainer(path)
-
-
-def test_saved_tables_explain_as_the_model_they_came_from(tmp_path: Path) -> None:
-    """Tables written by save_tables and read by from_tables give the same contributions,
-    bias and reasons as the explainer compiled from the native model."""
-    rows = _rows(2000, seed=4, missing=0.1)
-    model_file = _train(tmp_path / NATIVE_MODEL_FILE, rows, _labels(rows))
-    compiled = Explainer(model_file)
-    compiled.save_tables(tmp_path / "reasons.npz")
-    loaded = Explainer.from_tables(tmp_path / "reasons.npz")
-    assert loaded.feature_names == compiled.feature_names
-    assert loaded.bias == compiled.bias
-    for row in rows[:200].tolist():
-        assert loaded.contributions(row).tolist() == compiled.contributions(row).tolist()
-        assert loaded.explain(row) == compiled.explain(row)
 
 
 @pytest.mark.parametrize(
@@ -329,4 +140,18 @@ def test_files_that_are_not_reason_tables_are_value_errors(
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
+        Explainer.from_tables(path)
+
+
+def test_tables_naming_a_feature_without_a_code_are_refused(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
+    """Tables whose features include one without a reason code raise ValueError naming it."""
+    with np.load(artifact_dir / REASON_TABLES_FILE) as tables:
+        arrays = {name: tables[name] for name in tables.files}
+    arrays["feature_names"] = np.array(["x0", *FEATURE_NAMES[1:]])
+    path = tmp_path / "reasons.npz"
+    with path.open("wb") as out:
+        np.savez(out, **arrays)
+    with pytest.raises(ValueError, match=r"no reason code for feature\(s\) x0$"):
         Explainer.from_tables(path)

@@ -16,14 +16,15 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.core.card_tokens import CardTokenizer
+from service.core.domain import Decision, DecisionSource
 from service.core.scoring import FallbackPolicy, Scorer, decision_for
 from service.core.validation import ScoringLimits
 from service.features import FeatureEngine
+from service.model.loading import LoadedModel
 from service.model.registry import CHALLENGER
 from service.model.shadow import ShadowScorer
-from service.model.store import LoadedModel, ModelStore
+from service.model.store import ModelStore
 from service.observability.logs import RequestLogSampler
-from service.scoring_types import Decision, DecisionSource
 from tests.conftest import TrainedModel
 from tests.factories import raw_transaction
 from tests.service.registry_copies import (
@@ -255,7 +256,7 @@ def test_the_scorer_hands_the_shadow_model_decisions_only(
         tokenizer=CardTokenizer(b"test key"),
         limits=ScoringLimits(),
         fallback=FallbackPolicy(),
-        shadow=_shadow(store, scheduled),
+        answer_listeners=[_shadow(store, scheduled)],
     )
     before = _counters()
     answered = [

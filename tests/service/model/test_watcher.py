@@ -1,5 +1,5 @@
-"""Tests for service.model.watcher: hot reload as the server runs it, with its metrics, swap
-listeners and overview, on copies of the trained registry.
+"""Tests for service.model.watcher: hot reload as the server runs it, with its refresh reports,
+metrics and overview, on copies of the trained registry.
 
 Coroutines run under `asyncio.run` in the test. Metrics live on the process-wide registry:
 counters are compared before and after.
@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from service.model.artifact import MANIFEST_FILE, ONNX_MODEL_FILE, read_manifest
 from service.model.registry import CHALLENGER, CHAMPION, Registry
-from service.model.store import AliasChange, ModelStore, RefreshReport
+from service.model.store import ModelStore, RefreshReport
 from service.model.watcher import ModelWatcher
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
@@ -105,24 +105,33 @@ def test_a_swap_moves_the_model_info_series_and_counts_the_load(registry: Path) 
     assert _count("fraud_model_loads_total", alias=CHAMPION) - loads == 2
 
 
-def test_swap_listeners_hear_every_change(registry: Path) -> None:
-    """Each listener gets each change of each refresh, the challenger's included, in order."""
-    heard: list[AliasChange] = []
-    watcher = ModelWatcher(ModelStore(registry), on_swap=[heard.append])
-    reports = [_refresh(watcher)]
+def test_each_refresh_reports_serves_and_exports_its_changes(registry: Path) -> None:
+    """Each refresh reports the changes it made, the challenger's included, in order; the
+    store serves them and fraud_model_info follows each, a retired alias losing its series."""
+    store = ModelStore(registry)
+    watcher = ModelWatcher(store)
+    loaded = _refresh(watcher)
+    champion = _served(watcher)
+    assert _sample("fraud_model_info", alias=CHAMPION, version=champion) == 1
     publish_copy(registry, CHALLENGER_VERSION)
     point_alias(registry, CHALLENGER, CHALLENGER_VERSION)
-    reports.append(_refresh(watcher))
+    added = _refresh(watcher)
+    assert store.challenger is not None
+    assert store.challenger.version == CHALLENGER_VERSION
     assert _sample("fraud_model_info", alias=CHALLENGER, version=CHALLENGER_VERSION) == 1
     remove_alias(registry, CHALLENGER)
-    reports.append(_refresh(watcher))
-    assert heard == [change for report in reports for change in report.changes]
-    assert [(change.alias, change.version) for change in heard] == [
-        (CHAMPION, _served(watcher)),
-        (CHALLENGER, CHALLENGER_VERSION),
-        (CHALLENGER, None),
-    ]
+    retired = _refresh(watcher)
+    assert store.challenger is None
     assert _sample("fraud_model_info", alias=CHALLENGER, version=CHALLENGER_VERSION) is None
+    assert [
+        [(change.alias, change.version) for change in report.changes]
+        for report in (loaded, added, retired)
+    ] == [
+        [(CHAMPION, champion)],
+        [(CHALLENGER, CHALLENGER_VERSION)],
+        [(CHALLENGER, None)],
+    ]
+    assert _served(watcher) == champion
 
 
 def test_refusals_are_counted_by_alias_and_reason(registry: Path) -> None:

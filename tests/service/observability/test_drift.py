@@ -20,11 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from service.core.domain import Decision
+from service.core.scoring import decision_for
 from service.features.engine import FEATURE_NAMES
 from service.model.artifact import Thresholds
 from service.observability.drift import PSI_MAJOR, DriftCollector, DriftMonitor
 from service.observability.drift_bins import PSI_EPSILON, Bins, DriftReference, bin_proportions, psi
-from service.scoring_types import Decision
 from training.model_build.drift_reference import build_drift_reference
 
 AMOUNT = FEATURE_NAMES.index("amount")
@@ -60,14 +61,7 @@ def scores_of(features: NDArray[np.float32]) -> NDArray[np.float64]:
 
 def decisions_of(scores: NDArray[np.float64]) -> list[Decision]:
     """The scorer's rule applied to `scores` with THRESHOLDS."""
-    return [
-        Decision.DECLINE
-        if score >= THRESHOLDS.decline
-        else Decision.REVIEW
-        if score >= THRESHOLDS.review
-        else Decision.APPROVE
-        for score in scores
-    ]
+    return [decision_for(float(score), THRESHOLDS) for score in scores]
 
 
 def reference_of(features: NDArray[np.float32]) -> DriftReference:

@@ -18,7 +18,7 @@ import structlog
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from service.__main__ import build_scorer
+from service.app import build_scorer
 from service.config.settings import LoggingSettings, ServerSettings, ServeSettings
 from service.features import FeatureEngine
 from service.grpc_api._proto.fraud.v1 import scoring_pb2_grpc

@@ -13,20 +13,26 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    FallbackReason,
+    Outcome,
+    ScoreResult,
+    Transaction,
+)
 from service.observability.metrics import (
     DECISION_COUNTERS,
-    FALLBACK_COUNTERS,
     LATENCY_BUCKETS,
-    OUTCOME_COUNTERS,
     SCORES,
     STAGE_BUCKETS,
-    StageSampler,
+    DecisionMetrics,
+    SampledStageTimer,
     rpc_metrics,
     set_serving_model,
     start_metrics_server,
     track_feature_state,
 )
-from service.scoring_types import Decision, DecisionSource
 from tests.metrics_scrape import Samples, scrape, scrape_families, value
 
 SCORE_METHOD = "/fraud.v1.FraudScoring/Score"
@@ -63,18 +69,36 @@ def test_server_binds_a_free_port_and_exposes_every_metric(metrics_url: str) -> 
     assert families >= OUR_FAMILIES
 
 
+def _label_values(samples: Samples, name: str, *labels: str) -> set[tuple[str, ...]]:
+    """The values of `labels` in each series of the sample `name`."""
+    return {
+        tuple(dict(label_set)[label] for label in labels)
+        for sample, label_set in samples
+        if sample == name
+    }
+
+
 def test_pre_bound_series_are_exposed_before_any_request(metrics_url: str) -> None:
-    """Every decision pair, fallback reason, outcome label and Score status code has a series."""
+    """Every decision pair, fallback reason, outcome label and Score status code has a
+    series from the start, and no other series exists."""
     samples = scrape(metrics_url)
-    for decision in ("approve", "review", "decline"):
-        for source in ("model", "fallback"):
-            assert value(samples, "fraud_decisions_total", decision=decision, source=source) >= 0
-    for reason in ("deadline", "model_unavailable", "model_error"):
-        assert value(samples, "fraud_fallback_total", reason=reason) >= 0
-    for is_fraud in ("true", "false"):
-        assert value(samples, "fraud_outcomes_total", is_fraud=is_fraud) >= 0
-    for code in grpc.StatusCode:
-        assert value(samples, "fraud_rpc_requests_total", rpc="Score", code=code.name) >= 0
+    assert _label_values(samples, "fraud_decisions_total", "decision", "source") == {
+        (decision, source)
+        for decision in ("approve", "review", "decline")
+        for source in ("model", "fallback")
+    }
+    assert _label_values(samples, "fraud_fallback_total", "reason") == {
+        ("deadline",),
+        ("model_unavailable",),
+        ("model_error",),
+    }
+    assert _label_values(samples, "fraud_outcomes_total", "is_fraud") == {("true",), ("false",)}
+    score_codes = {
+        code
+        for rpc, code in _label_values(samples, "fraud_rpc_requests_total", "rpc", "code")
+        if rpc == "Score"
+    }
+    assert score_codes == {code.name for code in grpc.StatusCode}
 
 
 def test_decision_counter_counts_its_own_series(metrics_url: str) -> None:
@@ -92,17 +116,34 @@ def test_decision_counter_counts_its_own_series(metrics_url: str) -> None:
         assert moved == expected
 
 
-def test_fallback_and_outcome_counters(metrics_url: str) -> None:
-    """Pre-bound fallback and outcome children count under their label values."""
+def _moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def test_decision_metrics_count_what_the_core_decided(metrics_url: str) -> None:
+    """A model answer counts its decision and score, a fallback answer its decision and
+    reason; an applied outcome counts under its label, an unknown transaction's does not."""
+    metrics = DecisionMetrics()
+    tx = Transaction("tx-1", 1.7e9, "card", "term", 10.0)
+    model_answer = ScoreResult("tx-1", 0.5, Decision.REVIEW, (), "v1", DecisionSource.MODEL, None)
+    fallback_answer = ScoreResult(
+        "tx-1", 0.0, Decision.APPROVE, (), "", DecisionSource.FALLBACK, FallbackReason.DEADLINE
+    )
     before = scrape(metrics_url)
-    FALLBACK_COUNTERS["deadline"].inc()
-    OUTCOME_COUNTERS[True].inc()
+    metrics.on_answer(tx, None, model_answer, None)
+    metrics.on_answer(tx, None, fallback_answer, None)
+    metrics.on_outcome(Outcome("tx-1", True, 1.7e9), applied=True)
+    metrics.on_outcome(Outcome("tx-2", True, 1.7e9), applied=False)
     after = scrape(metrics_url)
-    for name, labels in (
-        ("fraud_fallback_total", {"reason": "deadline"}),
-        ("fraud_outcomes_total", {"is_fraud": "true"}),
-    ):
-        assert value(after, name, **labels) - value(before, name, **labels) == 1
+
+    assert _moved(before, after, "fraud_decisions_total", decision="review", source="model") == 1
+    assert (
+        _moved(before, after, "fraud_decisions_total", decision="approve", source="fallback") == 1
+    )
+    assert _moved(before, after, "fraud_score_count") == 1
+    assert _moved(before, after, "fraud_fallback_total", reason="deadline") == 1
+    assert _moved(before, after, "fraud_fallback_total", reason="model_error") == 0
+    assert _moved(before, after, "fraud_outcomes_total", is_fraud="true") == 1
     assert value(after, "fraud_outcomes_total", is_fraud="false") == value(
         before, "fraud_outcomes_total", is_fraud="false"
     )
@@ -212,15 +253,15 @@ def test_stage_histograms_are_exposed_for_every_stage_before_any_call(metrics_ur
         assert bounds == {*STAGE_BUCKETS, math.inf}
 
 
-def test_stage_sampler_picks_the_first_call_then_one_in_every() -> None:
+def test_stage_timer_picks_the_first_call_then_one_in_every() -> None:
     """Every 4: calls 1, 5 and 9 of 10 are timed; every 1: all of them."""
-    every_four = StageSampler(4)
+    every_four = SampledStageTimer(4)
     assert [every_four.due() for _ in range(10)] == [n % 4 == 0 for n in range(10)]
-    every_call = StageSampler(1)
+    every_call = SampledStageTimer(1)
     assert all(every_call.due() for _ in range(10))
 
 
-def test_stage_sampler_refuses_a_period_below_one() -> None:
+def test_stage_timer_refuses_a_period_below_one() -> None:
     """Timing one call in 0 (or fewer) means nothing."""
     with pytest.raises(ValueError, match="at least 1"):
-        StageSampler(0)
+        SampledStageTimer(0)

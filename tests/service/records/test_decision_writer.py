@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from service.core.card_tokens import CardTokenizer
-from service.core.domain import EntryMode, Transaction
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    EntryMode,
+    FallbackReason,
+    RawTransaction,
+    ScoreResult,
+    Transaction,
+)
 from service.core.scoring import FallbackPolicy, Scorer
 from service.core.validation import ScoringLimits
 from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig, FeatureEngine
-from service.model.store import LoadedModel
-from service.records.decision_writer import DecisionLog
-from service.scoring_types import Decision, DecisionSource, RawTransaction, ScoreResult
+from service.model.loading import LoadedModel
+from service.records.decision_writer import DecisionLogWriter
 
 EVENT_TIME = datetime(2026, 9, 1, 10, 0, 0, 123_456, UTC).timestamp()
 LOGGED_AT = datetime(2026, 9, 1, 10, 0, 1, 654_321, UTC).timestamp()
@@ -37,10 +44,10 @@ TX = Transaction(
     card_present=True,
 )
 MODEL_ANSWER = ScoreResult(
-    "tx-1", 0.8125, Decision.DECLINE, (), "20260901T000000Z", DecisionSource.MODEL, ""
+    "tx-1", 0.8125, Decision.DECLINE, (), "20260901T000000Z", DecisionSource.MODEL, None
 )
 FALLBACK_ANSWER = ScoreResult(
-    "tx-1", 0.0, Decision.REVIEW, (), "", DecisionSource.FALLBACK, "deadline"
+    "tx-1", 0.0, Decision.REVIEW, (), "", DecisionSource.FALLBACK, FallbackReason.DEADLINE
 )
 
 
@@ -53,7 +60,7 @@ class NoModel:
 
 def logged(directory: Path, *decisions: tuple[Any, ...]) -> list[dict[str, Any]]:
     """The lines a decision log writes for `decisions` (record's arguments)."""
-    log = DecisionLog(directory, feature_config=FeatureConfig(), clock=lambda: LOGGED_AT)
+    log = DecisionLogWriter(directory, feature_config=FeatureConfig(), clock=lambda: LOGGED_AT)
     for decision in decisions:
         log.record(*decision)
     log.close()
@@ -107,17 +114,18 @@ def test_nan_features_are_null_and_features_never_computed_a_null_list(tmp_path:
 
 
 def test_a_card_number_scored_is_logged_as_its_token_only(tmp_path: Path) -> None:
-    """Scored through the Scorer, a card number sent as card_id reaches the decision file
-    as its keyed token alone, with every feature the engine computed."""
+    """Scored through the Scorer, which the log listens to, a card number sent as card_id
+    reaches the decision file as its keyed token alone, with every feature the engine
+    computed."""
     tokenizer = CardTokenizer(b"a key for this test")
-    log = DecisionLog(tmp_path, feature_config=FeatureConfig())
+    log = DecisionLogWriter(tmp_path, feature_config=FeatureConfig())
     scorer = Scorer(
         FeatureEngine(FeatureConfig()),
         NoModel(),
         tokenizer=tokenizer,
         limits=ScoringLimits(),
         fallback=FallbackPolicy(),
-        decisions=log,
+        answer_listeners=[log],
     )
     for number, card_id in enumerate((PAN, "4111 1111 1111 1111")):
         raw = RawTransaction(
@@ -139,7 +147,7 @@ def test_each_feature_config_marks_its_lines_with_its_own_fingerprint(tmp_path: 
     """Lines of a log for other feature settings carry another fingerprint: a retrain can
     tell rows computed with other settings from its own."""
     other = FeatureConfig(label_delay_days=3.0)
-    log = DecisionLog(tmp_path, feature_config=other)
+    log = DecisionLogWriter(tmp_path, feature_config=other)
     log.record(TX, [1.0], MODEL_ANSWER)
     log.close()
     (segment,) = tmp_path.iterdir()

@@ -11,7 +11,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from service.records.outcome_writer import OutcomeLog
+from service.core.domain import Outcome
+from service.records.outcome_writer import OutcomeLogWriter
 from service.records.segment_log import LogLimits
 
 REPORTED_AT = 1_704_067_200.25  # 2024-01-01T00:00:00.25Z
@@ -33,7 +34,7 @@ def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
     """Each outcome becomes one JSON line, as reported and when received, in a segment of
     kind "outcomes" in a directory created for it."""
     directory = tmp_path / "volume" / "outcomes"
-    log = OutcomeLog(directory, clock=lambda: RECEIVED_AT)
+    log = OutcomeLogWriter(directory, clock=lambda: RECEIVED_AT)
     log.record("tx-1", True, REPORTED_AT)
     log.record("tx-2", False, REPORTED_AT + 60)
     log.close()
@@ -56,11 +57,25 @@ def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
     ]
 
 
+def test_as_a_listener_it_logs_every_valid_outcome_applied_or_not(tmp_path: Path) -> None:
+    """Heard from the scorer, an outcome is logged whether or not the feature state held its
+    transaction: a retrain labels transactions this process never scored."""
+    log = OutcomeLogWriter(tmp_path, clock=lambda: RECEIVED_AT)
+    log.on_outcome(Outcome("held", True, REPORTED_AT), applied=True)
+    log.on_outcome(Outcome("unknown", False, REPORTED_AT), applied=False)
+    log.close()
+    (segment,) = tmp_path.iterdir()
+    assert [(line["transaction_id"], line["is_fraud"]) for line in lines(segment)] == [
+        ("held", True),
+        ("unknown", False),
+    ]
+
+
 def test_outcome_drops_are_counted_as_the_outcome_log_s(tmp_path: Path) -> None:
     """Outcomes beyond the pending bound are counted under log="outcomes"; recording never
     raises."""
     before = dropped("queue_full")
-    log = OutcomeLog(tmp_path, LogLimits(max_pending=1), flush_seconds=3600)
+    log = OutcomeLogWriter(tmp_path, LogLimits(max_pending=1), flush_seconds=3600)
     log.record("kept", True, REPORTED_AT)
     log.record("dropped", True, REPORTED_AT)
     assert dropped("queue_full") == before + 1
@@ -75,7 +90,7 @@ def test_a_disk_error_drops_and_counts_without_raising(tmp_path: Path) -> None:
     blocked = tmp_path / "outcomes"
     blocked.write_text("not a directory")
     before = dropped("write_error")
-    log = OutcomeLog(blocked)
+    log = OutcomeLogWriter(blocked)
     for number in range(3):
         log.record(f"tx-{number}", True, REPORTED_AT)
     log.close()

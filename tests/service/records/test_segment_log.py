@@ -14,13 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from service.records.segment_log import (
-    DEFAULT_LIMITS,
-    LogLimits,
-    RecordLog,
-    segment_name,
-    segment_opened_at,
-)
+from service.records.schema import segment_name
+from service.records.segment_log import DEFAULT_LIMITS, LogLimits, RecordLog
 
 # 2026-09-01T23:59:59.5Z: half a second before a UTC day ends.
 T0 = datetime(2026, 9, 1, 23, 59, 59, 500_000, UTC).timestamp()
@@ -123,15 +118,6 @@ def test_records_are_lines_of_a_segment_named_by_kind_time_pid_and_seq(tmp_path:
     (segment,) = directory.iterdir()
     assert segment.name == f"decisions-20260901T235959500000Z-{os.getpid()}-0.jsonl"
     assert ids(segment) == ["a", "b", "c"]
-
-
-def test_segment_names_give_back_their_opening_time() -> None:
-    """A name's time is the opening time to the microsecond; other names are not segments."""
-    name = segment_name("decisions", T0, 42, 7)
-    assert segment_opened_at(name, "decisions") == T0
-    assert segment_opened_at(name, "outcomes") is None
-    assert segment_opened_at("decisions-today.jsonl", "decisions") is None
-    assert segment_opened_at("decisions-20261301T000000000000Z-1-0.jsonl", "decisions") is None
 
 
 def test_a_full_segment_is_rotated(tmp_path: Path, closing: list[RecordLog[str]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from training.config import BoosterConfig, TrainSettings
 from training.data.dataset import FeatureTable
 from training.evaluation.backtest import (
+    HANDBOOK_BEST,
     HANDBOOK_FEATURES,
     BacktestWindows,
     _known_compromised,
@@ -21,31 +23,49 @@ from training.evaluation.backtest import (
 # The fixture history starts 2018-04-01 and lasts 60 days.
 WINDOWS = BacktestWindows(earliest_start=date(2018, 4, 20), folds=2)
 FAST = TrainSettings(booster=BoosterConfig(max_rounds=40, early_stopping_rounds=10))
+# What each fold reports, and what the mean and spread summarise.
+REPORTED_METRICS = (
+    "auc_roc",
+    "average_precision",
+    "card_precision_at_100",
+    "card_precision_ceiling",
+)
 
 
 def test_backtest_reports_each_fold_and_their_mean(small_history: Path):
-    """Two folds a week apart, metrics in range, the mean is the folds' mean."""
+    """Two folds a week apart, each with every metric and in range; the mean and spread are
+    the folds' own."""
     result = run_backtest(small_history, FAST, WINDOWS)
-    folds = result["folds"]
-    assert isinstance(folds, list)
+    assert set(result) == {"protocol", "folds", "mean", "std", "handbook_best"}
+    # The report is JSON-shaped (`dict[str, object]`); the rows' content is checked below.
+    folds = cast("list[dict[str, float]]", result["folds"])
+    assert [set(fold) for fold in folds] == [{"training_day", "rounds", *REPORTED_METRICS}] * 2
     assert [fold["training_day"] for fold in folds] == [17641, 17648]
     for fold in folds:
         assert 0.5 < fold["auc_roc"] <= 1.0
         assert 0.0 <= fold["card_precision_at_100"] <= 1.0
         assert 1 <= fold["rounds"] <= 40
-    mean = result["mean"]
-    assert isinstance(mean, dict)
-    expected = np.mean([fold["average_precision"] for fold in folds])
-    assert mean["average_precision"] == pytest.approx(expected)
+    assert result["mean"] == pytest.approx(
+        {name: np.mean([fold[name] for fold in folds]) for name in REPORTED_METRICS}
+    )
+    assert result["std"] == pytest.approx(
+        {name: np.std([fold[name] for fold in folds]) for name in REPORTED_METRICS}
+    )
+    assert result["handbook_best"] == HANDBOOK_BEST
 
 
 def test_backtest_with_the_handbook_feature_set(small_history: Path):
     """The baseline feature subset runs through the same protocol and is recorded."""
     windows = replace(WINDOWS, folds=1, features=HANDBOOK_FEATURES)
     result = run_backtest(small_history, FAST, windows)
-    protocol = result["protocol"]
-    assert isinstance(protocol, dict)
-    assert protocol["features"] == list(HANDBOOK_FEATURES)
+    assert result["protocol"] == {
+        "earliest_training_day": "2018-04-20",
+        "folds": 1,
+        "train_days": 7,
+        "delay_days": 7,  # the default label delay, 7 days
+        "test_days": 7,
+        "features": list(HANDBOOK_FEATURES),
+    }
     assert len(HANDBOOK_FEATURES) == 15
 
 

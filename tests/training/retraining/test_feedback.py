@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.records import schema
+from service.records.schema import RecordKind
 from training.retraining.feedback import (
     NOT_KNOWN_NS,
     UNKNOWN_LABEL,
-    DecisionLog,
     FeedbackError,
-    Outcomes,
+    LoggedDecisions,
+    LoggedOutcomes,
     label_outcomes,
     labels_as_of,
     newest_time_ns,
@@ -39,8 +41,9 @@ def at(hours: float) -> datetime:
     return START + timedelta(hours=hours)
 
 
-def segment_name(kind: str, opened: datetime, pid: int, seq: int) -> str:
-    return f"{kind}-{opened.strftime('%Y%m%dT%H%M%S%fZ')}-{pid}-{seq}.jsonl"
+def segment_name(kind: RecordKind, opened: datetime, pid: int, seq: int) -> str:
+    """The name the server gives a segment it opened at `opened`."""
+    return schema.segment_name(kind, opened.timestamp(), pid, seq)
 
 
 def decision(
@@ -96,12 +99,12 @@ def write_segment(
     (directory / name).write_text(lines + tail, encoding="utf-8")
 
 
-def write_outcomes(directory: Path, records: list[dict[str, Any]]) -> Outcomes:
+def write_outcomes(directory: Path, records: list[dict[str, Any]]) -> LoggedOutcomes:
     write_segment(directory, segment_name("outcomes", START, 100, 0), records)
     return read_outcomes(directory)
 
 
-def labels(log: DecisionLog, outcomes: Outcomes, as_of_hours: float) -> list[int]:
+def labels(log: LoggedDecisions, outcomes: LoggedOutcomes, as_of_hours: float) -> list[int]:
     """The logged transactions' labels, in frame order, as of `as_of_hours`."""
     found: list[int] = labels_as_of(
         log.frame["transaction_id"].to_numpy(),
@@ -129,7 +132,7 @@ def label_of(
 
 
 @pytest.fixture
-def decision_log(tmp_path: Path) -> DecisionLog:
+def decision_log(tmp_path: Path) -> LoggedDecisions:
     """Two pids' interleaved segments, a torn last line, a duplicate id and odd feature vectors."""
     directory = tmp_path / "decisions"
     write_segment(
@@ -148,7 +151,7 @@ def decision_log(tmp_path: Path) -> DecisionLog:
     return read_decision_log(directory, feature_count=FEATURES)
 
 
-def test_reads_every_segment_into_one_time_sorted_frame(decision_log: DecisionLog) -> None:
+def test_reads_every_segment_into_one_time_sorted_frame(decision_log: LoggedDecisions) -> None:
     """Rows from all segments come back once each, sorted by event time, with typed columns."""
     frame = decision_log.frame
     assert frame["transaction_id"].tolist() == ["a", "b", "c", "d"]
@@ -161,7 +164,7 @@ def test_reads_every_segment_into_one_time_sorted_frame(decision_log: DecisionLo
     assert decision_log.segments == 3
 
 
-def test_duplicate_id_keeps_the_line_of_the_earliest_segment(decision_log: DecisionLog) -> None:
+def test_duplicate_id_keeps_the_line_of_the_earliest_segment(decision_log: LoggedDecisions) -> None:
     """A transaction id logged twice keeps the line of the segment opened first (whatever its
     pid), and the duplicate is counted."""
     first = decision_log.frame.iloc[0]
@@ -183,13 +186,15 @@ def test_a_retry_after_a_deadline_answer_keeps_the_retrys_features(tmp_path: Pat
     assert log.duplicates == 1
 
 
-def test_torn_last_line_is_skipped_and_counted(decision_log: DecisionLog) -> None:
+def test_torn_last_line_is_skipped_and_counted(decision_log: LoggedDecisions) -> None:
     """A partial last line is skipped, counted, and spoils nothing else."""
     assert decision_log.skipped_lines == 1
     assert "torn" not in decision_log.frame["transaction_id"].tolist()
 
 
-def test_features_keep_nan_and_flag_missing_or_misshapen_vectors(decision_log: DecisionLog) -> None:
+def test_features_keep_nan_and_flag_missing_or_misshapen_vectors(
+    decision_log: LoggedDecisions,
+) -> None:
     """Null entries read as NaN; a null vector or one of another length is flagged, all NaN."""
     assert decision_log.features.dtype == np.float32
     assert decision_log.features.shape == (4, FEATURES)
@@ -248,9 +253,11 @@ def test_segments_order_by_name_with_numeric_sequence(tmp_path: Path) -> None:
 
 
 def test_only_segments_of_the_kind_are_read(tmp_path: Path) -> None:
-    """Other files in the directory (notes, temporaries, the other log's segments) are ignored."""
+    """Other files in the directory (notes, temporaries, the other log's segments, a copy
+    not named as the server names segments) are ignored."""
     write_segment(tmp_path, segment_name("decisions", START, 1, 0), [decision("a", 0.0)])
     write_segment(tmp_path, segment_name("outcomes", START, 1, 0), [outcome("a", True, 1.0)])
+    write_segment(tmp_path, "decisions-backup.jsonl", [decision("b", 0.0)])
     (tmp_path / "README.txt").write_text("not a segment\n")
     (tmp_path / "decisions-partial.jsonl.tmp").write_text("garbage\n")
     log = read_decision_log(tmp_path, feature_count=FEATURES)
@@ -351,7 +358,7 @@ def test_transaction_after_as_of_is_unknown(tmp_path: Path) -> None:
 
 
 def test_labels_logged_decisions_from_logged_outcomes(
-    decision_log: DecisionLog, tmp_path: Path
+    decision_log: LoggedDecisions, tmp_path: Path
 ) -> None:
     """Both logs read from files label together; outcomes of unlogged transactions go unused."""
     outcomes = write_outcomes(
@@ -363,7 +370,7 @@ def test_labels_logged_decisions_from_logged_outcomes(
 
 
 def test_label_outcomes_says_when_each_label_became_known(
-    decision_log: DecisionLog, tmp_path: Path
+    decision_log: LoggedDecisions, tmp_path: Path
 ) -> None:
     """Known at the deciding report, at event plus delay when silent, never when unknown."""
     outcomes = write_outcomes(tmp_path / "outcomes", [outcome("b", True, 4.0)])
@@ -394,7 +401,7 @@ def test_label_outcomes_tells_reported_labels_from_silent_ones(tmp_path: Path) -
 
 
 def test_newest_time_is_the_latest_event_or_report(
-    decision_log: DecisionLog, tmp_path: Path
+    decision_log: LoggedDecisions, tmp_path: Path
 ) -> None:
     """The default as-of moment is the newest event or report time; receipt times do not count."""
     outcomes = write_outcomes(tmp_path / "outcomes", [outcome("a", True, 1.0)])

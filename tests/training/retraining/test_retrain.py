@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from service.core.scoring import decision_for
 from service.features import FEATURE_ENGINE_VERSION, FEATURES
 from service.model.artifact import ONNX_MODEL_FILE, Thresholds, sha256_file, verify_artifact
 from service.model.onnx_scorer import OnnxScorer
@@ -344,11 +345,7 @@ class _Served:
 def _decisions(frame: pd.DataFrame, features: np.ndarray, served: _Served) -> list[dict[str, Any]]:
     """The server's decision records of `frame`'s rows (the decision log format)."""
     scores = served.scorer.score_batch(features)
-    decisions = np.select(
-        [scores >= served.thresholds.decline, scores >= served.thresholds.review],
-        ["DECLINE", "REVIEW"],
-        "APPROVE",
-    )
+    decisions = [decision_for(float(score), served.thresholds).name for score in scores]
     times = _iso(frame["timestamp_ns"])
     vectors = features.astype(object)
     vectors[np.isnan(features)] = None  # JSON null, as the server writes NaN
@@ -369,7 +366,7 @@ def _decisions(frame: pd.DataFrame, features: np.ndarray, served: _Served) -> li
             "card_present": None if row["card_present"] < 0 else bool(row["card_present"]),
             "country": row["country"],
             "score": float(score),
-            "decision": str(decision),
+            "decision": decision,
             "source": "MODEL",
             "fallback_reason": "",
             "model_version": served.version,

@@ -17,7 +17,7 @@ from training.config import RetrainConfig, SplitConfig, TrainSettings
 from training.data.dataset import FeatureTable
 from training.data.loading import LoadedTransactions
 from training.data.split import NANOS_PER_DAY, day_index
-from training.retraining.feedback import DecisionLog, Outcomes
+from training.retraining.feedback import LoggedDecisions, LoggedOutcomes
 from training.retraining.retrain_data import LabelledLog, assemble, label_log
 
 HOUR_NS = NANOS_PER_DAY // 24
@@ -57,7 +57,7 @@ class Row(NamedTuple):
     config: str = SETTINGS.features.fingerprint
 
 
-def decision_log(rows: list[Row]) -> DecisionLog:
+def decision_log(rows: list[Row]) -> LoggedDecisions:
     """The log `read_decision_log` would give for `rows`."""
     rows = sorted(rows, key=lambda row: (row.event_ns, row.transaction_id))
     column = pd.DataFrame(rows)
@@ -79,10 +79,10 @@ def decision_log(rows: list[Row]) -> DecisionLog:
     has_features = column["has_features"].to_numpy(dtype=np.bool_)
     features = np.full((len(rows), len(FEATURES)), np.nan, dtype=np.float32)
     features[has_features, 0] = [hours_of(row.event_ns) for row in rows if row.has_features]
-    return DecisionLog(frame, features, has_features, skipped_lines=0, segments=1, duplicates=0)
+    return LoggedDecisions(frame, features, has_features, skipped_lines=0, segments=1, duplicates=0)
 
 
-def outcomes(reports: list[tuple[str, bool, int]]) -> Outcomes:
+def outcomes(reports: list[tuple[str, bool, int]]) -> LoggedOutcomes:
     """The outcomes `read_outcomes` would give for (transaction id, is fraud, reported) triples."""
     reported = np.array([report[2] for report in reports], dtype=np.int64)
     frame = pd.DataFrame(
@@ -94,7 +94,7 @@ def outcomes(reports: list[tuple[str, bool, int]]) -> Outcomes:
         }
     )
     sorted_frame = frame.sort_values("reported_ns", kind="stable").reset_index(drop=True)
-    return Outcomes(sorted_frame, skipped_lines=0, segments=1)
+    return LoggedOutcomes(sorted_frame, skipped_lines=0, segments=1)
 
 
 def traffic() -> list[Row]:

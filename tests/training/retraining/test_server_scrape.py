@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
+from service.core.domain import Decision
 from service.features.engine import FEATURE_NAMES
 from service.model.artifact import Thresholds
 from service.observability.drift import DriftCollector
 from service.observability.metrics import MODEL_INFO, SHADOW_AGREEMENT_COUNTERS, SHADOW_COMPARISONS
-from service.scoring_types import Decision
 from training.model_build.drift_reference import build_drift_reference
 from training.retraining import server_scrape
 from training.retraining.server_scrape import (

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.grpc_api._proto.fraud.v1 import admin_pb2, scoring_pb2
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 GENERATED = Path("service/grpc_api/_proto")
 
 STRING = FieldDescriptor.TYPE_STRING

@@ -7,21 +7,22 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    FallbackReason,
+    ModelSummary,
+    RawOutcome,
+    RawTransaction,
+    Reason,
+    ScoreResult,
+)
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from service.grpc_api.converters import (
     to_model_info,
     to_raw_outcome,
     to_raw_transaction,
     to_score_response,
-)
-from service.scoring_types import (
-    Decision,
-    DecisionSource,
-    ModelSummary,
-    RawOutcome,
-    RawTransaction,
-    Reason,
-    ScoreResult,
 )
 
 # Nanoseconds a float64 cannot hold exactly: the conversion must stay in integers.
@@ -160,7 +161,7 @@ def test_every_score_result_field_reaches_the_response():
         ),
         model_version="20250101T000000Z-abc",
         source=DecisionSource.MODEL,
-        fallback_reason="",
+        fallback_reason=None,
     )
 
     response = to_score_response(result)
@@ -183,7 +184,13 @@ def test_every_score_result_field_reaches_the_response():
 def test_fallback_result_reaches_the_response():
     """A fallback answer carries its source and reason and no reasons list."""
     result = ScoreResult(
-        "tx-2", 0.0, Decision.REVIEW, (), "", DecisionSource.FALLBACK, "model_unavailable"
+        "tx-2",
+        0.0,
+        Decision.REVIEW,
+        (),
+        "",
+        DecisionSource.FALLBACK,
+        FallbackReason.MODEL_UNAVAILABLE,
     )
 
     response = to_score_response(result)

@@ -25,6 +25,7 @@ from service.features import FeatureEngine
 from service.grpc_api._proto.fraud.v1 import admin_pb2, admin_pb2_grpc
 from service.grpc_api.server import build_server, create_health
 from service.model.artifact import ONNX_MODEL_FILE, read_manifest
+from service.model.loading import LoadedModel
 from service.model.registry import CHAMPION, Registry
 from service.model.store import ModelStore
 from service.model.watcher import ModelWatcher
@@ -58,7 +59,7 @@ def _settings(token: str | None) -> ServeSettings:
     )
 
 
-def _scorer(store: ModelStore) -> Scorer:
+def _scorer(store: ModelStore) -> Scorer[LoadedModel]:
     assert store.current is not None
     return Scorer(
         FeatureEngine(store.current.manifest.feature_config),

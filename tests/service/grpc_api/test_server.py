@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from benchmarks.load.history_requests import request_from_row
-from service.__main__ import build_scorer, load_and_serve
+from service.app import build_scorer, load_and_serve
 from service.config.settings import (
     BudgetSettings,
     FallbackSettings,
@@ -33,8 +33,8 @@ from service.config.settings import (
     ServeSettings,
     TlsSettings,
 )
-from service.core.domain import EntryMode
-from service.core.scoring import ModelSource
+from service.core.domain import EntryMode, ModelSummary, RawOutcome, RawTransaction, ScoreResult
+from service.core.ports import ModelSource
 from service.features import FeatureConfig, FeatureEngine
 from service.features.engine import FEATURE_NAMES
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
@@ -47,10 +47,10 @@ from service.grpc_api.server import (
     shut_down,
 )
 from service.grpc_api.servicer import SAFETY_MARGIN_SECONDS, ScoringCore, answer_by
+from service.model.loading import LoadedModel
 from service.model.registry import Registry
 from service.model.store import ModelStore
 from service.model.watcher import ModelWatcher
-from service.scoring_types import ModelSummary, RawOutcome, RawTransaction, ScoreResult
 from tests.conftest import TrainedModel
 from tests.service.loopback import LoopbackServer
 
@@ -94,7 +94,7 @@ def serve(
     def start(
         serve_settings: ServeSettings | None = None,
         *,
-        store: ModelSource = champion_store,
+        store: ModelSource[LoadedModel] = champion_store,
         scorer: ScoringCore | None = None,
     ) -> LoopbackServer:
         resolved = serve_settings or make_settings()

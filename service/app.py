@@ -1,0 +1,249 @@
+"""The composition root: `create_app(settings)` builds one scoring server from its settings.
+
+    champion's feature config → feature engine → model store (bound to that config)
+    → decision and outcome logs → answer and outcome listeners → scorer
+    → health (NOT_SERVING) → gRPC server bound, with the model watcher behind the admin RPC
+
+This is the one place objects are built and wired; everything else receives its
+collaborators. The listeners each answer goes to, in order: decision metrics, drift
+statistics, the challenger's shadow, the decision log; each outcome goes to the outcome
+metrics and the outcome log. `service.__main__` is the command line around it (arguments,
+signals, worker processes); tests build the same app, or a scorer with `build_scorer`.
+
+The port is bound by `create_app` and opens at `App.start`, before the model is loaded, so
+probes get an answer (NOT_SERVING) while it warms up; scoring calls in that window get the
+fallback decision ("model_unavailable"). `App.load_champion` reports SERVING only with a
+verified model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import prometheus_client
+import structlog
+
+from service.config.settings import RecordLogSettings, ServeSettings
+from service.core.card_tokens import CardTokenizer
+from service.core.ports import AnswerListener, ModelSource, OutcomeListener
+from service.core.scoring import FallbackPolicy, Scorer
+from service.core.validation import ScoringLimits
+from service.features import FeatureConfig, FeatureEngine
+from service.grpc_api.server import (
+    HealthServicer,
+    build_server,
+    create_health,
+    set_serving,
+    shut_down,
+)
+from service.model.artifact import read_manifest
+from service.model.loading import LoadedModel
+from service.model.registry import CHAMPION, Registry, RegistryError, no_champion
+from service.model.shadow import ShadowScorer
+from service.model.store import ModelStore
+from service.model.watcher import ModelWatcher
+from service.observability.drift import DriftCollector
+from service.observability.logs import RequestLogSampler
+from service.observability.metrics import DecisionMetrics, SampledStageTimer, track_feature_state
+from service.records.decision_writer import DecisionLogWriter
+from service.records.outcome_writer import OutcomeLogWriter
+from service.records.segment_log import LogLimits
+
+_log = structlog.get_logger("service")
+
+
+@dataclass
+class App:
+    """One scoring server, built and bound but not started."""
+
+    settings: ServeSettings
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    watcher: ModelWatcher
+    scorer: Scorer[LoadedModel]
+    drift: DriftCollector
+    decision_log: DecisionLogWriter | None
+    outcome_log: OutcomeLogWriter | None
+
+    async def start(self) -> None:
+        """Open the port: health answers NOT_SERVING, scoring the fallback, until a model."""
+        await self.server.start()
+
+    async def load_champion(self) -> LoadedModel:
+        """Load and warm up the champion (and any challenger), then report SERVING.
+
+        RegistryError when there is no champion fit to serve; health stays NOT_SERVING.
+        """
+        return await load_and_serve(self.watcher, self.health)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """NOT_SERVING at once; calls in progress get `grace_seconds` to finish."""
+        await shut_down(self.server, self.health, grace_seconds)
+
+    def close(self) -> None:
+        """Drain and close the record logs and stop exporting drift: after `stop`, when no
+        decision or outcome can arrive any more."""
+        for log in (self.decision_log, self.outcome_log):
+            if log is not None:
+                log.close()
+        with contextlib.suppress(KeyError):  # never registered, or already closed
+            prometheus_client.REGISTRY.unregister(self.drift)
+
+
+async def create_app(settings: ServeSettings) -> App:
+    """The scoring server `settings` describe; must run in the event loop that will serve.
+
+    RegistryError or ArtifactError when the registry has no champion whose manifest can be
+    read (nothing is opened then); BindError when the port cannot be bound.
+    """
+    feature_config = champion_feature_config(settings.registry)
+    models = settings.models
+    store = ModelStore(
+        settings.registry,
+        feature_config=feature_config,
+        allow_major_library_difference=models.allow_major_library_difference,
+    )
+    engine = FeatureEngine(feature_config)
+    track_feature_state(engine)
+    shadow = ShadowScorer(
+        store,
+        asyncio.get_running_loop().call_soon,
+        log_sampler=RequestLogSampler(settings.logging.sample_rate),
+        backlog_limit=models.shadow_backlog,
+    )
+    drift = DriftCollector(window=settings.drift.window, min_rows=settings.drift.min_rows)
+    decision_log = _open_decision_log(settings.decision_log, feature_config)
+    outcome_log = _open_outcome_log(settings.outcome_log)
+    answer_listeners: list[AnswerListener[LoadedModel]] = [drift, shadow]
+    outcome_listeners: list[OutcomeListener] = []
+    if decision_log is not None:
+        answer_listeners.append(decision_log)
+    if outcome_log is not None:
+        outcome_listeners.append(outcome_log)
+    scorer = build_scorer(
+        settings,
+        engine,
+        store,
+        answer_listeners=answer_listeners,
+        outcome_listeners=outcome_listeners,
+    )
+    watcher = ModelWatcher(store)
+    health = await create_health()
+    try:
+        server, port = build_server(settings, scorer, health, models=watcher)
+    except BaseException:
+        for log in (decision_log, outcome_log):
+            if log is not None:
+                log.close()
+        raise
+    prometheus_client.REGISTRY.register(drift)
+    return App(settings, server, port, health, watcher, scorer, drift, decision_log, outcome_log)
+
+
+def build_scorer(
+    settings: ServeSettings,
+    engine: FeatureEngine,
+    store: ModelSource[LoadedModel],
+    *,
+    answer_listeners: Sequence[AnswerListener[LoadedModel]] = (),
+    outcome_listeners: Sequence[OutcomeListener] = (),
+) -> Scorer[LoadedModel]:
+    """The scoring core over `engine`'s state and `store`'s model, configured by `settings`.
+
+    The decision metrics hear every answer and outcome first, then `answer_listeners` and
+    `outcome_listeners` in order; the stages of a sample of calls are timed.
+    """
+    limits = settings.limits
+    metrics = DecisionMetrics()
+    return Scorer(
+        engine,
+        store,
+        tokenizer=CardTokenizer(settings.card_token_key.get_secret_value().encode()),
+        limits=ScoringLimits(
+            max_string_length=limits.max_string_length,
+            max_amount_minor=limits.max_amount_minor,
+            max_future_skew_seconds=limits.max_future_skew_seconds,
+        ),
+        fallback=FallbackPolicy(settings.fallback.policy, settings.fallback.approve_below_minor),
+        answer_listeners=(metrics, *answer_listeners),
+        outcome_listeners=(metrics, *outcome_listeners),
+        stage_timer=SampledStageTimer(),
+    )
+
+
+def champion_feature_config(registry_root: Path) -> FeatureConfig:
+    """The feature config the champion was trained with: the engine must compute the same.
+
+    Read from its manifest alone: loading the champion verifies every file moments later.
+    """
+    registry = Registry(registry_root)
+    version = registry.alias(CHAMPION)
+    if version is None:
+        raise no_champion(registry_root)
+    return read_manifest(registry.artifact_dir(version)).feature_config
+
+
+async def load_and_serve(watcher: ModelWatcher, health: HealthServicer) -> LoadedModel:
+    """Load and warm up the champion (and any challenger) off the event loop, then report
+    SERVING.
+
+    RegistryError when there is no champion fit to serve; health stays NOT_SERVING then.
+    """
+    await watcher.refresh()
+    store = watcher.store
+    model = store.current
+    if model is None:
+        refused = [refusal.detail for refusal in store.refusals if refusal.alias == CHAMPION]
+        raise RegistryError(refused[0]) if refused else no_champion(store.registry.root)
+    await set_serving(health)
+    return model
+
+
+@contextlib.asynccontextmanager
+async def following_the_registry(watcher: ModelWatcher, poll_seconds: float) -> AsyncIterator[None]:
+    """Hot reload while the context lasts: a poll (unless 0) and SIGHUP for a look now."""
+    looks: set[asyncio.Task[object]] = set()  # referenced until done, or asyncio may drop them
+
+    def look_now() -> None:
+        _log.info("reload_requested", trigger="SIGHUP")
+        task: asyncio.Task[object] = asyncio.create_task(watcher.reload())
+        looks.add(task)
+        task.add_done_callback(looks.discard)
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, look_now)
+    polling = asyncio.create_task(watcher.run(poll_seconds)) if poll_seconds > 0 else None
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in (polling, *looks):
+            if task is not None:
+                task.cancel()
+
+
+def _open_decision_log(
+    settings: RecordLogSettings, feature_config: FeatureConfig
+) -> DecisionLogWriter | None:
+    """The decision log, writing from now on; None when the settings keep none."""
+    if settings.directory is None:
+        return None
+    return DecisionLogWriter(settings.directory, _limits(settings), feature_config=feature_config)
+
+
+def _open_outcome_log(settings: RecordLogSettings) -> OutcomeLogWriter | None:
+    """The outcome log, writing from now on; None when the settings keep none."""
+    if settings.directory is None:
+        return None
+    return OutcomeLogWriter(settings.directory, _limits(settings))
+
+
+def _limits(settings: RecordLogSettings) -> LogLimits:
+    return LogLimits(**settings.model_dump(exclude={"directory"}))

@@ -1,0 +1,142 @@
+"""What the scoring core asks of the layers around it, as small protocols.
+
+The core names what it needs ("feature state that observes a transaction", "a model that
+scores a row", "someone who hears each answer") and nothing about who provides it, so it
+imports no model loader, no metrics and no transport. The composition root
+(`service.app.create_app`) plugs in the real ones:
+
+    FeatureState        service.features.FeatureEngine
+    ModelSource         service.model.store.ModelStore (models: LoadedModel)
+    AnswerListener      decision metrics, drift statistics, the challenger's shadow,
+                        the decision log
+    OutcomeListener     outcome metrics, the outcome log
+    StageTimer          the sampled stage histograms (service.observability.metrics)
+
+Listeners are told after the answer is decided, on the scoring thread, in the order given:
+each must be quick, must not raise and must not change what it is handed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from service.core.domain import ModelSummary, Outcome, Reason, ScoreResult, Transaction
+
+
+class FeatureState(Protocol):
+    """The per-card, per-terminal and per-merchant history the features are computed from."""
+
+    def observe(self, tx: Transaction) -> Sequence[float]:
+        """Count `tx` and return its feature vector, in the model's feature order."""
+        ...
+
+    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
+        """Count a label from `reported_at` on; False when the transaction is not held."""
+        ...
+
+
+class RowScorer(Protocol):
+    """Scores one feature vector."""
+
+    def score_one(self, features: Sequence[float]) -> float:
+        """The probability of fraud for `features`."""
+        ...
+
+
+class RowExplainer(Protocol):
+    """Explains one feature vector's score."""
+
+    def explain(self, features: Sequence[float]) -> tuple[Reason, ...]:
+        """The strongest reasons, strongest first."""
+        ...
+
+
+class DecisionThresholds(Protocol):
+    """The scores from which a transaction is reviewed and declined."""
+
+    @property
+    def review(self) -> float: ...
+
+    @property
+    def decline(self) -> float: ...
+
+
+class DecidingModel(Protocol):
+    """A verified model that may decide: its scorer, explainer, thresholds and version."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def scorer(self) -> RowScorer: ...
+
+    @property
+    def explainer(self) -> RowExplainer: ...
+
+    @property
+    def thresholds(self) -> DecisionThresholds: ...
+
+    def summary(self) -> ModelSummary:
+        """The model as callers see it."""
+        ...
+
+
+ModelT = TypeVar("ModelT", bound=DecidingModel)
+ModelT_co = TypeVar("ModelT_co", bound=DecidingModel, covariant=True)
+ModelT_contra = TypeVar("ModelT_contra", contravariant=True)
+
+
+class ModelSource(Protocol[ModelT_co]):
+    """Where the scorer finds the model deciding now."""
+
+    @property
+    def current(self) -> ModelT_co | None:
+        """The model deciding now; None when none is loaded."""
+        ...
+
+
+class AnswerListener(Protocol[ModelT_contra]):
+    """Hears every answer given to a transaction the feature state counted.
+
+    A repeat answered from the idempotency cache is not heard again.
+    """
+
+    def on_answer(
+        self,
+        tx: Transaction,
+        features: Sequence[float] | None,
+        result: ScoreResult,
+        model: ModelT_contra | None,
+    ) -> None:
+        """`features` is None when none were computed (an answer due before the work could
+        start); `model` is the model that decided, None when the fallback answered."""
+        ...
+
+
+class OutcomeListener(Protocol):
+    """Hears every valid outcome, whether or not the feature state held its transaction."""
+
+    def on_outcome(self, outcome: Outcome, applied: bool) -> None:
+        """`applied`: the feature state held the transaction and counted the label."""
+        ...
+
+
+class StageTimer(Protocol):
+    """Times the stages of the scoring calls it chooses (a sample keeps the cost down)."""
+
+    def due(self) -> bool:
+        """Whether this call's stages are timed."""
+        ...
+
+    def features(self, seconds: float) -> None:
+        """The feature state's update took `seconds`."""
+        ...
+
+    def inference(self, seconds: float) -> None:
+        """The model's score and the decision took `seconds`."""
+        ...
+
+    def reasons(self, seconds: float) -> None:
+        """The reasons (REVIEW and DECLINE only) took `seconds`."""
+        ...

@@ -1,0 +1,62 @@
+"""The first half of the vector: what the transaction itself says, then its card's behaviour.
+
+The transaction's own fields (amount, event-time hour and weekday, merchant category, entry
+mode, card presence) come first; `CardHistory` appends the card's sliding-window features.
+This half never reads outcomes, so training can replay it apart from the risk half.
+"""
+
+from __future__ import annotations
+
+from service.core.domain import Transaction
+from service.features.card_history import CARD_FEATURES, CardHistory
+from service.features.config import FeatureConfig
+
+# Whole seconds as ints (card_history's windows are floats): the hour and weekday are
+# computed in integer arithmetic on the event time's whole seconds.
+HOUR = 3_600
+DAY = 86_400
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday is 0
+
+_CONTEXT_FEATURES = (
+    ("amount", "Transaction amount in the currency's major units."),
+    ("hour_of_day", "Hour of the event time, UTC (0-23)."),
+    ("day_of_week", "Weekday of the event time, UTC (Monday is 0)."),
+    ("mcc", "Merchant category code; -1 when not sent."),
+    ("entry_mode", "EntryMode number (0 unknown, 1 chip, ... 5 e-commerce)."),
+    ("card_present", "1 card present, 0 not present, -1 not sent."),
+)
+
+
+def card_feature_specs() -> tuple[tuple[str, str], ...]:
+    """Names and descriptions of this half, in output order."""
+    return (*_CONTEXT_FEATURES, *CARD_FEATURES)
+
+
+class CardFeatures:
+    """The first half: the transaction's own fields and its card's behaviour."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self._small_amount = config.small_amount
+        self._cards: dict[str, CardHistory] = {}
+
+    @property
+    def cards_tracked(self) -> int:
+        return len(self._cards)
+
+    def observe(self, tx: Transaction) -> list[float]:
+        """Record `tx` in its card's history; the first half of its vector."""
+        seconds = int(tx.timestamp // 1)
+        present = tx.card_present
+        out: list[float] = [
+            tx.amount,
+            seconds // HOUR % 24,
+            (seconds // DAY + _EPOCH_WEEKDAY) % 7,
+            tx.mcc,
+            tx.entry_mode,
+            -1 if present is None else int(present),
+        ]
+        card = self._cards.get(tx.card_id)
+        if card is None:
+            card = self._cards[tx.card_id] = CardHistory()
+        card.observe(tx, self._small_amount, out)
+        return out

@@ -1,0 +1,27 @@
+"""Which outcomes the risk half can still place (unknown and expired ids are refused), and
+its merchant features when a transaction has no merchant."""
+
+from __future__ import annotations
+
+from service.features import FeatureConfig, FeatureEngine
+from tests.service.features.engine_io import DAY, DELAY, T0, as_dict, tx
+
+
+def test_unknown_outcome_and_missing_merchant():
+    """An unknown transaction id is reported as such; no merchant gives -1 features."""
+    engine = FeatureEngine(FeatureConfig())
+    features = as_dict(engine.observe(tx(1, T0)))
+    assert not engine.report_outcome("nope", True, T0)
+    assert features["merchant_risk_7d"] == -1.0
+    assert features["merchant_tx_count_30d_delayed"] == -1.0
+    assert features["mcc"] == -1
+    assert features["card_present"] == -1
+
+
+def test_outcomes_are_forgotten_once_they_can_no_longer_matter():
+    """Transaction ids expire after the label delay plus the longest window."""
+    engine = FeatureEngine(FeatureConfig())
+    engine.observe(tx(1, T0))
+    engine.observe(tx(2, T0 + DELAY + 30 * DAY + 1, card="other", terminal="other"))
+    assert not engine.report_outcome("tx1", True, T0 + DELAY)
+    assert engine.report_outcome("tx2", True, T0 + 2 * DELAY + 30 * DAY)

@@ -1,0 +1,66 @@
+"""`fraud-train`'s exit codes for bad input and failed gates, as a user meets them: real
+processes, real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from service.model.registry import Registry
+from tests.conftest import TrainedModel
+from tests.training.cli.fraud_train import run
+
+
+def test_failed_gate_exits_3_and_publishes_nothing(trained_model: TrainedModel, tmp_path: Path):
+    """An unreachable metric floor fails the gate with its name and shortfall; no artifact."""
+    config = tmp_path / "strict.toml"
+    config.write_text(
+        trained_model.config.read_text().replace("min_auc_roc = 0.6", "min_auc_roc = 0.9999")
+    )
+    registry = tmp_path / "models"
+    result = run(
+        "train", "--data", trained_model.history, "--registry", registry, "--config", config,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "floor:auc_roc" in result.stderr
+    assert "short by" in result.stderr
+    assert Registry(registry).versions() == []
+
+
+def test_bad_row_exits_2_naming_row_and_column(tmp_path: Path):
+    """A negative amount stops training with the row and column, before any work is done."""
+    data = tmp_path / "bad.csv"
+    data.write_text(
+        "transaction_id,timestamp,card_id,terminal_id,amount,is_fraud\n"
+        "a,2024-01-01T10:00:00Z,card1,t1,10.00,0\n"
+        "b,2024-01-01T10:05:00Z,card1,t1,-3.50,0\n"
+    )
+    result = run("train", "--data", data, "--registry", tmp_path / "models", check=False)
+    assert result.returncode == 2
+    assert "line 3" in result.stderr
+    assert "amount" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_exits_2_naming_the_setting(tmp_path: Path, small_history: Path):
+    """An invalid setting is refused with its dotted name."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[booster]\nlearning_rate = -1\n")
+    result = run("train", "--data", small_history, "--config", config, check=False)
+    assert result.returncode == 2
+    assert "booster.learning_rate" in result.stderr
+
+
+def test_runs_as_a_python_module():
+    """`python -m training.cli.main`, as scripts and tests start it, runs the command line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "training.cli.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "simulate" in result.stdout

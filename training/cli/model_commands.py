@@ -1,0 +1,73 @@
+"""`fraud-train train`, `evaluate` and `backtest`: a model built, published and measured.
+
+Handlers import their pipeline when they run, so that `--help` and the light commands do
+not load what only the heavy ones use.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from training.cli.console import say, show_progress, to_json
+from training.cli.options import registry_from, settings_from
+
+
+def handle_train(args: argparse.Namespace) -> int:
+    """Train, gate and publish a model; print its version on stdout."""
+    from training.model_build.pipeline import train
+
+    settings = settings_from(args)
+    result = train(
+        args.data,
+        registry_from(args, settings),
+        settings,
+        promote=not args.no_promote,
+        rejects_path=args.rejects,
+        progress=show_progress(),
+        say=say,
+    )
+    say(result.report)
+    promoted = "champion" if result.promoted else "published, not promoted"
+    say(f"{promoted}: {result.artifact_dir}")
+    print(result.manifest.version)
+    return 0
+
+
+def handle_evaluate(args: argparse.Namespace) -> int:
+    """Score a history with a published model; print its metrics as JSON."""
+    from training.evaluation.evaluate import evaluate_history
+
+    settings = settings_from(args)
+    metrics = evaluate_history(
+        args.data,
+        registry_from(args, settings),
+        version=args.version,
+        warmup_days=args.warmup_days,
+        scores_out=args.scores_out,
+        rejects_path=args.rejects,
+        alert_rate=settings.thresholds.alert_rate,
+        k=settings.card_precision_k,
+        progress=show_progress(),
+    )
+    print(to_json(metrics))
+    return 0
+
+
+def handle_backtest(args: argparse.Namespace) -> int:
+    """Run the handbook's prequential protocol; print per-fold and mean metrics as JSON."""
+    from training.evaluation.backtest import HANDBOOK_FEATURES, BacktestWindows, run_backtest
+
+    windows = BacktestWindows(
+        earliest_start=args.start,
+        folds=args.folds,
+        train_days=args.train_days,
+        test_days=args.test_days,
+    )
+    if args.handbook_features:
+        windows = replace(windows, features=HANDBOOK_FEATURES)
+    result = run_backtest(
+        args.data, settings_from(args), windows, progress=show_progress(), say=say
+    )
+    print(to_json(result))
+    return 0

@@ -1,0 +1,263 @@
+"""The `fraud-train` command line: every command, its options and its help.
+
+Each command's parser sets `handler`, the function of a `*_commands` module that runs it:
+`main` calls it with the parsed arguments, and its result is the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date, datetime
+from pathlib import Path
+
+from training.cli.data_commands import handle_config, handle_simulate
+from training.cli.model_commands import handle_backtest, handle_evaluate, handle_train
+from training.cli.options import add_config_option, add_data_options, add_registry_option
+from training.cli.registry_commands import handle_list, handle_promote, handle_rollback
+from training.cli.retrain_commands import handle_retrain
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; each sets `handler`, the function that runs it."""
+    parser = argparse.ArgumentParser(
+        prog="fraud-train",
+        description=(
+            "Offline pipeline of the fraud-scoring service: simulate a transaction history, "
+            "train, evaluate and publish versioned ONNX models to a registry."
+        ),
+        epilog=(
+            "Exit codes: 0 ok, 1 unexpected error, 2 bad input or usage, 3 gate failed, "
+            "4 retrain declined to publish."
+        ),
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_simulate(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_backtest(commands)
+    _add_retrain(commands)
+    _add_registry(commands)
+    _add_config(commands)
+    return parser
+
+
+def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "simulate",
+        help="write a seeded, simulated card-transaction history",
+        description=(
+            "Generate a reproducible history following the Fraud Detection Handbook's "
+            "simulator (customers and terminals on a plane; three fraud scenarios), extended "
+            "with merchant, MCC, entry mode, country and currency, card testing and "
+            "card-not-present sprees. Same seed and options, same file."
+        ),
+    )
+    command.add_argument("--out", type=Path, required=True, help="CSV file, or .parquet")
+    command.add_argument("--days", type=int, default=183, help="days of history (183)")
+    command.add_argument("--customers", type=int, default=5000, help="cards (5000)")
+    command.add_argument("--terminals", type=int, default=10000, help="terminals (10000)")
+    command.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    command.add_argument(
+        "--start", type=date.fromisoformat, default=date(2018, 4, 1), help="first day (2018-04-01)"
+    )
+    command.add_argument(
+        "--profile",
+        choices=("extended", "handbook"),
+        default="extended",
+        help="'handbook': only the handbook's three fraud scenarios, for comparisons "
+        "with its published results; 'extended' (default) adds the new patterns",
+    )
+    command.set_defaults(handler=handle_simulate)
+
+
+def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "train",
+        help="train, evaluate, export, gate and publish a model",
+        description=(
+            "Replay the history through the feature engine, train LightGBM on a time-ordered "
+            "split, choose thresholds, export to ONNX, run the quality gates and publish the "
+            "artifact; then make it the champion unless --no-promote. Prints the version."
+        ),
+    )
+    add_data_options(command)
+    add_registry_option(command)
+    add_config_option(command)
+    command.add_argument(
+        "--no-promote", action="store_true", help="publish without moving the champion alias"
+    )
+    command.set_defaults(handler=handle_train)
+
+
+def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "evaluate",
+        help="score a history with a published model and print its metrics as JSON",
+        description=(
+            "Replay the file in time order (each fraud label fed back one label delay after "
+            "its transaction), score every transaction after the warm-up days with the "
+            "model's ONNX graph, and print auc_roc, average_precision, "
+            "card_precision_at_100 and more as JSON."
+        ),
+    )
+    add_data_options(command)
+    add_registry_option(command)
+    add_config_option(command)
+    command.add_argument("--version", help="model version (default: the champion)")
+    command.add_argument(
+        "--warmup-days",
+        type=int,
+        default=30,
+        help="first days that only fill the feature state and are not scored (30)",
+    )
+    command.add_argument(
+        "--scores-out", type=Path, help="write transaction_id,score for every scored row"
+    )
+    command.set_defaults(handler=handle_evaluate)
+
+
+def _add_backtest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "backtest",
+        help="the handbook's prequential protocol, for comparison with its published results",
+        description=(
+            "Train with the default model configuration on short windows and test on the "
+            "window one label delay later, over several folds, exactly as the Fraud "
+            "Detection Handbook's chapter 5 does; prints per-fold and mean metrics as JSON."
+        ),
+    )
+    command.add_argument("--data", type=Path, required=True, help="history, CSV or Parquet")
+    add_config_option(command)
+    command.add_argument(
+        "--start",
+        type=date.fromisoformat,
+        default=date(2018, 7, 25),
+        help="first training day of the earliest fold (2018-07-25, as in the handbook)",
+    )
+    command.add_argument("--folds", type=int, default=4, help="folds, one week apart (4)")
+    command.add_argument("--train-days", type=int, default=7, help="training window (7)")
+    command.add_argument("--test-days", type=int, default=7, help="test window (7)")
+    command.add_argument(
+        "--handbook-features",
+        action="store_true",
+        help="use only our equivalents of the handbook's 15 baseline features, to compare "
+        "feature sets on the same data with the same learner",
+    )
+    command.set_defaults(handler=handle_backtest)
+
+
+def _add_retrain(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "retrain",
+        help="build a candidate from the server's decision log and outcomes; publish it as "
+        "challenger when it beats the champion",
+        description=(
+            "Label the server's logged decisions as of the newest record (a fraud report counts "
+            "from its report time; silence counts as genuine once the label delay has passed), "
+            "train a candidate with the same pipeline and gates as `train`, score it and the "
+            "champion on the most recent labelled days, and publish it as challenger when it "
+            "is better by [retrain] min_improvement. A person promotes it (`registry promote "
+            "challenger`) unless [promotion] mode is automatic. --watch keeps looking at the "
+            "triggers (schedule, drift, live precision) and retrains when one fires; SIGTERM "
+            "or SIGINT ends it after the look under way, a second one interrupts that look."
+        ),
+    )
+    command.add_argument(
+        "--decisions", type=Path, required=True, help="the server's decision log directory"
+    )
+    command.add_argument(
+        "--outcomes", type=Path, required=True, help="the server's outcome log directory"
+    )
+    command.add_argument(
+        "--history", type=Path, help="also learn from this history file (CSV or Parquet)"
+    )
+    command.add_argument(
+        "--as-of",
+        type=_aware_datetime,
+        help="ISO 8601 time to label as of (default: the newest record in the logs)",
+    )
+    command.add_argument(
+        "--report", type=Path, help="also write the comparison report here, as JSON"
+    )
+    command.add_argument(
+        "--watch", action="store_true", help="loop: retrain whenever a trigger fires"
+    )
+    command.add_argument(
+        "--max-checks",
+        type=_positive_int,
+        help="with --watch: stop after this many looks (default: never)",
+    )
+    command.add_argument(
+        "--metrics-url",
+        action="append",
+        default=[],
+        help="a server's /metrics address for the drift trigger and the shadow agreement "
+        "(repeatable; replaces [triggers] metrics_urls)",
+    )
+    add_registry_option(command)
+    add_config_option(command)
+    command.set_defaults(handler=handle_retrain, usage_error=command.error)
+
+
+def _add_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "registry",
+        help="list versions, promote one, roll back",
+        description="Inspect and move the registry's aliases; every move is recorded.",
+    )
+    actions = command.add_subparsers(title="actions", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="versions with their test metrics and aliases")
+    promote = actions.add_parser(
+        "promote", help="make VERSION (or the challenger's version) the champion"
+    )
+    promote.add_argument(
+        "version", help="a published version, or 'challenger' for the challenger's version"
+    )
+    promote.add_argument("--reason", default="promoted by hand", help="recorded in history")
+    promote.add_argument(
+        "--alias", default="champion", choices=("champion", "challenger"), help="(champion)"
+    )
+    rollback = actions.add_parser("rollback", help="move the champion back to its previous version")
+    rollback.add_argument("--reason", default="rolled back by hand", help="recorded in history")
+    for action, handler in (
+        (listing, handle_list),
+        (promote, handle_promote),
+        (rollback, handle_rollback),
+    ):
+        add_registry_option(action)
+        add_config_option(action)
+        action.set_defaults(handler=handler)
+
+
+def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "config",
+        help="print the effective configuration as JSON",
+        description="Defaults, then --config FILE, then FRAUD_TRAIN_* environment variables.",
+    )
+    add_config_option(command)
+    command.set_defaults(handler=handle_config)
+
+
+def _aware_datetime(text: str) -> datetime:
+    """An ISO 8601 time with a zone: `--as-of`."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2026-09-01T00:00Z"
+        ) from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. 2026-09-01T00:00Z")
+    return moment
+
+
+def _positive_int(text: str) -> int:
+    """A whole number of at least 1: `--max-checks`."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return number
