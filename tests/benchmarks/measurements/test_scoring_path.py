@@ -1,0 +1,24 @@
+"""Tests for benchmarks.measurements.scoring_path: it scores through the production
+listeners and reports CPU per transaction."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import TrainedModel
+
+
+def test_it_scores_the_champion_and_reports_cost_per_transaction(
+    trained_model: TrainedModel,
+) -> None:
+    """One line of figures for a short run against a real registry."""
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.measurements.scoring_path",
+         "--registry", str(trained_model.registry), "--transactions", "300", "--warmup", "50"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert re.fullmatch(
+        r"scoring path: cpu \d+\.\d µs/transaction, wall \d+\.\d µs/transaction\n", run.stdout
+    )
