@@ -24,10 +24,10 @@ from benchmarks import commands
 from benchmarks.load.client import RPCS
 from benchmarks.load.client_pool import ClientError
 from benchmarks.load.schedule import ARRIVALS
-from benchmarks.measurements.load_run import LOCAL_HOST, MODES
+from benchmarks.measurements.load_run import MODES
 from benchmarks.reporting.charts import write_charts
 from benchmarks.reporting.report import Report, render_table, write_json
-from benchmarks.servers.launch import ServerError
+from benchmarks.servers.launch import LOCAL_HOST, ServerError
 from benchmarks.suite import SuiteSettings
 from benchmarks.suite import __doc__ as suite_doc
 from service.model.artifact import ArtifactError

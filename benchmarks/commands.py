@@ -13,11 +13,12 @@ from collections.abc import Callable
 
 from benchmarks.load.client import Rpc
 from benchmarks.load.traffic import OutcomeMix, build_calls, load_history, new_run_id
-from benchmarks.measurements.load_run import LoadSettings, Mode, ServerProbe, measure
-from benchmarks.measurements.machine import describe_run
+from benchmarks.measurements.load_run import LoadSettings, Mode, measure
 from benchmarks.measurements.memory import measure_in_fresh_process
 from benchmarks.measurements.saturation import rate_steps
+from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.report import Report
+from benchmarks.servers.launch import ServerProbe
 from benchmarks.suite import SuiteSettings, floors_report, run_suite, saturate_server
 
 Command = Callable[[list[str]], Report]

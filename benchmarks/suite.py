@@ -31,21 +31,21 @@ from pathlib import Path
 from benchmarks.load.client import Rpc
 from benchmarks.load.schedule import Arrivals
 from benchmarks.load.traffic import History, OutcomeMix, build_calls, load_history, new_run_id
-from benchmarks.measurements.load_run import (
-    LOCAL_HOST,
-    LoadSettings,
-    Measurement,
-    Mode,
-    ServerProbe,
-    measure,
-)
-from benchmarks.measurements.machine import describe_run
+from benchmarks.measurements.load_run import LoadSettings, Measurement, Mode, measure
 from benchmarks.measurements.memory import measure_in_fresh_process
 from benchmarks.measurements.onnx_floor import InferenceTiming, time_single_row
 from benchmarks.measurements.saturation import Attempt, Saturation, rate_steps, search
+from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.report import Report
 from benchmarks.servers.floor import FLOOR_KINDS
-from benchmarks.servers.launch import ServerSpec, floor_spec, fraud_serve_spec, serving
+from benchmarks.servers.launch import (
+    LOCAL_HOST,
+    ServerProbe,
+    ServerSpec,
+    floor_spec,
+    fraud_serve_spec,
+    serving,
+)
 from service.model.artifact import ONNX_MODEL_FILE
 from service.model.registry import Registry
 

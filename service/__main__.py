@@ -152,7 +152,7 @@ def _run(settings: ServeSettings, metrics_port: int) -> int:
 async def _serve(settings: ServeSettings, metrics_port: int) -> int:
     try:
         app = await create_app(settings)
-    except (RegistryError, ArtifactError, BindError) as error:
+    except (RegistryError, ArtifactError, BindError, OSError) as error:
         _log.error("cannot_start", reason=str(error))
         return 1
     try:

@@ -8,7 +8,9 @@ This is the one place objects are built and wired; everything else receives its
 collaborators. The listeners each answer goes to, in order: decision metrics, drift
 statistics, the challenger's shadow, the decision log; each outcome goes to the outcome
 metrics and the outcome log. `service.__main__` is the command line around it (arguments,
-signals, worker processes); tests build the same app, or a scorer with `build_scorer`.
+SIGTERM and SIGINT, worker processes); `following_the_registry` is here because a SIGHUP is
+one more way to look at the registry. Tests build the same app, or a scorer with
+`build_scorer`.
 
 The port is bound by `create_app` and opens at `App.start`, before the model is loaded, so
 probes get an answer (NOT_SERVING) while it warms up; scoring calls in that window get the
@@ -45,7 +47,7 @@ from service.grpc_api.server import (
 from service.model.artifact import read_manifest
 from service.model.loading import LoadedModel
 from service.model.registry import CHAMPION, Registry, RegistryError, no_champion
-from service.model.shadow import ShadowScorer
+from service.model.shadow import Schedule, ShadowScorer
 from service.model.store import ModelStore
 from service.model.watcher import ModelWatcher
 from service.observability.drift import DriftCollector
@@ -68,9 +70,7 @@ class App:
     health: HealthServicer
     watcher: ModelWatcher
     scorer: Scorer[LoadedModel]
-    drift: DriftCollector
-    decision_log: DecisionLogWriter | None
-    outcome_log: OutcomeLogWriter | None
+    listeners: Listeners
 
     async def start(self) -> None:
         """Open the port: health answers NOT_SERVING, scoring the fallback, until a model."""
@@ -90,11 +90,57 @@ class App:
     def close(self) -> None:
         """Drain and close the record logs and stop exporting drift: after `stop`, when no
         decision or outcome can arrive any more."""
+        self.listeners.close()
+
+
+@dataclass
+class Listeners:
+    """Who hears the scoring core's answers and outcomes, besides the decision metrics."""
+
+    drift: DriftCollector
+    shadow: ShadowScorer
+    decision_log: DecisionLogWriter | None
+    outcome_log: OutcomeLogWriter | None
+
+    @property
+    def answers(self) -> list[AnswerListener[LoadedModel]]:
+        """In the order they hear: drift statistics, the challenger's shadow, the log."""
+        heard: list[AnswerListener[LoadedModel]] = [self.drift, self.shadow]
+        if self.decision_log is not None:
+            heard.append(self.decision_log)
+        return heard
+
+    @property
+    def outcomes(self) -> list[OutcomeListener]:
+        """The outcome log, when one is kept."""
+        return [] if self.outcome_log is None else [self.outcome_log]
+
+    def close(self) -> None:
+        """Drain and close the record logs; stop exporting drift if it was registered."""
         for log in (self.decision_log, self.outcome_log):
             if log is not None:
                 log.close()
         with contextlib.suppress(KeyError):  # never registered, or already closed
             prometheus_client.REGISTRY.unregister(self.drift)
+
+
+def open_listeners(
+    settings: ServeSettings,
+    store: ModelStore,
+    feature_config: FeatureConfig,
+    schedule: Schedule,
+) -> Listeners:
+    """The listeners `settings` ask for, the record logs writing from now on; the shadow
+    scores the challenger in callbacks given to `schedule` (the event loop's `call_soon`)."""
+    shadow = ShadowScorer(
+        store,
+        schedule,
+        log_sampler=RequestLogSampler(settings.logging.sample_rate),
+        backlog_limit=settings.models.shadow_backlog,
+    )
+    drift = DriftCollector(window=settings.drift.window, min_rows=settings.drift.min_rows)
+    decision_log = _open_decision_log(settings.decision_log, feature_config)
+    return Listeners(drift, shadow, decision_log, _open_outcome_log(settings.outcome_log))
 
 
 async def create_app(settings: ServeSettings) -> App:
@@ -112,39 +158,25 @@ async def create_app(settings: ServeSettings) -> App:
     )
     engine = FeatureEngine(feature_config)
     track_feature_state(engine)
-    shadow = ShadowScorer(
-        store,
-        asyncio.get_running_loop().call_soon,
-        log_sampler=RequestLogSampler(settings.logging.sample_rate),
-        backlog_limit=models.shadow_backlog,
+    listeners = open_listeners(
+        settings, store, feature_config, asyncio.get_running_loop().call_soon
     )
-    drift = DriftCollector(window=settings.drift.window, min_rows=settings.drift.min_rows)
-    decision_log = _open_decision_log(settings.decision_log, feature_config)
-    outcome_log = _open_outcome_log(settings.outcome_log)
-    answer_listeners: list[AnswerListener[LoadedModel]] = [drift, shadow]
-    outcome_listeners: list[OutcomeListener] = []
-    if decision_log is not None:
-        answer_listeners.append(decision_log)
-    if outcome_log is not None:
-        outcome_listeners.append(outcome_log)
-    scorer = build_scorer(
-        settings,
-        engine,
-        store,
-        answer_listeners=answer_listeners,
-        outcome_listeners=outcome_listeners,
-    )
-    watcher = ModelWatcher(store)
-    health = await create_health()
     try:
+        scorer = build_scorer(
+            settings,
+            engine,
+            store,
+            answer_listeners=listeners.answers,
+            outcome_listeners=listeners.outcomes,
+        )
+        watcher = ModelWatcher(store)
+        health = await create_health()
         server, port = build_server(settings, scorer, health, models=watcher)
+        prometheus_client.REGISTRY.register(listeners.drift)
     except BaseException:
-        for log in (decision_log, outcome_log):
-            if log is not None:
-                log.close()
+        listeners.close()
         raise
-    prometheus_client.REGISTRY.register(drift)
-    return App(settings, server, port, health, watcher, scorer, drift, decision_log, outcome_log)
+    return App(settings, server, port, health, watcher, scorer, listeners)
 
 
 def build_scorer(
@@ -158,8 +190,12 @@ def build_scorer(
     """The scoring core over `engine`'s state and `store`'s model, configured by `settings`.
 
     The decision metrics hear every answer and outcome first, then `answer_listeners` and
-    `outcome_listeners` in order; the stages of a sample of calls are timed.
+    `outcome_listeners` in order; the stages of a sample of calls are timed. ValueError when
+    `store`'s model was trained with other feature settings than `engine` computes.
     """
+    model = store.current
+    if model is not None and model.manifest.feature_config != engine.config:
+        raise ValueError("the feature engine's config is not the one the model was trained with")
     limits = settings.limits
     metrics = DecisionMetrics()
     return Scorer(

@@ -15,9 +15,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.config.layered import ConfigError, load_layered_settings
 from service.features import FeatureConfig
-from training.model_build.thresholds import ThresholdPolicy
+
+# What a decline with no reported outcome counts as in a retrain (`RetrainSettings`).
+SilentDeclines = Literal["exclude", "genuine"]
 
 __all__ = ["ConfigError", "TrainSettings", "load_settings"]
+
+
+class ThresholdPolicy(BaseModel):
+    """How review and decline thresholds are chosen from validation scores."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    alert_rate: float = Field(default=0.01, gt=0, le=1)
+    """Share of transactions sent to review or decline: the daily alert budget as a share
+    of the day's traffic."""
+
+    decline_precision: float = Field(default=0.9, gt=0, le=1)
+    """Lowest precision acceptable among declines."""
+
+    min_declines: int = Field(default=20, ge=1)
+    """Declines on validation needed before the precision estimate is trusted."""
 
 
 class _Section(BaseModel):
@@ -62,7 +80,7 @@ class BoosterConfig(_Section):
     """L2 regularisation of leaf values."""
 
     max_rounds: int = Field(default=500, ge=1)
-    """Most trees; inference cost grows with it (about 18 µs per row at 300 trees)."""
+    """Most trees; inference cost per row grows with it."""
 
     early_stopping_rounds: int = Field(default=50, ge=1)
     """Stop when validation average precision has not improved for this many trees."""
@@ -136,7 +154,7 @@ class RetrainConfig(_Section):
     """How much higher the candidate's average precision on the evaluation window must be
     than the champion's before it is published as challenger."""
 
-    silent_declines: Literal["exclude", "genuine"] = "exclude"
+    silent_declines: SilentDeclines = "exclude"
     """What a declined transaction (declined by the model or by the fallback) counts as when
     no outcome was reported for it. A decline blocks the payment, so it rarely draws a
     chargeback: its silence is no evidence either way, and counting it genuine (as an

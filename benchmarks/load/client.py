@@ -38,8 +38,8 @@ from benchmarks.load.histograms import EncodedLatency
 from benchmarks.load.streams import ScoreStreamSender
 from benchmarks.load.tally import OK, Tally
 from benchmarks.load.traffic import Call, CallKind
-from benchmarks.measurements.gc_pauses import GcPauses
-from benchmarks.measurements.process_usage import run_queue_wait_seconds
+from benchmarks.probes.gc_pauses import GcPauses
+from benchmarks.probes.process_usage import run_queue_wait_seconds
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 
 Rpc = Literal["unary", "stream"]

@@ -54,7 +54,7 @@ def _cost(logging: bool, directory: Path, records: int, rate: float) -> tuple[fl
     for number in range(records):
         features = [61.28 * column / 7 for column in range(FEATURE_COUNT)]
         if log is not None:
-            log.record(tx, features, answer)
+            log.on_answer(tx, features, answer, None)
         if number % PACE_EVERY == PACE_EVERY - 1:
             time.sleep(max(0.0, started + (number + 1) / rate - time.perf_counter()))
     if log is not None:

@@ -33,15 +33,17 @@ from benchmarks.load.histograms import (
 from benchmarks.load.schedule import Arrivals, due_offsets
 from benchmarks.load.tally import OK
 from benchmarks.load.traffic import Call
-from benchmarks.measurements.process_usage import ProcessUsage, process_usage
 from benchmarks.measurements.server_latency import ServerLatency, scrape_all, server_latency
+from benchmarks.probes.process_usage import ProcessUsage, process_usage
+from benchmarks.servers.launch import LOCAL_HOST, ServerProbe
 
 Mode = Literal["open", "closed"]
 MODES: tuple[Mode, ...] = get_args(Mode)
-LOCAL_HOST = "127.0.0.1"
 MAX_RATE = 50_000.0
 MAX_SECONDS = 120.0
 MAX_PROCESSES = 8
+# A server the harness cannot look into: no process to watch, no metrics to scrape.
+NO_PROBE = ServerProbe()
 MAX_IN_FLIGHT = 10_000
 
 
@@ -91,14 +93,6 @@ class LoadSettings:
 
 
 @dataclass(frozen=True)
-class ServerProbe:
-    """Where to read a local server's figures: its process id, its metrics endpoints."""
-
-    pid: int | None = None
-    metrics_urls: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class ServerCost:
     """The server's CPU over the run (its process tree), per OK `Score` answer and as a
     share of a core (with its event loops' run-queue wait, likewise).
@@ -145,7 +139,7 @@ class Measurement:
 
 
 def measure(
-    name: str, settings: LoadSettings, calls: Sequence[Call], probe: ServerProbe = ServerProbe()
+    name: str, settings: LoadSettings, calls: Sequence[Call], probe: ServerProbe = NO_PROBE
 ) -> Measurement:
     """Run one measurement of `calls` (an open loop sends the first `calls_needed()`)."""
     jobs = client_jobs(settings, calls)

@@ -13,30 +13,13 @@ ONNX floor server (`benchmarks.servers.floor --kind onnx`) and `fraud-serve`.
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from service.model.artifact import read_manifest
-from service.model.onnx_scorer import OnnxScorer
-
-
-class SingleRowModel:
-    """The server's scorer, scoring one golden-sample row per call. One thread only."""
-
-    def __init__(self, model: Path) -> None:
-        """Load `model` (an artifact's model.onnx; its manifest.json must sit beside it)."""
-        rows = read_manifest(model.parent).golden_sample.features
-        self.features = len(rows[0])
-        self._scorer = OnnxScorer(model, self.features)
-        self._rows = itertools.cycle(rows)
-
-    def predict(self) -> float:
-        """The fraud probability of the next row."""
-        return self._scorer.score_one(next(self._rows))
+from benchmarks.servers.floor import SingleRowModel
 
 
 @dataclass(frozen=True)

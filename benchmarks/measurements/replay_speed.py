@@ -16,7 +16,7 @@ import resource
 import time
 from pathlib import Path
 
-from benchmarks.measurements.machine import describe_run
+from benchmarks.probes.machine import describe_run
 from service.features import FeatureConfig
 from training.data.loading import load_transactions
 from training.data.replay import replay_features

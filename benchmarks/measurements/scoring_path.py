@@ -2,8 +2,9 @@
 
     python -m benchmarks.measurements.scoring_path --registry DIR [--transactions N]
 
-Builds the scorer as `service.app.create_app` does (decision metrics, drift statistics, the
-challenger's shadow, the decision log in a temporary directory, sampled stage timings) over
+Builds the scorer and its listeners as `service.app.create_app` does (decision metrics, drift
+statistics, the challenger's shadow, the decision log in a temporary directory, sampled
+stage timings) over
 the registry's champion, scores `--warmup` transactions with unique ids, cards and
 terminals cycling through fixed pools, then times the next `--transactions`: process CPU
 (the scoring thread and the decision log's writer thread) and wall time per transaction.
@@ -21,17 +22,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.app import build_scorer, champion_feature_config
-from service.config.settings import ServeSettings
+from service.app import build_scorer, champion_feature_config, open_listeners
+from service.config.settings import RecordLogSettings, ServeSettings
 from service.core.domain import RawTransaction
-from service.core.scoring import Scorer
 from service.features import FeatureEngine
-from service.model.loading import LoadedModel
-from service.model.shadow import ShadowScorer
 from service.model.store import ModelStore
-from service.observability.drift import DriftCollector
-from service.observability.logs import RequestLogSampler
-from service.records.decision_writer import DecisionLogWriter
 
 START_NS = 1_704_067_200 * 1_000_000_000  # 2024-01-01T00:00:00Z
 CARDS = 5_000
@@ -54,7 +49,22 @@ def main() -> None:
 def measure(registry: Path, transactions: int, warmup: int) -> tuple[float, float]:
     """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`."""
     with tempfile.TemporaryDirectory() as directory:
-        scorer, log = _production_scorer(registry, Path(directory))
+        settings = ServeSettings(
+            registry=registry,
+            decision_log=RecordLogSettings(directory=Path(directory) / "decisions"),
+            outcome_log=RecordLogSettings(directory=Path(directory) / "outcomes"),
+        )
+        config = champion_feature_config(registry)
+        store = ModelStore(registry, feature_config=config)
+        store.load_champion()
+        listeners = open_listeners(settings, store, config, asyncio.new_event_loop().call_soon)
+        scorer = build_scorer(
+            settings,
+            FeatureEngine(config),
+            store,
+            answer_listeners=listeners.answers,
+            outcome_listeners=listeners.outcomes,
+        )
         requests = _requests(warmup + transactions)
         for _ in range(warmup):
             scorer.score(next(requests))
@@ -64,29 +74,10 @@ def measure(registry: Path, transactions: int, warmup: int) -> tuple[float, floa
         for raw in batch:
             scorer.score(raw)
         wall = time.perf_counter() - started
-        log.close()  # the writer's CPU for the timed records counts too
+        listeners.close()  # the writer's CPU for the timed records counts too
         after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return cpu, wall
-
-
-def _production_scorer(
-    registry: Path, log_directory: Path
-) -> tuple[Scorer[LoadedModel], DecisionLogWriter]:
-    config = champion_feature_config(registry)
-    store = ModelStore(registry, feature_config=config)
-    store.load_champion()
-    shadow = ShadowScorer(
-        store, asyncio.new_event_loop().call_soon, log_sampler=RequestLogSampler(0.0)
-    )
-    log = DecisionLogWriter(log_directory, feature_config=config)
-    scorer = build_scorer(
-        ServeSettings(registry=registry),
-        FeatureEngine(config),
-        store,
-        answer_listeners=[DriftCollector(), shadow, log],
-    )
-    return scorer, log
 
 
 def _requests(count: int) -> Iterator[RawTransaction]:

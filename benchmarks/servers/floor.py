@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -30,8 +31,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from benchmarks.measurements.onnx_floor import SingleRowModel
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.model.artifact import read_manifest
+from service.model.onnx_scorer import OnnxScorer
 
 FloorKind = Literal["empty", "onnx"]
 FLOOR_KINDS: tuple[FloorKind, ...] = get_args(FloorKind)
@@ -40,6 +42,21 @@ _SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
 _Context = grpc.aio.ServicerContext[scoring_pb2.ScoreRequest, scoring_pb2.ScoreResponse]
 _OutcomeContext = grpc.aio.ServicerContext[scoring_pb2.OutcomeRequest, scoring_pb2.OutcomeResponse]
 _InfoContext = grpc.aio.ServicerContext[scoring_pb2.GetModelInfoRequest, scoring_pb2.ModelInfo]
+
+
+class SingleRowModel:
+    """The server's scorer, scoring one golden-sample row per call. One thread only."""
+
+    def __init__(self, model: Path) -> None:
+        """Load `model` (an artifact's model.onnx; its manifest.json must sit beside it)."""
+        rows = read_manifest(model.parent).golden_sample.features
+        self.features = len(rows[0])
+        self._scorer = OnnxScorer(model, self.features)
+        self._rows = itertools.cycle(rows)
+
+    def predict(self) -> float:
+        """The fraud probability of the next row."""
+        return self._scorer.score_one(next(self._rows))
 
 
 class EmptyFloorServicer(scoring_pb2_grpc.FraudScoringServicer):

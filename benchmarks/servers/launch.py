@@ -30,12 +30,21 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.measurements.load_run import LOCAL_HOST, ServerProbe
 from benchmarks.servers.floor import FloorKind
 
 STARTUP_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 _PORT_ATTEMPTS = 50
+
+LOCAL_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ServerProbe:
+    """Where to read a local server's figures: its process id, its metrics endpoints."""
+
+    pid: int | None = None
+    metrics_urls: tuple[str, ...] = ()
 
 
 class ServerError(Exception):

@@ -198,11 +198,14 @@ class Scorer(Generic[ModelT]):
         since a late chargeback is still a label.
         """
         outcome = to_outcome(raw, now_ns=time.time_ns(), limits=self._limits)
-        applied = self._features.report_outcome(
-            outcome.transaction_id, outcome.is_fraud, outcome.reported_at
-        )
-        for listener in self._outcome_listeners:
-            listener.on_outcome(outcome, applied)
+        applied = False
+        try:
+            applied = self._features.report_outcome(
+                outcome.transaction_id, outcome.is_fraud, outcome.reported_at
+            )
+        finally:  # a valid outcome is a label for retraining, whatever the state made of it
+            for listener in self._outcome_listeners:
+                listener.on_outcome(outcome, applied)
         if not applied:
             raise UnknownTransaction(
                 "transaction_id unknown to this server's features, or too old to affect any; "

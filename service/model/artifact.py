@@ -9,7 +9,8 @@ An artifact is an immutable directory:
         manifest.json   what serving needs to reproduce training (this schema)
         model.onnx      the scoring graph the server runs
         model.lgb.txt   the native LightGBM model (reasons, audits, retraining)
-        reasons.npz     its reason tables, compiled by training (optional)
+        reasons.npz     its reason tables, compiled by training (the server needs them;
+                        manifests older than them still parse)
         ...             reports listed in `Manifest.files`
 """
 

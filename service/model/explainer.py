@@ -11,7 +11,7 @@ with them; the server never parses a LightGBM model, so it does not need LightGB
 
 Explaining a row means finding the leaf each tree sends it to and adding up those leaves'
 vectors. LightGBM can name the leaves (`predict(pred_leaf=True)`), but its fixed cost per
-call alone is about that of a whole explanation here. Instead the trees are compiled
+call is too high for one row at a time (benchmarks/RESULTS.md). Instead the trees are compiled
 QuickScorer style (Lucchese et al., SIGIR 2015). Each split holds a bitmask of the leaves of
 its left subtree. One numpy comparison tests the row against every split of every tree. Per
 tree, ORing the masks of the splits the row fails (it goes right) marks every leaf it cannot
@@ -206,7 +206,7 @@ class ReasonTables:
     def _exit_leaves(self, row: NDArray[np.float32]) -> NDArray[np.intp]:
         """Per tree, the position (left to right) of the leaf `row` reaches."""
         goes_right = ~(np.take(_lanes(row), self.split_slots) <= self.thresholds)
-        # Multiplying by the booleans is several times faster than np.where here.
+        # Multiplying by the booleans is cheaper than np.where here.
         masked = self.left_masks * goes_right[:, np.newaxis]
         free = ~np.bitwise_or.reduceat(masked, self.tree_starts, axis=0)
         # The rightmost leaf is in no left subtree: every tree has a free leaf.

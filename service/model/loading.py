@@ -210,8 +210,8 @@ def _explainer(artifact_dir: Path, manifest: Manifest) -> Explainer:
     if REASON_TABLES_FILE not in manifest.files:
         raise ArtifactError(
             f"{artifact_dir}: no reason tables ({REASON_TABLES_FILE}), which this server "
-            f"needs to explain scores: publish version {manifest.version} again with a "
-            "current fraud-train",
+            f"needs to explain scores (version {manifest.version} predates them): train and "
+            "publish a new version with a current fraud-train",
             reason="missing_file",
         )
     path = artifact_dir / REASON_TABLES_FILE

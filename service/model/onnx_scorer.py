@@ -1,11 +1,9 @@
 """The scoring model as the server runs it: an ONNX graph in onnxruntime, one row at a time.
 
 This module also owns the graph's contract, which `training.model_build.export` writes to: one
-float32
-input `INPUT_NAME` of shape (N, n_features) (the scorer accepts any name for the only
-input), an output `PROBABILITY_OUTPUT` of shape (N, 2) whose column 1 is the fraud
-probability, and the feature names, comma-joined, under `FEATURE_NAMES_KEY` in the
-model's metadata.
+float32 input `INPUT_NAME` of shape (N, n_features) (the scorer accepts any name for the only
+input), an output `PROBABILITY_OUTPUT` of shape (N, 2) whose column 1 is the fraud probability,
+and the feature names, comma-joined, under `FEATURE_NAMES_KEY` in the model's metadata.
 
 Sessions run on one intra-op and one inter-op thread with spinning off: one row is too
 little tree walking to share between threads, and spinning threads burn the cores that

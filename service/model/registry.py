@@ -32,7 +32,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 # The refusal reason of an alias that names no loadable version (see `ModelStore`).
-REGISTRY_ERROR = "registry_error"
+RegistryErrorReason = Literal["registry_error"]
+REGISTRY_ERROR: RegistryErrorReason = "registry_error"
 
 VERSIONS_DIR = "versions"
 ALIASES_DIR = "aliases"

@@ -14,10 +14,9 @@ takes throughput, not latency, from requests.
 The backlog is bounded: beyond `backlog_limit` waiting transactions, new ones are skipped
 and counted, never queued without bound.
 
-Each comparison feeds the shadow metrics (`service.observability.metrics`): the challenger's score,
-the
-absolute score difference, and agreement of the decisions. Every disagreement gets a log
-line (event "shadow_disagreement") for offline comparison; agreements are logged at the
+Each comparison feeds the shadow metrics (`service.observability.metrics`): the challenger's
+score, the absolute score difference, and agreement of the decisions. Every disagreement gets a
+log line (event "shadow_disagreement") for offline comparison; agreements are logged at the
 request-log sample rate (event "shadow_agreement"). Neither carries card data.
 """
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.features import FeatureConfig
-from service.model.artifact import REFUSAL_REASONS, ArtifactError
+from service.model.artifact import REFUSAL_REASONS, ArtifactError, RefusalReason
 from service.model.library_versions import LibraryDifference, installed_versions
 from service.model.loading import LoadedModel, load_model
 from service.model.registry import (
@@ -24,6 +24,7 @@ from service.model.registry import (
     VERSION_PATTERN,
     Registry,
     RegistryError,
+    RegistryErrorReason,
     no_champion,
 )
 from service.observability.metrics import start_refusal_counts
@@ -53,7 +54,7 @@ class Refusal:
 
     alias: str
     version: str | None
-    reason: str
+    reason: RefusalReason | RegistryErrorReason
     detail: str
 
 

@@ -56,7 +56,6 @@ STAGE_BUCKETS = (
 STAGE_TIMING_EVERY: Final = 16
 SCORING_SERVICE = "/fraud.v1.FraudScoring/"
 SCORING_RPCS = ("Score", "ScoreStream", "ReportOutcome", "GetModelInfo")
-# The logs kept for retraining (`service.records.segment_log`), and why one drops a record.
 
 RPC_DURATION = Histogram(
     "fraud_rpc_duration_seconds",

@@ -53,21 +53,6 @@ class DecisionLogWriter(RecordLog[_Decision]):
             directory, "decisions", encode, limits, flush_seconds=flush_seconds, clock=clock
         )
 
-    def record(
-        self,
-        tx: Transaction,
-        features: Sequence[float] | None,
-        result: ScoreResult,
-    ) -> None:
-        """Queue one decision; never blocks or raises. `features` must not change afterwards
-        (the writer thread reads them later); None when none were computed."""
-        # `append` inlined: every scored transaction comes here, and a second call would
-        # cost as much again as this whole body.
-        if len(self._pending) < self._room:
-            self._pending.append((tx, features, result))
-        else:
-            self._drop()
-
     def on_answer(
         self,
         tx: Transaction,
@@ -75,9 +60,12 @@ class DecisionLogWriter(RecordLog[_Decision]):
         result: ScoreResult,
         model: object,
     ) -> None:
-        """Queue every answer, whoever gave it (`service.core.ports.AnswerListener`): as
-        `record`. The line names the deciding model by `result.model_version`."""
-        # `record` inlined, for the reason it inlines `append`.
+        """Queue every answer, whoever gave it (`service.core.ports.AnswerListener`); never
+        blocks or raises. `features` must not change afterwards (the writer thread reads them
+        later); None when none were computed. The line names the deciding model by
+        `result.model_version`."""
+        # `append` inlined: every scored transaction comes here, and a second call would
+        # cost as much again as this whole body.
         if len(self._pending) < self._room:
             self._pending.append((tx, features, result))
         else:
@@ -117,8 +105,7 @@ def _line(
         "score": result.score,
         "decision": result.decision.name,
         "source": result.source.name,
-        # None or "" when the model decided: written "". A reason, plain str or `StrEnum`
-        # member, is written as its string.
+        # None when the model decided, written ""; a `FallbackReason` is written as its value.
         "fallback_reason": result.fallback_reason or "",
         "model_version": result.model_version,
         # This process's engine computed every logged vector.

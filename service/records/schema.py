@@ -108,7 +108,9 @@ class Field:
 
     `types` are the exact types a decoded value may have (`INTEGER` values within 64 bits);
     `items`, for a list, those of its items. A reader skips a line without a `required`
-    field, and takes an optional one that is absent as `absent`.
+    field, and takes an optional one that is absent as `absent`. A `descriptive` field is
+    kept for the record but nothing is learnt from it: a value of another type is read as
+    `absent` instead of costing the line, so a hand-edited or older line still trains.
     """
 
     name: str
@@ -116,6 +118,7 @@ class Field:
     required: bool = True
     absent: object = None
     items: tuple[type, ...] | None = None
+    descriptive: bool = False
 
 
 class _Absent:
@@ -135,19 +138,19 @@ class LineSchema:
         if len(self._by_name) != len(self.fields):
             raise ValueError(f"a {kind} field is declared twice")
         self._names = tuple(self._by_name)
-        self._absents = (_ABSENT,) * len(self._names)
-        allowed = [spec.types if spec.required else (*spec.types, _Absent) for spec in fields]
+        checked = tuple(spec for spec in self.fields if not spec.descriptive)
+        self._checked_names = tuple(spec.name for spec in checked)
+        self._absents = (_ABSENT,) * len(checked)
+        allowed = [spec.types if spec.required else (*spec.types, _Absent) for spec in checked]
         # Every allowed combination of field types (thousands for a decision: an optional
         # field may also be absent), so that `accepts` checks a line's types with one set
         # lookup: it runs once a line.
         self._shapes = frozenset(itertools.product(*allowed))
         # Positions in the line's values of the fields checked beyond their types.
-        self._integers = tuple(
-            index for index, spec in enumerate(self.fields) if spec.types == INTEGER
-        )
+        self._integers = tuple(index for index, spec in enumerate(checked) if spec.types == INTEGER)
         self._lists = tuple(
             (index, frozenset(spec.items))
-            for index, spec in enumerate(self.fields)
+            for index, spec in enumerate(checked)
             if spec.items is not None
         )
 
@@ -162,11 +165,12 @@ class LineSchema:
 
     def accepts(self, record: object) -> bool:
         """Whether `record`, a decoded JSON value, is a line a reader can use: an object
-        with every required field, each field it has of an accepted type, integers within
-        64 bits and list items of their accepted types. Unknown fields are ignored."""
+        with every required field, each field it has (descriptive ones aside) of an accepted
+        type, integers within 64 bits and list items of their accepted types. Unknown fields
+        are ignored."""
         if not isinstance(record, dict):
             return False
-        values = tuple(map(record.get, self._names, self._absents))
+        values = tuple(map(record.get, self._checked_names, self._absents))
         if tuple(map(type, values)) not in self._shapes:
             return False
         for index in self._integers:
@@ -179,6 +183,19 @@ class LineSchema:
                 return False
         return True
 
+    def value(self, record: Mapping[str, object], name: str) -> object:
+        """Field `name` of an accepted `record`: its `absent` value where the line leaves it
+        out or, for a descriptive field, holds a value of another type (or an integer beyond
+        64 bits). KeyError if this kind has no field of that name."""
+        spec = self._by_name[name]
+        value = record.get(name, spec.absent)
+        if spec.descriptive and (
+            type(value) not in spec.types
+            or (type(value) is int and not _INT64_MIN <= value <= _INT64_MAX)
+        ):
+            return spec.absent
+        return value
+
 
 DECISION_SCHEMA = LineSchema(
     "decisions",
@@ -187,23 +204,24 @@ DECISION_SCHEMA = LineSchema(
         Field("event_time", TEXT),
         Field("card", TEXT),
         Field("terminal_id", TEXT),
-        Field("merchant_id", TEXT, required=False, absent=""),
+        Field("merchant_id", TEXT, required=False, absent="", descriptive=True),
         Field("amount", NUMBER),
-        Field("currency", TEXT, required=False, absent=""),
-        Field("mcc", INTEGER, required=False, absent=-1),
-        Field("entry_mode", INTEGER, required=False, absent=0),  # EntryMode.UNKNOWN
-        Field("card_present", (*FLAG, _NULL), required=False, absent=None),
-        Field("country", TEXT, required=False, absent=""),
+        Field("currency", TEXT, required=False, absent="", descriptive=True),
+        Field("mcc", INTEGER, required=False, absent=-1, descriptive=True),
+        # EntryMode.UNKNOWN when absent.
+        Field("entry_mode", INTEGER, required=False, absent=0, descriptive=True),
+        Field("card_present", (*FLAG, _NULL), required=False, absent=None, descriptive=True),
+        Field("country", TEXT, required=False, absent="", descriptive=True),
         Field("score", NUMBER),
         Field("decision", TEXT),
         Field("source", TEXT),
-        Field("fallback_reason", TEXT, required=False, absent=""),
+        Field("fallback_reason", TEXT, required=False, absent="", descriptive=True),
         Field("model_version", TEXT),
         Field("feature_engine_version", INTEGER),
         # Written since feature settings were fingerprinted: "" on older lines.
         Field("feature_config", TEXT, required=False, absent=""),
         Field("features", (list, _NULL), items=(*NUMBER, _NULL)),
-        Field("logged_at", TEXT, required=False, absent=""),
+        Field("logged_at", TEXT, required=False, absent="", descriptive=True),
     ),
 )
 OUTCOME_SCHEMA = LineSchema(
@@ -249,5 +267,7 @@ def is_segment(name: str, kind: RecordKind) -> bool:
 
 
 def segment_glob(kind: RecordKind) -> str:
-    """A glob pattern every `kind` segment's name matches (not only those: `is_segment`)."""
+    """The files a reader takes as `kind` segments: every name the writer gives, and any
+    other file an operator names so (a hand-merged or renamed copy); retention deletes only
+    names `is_segment` recognises."""
     return f"{kind}-*.jsonl"

@@ -41,12 +41,13 @@ from typing import BinaryIO, Generic, Literal, NamedTuple, TypeVar, get_args
 
 import structlog
 
+from service.config.settings import GIB, MIB
 from service.observability.logs import Throttle
 from service.observability.metrics import (
     RECORD_LOG_DROPPED,
     RECORD_LOG_WRITTEN,
 )
-from service.records.schema import RecordKind, segment_name, segment_opened_at
+from service.records.schema import RECORD_KINDS, RecordKind, segment_name, segment_opened_at
 
 T = TypeVar("T")
 # Encodes a chunk of records, given the wall time (Unix seconds) of writing, as JSON lines.
@@ -66,13 +67,18 @@ CHUNK_RECORDS = 32
 REST_SECONDS = 0.001
 SECONDS_PER_DAY = 86_400
 # Byte units of the limits below.
-MIB = 1 << 20
-GIB = 1 << 30
 # Why a record was not written: the label of `fraud_record_log_dropped_total`.
 RecordLogDropReason = Literal["queue_full", "write_error", "closed"]
 RECORD_LOG_DROP_REASONS: tuple[RecordLogDropReason, ...] = get_args(RecordLogDropReason)
 
 _log = structlog.get_logger(__name__)
+
+# Every (log, reason) series exists from import at 0, even a switched-off log's, so alert
+# rules see a rise from 0.
+for _kind in RECORD_KINDS:
+    RECORD_LOG_WRITTEN.labels(_kind)
+    for _reason in RECORD_LOG_DROP_REASONS:
+        RECORD_LOG_DROPPED.labels(_kind, _reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +122,6 @@ class RecordLog(Generic[T]):
         self._pending: deque[T] = deque()
         self._room = limits.max_pending  # 0 once closed: `append` needs no second check
         self._closing = threading.Event()
-        # Every (log, reason) series exists from the start at 0, so alerts see a rise from 0.
         self._dropped = {
             reason: RECORD_LOG_DROPPED.labels(kind, reason) for reason in RECORD_LOG_DROP_REASONS
         }

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
-from service.app import App, create_app
+from service.app import App, build_scorer, create_app
 from service.config.settings import RecordLogSettings, ServerSettings, ServeSettings
+from service.features import FeatureConfig, FeatureEngine
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.model.registry import RegistryError
+from service.model.store import ModelStore
 from tests.conftest import TrainedModel
+from tests.factories import raw_transaction
 from tests.service.registry_copies import copy_registry
 from training.retraining.feedback import read_decision_log, read_outcomes
 
@@ -86,13 +92,64 @@ def test_create_app_serves_the_champion_and_keeps_its_records(
     assert list(outcomes.frame["transaction_id"]) == ["tx-1"]
 
 
+def _record_writers() -> set[threading.Thread]:
+    """The record logs' writer threads alive in this process (other tests' included)."""
+    names = {"decisions-log", "outcomes-log"}
+    return {thread for thread in threading.enumerate() if thread.name in names}
+
+
 def test_create_app_without_champion_opens_nothing(tmp_path: Path) -> None:
-    """An empty registry is refused before any record log or port is opened."""
+    """An empty registry is refused before any record log starts writing or a port is
+    bound: no writer thread is left running, and the configured port is still free."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = _settings(tmp_path / "registry", tmp_path).model_copy(
+        update={"server": ServerSettings(host="127.0.0.1", port=port)}
+    )
 
     async def scenario() -> None:
-        await create_app(_settings(tmp_path / "registry", tmp_path))
+        await create_app(settings)
 
+    writers_before = _record_writers()
     with pytest.raises(RegistryError, match="champion"):
         asyncio.run(scenario())
-    assert not (tmp_path / "decisions").exists()
-    assert not (tmp_path / "outcomes").exists()
+    assert _record_writers() == writers_before
+    with socket.socket() as rebind:
+        rebind.bind(("127.0.0.1", port))  # OSError if create_app had bound it
+
+
+def test_a_scorer_pairs_no_model_with_an_engine_computing_other_features(
+    trained_model: TrainedModel,
+) -> None:
+    """A model trained with another label delay would read other features: refused."""
+    store = ModelStore(trained_model.registry)
+    store.load_champion()
+    engine = FeatureEngine(FeatureConfig(label_delay_days=3))
+    with pytest.raises(ValueError, match="feature engine's config"):
+        build_scorer(ServeSettings(), engine, store)
+
+
+def _decisions_counted() -> float:
+    """fraud_decisions_total summed over its series, in this process."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "fraud_decisions"
+        for sample in family.samples
+        if sample.name == "fraud_decisions_total"
+    )
+
+
+def test_a_repeat_is_answered_again_but_counted_as_one_decision(
+    trained_model: TrainedModel,
+) -> None:
+    """A retry answered from the idempotency cache is not a second decision in the metrics
+    (a retried decline would otherwise show as two)."""
+    store = ModelStore(trained_model.registry)
+    champion = store.load_champion()
+    scorer = build_scorer(ServeSettings(), FeatureEngine(champion.manifest.feature_config), store)
+    before = _decisions_counted()
+    first = scorer.score(raw_transaction(1))
+    assert scorer.score(raw_transaction(1)) is first
+    assert _decisions_counted() - before == 1

@@ -56,7 +56,7 @@ def handle_evaluate(args: argparse.Namespace) -> int:
 
 def handle_backtest(args: argparse.Namespace) -> int:
     """Run the handbook's prequential protocol; print per-fold and mean metrics as JSON."""
-    from training.evaluation.backtest import HANDBOOK_FEATURES, BacktestWindows, run_backtest
+    from training.model_build.backtest import HANDBOOK_FEATURES, BacktestWindows, run_backtest
 
     windows = BacktestWindows(
         earliest_start=args.start,

@@ -10,6 +10,7 @@ import argparse
 from datetime import date, datetime
 from pathlib import Path
 
+from service.model.registry import ALIASES, CHAMPION
 from training.cli.data_commands import handle_config, handle_simulate
 from training.cli.model_commands import handle_backtest, handle_evaluate, handle_train
 from training.cli.options import add_config_option, add_data_options, add_registry_option
@@ -214,9 +215,7 @@ def _add_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "version", help="a published version, or 'challenger' for the challenger's version"
     )
     promote.add_argument("--reason", default="promoted by hand", help="recorded in history")
-    promote.add_argument(
-        "--alias", default="champion", choices=("champion", "challenger"), help="(champion)"
-    )
+    promote.add_argument("--alias", default=CHAMPION, choices=ALIASES, help=f"({CHAMPION})")
     rollback = actions.add_parser("rollback", help="move the champion back to its previous version")
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in history")
     for action, handler in (

@@ -20,8 +20,8 @@ from service.model.artifact import ONNX_MODEL_FILE, Manifest, Thresholds
 from service.model.onnx_scorer import OnnxScorer
 from service.model.registry import CHAMPION, Registry, RegistryError
 from training.data.dataset import build_feature_table
+from training.durable_files import replace_atomically
 from training.evaluation.metrics import evaluate_masked
-from training.registry.durable_files import replace_atomically
 
 
 class EvaluationError(Exception):

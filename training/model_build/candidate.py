@@ -1,7 +1,6 @@
-"""Fitting, judging and publishing a candidate model: the path every model takes, whatever
-its rows came from (`training.model_build.pipeline.train`: a replayed history;
-`training.retraining.retrain`: the
-server's decision log).
+"""Fitting, judging and publishing a candidate model: the path every model takes, whatever its
+rows came from (`training.model_build.pipeline.train`: a replayed history;
+`training.retraining.retrain`: the server's decision log).
 
     fit_candidate        fit with early stopping on validation, score validation and test,
                          choose thresholds on validation, export to ONNX

@@ -5,9 +5,9 @@ evaluate → choose thresholds → export to ONNX → gates (floors, no regressi
 champion, ONNX parity) → stage the artifact → finalise (checksums, completeness) → promote.
 Nothing reaches the registry unless every gate passed.
 
-Fitting, the floors and parity gates and publishing are `training.model_build.candidate`'s, shared
-with
-`training.retraining.retrain`; the no-regression gate and promotion to champion are train's own.
+Fitting, the floors and parity gates and publishing are `training.model_build.candidate`'s,
+shared with `training.retraining.retrain`; the no-regression gate and promotion to champion are
+train's own.
 """
 
 from __future__ import annotations

@@ -8,29 +8,13 @@ such as midpoints, so they are exact in float32 and float64 and survive JSON unc
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from service.model.artifact import Thresholds
+from training.config import ThresholdPolicy
 from training.evaluation.metrics import FloatArray, IntArray, alert_threshold
 
 # Declines used when no threshold meets the policy: the highest score the schema allows.
 NEVER_DECLINE = 1.0
-
-
-class ThresholdPolicy(BaseModel):
-    """How review and decline thresholds are chosen from validation scores."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    alert_rate: float = Field(default=0.01, gt=0, le=1)
-    """Share of transactions sent to review or decline: the daily alert budget as a share
-    of the day's traffic."""
-
-    decline_precision: float = Field(default=0.9, gt=0, le=1)
-    """Lowest precision acceptable among declines."""
-
-    min_declines: int = Field(default=20, ge=1)
-    """Declines on validation needed before the precision estimate is trusted."""
 
 
 def choose_thresholds(label: IntArray, score: FloatArray, policy: ThresholdPolicy) -> Thresholds:

@@ -47,14 +47,14 @@ from service.model.registry import (
     RegistryError,
     check_alias_name,
 )
-from training.evaluation.metrics import format_metrics_table
-from training.registry.durable_files import (
+from training.durable_files import (
     append_durably,
     exclusive_lock,
     fsync_path,
     make_dir,
     replace_atomically,
 )
+from training.evaluation.metrics import format_metrics_table
 
 __all__ = [
     "RegistryError",

@@ -42,7 +42,6 @@ from service.records.schema import (
     DECISION_SCHEMA,
     OUTCOME_SCHEMA,
     LineSchema,
-    is_segment,
     segment_glob,
 )
 
@@ -246,11 +245,7 @@ def _segments(directory: Path, schema: LineSchema) -> list[Path]:
     if not directory.is_dir():
         raise FeedbackError(f"{kind} log directory {directory} does not exist")
     try:
-        paths = [
-            path
-            for path in directory.glob(segment_glob(kind))
-            if is_segment(path.name, kind) and path.is_file()
-        ]
+        paths = [path for path in directory.glob(segment_glob(kind)) if path.is_file()]
     except OSError as error:
         raise FeedbackError(f"cannot list {kind} log directory {directory}: {error}") from error
     if not paths:
@@ -293,8 +288,9 @@ def _values(records: Sequence[dict[str, Any]], schema: LineSchema, name: str) ->
     Raises KeyError if the schema has no such field: a reader naming a field the writers do
     not write fails at once, instead of reading a column of `absent` values.
     """
-    absent = schema[name].absent
-    return [record.get(name, absent) for record in records]
+    # Looked up before the records: there may be none to raise it.
+    schema[name]
+    return [schema.value(record, name) for record in records]
 
 
 def _strings(records: Sequence[dict[str, Any]], schema: LineSchema, name: str) -> pd.Series:

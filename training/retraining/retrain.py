@@ -2,13 +2,12 @@
 against the champion on the most recent labelled window, published as challenger only when
 it is better.
 
-Steps: label the log as of a moment (`training.retraining.retrain_data`) → enough new fraud reports
-since the champion's data ended? → periods → fit, thresholds, ONNX and gates, the path
+Steps: label the log as of a moment (`training.retraining.retrain_data`) → enough new fraud
+reports since the champion's data ended? → periods → fit, thresholds, ONNX and gates, the path
 `train` takes (`training.model_build.candidate`) → compare with the champion on the evaluation
-window
-(`training.retraining.report`) → better by `retrain.min_improvement`? → publish with the report
-and lineage → point `challenger` at it. A retrain that publishes nothing records a `decline`
-in the registry history, its reason giving the numbers; a failed gate also raises
+window (`training.retraining.report`) → better by `retrain.min_improvement`? → publish with the
+report and lineage → point `challenger` at it. A retrain that publishes nothing records a
+`decline` in the registry history, its reason giving the numbers; a failed gate also raises
 `GateFailure`, as in `train`. Making the challenger champion is a separate, deliberate step.
 
 `retrain` reads the logs itself; `retrain_from_logs` takes them read already (the watch loop

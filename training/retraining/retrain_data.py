@@ -1,14 +1,13 @@
 """The rows a retrain learns from and is judged on: the server's logged decisions, labelled as
 of a moment, cut into periods, with an optional replayed history before them.
 
-A logged row is used when it has a feature vector, computed by this feature engine version,
-and its label is settled: its event is at least one label delay before "as of", so its label
-is 1 or 0 for certain (`training.retraining.feedback.label_outcomes`). Rows of the last label delay
-are
+A logged row is used when it has a feature vector, computed by this feature engine version, and
+its label is settled: its event is at least one label delay before "as of", so its label is 1 or
+0 for certain (`training.retraining.feedback.label_outcomes`). Rows of the last label delay are
 left out even when their fraud is already reported: only their frauds can be known yet, so
 keeping them would fill the newest days, the evaluation window, with frauds. A model decline
-without any reported outcome is left out too, unless `retrain.silent_declines` says
-"genuine": a blocked payment rarely draws a chargeback, so its silence proves nothing.
+without any reported outcome is left out too, unless `retrain.silent_declines` says "genuine": a
+blocked payment rarely draws a chargeback, so its silence proves nothing.
 
 Periods, whole UTC days, oldest first (as `training.data.split`, whose docstring says why a gap):
 
@@ -24,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,7 +31,7 @@ from numpy.typing import NDArray
 from service.core.domain import Decision
 from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig
 from service.model.artifact import DataFingerprint, LineageSource
-from training.config import TrainSettings
+from training.config import SilentDeclines, TrainSettings
 from training.data.dataset import FeatureTable
 from training.data.split import NANOS_PER_DAY, Periods, day_index
 from training.model_build.candidate import ModelData, instant
@@ -90,7 +89,7 @@ def label_log(
     *,
     as_of_ns: int,
     feature_config: FeatureConfig,
-    silent_declines: Literal["exclude", "genuine"],
+    silent_declines: SilentDeclines,
 ) -> LabelledLog:
     """The decision log labelled as of `as_of_ns` with `feature_config`'s label delay; each
     left-out row counted under its first reason: `no_features`, `other_feature_engine`,

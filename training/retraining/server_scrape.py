@@ -1,11 +1,11 @@
 """What the scoring servers' `/metrics` endpoints say about drift and the shadow challenger.
 
-The retrain loop (`training.retraining.watch`) reads each server's Prometheus text once per look and
-keeps, per server: the drift PSI of every feature and of the score (`service.observability.drift`),
-the
-shadow comparison counts by agreement, the version each alias serves, and the process start
-time (the drift trigger judges history features only on servers up long enough). Counters
-are per process since it started, summed over servers by the reader.
+The retrain loop (`training.retraining.watch`) reads each server's Prometheus text once per look
+and keeps, per server: the drift PSI of every feature and of the score
+(`service.observability.drift`), the shadow comparison counts by agreement, the version each
+alias serves, and the process start time (the drift trigger judges history features only on
+servers up long enough). Counters are per process since it started, summed over servers by the
+reader.
 
 A server that does not answer, answers with an HTTP error or with text that is not
 Prometheus's, is listed in `MetricsLook.unreachable` with the reason: one server down never

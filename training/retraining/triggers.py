@@ -27,12 +27,11 @@ precision  The live precision of the champion's REVIEW and DECLINE decisions (MO
            label delay, a decision not reported as fraud has no label yet while one reported
            has, so counting it would tilt precision towards 1. Unknown labels are left out.
 
-Drift and precision fire once per episode: once a retrain triggered while they held has
-answered them (`Triggers.retrained`), they stay quiet until a look sees them clear. A new
-champion clears both in time: the servers start a new drift window for it, and precision
-is measured on its own decisions. A retrain that only waits for fraud reports has not
-answered them (`training.retraining.watch` does not call `retrained`): they fire again at the next
-look.
+Drift and precision fire once per episode: once a retrain triggered while they held has answered
+them (`Triggers.retrained`), they stay quiet until a look sees them clear. A new champion clears
+both in time: the servers start a new drift window for it, and precision is measured on its own
+decisions. A retrain that only waits for fraud reports has not answered them
+(`training.retraining.watch` does not call `retrained`): they fire again at the next look.
 """
 
 from __future__ import annotations

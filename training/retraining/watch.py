@@ -43,7 +43,7 @@ from typing import Protocol, TypeVar
 
 from service.features import FEATURES
 from service.model.registry import CHALLENGER, CHAMPION, Registry
-from service.records.schema import is_segment, segment_glob
+from service.records.schema import segment_glob
 from training.config import TrainSettings
 from training.model_build.gates import GateFailure
 from training.retraining.feedback import (
@@ -68,9 +68,8 @@ _T = TypeVar("_T")
 
 
 class RetrainFn(Protocol):
-    """What the loop may call to retrain instead of its own: `training.retraining.retrain.retrain`
-    or a
-    stand-in, given the log directories."""
+    """What the loop may call to retrain instead of its own
+    (`training.retraining.retrain.retrain`, or a stand-in), given the log directories."""
 
     def __call__(
         self,
@@ -108,9 +107,8 @@ def watch(
     `check_ready` first: RegistryError or FeedbackError, before any look, when the registry
     or the logs could never be retrained from. `sleep` waits between looks; by default, on
     `stop`, so that setting it ends the wait. `history` is passed on to every retrain;
-    `retrain_fn` replaces `training.retraining.retrain.retrain_from_logs`, which is given the logs
-    as
-    the look has read them (None: that one).
+    `retrain_fn` replaces `training.retraining.retrain.retrain_from_logs`, which is given the
+    logs as the look has read them (None: that one).
     """
     check_ready(registry_root, decisions_dir, outcomes_dir, settings)
     stop = stop or threading.Event()
@@ -319,7 +317,5 @@ class _LookLogs:
 def _outcome_log_size(directory: Path) -> int:
     """Bytes in the outcome log's segments: it changes when reports arrive (or age out)."""
     return sum(
-        path.stat().st_size
-        for path in directory.glob(segment_glob("outcomes"))
-        if is_segment(path.name, "outcomes") and path.is_file()
+        path.stat().st_size for path in directory.glob(segment_glob("outcomes")) if path.is_file()
     )

@@ -1,5 +1,5 @@
-"""What the transaction simulator (`training.simulation.simulate`) simulates: one frozen, validated
-model.
+"""What the transaction simulator (`training.simulation.simulate`) simulates: one frozen,
+validated model.
 
 The fraud scenarios the counts below refer to are listed in `training.simulation.simulate`.
 """

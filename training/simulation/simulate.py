@@ -15,11 +15,11 @@ lacks. The `fraud_scenario` column says which scenario made each fraud
     4  card testing: a burst of tiny online payments, then one or two large ones
     5  card-not-present spree: several online purchases abroad within a few hours
 
-Scenarios 2 and 3 act on the handbook's purchases, all card-present. Every part draws from
-its own generator spawned from one SeedSequence, so the extended profile keeps the handbook
+Scenarios 2 and 3 act on the handbook's purchases, all card-present. Every part draws from its
+own generator spawned from one SeedSequence, so the extended profile keeps the handbook
 profile's rows exactly (they are its card-present rows) and adds online ones.
-`training.simulation.params` says what to simulate; `training.simulation.history_files` writes the
-frame.
+`training.simulation.params` says what to simulate; `training.simulation.history_files` writes
+the frame.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The simulated world and the transactions drawn in it, as the simulator's parts share them.
 
 `training.simulation.simulate` builds the `World` and draws the genuine purchases,
-`training.simulation.fraud_patterns`
-draws or marks the frauds; both hand `Rows` on until `training.simulation.simulate` makes the frame.
+`training.simulation.fraud_patterns` draws or marks the frauds; both hand `Rows` on until
+`training.simulation.simulate` makes the frame.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ import pytest
 
 from benchmarks.load.histograms import LatencyRecorder, percentile_spectrum, summarise, timeline
 from benchmarks.measurements.load_run import LoadSettings, Measurement, Mode, ServerCost
-from benchmarks.measurements.machine import describe_run
 from benchmarks.measurements.memory import MemoryFigures
 from benchmarks.measurements.onnx_floor import InferenceTiming
 from benchmarks.measurements.saturation import Saturation, Step
 from benchmarks.measurements.server_latency import ServerLatency
+from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.charts import write_charts
 from benchmarks.reporting.report import REPORT_FILE, Report, render_table, write_json
 

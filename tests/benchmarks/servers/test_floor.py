@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from benchmarks.measurements.onnx_floor import SingleRowModel, time_single_row
-from benchmarks.servers.floor import EmptyFloorServicer, OnnxFloorServicer, main
+from benchmarks.measurements.onnx_floor import time_single_row
+from benchmarks.servers.floor import EmptyFloorServicer, OnnxFloorServicer, SingleRowModel, main
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.model.artifact import ONNX_MODEL_FILE, read_manifest
 from service.model.registry import Registry

@@ -233,8 +233,8 @@ REFUSED_ARTIFACTS = [
     pytest.param(
         _without_reason_tables,
         {},
-        f"no reason tables ({REASON_TABLES_FILE}), which this server needs to explain scores: "
-        "publish version",
+        f"no reason tables ({REASON_TABLES_FILE}), which this server needs to explain scores "
+        "(version ",
         "missing_file",
         id="no-reason-tables",
     ),

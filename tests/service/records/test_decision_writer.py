@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,13 @@ class NoModel:
     current: LoadedModel | None = None
 
 
-def logged(directory: Path, *decisions: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """The lines a decision log writes for `decisions` (record's arguments)."""
+def logged(
+    directory: Path, *decisions: tuple[Transaction, Sequence[float] | None, ScoreResult]
+) -> list[dict[str, Any]]:
+    """The lines a decision log writes for `decisions` (what it hears, the model aside)."""
     log = DecisionLogWriter(directory, feature_config=FeatureConfig(), clock=lambda: LOGGED_AT)
-    for decision in decisions:
-        log.record(*decision)
+    for tx, features, result in decisions:
+        log.on_answer(tx, features, result, None)
     log.close()
     (segment,) = directory.iterdir()
     assert segment.name == f"decisions-20260901T100001654321Z-{os.getpid()}-0.jsonl"
@@ -148,7 +151,7 @@ def test_each_feature_config_marks_its_lines_with_its_own_fingerprint(tmp_path: 
     tell rows computed with other settings from its own."""
     other = FeatureConfig(label_delay_days=3.0)
     log = DecisionLogWriter(tmp_path, feature_config=other)
-    log.record(TX, [1.0], MODEL_ANSWER)
+    log.on_answer(TX, [1.0], MODEL_ANSWER, None)
     log.close()
     (segment,) = tmp_path.iterdir()
     line = json.loads(segment.read_text())

@@ -137,7 +137,7 @@ def event_ns(tx: Transaction) -> int:
 def write_decisions(directory: Path) -> None:
     log = DecisionLogWriter(directory, feature_config=FeatureConfig(), clock=LOGGED_AT.timestamp)
     for decision in DECISIONS:
-        log.record(*decision)
+        log.on_answer(*decision, None)
     log.close()
 
 

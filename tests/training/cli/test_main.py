@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from service.model.registry import Registry
 from tests.conftest import TrainedModel
 from tests.training.cli.fraud_train import run
@@ -53,10 +55,12 @@ def test_bad_config_exits_2_naming_the_setting(tmp_path: Path, small_history: Pa
     assert "booster.learning_rate" in result.stderr
 
 
-def test_runs_as_a_python_module():
-    """`python -m training.cli.main`, as scripts and tests start it, runs the command line."""
+@pytest.mark.parametrize("module", ["training.cli", "training.cli.main"])
+def test_runs_as_a_python_module(module: str) -> None:
+    """`python -m training.cli` (and `.main`, as scripts and tests start it) runs the
+    command line."""
     result = subprocess.run(
-        [sys.executable, "-m", "training.cli.main", "--help"],
+        [sys.executable, "-m", module, "--help"],
         capture_output=True,
         text=True,
         timeout=60,

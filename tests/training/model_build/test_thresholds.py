@@ -7,8 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from service.model.artifact import Thresholds
+from training.config import ThresholdPolicy
 from training.evaluation.metrics import FloatArray, IntArray
-from training.model_build.thresholds import ThresholdPolicy, choose_thresholds
+from training.model_build.thresholds import choose_thresholds
 
 
 def synthetic(

@@ -253,15 +253,34 @@ def test_segments_order_by_name_with_numeric_sequence(tmp_path: Path) -> None:
 
 
 def test_only_segments_of_the_kind_are_read(tmp_path: Path) -> None:
-    """Other files in the directory (notes, temporaries, the other log's segments, a copy
-    not named as the server names segments) are ignored."""
+    """Other files in the directory (notes, temporaries, the other log's segments) are
+    ignored; a `decisions-*.jsonl` copy an operator named so is read too."""
     write_segment(tmp_path, segment_name("decisions", START, 1, 0), [decision("a", 0.0)])
     write_segment(tmp_path, segment_name("outcomes", START, 1, 0), [outcome("a", True, 1.0)])
     write_segment(tmp_path, "decisions-backup.jsonl", [decision("b", 0.0)])
     (tmp_path / "README.txt").write_text("not a segment\n")
     (tmp_path / "decisions-partial.jsonl.tmp").write_text("garbage\n")
     log = read_decision_log(tmp_path, feature_count=FEATURES)
-    assert (len(log), log.segments, log.skipped_lines) == (1, 1, 0)
+    assert (len(log), log.segments, log.skipped_lines) == (2, 2, 0)
+    assert sorted(log.frame["transaction_id"]) == ["a", "b"]
+
+
+def test_descriptive_fields_of_another_type_cost_no_line(tmp_path: Path) -> None:
+    """A hand-edited or older line whose merchant, MCC, entry mode or log time has another
+    type still trains, with those fields read as not known; a required field of another
+    type still costs the line."""
+    odd = decision("odd", 0.0) | {
+        "merchant_id": None,
+        "mcc": 5411.0,
+        "entry_mode": "CHIP",
+        "logged_at": None,
+    }
+    broken = decision("broken", 0.0) | {"amount": "12.50"}
+    write_segment(tmp_path, segment_name("decisions", START, 1, 0), [odd, broken])
+    log = read_decision_log(tmp_path, feature_count=FEATURES)
+    assert (len(log), log.skipped_lines) == (1, 1)
+    row = log.frame.iloc[0]
+    assert (row["merchant_id"], row["mcc"], row["entry_mode"]) == ("", -1, 0)
 
 
 def test_missing_directory_is_a_feedback_error(tmp_path: Path) -> None:

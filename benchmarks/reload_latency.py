@@ -1,7 +1,7 @@
 """What hot reloads cost the requests in flight: open-loop latency without and with swaps,
 against one `fraud-serve`, in one run.
 
-    python -m benchmarks.measurements.reload_latency --registry models [--other VERSION] \\
+    python -m benchmarks.reload_latency --registry models [--other VERSION] \\
         --data data/transactions.csv --rate 500 --seconds 20 --swap-every 1 --out DIR
 
 The registry is copied to a temporary directory (the promotions never touch yours); its
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks.load.traffic import NO_OUTCOMES, build_calls, load_history, new_run_id
 from benchmarks.measurements.load_run import LoadSettings, Measurement, measure
-from benchmarks.measurements.machine import describe_run
+from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.report import Report, render_table, write_json
 from benchmarks.servers.launch import fraud_serve_spec, serving
 from service.model.artifact import MANIFEST_FILE, read_manifest
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_line = [
         "python",
         "-m",
-        "benchmarks.measurements.reload_latency",
+        "benchmarks.reload_latency",
         *(argv or sys.argv[1:]),
     ]
     with tempfile.TemporaryDirectory(prefix="fraud-bench-reload-") as scratch:
@@ -147,7 +147,7 @@ def _swapping(registry: Path, versions: tuple[str, str], every: float) -> Iterat
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.measurements.reload_latency",
+        prog="python -m benchmarks.reload_latency",
         description="Open-loop latency of one fraud-serve without and with hot reloads.",
     )
     parser.add_argument("--registry", type=Path, default=Path("models"))

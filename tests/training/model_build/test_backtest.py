@@ -12,7 +12,7 @@ import pytest
 
 from training.config import BoosterConfig, TrainSettings
 from training.data.dataset import FeatureTable
-from training.evaluation.backtest import (
+from training.model_build.backtest import (
     HANDBOOK_BEST,
     HANDBOOK_FEATURES,
     BacktestWindows,

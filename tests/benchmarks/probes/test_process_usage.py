@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.measurements.process_usage import process_usage, run_queue_wait_seconds
+from benchmarks.probes.process_usage import process_usage, run_queue_wait_seconds
 
 # Burns 0.3 s of CPU, says so, then idles until killed.
 BUSY = (
