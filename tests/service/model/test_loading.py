@@ -33,14 +33,7 @@ from tests.service.registry_copies import (
     replace_file,
 )
 
-OTHER_VERSION = "20990101T000000Z-0123abcd"
-CHALLENGER_VERSION = "20990102T000000Z-4567cdef"
-BROKEN_VERSION = "20990103T000000Z-89abcdef"
-
 Tamper = Callable[[Path], object]
-# (alias, version, previous) of each change; (alias, version, reason) of each refusal.
-ChangeRow = tuple[str, str | None, str | None]
-RefusalRow = tuple[str, str | None, str]
 
 
 @pytest.fixture(scope="module")
