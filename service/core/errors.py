@@ -3,6 +3,7 @@ the gRPC adapter maps each class to a status in one table.
 
     ScoringError
     ├── InvalidRequest        a field is missing, malformed or out of range
+    ├── ConflictingRepeat     a known transaction_id sent again with other content
     ├── UnknownTransaction    an outcome names a transaction unknown or too old to matter
     └── ModelUnavailable      no model is loaded and no fallback may answer
 """
@@ -29,6 +30,22 @@ class InvalidRequest(ScoringError):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.reason}"
+
+
+class ConflictingRepeat(ScoringError):
+    """A transaction_id already scored, sent again with other content: never answered from
+    the first one's answer. `str()` is "field: reason", naming the first field that differs,
+    never a value."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+    def __str__(self) -> str:
+        return (
+            f"{self.field}: differs from the transaction already scored under this "
+            "transaction_id; a new transaction needs a new transaction_id"
+        )
 
 
 class UnknownTransaction(ScoringError):

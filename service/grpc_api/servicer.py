@@ -4,6 +4,7 @@ core and converts the answer. No thresholds, features or rules live here.
 Errors are mapped by one table, the same for every RPC:
 
     InvalidRequest      INVALID_ARGUMENT   details "field: reason"
+    ConflictingRepeat   ALREADY_EXISTS     details "field: reason"
     UnknownTransaction  NOT_FOUND
     ModelUnavailable    UNAVAILABLE
     anything else       INTERNAL           details "internal error"; traceback in the log
@@ -40,7 +41,13 @@ from service.core.domain import (
     RawTransaction,
     ScoreResult,
 )
-from service.core.errors import InvalidRequest, ModelUnavailable, ScoringError, UnknownTransaction
+from service.core.errors import (
+    ConflictingRepeat,
+    InvalidRequest,
+    ModelUnavailable,
+    ScoringError,
+    UnknownTransaction,
+)
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.converters import (
     to_model_info,
@@ -63,6 +70,7 @@ MAX_REQUEST_ID_LENGTH = 128
 
 STATUS_BY_ERROR: tuple[tuple[type[ScoringError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ConflictingRepeat, grpc.StatusCode.ALREADY_EXISTS),
     (UnknownTransaction, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
 )

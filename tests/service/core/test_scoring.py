@@ -27,7 +27,12 @@ from service.core.domain import (
     ScoreResult,
     Transaction,
 )
-from service.core.errors import InvalidRequest, ModelUnavailable, UnknownTransaction
+from service.core.errors import (
+    ConflictingRepeat,
+    InvalidRequest,
+    ModelUnavailable,
+    UnknownTransaction,
+)
 from service.core.scoring import FallbackPolicy, Scorer, decision_for
 from service.core.validation import ScoringLimits
 from service.features import FEATURES, FeatureEngine
@@ -229,11 +234,45 @@ def test_scores_between_the_thresholds_are_reviewed_with_reasons(
 def test_a_repeated_transaction_is_answered_again_but_counted_once(
     scorer: Scorer[LoadedModel], engine: FeatureEngine
 ) -> None:
-    """The same id gets the same answer, even with other content, and one place in the state."""
+    """The same id with the same content gets the same answer and one place in the state."""
     first = scorer.score(_raw(1))
     assert scorer.score(_raw(1)) is first
-    assert scorer.score(_raw(1, amount_minor=99_999)) is first
     assert _card_count(engine) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        # The issue's case: a huge amount on another card under a known id.
+        ({"card_id": "card-2", "amount_minor": 10_000_000_000}, "transaction.card_id"),
+        ({"amount_minor": 2_501}, "transaction.amount_minor"),
+        ({"timestamp_ns": T0_NS + 61 * NANOS_PER_SECOND}, "transaction.timestamp"),
+        ({"card_present": None}, "transaction.card_present"),
+        ({"country": "DE"}, "transaction.country"),
+    ],
+)
+def test_a_known_id_with_other_content_is_refused_naming_the_first_differing_field(
+    scorer: Scorer[LoadedModel],
+    engine: FeatureEngine,
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    """Another transaction under a known id never gets the first one's answer and changes
+    no state; the error names the first field that differs, never a value."""
+    first = scorer.score(_raw(1))
+    with pytest.raises(ConflictingRepeat) as refused:
+        scorer.score(_raw(1, **change))
+    assert refused.value.field == field
+    assert not any(str(value) in str(refused.value) for value in change.values())
+    assert _card_count(engine) == 2
+    assert scorer.score(_raw(1)) is first
+
+
+def test_a_card_number_and_its_token_are_the_same_content(engine: FeatureEngine) -> None:
+    """A retry compares what was sent: the same card number again is the same request."""
+    scorer = _scorer(engine, OneModel(None))
+    first = scorer.score(_raw(1, card_id=PAN))
+    assert scorer.score(_raw(1, card_id=PAN)) is first
 
 
 def test_the_memory_of_answers_is_bounded(engine: FeatureEngine, store: ModelStore) -> None:

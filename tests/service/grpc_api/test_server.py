@@ -365,6 +365,30 @@ def test_a_bad_transaction_is_invalid_argument_naming_the_field(
     )
 
 
+def test_a_known_id_with_other_content_is_already_exists_and_counted(
+    serve: Callable[..., LoopbackServer],
+) -> None:
+    """A 100,000,000.00 EUR swipe on another card under the id of an approved 12.50 EUR one
+    gets ALREADY_EXISTS naming the field, not the cached APPROVE; the same request again
+    still gets its answer."""
+    stub = _stub(serve().target)
+    moment = datetime.now(UTC) - timedelta(days=1)
+    first = stub.Score(_request(when=moment), timeout=TIMEOUT)
+    conflicts_before = _sample("fraud_rpc_requests_total", rpc="Score", code="ALREADY_EXISTS")
+    other = _request(card_id="card-2", amount_minor=10_000_000_000, when=moment)
+    code, details = _failure(lambda: stub.Score(other, timeout=TIMEOUT))
+    assert code == Status.ALREADY_EXISTS
+    assert details.startswith("transaction.card_id: ")
+    assert "card-2" not in details
+    assert stub.Score(_request(when=moment), timeout=TIMEOUT) == first
+    _wait_until(
+        lambda: (
+            _sample("fraud_rpc_requests_total", rpc="Score", code="ALREADY_EXISTS")
+            == conflicts_before + 1
+        )
+    )
+
+
 def test_a_message_above_the_size_limit_is_refused(
     serve: Callable[..., LoopbackServer],
 ) -> None:
@@ -682,10 +706,11 @@ def _build(fields: dict[str, Any] | None) -> scoring_pb2.ScoreRequest:
     return request
 
 
-def test_any_request_is_answered_ok_or_invalid_argument(
+def test_any_request_is_answered_ok_or_with_a_documented_refusal(
     serve: Callable[..., LoopbackServer], trained_model: TrainedModel
 ) -> None:
-    """Thousands of generated requests all get OK or INVALID_ARGUMENT; health stays SERVING."""
+    """Thousands of generated requests all get OK, INVALID_ARGUMENT or, for an id the
+    generator reuses with other content, ALREADY_EXISTS; health stays SERVING."""
     server = serve()
     stub = _stub(server.target)
     answered: dict[Status, int] = {}
@@ -705,7 +730,7 @@ def test_any_request_is_answered_ok_or_invalid_argument(
         except grpc.RpcError as error:
             code = error.code()
         answered[code] = answered.get(code, 0) + 1
-        assert code in (Status.OK, Status.INVALID_ARGUMENT)
+        assert code in (Status.OK, Status.INVALID_ARGUMENT, Status.ALREADY_EXISTS)
 
     answered_ok_or_invalid()
     assert answered[Status.OK] > 100

@@ -5,7 +5,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from service.core.errors import InvalidRequest, ModelUnavailable, ScoringError, UnknownTransaction
+from service.core.errors import (
+    ConflictingRepeat,
+    InvalidRequest,
+    ModelUnavailable,
+    ScoringError,
+    UnknownTransaction,
+)
 from service.grpc_api.servicer import status_for
 
 
@@ -13,6 +19,7 @@ from service.grpc_api.servicer import status_for
     ("error", "code"),
     [
         (InvalidRequest("transaction.mcc", "above 9999"), grpc.StatusCode.INVALID_ARGUMENT),
+        (ConflictingRepeat("transaction.amount_minor"), grpc.StatusCode.ALREADY_EXISTS),
         (UnknownTransaction("unknown"), grpc.StatusCode.NOT_FOUND),
         (ModelUnavailable("no model"), grpc.StatusCode.UNAVAILABLE),
         # A ScoringError the table does not name is a bug, not a caller's mistake.

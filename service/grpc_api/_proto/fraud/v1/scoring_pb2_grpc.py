@@ -62,11 +62,14 @@ class FraudScoringServicer:
     """
 
     def Score(self, request, context):
-        """Scores one transaction. Errors: INVALID_ARGUMENT (a field is missing or out of range;
-        the message names it), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-        backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
-        UNAVAILABLE (no model and no fallback can answer). When the model cannot answer in
-        time the response is a rule-based decision with decision_source FALLBACK, not an error.
+        """Scores one transaction. Retrying the same request is safe: it gets the same answer
+        and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
+        message names it), ALREADY_EXISTS (the transaction_id was already scored with other
+        content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
+        server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
+        before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
+        When the model cannot answer in time the response is a rule-based decision with
+        decision_source FALLBACK, not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,7 +78,8 @@ class FraudScoringServicer:
     def ScoreStream(self, request_iterator, context):
         """Scores a stream of transactions on one long-lived call, in order. Each response
         carries the transaction_id of its request. A request that fails validation ends the
-        stream with INVALID_ARGUMENT naming the transaction and the field.
+        stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
+        and the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,16 +42,20 @@ class FraudScoringStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FraudScoringAsyncStub: ...
     Score: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]
-    """Scores one transaction. Errors: INVALID_ARGUMENT (a field is missing or out of range;
-    the message names it), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-    backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
-    UNAVAILABLE (no model and no fallback can answer). When the model cannot answer in
-    time the response is a rule-based decision with decision_source FALLBACK, not an error.
+    """Scores one transaction. Retrying the same request is safe: it gets the same answer
+    and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
+    message names it), ALREADY_EXISTS (the transaction_id was already scored with other
+    content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
+    server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
+    before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
+    When the model cannot answer in time the response is a rule-based decision with
+    decision_source FALLBACK, not an error.
     """
     ScoreStream: _grpc.StreamStreamMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]
     """Scores a stream of transactions on one long-lived call, in order. Each response
     carries the transaction_id of its request. A request that fails validation ends the
-    stream with INVALID_ARGUMENT naming the transaction and the field.
+    stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
+    and the field.
     """
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
@@ -68,16 +72,20 @@ class FraudScoringAsyncStub(FraudScoringStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Score: _aio.UnaryUnaryMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]  # type: ignore[assignment]
-    """Scores one transaction. Errors: INVALID_ARGUMENT (a field is missing or out of range;
-    the message names it), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-    backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
-    UNAVAILABLE (no model and no fallback can answer). When the model cannot answer in
-    time the response is a rule-based decision with decision_source FALLBACK, not an error.
+    """Scores one transaction. Retrying the same request is safe: it gets the same answer
+    and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
+    message names it), ALREADY_EXISTS (the transaction_id was already scored with other
+    content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
+    server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
+    before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
+    When the model cannot answer in time the response is a rule-based decision with
+    decision_source FALLBACK, not an error.
     """
     ScoreStream: _aio.StreamStreamMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]  # type: ignore[assignment]
     """Scores a stream of transactions on one long-lived call, in order. Each response
     carries the transaction_id of its request. A request that fails validation ends the
-    stream with INVALID_ARGUMENT naming the transaction and the field.
+    stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
+    and the field.
     """
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]  # type: ignore[assignment]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
@@ -97,11 +105,14 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         request: _scoring_pb2.ScoreRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scoring_pb2.ScoreResponse, _abc.Awaitable[_scoring_pb2.ScoreResponse]]:
-        """Scores one transaction. Errors: INVALID_ARGUMENT (a field is missing or out of range;
-        the message names it), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-        backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
-        UNAVAILABLE (no model and no fallback can answer). When the model cannot answer in
-        time the response is a rule-based decision with decision_source FALLBACK, not an error.
+        """Scores one transaction. Retrying the same request is safe: it gets the same answer
+        and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
+        message names it), ALREADY_EXISTS (the transaction_id was already scored with other
+        content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
+        server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
+        before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
+        When the model cannot answer in time the response is a rule-based decision with
+        decision_source FALLBACK, not an error.
         """
 
     @_abc_1.abstractmethod
@@ -112,7 +123,8 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_scoring_pb2.ScoreResponse], _abc.AsyncIterator[_scoring_pb2.ScoreResponse]]:
         """Scores a stream of transactions on one long-lived call, in order. Each response
         carries the transaction_id of its request. A request that fails validation ends the
-        stream with INVALID_ARGUMENT naming the transaction and the field.
+        stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
+        and the field.
         """
 
     @_abc_1.abstractmethod
