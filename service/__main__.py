@@ -156,18 +156,17 @@ async def _serve(settings: ServeSettings, metrics_port: int) -> int:
         _log.error("cannot_start", reason=str(error))
         return 1
     try:
-        try:
-            metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
-        except OSError as error:
-            _log.error("cannot_start", reason=str(error))
-            await app.stop(0)
-            return 1
-        try:
-            return await _serve_until_stopped(app, metrics_port)
-        finally:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+        metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
+    except OSError as error:
+        _log.error("cannot_start", reason=str(error))
+        await app.stop(0)
+        app.close()
+        return 1
+    try:
+        return await _serve_until_stopped(app, metrics_port)
     finally:
+        metrics_server.shutdown()
+        metrics_server.server_close()
         app.close()
 
 

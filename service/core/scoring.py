@@ -16,11 +16,11 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
   so a retry is scored exactly as this attempt would have been. The check is made once,
   before the work: once the work has started, its answer is ready sooner than any retry.
 - Idempotency: the answers of the last `answers_kept` transactions that updated the feature
-  state are kept, with the requests as sent; the same request again gets the same answer
-  and is not counted twice. The same transaction_id with other content is refused
-  (ConflictingRepeat, naming the first field that differs): answering it from the first
-  one's answer would approve a new payment on an old decision. An older repeat is counted
-  again.
+  state are kept, with the transactions as validated (card numbers already tokenised); the
+  same request again gets the same answer and is not counted twice. The same transaction_id
+  with other content is refused (ConflictingRepeat, naming the first field that differs):
+  answering it from the first one's answer would approve a new payment on an old decision.
+  An older repeat is counted again.
 - No model loaded: the transaction still updates the feature state, so features are exact
   when a model arrives, and the fallback answers ("model_unavailable").
 - Inference fails (or scores outside [0, 1]): logged, and the fallback answers
@@ -50,7 +50,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Generic
 
@@ -67,6 +67,7 @@ from service.core.domain import (
     RawOutcome,
     RawTransaction,
     ScoreResult,
+    Transaction,
 )
 from service.core.errors import ConflictingRepeat, ModelUnavailable, UnknownTransaction
 from service.core.ports import (
@@ -152,9 +153,9 @@ class Scorer(Generic[ModelT]):
         self._outcome_listeners = tuple(outcome_listeners)
         self._stages: StageTimer = stage_timer or _NoStageTimer()
         self._answers_kept = answers_kept
-        # Transaction id to the request as sent and its answer; None when it was counted but
-        # could not be answered.
-        self._answers: OrderedDict[str, tuple[RawTransaction, ScoreResult | None]] = OrderedDict()
+        # Transaction id to the transaction as validated (a card number tokenised: none is
+        # kept) and its answer; None when it was counted but could not be answered.
+        self._answers: OrderedDict[str, tuple[Transaction, ScoreResult | None]] = OrderedDict()
 
     def score(self, raw: RawTransaction, *, deadline: float | None = None) -> ScoreResult:
         """The decision for `raw`; `deadline` is the `time.monotonic()` value to answer by.
@@ -168,7 +169,7 @@ class Scorer(Generic[ModelT]):
         transaction_id = tx.transaction_id
         earlier = self._answers.get(transaction_id)
         if earlier is not None:
-            return _repeat(raw, *earlier)
+            return _repeat(tx, *earlier)
         if deadline is not None and time.monotonic() >= deadline:
             result = self._fall_back(transaction_id, raw.amount_minor, FallbackReason.DEADLINE)
             for listener in self._answer_listeners:
@@ -186,9 +187,9 @@ class Scorer(Generic[ModelT]):
         try:
             result = self._decide(model, transaction_id, raw.amount_minor, features, timed)
         except BaseException:
-            self._remember(raw, None)  # counted all the same
+            self._remember(tx, None)  # counted all the same
             raise
-        self._remember(raw, result)
+        self._remember(tx, result)
         decided_by = model if result.fallback_reason is None else None
         for listener in self._answer_listeners:
             listener.on_answer(tx, features, result, decided_by)
@@ -266,32 +267,43 @@ class Scorer(Generic[ModelT]):
             decision = Decision.REVIEW
         return ScoreResult(transaction_id, 0.0, decision, (), "", DecisionSource.FALLBACK, reason)
 
-    def _remember(self, raw: RawTransaction, result: ScoreResult | None) -> None:
+    def _remember(self, tx: Transaction, result: ScoreResult | None) -> None:
         answers = self._answers
-        answers[raw.transaction_id] = (raw, result)
+        answers[tx.transaction_id] = (tx, result)
         if len(answers) > self._answers_kept:
             answers.popitem(last=False)
 
 
-def _repeat(raw: RawTransaction, first: RawTransaction, answer: ScoreResult | None) -> ScoreResult:
-    """The answer to `raw`, a repeat of `first`'s transaction_id."""
-    if raw != first:
-        raise ConflictingRepeat(_first_difference(raw, first))
+def _repeat(tx: Transaction, first: Transaction, answer: ScoreResult | None) -> ScoreResult:
+    """The answer to `tx`, a repeat of `first`'s transaction_id."""
+    if tx != first:
+        raise ConflictingRepeat(_first_difference(tx, first))
     if answer is None:
         raise ModelUnavailable("this transaction was counted but could not be answered")
     return answer
 
 
-def _first_difference(raw: RawTransaction, first: RawTransaction) -> str:
-    """The request field, as the proto names it, of the first difference in field order."""
-    for name in _RAW_FIELDS:
-        if getattr(raw, name) != getattr(first, name):
-            return "transaction." + _PROTO_NAMES.get(name, name)
-    raise AssertionError("the requests differ in no field")  # pragma: no cover
+def _first_difference(tx: Transaction, first: Transaction) -> str:
+    """The request field, as the proto names it, of the first difference in proto order."""
+    for attribute, field in _FIELDS_IN_PROTO_ORDER:
+        if getattr(tx, attribute) != getattr(first, attribute):
+            return field
+    raise AssertionError("the transactions differ in no field")  # pragma: no cover
 
 
-_RAW_FIELDS = tuple(field.name for field in fields(RawTransaction))
-_PROTO_NAMES = {"timestamp_ns": "timestamp"}
+# Each Transaction attribute and the request field it comes from, in the proto's order.
+_FIELDS_IN_PROTO_ORDER = (
+    ("card_id", "transaction.card_id"),
+    ("terminal_id", "transaction.terminal_id"),
+    ("merchant_id", "transaction.merchant_id"),
+    ("amount", "transaction.amount_minor"),
+    ("currency", "transaction.currency"),
+    ("timestamp", "transaction.timestamp"),
+    ("mcc", "transaction.mcc"),
+    ("entry_mode", "transaction.entry_mode"),
+    ("card_present", "transaction.card_present"),
+    ("country", "transaction.country"),
+)
 
 
 def decision_for(score: float, thresholds: DecisionThresholds) -> Decision:

@@ -15,12 +15,12 @@ The server writes (`decision_writer`, `outcome_writer`, `segment_log`) and train
 
 A record log is a directory of segments: JSON-lines files named after the UTC wall time the
 segment was opened (so names sort by time), then the writing process and its count of
-segments (so worker processes sharing a directory never write to the same file). Each line
-is one JSON object of its kind's fields. A reader skips a line that is not an object, lacks a
-required field, or has a field of a type it does not accept; it ignores fields it does not
-know, and takes an optional field that is absent (a line written before the field existed)
-as its `absent` value: for the transaction's optional fields, the "not known" values of
-`service.core.domain.Transaction`.
+segments (so worker processes sharing a directory never write to the same file). Each line is
+one JSON object of its kind's fields. A reader skips a line that is not an object, lacks a
+required field, or has a field of a type it does not accept (a descriptive field of another type
+reads as not known instead); it ignores fields it does not know, and takes an optional field
+that is absent (a line written before the field existed) as its `absent` value: for the
+transaction's optional fields, the "not known" values of `service.core.domain.Transaction`.
 
 Times are ISO 8601 in UTC: `iso_utc` writes microseconds always; `event_time` is a UTC
 `datetime` that orjson writes itself, leaving out a fraction of a second that is 0.
@@ -142,9 +142,9 @@ class LineSchema:
         self._checked_names = tuple(spec.name for spec in checked)
         self._absents = (_ABSENT,) * len(checked)
         allowed = [spec.types if spec.required else (*spec.types, _Absent) for spec in checked]
-        # Every allowed combination of field types (thousands for a decision: an optional
-        # field may also be absent), so that `accepts` checks a line's types with one set
-        # lookup: it runs once a line.
+        # Every allowed combination of the checked fields' types (an optional one may also
+        # be absent), so that `accepts` checks a line's types with one set lookup: it runs
+        # once a line.
         self._shapes = frozenset(itertools.product(*allowed))
         # Positions in the line's values of the fields checked beyond their types.
         self._integers = tuple(index for index, spec in enumerate(checked) if spec.types == INTEGER)
@@ -183,18 +183,32 @@ class LineSchema:
                 return False
         return True
 
-    def value(self, record: Mapping[str, object], name: str) -> object:
-        """Field `name` of an accepted `record`: its `absent` value where the line leaves it
+    def values(self, records: Sequence[Mapping[str, object]], name: str) -> list[object]:
+        """Field `name` of each accepted record: its `absent` value where the line leaves it
         out or, for a descriptive field, holds a value of another type (or an integer beyond
-        64 bits). KeyError if this kind has no field of that name."""
+        64 bits). KeyError if this kind has no field of that name, records or not."""
         spec = self._by_name[name]
-        value = record.get(name, spec.absent)
-        if spec.descriptive and (
-            type(value) not in spec.types
-            or (type(value) is int and not _INT64_MIN <= value <= _INT64_MAX)
-        ):
-            return spec.absent
-        return value
+        absent = spec.absent
+        column = [record.get(name, absent) for record in records]
+        if not spec.descriptive:  # `accepts` has checked it
+            return column
+        types = set(map(type, column))
+        if types <= {*spec.types, type(absent)} and (int not in types or _within_int64(column)):
+            return column  # the usual case: every value as the writers write it
+        return [_checked(value, spec) for value in column]
+
+
+def _within_int64(column: Sequence[object]) -> bool:
+    return all(_INT64_MIN <= value <= _INT64_MAX for value in column if type(value) is int)
+
+
+def _checked(value: object, spec: Field) -> object:
+    """`value` if a descriptive field of `spec` may hold it, else the field's `absent`."""
+    if type(value) not in spec.types or (
+        type(value) is int and not _INT64_MIN <= value <= _INT64_MAX
+    ):
+        return spec.absent
+    return value
 
 
 DECISION_SCHEMA = LineSchema(

@@ -115,6 +115,24 @@ def test_without_a_champion_the_server_exits_with_status_1(
     assert "listening" not in process.events()
 
 
+def test_a_metrics_port_in_use_exits_with_status_1_and_its_reason(
+    trained_model: TrainedModel, start_process: Any
+) -> None:
+    """A taken metrics port stops the start cleanly: "cannot_start" with the reason, never
+    "listening", exit status 1 (no traceback)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        process = start_process(
+            "--registry", str(trained_model.registry), "--host", "127.0.0.1", "--port", "0",
+            "--metrics-port", str(taken.getsockname()[1]),
+        )  # fmt: skip
+        record = process.wait_for("cannot_start")
+        assert process.wait() == 1
+    assert "in use" in record["reason"]
+    assert "listening" not in process.events()
+
+
 def test_sigterm_lets_calls_in_flight_finish_and_exits_0(
     trained_model: TrainedModel, start_process: Any
 ) -> None:

@@ -2,9 +2,9 @@
 
 Both logs are directories of JSON-lines segments, their names and their lines as
 `service.records.schema` defines them, the one definition the server's writers write by.
-Only files named as segments of the kind are read, in name order (the time each was opened,
-then the writing process and its count of segments), so "first" means first in that order,
-then in file order.
+Every file matching `<kind>-*.jsonl` is read (a copy an operator named so too), in name
+order (for the server's segments: the time each was opened, then the writing process and
+its count of segments), so "first" means first in that order, then in file order.
 
 Reading tolerates what a crash or a full disk leaves behind: a line the schema does not
 accept (not JSON, a required field missing, a field of the wrong type, an integer beyond
@@ -283,14 +283,13 @@ def _iso_ns(stamps: list[str]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
 
 
 def _values(records: Sequence[dict[str, Any]], schema: LineSchema, name: str) -> list[Any]:
-    """Field `name` of each record, the schema's `absent` value where a record leaves it out.
+    """Field `name` of each record, the schema's `absent` value where a record leaves it out
+    (or, for a descriptive field, holds another type).
 
     Raises KeyError if the schema has no such field: a reader naming a field the writers do
     not write fails at once, instead of reading a column of `absent` values.
     """
-    # Looked up before the records: there may be none to raise it.
-    schema[name]
-    return [schema.value(record, name) for record in records]
+    return schema.values(records, name)
 
 
 def _strings(records: Sequence[dict[str, Any]], schema: LineSchema, name: str) -> pd.Series:
