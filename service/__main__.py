@@ -43,6 +43,7 @@ from service.model.registry import RegistryError
 from service.observability.gc_policy import configure_garbage_collection
 from service.observability.logs import configure_logging
 from service.observability.metrics import start_metrics_server
+from service.state.lmdb_store import StateStoreError
 
 _log = structlog.get_logger("service")
 
@@ -110,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         metavar="N",
-        help="server processes sharing the scoring port; each keeps its own feature state, so "
-        f"only 1 keeps every card's features exact (default: {defaults['workers']})",
+        help="server processes sharing the scoring port and the feature state's LMDB store: "
+        f"each computes what one would (default: {defaults['workers']})",
     )
     return parser
 
@@ -152,7 +153,7 @@ def _run(settings: ServeSettings, metrics_port: int) -> int:
 async def _serve(settings: ServeSettings, metrics_port: int) -> int:
     try:
         app = await create_app(settings)
-    except (RegistryError, ArtifactError, BindError, OSError) as error:
+    except (RegistryError, ArtifactError, BindError, StateStoreError, OSError) as error:
         _log.error("cannot_start", reason=str(error))
         return 1
     try:

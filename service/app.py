@@ -1,6 +1,7 @@
 """The composition root: `create_app(settings)` builds one scoring server from its settings.
 
-    champion's feature config → feature engine → model store (bound to that config)
+    champion's feature config → feature state store → feature engine
+    → model store (bound to that config)
     → decision and outcome logs → answer and outcome listeners → scorer
     → health (NOT_SERVING) → gRPC server bound, with the model watcher behind the admin RPC
 
@@ -36,7 +37,7 @@ from service.core.card_tokens import CardTokenizer
 from service.core.ports import AnswerListener, ModelSource, OutcomeListener
 from service.core.scoring import FallbackPolicy, Scorer
 from service.core.validation import ScoringLimits
-from service.features import FeatureConfig, FeatureEngine
+from service.features import FeatureConfig, FeatureEngine, StateStore
 from service.grpc_api.server import (
     HealthServicer,
     build_server,
@@ -56,6 +57,7 @@ from service.observability.metrics import DecisionMetrics, SampledStageTimer, tr
 from service.records.decision_writer import DecisionLogWriter
 from service.records.outcome_writer import OutcomeLogWriter
 from service.records.segment_log import LogLimits
+from service.state.opening import open_state
 
 _log = structlog.get_logger("service")
 
@@ -71,6 +73,7 @@ class App:
     watcher: ModelWatcher
     scorer: Scorer[LoadedModel]
     listeners: Listeners
+    state: StateStore
 
     async def start(self) -> None:
         """Open the port: health answers NOT_SERVING, scoring the fallback, until a model."""
@@ -88,9 +91,12 @@ class App:
         await shut_down(self.server, self.health, grace_seconds)
 
     def close(self) -> None:
-        """Drain and close the record logs and stop exporting drift: after `stop`, when no
-        decision or outcome can arrive any more."""
-        self.listeners.close()
+        """Drain and close the record logs, stop exporting drift and close the feature
+        state: after `stop`, when no decision or outcome can arrive any more."""
+        try:
+            self.listeners.close()
+        finally:
+            self.state.close()
 
 
 @dataclass
@@ -156,11 +162,16 @@ async def create_app(settings: ServeSettings) -> App:
         feature_config=feature_config,
         allow_major_library_difference=models.allow_major_library_difference,
     )
-    engine = FeatureEngine(feature_config)
-    track_feature_state(engine)
-    listeners = open_listeners(
-        settings, store, feature_config, asyncio.get_running_loop().call_soon
-    )
+    state = open_state(settings.state, feature_config)
+    engine = FeatureEngine(feature_config, state)
+    track_feature_state(state)
+    try:
+        listeners = open_listeners(
+            settings, store, feature_config, asyncio.get_running_loop().call_soon
+        )
+    except BaseException:
+        state.close()
+        raise
     try:
         scorer = build_scorer(
             settings,
@@ -175,8 +186,9 @@ async def create_app(settings: ServeSettings) -> App:
         prometheus_client.REGISTRY.register(listeners.drift)
     except BaseException:
         listeners.close()
+        state.close()
         raise
-    return App(settings, server, port, health, watcher, scorer, listeners)
+    return App(settings, server, port, health, watcher, scorer, listeners, state)
 
 
 def build_scorer(

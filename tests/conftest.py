@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess
 from training.config import load_settings
 from training.model_build.pipeline import train
@@ -98,6 +99,7 @@ def start_process(tmp_path: Path) -> Iterator[Any]:
     logs = {
         "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path / "decisions"),
         "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path / "outcomes"),
+        "FRAUD_STATE__PATH": str(tmp_path / "state"),
     }
 
     def start(*arguments: str, environment: dict[str, str] | None = None) -> ServerProcess:
@@ -108,3 +110,18 @@ def start_process(tmp_path: Path) -> Iterator[Any]:
     yield start
     for process in processes:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test session's own, on a free loopback port; tests that stop
+    or pause a server start their own (`RedisServer`)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis-server, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url

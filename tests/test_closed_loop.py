@@ -116,6 +116,7 @@ def test_a_new_fraud_pattern_is_learned_from_the_servers_own_logs_and_served(
         "--registry", str(registry), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
         environment={
             "FRAUD_DECISION_LOG__DIRECTORY": str(decisions),
+            "FRAUD_STATE__PATH": str(decisions.parent / "state"),
             "FRAUD_OUTCOME_LOG__DIRECTORY": str(outcomes),
             "FRAUD_MODELS__POLL_SECONDS": "0.1",
             "FRAUD_DRIFT__WINDOW": "2000",

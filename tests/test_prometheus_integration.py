@@ -132,6 +132,7 @@ def start_server(registry: Path, workdir: Path) -> ServerProcess:
         "FRAUD_DRIFT__MIN_ROWS": str(DRIFT_MIN_ROWS),
         "FRAUD_LOGGING__SAMPLE_RATE": "0",
         "FRAUD_DECISION_LOG__DIRECTORY": str(workdir / "decisions"),
+        "FRAUD_STATE__PATH": str(workdir / "state"),
         "FRAUD_OUTCOME_LOG__DIRECTORY": str(workdir / "outcomes"),
     }
     return ServerProcess(

@@ -1,57 +1,102 @@
 """Serving parity: the server scores a history exactly as `fraud-train evaluate` does.
 
 A history the model never saw is scored twice: offline by the real `fraud-train evaluate`
-command, and online by a real gRPC server fed the way a backend feeds it, each fraud label
-reported through ReportOutcome at the moment it becomes known (one label delay after its
-transaction, as in training).
+command (once for the module), and online by a real gRPC server fed the way a backend
+feeds it (`tests.parity_feed`), each fraud label reported through ReportOutcome at the
+moment it becomes known. Online means: one in-process server on each feature state
+backend; two worker processes sharing one LMDB store, called over several connections;
+and a server killed with SIGKILL in the middle of a call, then started again on its store.
 """
 
 from __future__ import annotations
 
 import csv
-import queue
+import json
+import signal
 import subprocess
 import sys
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-import grpc
 import pytest
 
-from benchmarks.load.history_requests import request_from_row
+from benchmarks.servers.launch import free_ports
 from service.app import build_scorer
-from service.config.settings import BudgetSettings, ServerSettings, ServeSettings
+from service.config.settings import (
+    BudgetSettings,
+    ServerSettings,
+    ServeSettings,
+    StateBackend,
+    StateSettings,
+)
 from service.features import FeatureConfig, FeatureEngine
-from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.grpc_api.client import build_outcome_request
 from service.model.registry import Registry
 from service.model.store import ModelStore
+from service.records.schema import segment_glob
+from service.state.opening import open_state
 from tests.conftest import TrainedModel
+from tests.parity_feed import (
+    Batch,
+    OneStream,
+    RotatingChannels,
+    batches,
+    feed,
+    history_rows,
+    kill_while_scoring,
+    model_scores,
+    retry_one_by_one,
+    split,
+)
+from tests.server_process import ServerProcess
 from tests.service.loopback import LoopbackServer
 from training.simulation.history_files import write_transactions
 from training.simulation.params import SimulationParams
 from training.simulation.simulate import simulate
 
 TOLERANCE = 1e-6
-CALL_TIMEOUT = 60.0  # generous: the machine is shared; no check relies on it running out
-STREAM_TIMEOUT = 300.0
+EVALUATE_TIMEOUT = 300.0
 # Defaults but for the budget: a request falling back on a busy machine would prove nothing.
 SETTINGS = ServeSettings(
     server=ServerSettings(host="127.0.0.1", port=0),
     budget=BudgetSettings(server_budget_ms=60_000),
 )
+SERVER_PROCESS_ENVIRONMENT = {
+    "FRAUD_STATE__BACKEND": "lmdb",  # in tmp_path: the `start_process` fixture sets the path
+    "FRAUD_BUDGET__SERVER_BUDGET_MS": "60000",
+}
+CHUNK_SIZE = 16
+# With 16 connections, the chance that SO_REUSEPORT hands every one to the same of two
+# workers is 2 / 2**16.
+CONNECTIONS = 16
 
 
-@dataclass
-class Batch:
-    """Transactions sent together, after the outcomes that became known before the first."""
+class OfflineRun:
+    """`fraud-train evaluate --scores-out` over the unseen history, started at once and
+    read when first needed, so that it runs while servers are fed."""
 
-    outcomes: list[scoring_pb2.OutcomeRequest] = field(default_factory=list)
-    requests: list[scoring_pb2.ScoreRequest] = field(default_factory=list)
+    def __init__(self, history: Path, registry: Path, scores_file: Path) -> None:
+        command = [
+            str(Path(sys.executable).with_name("fraud-train")), "evaluate",
+            "--data", str(history), "--registry", str(registry),
+            "--warmup-days", "0", "--scores-out", str(scores_file),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self._scores_file = scores_file
+
+    @cached_property
+    def scores(self) -> dict[str, float]:
+        """Scores by transaction id, once the command has finished (failing if it failed)."""
+        _, errors = self.process.communicate(timeout=EVALUATE_TIMEOUT)
+        assert self.process.returncode == 0, errors
+        with self._scores_file.open(newline="", encoding="utf-8") as file:
+            return {row["transaction_id"]: float(row["score"]) for row in csv.DictReader(file)}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +109,17 @@ def unseen_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def offline(
+    trained_model: TrainedModel, unseen_history: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OfflineRun]:
+    scores_file = tmp_path_factory.mktemp("offline") / "scores.csv"
+    run = OfflineRun(unseen_history, trained_model.registry, scores_file)
+    yield run
+    run.process.kill()  # a no-op once it has finished
+    run.process.communicate()
+
+
+@pytest.fixture(scope="module")
 def champion_config(trained_model: TrainedModel) -> FeatureConfig:
     """The feature config the champion was trained with (and so its label delay)."""
     champion = Registry(trained_model.registry).champion()
@@ -71,123 +127,165 @@ def champion_config(trained_model: TrainedModel) -> FeatureConfig:
     return champion[1].feature_config
 
 
-def test_server_scores_equal_evaluate_scores_with_outcomes_reported_as_they_become_known(
-    trained_model: TrainedModel,
-    unseen_history: Path,
-    champion_config: FeatureConfig,
-    tmp_path: Path,
-) -> None:
-    """Every server score matches `fraud-train evaluate` within 1e-6, and outcomes mattered."""
-    scores_file = tmp_path / "scores.csv"
+@pytest.fixture(scope="module")
+def history_batches(unseen_history: Path, champion_config: FeatureConfig) -> list[Batch]:
     label_delay = timedelta(seconds=champion_config.label_delay_seconds)
-    batches = list(_batches(_history_rows(unseen_history), label_delay))
+    return list(batches(history_rows(unseen_history), label_delay))
+
+
+@pytest.fixture(scope="module")
+def champion(trained_model: TrainedModel, champion_config: FeatureConfig) -> ModelStore:
     store = ModelStore(trained_model.registry, feature_config=champion_config)
     store.load_champion()
+    return store
 
-    with _start_evaluate(unseen_history, trained_model.registry, scores_file) as offline:
-        with _server(store, champion_config) as target:
-            online = _score_through(target, batches, report_outcomes=True)
-        # A prefix (about 13 days: labels arrive after 7) scores as it does in the full run.
-        in_order = [request for batch in batches for request in batch.requests]
-        without_outcomes = [Batch(requests=in_order[: len(in_order) // 3])]
-        with _server(store, champion_config) as target:
-            blind = _score_through(target, without_outcomes, report_outcomes=False)
-        _, errors = offline.communicate(timeout=CALL_TIMEOUT)
 
-    assert offline.returncode == 0, errors
-    expected = _read_scores(scores_file)
-    assert online.keys() == expected.keys()
-    mismatches = {
-        tx: (online[tx], expected[tx]) for tx in expected if not _close(online, expected, tx)
-    }
-    assert not mismatches, f"{len(mismatches)} scores differ, e.g. {list(mismatches.items())[:5]}"
-    reported = sum(len(batch.outcomes) for batch in batches)
-    changed = sum(not _close(online, blind, tx) for tx in blind)
+@pytest.mark.parametrize("backend", ["memory", "lmdb"])
+def test_server_scores_equal_evaluate_scores_with_outcomes_reported_as_they_become_known(
+    backend: StateBackend,
+    champion: ModelStore,
+    champion_config: FeatureConfig,
+    history_batches: list[Batch],
+    offline: OfflineRun,
+    tmp_path: Path,
+) -> None:
+    """On either feature state backend, every score of one server fed through one stream
+    matches `fraud-train evaluate` within 1e-6, and outcomes mattered."""
+    state = StateSettings(backend=backend, path=tmp_path / "state")
+    with _server(champion, champion_config, state) as target, OneStream(target) as link:
+        online = feed(link, history_batches)
+    # A prefix (about 13 days: labels arrive after 7) scores as it does in the full run.
+    in_order = [request for batch in history_batches for request in batch.requests]
+    without_outcomes = [Batch(requests=in_order[: len(in_order) // 3])]
+    state = StateSettings(backend=backend, path=tmp_path / "blind")
+    with _server(champion, champion_config, state) as target, OneStream(target) as link:
+        blind = feed(link, without_outcomes)
+
+    assert online.keys() == offline.scores.keys()
+    _assert_match(online, offline.scores)
+    reported = sum(len(batch.outcomes) for batch in history_batches)
+    changed = sum(abs(online[tx] - blind[tx]) > TOLERANCE for tx in blind)
     assert reported > 100, "the history holds frauds whose labels arrive within it"
     assert changed > 100, "reported outcomes change the risk features of later transactions"
 
 
-def _start_evaluate(history: Path, registry: Path, scores: Path) -> subprocess.Popen[str]:
-    """`fraud-train evaluate` scoring every row, running while the server is fed."""
-    command = [
-        str(Path(sys.executable).with_name("fraud-train")), "evaluate",
-        "--data", str(history), "--registry", str(registry),
-        "--warmup-days", "0", "--scores-out", str(scores),
-    ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def test_two_workers_on_one_store_score_as_evaluate_whichever_answers(
+    trained_model: TrainedModel,
+    history_batches: list[Batch],
+    offline: OfflineRun,
+    start_process: Any,
+    tmp_path: Path,
+) -> None:
+    """`fraud-serve --workers 2` on LMDB, called over 16 connections in turn, a few
+    transactions per call: both workers answer, each transaction is decided once, and
+    every score matches `fraud-train evaluate` within 1e-6."""
+    port = free_ports(1)
+    process = _start_on_lmdb(start_process, trained_model, port, "--workers", "2")
+    worker_pids = set(process.wait_for("supervising")["pids"])
+    for _ in worker_pids:
+        process.wait_for("serving")
+    with RotatingChannels(f"127.0.0.1:{port}", CONNECTIONS) as link:
+        online = feed(link, split(history_batches, CHUNK_SIZE))
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0, process.text()
+
+    assert online.keys() == offline.scores.keys()
+    _assert_match(online, offline.scores)
+    decided = _decisions_by_process(tmp_path / "decisions")
+    assert decided.keys() == worker_pids, {pid: len(ids) for pid, ids in decided.items()}
+    counts = Counter(tx for ids in decided.values() for tx in ids)
+    assert counts.keys() == online.keys()
+    assert max(counts.values()) == 1, "no transaction is decided by both workers"
 
 
-def _read_scores(path: Path) -> dict[str, float]:
-    with path.open(newline="", encoding="utf-8") as file:
-        return {row["transaction_id"]: float(row["score"]) for row in csv.DictReader(file)}
+def test_server_killed_mid_call_and_restarted_on_its_state_scores_as_evaluate(
+    trained_model: TrainedModel,
+    history_batches: list[Batch],
+    offline: OfflineRun,
+    start_process: Any,
+) -> None:
+    """A server SIGKILLed halfway through the history with a call in flight, then started
+    again on the same LMDB state, the client retrying that call's transactions one by one:
+    every other transaction scores as the uninterrupted `fraud-train evaluate` run within
+    1e-6, and so does any answer the interrupted ones got."""
+    chunks = list(split(history_batches, CHUNK_SIZE))
+    # The first full chunk from halfway on: the more transactions in flight, the likelier
+    # the kill lands between counting one and answering it, as well as before counting.
+    halfway = len(chunks) // 2
+    killed_at = next(at for at in range(halfway, len(chunks)) if _is_full(chunks[at]))
+    interrupted = chunks[killed_at]
+    first = _start_on_lmdb(start_process, trained_model, 0)
+    with RotatingChannels(_target(first), CONNECTIONS) as link:
+        online = feed(link, chunks[:killed_at])
+        for outcome in interrupted.outcomes:
+            link.report(outcome)
+        answered = kill_while_scoring(first, link.next_stub(), interrupted.requests)
+    assert first.process.returncode == -signal.SIGKILL
+    second = _start_on_lmdb(start_process, trained_model, 0)  # the same state directory
+    with RotatingChannels(_target(second), CONNECTIONS) as link:
+        answered += retry_one_by_one(link, interrupted.requests)
+        online |= feed(link, chunks[killed_at + 1 :])
 
-
-def _close(scores: dict[str, float], others: dict[str, float], transaction_id: str) -> bool:
-    return abs(scores[transaction_id] - others[transaction_id]) <= TOLERANCE
+    in_flight = {request.transaction.transaction_id for request in interrupted.requests}
+    assert online.keys() == offline.scores.keys() - in_flight
+    _assert_match(online | model_scores(answered), offline.scores)
 
 
 @contextmanager
-def _server(store: ModelStore, config: FeatureConfig) -> Iterator[str]:
-    """A loopback server with the loaded champion and fresh feature state; yields its target."""
-    server = LoopbackServer(SETTINGS, build_scorer(SETTINGS, FeatureEngine(config), store))
+def _server(store: ModelStore, config: FeatureConfig, state: StateSettings) -> Iterator[str]:
+    """A loopback server with the loaded champion and fresh feature state in the store
+    `state` names; yields its target."""
+    opened = open_state(state, config)
     try:
-        yield server.target
-    finally:
-        server.stop()
-
-
-def _score_through(
-    target: str, batches: Iterable[Batch], *, report_outcomes: bool
-) -> dict[str, float]:
-    """Scores by transaction id from one ScoreStream; each batch is answered before the
-    next batch's outcomes are reported, so every outcome precedes exactly the right swipes."""
-    with grpc.insecure_channel(target) as channel:
-        stub = scoring_pb2_grpc.FraudScoringStub(channel)
-        pending: queue.Queue[scoring_pb2.ScoreRequest | None] = queue.Queue()
-        responses = stub.ScoreStream(iter(pending.get, None), timeout=STREAM_TIMEOUT)
-        scores: dict[str, float] = {}
+        scorer = build_scorer(SETTINGS, FeatureEngine(config, opened), store)
+        server = LoopbackServer(SETTINGS, scorer)
         try:
-            for batch in batches:
-                for outcome in batch.outcomes if report_outcomes else ():
-                    stub.ReportOutcome(outcome, timeout=CALL_TIMEOUT)  # raises unless OK
-                for request in batch.requests:
-                    pending.put(request)
-                for _ in batch.requests:
-                    response = next(responses)
-                    assert response.decision_source == scoring_pb2.DECISION_SOURCE_MODEL, (
-                        f"{response.transaction_id}: fallback {response.fallback_reason!r}"
-                    )
-                    scores[response.transaction_id] = response.score
+            yield server.target
         finally:
-            pending.put(None)
-        return scores
+            server.stop()
+    finally:
+        opened.close()
 
 
-def _batches(rows: Iterable[dict[str, str]], label_delay: timedelta) -> Iterator[Batch]:
-    """The history in (timestamp, transaction_id) order, cut wherever a fraud label becomes
-    known: at or before a transaction's event time, it is reported before that transaction."""
-    unknown: deque[tuple[datetime, str]] = deque()  # (reported_at, transaction_id), in order
-    batch = Batch()
-    for row in sorted(rows, key=_history_order):
-        when = datetime.fromisoformat(row["timestamp"])
-        known = []
-        while unknown and unknown[0][0] <= when:
-            reported_at, transaction_id = unknown.popleft()
-            known.append(build_outcome_request(transaction_id, True, reported_at))
-        if known and batch.requests:
-            yield batch
-            batch = Batch()
-        batch.outcomes += known
-        batch.requests.append(request_from_row(row))
-        if row["is_fraud"] == "1":
-            unknown.append((when + label_delay, row["transaction_id"]))
-    yield batch
+def _start_on_lmdb(
+    start_process: Any, trained_model: TrainedModel, port: int, *extra: str
+) -> ServerProcess:
+    """`python -m service` serving the champion on `port` (0: any), its state in LMDB."""
+    arguments = [
+        "--registry", str(trained_model.registry),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--metrics-port", "0",
+        *extra,
+    ]  # fmt: skip
+    process: ServerProcess = start_process(*arguments, environment=SERVER_PROCESS_ENVIRONMENT)
+    return process
 
 
-def _history_rows(history: Path) -> list[dict[str, str]]:
-    with history.open(newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file))
+def _target(process: ServerProcess) -> str:
+    """The address of a one-worker server process, once it serves."""
+    return f"127.0.0.1:{process.wait_for('serving')['port']}"
 
 
-def _history_order(row: dict[str, str]) -> tuple[datetime, str]:
-    return datetime.fromisoformat(row["timestamp"]), row["transaction_id"]
+def _assert_match(online: dict[str, float], expected: dict[str, float]) -> None:
+    """Every online score is the offline one within TOLERANCE."""
+    mismatches = {
+        tx: (score, expected.get(tx))
+        for tx, score in online.items()
+        if tx not in expected or abs(score - expected[tx]) > TOLERANCE
+    }
+    assert not mismatches, f"{len(mismatches)} scores differ, e.g. {list(mismatches.items())[:5]}"
+
+
+def _is_full(chunk: Batch) -> bool:
+    return len(chunk.requests) == CHUNK_SIZE
+
+
+def _decisions_by_process(directory: Path) -> dict[int, list[str]]:
+    """The transaction ids in each process's decision log segments, by process id."""
+    decided: dict[int, list[str]] = {}
+    for segment in directory.glob(segment_glob("decisions")):
+        pid = int(segment.stem.split("-")[-2])  # decisions-<opened>-<pid>-<seq>
+        lines = segment.read_text(encoding="utf-8").splitlines()
+        decided.setdefault(pid, []).extend(json.loads(line)["transaction_id"] for line in lines)
+    return decided

@@ -14,8 +14,8 @@ the figure; what the engine keeps is: every card's and terminal's windows, and e
 transaction an outcome can still reach (the label delay plus the longest window, so all
 of 30 days).
 
-Not in the figure: the server's memory of its last answers (`service.core.scoring`, bounded
-by count), the model, gRPC's buffers. Prints one JSON record (`MemoryFigures`).
+Each transaction's record is in the figure (without an answer: no model scores here); the
+model and gRPC's buffers are not. Prints one JSON record (`MemoryFigures`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from benchmarks.load.history_requests import request_from_row
 from service.config.settings import DEVELOPMENT_CARD_TOKEN_KEY
 from service.core.card_tokens import CardTokenizer
 from service.core.validation import ScoringLimits, to_transaction
-from service.features import FeatureConfig, FeatureEngine
+from service.features import EntityKind, FeatureConfig, FeatureEngine, MemoryStore
 from service.grpc_api.converters import to_raw_transaction
 from service.model.registry import Registry
 
@@ -74,7 +74,8 @@ def champion_feature_config(registry: Path) -> FeatureConfig:
 
 def measure_memory(config: FeatureConfig, history: Path, days: float) -> MemoryFigures:
     """Feed the first `days` days of `history` to a fresh engine; what its state took."""
-    engine = FeatureEngine(config)
+    store = MemoryStore(horizon_seconds=config.state_horizon_seconds)
+    engine = FeatureEngine(config, store)
     tokenizer = CardTokenizer(DEVELOPMENT_CARD_TOKEN_KEY.encode())
     limits = ScoringLimits()
     gc.collect()
@@ -94,19 +95,19 @@ def measure_memory(config: FeatureConfig, history: Path, days: float) -> MemoryF
             transactions += 1
     gc.collect()
     after = psutil.Process().memory_info().rss
-    return _figures(engine, days, transactions, before, after)
+    return _figures(store, days, transactions, before, after)
 
 
 def _figures(
-    engine: FeatureEngine, days: float, transactions: int, before: int, after: int
+    store: MemoryStore, days: float, transactions: int, before: int, after: int
 ) -> MemoryFigures:
     growth = after - before
-    cards = engine.cards_tracked
+    cards = store.records(EntityKind.CARD)
     return MemoryFigures(
         days=days,
         transactions=transactions,
         cards=cards,
-        terminals=engine.terminals_tracked,
+        terminals=store.records(EntityKind.TERMINAL),
         rss_before_bytes=before,
         rss_after_bytes=after,
         growth_bytes=growth,

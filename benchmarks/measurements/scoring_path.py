@@ -1,6 +1,7 @@
 """What the scoring path costs the server's CPU per transaction, apart from any gRPC traffic.
 
     python -m benchmarks.measurements.scoring_path --registry DIR [--transactions N]
+        [--state memory|lmdb]
 
 Builds the scorer and its listeners as `service.app.create_app` does (decision metrics, drift
 statistics, the challenger's shadow, the decision log in a temporary directory, sampled
@@ -8,8 +9,9 @@ stage timings) over
 the registry's champion, scores `--warmup` transactions with unique ids, cards and
 terminals cycling through fixed pools, then times the next `--transactions`: process CPU
 (the scoring thread and the decision log's writer thread) and wall time per transaction.
-What it leaves out is what the gRPC floors measure: the transport, the servicer and the
-interceptor.
+The feature state is in memory or in an LMDB store in the temporary directory (`--state`,
+memory by default). What it leaves out is what the gRPC floors measure: the transport, the
+servicer and the interceptor.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 from service.app import build_scorer, champion_feature_config, open_listeners
-from service.config.settings import RecordLogSettings, ServeSettings
+from service.config.settings import RecordLogSettings, ServeSettings, StateBackend, StateSettings
 from service.core.domain import RawTransaction
 from service.features import FeatureEngine
 from service.model.store import ModelStore
+from service.state.opening import open_state
 
 START_NS = 1_704_067_200 * 1_000_000_000  # 2024-01-01T00:00:00Z
 CARDS = 5_000
@@ -38,29 +42,34 @@ def main() -> None:
     parser.add_argument("--registry", type=Path, required=True)
     parser.add_argument("--transactions", type=int, default=40_000)
     parser.add_argument("--warmup", type=int, default=2_000)
+    parser.add_argument("--state", choices=get_args(StateBackend), default="memory")
     args = parser.parse_args()
-    cpu, wall = measure(args.registry, args.transactions, args.warmup)
+    cpu, wall = measure(args.registry, args.transactions, args.warmup, args.state)
     print(
-        f"scoring path: cpu {cpu / args.transactions * 1e6:.1f} µs/transaction, "
+        f"scoring path ({args.state}): cpu {cpu / args.transactions * 1e6:.1f} µs/transaction, "
         f"wall {wall / args.transactions * 1e6:.1f} µs/transaction"
     )
 
 
-def measure(registry: Path, transactions: int, warmup: int) -> tuple[float, float]:
+def measure(
+    registry: Path, transactions: int, warmup: int, state: StateBackend = "memory"
+) -> tuple[float, float]:
     """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`."""
     with tempfile.TemporaryDirectory() as directory:
         settings = ServeSettings(
             registry=registry,
             decision_log=RecordLogSettings(directory=Path(directory) / "decisions"),
             outcome_log=RecordLogSettings(directory=Path(directory) / "outcomes"),
+            state=StateSettings(backend=state, path=Path(directory) / "state"),
         )
         config = champion_feature_config(registry)
         store = ModelStore(registry, feature_config=config)
         store.load_champion()
         listeners = open_listeners(settings, store, config, asyncio.new_event_loop().call_soon)
+        state_store = open_state(settings.state, config)
         scorer = build_scorer(
             settings,
-            FeatureEngine(config),
+            FeatureEngine(config, state_store),
             store,
             answer_listeners=listeners.answers,
             outcome_listeners=listeners.outcomes,
@@ -76,6 +85,7 @@ def measure(registry: Path, transactions: int, warmup: int) -> tuple[float, floa
         wall = time.perf_counter() - started
         listeners.close()  # the writer's CPU for the timed records counts too
         after = resource.getrusage(resource.RUSAGE_SELF)
+        state_store.close()
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return cpu, wall
 

@@ -114,6 +114,7 @@ def serving(spec: ServerSpec, log_dir: Path) -> Iterator[RunningServer]:
     ):
         logs_in = {
             "FRAUD_DECISION_LOG__DIRECTORY": f"{logs}/decisions",
+            "FRAUD_STATE__PATH": f"{logs}/state",
             "FRAUD_OUTCOME_LOG__DIRECTORY": f"{logs}/outcomes",
         }
         environment = os.environ | logs_in | spec.environment

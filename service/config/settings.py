@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -20,7 +21,9 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationInfo,
+    field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +39,7 @@ DEVELOPMENT_CARD_TOKEN_KEY = "fraud-scoring-development-key-do-not-use-in-produc
 # A shorter HMAC key would be easy to guess, and with it card numbers from their tokens.
 MIN_CARD_TOKEN_KEY_LENGTH = 16
 MIN_ADMIN_TOKEN_LENGTH = 16
+_MASK = "**********"  # as pydantic shows a SecretStr
 MIB = 1 << 20
 GIB = 1 << 30
 
@@ -60,9 +64,9 @@ class ServerSettings(_Group):
     Prometheus exporters conventionally use. 0 picks a free one (tests)."""
 
     workers: int = Field(default=1, ge=1)
-    """Server processes sharing the scoring port. 1 keeps every card's and terminal's
-    features exact; with more, each process holds its own feature state, so a card's history
-    splits across processes and its velocity and risk features undercount."""
+    """Server processes sharing the scoring port, and the feature state's store (LMDB or
+    Redis): each scores what one process would. Beyond about 2,000 answers per second one process is
+    busy; add workers, one per core."""
 
     max_in_flight: int = Field(default=256, ge=1)
     """Scoring calls in progress above which new ones get RESOURCE_EXHAUSTED at once instead
@@ -263,6 +267,75 @@ class LoggingSettings(_Group):
         return level.upper() if isinstance(level, str) else level
 
 
+StateBackend = Literal["memory", "lmdb", "redis"]
+
+
+class StateSettings(_Group):
+    """Where the per-card, per-terminal and per-merchant feature state lives, and its bounds.
+
+    Sizing (docs/features.md): a card takes 1.7 KB, a terminal or merchant about 0.9 KB, a
+    transaction kept for outcomes and retries about 0.4 KB, plus LMDB's B-tree overhead."""
+
+    backend: StateBackend = "lmdb"
+    """`lmdb`: a file in `path`, kept across restarts and crashes and shared by every worker
+    process of this machine, so `--workers N` computes what one worker would. `redis`: a
+    Redis 7 or Valkey server at `url`, shared by every worker of every replica; it bounds
+    itself (`maxmemory`, set on the server), the `max_*` bounds below do not apply. `memory`:
+    this process only, lost when it exits (tests, one-off runs); refused with several
+    workers."""
+
+    path: Path = Path("state")
+    """Directory of the LMDB store, beside `decisions/` by default. Seed it from history
+    with `fraud-train state build`; a store built for other feature settings is refused."""
+
+    max_entities: int = Field(default=1_000_000, ge=1)
+    """Cards kept at most, and as many terminals and merchants; beyond, the least recently
+    active are dropped (`fraud_feature_state_evictions_total{reason="capacity"}`). A dropped
+    card starts again as new. 1,000,000 cards take about 1.7 GB of the store."""
+
+    max_transactions: int = Field(default=5_000_000, ge=1)
+    """Scored transactions kept for their outcomes and retries; beyond, the oldest are
+    dropped and an outcome for them is NOT_FOUND (still kept in the outcome log). Keep
+    the transactions of your longest chargeback delay: rate x seconds."""
+
+    max_bytes: int = Field(default=16 * GIB, ge=64 * 1024 * 1024)
+    """Largest size of the LMDB file (its map size): the bounds above must fit in it, with
+    room for LMDB's free pages. Space is only taken as it is used."""
+
+    sync_seconds: float = Field(default=1.0, gt=0)
+    """Seconds between flushes of the LMDB file to disk. A killed process loses nothing
+    (the kernel holds its writes); a machine crash loses at most this much."""
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
+    """The Redis server of the `redis` backend (`redis://`, `rediss://` for TLS, or
+    `unix://`), with its database number: one database per deployment, no other data in
+    it. A password may go in the URL (`redis://:password@host:6379/0`); it is masked
+    wherever the settings are shown. Set the server's `maxmemory` and
+    `maxmemory-policy volatile-lru`: records expire after the state horizon, and beyond
+    the memory bound the least recently used go first (the server warns otherwise)."""
+
+    timeout_seconds: float = Field(default=0.01, gt=0, le=10)
+    """How long the `redis` backend waits for the server (to connect, and for each reply)
+    before the transaction gets the fallback decision (`state_unavailable`). A transaction
+    takes up to three round trips on the scoring thread, so keep it well under
+    `budget.server_budget_ms` (20 ms); 10 ms is several times Redis's p99 on a local
+    network."""
+
+    @field_serializer("url")
+    def _password_masked(self, url: str) -> str:
+        return mask_url_password(url)
+
+
+def mask_url_password(url: str) -> str:
+    """`url` with its password masked, and its query when it names one (`?password=`)."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", f":{_MASK}@"))
+    if "password" in parts.query.lower():
+        parts = parts._replace(query=_MASK)
+    return url if parts == urlsplit(url) else urlunsplit(parts)
+
+
 class RecordLogSettings(_Group):
     """A JSON-lines log kept for retraining (`service.records.segment_log`): where, how much,
     how long.
@@ -352,6 +425,9 @@ class ServeSettings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     """The model administration service and its token."""
 
+    state: StateSettings = StateSettings()
+    """The feature state's store: in memory, in a file shared by the workers, or in Redis."""
+
     decision_log: RecordLogSettings = RecordLogSettings(directory=Path("decisions"))
     """Every decision given, with its transaction and features, for retraining."""
 
@@ -375,6 +451,16 @@ class ServeSettings(BaseSettings):
                 {"minimum": MIN_CARD_TOKEN_KEY_LENGTH},
             )
         return key
+
+    @model_validator(mode="after")
+    def _state_shared_by_workers(self) -> Self:
+        if self.server.workers > 1 and self.state.backend == "memory":
+            raise PydanticCustomError(
+                "state_not_shared",
+                'server.workers above 1 needs state.backend = "lmdb" or "redis": in memory each '
+                "worker would count its own share of every card",
+            )
+        return self
 
     @property
     def uses_development_card_token_key(self) -> bool:

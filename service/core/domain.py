@@ -133,6 +133,9 @@ class FallbackReason(StrEnum):
     """No model is loaded yet (or none verified)."""
     MODEL_ERROR = "model_error"
     """The model failed on this transaction (logged with its trace)."""
+    STATE_UNAVAILABLE = "state_unavailable"
+    """The feature state's store failed (full, unreachable or broken): the transaction is
+    not counted, so a retry is scored once the store is back."""
 
 
 FallbackMode = Literal["amount_floor", "decline", "disabled"]
@@ -187,3 +190,11 @@ class ModelSummary:
     threshold_policy: str
     test_metrics: dict[str, float]
     training_libraries: dict[str, str]
+
+
+class EarlierAttempt(NamedTuple):
+    """What the feature state holds of a transaction_id already counted: the transaction as
+    first validated, and its answer (None while, or if, none was given)."""
+
+    transaction: Transaction
+    answer: ScoreResult | None

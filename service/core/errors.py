@@ -5,7 +5,8 @@ the gRPC adapter maps each class to a status in one table.
     ├── InvalidRequest        a field is missing, malformed or out of range
     ├── ConflictingRepeat     a known transaction_id sent again with other content
     ├── UnknownTransaction    an outcome names a transaction unknown or too old to matter
-    └── ModelUnavailable      no model is loaded and no fallback may answer
+    ├── ModelUnavailable      no model is loaded and no fallback may answer
+    └── StateUnavailable      the feature state's store failed (full, unreachable, broken)
 """
 
 from __future__ import annotations
@@ -54,3 +55,8 @@ class UnknownTransaction(ScoringError):
 
 class ModelUnavailable(ScoringError):
     """No model is loaded and the fallback policy does not allow answering without one."""
+
+
+class StateUnavailable(ScoringError):
+    """The feature state's store failed: an outcome could not be counted (a transaction
+    gets the fallback answer instead). Retrying later may succeed."""

@@ -21,14 +21,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from service.core.domain import ModelSummary, Outcome, Reason, ScoreResult, Transaction
+from service.core.domain import (
+    EarlierAttempt,
+    ModelSummary,
+    Outcome,
+    Reason,
+    ScoreResult,
+    Transaction,
+)
 
 
 class FeatureState(Protocol):
-    """The per-card, per-terminal and per-merchant history the features are computed from."""
+    """The per-card, per-terminal and per-merchant history the features are computed from,
+    and what it keeps of each transaction for outcomes and retries."""
 
-    def observe(self, tx: Transaction) -> Sequence[float]:
-        """Count `tx` and return its feature vector, in the model's feature order."""
+    def admit(self, tx: Transaction) -> Sequence[float] | EarlierAttempt:
+        """Count `tx` and return its feature vector, in the model's feature order; or, when
+        its transaction_id was counted already, that attempt, counting nothing."""
+        ...
+
+    def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
+        """Keep the answer given to a transaction `admit` counted, for its retries."""
         ...
 
     def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:

@@ -5,9 +5,9 @@
     → the answer listeners (`service.core.ports.AnswerListener`: decision metrics, drift
       statistics, the challenger's shadow, the decision log), in the order given
 
-Threading: a `Scorer` is NOT thread-safe. The feature state and the model's bound buffers
-belong to one thread: the server calls the scorer from its asyncio event-loop thread, one
-call at a time (a call never awaits).
+Threading: a `Scorer` is NOT thread-safe. The feature state's session and the model's bound
+buffers belong to one thread: the server calls the scorer from its asyncio event-loop
+thread, one call at a time (a call never awaits).
 
 Choices made for the caller, to whom a late answer costs more than a conservative one:
 
@@ -15,16 +15,20 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
   fallback policy ("deadline") and does NOT update the feature state. It was not worked on,
   so a retry is scored exactly as this attempt would have been. The check is made once,
   before the work: once the work has started, its answer is ready sooner than any retry.
-- Idempotency: the answers of the last `answers_kept` transactions that updated the feature
-  state are kept, with the transactions as validated (card numbers already tokenised); the
-  same request again gets the same answer and is not counted twice. The same transaction_id
-  with other content is refused (ConflictingRepeat, naming the first field that differs):
-  answering it from the first one's answer would approve a new payment on an old decision.
-  An older repeat is counted again.
+- Idempotency: the feature state keeps each counted transaction as validated (card number
+  already tokenised) and its answer, for as long as an outcome may still arrive, and shared
+  by every worker and replica on the same store; the same request again gets the same
+  answer and is not counted twice. The same transaction_id with other content is refused
+  (ConflictingRepeat, naming the first field that differs): answering it from the first
+  one's answer would approve a new payment on an old decision. A repeat whose deadline has
+  passed gets the "deadline" fallback, like any late request: its caller has given up.
 - No model loaded: the transaction still updates the feature state, so features are exact
   when a model arrives, and the fallback answers ("model_unavailable").
 - Inference fails (or scores outside [0, 1]): logged, and the fallback answers
   ("model_error").
+- The feature state's store fails (full disk, broken file): logged at most every 10 s,
+  the fallback answers ("state_unavailable") and nothing is counted; an outcome the store
+  cannot count raises StateUnavailable, after its listeners have heard it.
 - Fallback disabled: ModelUnavailable instead of a fallback answer. With no model it is
   raised before the state is touched; after a failed inference the transaction stays
   counted, and a repeat raises ModelUnavailable again rather than counting it twice.
@@ -47,8 +51,8 @@ scored before a restart or by another worker, and a late chargeback is still a l
 
 from __future__ import annotations
 
+import math
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -61,6 +65,7 @@ from service.core.domain import (
     FALLBACK_MODES,
     Decision,
     DecisionSource,
+    EarlierAttempt,
     FallbackMode,
     FallbackReason,
     ModelSummary,
@@ -69,7 +74,12 @@ from service.core.domain import (
     ScoreResult,
     Transaction,
 )
-from service.core.errors import ConflictingRepeat, ModelUnavailable, UnknownTransaction
+from service.core.errors import (
+    ConflictingRepeat,
+    ModelUnavailable,
+    StateUnavailable,
+    UnknownTransaction,
+)
 from service.core.ports import (
     AnswerListener,
     DecisionThresholds,
@@ -81,7 +91,7 @@ from service.core.ports import (
 )
 from service.core.validation import ScoringLimits, to_outcome, to_transaction
 
-DEFAULT_ANSWERS_KEPT = 100_000
+_STATE_LOG_SECONDS = 10.0
 
 _log = structlog.get_logger(__name__)
 
@@ -135,14 +145,12 @@ class Scorer(Generic[ModelT]):
         answer_listeners: Sequence[AnswerListener[ModelT]] = (),
         outcome_listeners: Sequence[OutcomeListener] = (),
         stage_timer: StageTimer | None = None,
-        answers_kept: int = DEFAULT_ANSWERS_KEPT,
     ) -> None:
         """Score with `features`' state and `models`' current model.
 
         `answer_listeners` hear every answer given to a counted transaction (not a repeat's),
         `outcome_listeners` every valid outcome; `stage_timer` chooses the calls whose
-        stages are timed. `answers_kept` bounds the memory of recent answers that makes
-        retries idempotent.
+        stages are timed.
         """
         self._features = features
         self._models = models
@@ -152,10 +160,7 @@ class Scorer(Generic[ModelT]):
         self._answer_listeners = tuple(answer_listeners)
         self._outcome_listeners = tuple(outcome_listeners)
         self._stages: StageTimer = stage_timer or _NoStageTimer()
-        self._answers_kept = answers_kept
-        # Transaction id to the transaction as validated (a card number tokenised: none is
-        # kept) and its answer; None when it was counted but could not be answered.
-        self._answers: OrderedDict[str, tuple[Transaction, ScoreResult | None]] = OrderedDict()
+        self._state_logged_at = -math.inf
 
     def score(self, raw: RawTransaction, *, deadline: float | None = None) -> ScoreResult:
         """The decision for `raw`; `deadline` is the `time.monotonic()` value to answer by.
@@ -167,9 +172,6 @@ class Scorer(Generic[ModelT]):
             raw, now_ns=time.time_ns(), limits=self._limits, tokenizer=self._tokenizer
         )
         transaction_id = tx.transaction_id
-        earlier = self._answers.get(transaction_id)
-        if earlier is not None:
-            return _repeat(tx, *earlier)
         if deadline is not None and time.monotonic() >= deadline:
             result = self._fall_back(transaction_id, raw.amount_minor, FallbackReason.DEADLINE)
             for listener in self._answer_listeners:
@@ -181,15 +183,25 @@ class Scorer(Generic[ModelT]):
         stages = self._stages
         timed = stages.due()
         started = perf_counter()
-        features = self._features.observe(tx)
+        try:
+            features = self._features.admit(tx)
+        except Exception:
+            self._state_failed("state_unavailable")
+            result = self._fall_back(
+                transaction_id, raw.amount_minor, FallbackReason.STATE_UNAVAILABLE
+            )
+            for listener in self._answer_listeners:
+                listener.on_answer(tx, None, result, None)
+            return result
         if timed:
             stages.features(perf_counter() - started)
+        if isinstance(features, EarlierAttempt):
+            return _repeat(tx, *features)
+        result = self._decide(model, transaction_id, raw.amount_minor, features, timed)
         try:
-            result = self._decide(model, transaction_id, raw.amount_minor, features, timed)
-        except BaseException:
-            self._remember(tx, None)  # counted all the same
-            raise
-        self._remember(tx, result)
+            self._features.record_answer(transaction_id, result)
+        except Exception:  # the answer stands; a retry is told it was counted, unanswered
+            self._state_failed("state_answer_not_kept")
         decided_by = model if result.fallback_reason is None else None
         for listener in self._answer_listeners:
             listener.on_answer(tx, features, result, decided_by)
@@ -209,6 +221,9 @@ class Scorer(Generic[ModelT]):
             applied = self._features.report_outcome(
                 outcome.transaction_id, outcome.is_fraud, outcome.reported_at
             )
+        except Exception as error:
+            self._state_failed("state_unavailable")
+            raise StateUnavailable("the feature state could not count the outcome") from error
         finally:  # a valid outcome is a label for retraining, whatever the state made of it
             for listener in self._outcome_listeners:
                 listener.on_outcome(outcome, applied)
@@ -217,6 +232,14 @@ class Scorer(Generic[ModelT]):
                 "transaction_id unknown to this server's features, or too old to affect any; "
                 "the outcome is kept for retraining"
             )
+
+    def _state_failed(self, event: str) -> None:
+        """Log a store failure with its trace, at most once per `_STATE_LOG_SECONDS`: a
+        failing store fails every call, and the log must not drown."""
+        now = time.monotonic()
+        if now >= self._state_logged_at + _STATE_LOG_SECONDS:
+            self._state_logged_at = now
+            _log.exception(event)
 
     def model_summary(self) -> ModelSummary:
         """The model deciding now; ModelUnavailable when none is loaded."""
@@ -266,12 +289,6 @@ class Scorer(Generic[ModelT]):
         else:
             decision = Decision.REVIEW
         return ScoreResult(transaction_id, 0.0, decision, (), "", DecisionSource.FALLBACK, reason)
-
-    def _remember(self, tx: Transaction, result: ScoreResult | None) -> None:
-        answers = self._answers
-        answers[tx.transaction_id] = (tx, result)
-        if len(answers) > self._answers_kept:
-            answers.popitem(last=False)
 
 
 def _repeat(tx: Transaction, first: Transaction, answer: ScoreResult | None) -> ScoreResult:

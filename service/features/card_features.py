@@ -1,15 +1,21 @@
 """The first half of the vector: what the transaction itself says, then its card's behaviour.
 
 The transaction's own fields (amount, event-time hour and weekday, merchant category, entry
-mode, card presence) come first; `CardHistory` appends the card's sliding-window features.
-This half never reads outcomes, so training can replay it apart from the risk half.
+mode, card presence) come first; the card's record (`card_history`) gives the rest. This
+half never reads outcomes, so training can replay it apart from the risk half.
 """
 
 from __future__ import annotations
 
 from service.core.domain import Transaction
-from service.features.card_history import CARD_FEATURES, CardHistory
+from service.features.card_history import (
+    CARD_FEATURES,
+    card_last_time,
+    new_card_record,
+    observe_card,
+)
 from service.features.config import FeatureConfig
+from service.features.state import EntityKind, StateSession
 
 # Whole seconds as ints (card_history's windows are floats): the hour and weekday are
 # computed in integer arithmetic on the event time's whole seconds.
@@ -37,14 +43,10 @@ class CardFeatures:
 
     def __init__(self, config: FeatureConfig) -> None:
         self._small_amount = config.small_amount
-        self._cards: dict[str, CardHistory] = {}
+        self._horizon = config.state_horizon_seconds
 
-    @property
-    def cards_tracked(self) -> int:
-        return len(self._cards)
-
-    def observe(self, tx: Transaction) -> list[float]:
-        """Record `tx` in its card's history; the first half of its vector."""
+    def observe(self, session: StateSession, tx: Transaction) -> list[float]:
+        """Record `tx` in its card's record; the first half of its vector."""
         seconds = int(tx.timestamp // 1)
         present = tx.card_present
         out: list[float] = [
@@ -55,8 +57,9 @@ class CardFeatures:
             tx.entry_mode,
             -1 if present is None else int(present),
         ]
-        card = self._cards.get(tx.card_id)
-        if card is None:
-            card = self._cards[tx.card_id] = CardHistory()
-        card.observe(tx, self._small_amount, out)
+        record = session.entity(EntityKind.CARD, tx.card_id)
+        if record is None or card_last_time(record) < tx.timestamp - self._horizon:
+            record = new_card_record()
+        observe_card(record, tx, self._small_amount, out)
+        session.put_entity(EntityKind.CARD, tx.card_id, record)
         return out

@@ -1,240 +1,228 @@
-"""Per-card behaviour: how this card has been spending over sliding event-time windows.
+"""Per-card behaviour over event-time windows, kept in one fixed-size record per card.
 
-Windows are right-closed and include the current transaction, (t - w, t]. Each window keeps
-a start pointer and running sums, so one observation costs O(1) amortised whatever the
-card's history. Relative features (amount against the card's own mean) compare with the
-card's history *before* this transaction, so a first large amount stands out.
+The record is a flat `array('d')` (so a store can keep it as 1,728 bytes, whatever the
+card's activity) made of time tiles, as Chronon and Tecton keep windows:
+
+- the last `RECENT_EVENTS` swipes exactly, for the one-hour window that catches card
+  testing: it stays sharp to the second (and counts at most `RECENT_EVENTS` + 1);
+- 24 hour tiles (count, amount sum, card-not-present count) for the day window: it covers
+  the current hour so far and the 23 whole hours before it;
+- 30 day tiles (count, amount sum, sum of squared amounts) for the week and month
+  windows: the current day so far and the 6 (or 29) whole days before it.
+
+A window's edge is therefore tile-aligned; training replays this very code, so the model
+learns the aligned windows the server computes. Relative features (amount against the
+card's own mean) compare with the card's month *before* this transaction, so a first large
+amount stands out. Sums of amounts are taken with `math.fsum`, exactly rounded whatever the
+order or the Python version (`sum` of floats changed in 3.12), so a sum never differs
+between training and serving; counts are whole numbers, exact with `sum`.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import zlib
+from array import array
 
 from service.core.domain import EntryMode, Transaction
 
 HOUR = 3_600.0
 DAY = 86_400.0
-WEEK = 7 * DAY
 MONTH = 30 * DAY
-CARD_WINDOWS = (HOUR, DAY, WEEK, MONTH)
+CARD_WINDOWS = (HOUR, DAY, 7 * DAY, MONTH)
 
-# Bound on the per-card "last seen at terminal" map; when it is reached the older half is
-# forgotten. Both paths run this same rule, so it cannot cause skew.
-MAX_TERMINALS_PER_CARD = 512
-_COMPACT_AFTER = 64
+RECENT_EVENTS = 16
+HOUR_TILES = 24
+DAY_TILES = 30
+# The terminals a card last used, least recently used first out. Both paths run this same
+# rule, so the bound cannot cause skew.
+TERMINAL_SLOTS = 8
+
+# The record's layout: a header, then each ring in turn.
+_LAST_TIME, _HOME_COUNTRY, _HOUR_HEAD, _DAY_HEAD, _SHIFT, _RECENT_NEXT = range(6)
+_HOURS = 6  # per hour tile: count, amount sum, card-not-present count
+_DAYS = _HOURS + 3 * HOUR_TILES  # per day tile: count, shifted sum, shifted sum of squares
+_RECENT_TIMES = _DAYS + 3 * DAY_TILES
+_RECENT_PROBES = _RECENT_TIMES + RECENT_EVENTS
+_TERMINAL_KEYS = _RECENT_PROBES + RECENT_EVENTS
+_TERMINAL_SEEN = _TERMINAL_KEYS + TERMINAL_SLOTS
+CARD_RECORD_SIZE = _TERMINAL_SEEN + TERMINAL_SLOTS
+
 _RELATIVE_NOISE = 1e-12
+_NEW_RECORD = array("d", [0.0] * CARD_RECORD_SIZE)
+_NEW_RECORD[_LAST_TIME] = -math.inf
+_NEW_RECORD[_HOUR_HEAD] = _NEW_RECORD[_DAY_HEAD] = -1.0
+_NEW_RECORD[_RECENT_TIMES:_RECENT_PROBES] = array("d", [-math.inf] * RECENT_EVENTS)
+_NEW_RECORD[_TERMINAL_SEEN:CARD_RECORD_SIZE] = array("d", [-math.inf] * TERMINAL_SLOTS)
 
 CARD_FEATURES: tuple[tuple[str, str], ...] = (
     ("card_tx_count_1h", "Card's transactions in the last hour, this one included."),
-    ("card_tx_count_1d", "Card's transactions in the last day, this one included."),
-    ("card_tx_count_7d", "Card's transactions in the last 7 days, this one included."),
-    ("card_tx_count_30d", "Card's transactions in the last 30 days, this one included."),
-    ("card_amount_mean_1d", "Card's mean amount over the last day, this one included."),
-    ("card_amount_mean_7d", "Card's mean amount over the last 7 days, this one included."),
-    ("card_amount_mean_30d", "Card's mean amount over the last 30 days, this one included."),
-    ("card_amount_std_30d", "Standard deviation of the card's amounts over 30 days."),
-    ("amount_to_card_mean_30d", "Amount over the card's earlier 30-day mean; -1 if none."),
-    ("amount_zscore_30d", "Amount's z-score against the card's earlier 30 days; 0 if too few."),
+    ("card_tx_count_1d", "Card's transactions this hour and the 23 before, this one included."),
+    ("card_tx_count_7d", "Card's transactions today and the 6 days before, this one included."),
+    ("card_tx_count_30d", "Card's transactions today and the 29 days before, this one included."),
+    ("card_amount_mean_1d", "Card's mean amount over the day window, this one included."),
+    ("card_amount_mean_7d", "Card's mean amount over the week window, this one included."),
+    ("card_amount_mean_30d", "Card's mean amount over the month window, this one included."),
+    ("card_amount_std_30d", "Standard deviation of the card's amounts over the month window."),
+    ("amount_to_card_mean_30d", "Amount over the card's earlier month mean; -1 if none."),
+    ("amount_zscore_30d", "Amount's z-score against the card's earlier month; 0 if too few."),
     ("card_small_amount_count_1h", "Card's probe-sized amounts in the last hour (card testing)."),
-    ("card_not_present_count_1d", "Card's card-not-present transactions in the last day."),
+    ("card_not_present_count_1d", "Card's card-not-present transactions in the day window."),
     ("seconds_since_card_prev_tx", "Seconds since the card's previous transaction; -1 if none."),
     ("days_since_card_used_terminal", "Days since the card last used this terminal; -1 if never."),
     ("country_differs_from_card_home", "1 if the country is not the card's first; -1 unknown."),
 )
 
 
-class CardHistory:
-    """The sliding-window state of one card.
-
-    The windows are written out one by one rather than looped over: this runs once per
-    swipe on the server and once per row in training replay, and the unrolled form spares
-    CPython a loop's per-window overhead. The current transaction is appended first and
-    acts as a sentinel, so the expiry loops need no bounds checks.
-    """
-
-    __slots__ = (
-        "_amounts",
-        "_home_country",
-        "_last_time",
-        "_mean_month",
-        "_not_present",
-        "_not_present_day",
-        "_probes",
-        "_probes_hour",
-        "_spread_month",
-        "_start_day",
-        "_start_hour",
-        "_start_month",
-        "_start_week",
-        "_sum_day",
-        "_sum_week",
-        "_terminal_last_seen",
-        "_times",
-    )
-
-    def __init__(self) -> None:
-        # Parallel lists in event-time order; entries before _start_month are dead weight
-        # until the next compaction.
-        self._times: list[float] = []
-        self._amounts: list[float] = []
-        self._probes: list[bool] = []
-        self._not_present: list[bool] = []
-        self._start_hour = self._start_day = self._start_week = self._start_month = 0
-        self._probes_hour = self._not_present_day = 0
-        self._sum_day = self._sum_week = self._mean_month = self._spread_month = 0.0
-        self._last_time = -math.inf
-        self._terminal_last_seen: dict[str, float] = {}
-        self._home_country = ""
-
-    def observe(self, tx: Transaction, small_amount: float, out: list[float]) -> None:
-        """Add `tx` to the card's history and append the card features to `out`."""
-        last_time = self._last_time
-        # Event time never runs backwards inside one card: a late swipe is treated as
-        # happening at the card's latest time, which keeps every window pointer valid.
-        now = tx.timestamp if tx.timestamp > last_time else last_time
-        amount = tx.amount
-        probe = amount < small_amount
-        not_present = tx.card_present is False or tx.entry_mode == EntryMode.ECOMMERCE
-        times = self._times
-        amounts = self._amounts
-        times.append(now)
-        amounts.append(amount)
-        self._probes.append(probe)
-        self._not_present.append(not_present)
-        size = len(times)
-        newest = size - 1
-
-        cutoff = now - HOUR
-        start = self._start_hour
-        probes_hour = self._probes_hour + probe
-        while times[start] <= cutoff:
-            probes_hour -= self._probes[start]
-            start += 1
-        self._start_hour = start
-        self._probes_hour = probes_hour
-        count_hour = size - start
-
-        cutoff = now - DAY
-        start = self._start_day
-        sum_day = self._sum_day
-        not_present_day = self._not_present_day + not_present
-        while times[start] <= cutoff:
-            sum_day -= amounts[start]
-            not_present_day -= self._not_present[start]
-            start += 1
-        # A window holding only this transaction forgets accumulated rounding.
-        sum_day = amount if start == newest else sum_day + amount
-        self._start_day = start
-        self._sum_day = sum_day
-        self._not_present_day = not_present_day
-        count_day = size - start
-
-        cutoff = now - WEEK
-        start = self._start_week
-        sum_week = self._sum_week
-        while times[start] <= cutoff:
-            sum_week -= amounts[start]
-            start += 1
-        sum_week = amount if start == newest else sum_week + amount
-        self._start_week = start
-        self._sum_week = sum_week
-        count_week = size - start
-
-        # The month's mean and spread are kept as Welford's running mean and sum of squared
-        # deviations, updated as amounts leave and enter: sums of squares would cancel
-        # catastrophically when a card's amounts vary little around a large mean.
-        cutoff = now - MONTH
-        start = self._start_month
-        mean = self._mean_month
-        spread = self._spread_month
-        count = newest - start
-        while times[start] <= cutoff:
-            old = amounts[start]
-            count -= 1
-            if count == 0:
-                mean = spread = 0.0  # an empty window forgets accumulated rounding
-            else:
-                delta = old - mean
-                mean -= delta / count
-                spread -= delta * (old - mean)
-            start += 1
-        prior_count, prior_mean, prior_spread = count, mean, spread
-        count += 1
-        delta = amount - mean
-        mean += delta / count
-        spread += delta * (amount - mean)
-        self._mean_month = mean
-        self._spread_month = spread
-        self._start_month = start
-
-        out += (
-            count_hour,
-            count_day,
-            count_week,
-            count,
-            sum_day / count_day,
-            sum_week / count_week,
-            mean,
-            _std(spread, mean, count),
-        )
-        _append_relative(amount, prior_count, prior_mean, prior_spread, out)
-        out += (
-            probes_hour,
-            not_present_day,
-            -1.0 if last_time == -math.inf else now - last_time,
-            self._days_since_terminal(tx.terminal_id, now),
-            self._country_differs(tx.country),
-        )
-        self._last_time = now
-        if start >= _COMPACT_AFTER and start * 2 >= size:
-            self._compact(start)
-
-    def _compact(self, dead: int) -> None:
-        del self._times[:dead]
-        del self._amounts[:dead]
-        del self._probes[:dead]
-        del self._not_present[:dead]
-        self._start_hour -= dead
-        self._start_day -= dead
-        self._start_week -= dead
-        self._start_month = 0
-
-    def _days_since_terminal(self, terminal_id: str, now: float) -> float:
-        seen = self._terminal_last_seen
-        previous = seen.get(terminal_id)
-        if previous is None and len(seen) >= MAX_TERMINALS_PER_CARD:
-            newest = sorted(seen.items(), key=lambda item: item[1])[-MAX_TERMINALS_PER_CARD // 2 :]
-            self._terminal_last_seen = seen = dict(newest)
-        seen[terminal_id] = now
-        return -1.0 if previous is None else (now - previous) / DAY
-
-    def _country_differs(self, country: str) -> float:
-        if not country:
-            return -1.0
-        if not self._home_country:
-            self._home_country = country
-        return 0.0 if country == self._home_country else 1.0
+def new_card_record() -> array[float]:
+    """The record of a card never seen (or idle past the state horizon)."""
+    return array("d", _NEW_RECORD)
 
 
-def _append_relative(
-    amount: float, count: int, mean: float, spread: float, out: list[float]
+def observe_card(
+    record: array[float], tx: Transaction, small_amount: float, out: list[float]
 ) -> None:
-    """Amount against the card's earlier 30 days: ratio to the mean, and z-score."""
-    if count == 0:
-        out += (-1.0, 0.0)
-        return
-    std = _std(spread, mean, count)
+    """Add `tx` to the card's `record` and append the card features to `out`."""
+    last_time = record[_LAST_TIME]
+    # Event time never runs backwards inside one card: a late swipe is treated as
+    # happening at the card's latest time, so every ring only moves forward.
+    now = tx.timestamp if tx.timestamp > last_time else last_time
+    amount = tx.amount
+    probe = amount < small_amount
+    not_present = tx.card_present is False or tx.entry_mode == EntryMode.ECOMMERCE
+    if last_time == -math.inf:
+        record[_SHIFT] = amount  # sums of squares around a typical amount keep their digits
+
+    # The last hour, exact: the ring holds the latest swipes, oldest first from `position`
+    # (times never decrease within a card, so the rotated ring is sorted).
+    position = int(record[_RECENT_NEXT])
+    split = _RECENT_TIMES + position
+    times = record[split:_RECENT_PROBES] + record[_RECENT_TIMES:split]
+    inside = bisect.bisect_right(times, now - HOUR)
+    count_hour = RECENT_EVENTS - inside
+    split = _RECENT_PROBES + position
+    probes_hour = sum((record[split:_TERMINAL_KEYS] + record[_RECENT_PROBES:split])[inside:])
+    record[_RECENT_TIMES + position] = now
+    record[_RECENT_PROBES + position] = probe
+    record[_RECENT_NEXT] = (position + 1) % RECENT_EVENTS
+
+    hour = int(now // HOUR)
+    _advance(record, _HOURS, HOUR_TILES, _HOUR_HEAD, hour)
+    slot = _HOURS + 3 * (hour % HOUR_TILES)
+    record[slot] += 1.0
+    record[slot + 1] += amount
+    record[slot + 2] += not_present
+    count_day = sum(record[_HOURS:_DAYS:3])
+    sum_day = math.fsum(record[_HOURS + 1 : _DAYS : 3])
+    not_present_day = sum(record[_HOURS + 2 : _DAYS : 3])
+
+    day = int(now // DAY)
+    _advance(record, _DAYS, DAY_TILES, _DAY_HEAD, day)
+    shift = record[_SHIFT]
+    prior_count = sum(record[_DAYS:_RECENT_TIMES:3])
+    prior_sum = math.fsum(record[_DAYS + 1 : _RECENT_TIMES : 3])
+    prior_squares = math.fsum(record[_DAYS + 2 : _RECENT_TIMES : 3])
+    shifted = amount - shift
+    slot = _DAYS + 3 * (day % DAY_TILES)
+    record[slot] += 1.0
+    record[slot + 1] += shifted
+    record[slot + 2] += shifted * shifted
+    week = _week_tiles(record, day)
+    count_week = sum(week[0::3])
+    sum_week = math.fsum(week[1::3]) + count_week * shift
+
+    count = prior_count + 1.0
+    month_sum = prior_sum + shifted
+    mean = shift + month_sum / count
     out += (
-        amount / mean if mean > 0 else -1.0,
-        (amount - mean) / std if count > 1 and std > 0 else 0.0,
+        count_hour + 1,
+        count_day,
+        count_week,
+        count,
+        sum_day / count_day,
+        sum_week / count_week,
+        mean,
+        _std(count, month_sum, prior_squares + shifted * shifted, mean),
     )
+    if prior_count:
+        prior_mean = shift + prior_sum / prior_count
+        prior_std = _std(prior_count, prior_sum, prior_squares, prior_mean)
+        out += (
+            amount / prior_mean if prior_mean > 0 else -1.0,
+            (amount - prior_mean) / prior_std if prior_count > 1 and prior_std > 0 else 0.0,
+        )
+    else:
+        out += (-1.0, 0.0)
+    out += (
+        probes_hour + probe,
+        not_present_day,
+        -1.0 if last_time == -math.inf else now - last_time,
+        _days_since_terminal(record, tx.terminal_id, now),
+        _country_differs(record, tx.country),
+    )
+    record[_LAST_TIME] = now
 
 
-def _std(spread: float, mean: float, count: int) -> float:
-    """Population standard deviation from the sum of squared deviations `spread`.
+def card_last_time(record: array[float]) -> float:
+    """The event time of the card's latest swipe."""
+    return record[_LAST_TIME]
 
-    Running updates carry rounding noise, so a variance within ~1e-12 of the squared mean
-    is zero: otherwise identical amounts would give a tiny, meaningless deviation.
+
+def _advance(record: array[float], base: int, tiles: int, head_index: int, tile: int) -> None:
+    """Move a ring of 3-value tiles on to `tile`, emptying the tiles it skips."""
+    head = int(record[head_index])
+    if tile <= head:
+        return
+    if tile - head >= tiles:
+        record[base : base + 3 * tiles] = array("d", bytes(24 * tiles))
+    else:
+        for skipped in range(head + 1, tile + 1):
+            slot = base + 3 * (skipped % tiles)
+            record[slot] = record[slot + 1] = record[slot + 2] = 0.0
+    record[head_index] = tile
+
+
+def _week_tiles(record: array[float], day: int) -> array[float]:
+    """The 7 day tiles ending with `day` (in ring order: the sums are exact in any)."""
+    first, last = (day - 6) % DAY_TILES, day % DAY_TILES
+    if first <= last:
+        return record[_DAYS + 3 * first : _DAYS + 3 * last + 3]
+    return record[_DAYS + 3 * first : _RECENT_TIMES] + record[_DAYS : _DAYS + 3 * last + 3]
+
+
+def _std(count: float, shifted_sum: float, shifted_squares: float, mean: float) -> float:
+    """Population standard deviation from sums of amounts shifted by a typical amount.
+
+    Sums carry rounding noise, so a variance within ~1e-12 of the squared mean is zero:
+    otherwise identical amounts would give a tiny, meaningless deviation.
     """
-    variance = spread / count
+    centre = shifted_sum / count
+    variance = shifted_squares / count - centre * centre
     return math.sqrt(variance) if variance > _RELATIVE_NOISE * mean * mean else 0.0
+
+
+def _days_since_terminal(record: array[float], terminal_id: str, now: float) -> float:
+    # CRC-32 plus one (0 marks a free slot): stable across processes, unlike hash().
+    key = float(zlib.crc32(terminal_id.encode()) + 1)
+    oldest = _TERMINAL_KEYS
+    for slot in range(_TERMINAL_KEYS, _TERMINAL_SEEN):
+        if record[slot] == key:
+            previous = record[slot + TERMINAL_SLOTS]
+            record[slot + TERMINAL_SLOTS] = now
+            return (now - previous) / DAY
+        if record[slot + TERMINAL_SLOTS] < record[oldest + TERMINAL_SLOTS]:
+            oldest = slot
+    record[oldest] = key
+    record[oldest + TERMINAL_SLOTS] = now
+    return -1.0
+
+
+def _country_differs(record: array[float], country: str) -> float:
+    if not country:
+        return -1.0
+    code = float(int.from_bytes(country.encode()[:6], "big"))
+    home = record[_HOME_COUNTRY]
+    if not home:
+        record[_HOME_COUNTRY] = home = code
+    return 0.0 if code == home else 1.0

@@ -30,3 +30,10 @@ class FeatureConfig(BaseModel):
     @property
     def label_delay_seconds(self) -> float:
         return self.label_delay_days * SECONDS_PER_DAY
+
+    @property
+    def state_horizon_seconds(self) -> float:
+        """How long a record lives without activity: the longest window (30 days, a day
+        tile more for alignment) plus the label delay. Past it, no feature and no outcome
+        can use the record, so every path reads it as new and stores may drop it."""
+        return self.label_delay_seconds + 31 * SECONDS_PER_DAY

@@ -5,20 +5,34 @@ means bumping `FEATURE_ENGINE_VERSION`, so that a server refuses models built fo
 
 The vector has two halves with disjoint state: what the transaction and its card say
 (`CardFeatures`), then what its terminal and merchant risk say (`RiskFeatures`, the only
-half that reads outcomes). The server runs both in turn; training may replay them in
-parallel processes, since neither reads the other's state.
+half that reads outcomes). The server runs both in turn, in one store session; training
+may replay them in parallel processes, since neither reads the other's records.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from typing import NamedTuple
 
-from service.core.domain import Transaction
+from service.core.domain import EarlierAttempt, ScoreResult, Transaction
 from service.features.card_features import CardFeatures, card_feature_specs
 from service.features.config import FeatureConfig
+from service.features.memory_store import MemoryStore
 from service.features.risk_features import RiskFeatures, risk_feature_specs
+from service.features.state import EntityKind, SessionConflict, SessionPlan, StateStore
 
-FEATURE_ENGINE_VERSION = 1
+FEATURE_ENGINE_VERSION = 2
+# Sessions run again after a conflict with another writer before giving up: a card or a
+# terminal scored by several replicas at the same instant. Each retry waits a random part of
+# a window that doubles (50 µs, 100 µs, ...): two replicas retrying in lockstep on a busy
+# merchant would otherwise collide again and again. At most about 6 ms in all.
+_ATTEMPTS = 8
+_FIRST_BACKOFF_SECONDS = 50e-6
+
+
+class StateContention(RuntimeError):
+    """The same records kept changing under this transaction's session."""
 
 
 class FeatureSpec(NamedTuple):
@@ -36,34 +50,83 @@ FEATURES: tuple[FeatureSpec, ...] = CARD_HALF + RISK_HALF
 FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
 
 
-class FeatureEngine:
-    """Online feature state for every card, terminal and merchant seen so far.
+def state_identity(config: FeatureConfig) -> str:
+    """Names the records this engine writes with `config`: a store holding others is not
+    read (its records have another layout or another meaning)."""
+    return f"feature engine {FEATURE_ENGINE_VERSION}, settings {config.fingerprint}"
 
-    Not thread-safe: one engine per process (or per worker owning a shard of entities).
+
+class FeatureEngine:
+    """Feature state of every card, terminal and merchant, in `store` (by default this
+    process's memory, bounded only by the state horizon).
+
+    The engine holds no state of its own: several engines (workers, replicas) on one shared
+    store compute what one would.
     """
 
-    def __init__(self, config: FeatureConfig) -> None:
+    def __init__(self, config: FeatureConfig, store: StateStore | None = None) -> None:
         self.config = config
+        self.store: StateStore = store or MemoryStore(horizon_seconds=config.state_horizon_seconds)
         self._cards = CardFeatures(config)
         self._risk = RiskFeatures(config)
 
-    @property
-    def cards_tracked(self) -> int:
-        return self._cards.cards_tracked
-
-    @property
-    def terminals_tracked(self) -> int:
-        return self._risk.terminals_tracked
-
     def observe(self, tx: Transaction) -> list[float]:
-        """Record `tx` in the entity state and return its feature vector, in `FEATURES` order."""
-        out = self._cards.observe(tx)
-        self._risk.observe(tx, out)
-        return out
+        """Count `tx` and return its feature vector, in `FEATURES` order.
+
+        ValueError if its transaction_id was counted already (the server uses `admit`).
+        """
+        admitted = self.admit(tx)
+        if isinstance(admitted, EarlierAttempt):
+            raise ValueError(f"transaction_id {tx.transaction_id!r} was counted already")
+        return admitted
+
+    def admit(self, tx: Transaction) -> list[float] | EarlierAttempt:
+        """Count `tx` and return its feature vector; or, when its transaction_id was counted
+        already, what was kept of that attempt, counting nothing."""
+        entities: tuple[tuple[EntityKind, str], ...] = (
+            (EntityKind.CARD, tx.card_id),
+            (EntityKind.TERMINAL, tx.terminal_id),
+        )
+        if tx.merchant_id:
+            entities += ((EntityKind.MERCHANT, tx.merchant_id),)
+        plan = SessionPlan(entities, tx.transaction_id)
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self.store.session(plan) as session:
+                    earlier = session.transaction(tx.transaction_id)
+                    if earlier is not None:
+                        return EarlierAttempt(earlier.transaction, earlier.answer)
+                    out = self._cards.observe(session, tx)
+                    session.put_transaction(self._risk.observe(session, tx, out))
+            except SessionConflict:  # another replica counted one of these first: read again
+                _back_off(attempt)
+                continue
+            return out
+        raise StateContention(f"{_ATTEMPTS} attempts met other writers")
+
+    def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
+        """Keep `answer` for retries of `transaction_id` (counted by `observe`)."""
+        with self.store.session() as session:
+            session.put_answer(transaction_id, answer)
 
     def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
         """Count `transaction_id` as fraud (or genuine) from event time `reported_at` on.
 
         Returns False when the transaction is unknown or too old to affect any feature.
         """
-        return self._risk.report_outcome(transaction_id, is_fraud, reported_at)
+        plan = SessionPlan(transaction_id=transaction_id)
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self.store.session(plan) as session:
+                    applied = self._risk.report_outcome(
+                        session, transaction_id, is_fraud, reported_at
+                    )
+            except SessionConflict:
+                _back_off(attempt)
+                continue
+            return applied
+        raise StateContention(f"{_ATTEMPTS} attempts met other writers")
+
+
+def _back_off(attempt: int) -> None:
+    time.sleep(random.random() * _FIRST_BACKOFF_SECONDS * (1 << attempt))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import deque
-from typing import NamedTuple
+from array import array
 
 from service.core.domain import Transaction
-from service.features.card_history import CARD_WINDOWS
 from service.features.config import FeatureConfig
-from service.features.risk_history import RISK_WINDOWS, RiskHistory, risk_features
+from service.features.risk_history import RISK_WINDOWS, RiskRing, risk_features, risk_last_time
+from service.features.state import EntityKind, StateSession, TransactionRecord
 
 _NO_MERCHANT = (-1.0,) * (2 * len(RISK_WINDOWS))
 
@@ -21,74 +20,84 @@ def risk_feature_specs() -> tuple[tuple[str, str], ...]:
     )
 
 
-class _OutcomeTarget(NamedTuple):
-    """Where a transaction sits in the risk state, so a later outcome can find it."""
-
-    timestamp: float
-    terminal: RiskHistory
-    terminal_index: int
-    merchant: RiskHistory | None
-    merchant_index: int
-
-
 class RiskFeatures:
-    """Risk state of every terminal and merchant, and the recent transactions outcomes
-    can still reach."""
+    """Risk of every terminal and merchant, and where each transaction's outcome goes."""
 
     def __init__(self, config: FeatureConfig) -> None:
-        self._label_delay = config.label_delay_seconds
-        # An outcome can change a feature only while its transaction sits in some window.
-        self._outcome_horizon = self._label_delay + max(RISK_WINDOWS[-1], CARD_WINDOWS[-1])
-        self._terminals: dict[str, RiskHistory] = {}
-        self._merchants: dict[str, RiskHistory] = {}
-        self._recent: dict[str, _OutcomeTarget] = {}
-        self._recent_order: deque[tuple[float, str]] = deque()
+        self._ring = RiskRing(config.label_delay_seconds)
+        self._horizon = config.state_horizon_seconds
 
-    @property
-    def terminals_tracked(self) -> int:
-        return len(self._terminals)
+    def observe(
+        self, session: StateSession, tx: Transaction, out: list[float]
+    ) -> TransactionRecord:
+        """Count `tx` at its terminal and merchant; append this half of its vector.
 
-    def observe(self, tx: Transaction, out: list[float]) -> None:
-        """Record `tx` at its terminal and merchant; append this half of its vector."""
-        timestamp = tx.timestamp
-        terminal = self._terminals.get(tx.terminal_id)
-        if terminal is None:
-            terminal = self._terminals[tx.terminal_id] = RiskHistory()
-        terminal_index = terminal.observe(timestamp, self._label_delay, out)
-
-        merchant: RiskHistory | None = None
-        merchant_index = -1
+        Returns the transaction's record (not yet stored): where its outcome must go.
+        """
+        terminal_tile = self._observe(session, EntityKind.TERMINAL, tx.terminal_id, tx, out)
+        merchant_tile = -1
         if tx.merchant_id:
-            merchant = self._merchants.get(tx.merchant_id)
-            if merchant is None:
-                merchant = self._merchants[tx.merchant_id] = RiskHistory()
-            merchant_index = merchant.observe(timestamp, self._label_delay, out)
+            merchant_tile = self._observe(session, EntityKind.MERCHANT, tx.merchant_id, tx, out)
         else:
             out += _NO_MERCHANT
-        self._remember(
-            tx.transaction_id,
-            _OutcomeTarget(timestamp, terminal, terminal_index, merchant, merchant_index),
-        )
+        return TransactionRecord(tx, terminal_tile, merchant_tile)
 
-    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
+    def report_outcome(
+        self, session: StateSession, transaction_id: str, is_fraud: bool, reported_at: float
+    ) -> bool:
         """See `FeatureEngine.report_outcome`."""
-        target = self._recent.get(transaction_id)
-        if target is None:
+        record = session.transaction(transaction_id)
+        if record is None or reported_at - record.transaction.timestamp > self._horizon:
             return False
-        effective = max(reported_at, target.timestamp)
-        target.terminal.schedule_outcome(target.terminal_index, is_fraud, effective)
-        if target.merchant is not None:
-            target.merchant.schedule_outcome(target.merchant_index, is_fraud, effective)
+        change = int(is_fraud) - int(record.is_fraud)
+        if change:
+            tx = record.transaction
+            self._apply(
+                session,
+                EntityKind.TERMINAL,
+                tx.terminal_id,
+                record.terminal_tile,
+                change,
+                reported_at,
+            )
+            if tx.merchant_id:
+                self._apply(
+                    session,
+                    EntityKind.MERCHANT,
+                    tx.merchant_id,
+                    record.merchant_tile,
+                    change,
+                    reported_at,
+                )
+            record.is_fraud = is_fraud
+            session.put_transaction(record)
         return True
 
-    def _remember(self, transaction_id: str, target: _OutcomeTarget) -> None:
-        recent = self._recent
-        order = self._recent_order
-        recent[transaction_id] = target
-        order.append((target.timestamp, transaction_id))
-        horizon = target.timestamp - self._outcome_horizon
-        while order[0][0] < horizon:
-            expired_time, expired_id = order.popleft()
-            kept = recent.get(expired_id)
-            if kept is not None and kept.timestamp == expired_time:
-                del recent[expired_id]
+    def _observe(
+        self, session: StateSession, kind: EntityKind, key: str, tx: Transaction, out: list[float]
+    ) -> int:
+        record = self._current(session, kind, key, tx.timestamp)
+        tile = self._ring.observe(record, tx.timestamp, out)
+        session.put_entity(kind, key, record)
+        return tile
+
+    def _apply(
+        self,
+        session: StateSession,
+        kind: EntityKind,
+        key: str,
+        tile: int,
+        change: int,
+        reported_at: float,
+    ) -> None:
+        record = self._current(session, kind, key, reported_at)
+        self._ring.apply_outcome(record, tile, change, reported_at)
+        session.put_entity(kind, key, record)
+
+    def _current(
+        self, session: StateSession, kind: EntityKind, key: str, now: float
+    ) -> array[float]:
+        record = session.entity(kind, key)
+        if record is None or risk_last_time(record) < now - self._horizon:
+            return self._ring.new_record()
+        return record

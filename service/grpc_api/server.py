@@ -8,9 +8,8 @@ a model is loaded and warmed up), NOT_SERVING again from `shut_down` on. Health 
 reflection calls are not subject to load shedding (see `interceptors`).
 
 Port sharing: with `server.workers` above 1, several processes bind the same port
-(SO_REUSEPORT) and the kernel spreads connections among them. Each process holds its own
-feature state, so a card whose swipes arrive on several connections has its history split:
-each worker sees part of it, and its velocity and terminal-risk features undercount. With
+(SO_REUSEPORT) and the kernel spreads connections among them; they share the feature
+state's LMDB store, so a card's history is whole whichever worker scores it. With
 one worker (the default) port reuse is switched off, so a second server started on a busy
 port fails instead of silently taking half of the traffic.
 """

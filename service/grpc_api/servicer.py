@@ -7,6 +7,7 @@ Errors are mapped by one table, the same for every RPC:
     ConflictingRepeat   ALREADY_EXISTS     details "field: reason"
     UnknownTransaction  NOT_FOUND
     ModelUnavailable    UNAVAILABLE
+    StateUnavailable    UNAVAILABLE
     anything else       INTERNAL           details "internal error"; traceback in the log
 
 The core's messages never quote request values, so they are safe to return; an unexpected
@@ -46,6 +47,7 @@ from service.core.errors import (
     InvalidRequest,
     ModelUnavailable,
     ScoringError,
+    StateUnavailable,
     UnknownTransaction,
 )
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
@@ -73,6 +75,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ScoringError], grpc.StatusCode], ...] = (
     (ConflictingRepeat, grpc.StatusCode.ALREADY_EXISTS),
     (UnknownTransaction, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StateUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 ScoreContext = grpc.aio.ServicerContext[scoring_pb2.ScoreRequest, scoring_pb2.ScoreResponse]

@@ -20,12 +20,15 @@ multiprocess mode, which this module does not set up).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Final, Literal, Protocol, get_args
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from service.core.domain import (
     Decision,
@@ -35,6 +38,8 @@ from service.core.domain import (
     ScoreResult,
     Transaction,
 )
+from service.features.memory_store import Evictions
+from service.features.state import EntityKind
 
 # Fine-grained at the low end, where a scoring call's own work lies, up to 100 ms, past the
 # budget; the last buckets only say how badly a stalled call overran.
@@ -141,7 +146,9 @@ RECORD_LOG_WRITTEN = Counter(
     "fraud_record_log_written", "Records written by the decision or outcome log.", ["log"]
 )
 FEATURE_STATE = Gauge(
-    "fraud_feature_state_entities", "Entities in the online feature state, by kind.", ["kind"]
+    "fraud_feature_state_entities",
+    "Records in the feature state's store (all workers sharing it), by kind.",
+    ["kind"],
 )
 
 FEATURES_STAGE = STAGE_DURATION.labels("features")
@@ -293,24 +300,57 @@ def set_library_differences(differences: Iterable[tuple[str, str]]) -> None:
         LIBRARY_DIFFERENCES.labels(library, severity).set(1)
 
 
-class EntityCounts(Protocol):
-    """What `track_feature_state` reads: the feature engine's entity counts."""
+class StateStatistics(Protocol):
+    """What `track_feature_state` reads from a feature state store."""
 
     @property
-    def cards_tracked(self) -> int: ...
+    def evictions(self) -> Evictions: ...
 
-    @property
-    def terminals_tracked(self) -> int: ...
+    def records(self, kind: EntityKind | None = None) -> int: ...
 
 
-def track_feature_state(state: EntityCounts) -> None:
-    """Report `state`'s card and terminal counts, read at each scrape (no hot-path cost).
+class _StateEvictions(Collector):
+    """Records this process dropped from the store, read from it at each scrape."""
 
-    The scrape runs in the metrics server's thread: the counts must be safe to read there
-    (the feature engine's are `len()` of dicts, atomic under the GIL).
+    def __init__(self, store: StateStatistics) -> None:
+        self._store = store
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "fraud_feature_state_evictions",
+            "Records this process dropped from the feature state: idle past the state "
+            "horizon, or over the store's bound (capacity).",
+            labels=["reason"],
+        )
+        family.add_metric(["idle"], self._store.evictions.idle)
+        family.add_metric(["capacity"], self._store.evictions.capacity)
+        yield family
+
+
+_tracked_evictions: list[_StateEvictions] = []
+
+
+def track_feature_state(store: StateStatistics) -> None:
+    """Report `store`'s record counts and evictions, read at each scrape (no hot-path cost).
+
+    The scrape runs in the metrics server's thread: the reads must be safe there (len() of
+    dicts under the GIL in memory; a read transaction of its own in LMDB).
     """
-    FEATURE_STATE.labels("cards").set_function(lambda: state.cards_tracked)
-    FEATURE_STATE.labels("terminals").set_function(lambda: state.terminals_tracked)
+    for kind, label in _KINDS:
+        FEATURE_STATE.labels(label).set_function(functools.partial(store.records, kind))
+    while _tracked_evictions:
+        REGISTRY.unregister(_tracked_evictions.pop())
+    collector = _StateEvictions(store)
+    REGISTRY.register(collector)
+    _tracked_evictions.append(collector)
+
+
+_KINDS = (
+    (EntityKind.CARD, "cards"),
+    (EntityKind.TERMINAL, "terminals"),
+    (EntityKind.MERCHANT, "merchants"),
+    (None, "transactions"),
+)
 
 
 def start_metrics_server(host: str, port: int) -> tuple[WSGIServer, int]:

@@ -9,7 +9,7 @@ import itertools
 import re
 import signal
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import grpc
@@ -55,6 +55,7 @@ def scraped(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactor
         "FRAUD_DRIFT__MIN_ROWS": "10",
         "FRAUD_LOGGING__SAMPLE_RATE": "0",
         "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path_factory.mktemp("decisions")),
+        "FRAUD_STATE__PATH": str(tmp_path_factory.mktemp("state")),
         "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path_factory.mktemp("outcomes")),
     }
     server = ServerProcess(
@@ -86,10 +87,12 @@ def _send_traffic(history: Path, target: str) -> None:
         requests: Iterator[scoring_pb2.ScoreRequest] = history_requests(history, "dash-")
         first = None
         for request in itertools.islice(requests, SWIPES):
-            answer = stub.Score(request, timeout=CALL_TIMEOUT)
-            first = first or answer.transaction_id
+            stub.Score(request, timeout=CALL_TIMEOUT)
+            first = first or request.transaction
         assert first is not None
-        outcome = build_outcome_request(first, False, datetime.now(UTC))
+        # Reported a day after the swipe: a label years later could change no feature.
+        reported_at = first.timestamp.ToDatetime(tzinfo=UTC) + timedelta(days=1)
+        outcome = build_outcome_request(first.transaction_id, False, reported_at)
         stub.ReportOutcome(outcome, timeout=CALL_TIMEOUT)
         stub.GetModelInfo(scoring_pb2.GetModelInfoRequest(), timeout=CALL_TIMEOUT)
 

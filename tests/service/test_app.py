@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from service.app import App, build_scorer, create_app
-from service.config.settings import RecordLogSettings, ServerSettings, ServeSettings
+from service.config.settings import RecordLogSettings, ServerSettings, ServeSettings, StateSettings
 from service.features import FeatureConfig, FeatureEngine
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.model.registry import RegistryError
@@ -33,6 +33,7 @@ def _settings(registry: Path, records: Path) -> ServeSettings:
         server=ServerSettings(host="127.0.0.1", port=0),
         decision_log=RecordLogSettings(directory=records / "decisions"),
         outcome_log=RecordLogSettings(directory=records / "outcomes"),
+        state=StateSettings(path=records / "state"),
     )
 
 

@@ -72,6 +72,18 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     assert "FRAUD_" in text
 
 
+def test_workers_help_says_they_share_the_feature_state(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--workers' help matches the shared LMDB state: each computes what one would (it
+    said each kept its own, once workers began sharing one)."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "own feature state" not in text
+    assert "sharing the scoring port and the feature state" in text
+
+
 def test_flags_override_the_environment_which_overrides_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

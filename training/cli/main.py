@@ -9,6 +9,7 @@ retrain declined to publish (no new labels, or the candidate is not better; it s
     model_commands.py     train, evaluate, backtest
     registry_commands.py  registry list, promote, rollback
     retrain_commands.py   retrain, once or --watch
+    state_commands.py     state build
     options.py            the options several commands share
     console.py            messages, JSON output, exit codes
 """
@@ -21,11 +22,13 @@ from collections.abc import Callable, Sequence
 
 from service.model.artifact import ArtifactError
 from service.model.registry import RegistryError
+from service.state.lmdb_store import StateStoreError
 from training.cli.console import EXIT_BAD_INPUT, EXIT_GATE_FAILED, error
 from training.cli.parser import build_parser
 from training.config import ConfigError
 from training.data.loading import DataError
 from training.data.split import SplitError
+from training.data.state_publishing import StateTargetError
 from training.evaluation.evaluate import EvaluationError
 from training.model_build.gates import GateFailure
 from training.retraining.feedback import FeedbackError
@@ -40,6 +43,8 @@ _BAD_INPUT = (
     FeedbackError,
     RegistryError,
     SplitError,
+    StateStoreError,
+    StateTargetError,
     FileNotFoundError,
 )
 

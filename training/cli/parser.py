@@ -16,6 +16,7 @@ from training.cli.model_commands import handle_backtest, handle_evaluate, handle
 from training.cli.options import add_config_option, add_data_options, add_registry_option
 from training.cli.registry_commands import handle_list, handle_promote, handle_rollback
 from training.cli.retrain_commands import handle_retrain
+from training.cli.state_commands import handle_state_build
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fraud-train",
         description=(
             "Offline pipeline of the fraud-scoring service: simulate a transaction history, "
-            "train, evaluate and publish versioned ONNX models to a registry."
+            "train, evaluate and publish versioned ONNX models to a registry, and seed the "
+            "server's feature state from history."
         ),
         epilog=(
             "Exit codes: 0 ok, 1 unexpected error, 2 bad input or usage, 3 gate failed, "
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backtest(commands)
     _add_retrain(commands)
     _add_registry(commands)
+    _add_state(commands)
     _add_config(commands)
     return parser
 
@@ -228,6 +231,49 @@ def _add_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         action.set_defaults(handler=handler)
 
 
+def _add_state(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "state",
+        help="build the feature state a new deployment starts with",
+        description="The server's per-card, per-terminal and per-merchant feature state.",
+    )
+    actions = command.add_subparsers(title="actions", required=True, metavar="ACTION")
+    build = actions.add_parser(
+        "build",
+        help="seed a feature state store from a history, with the champion's feature settings",
+        description=(
+            "Replay the history through the server's feature engine exactly as training "
+            "does (each fraud label fed back one label delay after its transaction) into a "
+            "new LMDB store, then publish it at --state: built in a sibling directory, "
+            "synced, and renamed into place, so a server never opens a half-built store. "
+            "Card numbers are tokenised with the server's card token key "
+            "(FRAUD_CARD_TOKEN_KEY, or --server-config): use the key the servers use. "
+            "Stop the servers before replacing a store they have open."
+        ),
+    )
+    add_data_options(build)
+    build.add_argument(
+        "--state",
+        type=_state_directory,
+        required=True,
+        help="directory to publish the store at: the servers' state.path (./state unless set)",
+    )
+    build.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the store already at --state, once the new one is complete",
+    )
+    build.add_argument(
+        "--server-config",
+        type=Path,
+        help="the server's TOML settings (fraud-serve --config), for its card token key and "
+        "state bounds; FRAUD_* environment variables apply over it, as for the server",
+    )
+    add_registry_option(build)
+    add_config_option(build)
+    build.set_defaults(handler=handle_state_build)
+
+
 def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
         "config",
@@ -249,6 +295,15 @@ def _aware_datetime(text: str) -> datetime:
     if moment.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. 2026-09-01T00:00Z")
     return moment
+
+
+def _state_directory(text: str) -> Path:
+    """A directory, not a server's address: `--state`."""
+    if "://" in text:  # the URL is not repeated: it may carry a password
+        raise argparse.ArgumentTypeError(
+            "a URL is not supported: only a directory (an LMDB store) is, for now"
+        )
+    return Path(text)
 
 
 def _positive_int(text: str) -> int:

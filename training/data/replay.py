@@ -27,6 +27,7 @@ from service.features import (
     RISK_HALF,
     CardFeatures,
     FeatureConfig,
+    MemoryStore,
     RiskFeatures,
 )
 
@@ -99,23 +100,25 @@ def _replay_card_half(
     frame: pd.DataFrame, config: FeatureConfig, progress: bool
 ) -> NDArray[np.float32]:
     half = CardFeatures(config)
+    store = MemoryStore(horizon_seconds=config.state_horizon_seconds)
     values = array("f")
     for tx in _progress(transactions(frame), frame, progress):
-        values.extend(half.observe(tx))
+        values.extend(half.observe(store, tx))
     return _matrix(values, len(frame), len(CARD_HALF))
 
 
 def _replay_risk_half(frame: pd.DataFrame, config: FeatureConfig) -> NDArray[np.float32]:
     half = RiskFeatures(config)
+    store = MemoryStore(horizon_seconds=config.state_horizon_seconds)
     delay = config.label_delay_seconds
     values = array("f")
     out: list[float] = []
     for tx, is_fraud in zip(transactions(frame), _labels(frame), strict=True):
-        half.observe(tx, out)
+        store.put_transaction(half.observe(store, tx, out))
         values.extend(out)
         out.clear()
         if is_fraud:
-            half.report_outcome(tx.transaction_id, True, tx.timestamp + delay)
+            half.report_outcome(store, tx.transaction_id, True, tx.timestamp + delay)
     return _matrix(values, len(frame), len(RISK_HALF))
 
 

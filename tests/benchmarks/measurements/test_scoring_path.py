@@ -7,18 +7,23 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import TrainedModel
 
 
+@pytest.mark.parametrize("state", ["memory", "lmdb"])
 def test_it_scores_the_champion_and_reports_cost_per_transaction(
-    trained_model: TrainedModel,
+    trained_model: TrainedModel, state: str
 ) -> None:
-    """One line of figures for a short run against a real registry."""
+    """One line of figures for a short run against a real registry, on either local store."""
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.measurements.scoring_path",
-         "--registry", str(trained_model.registry), "--transactions", "300", "--warmup", "50"],
+         "--registry", str(trained_model.registry), "--transactions", "300", "--warmup", "50",
+         "--state", state],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert re.fullmatch(
-        r"scoring path: cpu \d+\.\d µs/transaction, wall \d+\.\d µs/transaction\n", run.stdout
+        rf"scoring path \({state}\): cpu \d+\.\d µs/transaction, wall \d+\.\d µs/transaction\n",
+        run.stdout,
     )

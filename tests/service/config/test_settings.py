@@ -340,3 +340,26 @@ def test_a_renamed_environment_variable_is_refused_with_its_new_name(
         ConfigError, match=r"FRAUD_OUTCOMES_DIRECTORY.*FRAUD_OUTCOME_LOG__DIRECTORY"
     ):
         load_settings()
+
+
+def test_the_redis_state_is_shared_by_workers_and_its_password_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`state.backend = "redis"` from the environment: several workers may share it, and a
+    password in its URL appears in no description."""
+    monkeypatch.setenv("FRAUD_STATE__BACKEND", "redis")
+    monkeypatch.setenv("FRAUD_STATE__URL", "redis://:hunter2-password@cache:6380/3")
+    monkeypatch.setenv("FRAUD_SERVER__WORKERS", "2")
+    settings = load_settings(None)
+    assert (settings.state.backend, settings.state.timeout_seconds) == ("redis", 0.01)
+    assert settings.state.url == "redis://:hunter2-password@cache:6380/3"
+    described = json.dumps(settings.describe())
+    assert json.loads(described)["state"]["url"] == "redis://:**********@cache:6380/3"
+    for text in (described, repr(settings), str(settings)):
+        assert "hunter2" not in text
+
+
+def test_several_workers_on_the_memory_state_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In memory each worker would count its own share of every card."""
+    message = config_error(monkeypatch, FRAUD_STATE__BACKEND="memory", FRAUD_SERVER__WORKERS="2")
+    assert '"lmdb" or "redis"' in message

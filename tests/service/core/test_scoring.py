@@ -4,6 +4,7 @@ state."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,11 +32,12 @@ from service.core.errors import (
     ConflictingRepeat,
     InvalidRequest,
     ModelUnavailable,
+    StateUnavailable,
     UnknownTransaction,
 )
 from service.core.scoring import FallbackPolicy, Scorer, decision_for
 from service.core.validation import ScoringLimits
-from service.features import FEATURES, FeatureEngine
+from service.features import FEATURES, FeatureEngine, MemoryStore
 from service.model.artifact import Thresholds
 from service.model.loading import LoadedModel
 from service.model.onnx_scorer import OnnxScorer
@@ -99,10 +101,13 @@ def _scorer(
     return Scorer(engine, store, tokenizer=TOKENIZER, limits=ScoringLimits(), **options)
 
 
+_PROBES = itertools.count()
+
+
 def _probe(engine: FeatureEngine, card_id: str = "card-1", **changes: Any) -> dict[str, float]:
     """The features of one more transaction a day after T0: shows what the state holds."""
     fields: dict[str, Any] = {
-        "transaction_id": "probe",
+        "transaction_id": f"probe-{next(_PROBES)}",
         "timestamp": (T0_NS + DAY_NS // 2) / NANOS_PER_SECOND,
         "card_id": card_id,
         "terminal_id": "term-1",
@@ -275,9 +280,10 @@ def test_a_card_number_and_its_token_are_the_same_content(engine: FeatureEngine)
     assert scorer.score(_raw(1, card_id=PAN)) is first
 
 
-def test_the_memory_of_answers_is_bounded(engine: FeatureEngine, store: ModelStore) -> None:
-    """Beyond `answers_kept` newer transactions, a repeat is counted again."""
-    scorer = _scorer(engine, store, answers_kept=2)
+def test_the_memory_of_answers_is_the_state_s_bound(model: LoadedModel, store: ModelStore) -> None:
+    """Once the state's bound has dropped a transaction's record, a repeat is counted again."""
+    engine = FeatureEngine(model.manifest.feature_config, MemoryStore(max_records=2))
+    scorer = _scorer(engine, store)
     for number in (1, 2, 3, 1):
         scorer.score(_raw(number))
     assert _card_count(engine) == 5
@@ -302,6 +308,42 @@ def test_no_model_falls_back_but_keeps_counting(engine: FeatureEngine) -> None:
     assert (result.source, result.fallback_reason) == (DecisionSource.FALLBACK, "model_unavailable")
     assert result.model_version == ""
     assert _card_count(engine) == 2
+
+
+class BrokenState:
+    """A feature state whose store fails on every call, as a full disk makes LMDB's."""
+
+    def admit(self, tx: Transaction) -> list[float]:
+        raise OSError(27, "File too large")
+
+    def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
+        raise OSError(27, "File too large")
+
+    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
+        raise OSError(27, "File too large")
+
+
+def test_a_failing_state_store_gets_the_fallback_and_refuses_outcomes(store: ModelStore) -> None:
+    """A store that fails answers by the rules ("state_unavailable"), never an exception;
+    an outcome it cannot count is StateUnavailable, yet its listeners heard it."""
+    heard: list[Outcome] = []
+
+    class Ears:
+        def on_outcome(self, outcome: Outcome, applied: bool) -> None:
+            heard.append(outcome)
+
+    scorer = Scorer(
+        BrokenState(), store, tokenizer=TOKENIZER, limits=ScoringLimits(),
+        fallback=FallbackPolicy(), outcome_listeners=[Ears()],
+    )  # fmt: skip
+    result = scorer.score(_raw(1))
+    assert (result.source, result.fallback_reason) == (
+        DecisionSource.FALLBACK,
+        FallbackReason.STATE_UNAVAILABLE,
+    )
+    with pytest.raises(StateUnavailable):
+        scorer.report_outcome(RawOutcome("tx-1", True, T0_NS))
+    assert [outcome.transaction_id for outcome in heard] == ["tx-1"]
 
 
 def test_no_model_and_no_fallback_is_unavailable_without_counting(engine: FeatureEngine) -> None:

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from service.core.domain import Transaction
 from service.features import FEATURES, FeatureConfig, FeatureEngine
-from service.features.card_history import CARD_WINDOWS
-from service.features.risk_history import RISK_WINDOWS
+from service.features.card_history import RECENT_EVENTS
 from tests.service.features.engine_io import DAY, DELAY, HOUR, NAMES, T0, as_dict, tx
 
 
@@ -26,17 +25,26 @@ def test_feature_names_are_unique_and_described():
 
 
 def reference_features(history: list[Transaction], reports: dict[str, float]) -> dict[str, float]:
-    """Card and terminal features of history[-1], recomputed from scratch by definition."""
+    """Card and terminal features of history[-1], recomputed from scratch by definition:
+    the last hour exact (over the card's last RECENT_EVENTS swipes), the day window in whole
+    hours, the week and month windows in whole days; the risk windows end at the settled
+    hour: the 24 hours before, or that day's hours and the whole days before."""
     current = history[-1]
     now = current.timestamp
     card = [t for t in history if t.card_id == current.card_id]
-    result: dict[str, float] = {}
-    for width, suffix in zip(CARD_WINDOWS, ("1h", "1d", "7d", "30d"), strict=True):
-        inside = [t for t in card if t.timestamp > now - width]
+    hour, day = now // HOUR, now // DAY
+    result: dict[str, float] = {
+        "card_tx_count_1h": 1 + sum(t.timestamp > now - HOUR for t in card[:-1][-RECENT_EVENTS:])
+    }
+    windows = {
+        "1d": [t for t in card if t.timestamp // HOUR > hour - 24],
+        "7d": [t for t in card if t.timestamp // DAY > day - 7],
+        "30d": [t for t in card if t.timestamp // DAY > day - 30],
+    }
+    for suffix, inside in windows.items():
         result[f"card_tx_count_{suffix}"] = len(inside)
-        if suffix != "1h":
-            result[f"card_amount_mean_{suffix}"] = sum(t.amount for t in inside) / len(inside)
-    prior = [t.amount for t in card[:-1] if t.timestamp > now - CARD_WINDOWS[-1]]
+        result[f"card_amount_mean_{suffix}"] = sum(t.amount for t in inside) / len(inside)
+    prior = [t.amount for t in windows["30d"][:-1]]
     if prior:
         mean = sum(prior) / len(prior)
         variance = sum((a - mean) ** 2 for a in prior) / len(prior)
@@ -45,11 +53,23 @@ def reference_features(history: list[Transaction], reports: dict[str, float]) ->
         zscore = (current.amount - mean) / std if len(prior) > 1 and std > 0 else 0.0
         result["amount_zscore_30d"] = zscore
     terminal = [t for t in history[:-1] if t.terminal_id == current.terminal_id]
-    for width, suffix in zip(RISK_WINDOWS, ("1d", "7d", "30d"), strict=True):
-        inside = [t for t in terminal if now - DELAY - width < t.timestamp <= now - DELAY]
+    settled_hour = (now - DELAY) // HOUR
+    settled_day = settled_hour // 24
+    for days in (1, 7, 30):
+        if days == 1:
+            inside = [
+                t for t in terminal if settled_hour - 24 <= t.timestamp // HOUR < settled_hour
+            ]
+        else:
+            inside = [
+                t
+                for t in terminal
+                if settled_day * 24 <= t.timestamp // HOUR < settled_hour
+                or settled_day - days <= t.timestamp // DAY < settled_day
+            ]
         frauds = sum(1 for t in inside if reports.get(t.transaction_id, math.inf) <= now)
-        result[f"terminal_tx_count_{suffix}_delayed"] = len(inside)
-        result[f"terminal_risk_{suffix}"] = frauds / len(inside) if inside else 0.0
+        result[f"terminal_tx_count_{days}d_delayed"] = len(inside)
+        result[f"terminal_risk_{days}d"] = frauds / len(inside) if inside else 0.0
     return result
 
 
@@ -69,7 +89,8 @@ events = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(events)
 # Found by Hypothesis: amounts close to a large mean made sums of squares cancel (the
-# z-score was off by 1e-9 relative); the month window now keeps Welford's running spread.
+# z-score was off by 1e-9 relative); the month's sums are now of amounts shifted by the
+# card's first amount.
 @example(
     [
         (0.0, 0, 0, 0.01, None),

@@ -4,7 +4,7 @@ its merchant features when a transaction has no merchant."""
 from __future__ import annotations
 
 from service.features import FeatureConfig, FeatureEngine
-from tests.service.features.engine_io import DAY, DELAY, T0, as_dict, tx
+from tests.service.features.engine_io import T0, as_dict, tx
 
 
 def test_unknown_outcome_and_missing_merchant():
@@ -19,9 +19,11 @@ def test_unknown_outcome_and_missing_merchant():
 
 
 def test_outcomes_are_forgotten_once_they_can_no_longer_matter():
-    """Transaction ids expire after the label delay plus the longest window."""
-    engine = FeatureEngine(FeatureConfig())
+    """A transaction id is reportable for the state horizon (the label delay plus the
+    longest window and a tile) after its event time; later outcomes are refused."""
+    config = FeatureConfig()
+    horizon = config.state_horizon_seconds
+    engine = FeatureEngine(config)
     engine.observe(tx(1, T0))
-    engine.observe(tx(2, T0 + DELAY + 30 * DAY + 1, card="other", terminal="other"))
-    assert not engine.report_outcome("tx1", True, T0 + DELAY)
-    assert engine.report_outcome("tx2", True, T0 + 2 * DELAY + 30 * DAY)
+    assert not engine.report_outcome("tx1", True, T0 + horizon + 1)
+    assert engine.report_outcome("tx1", True, T0 + horizon)

@@ -10,7 +10,8 @@ from tests.service.features.engine_io import DAY, DELAY, HOUR, T0, as_dict, tx
 
 
 def test_terminal_risk_counts_fraud_only_once_reported_and_settled():
-    """A fraud counts in the delayed windows from its report time on, not before."""
+    """A fraud counts in the delayed windows from its report time on, not before, and only
+    once its whole hour is older than the delay."""
     engine = FeatureEngine(FeatureConfig())
     engine.observe(tx(1, T0, terminal="t"))
     assert engine.report_outcome("tx1", True, T0 + DELAY)
@@ -18,11 +19,14 @@ def test_terminal_risk_counts_fraud_only_once_reported_and_settled():
     before = as_dict(engine.observe(tx(3, T0 + DELAY - 1, terminal="t")))
     assert before["terminal_tx_count_1d_delayed"] == 0
     assert before["terminal_risk_1d"] == 0.0
-    settled = as_dict(engine.observe(tx(4, T0 + DELAY + HOUR, terminal="t")))
+    first_hour = as_dict(engine.observe(tx(4, T0 + DELAY + HOUR, terminal="t")))
+    assert first_hour["terminal_tx_count_1d_delayed"] == 1  # tx2's hour is not settled yet
+    assert first_hour["terminal_risk_1d"] == 1.0
+    settled = as_dict(engine.observe(tx(5, T0 + DELAY + 2 * HOUR, terminal="t")))
     assert settled["terminal_tx_count_1d_delayed"] == 2
     assert settled["terminal_risk_1d"] == pytest.approx(0.5)
     assert settled["terminal_risk_30d"] == pytest.approx(0.5)
-    gone = as_dict(engine.observe(tx(5, T0 + DELAY + DAY + HOUR, terminal="t")))
+    gone = as_dict(engine.observe(tx(6, T0 + DELAY + DAY + 2 * HOUR, terminal="t")))
     assert gone["terminal_tx_count_1d_delayed"] == 0  # tx1 and tx2 left the 1-day window
     assert gone["terminal_risk_1d"] == 0.0
     assert gone["terminal_tx_count_7d_delayed"] == 2

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.features import FEATURES, FeatureConfig
+from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig
 from service.model.artifact import (
     GOLDEN_TOLERANCE,
     MANIFEST_FILE,
@@ -177,7 +177,7 @@ REFUSED_ARTIFACTS = [
     pytest.param(
         _manifest_edit(_other_engine_version),
         {},
-        "built for feature engine 2",
+        f"built for feature engine {FEATURE_ENGINE_VERSION + 1}",
         "feature_contract",
         id="other-engine-version",
     ),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -21,6 +20,7 @@ from service.core.domain import (
     ScoreResult,
     Transaction,
 )
+from service.features import FeatureConfig, FeatureEngine, MemoryStore
 from service.observability.metrics import (
     DECISION_COUNTERS,
     LATENCY_BUCKETS,
@@ -91,6 +91,7 @@ def test_pre_bound_series_are_exposed_before_any_request(metrics_url: str) -> No
         ("deadline",),
         ("model_unavailable",),
         ("model_error",),
+        ("state_unavailable",),
     }
     assert _label_values(samples, "fraud_outcomes_total", "is_fraud") == {("true",), ("false",)}
     score_codes = {
@@ -221,24 +222,22 @@ def test_serving_model_replaces_the_previous_version(metrics_url: str) -> None:
     assert _served_versions(scrape(metrics_url)) == {("champion", "2024-02-01-bbbb"): 1.0}
 
 
-@dataclass
-class FakeEntityCounts:
-    """Entity counts that change between scrapes, as a live feature engine's do."""
-
-    cards_tracked: int
-    terminals_tracked: int
-
-
 def test_feature_state_is_read_at_each_scrape(metrics_url: str) -> None:
-    """The card and terminal gauges show the state's counts at the time of the scrape."""
-    state = FakeEntityCounts(cards_tracked=3, terminals_tracked=5)
-    track_feature_state(state)
+    """The record gauges and the eviction counters show the store's at scrape time."""
+    store = MemoryStore(max_records=2)
+    track_feature_state(store)
     first = scrape(metrics_url)
-    state.cards_tracked, state.terminals_tracked = 40, 7
+    engine = FeatureEngine(FeatureConfig(), store)
+    for number in range(3):
+        engine.observe(Transaction(f"tx{number}", 1e9 + number, f"card{number}", "term", 1.0))
     second = scrape(metrics_url)
     name = "fraud_feature_state_entities"
-    assert (value(first, name, kind="cards"), value(first, name, kind="terminals")) == (3, 5)
-    assert (value(second, name, kind="cards"), value(second, name, kind="terminals")) == (40, 7)
+    assert (value(first, name, kind="cards"), value(first, name, kind="terminals")) == (0, 0)
+    assert (value(second, name, kind="cards"), value(second, name, kind="terminals")) == (2, 1)
+    assert value(second, name, kind="transactions") == 2
+    evicted = "fraud_feature_state_evictions_total"
+    assert value(second, evicted, reason="capacity") == 2  # a card and a transaction
+    assert value(second, evicted, reason="idle") == 0
 
 
 def test_stage_histograms_are_exposed_for_every_stage_before_any_call(metrics_url: str) -> None:

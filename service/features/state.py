@@ -1,0 +1,96 @@
+"""What the feature engine keeps, and the store it keeps it in.
+
+Four kinds of record, each under its own id:
+
+- a card's, a terminal's and a merchant's history: fixed-size `array('d')` records
+  (`card_history`, `risk_history`);
+- a transaction's `TransactionRecord`: the transaction as validated (card number already
+  tokenised), where its outcome must go and the answer it got, so that an outcome reaches
+  the right terminal, and a retry the same answer, whichever worker or replica receives it.
+
+A `StateStore` hands out sessions; everything one transaction reads and writes happens in
+one session, atomically with respect to every other worker sharing the store. Records idle
+longer than the state horizon (`FeatureConfig.state_horizon_seconds`) are read as new, on
+every path, so when a store actually drops them never changes a feature.
+"""
+
+from __future__ import annotations
+
+from array import array
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple, Protocol
+
+from service.core.domain import ScoreResult, Transaction
+
+
+class EntityKind(StrEnum):
+    """The entities with a history; the value prefixes their keys in a shared store."""
+
+    CARD = "c"
+    TERMINAL = "t"
+    MERCHANT = "m"
+
+
+@dataclass(slots=True)
+class TransactionRecord:
+    """A scored transaction, for as long as an outcome or a retry may still arrive."""
+
+    transaction: Transaction
+    terminal_tile: int
+    merchant_tile: int
+    """-1 without a merchant."""
+    is_fraud: bool = False
+    """The label last reported, counted in the terminal's and merchant's tiles."""
+    answer: ScoreResult | None = None
+    """None until answered, and for good when no answer could be given."""
+
+
+class SessionPlan(NamedTuple):
+    """What a session is about to read, so that a store across the network fetches it in
+    one round trip (reads outside the plan cost one each)."""
+
+    entities: tuple[tuple[EntityKind, str], ...] = ()
+    transaction_id: str | None = None
+
+
+NO_PLAN = SessionPlan()
+
+
+class SessionConflict(Exception):
+    """Another writer changed a record this session read, so none of its writes was made:
+    run the session again (stores that lock, as LMDB does, never raise it)."""
+
+
+class StateSession(Protocol):
+    """Reads and writes of one transaction (or outcome), atomic as a whole."""
+
+    def entity(self, kind: EntityKind, key: str) -> array[float] | None:
+        """The record of `key`, or None if the store holds none. Changes to it are kept
+        only by `put_entity`."""
+        ...
+
+    def put_entity(self, kind: EntityKind, key: str, record: array[float]) -> None: ...
+
+    def transaction(self, transaction_id: str) -> TransactionRecord | None: ...
+
+    def put_transaction(self, record: TransactionRecord) -> None:
+        """Keep `record`, all but its answer (see `put_answer`)."""
+        ...
+
+    def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
+        """Keep the answer of a transaction already kept; nothing if it is not."""
+        ...
+
+
+class StateStore(Protocol):
+    """Where the feature state lives: in this process, in a file shared by the workers of
+    one machine, or in a server shared by replicas."""
+
+    def session(self, plan: SessionPlan = NO_PLAN) -> AbstractContextManager[StateSession]:
+        """A session; leaving it without an exception commits its writes, or raises
+        SessionConflict having made none."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,109 @@
+"""Bytes for the records a shared store keeps.
+
+An entity record is its `array('d')` as machine bytes (little-endian doubles on every
+platform this runs on). A transaction record is its event time as 8 bytes, so a sweep can
+read the age of any record from its first 8 bytes, then its fields as a JSON array; its
+answer, written once decided, is a JSON array of its own.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from typing import Any
+
+import orjson
+
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    EntryMode,
+    FallbackReason,
+    Reason,
+    ScoreResult,
+    Transaction,
+)
+from service.features.state import TransactionRecord
+
+_TIME = struct.Struct("<d")
+
+
+def record_time(value: bytes | memoryview) -> float:
+    """The event time at the start of any stored record: an entity's latest, or a
+    transaction's own."""
+    return float(_TIME.unpack_from(value)[0])
+
+
+def encode_entity(record: array[float]) -> bytes:
+    return record.tobytes()
+
+
+def decode_entity(value: bytes) -> array[float]:
+    record = array("d")
+    record.frombytes(value)
+    return record
+
+
+def encode_transaction(record: TransactionRecord) -> bytes:
+    """The record without its answer (see `encode_answer`)."""
+    tx = record.transaction
+    fields = [
+        [*tx[:7], int(tx.entry_mode), tx.currency, tx.country, tx.card_present],
+        record.terminal_tile,
+        record.merchant_tile,
+        record.is_fraud,
+    ]
+    return _TIME.pack(tx.timestamp) + orjson.dumps(fields)
+
+
+def decode_transaction(value: bytes, answer: bytes | None) -> TransactionRecord:
+    tx_fields, terminal_tile, merchant_tile, is_fraud = orjson.loads(value[_TIME.size :])
+    tx_id, timestamp, card, terminal, amount, merchant, mcc, mode, currency, country, present = (
+        tx_fields
+    )
+    tx = Transaction(
+        tx_id,
+        timestamp,
+        card,
+        terminal,
+        amount,
+        merchant,
+        mcc,
+        EntryMode(mode),
+        currency,
+        country,
+        present,
+    )
+    return TransactionRecord(
+        tx,
+        terminal_tile,
+        merchant_tile,
+        is_fraud,
+        None if answer is None else _answer(tx_id, orjson.loads(answer)),
+    )
+
+
+def encode_answer(answer: ScoreResult) -> bytes:
+    return orjson.dumps(
+        [
+            answer.score,
+            int(answer.decision),
+            [[reason.code, reason.feature, reason.contribution] for reason in answer.reasons],
+            answer.model_version,
+            int(answer.source),
+            None if answer.fallback_reason is None else str(answer.fallback_reason),
+        ]
+    )
+
+
+def _answer(transaction_id: str, fields: list[Any]) -> ScoreResult:
+    score, decision, reasons, version, source, fallback = fields
+    return ScoreResult(
+        transaction_id,
+        score,
+        Decision(decision),
+        tuple(Reason(code, feature, contribution) for code, feature, contribution in reasons),
+        version,
+        DecisionSource(source),
+        None if fallback is None else FallbackReason(fallback),
+    )

@@ -1,0 +1,294 @@
+"""The feature state in an LMDB file: survives restarts and crashes, and is shared by every
+worker process on the machine.
+
+One write transaction per scored transaction: LMDB lets one writer in at a time across
+all processes, so `--workers N` computes exactly what one worker would, and a process
+killed mid-write leaves the last committed state (copy-on-write pages; a dead writer's
+lock is released by the kernel). Writes are not fsynced one by one: the OS holds them
+after a process crash, and a background thread syncs every `sync_seconds` against a
+machine crash.
+
+Eviction runs outside the scoring path's write lock. Every `_CHECK_EVERY` writes each kind
+of record is counted; one above its bound gets a sweep, and every kind gets one every
+`_IDLE_SWEEP_EVERY` writes: a read-only pass over the next `_SWEEP_CHUNK` records picks
+those idle past the state horizon and, above the bound, the least recently active of the
+chunk; a short write transaction deletes them after checking they did not change
+meanwhile. Each process sweeps from its own place, so workers share the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from service.core.domain import ScoreResult
+from service.features.memory_store import Evictions
+from service.features.state import (
+    NO_PLAN,
+    EntityKind,
+    SessionPlan,
+    StateSession,
+    TransactionRecord,
+)
+from service.state.codec import (
+    decode_entity,
+    decode_transaction,
+    encode_answer,
+    encode_entity,
+    encode_transaction,
+    record_time,
+)
+
+_CHECK_EVERY = 256
+_IDLE_SWEEP_EVERY = 16_384
+_SWEEP_CHUNK = 1_024
+_MAX_KEY_BYTES = 480  # LMDB's limit is 511: longer ids are stored under their digest
+_TRANSACTIONS = "x"
+_ANSWERS = "a"
+_IDENTITY_KEY = b"identity"
+
+
+class StateStoreError(RuntimeError):
+    """The store cannot be opened: unreadable, not LMDB, or too large for its map size."""
+
+
+class StateMismatch(StateStoreError):
+    """The store was built for other feature settings than the model's."""
+
+
+@dataclass(frozen=True)
+class LmdbLimits:
+    """Bounds of one store."""
+
+    max_entities: int
+    """Cards, terminals and merchants kept, each kind apart."""
+    max_transactions: int
+    """Transactions kept for outcomes and retries."""
+    max_bytes: int
+    """The file's size at most (LMDB's map size)."""
+
+
+class LmdbStore:
+    """A `StateStore` in the directory `path`, opened by each worker process on its own."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        identity: str,
+        horizon_seconds: float,
+        limits: LmdbLimits,
+        sync_seconds: float = 1.0,
+    ) -> None:
+        """Open (or create) the store at `path` for feature settings named `identity`;
+        StateMismatch when it holds state of other settings."""
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        try:
+            self._env = lmdb.open(
+                str(path), map_size=limits.max_bytes, max_dbs=6, sync=False, readahead=False
+            )
+        except lmdb.Error as error:
+            raise StateStoreError(f"cannot open the feature state at {path}: {error}") from error
+        self._dbs = {
+            kind: self._env.open_db(str(kind).encode())
+            for kind in (*EntityKind, _TRANSACTIONS, _ANSWERS)
+        }
+        self._check_identity(identity)
+        self._horizon = horizon_seconds
+        self._limits = limits
+        self._latest = -math.inf
+        self._writes = 0
+        self._bulk: lmdb.Transaction | None = None
+        self._bulk_every = 1
+        self._bulk_sessions = 0
+        self._sweep_from: dict[str, bytes] = {}
+        self.evictions = Evictions()
+        self._closed = threading.Event()
+        self._syncer = threading.Thread(
+            target=self._sync_every, args=(sync_seconds,), name="lmdb-sync", daemon=True
+        )
+        self._syncer.start()
+
+    @contextmanager
+    def session(self, plan: SessionPlan = NO_PLAN) -> Iterator[StateSession]:
+        """One write transaction: every other writer waits, so there is never a conflict.
+        Within `bulk`, a share of the bulk's current transaction."""
+        if self._bulk is not None:
+            session = _Session(self._bulk, self._dbs)
+            yield session
+            self._bulk_sessions += 1
+            if self._bulk_sessions % self._bulk_every == 0:
+                self._bulk.commit()
+                self._bulk = self._env.begin(write=True)
+        else:
+            with self._env.begin(write=True) as txn:
+                session = _Session(txn, self._dbs)
+                yield session
+        if session.latest > self._latest:
+            self._latest = session.latest
+        self._writes += 1
+        if self._writes % _CHECK_EVERY == 0 and self._bulk is None:
+            self.sweep(idle_too=self._writes % _IDLE_SWEEP_EVERY == 0)
+
+    @contextmanager
+    def bulk(self, sessions_per_commit: int = 4_096) -> Iterator[None]:
+        """Sessions within share one write transaction per `sessions_per_commit`: for a
+        lone writer replaying history (`fraud-train state build`), several times faster
+        than a commit each. An exception aborts the sessions since the last commit;
+        eviction sweeps wait for the end."""
+        self._bulk = self._env.begin(write=True)
+        self._bulk_every = sessions_per_commit
+        try:
+            yield
+        except BaseException:
+            self._bulk.abort()
+            raise
+        else:
+            self._bulk.commit()
+        finally:
+            self._bulk = None
+        self.sweep()
+
+    def records(self, kind: EntityKind | None = None) -> int:
+        """Records held of `kind`, or transactions when None (all workers together); 0 once
+        closed (a scrape may come after)."""
+        if self._closed.is_set():
+            return 0
+        with self._env.begin() as txn:
+            return int(txn.stat(self._dbs[_TRANSACTIONS if kind is None else kind])["entries"])
+
+    def file_bytes(self) -> int:
+        """Bytes the store's data file takes on disk."""
+        return (self.path / "data.mdb").stat().st_size
+
+    def sweep(self, *, idle_too: bool = True) -> None:
+        """One eviction step over each kind of record above its bound, or over every kind
+        with `idle_too` (see the module's docstring)."""
+        oldest = self._latest - self._horizon
+        for name, bound in (
+            *((kind, self._limits.max_entities) for kind in EntityKind),
+            (_TRANSACTIONS, self._limits.max_transactions),
+        ):
+            self._sweep(name, oldest, bound, idle_too)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._syncer.join()
+        self._env.sync(True)
+        self._env.close()
+
+    def _sweep(self, name: str, oldest: float, bound: int, idle_too: bool) -> None:
+        db = self._dbs[name]
+        with self._env.begin(db=db, buffers=True) as txn:  # buffers: no copy of the values
+            excess = int(txn.stat(db)["entries"]) - bound
+            if excess <= 0 and not idle_too:
+                return
+            cursor = txn.cursor()
+            start = self._sweep_from.get(name, b"")
+            if not cursor.set_range(start) and not cursor.first():
+                return
+            chunk, self._sweep_from[name] = _chunk(cursor, _SWEEP_CHUNK)
+        idle = [(time, key) for time, key in chunk if time < oldest]
+        over = sorted(entry for entry in chunk if entry[0] >= oldest)[: max(0, excess - len(idle))]
+        if not idle and not over:
+            return
+        answers = self._dbs[_ANSWERS] if name == _TRANSACTIONS else None
+        with self._env.begin(write=True, db=db) as txn:
+            self.evictions.idle += _delete_unchanged(txn, idle, answers)
+            self.evictions.capacity += _delete_unchanged(txn, over, answers)
+
+    def _check_identity(self, identity: str) -> None:
+        with self._env.begin(write=True) as txn:
+            found = txn.get(_IDENTITY_KEY)
+            if found is None:
+                txn.put(_IDENTITY_KEY, identity.encode())
+            elif found.decode() != identity:
+                self._env.close()
+                raise StateMismatch(
+                    f"{self.path} holds feature state of settings {found.decode()}, "
+                    f"not {identity}: point the state elsewhere or rebuild it "
+                    "(fraud-train state build)"
+                )
+
+    def _sync_every(self, seconds: float) -> None:
+        while not self._closed.wait(seconds):
+            self._env.sync(True)
+
+
+class _Session:
+    """One write transaction: a `StateSession`."""
+
+    __slots__ = ("_dbs", "_txn", "latest")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self.latest = -math.inf
+
+    def entity(self, kind: EntityKind, key: str) -> array[float] | None:
+        value = self._txn.get(_key(key), db=self._dbs[kind])
+        return None if value is None else decode_entity(bytes(value))
+
+    def put_entity(self, kind: EntityKind, key: str, record: array[float]) -> None:
+        if record[0] > self.latest:
+            self.latest = record[0]
+        self._txn.put(_key(key), encode_entity(record), db=self._dbs[kind])
+
+    def transaction(self, transaction_id: str) -> TransactionRecord | None:
+        key = _key(transaction_id)
+        value = self._txn.get(key, db=self._dbs[_TRANSACTIONS])
+        if value is None:
+            return None
+        answer = self._txn.get(key, db=self._dbs[_ANSWERS])
+        return decode_transaction(bytes(value), None if answer is None else bytes(answer))
+
+    def put_transaction(self, record: TransactionRecord) -> None:
+        key = _key(record.transaction.transaction_id)
+        self._txn.put(key, encode_transaction(record), db=self._dbs[_TRANSACTIONS])
+
+    def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
+        key = _key(transaction_id)
+        if self._txn.get(key, db=self._dbs[_TRANSACTIONS]) is not None:  # else never swept
+            self._txn.put(key, encode_answer(answer), db=self._dbs[_ANSWERS])
+
+
+def _key(identifier: str) -> bytes:
+    raw = identifier.encode()
+    if len(raw) <= _MAX_KEY_BYTES:
+        return raw
+    return b"\0" + hashlib.blake2b(raw, digest_size=32).digest()
+
+
+def _chunk(cursor: lmdb.Cursor, count: int) -> tuple[list[tuple[float, bytes]], bytes]:
+    """(time, key) of up to `count` records from the cursor's position on, and the key to
+    start from next time (empty: the start again)."""
+    chunk: list[tuple[float, bytes]] = []
+    while len(chunk) < count:
+        chunk.append((record_time(cursor.value()), bytes(cursor.key())))
+        if not cursor.next():
+            return chunk, b""
+    return chunk, bytes(cursor.key())
+
+
+def _delete_unchanged(
+    txn: lmdb.Transaction, victims: list[tuple[float, bytes]], answers: lmdb._Database | None
+) -> int:
+    """Delete the records that are still as old as when they were chosen, with their
+    answers when they are transactions; how many."""
+    deleted = 0
+    for time, key in victims:
+        value = txn.get(key)
+        if value is not None and record_time(value) <= time:
+            deleted += txn.delete(key)
+            if answers is not None:
+                txn.delete(key, db=answers)
+    return deleted

@@ -1,0 +1,36 @@
+"""The feature state store the settings name: the server's and `fraud-train state build`'s
+one way to open it."""
+
+from __future__ import annotations
+
+from service.config.settings import StateSettings
+from service.features import FeatureConfig, MemoryStore, state_identity
+from service.state.lmdb_store import LmdbLimits, LmdbStore
+from service.state.redis_store import RedisStore
+
+
+def open_state(
+    settings: StateSettings, feature_config: FeatureConfig
+) -> LmdbStore | RedisStore | MemoryStore:
+    """The store `settings` name, for features computed with `feature_config`.
+
+    StateMismatch when an LMDB or Redis store holds state of other feature settings;
+    StateStoreError when it cannot be opened or reached.
+    """
+    horizon = feature_config.state_horizon_seconds
+    if settings.backend == "memory":
+        return MemoryStore(horizon_seconds=horizon, max_records=settings.max_entities)
+    if settings.backend == "redis":
+        return RedisStore(
+            settings.url,
+            identity=state_identity(feature_config),
+            horizon_seconds=horizon,
+            timeout_seconds=settings.timeout_seconds,
+        )
+    return LmdbStore(
+        settings.path,
+        identity=state_identity(feature_config),
+        horizon_seconds=horizon,
+        limits=LmdbLimits(settings.max_entities, settings.max_transactions, settings.max_bytes),
+        sync_seconds=settings.sync_seconds,
+    )

@@ -1,0 +1,147 @@
+"""The LMDB store: the same features as in memory, across reopening, bounded, and refusing
+state of other feature settings."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    EarlierAttempt,
+    Reason,
+    ScoreResult,
+    Transaction,
+)
+from service.features import EntityKind, FeatureConfig, FeatureEngine, state_identity
+from service.state.lmdb_store import LmdbLimits, LmdbStore, StateMismatch
+from tests.service.features.engine_io import DAY, DELAY, T0, tx
+
+CONFIG = FeatureConfig()
+LIMITS = LmdbLimits(max_entities=10_000, max_transactions=10_000, max_bytes=256 << 20)
+
+
+def _open(path: Path, config: FeatureConfig = CONFIG, limits: LmdbLimits = LIMITS) -> LmdbStore:
+    return LmdbStore(
+        path,
+        identity=state_identity(config),
+        horizon_seconds=config.state_horizon_seconds,
+        limits=limits,
+    )
+
+
+def _stream(count: int) -> list[Transaction]:
+    """Transactions of a few cards, terminals and merchants, minutes to days apart."""
+    gaps = itertools.cycle([60.0, 600.0, 5.0, 3_600.0, 0.0, 20_000.0, DAY / 3])
+    now = T0
+    stream = []
+    for number in range(count):
+        now += next(gaps)
+        stream.append(
+            tx(
+                number,
+                now,
+                card=f"card{number % 13}",
+                terminal=f"term{number % 5}",
+                merchant_id=f"m{number % 3}" if number % 4 else "",
+                amount=1.0 + (number * 37 % 500),
+            )
+        )
+    return stream
+
+
+def test_lmdb_computes_what_memory_computes_across_a_reopening(tmp_path: Path) -> None:
+    """The same stream with outcomes gives identical vectors in memory and in LMDB, even
+    when the store is closed and reopened halfway."""
+    stream = _stream(3_000)
+    memory = FeatureEngine(CONFIG)
+    store = _open(tmp_path)
+    on_disk = FeatureEngine(CONFIG, store)
+    for number, current in enumerate(stream):
+        if number == len(stream) // 2:
+            store.close()
+            store = _open(tmp_path)
+            on_disk = FeatureEngine(CONFIG, store)
+        assert on_disk.observe(current) == memory.observe(current), number
+        if number % 7 == 0:
+            reported = current.timestamp + DELAY
+            assert on_disk.report_outcome(current.transaction_id, True, reported)
+            assert memory.report_outcome(current.transaction_id, True, reported)
+    store.close()
+
+
+def test_a_counted_transaction_and_its_answer_outlive_the_process(tmp_path: Path) -> None:
+    """A retry after a restart gets the first answer, and counts nothing."""
+    answer = ScoreResult(
+        "tx1", 0.75, Decision.DECLINE, (Reason("R01", "amount", 1.5),), "v1",
+        DecisionSource.MODEL, None,
+    )  # fmt: skip
+    store = _open(tmp_path)
+    engine = FeatureEngine(CONFIG, store)
+    first = tx(1, T0, amount=12.5, merchant_id="m", card_present=True, country="FR")
+    engine.observe(first)
+    engine.record_answer("tx1", answer)
+    store.close()
+    store = _open(tmp_path)
+    assert FeatureEngine(CONFIG, store).admit(first) == EarlierAttempt(first, answer)
+    assert store.records(EntityKind.CARD) == 1
+    store.close()
+
+
+def test_state_of_other_feature_settings_is_refused(tmp_path: Path) -> None:
+    """A store written with one label delay is not read with another."""
+    _open(tmp_path).close()
+    with pytest.raises(StateMismatch, match="fraud-train state build"):
+        _open(tmp_path, FeatureConfig(label_delay_days=3))
+
+
+def test_ids_longer_than_lmdb_keys_are_kept_apart(tmp_path: Path) -> None:
+    """Two ids beyond LMDB's 511-byte key limit that share a long prefix are two cards."""
+    store = _open(tmp_path)
+    engine = FeatureEngine(CONFIG, store)
+    engine.observe(tx(1, T0, card="é" * 300 + "a"))
+    second = engine.observe(tx(2, T0 + 1, card="é" * 300 + "b"))
+    assert second[6] == 1  # card_tx_count_1h: a card of its own
+    assert store.records(EntityKind.CARD) == 2
+    store.close()
+
+
+def test_records_beyond_the_bound_and_idle_ones_are_evicted_and_counted(tmp_path: Path) -> None:
+    """Fresh ids keep the store at its bound (give or take a sweep); records idle past the
+    horizon go first."""
+    limits = LmdbLimits(max_entities=500, max_transactions=500, max_bytes=256 << 20)
+    store = _open(tmp_path, limits=limits)
+    engine = FeatureEngine(CONFIG, store)
+    engine.observe(tx(0, T0, card="early", terminal="early"))
+    later = T0 + CONFIG.state_horizon_seconds + DAY
+    for number in range(1, 5_000):
+        engine.observe(tx(number, later + number, card=f"c{number}", terminal=f"t{number}"))
+    assert store.evictions.idle >= 2  # the early card and terminal, at least
+    assert store.evictions.capacity > 3 * 4_000  # cards, terminals and transactions
+    for kind in EntityKind:
+        assert store.records(kind) <= 500 + 2 * 1_024
+    store.close()
+
+
+def test_a_hot_copy_as_docs_operations_says_continues_as_the_original(tmp_path: Path) -> None:
+    """`python -m lmdb copy --compact` taken while the store is open gives a store that
+    computes, from then on, exactly what the original computes."""
+    stream = _stream(1_000)
+    original = _open(tmp_path / "state")
+    engine = FeatureEngine(CONFIG, original)
+    for current in stream[:600]:
+        engine.observe(current)
+    copy = tmp_path / "backup"
+    command = [sys.executable, "-m", "lmdb", "copy", "--compact", "-e", str(tmp_path / "state")]
+    subprocess.run([*command, str(copy)], check=True, capture_output=True, timeout=60)
+    restored = _open(copy)
+    from_copy = FeatureEngine(CONFIG, restored)
+    for current in stream[600:]:
+        assert from_copy.observe(current) == engine.observe(current)
+    original.close()
+    restored.close()

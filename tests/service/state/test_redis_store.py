@@ -1,0 +1,375 @@
+"""The Redis store on a real redis-server: the same features as in memory, no update lost
+between replicas, answers kept for retries, other settings refused, and a server that goes
+away (or stalls) failing each transaction fast until it is back."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+from structlog.testing import capture_logs
+
+from service.app import build_scorer
+from service.config.settings import ServeSettings, StateSettings
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    EarlierAttempt,
+    FallbackReason,
+    RawTransaction,
+    Reason,
+    ScoreResult,
+    Transaction,
+)
+from service.features import EntityKind, FeatureConfig, FeatureEngine, state_identity
+from service.features.engine import StateContention
+from service.features.state import NO_PLAN, SessionConflict, SessionPlan, StateSession
+from service.model.loading import LoadedModel
+from service.state.lmdb_store import StateMismatch, StateStoreError
+from service.state.opening import open_state
+from service.state.redis_store import RedisStore
+from tests.redis_server import RedisServer
+from tests.service.features.engine_io import DAY, DELAY, HOUR, T0, tx
+from tests.service.state.test_lmdb_store import _stream
+
+CONFIG = FeatureConfig()
+TIMEOUT = 0.5  # seconds: generous, on a shared two-core machine
+COUNTS = (6, 7, 8, 9, 16, 17)  # the card's counts (features by index)
+DELAYED_COUNTS = (21, 23, 25, 27, 29, 31)  # the terminal's and merchant's
+
+
+def _open(url: str, config: FeatureConfig = CONFIG, timeout: float = TIMEOUT) -> RedisStore:
+    return RedisStore(
+        url,
+        identity=state_identity(config),
+        horizon_seconds=config.state_horizon_seconds,
+        timeout_seconds=timeout,
+    )
+
+
+def test_redis_computes_what_memory_computes_across_a_reopening(redis_url: str) -> None:
+    """The same stream with outcomes gives identical vectors in memory and on Redis, even
+    when the store is closed and another opened halfway (a restarted replica)."""
+    stream = _stream(3_000)
+    memory = FeatureEngine(CONFIG)
+    store = _open(redis_url)
+    on_redis = FeatureEngine(CONFIG, store)
+    for number, current in enumerate(stream):
+        if number == len(stream) // 2:
+            store.close()
+            store = _open(redis_url)
+            on_redis = FeatureEngine(CONFIG, store)
+        assert on_redis.observe(current) == memory.observe(current), number
+        if number % 7 == 0:
+            reported = current.timestamp + DELAY
+            assert on_redis.report_outcome(current.transaction_id, True, reported)
+            assert memory.report_outcome(current.transaction_id, True, reported)
+    store.close()
+
+
+class _CountingConflicts:
+    """A store that counts the sessions another writer made it run again."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.conflicts = 0
+
+    @contextmanager
+    def session(self, plan: SessionPlan = NO_PLAN) -> Iterator[StateSession]:
+        try:
+            with self.store.session(plan) as session:
+                yield session
+        except SessionConflict:
+            self.conflicts += 1
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def test_two_replicas_scoring_the_same_cards_at_once_lose_no_update(redis_url: str) -> None:
+    """Two stores (two replicas) score the same three cards, two terminals and one merchant
+    from two threads at once, as fast as they can: every transaction is counted once or,
+    when the records kept changing under it, refused (StateContention: the server answers
+    it by the fallback) and not counted at all; the counts are what a serial run of the
+    counted ones gives. (Under such contention a session may lose every race: see
+    docs/features.md, Redis.)"""
+    stream = [
+        tx(number, T0 + number, card=f"card{number % 3}", terminal=f"term{number % 2}",
+           merchant_id="m0")
+        for number in range(600)
+    ]  # fmt: skip
+    replicas = [_CountingConflicts(_open(redis_url)) for _ in range(2)]
+    counted: list[Transaction] = []
+    refused: list[Transaction] = []
+
+    def score(engine: FeatureEngine, share: list[Transaction]) -> None:
+        for current in share:
+            try:
+                engine.observe(current)
+            except StateContention:
+                refused.append(current)
+            else:
+                counted.append(current)
+
+    threads = [
+        threading.Thread(target=score, args=(FeatureEngine(CONFIG, replica), stream[half::2]))
+        for half, replica in enumerate(replicas)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(counted) + len(refused) == len(stream)
+    assert len(counted) > len(stream) // 2
+    serial = FeatureEngine(CONFIG)
+    for current in sorted(counted, key=lambda kept: kept.timestamp):
+        serial.observe(current)
+    shared = FeatureEngine(CONFIG, replicas[0])
+    for card in range(3):  # within the hour: every card's counts
+        soon = tx(1_000 + card, T0 + HOUR / 2 + card, card=f"card{card}", terminal="term0")
+        kept = sum(current.card_id == f"card{card}" for current in counted)
+        features = shared.observe(soon)
+        assert features[7] == kept + 1  # card_tx_count_1d: what was counted, and this one
+        assert _at(features, COUNTS) == _at(serial.observe(soon), COUNTS)
+    for card in range(3):  # a week and more on: the terminals' and the merchant's
+        later = tx(2_000 + card, T0 + DELAY + 2 * DAY + card, card=f"card{card}", merchant_id="m0")
+        features = shared.observe(later)
+        assert _at(features, DELAYED_COUNTS) == _at(serial.observe(later), DELAYED_COUNTS)
+    assert sum(replica.conflicts for replica in replicas) > 0  # they did meet
+    for replica in replicas:
+        replica.close()
+
+
+def test_a_retry_after_a_restart_gets_the_stored_answer(redis_url: str) -> None:
+    """A retry reaching a new store object (a restarted or another replica) gets the first
+    answer, and counts nothing."""
+    answer = ScoreResult(
+        "tx1", 0.75, Decision.DECLINE, (Reason("R01", "amount", 1.5),), "v1",
+        DecisionSource.MODEL, None,
+    )  # fmt: skip
+    store = _open(redis_url)
+    engine = FeatureEngine(CONFIG, store)
+    first = tx(1, T0, amount=12.5, merchant_id="m", card_present=True, country="FR")
+    engine.observe(first)
+    engine.record_answer("tx1", answer)
+    store.close()
+    store = _open(redis_url)
+    assert FeatureEngine(CONFIG, store).admit(first) == EarlierAttempt(first, answer)
+    store.census()
+    assert [store.records(kind) for kind in (*EntityKind, None)] == [1, 1, 1, 1]
+    store.close()
+
+
+def test_an_answer_lives_as_long_as_its_transaction(redis_url: str) -> None:
+    """The answer gets its transaction's expiry, and an outcome restarts both; an answer
+    for a transaction never kept is not kept either."""
+    store = _open(redis_url)
+    engine = FeatureEngine(CONFIG, store)
+    engine.observe(tx(1, T0, merchant_id="m"))
+    engine.record_answer("tx1", _answer("tx1"))
+    engine.record_answer("unknown", _answer("unknown"))
+    client = redis.Redis.from_url(redis_url)
+    keys = sorted(key for key in client.scan_iter() if b":x:" in key or b":a:" in key)
+    assert [key.rsplit(b":", 2)[1:] for key in keys] == [[b"a", b"tx1"], [b"x", b"tx1"]]
+    horizon_ms = CONFIG.state_horizon_seconds * 1000
+    assert all(horizon_ms - 60_000 < client.pttl(key) <= horizon_ms for key in keys)
+    client.pexpire(keys[0], 10_000)
+    client.pexpire(keys[1], 10_000)
+    assert engine.report_outcome("tx1", True, T0 + HOUR)
+    assert all(client.pttl(key) > horizon_ms - 60_000 for key in keys)
+    client.close()
+    store.close()
+
+
+def test_a_server_without_a_memory_bound_is_warned_about(tmp_path: Path) -> None:
+    """No `maxmemory`: the store opens, and warns that nothing bounds the server."""
+    with RedisServer(tmp_path, maxmemory=None) as server, capture_logs() as logs:
+        _open(server.url).close()
+    assert [log["event"] for log in logs] == ["state_unbounded"]
+
+
+def test_without_a_horizon_records_and_answers_never_expire(redis_url: str) -> None:
+    """An unbounded horizon (as the memory store's default) sets no expiry at all."""
+    store = RedisStore(
+        redis_url,
+        identity=state_identity(CONFIG),
+        horizon_seconds=math.inf,
+        timeout_seconds=TIMEOUT,
+    )
+    engine = FeatureEngine(CONFIG, store)
+    engine.observe(tx(1, T0))
+    engine.record_answer("tx1", _answer("tx1"))
+    client = redis.Redis.from_url(redis_url)
+    keys = [key for key in client.scan_iter() if key != b"fraud:identity"]
+    assert len(keys) == 4  # card, terminal, transaction, answer
+    assert {client.pttl(key) for key in keys} == {-1}
+    client.close()
+    store.close()
+
+
+def test_state_of_other_feature_settings_is_refused(redis_url: str) -> None:
+    """A server written with one label delay is not read with another."""
+    _open(redis_url).close()
+    with pytest.raises(StateMismatch, match="FLUSHDB"):
+        _open(redis_url, FeatureConfig(label_delay_days=3))
+
+
+def test_a_server_that_cannot_be_reached_is_refused_at_open_without_its_password() -> None:
+    """Nothing listens: StateStoreError naming the server, its password masked."""
+    url = f"redis://:hunter2-secret@127.0.0.1:{_closed_port()}/0"
+    with pytest.raises(StateStoreError, match="cannot use the feature state's Redis") as caught:
+        _open(url)
+    assert "hunter2" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)
+
+
+def test_ids_longer_than_the_key_bound_are_kept_apart(redis_url: str) -> None:
+    """Two long ids that share a long prefix are two cards."""
+    store = _open(redis_url)
+    engine = FeatureEngine(CONFIG, store)
+    engine.observe(tx(1, T0, card="é" * 300 + "a"))
+    second = engine.observe(tx(2, T0 + 1, card="é" * 300 + "b"))
+    assert second[6] == 1  # card_tx_count_1h: a card of its own
+    store.census()
+    assert store.records(EntityKind.CARD) == 2
+    store.close()
+
+
+def test_the_settings_open_a_redis_store(redis_url: str) -> None:
+    """`state.backend = "redis"` opens the server at `state.url`."""
+    store = open_state(StateSettings(backend="redis", url=redis_url), CONFIG)
+    assert isinstance(store, RedisStore)
+    store.close()
+
+
+def test_a_stopped_server_fails_transactions_fast_until_it_is_back(tmp_path: Path) -> None:
+    """With the server gone every transaction raises within a few timeouts, and once a
+    server is back on the same port the store works again by itself."""
+    with RedisServer(tmp_path) as server:
+        store = _open(server.url, timeout=0.05)
+        engine = FeatureEngine(CONFIG, store)
+        engine.observe(tx(1, T0))
+        server.stop()
+        for number in range(2, 5):
+            started = time.monotonic()
+            with pytest.raises(redis.ConnectionError):
+                engine.observe(tx(number, T0 + number))
+            assert time.monotonic() - started < 0.5
+        with pytest.raises(redis.ConnectionError):
+            engine.report_outcome("tx1", True, T0 + HOUR)
+        server.start()  # empty: nothing was saved
+        assert engine.observe(tx(5, T0 + 5))[6] == 1
+        store.close()
+
+
+def test_a_stalled_server_times_out_each_transaction_until_it_answers(tmp_path: Path) -> None:
+    """A server that stops answering (paused) costs each transaction a few timeouts, then
+    serves again once resumed, with nothing counted twice."""
+    with RedisServer(tmp_path) as server:
+        store = _open(server.url, timeout=0.05)
+        engine = FeatureEngine(CONFIG, store)
+        engine.observe(tx(1, T0))
+        server.pause()
+        for number in range(2, 4):
+            started = time.monotonic()
+            with pytest.raises(redis.TimeoutError):
+                engine.observe(tx(number, T0 + number))
+            assert time.monotonic() - started < 0.5
+        server.resume()
+        assert engine.observe(tx(4, T0 + 4))[6] == 2  # the stalled ones were not counted
+        store.close()
+
+
+class _NoModel:
+    """A model source with nothing loaded: the fallback answers, the state still counts."""
+
+    current: LoadedModel | None = None
+
+
+def test_the_scorer_answers_state_unavailable_while_the_server_is_down(tmp_path: Path) -> None:
+    """The scoring core gives the `state_unavailable` fallback while the server is down,
+    and scores normally (here: no model) once it is back."""
+    with RedisServer(tmp_path) as server:
+        state = StateSettings(backend="redis", url=server.url, timeout_seconds=0.05)
+        store = open_state(state, CONFIG)
+        scorer = build_scorer(ServeSettings(state=state), FeatureEngine(CONFIG, store), _NoModel())
+        assert scorer.score(_raw(1)).fallback_reason == FallbackReason.MODEL_UNAVAILABLE
+        server.stop()
+        assert scorer.score(_raw(2)).fallback_reason == FallbackReason.STATE_UNAVAILABLE
+        started = time.monotonic()  # after the first failure's log line, slow in a terminal
+        assert scorer.score(_raw(3)).fallback_reason == FallbackReason.STATE_UNAVAILABLE
+        assert time.monotonic() - started < 0.5
+        server.start()
+        assert scorer.score(_raw(4)).fallback_reason == FallbackReason.MODEL_UNAVAILABLE
+        store.close()
+
+
+def test_records_idle_past_the_horizon_expire_and_are_counted(redis_url: str) -> None:
+    """With a horizon of a fifth of a second a card's record expires by itself: the card
+    starts again as new, and the census counts the expiry as idle."""
+    store = RedisStore(
+        redis_url, identity=state_identity(CONFIG), horizon_seconds=0.2, timeout_seconds=TIMEOUT
+    )
+    engine = FeatureEngine(CONFIG, store)
+    engine.observe(tx(1, T0))
+    time.sleep(0.4)
+    assert engine.observe(tx(2, T0 + 1))[6] == 1
+    store.census()
+    assert store.evictions.idle >= 1
+    store.close()
+
+
+def test_a_server_at_its_memory_bound_drops_records_and_is_counted(tmp_path: Path) -> None:
+    """Fresh ids past `maxmemory` (volatile-lru): the server drops the least recently used
+    records, counted as capacity evictions, and keeps within its bound."""
+    with RedisServer(tmp_path, maxmemory="4mb") as server:
+        store = _open(server.url)
+        engine = FeatureEngine(CONFIG, store)
+        for number in range(4_000):
+            engine.observe(tx(number, T0 + number, card=f"c{number}", terminal=f"t{number}"))
+        store.census()
+        assert store.evictions.capacity > 1_000
+        assert 0 < store.records(EntityKind.CARD) < 4_000
+        client = server.client()
+        assert client.info("memory")["used_memory"] < 5 * 1024 * 1024
+        client.close()
+        store.close()
+
+
+def _at(vector: list[float], indexes: tuple[int, ...]) -> list[float]:
+    return [vector[index] for index in indexes]
+
+
+def _answer(transaction_id: str) -> ScoreResult:
+    return ScoreResult(transaction_id, 0.1, Decision.APPROVE, (), "v1", DecisionSource.MODEL, None)
+
+
+def _raw(number: int) -> RawTransaction:
+    return RawTransaction(
+        transaction_id=f"tx-{number}",
+        card_id="card-1",
+        terminal_id="term-1",
+        merchant_id="mer-1",
+        amount_minor=1_000,
+        currency="EUR",
+        timestamp_ns=time.time_ns(),
+        mcc=5411,
+        entry_mode=1,
+        card_present=True,
+        country="FR",
+    )
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound and released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

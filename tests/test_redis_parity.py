@@ -1,0 +1,104 @@
+"""Serving parity across replicas: two `fraud-serve` processes sharing one redis-server,
+called in turn, score a history exactly as `fraud-train evaluate` does (see
+tests/test_serving_parity.py, whose history and offline run this reuses)."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import grpc
+
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from tests.conftest import TrainedModel
+from tests.parity_feed import CALL_TIMEOUT, Batch, feed, split
+from tests.server_process import ServerProcess
+from tests.test_serving_parity import (  # the module's fixtures, shared
+    CHUNK_SIZE,
+    OfflineRun,
+    _assert_match,
+    _decisions_by_process,
+    champion_config,
+    history_batches,
+    offline,
+    unseen_history,
+)
+
+__all__ = ["champion_config", "history_batches", "offline", "unseen_history"]
+
+
+class AlternatingServers:
+    """One channel to each of `targets`; every call goes to the next server in turn, a
+    ScoreStream of its own for each batch."""
+
+    def __init__(self, targets: Sequence[str]) -> None:
+        self._channels = [grpc.insecure_channel(target) for target in targets]
+        self._stubs = itertools.cycle(
+            [scoring_pb2_grpc.FraudScoringStub(channel) for channel in self._channels]
+        )
+
+    def report(self, outcome: scoring_pb2.OutcomeRequest) -> None:
+        next(self._stubs).ReportOutcome(outcome, timeout=CALL_TIMEOUT)  # raises unless OK
+
+    def score(
+        self, requests: Sequence[scoring_pb2.ScoreRequest]
+    ) -> list[scoring_pb2.ScoreResponse]:
+        return list(next(self._stubs).ScoreStream(iter(requests), timeout=CALL_TIMEOUT))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def test_two_replicas_on_one_redis_score_as_evaluate_whichever_answers(
+    trained_model: TrainedModel,
+    history_batches: list[Batch],
+    offline: OfflineRun,
+    start_process: Any,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Two server processes on one Redis, called in turn a few transactions at a time, an
+    outcome reaching either: both answer, each transaction is decided once, and every
+    score matches `fraud-train evaluate` within 1e-6."""
+    replicas = [_start_on_redis(start_process, trained_model, redis_url) for _ in range(2)]
+    targets = [f"127.0.0.1:{replica.wait_for('serving')['port']}" for replica in replicas]
+    with AlternatingServers(targets) as link:
+        online = feed(link, split(history_batches, CHUNK_SIZE))
+    for replica in replicas:
+        replica.signal(signal.SIGTERM)
+        assert replica.wait() == 0, replica.text()
+
+    assert online.keys() == offline.scores.keys()
+    _assert_match(online, offline.scores)
+    decided = _decisions_by_process(tmp_path / "decisions")
+    assert decided.keys() == {replica.process.pid for replica in replicas}
+    counts = Counter(tx for ids in decided.values() for tx in ids)
+    assert counts.keys() == online.keys()
+    assert max(counts.values()) == 1, "no transaction is decided by both replicas"
+
+
+def _start_on_redis(start_process: Any, trained_model: TrainedModel, url: str) -> ServerProcess:
+    """`python -m service` serving the champion on a free port, its state on `url`."""
+    arguments = [
+        "--registry", str(trained_model.registry),
+        "--host", "127.0.0.1",
+        "--port", "0",
+        "--metrics-port", "0",
+    ]  # fmt: skip
+    environment = {
+        "FRAUD_STATE__BACKEND": "redis",
+        "FRAUD_STATE__URL": url,
+        # Generous, like the budget: a fallback on a busy machine would prove nothing.
+        "FRAUD_STATE__TIMEOUT_SECONDS": "5",
+        "FRAUD_BUDGET__SERVER_BUDGET_MS": "60000",
+    }
+    process: ServerProcess = start_process(*arguments, environment=environment)
+    return process
