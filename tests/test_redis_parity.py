@@ -1,6 +1,7 @@
 """Serving parity across replicas: two `fraud-serve` processes sharing one redis-server,
 called in turn, score a history exactly as `fraud-train evaluate` does (see
-tests/test_serving_parity.py, whose history and offline run this reuses)."""
+tests/test_serving_parity.py, whose history and offline run this reuses); and so they do
+when one of them is SIGKILLed with a call in flight and another takes its place."""
 
 from __future__ import annotations
 
@@ -15,13 +16,24 @@ import grpc
 
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from tests.conftest import TrainedModel
-from tests.parity_feed import CALL_TIMEOUT, Batch, feed, split
+from tests.parity_feed import (
+    CALL_TIMEOUT,
+    Batch,
+    RotatingChannels,
+    feed,
+    kill_while_scoring,
+    model_scores,
+    retry_one_by_one,
+    split,
+)
 from tests.server_process import ServerProcess
 from tests.test_serving_parity import (  # the module's fixtures, shared
     CHUNK_SIZE,
     OfflineRun,
     _assert_match,
     _decisions_by_process,
+    _is_full,
+    _target,
     champion_config,
     history_batches,
     offline,
@@ -83,6 +95,54 @@ def test_two_replicas_on_one_redis_score_as_evaluate_whichever_answers(
     counts = Counter(tx for ids in decided.values() for tx in ids)
     assert counts.keys() == online.keys()
     assert max(counts.values()) == 1, "no transaction is decided by both replicas"
+
+
+def test_replica_killed_mid_call_on_one_redis_survivor_and_replacement_score_as_evaluate(
+    trained_model: TrainedModel,
+    history_batches: list[Batch],
+    offline: OfflineRun,
+    start_process: Any,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Two replicas on one Redis called in turn; halfway through the history one is
+    SIGKILLed with a call in flight, whose transactions the client sends again to the
+    survivor one by one, then calls the survivor and a replacement replica in turn: every
+    other transaction scores as the uninterrupted `fraud-train evaluate` run within 1e-6,
+    so does any answer the interrupted ones got, and none is decided twice."""
+    chunks = list(split(history_batches, CHUNK_SIZE))
+    # The first full chunk from halfway on, as in the LMDB crash test: the more in flight,
+    # the likelier the kill lands between counting a transaction and answering it.
+    halfway = len(chunks) // 2
+    killed_at = next(at for at in range(halfway, len(chunks)) if _is_full(chunks[at]))
+    interrupted = chunks[killed_at]
+    victim, survivor = [_start_on_redis(start_process, trained_model, redis_url) for _ in (1, 2)]
+    victim_at, survivor_at = _target(victim), _target(survivor)  # once: each waits for a log line
+    with AlternatingServers([victim_at, survivor_at]) as link:
+        online = feed(link, chunks[:killed_at])
+        for outcome in interrupted.outcomes:
+            link.report(outcome)
+    with grpc.insecure_channel(victim_at) as channel:
+        stub = scoring_pb2_grpc.FraudScoringStub(channel)
+        answered = kill_while_scoring(victim, stub, interrupted.requests)
+    assert victim.process.returncode == -signal.SIGKILL
+    # Started at once, it loads while the survivor takes the retries.
+    replacement = _start_on_redis(start_process, trained_model, redis_url)
+    with RotatingChannels(survivor_at, 1) as link:
+        answered += retry_one_by_one(link, interrupted.requests)
+    with AlternatingServers([survivor_at, _target(replacement)]) as link:
+        online |= feed(link, chunks[killed_at + 1 :])
+    for replica in (survivor, replacement):
+        replica.signal(signal.SIGTERM)
+        assert replica.wait() == 0, replica.text()
+
+    in_flight = {request.transaction.transaction_id for request in interrupted.requests}
+    assert online.keys() == offline.scores.keys() - in_flight
+    _assert_match(online | model_scores(answered), offline.scores)
+    decided = _decisions_by_process(tmp_path / "decisions")  # the victim's may lack a tail
+    assert {survivor.process.pid, replacement.process.pid} <= decided.keys()
+    counts = Counter(tx for ids in decided.values() for tx in ids)
+    assert max(counts.values()) == 1, "no transaction is decided twice, retried or not"
 
 
 def _start_on_redis(start_process: Any, trained_model: TrainedModel, url: str) -> ServerProcess:

@@ -69,6 +69,7 @@ class FeatureEngine:
         self.store: StateStore = store or MemoryStore(horizon_seconds=config.state_horizon_seconds)
         self._cards = CardFeatures(config)
         self._risk = RiskFeatures(config)
+        self._horizon = config.state_horizon_seconds
 
     def observe(self, tx: Transaction) -> list[float]:
         """Count `tx` and return its feature vector, in `FEATURES` order.
@@ -94,7 +95,11 @@ class FeatureEngine:
             try:
                 with self.store.session(plan) as session:
                     earlier = session.transaction(tx.transaction_id)
-                    if earlier is not None:
+                    # One idle past the horizon is gone on every path, whenever a store
+                    # actually drops it: the id is new again.
+                    if earlier is not None and earlier.transaction.timestamp >= (
+                        tx.timestamp - self._horizon
+                    ):
                         return EarlierAttempt(earlier.transaction, earlier.answer)
                     out = self._cards.observe(session, tx)
                     session.put_transaction(self._risk.observe(session, tx, out))

@@ -50,6 +50,7 @@ from service.state.codec import (
 _CHECK_EVERY = 256
 _IDLE_SWEEP_EVERY = 16_384
 _SWEEP_CHUNK = 1_024
+_BULK_SWEEP_CHUNK = 16_384
 _MAX_KEY_BYTES = 480  # LMDB's limit is 511: longer ids are stored under their digest
 _TRANSACTIONS = "x"
 _ANSWERS = "a"
@@ -125,26 +126,30 @@ class LmdbStore:
         if self._bulk is not None:
             session = _Session(self._bulk, self._dbs)
             yield session
+            self._note(session)
             self._bulk_sessions += 1
             if self._bulk_sessions % self._bulk_every == 0:
                 self._bulk.commit()
+                # Between two bulk transactions (LMDB has one writer): a seeding replays
+                # months, and what fell out of the horizon must not pile up meanwhile.
+                self.sweep(chunk=_BULK_SWEEP_CHUNK)
                 self._bulk = self._env.begin(write=True)
-        else:
-            with self._env.begin(write=True) as txn:
-                session = _Session(txn, self._dbs)
-                yield session
-        if session.latest > self._latest:
-            self._latest = session.latest
+            return
+        with self._env.begin(write=True) as txn:
+            session = _Session(txn, self._dbs)
+            yield session
+        self._note(session)
         self._writes += 1
-        if self._writes % _CHECK_EVERY == 0 and self._bulk is None:
+        if self._writes % _CHECK_EVERY == 0:
             self.sweep(idle_too=self._writes % _IDLE_SWEEP_EVERY == 0)
 
     @contextmanager
     def bulk(self, sessions_per_commit: int = 4_096) -> Iterator[None]:
         """Sessions within share one write transaction per `sessions_per_commit`: for a
-        lone writer replaying history (`fraud-train state build`), several times faster
-        than a commit each. An exception aborts the sessions since the last commit;
-        eviction sweeps wait for the end."""
+        lone writer replaying history (`fraud-train state build`), which then pays one
+        commit per batch instead of one per transaction. An exception aborts the sessions
+        since the last commit; eviction sweeps (of `_BULK_SWEEP_CHUNK` records) run between
+        the batches."""
         self._bulk = self._env.begin(write=True)
         self._bulk_every = sessions_per_commit
         try:
@@ -170,15 +175,19 @@ class LmdbStore:
         """Bytes the store's data file takes on disk."""
         return (self.path / "data.mdb").stat().st_size
 
-    def sweep(self, *, idle_too: bool = True) -> None:
-        """One eviction step over each kind of record above its bound, or over every kind
-        with `idle_too` (see the module's docstring)."""
+    def sweep(self, *, idle_too: bool = True, chunk: int = _SWEEP_CHUNK) -> None:
+        """One eviction step of `chunk` records over each kind of record above its bound,
+        or over every kind with `idle_too` (see the module's docstring)."""
         oldest = self._latest - self._horizon
         for name, bound in (
             *((kind, self._limits.max_entities) for kind in EntityKind),
             (_TRANSACTIONS, self._limits.max_transactions),
         ):
-            self._sweep(name, oldest, bound, idle_too)
+            self._sweep(name, oldest, bound, idle_too, chunk)
+
+    def _note(self, session: _Session) -> None:
+        if session.latest > self._latest:
+            self._latest = session.latest
 
     def close(self) -> None:
         self._closed.set()
@@ -186,7 +195,7 @@ class LmdbStore:
         self._env.sync(True)
         self._env.close()
 
-    def _sweep(self, name: str, oldest: float, bound: int, idle_too: bool) -> None:
+    def _sweep(self, name: str, oldest: float, bound: int, idle_too: bool, size: int) -> None:
         db = self._dbs[name]
         with self._env.begin(db=db, buffers=True) as txn:  # buffers: no copy of the values
             excess = int(txn.stat(db)["entries"]) - bound
@@ -196,7 +205,7 @@ class LmdbStore:
             start = self._sweep_from.get(name, b"")
             if not cursor.set_range(start) and not cursor.first():
                 return
-            chunk, self._sweep_from[name] = _chunk(cursor, _SWEEP_CHUNK)
+            chunk, self._sweep_from[name] = _chunk(cursor, size)
         idle = [(time, key) for time, key in chunk if time < oldest]
         over = sorted(entry for entry in chunk if entry[0] >= oldest)[: max(0, excess - len(idle))]
         if not idle and not over:

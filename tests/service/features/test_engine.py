@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from service.core.domain import Transaction
+from service.core.domain import EarlierAttempt, Transaction
 from service.features import FEATURES, FeatureConfig, FeatureEngine
 from service.features.card_history import RECENT_EVENTS
 from tests.service.features.engine_io import DAY, DELAY, HOUR, NAMES, T0, as_dict, tx
@@ -115,3 +115,17 @@ def test_engine_matches_brute_force_recomputation(stream):
         if lag is not None:
             reports[current.transaction_id] = now + DELAY + lag
             engine.report_outcome(current.transaction_id, True, now + DELAY + lag)
+
+
+def test_a_transaction_id_idle_past_the_horizon_is_new_again():
+    """A transaction kept for outcomes and retries is gone once idle past the state
+    horizon, whether or not the store has dropped it yet: its id then counts as new."""
+    config = FeatureConfig()
+    engine = FeatureEngine(config)
+    first = tx(1, T0, card="c1", amount=10.0)
+    engine.observe(first)
+    assert isinstance(engine.admit(first._replace(amount=99.0)), EarlierAttempt)
+    much_later = first._replace(timestamp=T0 + config.state_horizon_seconds + 1, amount=99.0)
+    features = engine.admit(much_later)
+    assert isinstance(features, list)
+    assert as_dict(features)["card_tx_count_30d"] == 1  # the card is new again too
