@@ -134,6 +134,11 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         raise ConfigError(f"invalid option ({problems})") from None
     if server.workers > 1 and server.port == 0:
         raise ConfigError("several workers need a fixed port to share, not port 0")
+    if server.workers > 1 and settings.state.backend == "memory":  # model_copy skips validators
+        raise ConfigError(
+            'several workers need a shared feature state (state.backend "lmdb" or "redis"), '
+            "not memory: each worker would count its own share of every card"
+        )
     registry = settings.registry if args.registry is None else args.registry
     return settings.model_copy(update={"server": server, "registry": registry})
 

@@ -207,23 +207,25 @@ def kill_while_scoring(
 def retry_one_by_one(
     link: RotatingChannels, requests: Sequence[scoring_pb2.ScoreRequest]
 ) -> list[scoring_pb2.ScoreResponse]:
-    """Each of `requests` sent again, alone, as a client retries a failed call; the answers.
+    """Each of `requests` sent again, alone, as a client retries a failed call; the model's
+    answers.
 
-    A transaction counted but never answered is UNAVAILABLE for good: skipped, as a client
-    would give up on it. One alone per call, since a stream ends at its first error."""
+    A transaction counted but never answered (killed in between) gets the fallback answer
+    "state_unavailable": left out, since it says nothing of the features. Any other
+    fallback, or an error, fails."""
     answers = []
     for request in requests:
-        try:
-            answers.append(link.next_stub().Score(request, timeout=CALL_TIMEOUT))
-        except grpc.RpcError as error:
-            if _code(error) is not grpc.StatusCode.UNAVAILABLE:
-                raise
+        answer = link.next_stub().Score(request, timeout=CALL_TIMEOUT)
+        if answer.decision_source == scoring_pb2.DECISION_SOURCE_FALLBACK:
+            assert answer.fallback_reason == "state_unavailable", answer
+            continue
+        answers.append(answer)
     return answers
-
-
-def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
-    return error.code() if isinstance(error, grpc.Call) else None
 
 
 def _history_order(row: dict[str, str]) -> tuple[datetime, str]:
     return datetime.fromisoformat(row["timestamp"]), row["transaction_id"]
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    return error.code() if isinstance(error, grpc.Call) else None

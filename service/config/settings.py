@@ -273,8 +273,9 @@ StateBackend = Literal["memory", "lmdb", "redis"]
 class StateSettings(_Group):
     """Where the per-card, per-terminal and per-merchant feature state lives, and its bounds.
 
-    Sizing (docs/features.md): a card takes 1.7 KB, a terminal or merchant about 0.9 KB, a
-    transaction kept for outcomes and retries about 0.4 KB, plus LMDB's B-tree overhead."""
+    Sizing (docs/features.md): a card takes 1.7 KB, a terminal or merchant 4.0 KB (with a
+    7-day label delay), a transaction kept for outcomes and retries about 0.35 KB, plus
+    about 40% of LMDB pages."""
 
     backend: StateBackend = "lmdb"
     """`lmdb`: a file in `path`, kept across restarts and crashes and shared by every worker
@@ -289,9 +290,10 @@ class StateSettings(_Group):
     with `fraud-train state build`; a store built for other feature settings is refused."""
 
     max_entities: int = Field(default=1_000_000, ge=1)
-    """Cards kept at most, and as many terminals and merchants; beyond, the least recently
-    active are dropped (`fraud_feature_state_evictions_total{reason="capacity"}`). A dropped
-    card starts again as new. 1,000,000 cards take about 1.7 GB of the store."""
+    """Cards kept at most, and as many terminals and merchants; beyond, about the least
+    recently active are dropped (`fraud_feature_state_evictions_total{reason="capacity"}`).
+    A dropped card starts again as new. 1,000,000 cards take about 1.7 GB of the store, as
+    many terminals 4 GB, as many merchants 4 GB more: size `max_bytes` for what you keep."""
 
     max_transactions: int = Field(default=5_000_000, ge=1)
     """Scored transactions kept for their outcomes and retries; beyond, the oldest are
@@ -304,7 +306,9 @@ class StateSettings(_Group):
 
     sync_seconds: float = Field(default=1.0, gt=0)
     """Seconds between flushes of the LMDB file to disk. A killed process loses nothing
-    (the kernel holds its writes); a machine crash loses at most this much."""
+    (the kernel holds its writes). A machine crash (power, kernel) loses up to this much,
+    and can damage the file if the file system reorders writes: rebuild it then
+    (docs/operations.md)."""
 
     url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     """The Redis server of the `redis` backend (`redis://`, `rediss://` for TLS, or

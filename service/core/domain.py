@@ -135,7 +135,8 @@ class FallbackReason(StrEnum):
     """The model failed on this transaction (logged with its trace)."""
     STATE_UNAVAILABLE = "state_unavailable"
     """The feature state's store failed (full, unreachable or broken): the transaction is
-    not counted, so a retry is scored once the store is back."""
+    not counted, so a retry is scored once the store is back. Also the answer to a repeat
+    of a transaction counted but never answered (a crash in between)."""
 
 
 FallbackMode = Literal["amount_floor", "decline", "disabled"]

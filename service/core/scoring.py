@@ -32,6 +32,9 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
 - Fallback disabled: ModelUnavailable instead of a fallback answer. With no model it is
   raised before the state is touched; after a failed inference the transaction stays
   counted, and a repeat raises ModelUnavailable again rather than counting it twice.
+- A repeat of a transaction counted but never answered (the process died, or the store
+  failed to keep the answer, in between) gets the fallback answer ("state_unavailable"),
+  kept from then on: refusing it would fail every retry until the record expires.
 
 Stage timings: the `StageTimer` chooses the calls whose feature state, inference (score and
 decision) and reasons stages are timed; reasons are timed only when computed, for REVIEW
@@ -196,7 +199,7 @@ class Scorer(Generic[ModelT]):
         if timed:
             stages.features(perf_counter() - started)
         if isinstance(features, EarlierAttempt):
-            return _repeat(tx, *features)
+            return self._answer_repeat(tx, raw.amount_minor, *features)
         result = self._decide(model, transaction_id, raw.amount_minor, features, timed)
         try:
             self._features.record_answer(transaction_id, result)
@@ -232,6 +235,29 @@ class Scorer(Generic[ModelT]):
                 "transaction_id unknown to this server's features, or too old to affect any; "
                 "the outcome is kept for retraining"
             )
+
+    def _answer_repeat(
+        self, tx: Transaction, amount_minor: int, first: Transaction, answer: ScoreResult | None
+    ) -> ScoreResult:
+        """The answer to `tx`, a repeat of `first`'s transaction_id.
+
+        One counted but never answered (the process died, or the store failed to keep the
+        answer, between the two) gets the fallback answer now, kept for later repeats:
+        refusing it would make every retry fail until the record expires. With the
+        fallback disabled, ModelUnavailable.
+        """
+        if tx != first:
+            raise ConflictingRepeat(_first_difference(tx, first))
+        if answer is not None:
+            return answer
+        result = self._fall_back(tx.transaction_id, amount_minor, FallbackReason.STATE_UNAVAILABLE)
+        try:
+            self._features.record_answer(tx.transaction_id, result)
+        except Exception:
+            self._state_failed("state_answer_not_kept")
+        for listener in self._answer_listeners:
+            listener.on_answer(tx, None, result, None)
+        return result
 
     def _state_failed(self, event: str) -> None:
         """Log a store failure with its trace, at most once per `_STATE_LOG_SECONDS`: a
@@ -289,15 +315,6 @@ class Scorer(Generic[ModelT]):
         else:
             decision = Decision.REVIEW
         return ScoreResult(transaction_id, 0.0, decision, (), "", DecisionSource.FALLBACK, reason)
-
-
-def _repeat(tx: Transaction, first: Transaction, answer: ScoreResult | None) -> ScoreResult:
-    """The answer to `tx`, a repeat of `first`'s transaction_id."""
-    if tx != first:
-        raise ConflictingRepeat(_first_difference(tx, first))
-    if answer is None:
-        raise ModelUnavailable("this transaction was counted but could not be answered")
-    return answer
 
 
 def _first_difference(tx: Transaction, first: Transaction) -> str:

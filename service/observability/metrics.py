@@ -318,8 +318,9 @@ class _StateEvictions(Collector):
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(
             "fraud_feature_state_evictions",
-            "Records this process dropped from the feature state: idle past the state "
-            "horizon, or over the store's bound (capacity).",
+            "Records dropped from the feature state: idle past the state horizon, or over "
+            "the store's bound (capacity). Counted by this process (memory, LMDB), or by "
+            "the server for every replica (Redis).",
             labels=["reason"],
         )
         family.add_metric(["idle"], self._store.evictions.idle)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
+import structlog
 
 from service.core.domain import ScoreResult
 from service.features.memory_store import Evictions
@@ -50,7 +51,11 @@ from service.state.codec import (
 _CHECK_EVERY = 256
 _IDLE_SWEEP_EVERY = 16_384
 _SWEEP_CHUNK = 1_024
+_log = structlog.get_logger(__name__)
 _BULK_SWEEP_CHUNK = 16_384
+_ROOM_CHUNK = 8_192
+_ROOM_KEPT = 0.85  # of max_bytes the records may take before room is made
+_DELETE_BATCH = 32
 _MAX_KEY_BYTES = 480  # LMDB's limit is 511: longer ids are stored under their digest
 _TRANSACTIONS = "x"
 _ANSWERS = "a"
@@ -135,13 +140,22 @@ class LmdbStore:
                 self.sweep(chunk=_BULK_SWEEP_CHUNK)
                 self._bulk = self._env.begin(write=True)
             return
-        with self._env.begin(write=True) as txn:
-            session = _Session(txn, self._dbs)
-            yield session
+        try:
+            with self._env.begin(write=True) as txn:
+                session = _Session(txn, self._dbs)
+                yield session
+        except lmdb.MapFullError:
+            self._make_room()  # this transaction fails (the fallback); the next ones fit
+            raise
         self._note(session)
         self._writes += 1
         if self._writes % _CHECK_EVERY == 0:
-            self.sweep(idle_too=self._writes % _IDLE_SWEEP_EVERY == 0)
+            try:
+                if self._pages_used() > _ROOM_KEPT * self._limits.max_bytes:
+                    self._make_room()
+                self.sweep(idle_too=self._writes % _IDLE_SWEEP_EVERY == 0)
+            except lmdb.Error:  # the transaction is counted: its answer must not fail
+                _log.exception("state_sweep_failed")
 
     @contextmanager
     def bulk(self, sessions_per_commit: int = 4_096) -> Iterator[None]:
@@ -185,6 +199,27 @@ class LmdbStore:
         ):
             self._sweep(name, oldest, bound, idle_too, chunk)
 
+    def _pages_used(self) -> int:
+        """Bytes in the pages the records take (free pages left out)."""
+        with self._env.begin() as txn:
+            stats = [txn.stat(db) for db in self._dbs.values()]
+        pages = sum(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"] for st in stats)
+        return pages * int(stats[0]["psize"])
+
+    def _make_room(self) -> None:
+        """The records fill `_ROOM_KEPT` of `max_bytes`, or the file is full (the bounds do
+        not fit in it): drop the least recently active of the next `_ROOM_CHUNK` records
+        of each kind, whatever the bounds, counted as capacity evictions (idle ones as
+        idle). The headroom matters: in a file with no free page, even a delete fails.
+        Terminals and merchants go first: their records span whole pages, so dropping them
+        frees pages at once. If even deleting fails, `max_bytes` must grow (logged)."""
+        kinds = (EntityKind.TERMINAL, EntityKind.MERCHANT, EntityKind.CARD, _TRANSACTIONS)
+        try:
+            for kind in kinds:
+                self._sweep(kind, self._latest - self._horizon, 0, True, _ROOM_CHUNK)
+        except lmdb.Error:
+            _log.exception("state_full", max_bytes=self._limits.max_bytes)
+
     def _note(self, session: _Session) -> None:
         if session.latest > self._latest:
             self._latest = session.latest
@@ -211,9 +246,17 @@ class LmdbStore:
         if not idle and not over:
             return
         answers = self._dbs[_ANSWERS] if name == _TRANSACTIONS else None
-        with self._env.begin(write=True, db=db) as txn:
-            self.evictions.idle += _delete_unchanged(txn, idle, answers)
-            self.evictions.capacity += _delete_unchanged(txn, over, answers)
+        # Small write transactions: each holds the writers' lock briefly, and needs few new
+        # pages, so deleting works even in a full file (freed pages serve the next batch).
+        for victims, reason in ((idle, "idle"), (over, "capacity")):
+            for first in range(0, len(victims), _DELETE_BATCH):
+                batch = victims[first : first + _DELETE_BATCH]
+                with self._env.begin(write=True, db=db) as txn:
+                    deleted = _delete_unchanged(txn, batch, answers)
+                if reason == "idle":
+                    self.evictions.idle += deleted
+                else:
+                    self.evictions.capacity += deleted
 
     def _check_identity(self, identity: str) -> None:
         with self._env.begin(write=True) as txn:
@@ -263,6 +306,10 @@ class _Session:
     def put_transaction(self, record: TransactionRecord) -> None:
         key = _key(record.transaction.transaction_id)
         self._txn.put(key, encode_transaction(record), db=self._dbs[_TRANSACTIONS])
+        if record.answer is None:
+            # Written anew (an id idle past the horizon, reused): an old answer must never
+            # answer the new transaction's retries.
+            self._txn.delete(key, db=self._dbs[_ANSWERS])
 
     def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         key = _key(transaction_id)

@@ -77,28 +77,32 @@ _ANSWERS = b"a"
 # Checks at open, the census: not on the scoring path, so they may wait longer.
 _BACKGROUND_TIMEOUT_SECONDS = 2.0
 
-# KEYS and ARGV after the four counts, in order: each key read and the version it had
+# KEYS and ARGV after the five counts, in order: each key read and the version it had
 # ('' when absent); each key written and its value; each (transaction, answer) pair and
-# the answer, kept only while the transaction is, for as long; keys whose expiry restarts.
+# the answer, kept only while the transaction is, for as long; answers to forget (a
+# transaction written anew, unanswered); keys whose expiry restarts.
 _COMMIT = """
 local ttl = tonumber(ARGV[1])
 local reads, writes, answers = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local forgotten = tonumber(ARGV[5])
 for i = 1, reads do
-  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[4 + i] then return 0 end
+  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[5 + i] then return 0 end
 end
 local function keep(key, value, ms)
   if ms > 0 then redis.call('SET', key, value, 'PX', ms) else redis.call('SET', key, value) end
 end
-for i = reads + 1, reads + writes do keep(KEYS[i], ARGV[4 + i], ttl) end
+for i = reads + 1, reads + writes do keep(KEYS[i], ARGV[5 + i], ttl) end
 local done = reads + writes
 for i = 1, answers do
   local left = redis.call('PTTL', KEYS[done + 2 * i - 1])  -- -2: gone, -1: for ever
   if left ~= -2 then
-    keep(KEYS[done + 2 * i], ARGV[4 + done + i], left == -1 and 0 or math.max(left, 1))
+    keep(KEYS[done + 2 * i], ARGV[5 + done + i], left == -1 and 0 or math.max(left, 1))
   end
 end
+done = done + 2 * answers
+for i = 1, forgotten do redis.call('DEL', KEYS[done + i]) end
 if ttl > 0 then
-  for i = done + 2 * answers + 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+  for i = done + forgotten + 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 1
 """
@@ -182,7 +186,16 @@ class RedisStore:
 class _Session:
     """What one session read (with the versions) and will write: a `StateSession`."""
 
-    __slots__ = ("_answers", "_client", "_fetched", "_keys", "_touched", "_versions", "_writes")
+    __slots__ = (
+        "_answers",
+        "_client",
+        "_fetched",
+        "_forgotten",
+        "_keys",
+        "_touched",
+        "_versions",
+        "_writes",
+    )
 
     def __init__(
         self, client: redis.Redis, keys: _Keys, fetched: dict[bytes, bytes | None]
@@ -194,10 +207,11 @@ class _Session:
         self._writes: dict[bytes, bytes] = {}
         self._answers: list[tuple[bytes, bytes, bytes]] = []
         self._touched: list[bytes] = []
+        self._forgotten: list[bytes] = []
 
     @property
     def wrote(self) -> bool:
-        return bool(self._writes or self._answers)
+        return bool(self._writes or self._answers or self._forgotten)
 
     def entity(self, kind: EntityKind, key: str) -> array[float] | None:
         payload = self._read(self._keys.entity(kind, key))
@@ -218,7 +232,12 @@ class _Session:
 
     def put_transaction(self, record: TransactionRecord) -> None:
         key, answer_key = self._keys.transaction(record.transaction.transaction_id)
-        if self._write(key, encode_transaction(record)):
+        existed = self._write(key, encode_transaction(record))
+        if record.answer is None:
+            # Written anew (an id idle past the horizon, reused): an old answer must never
+            # answer the new transaction's retries.
+            self._forgotten.append(answer_key)
+        elif existed:
             self._touched.append(answer_key)  # its answer lives as long as it does
 
     def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
@@ -229,11 +248,12 @@ class _Session:
         """The commit script's KEYS and ARGV (see `_COMMIT`)."""
         keys = [*self._versions, *self._writes]
         arguments: list[bytes | int] = [ttl_ms, len(self._versions), len(self._writes)]
-        arguments += [len(self._answers), *self._versions.values(), *self._writes.values()]
+        arguments += [len(self._answers), len(self._forgotten)]
+        arguments += [*self._versions.values(), *self._writes.values()]
         for key, answer_key, answer in self._answers:
             keys += (key, answer_key)
             arguments.append(answer)
-        return [*keys, *self._touched], arguments
+        return [*keys, *self._forgotten, *self._touched], arguments
 
     def _read(self, key: bytes) -> bytes | None:
         """The record of `key` as this session sees it, its version noted on first read."""

@@ -113,6 +113,18 @@ def test_a_bad_option_exits_with_status_2(
     assert "fraud-serve: error:" in capsys.readouterr().err
 
 
+def test_workers_on_the_memory_state_are_refused_from_the_flag_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--workers 2` with the memory backend exits 2, as the same from the environment does
+    (the flag once slipped past the settings' check)."""
+    monkeypatch.setenv("FRAUD_STATE__BACKEND", "memory")
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--workers", "2", "--port", "50999"])
+    assert exited.value.code == 2
+    assert "shared feature state" in capsys.readouterr().err
+
+
 # --- The program (real processes) ----------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from service.core.domain import (
     NANOS_PER_SECOND,
     Decision,
     DecisionSource,
+    EarlierAttempt,
     FallbackReason,
     Outcome,
     RawOutcome,
@@ -344,6 +345,44 @@ def test_a_failing_state_store_gets_the_fallback_and_refuses_outcomes(store: Mod
     with pytest.raises(StateUnavailable):
         scorer.report_outcome(RawOutcome("tx-1", True, T0_NS))
     assert [outcome.transaction_id for outcome in heard] == ["tx-1"]
+
+
+class ForgetfulState:
+    """A feature state that counts transactions but fails to keep their answers, as a
+    process killed between the two leaves them."""
+
+    def __init__(self, engine: FeatureEngine) -> None:
+        self.engine = engine
+
+    def admit(self, tx: Transaction) -> list[float] | EarlierAttempt:
+        return self.engine.admit(tx)
+
+    def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
+        raise OSError(5, "Input/output error")
+
+    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
+        return self.engine.report_outcome(transaction_id, is_fraud, reported_at)
+
+
+def test_a_repeat_of_a_counted_but_unanswered_transaction_gets_the_fallback_kept(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """A retry of a transaction counted whose answer was lost is answered by the rules
+    ("state_unavailable"), once and for good, not refused until the record expires
+    (found by review: every retry got UNAVAILABLE)."""
+    lost = Scorer(
+        ForgetfulState(engine), store, tokenizer=TOKENIZER, limits=ScoringLimits(),
+        fallback=FallbackPolicy(),
+    )  # fmt: skip
+    lost.score(_raw(1))  # counted; its answer is not kept
+    scorer = _scorer(engine, store)  # the process restarted on the same state
+    retry = scorer.score(_raw(1))
+    assert (retry.source, retry.fallback_reason) == (
+        DecisionSource.FALLBACK,
+        FallbackReason.STATE_UNAVAILABLE,
+    )
+    assert scorer.score(_raw(1)) == retry
+    assert _card_count(engine) == 2  # counted once, and the probe
 
 
 def test_no_model_and_no_fallback_is_unavailable_without_counting(engine: FeatureEngine) -> None:

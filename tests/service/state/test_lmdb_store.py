@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from service.core.domain import (
@@ -145,3 +146,31 @@ def test_a_hot_copy_as_docs_operations_says_continues_as_the_original(tmp_path: 
         assert from_copy.observe(current) == engine.observe(current)
     original.close()
     restored.close()
+
+
+def test_bounds_larger_than_the_file_are_kept_to_the_file(tmp_path: Path) -> None:
+    """Bounds that do not fit in max_bytes: the store drops the least recently active
+    records to keep room (a file with no free page cannot even delete), so a flood of new
+    ids three times what fits is taken with few failures, and the store keeps working
+    (found by review: once full, nothing was evicted and every later transaction failed)."""
+    store = _open(tmp_path, limits=LmdbLimits(10**7, 10**7, 16 << 20))
+    engine = FeatureEngine(CONFIG, store)
+    failed = [
+        number
+        for number in range(6_000)
+        if not _counted(engine, tx(number, T0 + number, card=f"c{number}", terminal=f"t{number}"))
+    ]
+    assert len(failed) < 60, failed
+    assert not [number for number in failed if number >= 5_500]
+    assert store.evictions.capacity > 0
+    assert store.file_bytes() <= 16 << 20
+    store.close()
+
+
+def _counted(engine: FeatureEngine, current: Transaction) -> bool:
+    """Whether the store took `current`; False when its file is full."""
+    try:
+        engine.observe(current)
+    except lmdb.MapFullError:
+        return False
+    return True

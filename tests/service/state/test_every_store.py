@@ -1,0 +1,52 @@
+"""What every feature state store must do alike, whatever it keeps records in: memory,
+LMDB, Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.config.settings import StateBackend, StateSettings
+from service.core.domain import (
+    Decision,
+    DecisionSource,
+    EarlierAttempt,
+    ScoreResult,
+    Transaction,
+)
+from service.features import FeatureConfig, FeatureEngine, StateStore
+from service.state.opening import open_state
+from tests.service.features.engine_io import T0, tx
+
+CONFIG = FeatureConfig()
+
+
+@pytest.fixture(params=["memory", "lmdb", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    backend: StateBackend = request.param
+    url = request.getfixturevalue("redis_url") if backend == "redis" else ""
+    settings = StateSettings(backend=backend, path=tmp_path / "state", url=url or "redis://x")
+    opened = open_state(settings, CONFIG)
+    yield opened
+    opened.close()
+
+
+def _approve(transaction_id: str) -> ScoreResult:
+    return ScoreResult(transaction_id, 0.01, Decision.APPROVE, (), "v1", DecisionSource.MODEL, None)
+
+
+def test_an_id_reused_past_the_horizon_never_gets_the_old_answer(store: StateStore) -> None:
+    """A transaction id idle past the state horizon is new again: another payment under it
+    is counted, and until it is answered a retry of it is not answered with the old
+    payment's decision (found by review: LMDB and Redis kept the old answer)."""
+    engine = FeatureEngine(CONFIG, store)
+    small = tx(1, T0, card="c1", amount=1.0)
+    engine.observe(small)
+    engine.record_answer(small.transaction_id, _approve(small.transaction_id))
+    later = Transaction(
+        small.transaction_id, T0 + CONFIG.state_horizon_seconds + 60, "c2", "t9", 1e6
+    )
+    assert isinstance(engine.admit(later), list)  # counted as new
+    assert engine.admit(later) == EarlierAttempt(later, None)  # no answer yet: not the old one
