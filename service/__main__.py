@@ -43,7 +43,7 @@ from service.model.registry import RegistryError
 from service.observability.gc_policy import configure_garbage_collection
 from service.observability.logs import configure_logging
 from service.observability.metrics import start_metrics_server
-from service.state.lmdb_store import StateStoreError
+from service.state.errors import StateStoreError
 
 _log = structlog.get_logger("service")
 

@@ -26,11 +26,7 @@ import zlib
 from array import array
 
 from service.core.domain import EntryMode, Transaction
-
-HOUR = 3_600.0
-DAY = 86_400.0
-MONTH = 30 * DAY
-CARD_WINDOWS = (HOUR, DAY, 7 * DAY, MONTH)
+from service.features.tiles import DAY, HOUR, advance_ring
 
 RECENT_EVENTS = 16
 HOUR_TILES = 24
@@ -108,7 +104,7 @@ def observe_card(
     record[_RECENT_NEXT] = (position + 1) % RECENT_EVENTS
 
     hour = int(now // HOUR)
-    _advance(record, _HOURS, HOUR_TILES, _HOUR_HEAD, hour)
+    advance_ring(record, _HOURS, HOUR_TILES, 3, _HOUR_HEAD, hour)
     slot = _HOURS + 3 * (hour % HOUR_TILES)
     record[slot] += 1.0
     record[slot + 1] += amount
@@ -118,7 +114,7 @@ def observe_card(
     not_present_day = sum(record[_HOURS + 2 : _DAYS : 3])
 
     day = int(now // DAY)
-    _advance(record, _DAYS, DAY_TILES, _DAY_HEAD, day)
+    advance_ring(record, _DAYS, DAY_TILES, 3, _DAY_HEAD, day)
     shift = record[_SHIFT]
     prior_count = sum(record[_DAYS:_RECENT_TIMES:3])
     prior_sum = math.fsum(record[_DAYS + 1 : _RECENT_TIMES : 3])
@@ -167,20 +163,6 @@ def observe_card(
 def card_last_time(record: array[float]) -> float:
     """The event time of the card's latest swipe."""
     return record[_LAST_TIME]
-
-
-def _advance(record: array[float], base: int, tiles: int, head_index: int, tile: int) -> None:
-    """Move a ring of 3-value tiles on to `tile`, emptying the tiles it skips."""
-    head = int(record[head_index])
-    if tile <= head:
-        return
-    if tile - head >= tiles:
-        record[base : base + 3 * tiles] = array("d", bytes(24 * tiles))
-    else:
-        for skipped in range(head + 1, tile + 1):
-            slot = base + 3 * (skipped % tiles)
-            record[slot] = record[slot + 1] = record[slot + 2] = 0.0
-    record[head_index] = tile
 
 
 def _week_tiles(record: array[float], day: int) -> array[float]:

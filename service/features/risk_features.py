@@ -6,10 +6,10 @@ from array import array
 
 from service.core.domain import Transaction
 from service.features.config import FeatureConfig
-from service.features.risk_history import RISK_WINDOWS, RiskRing, risk_features, risk_last_time
+from service.features.risk_history import RISK_WINDOW_DAYS, RiskRing, risk_features, risk_last_time
 from service.features.state import EntityKind, StateSession, TransactionRecord
 
-_NO_MERCHANT = (-1.0,) * (2 * len(RISK_WINDOWS))
+_NO_MERCHANT = (-1.0,) * (2 * len(RISK_WINDOW_DAYS))
 
 
 def risk_feature_specs() -> tuple[tuple[str, str], ...]:

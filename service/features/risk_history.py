@@ -23,12 +23,9 @@ from __future__ import annotations
 import math
 from array import array
 
-DAY = 86_400.0
-WEEK = 7 * DAY
-MONTH = 30 * DAY
-RISK_WINDOWS = (DAY, WEEK, MONTH)
+from service.features.tiles import DAY, HOUR, advance_ring
 
-HOUR = 3_600.0
+RISK_WINDOW_DAYS = (1, 7, 30)
 PENDING_OUTCOMES = 8
 _LAST_TIME, _DAY_HEAD, _HOUR_HEAD, _PENDING_COUNT, _CACHED_HOUR = range(5)
 # The six features last computed, for the settled hour in _CACHED_HOUR: a busy terminal or
@@ -85,8 +82,8 @@ class RiskRing:
         now = timestamp if timestamp > last_time else last_time
         record[_LAST_TIME] = now
         hour = int(now // HOUR)
-        _advance(record, _DAYS, self.day_tiles, _DAY_HEAD, hour // 24)
-        _advance(record, self._hours, self.hour_tiles, _HOUR_HEAD, hour)
+        advance_ring(record, _DAYS, self.day_tiles, 2, _DAY_HEAD, hour // 24)
+        advance_ring(record, self._hours, self.hour_tiles, 2, _HOUR_HEAD, hour)
         if record[_PENDING_COUNT]:
             self._fold_pending(record, now)
         settled_hour = int((now - self.label_delay) // HOUR)
@@ -150,20 +147,6 @@ class RiskRing:
                 self._add_fraud(record, int(record[slot + 1]), int(record[slot + 2]))
                 record[slot] = math.inf
                 record[_PENDING_COUNT] -= 1
-
-
-def _advance(record: array[float], base: int, tiles: int, head_index: int, tile: int) -> None:
-    """Move a ring of 2-value tiles on to `tile`, emptying the tiles it skips."""
-    head = int(record[head_index])
-    if tile <= head:
-        return
-    if tile - head >= tiles:
-        record[base : base + 2 * tiles] = array("d", bytes(16 * tiles))
-    else:
-        for skipped in range(head + 1, tile + 1):
-            slot = base + 2 * (skipped % tiles)
-            record[slot] = record[slot + 1] = 0.0
-    record[head_index] = tile
 
 
 def _ring_slice(

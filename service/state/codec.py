@@ -8,6 +8,7 @@ answer, written once decided, is a JSON array of its own.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from array import array
 from typing import Any
@@ -26,6 +27,15 @@ from service.core.domain import (
 from service.features.state import TransactionRecord
 
 _TIME = struct.Struct("<d")
+
+
+def record_key(identifier: str, max_bytes: int) -> bytes:
+    """The key of an id: its UTF-8 bytes, or, beyond `max_bytes`, a NUL and its 32-byte
+    digest (no UTF-8 text starts with NUL, so the two never meet)."""
+    raw = identifier.encode()
+    if len(raw) <= max_bytes:
+        return raw
+    return b"\0" + hashlib.blake2b(raw, digest_size=32).digest()
 
 
 def record_time(value: bytes | memoryview) -> float:

@@ -18,7 +18,6 @@ meanwhile. Each process sweeps from its own place, so workers share the work.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 from array import array
@@ -45,8 +44,10 @@ from service.state.codec import (
     encode_answer,
     encode_entity,
     encode_transaction,
+    record_key,
     record_time,
 )
+from service.state.errors import StateMismatch, StateStoreError
 
 _CHECK_EVERY = 256
 _IDLE_SWEEP_EVERY = 16_384
@@ -60,14 +61,6 @@ _MAX_KEY_BYTES = 480  # LMDB's limit is 511: longer ids are stored under their d
 _TRANSACTIONS = "x"
 _ANSWERS = "a"
 _IDENTITY_KEY = b"identity"
-
-
-class StateStoreError(RuntimeError):
-    """The store cannot be opened: unreadable, not LMDB, or too large for its map size."""
-
-
-class StateMismatch(StateStoreError):
-    """The store was built for other feature settings than the model's."""
 
 
 @dataclass(frozen=True)
@@ -318,10 +311,7 @@ class _Session:
 
 
 def _key(identifier: str) -> bytes:
-    raw = identifier.encode()
-    if len(raw) <= _MAX_KEY_BYTES:
-        return raw
-    return b"\0" + hashlib.blake2b(raw, digest_size=32).digest()
+    return record_key(identifier, _MAX_KEY_BYTES)
 
 
 def _chunk(cursor: lmdb.Cursor, count: int) -> tuple[list[tuple[float, bytes]], bytes]:

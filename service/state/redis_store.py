@@ -65,8 +65,9 @@ from service.state.codec import (
     encode_answer,
     encode_entity,
     encode_transaction,
+    record_key,
 )
-from service.state.lmdb_store import StateMismatch, StateStoreError
+from service.state.errors import StateMismatch, StateStoreError
 from service.state.redis_census import RedisCensus, warn_if_unbounded
 
 IDENTITY_KEY = b"fraud:identity"
@@ -320,10 +321,7 @@ def _values(replies: list[bytes | str | None]) -> list[bytes | None]:
 
 
 def _id(identifier: str) -> bytes:
-    raw = identifier.encode()
-    if len(raw) <= _MAX_ID_BYTES:
-        return raw
-    return b"\0" + hashlib.blake2b(raw, digest_size=32).digest()
+    return record_key(identifier, _MAX_ID_BYTES)
 
 
 def _milliseconds(seconds: float) -> int:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from service.model.artifact import ArtifactError
 from service.model.registry import RegistryError
-from service.state.lmdb_store import StateStoreError
+from service.state.errors import StateStoreError
 from training.cli.console import EXIT_BAD_INPUT, EXIT_GATE_FAILED, error
 from training.cli.parser import build_parser
 from training.config import ConfigError

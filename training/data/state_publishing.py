@@ -31,7 +31,8 @@ import pandas as pd
 
 from service.config.settings import StateSettings
 from service.features import EntityKind, FeatureConfig
-from service.state.lmdb_store import LmdbStore, StateStoreError
+from service.state.errors import StateStoreError
+from service.state.lmdb_store import LmdbStore
 from service.state.opening import open_state
 from training.data.seeding import seed_state
 from training.durable_files import fsync_path, make_dir

@@ -20,7 +20,8 @@ from service.core.domain import (
     Transaction,
 )
 from service.features import EntityKind, FeatureConfig, FeatureEngine, state_identity
-from service.state.lmdb_store import LmdbLimits, LmdbStore, StateMismatch
+from service.state.errors import StateMismatch
+from service.state.lmdb_store import LmdbLimits, LmdbStore
 from tests.service.features.engine_io import DAY, DELAY, T0, tx
 
 CONFIG = FeatureConfig()

@@ -32,7 +32,7 @@ from service.features import EntityKind, FeatureConfig, FeatureEngine, state_ide
 from service.features.engine import StateContention
 from service.features.state import NO_PLAN, SessionConflict, SessionPlan, StateSession
 from service.model.loading import LoadedModel
-from service.state.lmdb_store import StateMismatch, StateStoreError
+from service.state.errors import StateMismatch, StateStoreError
 from service.state.opening import open_state
 from service.state.redis_store import RedisStore
 from tests.redis_server import RedisServer

@@ -19,7 +19,7 @@ from service.features import EntityKind, FeatureConfig, FeatureEngine
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from service.model.registry import Registry
 from service.model.store import ModelStore
-from service.state.lmdb_store import StateMismatch
+from service.state.errors import StateMismatch
 from service.state.opening import open_state
 from tests.conftest import TrainedModel
 from tests.parity_feed import Batch, OneStream, batches, feed, history_rows
