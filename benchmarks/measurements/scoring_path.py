@@ -1,7 +1,7 @@
 """What the scoring path costs the server's CPU per transaction, apart from any gRPC traffic.
 
     python -m benchmarks.measurements.scoring_path --registry DIR [--transactions N]
-        [--state memory|lmdb]
+        [--state memory|lmdb|redis] [--state-url redis://HOST:PORT/DB]
 
 Builds the scorer and its listeners as `service.app.create_app` does (decision metrics, drift
 statistics, the challenger's shadow, the decision log in a temporary directory, sampled
@@ -9,8 +9,9 @@ stage timings) over
 the registry's champion, scores `--warmup` transactions with unique ids, cards and
 terminals cycling through fixed pools, then times the next `--transactions`: process CPU
 (the scoring thread and the decision log's writer thread) and wall time per transaction.
-The feature state is in memory or in an LMDB store in the temporary directory (`--state`,
-memory by default). What it leaves out is what the gRPC floors measure: the transport, the
+The feature state is in memory, in an LMDB store in the temporary directory, or in the
+Redis at `--state-url` (`--state`, memory by default; empty the Redis database between
+runs: it keeps the records). What it leaves out is what the gRPC floors measure: the transport, the
 servicer and the interceptor.
 """
 
@@ -43,8 +44,11 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=40_000)
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--state", choices=get_args(StateBackend), default="memory")
+    parser.add_argument("--state-url", default=StateSettings().url)
     args = parser.parse_args()
-    cpu, wall = measure(args.registry, args.transactions, args.warmup, args.state)
+    cpu, wall = measure(
+        args.registry, args.transactions, args.warmup, args.state, state_url=args.state_url
+    )
     print(
         f"scoring path ({args.state}): cpu {cpu / args.transactions * 1e6:.1f} µs/transaction, "
         f"wall {wall / args.transactions * 1e6:.1f} µs/transaction"
@@ -52,7 +56,12 @@ def main() -> None:
 
 
 def measure(
-    registry: Path, transactions: int, warmup: int, state: StateBackend = "memory"
+    registry: Path,
+    transactions: int,
+    warmup: int,
+    state: StateBackend = "memory",
+    *,
+    state_url: str = StateSettings().url,
 ) -> tuple[float, float]:
     """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`."""
     with tempfile.TemporaryDirectory() as directory:
@@ -60,7 +69,7 @@ def measure(
             registry=registry,
             decision_log=RecordLogSettings(directory=Path(directory) / "decisions"),
             outcome_log=RecordLogSettings(directory=Path(directory) / "outcomes"),
-            state=StateSettings(backend=state, path=Path(directory) / "state"),
+            state=StateSettings(backend=state, path=Path(directory) / "state", url=state_url),
         )
         config = champion_feature_config(registry)
         store = ModelStore(registry, feature_config=config)

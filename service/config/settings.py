@@ -321,7 +321,8 @@ class StateSettings(_Group):
     timeout_seconds: float = Field(default=0.01, gt=0, le=10)
     """How long the `redis` backend waits for the server (to connect, and for each reply)
     before the transaction gets the fallback decision (`state_unavailable`). A transaction
-    takes up to three round trips on the scoring thread, so keep it well under
+    takes two round trips on the scoring thread (more when it meets another replica's
+    writes and runs again), so keep it well under
     `budget.server_budget_ms` (20 ms); 10 ms is several times Redis's p99 on a local
     network."""
 

@@ -15,6 +15,7 @@ enums or `Literal`s defined here once, so mypy finds a misspelt one before a req
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -191,6 +192,14 @@ class ModelSummary:
     threshold_policy: str
     test_metrics: dict[str, float]
     training_libraries: dict[str, str]
+
+
+class Admitted(NamedTuple):
+    """A transaction counted for the first time: its feature vector, and the answer kept
+    with it (None when none could be given)."""
+
+    features: Sequence[float]
+    answer: ScoreResult | None
 
 
 class EarlierAttempt(NamedTuple):

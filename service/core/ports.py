@@ -18,10 +18,11 @@ each must be quick, must not raise and must not change what it is handed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from service.core.domain import (
+    Admitted,
     EarlierAttempt,
     ModelSummary,
     Outcome,
@@ -35,13 +36,16 @@ class FeatureState(Protocol):
     """The per-card, per-terminal and per-merchant history the features are computed from,
     and what it keeps of each transaction for outcomes and retries."""
 
-    def admit(self, tx: Transaction) -> Sequence[float] | EarlierAttempt:
-        """Count `tx` and return its feature vector, in the model's feature order; or, when
-        its transaction_id was counted already, that attempt, counting nothing."""
+    def admit(
+        self, tx: Transaction, decide: Callable[[Sequence[float]], ScoreResult | None]
+    ) -> Admitted | EarlierAttempt:
+        """Count `tx`, compute its feature vector (in the model's feature order), and keep
+        `decide(features)` with it as its answer, atomically; or, when its transaction_id
+        was counted already, return that attempt, counting nothing."""
         ...
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
-        """Keep the answer given to a transaction `admit` counted, for its retries."""
+        """Keep an answer for a transaction `admit` counted without one, for its retries."""
         ...
 
     def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:

@@ -32,9 +32,11 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
 - Fallback disabled: ModelUnavailable instead of a fallback answer. With no model it is
   raised before the state is touched; after a failed inference the transaction stays
   counted, and a repeat raises ModelUnavailable again rather than counting it twice.
-- A repeat of a transaction counted but never answered (the process died, or the store
-  failed to keep the answer, in between) gets the fallback answer ("state_unavailable"),
-  kept from then on: refusing it would fail every retry until the record expires.
+- The answer is decided inside the feature state's session and kept with the transaction,
+  in one commit, so a retry finds both or neither. A repeat of a transaction counted but
+  never answered (fallback disabled, or a state of an older version) gets the fallback
+  answer ("state_unavailable"), kept from then on: refusing it would fail every retry
+  until the record expires.
 
 Stage timings: the `StageTimer` chooses the calls whose feature state, inference (score and
 decision) and reasons stages are timed; reasons are timed only when computed, for REVIEW
@@ -185,9 +187,24 @@ class Scorer(Generic[ModelT]):
             raise ModelUnavailable("no model is loaded and the fallback is disabled")
         stages = self._stages
         timed = stages.due()
+        deciding = 0.0  # of the session's time, the model's (run again on a conflict)
+        refusal: ModelUnavailable | None = None
+
+        def decide(features: Sequence[float]) -> ScoreResult | None:
+            """Runs inside the state's session, so the answer is kept with the transaction."""
+            nonlocal deciding, refusal
+            started_deciding = perf_counter()
+            try:
+                return self._decide(model, transaction_id, raw.amount_minor, features, timed)
+            except ModelUnavailable as error:  # the fallback is disabled: counted, unanswered
+                refusal = error
+                return None
+            finally:
+                deciding += perf_counter() - started_deciding
+
         started = perf_counter()
         try:
-            features = self._features.admit(tx)
+            admitted = self._features.admit(tx, decide)
         except Exception:
             self._state_failed("state_unavailable")
             result = self._fall_back(
@@ -197,18 +214,16 @@ class Scorer(Generic[ModelT]):
                 listener.on_answer(tx, None, result, None)
             return result
         if timed:
-            stages.features(perf_counter() - started)
-        if isinstance(features, EarlierAttempt):
-            return self._answer_repeat(tx, raw.amount_minor, *features)
-        result = self._decide(model, transaction_id, raw.amount_minor, features, timed)
-        try:
-            self._features.record_answer(transaction_id, result)
-        except Exception:  # the answer stands; a retry is told it was counted, unanswered
-            self._state_failed("state_answer_not_kept")
-        decided_by = model if result.fallback_reason is None else None
+            stages.features(perf_counter() - started - deciding)
+        if isinstance(admitted, EarlierAttempt):
+            return self._answer_repeat(tx, raw.amount_minor, *admitted)
+        features, answer = admitted
+        if answer is None:
+            raise refusal or ModelUnavailable("the model could not answer; fallback disabled")
+        decided_by = model if answer.fallback_reason is None else None
         for listener in self._answer_listeners:
-            listener.on_answer(tx, features, result, decided_by)
-        return result
+            listener.on_answer(tx, features, answer, decided_by)
+        return answer
 
     def report_outcome(self, raw: RawOutcome) -> None:
         """Count a confirmed label from its report time on, and tell the outcome listeners.

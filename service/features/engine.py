@@ -13,22 +13,34 @@ from __future__ import annotations
 
 import random
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
-from service.core.domain import EarlierAttempt, ScoreResult, Transaction
+from service.core.domain import Admitted, EarlierAttempt, ScoreResult, Transaction
 from service.features.card_features import CardFeatures, card_feature_specs
 from service.features.config import FeatureConfig
 from service.features.memory_store import MemoryStore
 from service.features.risk_features import RiskFeatures, risk_feature_specs
-from service.features.state import EntityKind, SessionConflict, SessionPlan, StateStore
+from service.features.state import (
+    EntityKind,
+    SessionConflict,
+    SessionPlan,
+    StateSession,
+    StateStore,
+)
 
 FEATURE_ENGINE_VERSION = 2
+# How a shared store lays its records out, apart from what they mean: a store of another
+# layout is refused and rebuilt (`fraud-train state build`), the model is still good.
+# 2: a transaction's answer is kept in its record, not beside it.
+STATE_LAYOUT_VERSION = 2
 # Sessions run again after a conflict with another writer before giving up: a card or a
 # terminal scored by several replicas at the same instant. Each retry waits a random part of
 # a window that doubles (50 µs, 100 µs, ...): two replicas retrying in lockstep on a busy
 # merchant would otherwise collide again and again. At most 6.35 ms of waiting in all (3.2
 # expected), on the event loop's thread: only a shared store across the network conflicts.
 _ATTEMPTS = 8
+_T = TypeVar("_T")
 _FIRST_BACKOFF_SECONDS = 50e-6
 
 
@@ -54,7 +66,10 @@ FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
 def state_identity(config: FeatureConfig) -> str:
     """Names the records this engine writes with `config`: a store holding others is not
     read (its records have another layout or another meaning)."""
-    return f"feature engine {FEATURE_ENGINE_VERSION}, settings {config.fingerprint}"
+    return (
+        f"feature engine {FEATURE_ENGINE_VERSION}, state layout {STATE_LAYOUT_VERSION}, "
+        f"settings {config.fingerprint}"
+    )
 
 
 class FeatureEngine:
@@ -80,11 +95,20 @@ class FeatureEngine:
         admitted = self.admit(tx)
         if isinstance(admitted, EarlierAttempt):
             raise ValueError(f"transaction_id {tx.transaction_id!r} was counted already")
-        return admitted
+        return list(admitted.features)
 
-    def admit(self, tx: Transaction) -> list[float] | EarlierAttempt:
-        """Count `tx` and return its feature vector; or, when its transaction_id was counted
-        already, what was kept of that attempt, counting nothing."""
+    def admit(
+        self, tx: Transaction, decide: Callable[[list[float]], ScoreResult | None] | None = None
+    ) -> Admitted | EarlierAttempt:
+        """Count `tx`, answer it with `decide(features)` and keep the answer with it, all in
+        one session; or, when its transaction_id was counted already, return what was kept
+        of that attempt, counting nothing.
+
+        One session rather than two: a retry can never find the transaction counted but
+        its answer missing (short of a crash mid-way in memory), and a shared store pays
+        one commit. `decide` may run more than once, on a conflict with another writer; it
+        returns None when no answer can be given (the transaction is counted regardless).
+        """
         entities: tuple[tuple[EntityKind, str], ...] = (
             (EntityKind.CARD, tx.card_id),
             (EntityKind.TERMINAL, tx.terminal_id),
@@ -92,45 +116,60 @@ class FeatureEngine:
         if tx.merchant_id:
             entities += ((EntityKind.MERCHANT, tx.merchant_id),)
         plan = SessionPlan(entities, tx.transaction_id)
-        for attempt in range(_ATTEMPTS):
-            try:
-                with self.store.session(plan) as session:
-                    earlier = session.transaction(tx.transaction_id)
-                    # One idle past the horizon is gone on every path, whenever a store
-                    # actually drops it: the id is new again.
-                    if earlier is not None and earlier.transaction.timestamp >= (
-                        tx.timestamp - self._horizon
-                    ):
-                        return EarlierAttempt(earlier.transaction, earlier.answer)
-                    out = self._cards.observe(session, tx)
-                    session.put_transaction(self._risk.observe(session, tx, out))
-            except SessionConflict:  # another replica counted one of these first: read again
-                _back_off(attempt)
-                continue
-            return out
-        raise StateContention(f"{_ATTEMPTS} attempts met other writers")
+        return self._in_session(plan, lambda session: self._admit(session, tx, decide))
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
-        """Keep `answer` for retries of `transaction_id` (counted by `observe`)."""
-        with self.store.session() as session:
-            session.put_answer(transaction_id, answer)
+        """Keep `answer` for retries of `transaction_id`, counted by `admit` but not answered
+        there; nothing if it is not kept, or already answered."""
+
+        def keep(session: StateSession) -> None:
+            record = session.transaction(transaction_id)
+            if record is not None and record.answer is None:
+                record.answer = answer
+                session.put_transaction(record)
+
+        self._in_session(SessionPlan(transaction_id=transaction_id), keep)
 
     def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
         """Count `transaction_id` as fraud (or genuine) from event time `reported_at` on.
 
         Returns False when the transaction is unknown or too old to affect any feature.
         """
-        plan = SessionPlan(transaction_id=transaction_id)
+        return self._in_session(
+            SessionPlan(transaction_id=transaction_id),
+            lambda session: self._risk.report_outcome(
+                session, transaction_id, is_fraud, reported_at
+            ),
+        )
+
+    def _admit(
+        self,
+        session: StateSession,
+        tx: Transaction,
+        decide: Callable[[list[float]], ScoreResult | None] | None,
+    ) -> Admitted | EarlierAttempt:
+        earlier = session.transaction(tx.transaction_id)
+        # One idle past the horizon is gone on every path, whenever a store actually drops
+        # it: the id is new again.
+        if earlier is not None and earlier.transaction.timestamp >= tx.timestamp - self._horizon:
+            return EarlierAttempt(earlier.transaction, earlier.answer)
+        out = self._cards.observe(session, tx)
+        record = self._risk.observe(session, tx, out)
+        if decide is not None:
+            record.answer = decide(out)
+        session.put_transaction(record)
+        return Admitted(out, record.answer)
+
+    def _in_session(self, plan: SessionPlan, work: Callable[[StateSession], _T]) -> _T:
+        """`work` in a session of `plan`, run again while another writer got in first."""
         for attempt in range(_ATTEMPTS):
             try:
                 with self.store.session(plan) as session:
-                    applied = self._risk.report_outcome(
-                        session, transaction_id, is_fraud, reported_at
-                    )
-            except SessionConflict:
+                    done = work(session)
+            except SessionConflict:  # another replica wrote one of these first: read again
                 _back_off(attempt)
                 continue
-            return applied
+            return done
         raise StateContention(f"{_ATTEMPTS} attempts met other writers")
 
 

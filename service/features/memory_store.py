@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from service.core.domain import ScoreResult
 from service.features.state import (
     NO_PLAN,
     EntityKind,
@@ -87,11 +86,6 @@ class MemoryStore:
         records[record.transaction.transaction_id] = record
         records.move_to_end(record.transaction.transaction_id)
         self._evict(records, record.transaction.timestamp)
-
-    def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
-        record = self._transactions.get(transaction_id)
-        if record is not None:
-            record.answer = answer
 
     def _evict(self, records: OrderedDict[str, _R], time: float) -> None:
         if self._max_records is not None and len(records) > self._max_records:

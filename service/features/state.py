@@ -76,11 +76,8 @@ class StateSession(Protocol):
     def transaction(self, transaction_id: str) -> TransactionRecord | None: ...
 
     def put_transaction(self, record: TransactionRecord) -> None:
-        """Keep `record`, all but its answer (see `put_answer`)."""
-        ...
-
-    def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
-        """Keep the answer of a transaction already kept; nothing if it is not."""
+        """Keep `record`, its answer included (and with it: an id reused past the horizon
+        never finds the old transaction's answer)."""
         ...
 
 

@@ -2,8 +2,9 @@
 
 An entity record is its `array('d')` as machine bytes (little-endian doubles on every
 platform this runs on). A transaction record is its event time as 8 bytes, so a sweep can
-read the age of any record from its first 8 bytes, then its fields as a JSON array; its
-answer, written once decided, is a JSON array of its own.
+read the age of any record from its first 8 bytes, then its fields and its answer (null
+until answered) as a JSON array: one value, so the transaction and its answer are kept,
+and dropped, together.
 """
 
 from __future__ import annotations
@@ -48,26 +49,27 @@ def encode_entity(record: array[float]) -> bytes:
     return record.tobytes()
 
 
-def decode_entity(value: bytes) -> array[float]:
+def decode_entity(value: bytes | memoryview) -> array[float]:
     record = array("d")
     record.frombytes(value)
     return record
 
 
 def encode_transaction(record: TransactionRecord) -> bytes:
-    """The record without its answer (see `encode_answer`)."""
     tx = record.transaction
+    answer = record.answer
     fields = [
         [*tx[:7], int(tx.entry_mode), tx.currency, tx.country, tx.card_present],
         record.terminal_tile,
         record.merchant_tile,
         record.is_fraud,
+        None if answer is None else _answer_fields(answer),
     ]
     return _TIME.pack(tx.timestamp) + orjson.dumps(fields)
 
 
-def decode_transaction(value: bytes, answer: bytes | None) -> TransactionRecord:
-    tx_fields, terminal_tile, merchant_tile, is_fraud = orjson.loads(value[_TIME.size :])
+def decode_transaction(value: bytes | memoryview) -> TransactionRecord:
+    tx_fields, terminal_tile, merchant_tile, is_fraud, answer = orjson.loads(value[_TIME.size :])
     tx_id, timestamp, card, terminal, amount, merchant, mcc, mode, currency, country, present = (
         tx_fields
     )
@@ -89,21 +91,19 @@ def decode_transaction(value: bytes, answer: bytes | None) -> TransactionRecord:
         terminal_tile,
         merchant_tile,
         is_fraud,
-        None if answer is None else _answer(tx_id, orjson.loads(answer)),
+        None if answer is None else _answer(tx_id, answer),
     )
 
 
-def encode_answer(answer: ScoreResult) -> bytes:
-    return orjson.dumps(
-        [
-            answer.score,
-            int(answer.decision),
-            [[reason.code, reason.feature, reason.contribution] for reason in answer.reasons],
-            answer.model_version,
-            int(answer.source),
-            None if answer.fallback_reason is None else str(answer.fallback_reason),
-        ]
-    )
+def _answer_fields(answer: ScoreResult) -> list[Any]:
+    return [
+        answer.score,
+        int(answer.decision),
+        [[reason.code, reason.feature, reason.contribution] for reason in answer.reasons],
+        answer.model_version,
+        int(answer.source),
+        None if answer.fallback_reason is None else str(answer.fallback_reason),
+    ]
 
 
 def _answer(transaction_id: str, fields: list[Any]) -> ScoreResult:

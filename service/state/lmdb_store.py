@@ -29,7 +29,6 @@ from pathlib import Path
 import lmdb
 import structlog
 
-from service.core.domain import ScoreResult
 from service.features.memory_store import Evictions
 from service.features.state import (
     NO_PLAN,
@@ -41,7 +40,6 @@ from service.features.state import (
 from service.state.codec import (
     decode_entity,
     decode_transaction,
-    encode_answer,
     encode_entity,
     encode_transaction,
     record_key,
@@ -59,7 +57,6 @@ _ROOM_KEPT = 0.85  # of max_bytes the records may take before room is made
 _DELETE_BATCH = 32
 _MAX_KEY_BYTES = 480  # LMDB's limit is 511: longer ids are stored under their digest
 _TRANSACTIONS = "x"
-_ANSWERS = "a"
 _IDENTITY_KEY = b"identity"
 
 
@@ -98,8 +95,7 @@ class LmdbStore:
         except lmdb.Error as error:
             raise StateStoreError(f"cannot open the feature state at {path}: {error}") from error
         self._dbs = {
-            kind: self._env.open_db(str(kind).encode())
-            for kind in (*EntityKind, _TRANSACTIONS, _ANSWERS)
+            kind: self._env.open_db(str(kind).encode()) for kind in (*EntityKind, _TRANSACTIONS)
         }
         self._check_identity(identity)
         self._horizon = horizon_seconds
@@ -238,14 +234,13 @@ class LmdbStore:
         over = sorted(entry for entry in chunk if entry[0] >= oldest)[: max(0, excess - len(idle))]
         if not idle and not over:
             return
-        answers = self._dbs[_ANSWERS] if name == _TRANSACTIONS else None
         # Small write transactions: each holds the writers' lock briefly, and needs few new
         # pages, so deleting works even in a full file (freed pages serve the next batch).
         for victims, reason in ((idle, "idle"), (over, "capacity")):
             for first in range(0, len(victims), _DELETE_BATCH):
                 batch = victims[first : first + _DELETE_BATCH]
                 with self._env.begin(write=True, db=db) as txn:
-                    deleted = _delete_unchanged(txn, batch, answers)
+                    deleted = _delete_unchanged(txn, batch)
                 if reason == "idle":
                     self.evictions.idle += deleted
                 else:
@@ -281,7 +276,7 @@ class _Session:
 
     def entity(self, kind: EntityKind, key: str) -> array[float] | None:
         value = self._txn.get(_key(key), db=self._dbs[kind])
-        return None if value is None else decode_entity(bytes(value))
+        return None if value is None else decode_entity(value)
 
     def put_entity(self, kind: EntityKind, key: str, record: array[float]) -> None:
         if record[0] > self.latest:
@@ -289,25 +284,12 @@ class _Session:
         self._txn.put(_key(key), encode_entity(record), db=self._dbs[kind])
 
     def transaction(self, transaction_id: str) -> TransactionRecord | None:
-        key = _key(transaction_id)
-        value = self._txn.get(key, db=self._dbs[_TRANSACTIONS])
-        if value is None:
-            return None
-        answer = self._txn.get(key, db=self._dbs[_ANSWERS])
-        return decode_transaction(bytes(value), None if answer is None else bytes(answer))
+        value = self._txn.get(_key(transaction_id), db=self._dbs[_TRANSACTIONS])
+        return None if value is None else decode_transaction(value)
 
     def put_transaction(self, record: TransactionRecord) -> None:
         key = _key(record.transaction.transaction_id)
         self._txn.put(key, encode_transaction(record), db=self._dbs[_TRANSACTIONS])
-        if record.answer is None:
-            # Written anew (an id idle past the horizon, reused): an old answer must never
-            # answer the new transaction's retries.
-            self._txn.delete(key, db=self._dbs[_ANSWERS])
-
-    def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
-        key = _key(transaction_id)
-        if self._txn.get(key, db=self._dbs[_TRANSACTIONS]) is not None:  # else never swept
-            self._txn.put(key, encode_answer(answer), db=self._dbs[_ANSWERS])
 
 
 def _key(identifier: str) -> bytes:
@@ -325,16 +307,11 @@ def _chunk(cursor: lmdb.Cursor, count: int) -> tuple[list[tuple[float, bytes]], 
     return chunk, bytes(cursor.key())
 
 
-def _delete_unchanged(
-    txn: lmdb.Transaction, victims: list[tuple[float, bytes]], answers: lmdb._Database | None
-) -> int:
-    """Delete the records that are still as old as when they were chosen, with their
-    answers when they are transactions; how many."""
+def _delete_unchanged(txn: lmdb.Transaction, victims: list[tuple[float, bytes]]) -> int:
+    """Delete the records that are still as old as when they were chosen; how many."""
     deleted = 0
     for time, key in victims:
         value = txn.get(key)
         if value is not None and record_time(value) <= time:
             deleted += txn.delete(key)
-            if answers is not None:
-                txn.delete(key, db=answers)
     return deleted

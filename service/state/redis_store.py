@@ -11,18 +11,18 @@ again (two replicas scoring one card at the same instant: the second reads the f
 update, so no update is lost). Otherwise every written key gets the next version.
 
 Round trips: entering a session fetches everything its plan names in one MGET; a read
-outside the plan costs one more. A scored transaction costs two (MGET, then the commit)
-plus one for its answer (`FeatureEngine.record_answer` is a session of its own). One round
-trip would need the features computed inside the server, in Lua: a second definition of
-every feature, which training's replay would not run.
+outside the plan costs one more. A scored transaction costs two: the MGET, then the commit
+of its records and its answer (the model decides inside the session). One round trip
+would need the records updated inside the server, in Lua: a second definition of how a
+swipe changes them, which training's replay would not run.
 
 Keys: `fraud:<12 hex digits of the identity's SHA-256>:<kind>:<id>`, kind `c`, `t`, `m`
-(entities), `x` (transactions) or `a` (their answers, unversioned: written once). Ids
+(entities) or `x` (transactions, with their answers). Ids
 longer than `_MAX_ID_BYTES` are replaced by their digest. `fraud:identity` names the
 feature settings the records were written with: another's is refused (StateMismatch).
 
-Bounds: every record expires `horizon_seconds` of wall-clock time after its last write
-(an answer with its transaction), so idle records go by themselves; the server bounds its
+Bounds: every record expires `horizon_seconds` of wall-clock time after its last write,
+so idle records go by themselves; the server bounds its
 memory with `maxmemory` and `maxmemory-policy volatile-lru` (set on the server: every
 record has an expiry, `fraud:identity` has none and stays). A dropped record is read as
 new, as in the other stores. Counts for the metrics come from `RedisCensus`.
@@ -43,14 +43,14 @@ import struct
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.config.settings import mask_url_password
-from service.core.domain import ScoreResult
 from service.features.memory_store import Evictions
 from service.features.state import (
     NO_PLAN,
@@ -62,7 +62,6 @@ from service.features.state import (
 from service.state.codec import (
     decode_entity,
     decode_transaction,
-    encode_answer,
     encode_entity,
     encode_transaction,
     record_key,
@@ -74,36 +73,22 @@ IDENTITY_KEY = b"fraud:identity"
 _MAX_ID_BYTES = 256
 _VERSION = struct.Struct("<Q")
 _TRANSACTIONS = b"x"
-_ANSWERS = b"a"
 # Checks at open, the census: not on the scoring path, so they may wait longer.
 _BACKGROUND_TIMEOUT_SECONDS = 2.0
 
-# KEYS and ARGV after the five counts, in order: each key read and the version it had
-# ('' when absent); each key written and its value; each (transaction, answer) pair and
-# the answer, kept only while the transaction is, for as long; answers to forget (a
-# transaction written anew, unanswered); keys whose expiry restarts.
+# KEYS: each key read, then each key written; ARGV after the lifetime (ms, 0: for ever)
+# and the number of reads: the version each read had ('' when absent), then each value.
 _COMMIT = """
-local ttl = tonumber(ARGV[1])
-local reads, writes, answers = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local forgotten = tonumber(ARGV[5])
+local ttl, reads = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i = 1, reads do
-  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[5 + i] then return 0 end
+  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[2 + i] then return 0 end
 end
-local function keep(key, value, ms)
-  if ms > 0 then redis.call('SET', key, value, 'PX', ms) else redis.call('SET', key, value) end
-end
-for i = reads + 1, reads + writes do keep(KEYS[i], ARGV[5 + i], ttl) end
-local done = reads + writes
-for i = 1, answers do
-  local left = redis.call('PTTL', KEYS[done + 2 * i - 1])  -- -2: gone, -1: for ever
-  if left ~= -2 then
-    keep(KEYS[done + 2 * i], ARGV[5 + done + i], left == -1 and 0 or math.max(left, 1))
+for i = reads + 1, #KEYS do
+  if ttl > 0 then
+    redis.call('SET', KEYS[i], ARGV[2 + i], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], ARGV[2 + i])
   end
-end
-done = done + 2 * answers
-for i = 1, forgotten do redis.call('DEL', KEYS[done + i]) end
-if ttl > 0 then
-  for i = done + forgotten + 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 1
 """
@@ -125,8 +110,7 @@ class RedisStore:
         server cannot be reached, StateMismatch when it holds state of other settings."""
         self.url = mask_url_password(url)  # for messages
         self._pool = _pool(url, timeout_seconds, max_connections=None)
-        self._client = redis.Redis(connection_pool=self._pool)
-        self._commit = self._client.register_script(_COMMIT)  # loaded on first use
+        self._wire = _Wire(self._pool)
         self._keys = _Keys(identity)
         self._ttl_ms = _milliseconds(horizon_seconds)
         background = redis.Redis(
@@ -163,15 +147,16 @@ class RedisStore:
         """Fetch what `plan` names, yield the session, and commit its writes (see the
         module's docstring); SessionConflict when another writer got in first."""
         keys = self._keys.planned(plan)
-        fetched = dict(zip(keys, _values(self._client.mget(keys)), strict=True)) if keys else {}
-        session = _Session(self._client, self._keys, fetched)
+        fetched = dict(zip(keys, self._wire.call(b"MGET", *keys), strict=True)) if keys else {}
+        session = _Session(self._wire, self._keys, fetched)
         yield session
-        if session.wrote and not self._commit(*session.commit_arguments(self._ttl_ms)):
+        if session.wrote and not self._wire.commit(*session.commit_arguments(self._ttl_ms)):
             raise SessionConflict
 
     def close(self) -> None:
         """Stop the census and close every connection."""
         self._census.stop()
+        self._wire.close()
         self._pool.disconnect()
 
     def _check_identity(self, client: redis.Redis, identity: str) -> None:
@@ -187,32 +172,18 @@ class RedisStore:
 class _Session:
     """What one session read (with the versions) and will write: a `StateSession`."""
 
-    __slots__ = (
-        "_answers",
-        "_client",
-        "_fetched",
-        "_forgotten",
-        "_keys",
-        "_touched",
-        "_versions",
-        "_writes",
-    )
+    __slots__ = ("_fetched", "_keys", "_versions", "_wire", "_writes")
 
-    def __init__(
-        self, client: redis.Redis, keys: _Keys, fetched: dict[bytes, bytes | None]
-    ) -> None:
-        self._client = client
+    def __init__(self, wire: _Wire, keys: _Keys, fetched: dict[bytes, bytes | None]) -> None:
+        self._wire = wire
         self._keys = keys
         self._fetched = fetched
         self._versions: dict[bytes, bytes] = {}
         self._writes: dict[bytes, bytes] = {}
-        self._answers: list[tuple[bytes, bytes, bytes]] = []
-        self._touched: list[bytes] = []
-        self._forgotten: list[bytes] = []
 
     @property
     def wrote(self) -> bool:
-        return bool(self._writes or self._answers or self._forgotten)
+        return bool(self._writes)
 
     def entity(self, kind: EntityKind, key: str) -> array[float] | None:
         payload = self._read(self._keys.entity(kind, key))
@@ -222,39 +193,20 @@ class _Session:
         self._write(self._keys.entity(kind, key), encode_entity(record))
 
     def transaction(self, transaction_id: str) -> TransactionRecord | None:
-        key, answer_key = self._keys.transaction(transaction_id)
-        if key not in self._fetched:
-            fetched = _values(self._client.mget(key, answer_key))
-            self._fetched.update(zip((key, answer_key), fetched, strict=True))
-        payload = self._read(key)
-        if payload is None:
-            return None
-        return decode_transaction(payload, self._fetched.get(answer_key))
+        payload = self._read(self._keys.transaction(transaction_id))
+        return None if payload is None else decode_transaction(payload)
 
     def put_transaction(self, record: TransactionRecord) -> None:
-        key, answer_key = self._keys.transaction(record.transaction.transaction_id)
-        existed = self._write(key, encode_transaction(record))
-        if record.answer is None:
-            # Written anew (an id idle past the horizon, reused): an old answer must never
-            # answer the new transaction's retries.
-            self._forgotten.append(answer_key)
-        elif existed:
-            self._touched.append(answer_key)  # its answer lives as long as it does
-
-    def put_answer(self, transaction_id: str, answer: ScoreResult) -> None:
-        key, answer_key = self._keys.transaction(transaction_id)
-        self._answers.append((key, answer_key, encode_answer(answer)))
+        self._write(
+            self._keys.transaction(record.transaction.transaction_id), encode_transaction(record)
+        )
 
     def commit_arguments(self, ttl_ms: int) -> tuple[list[bytes], list[bytes | int]]:
         """The commit script's KEYS and ARGV (see `_COMMIT`)."""
         keys = [*self._versions, *self._writes]
-        arguments: list[bytes | int] = [ttl_ms, len(self._versions), len(self._writes)]
-        arguments += [len(self._answers), len(self._forgotten)]
+        arguments: list[bytes | int] = [ttl_ms, len(self._versions)]
         arguments += [*self._versions.values(), *self._writes.values()]
-        for key, answer_key, answer in self._answers:
-            keys += (key, answer_key)
-            arguments.append(answer)
-        return [*keys, *self._forgotten, *self._touched], arguments
+        return keys, arguments
 
     def _read(self, key: bytes) -> bytes | None:
         """The record of `key` as this session sees it, its version noted on first read."""
@@ -262,45 +214,41 @@ class _Session:
         if written is not None:
             return written[_VERSION.size :]
         if key not in self._fetched:
-            self._fetched[key] = _values([self._client.get(key)])[0]
+            self._fetched[key] = self._wire.call(b"GET", key)
         value = self._fetched[key]
         self._versions.setdefault(key, b"" if value is None else value[: _VERSION.size])
         return None if value is None else value[_VERSION.size :]
 
-    def _write(self, key: bytes, payload: bytes) -> bool:
-        """Buffer `payload` under the version after the one read; whether the key existed."""
+    def _write(self, key: bytes, payload: bytes) -> None:
+        """Buffer `payload` under the version after the one read."""
         if key not in self._versions:
             self._read(key)  # a write computed from nothing read is still checked
         read = self._versions[key]
         version = _VERSION.unpack(read)[0] + 1 if read else 1
         self._writes[key] = _VERSION.pack(version) + payload
-        return bool(read)
 
 
 class _Keys:
     """The keys of one feature settings' records."""
 
-    __slots__ = ("_answers", "_entities", "_transactions", "prefix")
+    __slots__ = ("_entities", "_transactions", "prefix")
 
     def __init__(self, identity: str) -> None:
         self.prefix = b"fraud:" + hashlib.sha256(identity.encode()).hexdigest()[:12].encode()
         self.prefix += b":"
         self._entities = {kind: self.prefix + kind.value.encode() + b":" for kind in EntityKind}
         self._transactions = self.prefix + _TRANSACTIONS + b":"
-        self._answers = self.prefix + _ANSWERS + b":"
 
     def entity(self, kind: EntityKind, key: str) -> bytes:
         return self._entities[kind] + _id(key)
 
-    def transaction(self, transaction_id: str) -> tuple[bytes, bytes]:
-        """The keys of the transaction's record and of its answer."""
-        raw = _id(transaction_id)
-        return self._transactions + raw, self._answers + raw
+    def transaction(self, transaction_id: str) -> bytes:
+        return self._transactions + _id(transaction_id)
 
     def planned(self, plan: SessionPlan) -> list[bytes]:
         keys = [self.entity(kind, key) for kind, key in plan.entities]
         if plan.transaction_id is not None:
-            keys += self.transaction(plan.transaction_id)
+            keys.append(self.transaction(plan.transaction_id))
         return keys
 
 
@@ -315,9 +263,37 @@ def _pool(url: str, timeout_seconds: float, *, max_connections: int | None) -> r
     )
 
 
-def _values(replies: list[bytes | str | None]) -> list[bytes | None]:
-    """Replies of GET and MGET as the client gives them without decode_responses: bytes."""
-    return cast("list[bytes | None]", replies)
+class _Wire:
+    """The scoring path's one connection (a store is used by one thread, the event loop's):
+    commands packed by hiredis and sent as they are, without redis-py's client layers
+    (pool checkout, retries, encoders, instrumentation), which cost more CPU than the
+    round trip. Any failure drops the connection, so a reply cut short by a timeout is
+    never read as the next command's; the next call reconnects."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._connection: Any = pool.make_connection()  # redis-py leaves its methods untyped
+        self._commit_sha = hashlib.sha1(_COMMIT.encode()).hexdigest().encode()
+
+    def call(self, *arguments: bytes | int) -> Any:
+        connection = self._connection
+        try:
+            packed = hiredis.pack_command(cast("Any", arguments))  # its stub takes a 1-tuple
+            connection.send_packed_command([packed], check_health=False)
+            return connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+
+    def commit(self, keys: list[bytes], arguments: list[bytes | int]) -> bool:
+        """Run `_COMMIT`, loading it first if the server does not hold it (restarted)."""
+        try:
+            return bool(self.call(b"EVALSHA", self._commit_sha, len(keys), *keys, *arguments))
+        except redis.exceptions.NoScriptError:
+            self.call(b"SCRIPT", b"LOAD", _COMMIT.encode())
+            return bool(self.call(b"EVALSHA", self._commit_sha, len(keys), *keys, *arguments))
+
+    def close(self) -> None:
+        self._connection.disconnect()
 
 
 def _id(identifier: str) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from service.core.card_tokens import CardTokenizer
 from service.core.domain import (
     NANOS_PER_SECOND,
+    Admitted,
     Decision,
     DecisionSource,
     EarlierAttempt,
@@ -36,6 +37,7 @@ from service.core.errors import (
     StateUnavailable,
     UnknownTransaction,
 )
+from service.core.ports import FeatureState
 from service.core.scoring import FallbackPolicy, Scorer, decision_for
 from service.core.validation import ScoringLimits
 from service.features import FEATURES, FeatureEngine, MemoryStore
@@ -50,6 +52,8 @@ from tests.factories import raw_transaction as _raw
 from training.data.loading import load_transactions
 from training.data.replay import replay_features, transactions
 from training.model_build.export import export_onnx
+
+Decide = Callable[[Sequence[float]], ScoreResult | None]
 
 NAMES = [feature.name for feature in FEATURES]
 TOKENIZER = CardTokenizer(b"test key")
@@ -92,7 +96,7 @@ def scorer(engine: FeatureEngine, store: ModelStore) -> Scorer[LoadedModel]:
 
 
 def _scorer(
-    engine: FeatureEngine, store: Any, *, stage_timing_every: int | None = None, **options: Any
+    engine: FeatureState, store: Any, *, stage_timing_every: int | None = None, **options: Any
 ) -> Scorer[LoadedModel]:
     """A scorer over `engine` and `store`; `stage_timing_every` times the stages of one call
     in that many, in the server's stage histograms."""
@@ -314,7 +318,7 @@ def test_no_model_falls_back_but_keeps_counting(engine: FeatureEngine) -> None:
 class BrokenState:
     """A feature state whose store fails on every call, as a full disk makes LMDB's."""
 
-    def admit(self, tx: Transaction) -> list[float]:
+    def admit(self, tx: Transaction, decide: Decide) -> Admitted:
         raise OSError(27, "File too large")
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
@@ -348,14 +352,17 @@ def test_a_failing_state_store_gets_the_fallback_and_refuses_outcomes(store: Mod
 
 
 class ForgetfulState:
-    """A feature state that counts transactions but fails to keep their answers, as a
-    process killed between the two leaves them."""
+    """A feature state that counts transactions but keeps no answer, as a state written by
+    an earlier version (which kept the answer apart) may hold them."""
 
     def __init__(self, engine: FeatureEngine) -> None:
         self.engine = engine
 
-    def admit(self, tx: Transaction) -> list[float] | EarlierAttempt:
-        return self.engine.admit(tx)
+    def admit(self, tx: Transaction, decide: Decide) -> Admitted | EarlierAttempt:
+        admitted = self.engine.admit(tx)
+        if isinstance(admitted, EarlierAttempt):
+            return admitted
+        return Admitted(admitted.features, decide(admitted.features))
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         raise OSError(5, "Input/output error")
@@ -382,6 +389,34 @@ def test_a_repeat_of_a_counted_but_unanswered_transaction_gets_the_fallback_kept
         FallbackReason.STATE_UNAVAILABLE,
     )
     assert scorer.score(_raw(1)) == retry
+    assert _card_count(engine) == 2  # counted once, and the probe
+
+
+class AnswerlessState:
+    """A feature state on which only `admit` may keep an answer."""
+
+    def __init__(self, engine: FeatureEngine) -> None:
+        self.engine = engine
+
+    def admit(self, tx: Transaction, decide: Decide) -> Admitted | EarlierAttempt:
+        return self.engine.admit(tx, decide)
+
+    def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
+        raise AssertionError("the answer is kept by admit, in the transaction's session")
+
+    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
+        return self.engine.report_outcome(transaction_id, is_fraud, reported_at)
+
+
+def test_the_answer_is_kept_with_the_count_in_one_session(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """The model decides inside the state's session, so the transaction and its answer are
+    kept together: a retry (after a restart) gets the model's answer, never a fallback."""
+    first = _scorer(AnswerlessState(engine), store).score(_raw(1))
+    retry = _scorer(AnswerlessState(engine), store).score(_raw(1))
+    assert first.source is DecisionSource.MODEL
+    assert retry == first
     assert _card_count(engine) == 2  # counted once, and the probe
 
 

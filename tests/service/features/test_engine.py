@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from service.core.domain import EarlierAttempt, Transaction
+from service.core.domain import Admitted, EarlierAttempt, Transaction
 from service.features import FEATURES, FeatureConfig, FeatureEngine
 from service.features.card_history import RECENT_EVENTS
 from tests.service.features.engine_io import DAY, DELAY, HOUR, NAMES, T0, as_dict, tx
@@ -126,6 +126,6 @@ def test_a_transaction_id_idle_past_the_horizon_is_new_again():
     engine.observe(first)
     assert isinstance(engine.admit(first._replace(amount=99.0)), EarlierAttempt)
     much_later = first._replace(timestamp=T0 + config.state_horizon_seconds + 1, amount=99.0)
-    features = engine.admit(much_later)
-    assert isinstance(features, list)
-    assert as_dict(features)["card_tx_count_30d"] == 1  # the card is new again too
+    admitted = engine.admit(much_later)
+    assert isinstance(admitted, Admitted)
+    assert as_dict(list(admitted.features))["card_tx_count_30d"] == 1  # the card is new again too

@@ -10,6 +10,7 @@ import pytest
 
 from service.config.settings import StateBackend, StateSettings
 from service.core.domain import (
+    Admitted,
     Decision,
     DecisionSource,
     EarlierAttempt,
@@ -48,5 +49,5 @@ def test_an_id_reused_past_the_horizon_never_gets_the_old_answer(store: StateSto
     later = Transaction(
         small.transaction_id, T0 + CONFIG.state_horizon_seconds + 60, "c2", "t9", 1e6
     )
-    assert isinstance(engine.admit(later), list)  # counted as new
+    assert isinstance(engine.admit(later), Admitted)  # counted as new
     assert engine.admit(later) == EarlierAttempt(later, None)  # no answer yet: not the old one

@@ -7,6 +7,7 @@ import itertools
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import lmdb
 import pytest
@@ -86,8 +87,7 @@ def test_a_counted_transaction_and_its_answer_outlive_the_process(tmp_path: Path
     store = _open(tmp_path)
     engine = FeatureEngine(CONFIG, store)
     first = tx(1, T0, amount=12.5, merchant_id="m", card_present=True, country="FR")
-    engine.observe(first)
-    engine.record_answer("tx1", answer)
+    assert engine.admit(first, lambda features: answer) == (ANY, answer)
     store.close()
     store = _open(tmp_path)
     assert FeatureEngine(CONFIG, store).admit(first) == EarlierAttempt(first, answer)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import redis
@@ -158,8 +159,7 @@ def test_a_retry_after_a_restart_gets_the_stored_answer(redis_url: str) -> None:
     store = _open(redis_url)
     engine = FeatureEngine(CONFIG, store)
     first = tx(1, T0, amount=12.5, merchant_id="m", card_present=True, country="FR")
-    engine.observe(first)
-    engine.record_answer("tx1", answer)
+    assert engine.admit(first, lambda features: answer) == (ANY, answer)
     store.close()
     store = _open(redis_url)
     assert FeatureEngine(CONFIG, store).admit(first) == EarlierAttempt(first, answer)
@@ -168,23 +168,23 @@ def test_a_retry_after_a_restart_gets_the_stored_answer(redis_url: str) -> None:
     store.close()
 
 
-def test_an_answer_lives_as_long_as_its_transaction(redis_url: str) -> None:
-    """The answer gets its transaction's expiry, and an outcome restarts both; an answer
-    for a transaction never kept is not kept either."""
+def test_a_transaction_and_its_answer_live_as_one_record(redis_url: str) -> None:
+    """The answer, kept in the transaction's session, is part of its record: one key, one
+    expiry, which an outcome restarts; an answer for a transaction never kept is not
+    kept either."""
     store = _open(redis_url)
     engine = FeatureEngine(CONFIG, store)
-    engine.observe(tx(1, T0, merchant_id="m"))
-    engine.record_answer("tx1", _answer("tx1"))
+    engine.admit(tx(1, T0, merchant_id="m"), lambda features: _answer("tx1"))
     engine.record_answer("unknown", _answer("unknown"))
     client = redis.Redis.from_url(redis_url)
-    keys = sorted(key for key in client.scan_iter() if b":x:" in key or b":a:" in key)
-    assert [key.rsplit(b":", 2)[1:] for key in keys] == [[b"a", b"tx1"], [b"x", b"tx1"]]
+    keys = [key for key in client.scan_iter() if b":x:" in key]
+    assert [key.rsplit(b":", 2)[1:] for key in keys] == [[b"x", b"tx1"]]
     horizon_ms = CONFIG.state_horizon_seconds * 1000
-    assert all(horizon_ms - 60_000 < client.pttl(key) <= horizon_ms for key in keys)
+    assert horizon_ms - 60_000 < client.pttl(keys[0]) <= horizon_ms
     client.pexpire(keys[0], 10_000)
-    client.pexpire(keys[1], 10_000)
     assert engine.report_outcome("tx1", True, T0 + HOUR)
-    assert all(client.pttl(key) > horizon_ms - 60_000 for key in keys)
+    assert client.pttl(keys[0]) > horizon_ms - 60_000
+    assert engine.admit(tx(1, T0, merchant_id="m")) == EarlierAttempt(ANY, _answer("tx1"))
     client.close()
     store.close()
 
@@ -205,11 +205,10 @@ def test_without_a_horizon_records_and_answers_never_expire(redis_url: str) -> N
         timeout_seconds=TIMEOUT,
     )
     engine = FeatureEngine(CONFIG, store)
-    engine.observe(tx(1, T0))
-    engine.record_answer("tx1", _answer("tx1"))
+    engine.admit(tx(1, T0), lambda features: _answer("tx1"))
     client = redis.Redis.from_url(redis_url)
     keys = [key for key in client.scan_iter() if key != b"fraud:identity"]
-    assert len(keys) == 4  # card, terminal, transaction, answer
+    assert len(keys) == 3  # card, terminal, transaction with its answer
     assert {client.pttl(key) for key in keys} == {-1}
     client.close()
     store.close()
