@@ -19,6 +19,7 @@ from service.features.state import (
     EntityKind,
     SessionPlan,
     StateSession,
+    TileCount,
     TransactionRecord,
 )
 
@@ -77,6 +78,11 @@ class MemoryStore:
         records[key] = record
         records.move_to_end(key)
         self._evict(records, record[0])
+
+    def put_counted(
+        self, kind: EntityKind, key: str, record: array[float], count: TileCount
+    ) -> None:
+        self.put_entity(kind, key, record)
 
     def transaction(self, transaction_id: str) -> TransactionRecord | None:
         return self._transactions.get(transaction_id)

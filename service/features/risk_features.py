@@ -77,9 +77,9 @@ class RiskFeatures:
         self, session: StateSession, kind: EntityKind, key: str, tx: Transaction, out: list[float]
     ) -> int:
         record = self._current(session, kind, key, tx.timestamp)
-        tile = self._ring.observe(record, tx.timestamp, out)
-        session.put_entity(kind, key, record)
-        return tile
+        counted = self._ring.observe(record, tx.timestamp, out)
+        session.put_counted(kind, key, record, counted)
+        return counted.hour
 
     def _apply(
         self,

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 from array import array
 
-from service.features.tiles import DAY, HOUR, advance_ring
+from service.features.state import TileCount
+from service.features.tiles import DAY, HOUR, apply_count
 
 RISK_WINDOW_DAYS = (1, 7, 30)
 PENDING_OUTCOMES = 8
@@ -73,17 +74,19 @@ class RiskRing:
         """The record of an entity never seen (or idle past the state horizon)."""
         return array("d", self._fresh)
 
-    def observe(self, record: array[float], timestamp: float, out: list[float]) -> int:
-        """Append the risk features at `timestamp`, then count the transaction.
+    def observe(self, record: array[float], timestamp: float, out: list[float]) -> TileCount:
+        """Count the transaction at `timestamp` and append the risk features.
 
-        Returns the transaction's hour tile, the handle for reporting its outcome.
+        Returns the count: its hour tile (`TileCount.hour`) is the handle for reporting
+        the transaction's outcome. The features read only settled tiles, so counting first
+        changes none of them.
         """
         last_time = record[_LAST_TIME]
         now = timestamp if timestamp > last_time else last_time
-        record[_LAST_TIME] = now
         hour = int(now // HOUR)
-        advance_ring(record, _DAYS, self.day_tiles, 2, _DAY_HEAD, hour // 24)
-        advance_ring(record, self._hours, self.hour_tiles, 2, _HOUR_HEAD, hour)
+        days = (_DAYS, self.day_tiles, _DAY_HEAD, hour // 24)
+        counted = TileCount(now, (days, (self._hours, self.hour_tiles, _HOUR_HEAD, hour)))
+        apply_count(record, counted)
         if record[_PENDING_COUNT]:
             self._fold_pending(record, now)
         settled_hour = int((now - self.label_delay) // HOUR)
@@ -91,9 +94,7 @@ class RiskRing:
             out += record[_CACHE:_DAYS]
         else:
             self._compute(record, settled_hour, out)
-        record[_DAYS + 2 * (hour // 24 % self.day_tiles)] += 1.0
-        record[self._hours + 2 * (hour % self.hour_tiles)] += 1.0
-        return hour
+        return counted
 
     def _compute(self, record: array[float], settled_hour: int, out: list[float]) -> None:
         """Append the six features of the windows ending at `settled_hour`, and cache them."""
@@ -120,6 +121,10 @@ class RiskRing:
     ) -> None:
         """Count `change` (+1 a new fraud, -1 a fraud withdrawn) for the transaction of hour
         tile `hour`, from `reported_at` on."""
+        if record[_PENDING_COUNT]:
+            # Outcomes due by the latest transaction: folded already when this record was
+            # observed here, still waiting in one counted by a shared store (`apply_count`).
+            self._fold_pending(record, record[_LAST_TIME])
         if reported_at <= (hour + 1) * HOUR + self.label_delay or reported_at <= record[_LAST_TIME]:
             # No window reads the hour (or its day) before reported_at: no leak.
             self._add_fraud(record, hour, change)

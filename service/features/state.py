@@ -47,6 +47,20 @@ class TransactionRecord:
     """None until answered, and for good when no answer could be given."""
 
 
+class TileCount(NamedTuple):
+    """One transaction counted in a terminal's or merchant's record (`tiles.apply_count`):
+    the time it was counted at, and for each ring of (transactions, frauds) tiles its base
+    index, its number of tiles, the index of its newest tile's number, and the tile."""
+
+    time: float
+    rings: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def hour(self) -> int:
+        """The tile of the last ring (the hours): where the transaction's outcome goes."""
+        return self.rings[-1][3]
+
+
 class SessionPlan(NamedTuple):
     """What a session is about to read, so that a store across the network fetches it in
     one round trip (reads outside the plan cost one each)."""
@@ -72,6 +86,15 @@ class StateSession(Protocol):
         ...
 
     def put_entity(self, kind: EntityKind, key: str, record: array[float]) -> None: ...
+
+    def put_counted(
+        self, kind: EntityKind, key: str, record: array[float], count: TileCount
+    ) -> None:
+        """Keep `record`, the record of `key` read in this session with `count` applied (and
+        what that made due settled). A store shared by concurrent writers may instead apply
+        `count` to the record it holds (counts commute) and keep the rest as it is: what
+        was settled here is settled again by the next reader."""
+        ...
 
     def transaction(self, transaction_id: str) -> TransactionRecord | None: ...
 

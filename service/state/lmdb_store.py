@@ -35,6 +35,7 @@ from service.features.state import (
     EntityKind,
     SessionPlan,
     StateSession,
+    TileCount,
     TransactionRecord,
 )
 from service.state.codec import (
@@ -282,6 +283,11 @@ class _Session:
         if record[0] > self.latest:
             self.latest = record[0]
         self._txn.put(_key(key), encode_entity(record), db=self._dbs[kind])
+
+    def put_counted(
+        self, kind: EntityKind, key: str, record: array[float], count: TileCount
+    ) -> None:
+        self.put_entity(kind, key, record)  # one writer at a time: the record is current
 
     def transaction(self, transaction_id: str) -> TransactionRecord | None:
         value = self._txn.get(_key(transaction_id), db=self._dbs[_TRANSACTIONS])

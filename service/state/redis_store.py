@@ -10,22 +10,31 @@ is written and the session raises SessionConflict, which the engine answers by r
 again (two replicas scoring one card at the same instant: the second reads the first's
 update, so no update is lost). Otherwise every written key gets the next version.
 
+Terminals and merchants are the exception: every replica counts transactions at the same
+busy ones, and racing on whole records made a third of the sessions at one merchant run
+again, some to no avail. What scoring changes in them is a count (`tiles.apply_count`:
+the latest time, the rings moved on, one more in a tile), and counts commute, so the
+commit applies the count to the record the server holds (`put_counted`), unchecked; the
+features were computed from the record as read, and read only settled tiles, which no
+count changes. The script mirrors `apply_count` in a few lines of Lua, held to the same
+bytes by a test. Outcomes still change those records by compare-and-set.
+
 Round trips: entering a session fetches everything its plan names in one MGET; a read
 outside the plan costs one more. A scored transaction costs two: the MGET, then the commit
 of its records and its answer (the model decides inside the session). One round trip
-would need the records updated inside the server, in Lua: a second definition of how a
-swipe changes them, which training's replay would not run.
+would need the card's record updated inside the server too, in Lua: a second definition
+of most of how a swipe changes it, which training's replay would not run.
 
 Keys: `fraud:<12 hex digits of the identity's SHA-256>:<kind>:<id>`, kind `c`, `t`, `m`
-(entities) or `x` (transactions, with their answers). Ids
-longer than `_MAX_ID_BYTES` are replaced by their digest. `fraud:identity` names the
+(entities) or `x` (transactions, with their answers). Ids longer than `_MAX_ID_BYTES`
+are replaced by their digest. `fraud:identity` names the
 feature settings the records were written with: another's is refused (StateMismatch).
 
 Bounds: every record expires `horizon_seconds` of wall-clock time after its last write,
-so idle records go by themselves; the server bounds its
-memory with `maxmemory` and `maxmemory-policy volatile-lru` (set on the server: every
-record has an expiry, `fraud:identity` has none and stays). A dropped record is read as
-new, as in the other stores. Counts for the metrics come from `RedisCensus`.
+so idle records go by themselves; the server bounds its memory with `maxmemory` and
+`maxmemory-policy volatile-lru` (set on the server: every record has an expiry,
+`fraud:identity` has none and stays). A dropped record is read as new, as in the other
+stores. Counts for the metrics come from `RedisCensus`.
 
 One server (with replicas of its own if wanted), not Redis Cluster: a session's keys
 span hash slots, and the commit script needs them all on one node.
@@ -57,6 +66,7 @@ from service.features.state import (
     EntityKind,
     SessionConflict,
     SessionPlan,
+    TileCount,
     TransactionRecord,
 )
 from service.state.codec import (
@@ -65,6 +75,7 @@ from service.state.codec import (
     encode_entity,
     encode_transaction,
     record_key,
+    record_time,
 )
 from service.state.errors import StateMismatch, StateStoreError
 from service.state.redis_census import RedisCensus, warn_if_unbounded
@@ -76,18 +87,84 @@ _TRANSACTIONS = b"x"
 # Checks at open, the census: not on the scoring path, so they may wait longer.
 _BACKGROUND_TIMEOUT_SECONDS = 2.0
 
-# KEYS: each key read, then each key written; ARGV after the lifetime (ms, 0: for ever)
-# and the number of reads: the version each read had ('' when absent), then each value.
-_COMMIT = """
-local ttl, reads = tonumber(ARGV[1]), tonumber(ARGV[2])
+# KEYS: each key read, each key written, each key counted. ARGV: the lifetime (ms, 0: for
+# ever), the numbers of reads and writes, the state horizon (s); the version each read had
+# ('' when absent); each value written; for each key counted, the record to keep if the
+# server holds none or one idle past the horizon ('' when the session read a live one: if
+# it is gone meanwhile, the session runs again), the count's time, its number of rings and
+# (base, tiles, head index, tile) of each. Nothing is written unless every check passes.
+_COMMIT = r"""
+local ttl, reads, writes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local horizon = tonumber(ARGV[4])
 for i = 1, reads do
-  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[2 + i] then return 0 end
+  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[4 + i] then return 0 end
 end
-for i = reads + 1, #KEYS do
-  if ttl > 0 then
-    redis.call('SET', KEYS[i], ARGV[2 + i], 'PX', ttl)
+-- A record is its 8-byte version, then little-endian doubles: double i at byte 8 + 8i.
+local function double(key, i)
+  return (struct.unpack('<d', redis.call('GETRANGE', key, 8 + 8 * i, 15 + 8 * i)))
+end
+local function next_version(version)
+  if version == '' then return struct.pack('<I4I4', 1, 0) end
+  local low, high = struct.unpack('<I4I4', version)
+  if low == 4294967295 then return struct.pack('<I4I4', 0, high + 1) end
+  return struct.pack('<I4I4', low + 1, high)
+end
+local counts, at = {}, 5 + reads + writes
+for k = reads + writes + 1, #KEYS do
+  local fallback, time, rings = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local version = redis.call('GETRANGE', KEYS[k], 0, 7)
+  local anew = version == '' or double(KEYS[k], 0) < time - horizon
+  if anew and fallback == '' then return 0 end
+  counts[#counts + 1] = {KEYS[k], version, anew, fallback, time, rings, at + 3}
+  at = at + 3 + 4 * rings
+end
+local function keep(key, value)
+  if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
+end
+for i = reads + 1, reads + writes do keep(KEYS[i], ARGV[4 + i]) end
+-- `tiles.apply_count`, in place: only the spans it changes are written.
+local ONE = struct.pack('<dd', 1, 0)  -- a tile's (transactions, frauds) once counted anew
+local HEADER_DOUBLES = 4
+for _, count in ipairs(counts) do
+  local key, version, anew, fallback, time, rings, at = unpack(count)
+  if anew then
+    keep(key, next_version(version) .. fallback)
   else
-    redis.call('SET', KEYS[i], ARGV[2 + i])
+    local function set(index, bytes) redis.call('SETRANGE', key, 8 + 8 * index, bytes) end
+    -- The version, the latest time and the rings' heads lead the record: read at once.
+    local header = redis.call('GETRANGE', key, 0, 15 + 8 * HEADER_DOUBLES)
+    local function leading(index) return (struct.unpack('<d', header, 9 + 8 * index)) end
+    local latest = leading(0)
+    if time > latest then latest = time end
+    redis.call('SETRANGE', key, 0, next_version(version) .. struct.pack('<d', latest))
+    for r = 1, rings do
+      local base, tiles = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+      local head_index, tile = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+      at = at + 4
+      local head = head_index <= HEADER_DOUBLES and leading(head_index) or double(key, head_index)
+      local slot = tile % tiles
+      local function empty(first, last)  -- tiles first..last of the ring (none if last < first)
+        if last >= first then set(base + 2 * first, string.rep('\0', 16 * (last - first + 1))) end
+      end
+      if tile > head then  -- the ring moves on: the tiles it skips are emptied
+        if tile - head >= tiles then
+          empty(0, tiles - 1)
+        else
+          local first = (head + 1) % tiles
+          if first <= slot then
+            empty(first, slot)
+          else
+            empty(first, tiles - 1)
+            empty(0, slot)
+          end
+        end
+        set(base + 2 * slot, ONE)
+        set(head_index, struct.pack('<d', tile))
+      elseif tile > head - tiles then
+        set(base + 2 * slot, struct.pack('<d', double(key, base + 2 * slot) + 1))
+      end
+    end
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   end
 end
 return 1
@@ -113,6 +190,9 @@ class RedisStore:
         self._wire = _Wire(self._pool)
         self._keys = _Keys(identity)
         self._ttl_ms = _milliseconds(horizon_seconds)
+        self._horizon_seconds = horizon_seconds
+        # Lua reads "inf" as a number only on some platforms' strtod: spell it out.
+        self._horizon = b"1e300" if math.isinf(horizon_seconds) else repr(horizon_seconds).encode()
         background = redis.Redis(
             connection_pool=_pool(url, _BACKGROUND_TIMEOUT_SECONDS, max_connections=1)
         )
@@ -148,9 +228,10 @@ class RedisStore:
         module's docstring); SessionConflict when another writer got in first."""
         keys = self._keys.planned(plan)
         fetched = dict(zip(keys, self._wire.call(b"MGET", *keys), strict=True)) if keys else {}
-        session = _Session(self._wire, self._keys, fetched)
+        session = _Session(self._wire, self._keys, fetched, self._horizon_seconds)
         yield session
-        if session.wrote and not self._wire.commit(*session.commit_arguments(self._ttl_ms)):
+        arguments = session.commit_arguments(self._ttl_ms, self._horizon) if session.wrote else None
+        if arguments is not None and not self._wire.commit(*arguments):
             raise SessionConflict
 
     def close(self) -> None:
@@ -172,18 +253,22 @@ class RedisStore:
 class _Session:
     """What one session read (with the versions) and will write: a `StateSession`."""
 
-    __slots__ = ("_fetched", "_keys", "_versions", "_wire", "_writes")
+    __slots__ = ("_counts", "_fetched", "_horizon", "_keys", "_versions", "_wire", "_writes")
 
-    def __init__(self, wire: _Wire, keys: _Keys, fetched: dict[bytes, bytes | None]) -> None:
+    def __init__(
+        self, wire: _Wire, keys: _Keys, fetched: dict[bytes, bytes | None], horizon: float
+    ) -> None:
         self._wire = wire
+        self._horizon = horizon
         self._keys = keys
         self._fetched = fetched
         self._versions: dict[bytes, bytes] = {}
         self._writes: dict[bytes, bytes] = {}
+        self._counts: dict[bytes, tuple[bytes, TileCount]] = {}
 
     @property
     def wrote(self) -> bool:
-        return bool(self._writes)
+        return bool(self._writes or self._counts)
 
     def entity(self, kind: EntityKind, key: str) -> array[float] | None:
         payload = self._read(self._keys.entity(kind, key))
@@ -191,6 +276,19 @@ class _Session:
 
     def put_entity(self, kind: EntityKind, key: str, record: array[float]) -> None:
         self._write(self._keys.entity(kind, key), encode_entity(record))
+
+    def put_counted(
+        self, kind: EntityKind, key: str, record: array[float], count: TileCount
+    ) -> None:
+        """The count is applied by the commit to the record the server holds, whatever
+        other replicas counted since this session read it (counts commute), so a busy
+        terminal or merchant never makes a session run again; `record` is kept only when
+        the server holds none (or one idle past the horizon)."""
+        name = self._keys.entity(kind, key)
+        self._versions.pop(name, None)
+        read = self._fetched.get(name)
+        live = read is not None and record_time(read[_VERSION.size :]) >= count.time - self._horizon
+        self._counts[name] = (b"" if live else encode_entity(record), count)
 
     def transaction(self, transaction_id: str) -> TransactionRecord | None:
         payload = self._read(self._keys.transaction(transaction_id))
@@ -201,11 +299,17 @@ class _Session:
             self._keys.transaction(record.transaction.transaction_id), encode_transaction(record)
         )
 
-    def commit_arguments(self, ttl_ms: int) -> tuple[list[bytes], list[bytes | int]]:
+    def commit_arguments(
+        self, ttl_ms: int, horizon: bytes
+    ) -> tuple[list[bytes], list[bytes | int]]:
         """The commit script's KEYS and ARGV (see `_COMMIT`)."""
-        keys = [*self._versions, *self._writes]
-        arguments: list[bytes | int] = [ttl_ms, len(self._versions)]
+        keys = [*self._versions, *self._writes, *self._counts]
+        arguments: list[bytes | int] = [ttl_ms, len(self._versions), len(self._writes), horizon]
         arguments += [*self._versions.values(), *self._writes.values()]
+        for payload, count in self._counts.values():
+            arguments += (payload, repr(count.time).encode(), len(count.rings))
+            for ring in count.rings:
+                arguments += ring
         return keys, arguments
 
     def _read(self, key: bytes) -> bytes | None:
