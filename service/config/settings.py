@@ -84,6 +84,22 @@ class ServerSettings(_Group):
     benchmarks/RESULTS.md); young garbage is still collected (see
     `service.observability.gc_policy`). Turn on if resident memory grows without bound."""
 
+    max_connection_age_seconds: float = Field(default=300.0, gt=0)
+    """Age at which the server asks a client to reconnect (HTTP/2 GOAWAY; calls in progress
+    get `grace_seconds` to finish, and a client with the recommended service config retries
+    any refused). gRPC keeps one connection per server for good, so without it a client
+    never re-resolves the service's name: replicas added by a scale-up would get no traffic
+    from clients already connected. Five minutes spreads them within five minutes."""
+
+    keepalive_seconds: float = Field(default=60.0, gt=0)
+    """Quiet time after which the server pings a client, to find connections a network
+    dropped silently (a client gone with a NAT or a load balancer's idle timeout)."""
+
+    min_client_ping_seconds: float = Field(default=10.0, gt=0)
+    """Shortest interval at which clients may ping (their own keepalive); pings more often
+    than that make the server close the connection. The recommended client pings every
+    30 s."""
+
     max_message_bytes: int = Field(default=64 * 1024, ge=4096)
     """Largest gRPC message received or sent. A transaction takes a few hundred bytes and
     the model info a few KiB, so 64 KiB rejects abuse without limiting real calls."""

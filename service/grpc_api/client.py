@@ -19,32 +19,105 @@ Example::
 
 The channel connects on the first call, which therefore also pays for the connection (and
 the TLS handshake) within `timeout`.
+
+Several replicas: give the client a `dns:///` name that resolves to every replica (a
+Kubernetes headless Service) or several addresses; calls are then balanced one by one
+(`round_robin`), not per connection, and a `Score` refused with UNAVAILABLE (a replica
+shutting down, or asking the client to reconnect) is tried again on another, safe since
+a transaction id is scored once. `SERVICE_CONFIG` is that configuration, for clients in
+other languages (docs/deployment.md).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 
+_SCORING_SERVICE = "fraud.v1.FraudScoring"
+SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [
+                {"service": _SCORING_SERVICE, "method": "Score"},
+                {"service": _SCORING_SERVICE, "method": "GetModelInfo"},
+            ],
+            # Within a POS deadline of tens of milliseconds: two more tries, soon.
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.005s",
+                "maxBackoff": "0.05s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+"""gRPC's service config for callers of the scoring service: calls balanced one by one over
+every address the target resolves to, and `Score` and `GetModelInfo` tried again on
+UNAVAILABLE. `ReportOutcome` is not: a report is kept for retraining each time it arrives."""
+
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+    ("grpc.keepalive_time_ms", 30_000),  # the server allows one every 10 s
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+
+
+def balanced_target(addresses: Sequence[str]) -> str:
+    """The gRPC target of several `ip:port` addresses (`ipv4:` or `ipv6:` lists), for
+    round-robin over fixed replicas; give a `dns:///` name instead for hosts by name."""
+    hosts = [_ip_and_port(address) for address in addresses]
+    if not hosts:
+        raise ValueError("no address given")
+    versions = {ip.version for ip, _ in hosts}
+    if len(versions) > 1:
+        raise ValueError("mix no IPv4 and IPv6 addresses in one target")
+    if versions == {4}:
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in hosts)
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in hosts)
+
+
+def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, separator, port = address.rpartition(":")
+    try:
+        if not separator:
+            raise ValueError(address)
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")), int(port)
+    except ValueError:
+        raise ValueError(
+            f"{address!r} is not ip:port; for host names give one dns:/// target"
+        ) from None
+
 
 class FraudScoringClient:
-    """A connection to one scoring server; every call waits at most `timeout` seconds."""
+    """A channel to the scoring service; every call waits at most `timeout` seconds.
+
+    `target` is one address or name (`host:port`, `dns:///name:port`), or several `ip:port`
+    addresses; calls are balanced over every address it resolves to (`SERVICE_CONFIG`).
+    """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         timeout: float = 0.05,
     ) -> None:
+        if not isinstance(target, str):
+            target = balanced_target(target)
         self._channel = _open_channel(target, root_certificates, private_key, certificate_chain)
         self._stub = scoring_pb2_grpc.FraudScoringStub(self._channel)
         self._timeout = timeout
@@ -159,11 +232,11 @@ def _open_channel(
     if root_certificates is None:
         if private_key is not None or certificate_chain is not None:
             raise ValueError("a client key and certificate chain need root_certificates (TLS)")
-        return grpc.insecure_channel(target)
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     if (private_key is None) != (certificate_chain is None):
         raise ValueError("mutual TLS needs both private_key and certificate_chain")
     credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-    return grpc.secure_channel(target, credentials)
+    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:

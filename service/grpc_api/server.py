@@ -113,7 +113,20 @@ def _channel_options(server: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", server.max_message_bytes),
         ("grpc.max_send_message_length", server.max_message_bytes),
         ("grpc.so_reuseport", int(server.workers > 1)),
+        ("grpc.max_connection_age_ms", _milliseconds(server.max_connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", _milliseconds(server.grace_seconds)),
+        ("grpc.keepalive_time_ms", _milliseconds(server.keepalive_seconds)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            _milliseconds(server.min_client_ping_seconds),
+        ),
     ]
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _bind(server: grpc.aio.Server, settings: ServerSettings, tls: TlsSettings) -> int:

@@ -9,7 +9,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.core.domain import EntryMode
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
-from service.grpc_api.client import FraudScoringClient, build_outcome_request, build_score_request
+from service.grpc_api.client import (
+    FraudScoringClient,
+    balanced_target,
+    build_outcome_request,
+    build_score_request,
+)
 
 PARIS_WINTER = timezone(timedelta(hours=1))
 MOMENT = datetime(2025, 1, 15, 9, 30, 0, 250_000, tzinfo=PARIS_WINTER)
@@ -98,3 +103,26 @@ def test_closed_client_refuses_calls():
 
     with pytest.raises(ValueError, match="closed channel"):
         client.score("tx-1", "tok_1", "term-1", 100, "EUR", datetime.now(UTC))
+
+
+def test_several_addresses_make_one_balanced_target():
+    """Fixed replicas by address: one gRPC target listing them all, IPv4 or IPv6."""
+    assert balanced_target(["127.0.0.1:50051", "10.0.0.7:50052"]) == (
+        "ipv4:127.0.0.1:50051,10.0.0.7:50052"
+    )
+    assert balanced_target(["[::1]:50051", "[fd00::7]:50051"]) == "ipv6:[::1]:50051,[fd00::7]:50051"
+
+
+@pytest.mark.parametrize(
+    ("addresses", "message"),
+    [
+        ([], "no address"),
+        (["localhost:50051"], "dns:///"),
+        (["127.0.0.1"], "not ip:port"),
+        (["127.0.0.1:50051", "[::1]:50051"], "IPv4 and IPv6"),
+    ],
+)
+def test_addresses_that_cannot_be_balanced_are_refused(addresses, message):
+    """Host names need a dns:/// target (resolved, and re-resolved, by gRPC)."""
+    with pytest.raises(ValueError, match=message):
+        FraudScoringClient(addresses)

@@ -399,6 +399,30 @@ def test_a_message_above_the_size_limit_is_refused(
     assert code == Status.RESOURCE_EXHAUSTED
 
 
+def test_clients_are_asked_to_reconnect_at_the_connection_age_and_no_call_fails(
+    serve: Callable[..., LoopbackServer],
+) -> None:
+    """After `max_connection_age_seconds` the server sends the client away (GOAWAY), so a
+    client re-resolves its target and finds replicas added since; its calls go on over a
+    new connection, none failed."""
+    server = serve(
+        make_settings(server=ServerSettings(
+            host="127.0.0.1", port=0, max_connection_age_seconds=0.2, grace_seconds=0.1
+        ))
+    )  # fmt: skip
+    channel = grpc.insecure_channel(server.target)
+    states: list[grpc.ChannelConnectivity] = []
+    channel.subscribe(states.append)
+    stub: Any = scoring_pb2_grpc.FraudScoringStub(channel)
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:
+        stub.GetModelInfo(scoring_pb2.GetModelInfoRequest(), timeout=TIMEOUT)
+        time.sleep(0.02)
+    channel.close()
+    connections = states.count(grpc.ChannelConnectivity.READY)
+    assert connections >= 3, states
+
+
 # --- Errors from the core ------------------------------------------------------------------
 
 

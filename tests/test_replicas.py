@@ -1,0 +1,138 @@
+"""Replicas behind a client that balances calls one by one: three `fraud-serve` processes
+on one redis-server, called through one channel with the recommended service config
+(`round_robin` over the three addresses), share the calls evenly and score a history
+exactly as `fraud-train evaluate` does, outcomes reaching whichever replica the balancer
+picks (see tests/test_serving_parity.py, whose history and offline run this reuses); and
+a replica stopped while calls flow fails none of them."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Self
+
+import grpc
+
+from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import CHANNEL_OPTIONS, FraudScoringClient, balanced_target
+from tests.conftest import TrainedModel
+from tests.parity_feed import CALL_TIMEOUT, Batch, feed
+from tests.test_redis_parity import _start_on_redis
+from tests.test_serving_parity import (  # the module's fixtures, shared
+    OfflineRun,
+    _assert_match,
+    _decisions_by_process,
+    _target,
+    champion_config,
+    history_batches,
+    offline,
+    unseen_history,
+)
+
+__all__ = ["champion_config", "history_batches", "offline", "unseen_history"]
+
+
+class BalancedCalls:
+    """One channel over every replica, as a POS backend is told to open it: each
+    transaction is a unary Score call, and the balancer picks the replica of each call."""
+
+    def __init__(self, targets: Sequence[str]) -> None:
+        self.calls = 0
+        self._channel = grpc.insecure_channel(balanced_target(targets), options=CHANNEL_OPTIONS)
+        self._stub = scoring_pb2_grpc.FraudScoringStub(self._channel)
+
+    def report(self, outcome: scoring_pb2.OutcomeRequest) -> None:
+        self.calls += 1
+        self._stub.ReportOutcome(outcome, timeout=CALL_TIMEOUT)  # raises unless OK
+
+    def score(
+        self, requests: Sequence[scoring_pb2.ScoreRequest]
+    ) -> list[scoring_pb2.ScoreResponse]:
+        self.calls += len(requests)
+        return [self._stub.Score(request, timeout=CALL_TIMEOUT) for request in requests]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._channel.close()
+
+
+def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate(
+    trained_model: TrainedModel,
+    history_batches: list[Batch],
+    offline: OfflineRun,
+    start_process: Any,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Every transaction of a 40-day history is one call through the balanced channel:
+    each replica decides a third of them (within 10%), none is decided twice, and every
+    score matches `fraud-train evaluate` within 1e-6."""
+    replicas = [_start_on_redis(start_process, trained_model, redis_url) for _ in range(3)]
+    targets = [_target(replica) for replica in replicas]
+    with BalancedCalls(targets) as link:
+        online = feed(link, history_batches)
+    for replica in replicas:
+        replica.signal(signal.SIGTERM)
+        assert replica.wait() == 0, replica.text()
+
+    assert link.calls > 25_000
+    assert online.keys() == offline.scores.keys()
+    _assert_match(online, offline.scores)
+    decided = _decisions_by_process(tmp_path / "decisions")
+    shares = [len(decided.get(replica.process.pid, [])) for replica in replicas]
+    mean = sum(shares) / len(shares)
+    assert all(abs(share - mean) <= 0.1 * mean for share in shares), shares
+    counts = Counter(tx for ids in decided.values() for tx in ids)
+    assert max(counts.values()) == 1, "no transaction is decided by two replicas"
+
+
+def test_a_replica_stopped_while_calls_flow_fails_none_of_them(
+    trained_model: TrainedModel, start_process: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """A client balancing over two replicas sends calls one after another; one replica is
+    sent SIGTERM halfway: it finishes what it holds and exits 0, the client's calls go on
+    to the other (those refused while it shut down are tried again there), and every call
+    gets the model's answer."""
+    replicas = [_start_on_redis(start_process, trained_model, redis_url) for _ in range(2)]
+    targets = [_target(replica) for replica in replicas]
+    answered: list[str] = []
+    failed: list[str] = []
+    halfway = threading.Event()
+
+    def call() -> None:
+        with FraudScoringClient(targets, timeout=10.0) as client:
+            for number in range(600):
+                if number == 300:
+                    halfway.set()
+                transaction_id = f"rolling-{number}"
+                try:
+                    answer = client.score(
+                        transaction_id, f"card-{number % 40}", "term-1", 1250, "EUR",
+                        datetime.now(UTC) - timedelta(hours=1),
+                    )  # fmt: skip
+                except grpc.RpcError as error:  # each failure is the finding
+                    failed.append(f"{transaction_id}: {error}")
+                else:
+                    assert answer.decision_source == scoring_pb2.DECISION_SOURCE_MODEL
+                    answered.append(transaction_id)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert halfway.wait(timeout=120)
+    replicas[0].signal(signal.SIGTERM)
+    assert replicas[0].wait() == 0, replicas[0].text()
+    caller.join(timeout=300)
+    replicas[1].signal(signal.SIGTERM)
+    assert replicas[1].wait() == 0, replicas[1].text()
+
+    assert failed == []
+    assert len(answered) == 600
+    decided = _decisions_by_process(tmp_path / "decisions")
+    assert set(decided) == {replica.process.pid for replica in replicas}
+    assert len(decided[replicas[1].process.pid]) > 300  # the survivor took the rest
