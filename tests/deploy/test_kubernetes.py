@@ -1,0 +1,168 @@
+"""The Kubernetes manifests in deploy/kubernetes: both overlays render (`kubectl kustomize`,
+offline) into objects valid against the Kubernetes 1.30 API schemas in strict mode, a
+broken probe is caught, and what they promise matches the server: gRPC health probes on
+its scoring port, the image's ports and command, settings the server knows, a termination
+grace longer than the server's own, unprivileged containers on read-only roots, and for
+`scaled` one Redis shared by three replicas or more."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from service.config.settings import ServeSettings
+from service.observability.metrics import IN_FLIGHT
+
+ROOT = Path(__file__).parents[2]
+OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
+KUBERNETES = "1.30"
+SCORING_PORT, METRICS_PORT = 50051, 9464
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(OVERLAYS / overlay)],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return [document for document in yaml.safe_load_all(rendered) if document]
+
+
+@pytest.fixture(scope="module", params=["single", "scaled"])
+def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return _render(request.param)
+
+
+def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def _server(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = _one(objects, "Deployment", "fraud-scoring")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _environment(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The server's FRAUD_* variables with a literal value (the Secret's are left out)."""
+    environment = dict(_one(objects, "ConfigMap", "fraud-scoring-settings")["data"])
+    environment |= {v["name"]: v["value"] for v in _server(objects)["env"] if "value" in v}
+    return environment
+
+
+def test_every_object_is_valid_for_kubernetes_1_30(objects: list[dict[str, Any]]) -> None:
+    for found in objects:
+        kubernetes_validate.validate(found, KUBERNETES, strict=True)
+
+
+def test_a_grpc_probe_without_its_port_is_caught(objects: list[dict[str, Any]]) -> None:
+    broken = copy.deepcopy(_one(objects, "Deployment", "fraud-scoring"))
+    del broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"]
+    with pytest.raises(kubernetes_validate.ValidationError, match="'port' is a required"):
+        kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+
+
+def test_the_server_is_probed_over_grpc_health_on_the_image_s_ports(
+    objects: list[dict[str, Any]],
+) -> None:
+    """grpc.health.v1 on the scoring port for start, readiness and liveness; the ports are
+    the ones the Dockerfile exposes and its command listens on."""
+    server = _server(objects)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"] == {"port": SCORING_PORT}, probe
+    assert {port["name"]: port["containerPort"] for port in server["ports"]} == {
+        "grpc": SCORING_PORT,
+        "metrics": METRICS_PORT,
+    }
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert f"EXPOSE {SCORING_PORT} {METRICS_PORT}" in dockerfile
+    assert f'"--port", "{SCORING_PORT}", "--metrics-port", "{METRICS_PORT}"' in dockerfile
+    assert "command" not in server
+    assert "args" not in server
+
+
+def test_the_settings_given_are_settings_the_server_knows(
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every FRAUD_* name maps to a setting (a typo would be ignored silently), and the
+    values are valid."""
+    environment = _environment(objects)
+    for name in environment:
+        group, _, field = name.removeprefix("FRAUD_").lower().partition("__")
+        model = ServeSettings.model_fields[group].annotation
+        assert model is not None
+        assert field in getattr(model, "model_fields", {}), name
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = ServeSettings()
+    pod = _one(objects, "Deployment", "fraud-scoring")["spec"]["template"]["spec"]
+    pause = int(_server(objects)["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > settings.server.grace_seconds + pause
+
+
+def test_containers_run_unprivileged_on_a_read_only_root(objects: list[dict[str, Any]]) -> None:
+    for found in objects:
+        if found["kind"] not in {"Deployment", "StatefulSet"}:
+            continue
+        pod = found["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            assert "limits" in container["resources"]
+            assert "requests" in container["resources"]
+
+
+def test_single_keeps_the_lmdb_state_on_a_volume_of_its_own() -> None:
+    objects = _render("single")
+    deployment = _one(objects, "Deployment", "fraud-scoring")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one pod on the volume
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["state"] == {
+        "name": "state",
+        "persistentVolumeClaim": {"claimName": "fraud-state"},
+    }
+    _one(objects, "PersistentVolumeClaim", "fraud-state")
+    assert _environment(objects)["FRAUD_STATE__BACKEND"] == "lmdb"
+
+
+def test_scaled_shares_one_persistent_redis_across_three_replicas_or_more() -> None:
+    objects = _render("scaled")
+    deployment = _one(objects, "Deployment", "fraud-scoring")
+    assert deployment["spec"]["replicas"] >= 3
+    environment = _environment(objects)
+    assert environment["FRAUD_STATE__BACKEND"] == "redis"
+    redis_service = _one(objects, "Service", "fraud-state-redis")
+    host = environment["FRAUD_STATE__URL"].removeprefix("redis://").partition(":")[0]
+    assert host == redis_service["metadata"]["name"]
+    [redis] = _one(objects, "StatefulSet", "fraud-state-redis")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    arguments = " ".join(redis["args"])
+    assert "--appendonly yes" in arguments
+    assert "--maxmemory-policy volatile-lru" in arguments
+    models = _one(objects, "PersistentVolumeClaim", "fraud-models")
+    assert models["spec"]["accessModes"] == ["ReadWriteMany"]
+    budget = _one(objects, "PodDisruptionBudget", "fraud-scoring")
+    assert budget["spec"]["minAvailable"] >= 2
+
+
+def test_scaled_autoscales_on_a_metric_the_server_exports() -> None:
+    objects = _render("scaled")
+    autoscaler = _one(objects, "HorizontalPodAutoscaler", "fraud-scoring")
+    assert autoscaler["apiVersion"] == "autoscaling/v2"
+    assert autoscaler["spec"]["minReplicas"] >= 3
+    [pods] = [m["pods"] for m in autoscaler["spec"]["metrics"] if m["type"] == "Pods"]
+    assert pods["metric"]["name"] == IN_FLIGHT.describe()[0].name
+    rules = _one(objects, "ConfigMap", "fraud-scoring-adapter-rules")["data"]["rules.yaml"]
+    assert IN_FLIGHT.describe()[0].name in rules
