@@ -158,11 +158,12 @@ def test_scaled_shares_one_persistent_redis_across_three_replicas_or_more() -> N
 
 
 def test_scaled_autoscales_on_a_metric_the_server_exports() -> None:
+    [in_flight] = IN_FLIGHT.describe()
     objects = _render("scaled")
     autoscaler = _one(objects, "HorizontalPodAutoscaler", "fraud-scoring")
     assert autoscaler["apiVersion"] == "autoscaling/v2"
     assert autoscaler["spec"]["minReplicas"] >= 3
     [pods] = [m["pods"] for m in autoscaler["spec"]["metrics"] if m["type"] == "Pods"]
-    assert pods["metric"]["name"] == IN_FLIGHT.describe()[0].name
+    assert pods["metric"]["name"] == in_flight.name
     rules = _one(objects, "ConfigMap", "fraud-scoring-adapter-rules")["data"]["rules.yaml"]
-    assert IN_FLIGHT.describe()[0].name in rules
+    assert in_flight.name in rules
