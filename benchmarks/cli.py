@@ -137,8 +137,19 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 
 def _target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, help=f"the server, {LOCAL_HOST}:PORT")
-    parser.add_argument("--server-pid", type=int, help="its process id, for its CPU per call")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help=f"the server, {LOCAL_HOST}:PORT; several replicas' addresses comma-separated "
+        "(calls balanced one by one, round_robin)",
+    )
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="its process id, for its CPU per call (once per replica)",
+    )
     parser.add_argument(
         "--metrics",
         action="append",

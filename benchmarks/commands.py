@@ -106,7 +106,7 @@ def _run(
         rows = round(CLOSED_LOOP_ROWS_PER_SECOND * load.seconds)
     history = load_history(args.data, rows, args.skip_rows)
     calls = build_calls(history, args.run_id or new_run_id(), mix)
-    probe = ServerProbe(args.server_pid, tuple(args.metrics))
+    probe = ServerProbe(tuple(args.server_pid), tuple(args.metrics))
     measurement = measure(args.name, load, calls, probe)
     return Report("run", describe_run(), command_line, _settings(args), [measurement])
 
@@ -121,7 +121,7 @@ def _saturate(
         lambda rate: load_settings(args, "open", "unary", rate),
         history,
         mix,
-        ServerProbe(args.server_pid, tuple(args.metrics)),
+        ServerProbe(tuple(args.server_pid), tuple(args.metrics)),
         args.budget_ms,
         args.run_id or new_run_id(),
     )

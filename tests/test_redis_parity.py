@@ -145,20 +145,29 @@ def test_replica_killed_mid_call_on_one_redis_survivor_and_replacement_score_as_
     assert max(counts.values()) == 1, "no transaction is decided twice, retried or not"
 
 
-def _start_on_redis(start_process: Any, trained_model: TrainedModel, url: str) -> ServerProcess:
-    """`python -m service` serving the champion on a free port, its state on `url`."""
+def _start_on_redis(
+    start_process: Any,
+    trained_model: TrainedModel,
+    url: str,
+    port: int = 0,
+    *,
+    registry: Path | None = None,
+    environment: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`python -m service` serving the champion of `registry` (by default the trained
+    model's) on `port` (0: a free one), its state on `url`; `environment` adds settings."""
     arguments = [
-        "--registry", str(trained_model.registry),
+        "--registry", str(registry or trained_model.registry),
         "--host", "127.0.0.1",
-        "--port", "0",
+        "--port", str(port),
         "--metrics-port", "0",
     ]  # fmt: skip
-    environment = {
+    settings = {
         "FRAUD_STATE__BACKEND": "redis",
         "FRAUD_STATE__URL": url,
         # Generous, like the budget: a fallback on a busy machine would prove nothing.
         "FRAUD_STATE__TIMEOUT_SECONDS": "5",
         "FRAUD_BUDGET__SERVER_BUDGET_MS": "60000",
     }
-    process: ServerProcess = start_process(*arguments, environment=environment)
+    process: ServerProcess = start_process(*arguments, environment=settings | (environment or {}))
     return process

@@ -2,13 +2,17 @@
 on one redis-server, called through one channel with the recommended service config
 (`round_robin` over the three addresses), share the calls evenly and score a history
 exactly as `fraud-train evaluate` does, outcomes reaching whichever replica the balancer
-picks (see tests/test_serving_parity.py, whose history and offline run this reuses); and
-a replica stopped while calls flow fails none of them."""
+picks (see tests/test_serving_parity.py, whose history and offline run this reuses); a
+replica stopped while calls flow fails none of them; a rolling restart of the three while
+the history flows fails no call and changes no score; and a promotion reaches all three
+within their poll interval and a second, failing no call."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,6 +25,7 @@ from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.client import CHANNEL_OPTIONS, FraudScoringClient, balanced_target
 from tests.conftest import TrainedModel
 from tests.parity_feed import CALL_TIMEOUT, Batch, feed
+from tests.test_hot_reload import registry
 from tests.test_redis_parity import _start_on_redis
 from tests.test_serving_parity import (  # the module's fixtures, shared
     OfflineRun,
@@ -32,8 +37,10 @@ from tests.test_serving_parity import (  # the module's fixtures, shared
     offline,
     unseen_history,
 )
+from training.registry.publishing import promote
 
-__all__ = ["champion_config", "history_batches", "offline", "unseen_history"]
+__all__ = ["champion_config", "history_batches", "offline", "registry", "unseen_history"]
+POLL_SECONDS = 1.0
 
 
 class BalancedCalls:
@@ -136,3 +143,119 @@ def test_a_replica_stopped_while_calls_flow_fails_none_of_them(
     decided = _decisions_by_process(tmp_path / "decisions")
     assert set(decided) == {replica.process.pid for replica in replicas}
     assert len(decided[replicas[1].process.pid]) > 300  # the survivor took the rest
+
+
+def test_a_rolling_restart_fails_no_call_and_changes_no_score(
+    trained_model: TrainedModel,
+    history_batches: list[Batch],
+    offline: OfflineRun,
+    start_process: Any,
+    redis_url: str,
+) -> None:
+    """Three replicas behind the balanced channel; while the history flows through it, each
+    in turn gets SIGTERM, exits 0 and is started again on its port, as a Deployment's
+    rolling update does: no call fails (those refused while a replica stops are tried again
+    on another) and every score matches `fraud-train evaluate` within 1e-6."""
+    ports = [_free_port() for _ in range(3)]
+    replicas = [_start_on_redis(start_process, trained_model, redis_url, port) for port in ports]
+    for replica in replicas:
+        replica.wait_for("serving")
+    online: dict[str, float] = {}
+    failures: list[BaseException] = []
+    with BalancedCalls([f"127.0.0.1:{port}" for port in ports]) as link:
+
+        def flow() -> None:
+            try:
+                online.update(feed(link, history_batches))
+            except BaseException as error:  # the test's finding: reported below
+                failures.append(error)
+
+        caller = threading.Thread(target=flow)
+        caller.start()
+        total = sum(len(batch.requests) + len(batch.outcomes) for batch in history_batches)
+        for turn, port in enumerate(ports):
+            _wait_until(lambda turn=turn: link.calls > total * (turn + 1) // 4 or failures)
+            replicas[turn].signal(signal.SIGTERM)
+            assert replicas[turn].wait() == 0, replicas[turn].text()
+            replicas[turn] = _start_on_redis(start_process, trained_model, redis_url, port)
+            replicas[turn].wait_for("serving")
+        caller.join(timeout=600)
+    for replica in replicas:
+        replica.signal(signal.SIGTERM)
+        assert replica.wait() == 0, replica.text()
+
+    assert failures == []
+    assert online.keys() == offline.scores.keys()
+    _assert_match(online, offline.scores)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_until(done: Any, seconds: float = 300.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the calls stopped flowing"
+        time.sleep(0.05)
+
+
+def test_a_promotion_reaches_every_replica_within_the_poll_and_fails_no_call(
+    registry: Path,
+    trained_model: TrainedModel,
+    other_model: TrainedModel,
+    start_process: Any,
+    redis_url: str,
+) -> None:
+    """Three replicas following one registry (every `POLL_SECONDS`), calls flowing through
+    the balanced channel: a promotion is served by all three within the poll interval and a
+    second (each says so in GetModelInfo, as ops watch a rollout converge), and no call
+    fails meanwhile."""
+    environment = {"FRAUD_MODELS__POLL_SECONDS": str(POLL_SECONDS)}
+    replicas = [
+        _start_on_redis(start_process, trained_model, redis_url, registry=registry,
+                        environment=environment)
+        for _ in range(3)
+    ]  # fmt: skip
+    targets = [_target(replica) for replica in replicas]
+    stop = threading.Event()
+    failed: list[str] = []
+    versions: Counter[str] = Counter()
+
+    def call() -> None:
+        with FraudScoringClient(targets, timeout=10.0) as client:
+            number = 0
+            while not stop.is_set():
+                number += 1
+                try:
+                    answer = client.score(
+                        f"promotion-{number}", f"card-{number % 50}", "term-1", 990, "EUR",
+                        datetime.now(UTC) - timedelta(minutes=5),
+                    )  # fmt: skip
+                except grpc.RpcError as error:  # each failure is the finding
+                    failed.append(str(error))
+                else:
+                    versions[answer.model_version] += 1
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    _wait_until(lambda: sum(versions.values()) >= 100 or failed)
+    promote(registry, other_model.version, reason="a rollout over three replicas")
+    promoted = time.monotonic()
+    took: list[float] = []
+    for target in targets:
+        with FraudScoringClient(target, timeout=10.0) as info:
+            _wait_until(lambda info=info: info.model_info().version == other_model.version)
+            took.append(time.monotonic() - promoted)
+    _wait_until(lambda: versions[other_model.version] >= 100 or failed)
+    stop.set()
+    caller.join(timeout=60)
+    for replica in replicas:
+        replica.signal(signal.SIGTERM)
+        assert replica.wait() == 0, replica.text()
+
+    assert failed == []
+    assert max(took) <= POLL_SECONDS + 1.0, took
+    assert set(versions) == {trained_model.version, other_model.version}

@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import gc
 import itertools
+import json
 import os
 import time
 from collections import Counter
@@ -41,13 +42,17 @@ from benchmarks.load.traffic import Call, CallKind
 from benchmarks.probes.gc_pauses import GcPauses
 from benchmarks.probes.process_usage import run_queue_wait_seconds
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
+from service.grpc_api.client import balanced_target
 
 Rpc = Literal["unary", "stream"]
 RPCS: tuple[Rpc, ...] = get_args(Rpc)
 CONNECT_TIMEOUT = 10.0
 _SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
 # One TCP connection per channel: channels to one target otherwise share a subchannel.
-_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [("grpc.use_local_subchannel_pool", 1)]
+# Several replicas: each call to the next (the recommended client's balancing, without its
+# retries, which would hide the errors a run must count).
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 @dataclass(frozen=True)
@@ -101,10 +106,11 @@ def run_client(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
 
 
 async def _run(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
-    channels = [
-        grpc.aio.insecure_channel(job.target, options=_CHANNEL_OPTIONS)
-        for _ in range(job.connections)
-    ]
+    target, options = job.target, _CHANNEL_OPTIONS
+    if "," in target:
+        target = balanced_target(target.split(","))
+        options = [*options, ("grpc.service_config", _ROUND_ROBIN)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(job.connections)]
     try:
         ready_all = asyncio.gather(*(channel.channel_ready() for channel in channels))
         await asyncio.wait_for(ready_all, CONNECT_TIMEOUT)

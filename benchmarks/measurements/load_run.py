@@ -73,9 +73,13 @@ class LoadSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        host, _, port = self.target.rpartition(":")
-        if host != LOCAL_HOST or not port.isdigit():
-            raise ValueError(f"the target must be {LOCAL_HOST}:PORT, not {self.target!r}")
+        for address in self.target.split(","):  # several: replicas balanced one by one
+            host, _, port = address.rpartition(":")
+            if host != LOCAL_HOST or not port.isdigit():
+                raise ValueError(
+                    f"the target must be {LOCAL_HOST}:PORT (several comma-separated), "
+                    f"not {self.target!r}"
+                )
         if not (0 < self.rate <= MAX_RATE and 0 < self.seconds <= MAX_SECONDS):
             raise ValueError(
                 f"rate must be in (0, {MAX_RATE:g}] and seconds in (0, {MAX_SECONDS:g}]"
@@ -148,7 +152,7 @@ def measure(
     started: list[tuple[float, ProcessUsage | None]] = []
 
     def on_start() -> None:
-        usage = None if probe.pid is None else process_usage(probe.pid)
+        usage = process_usage(*probe.pids) if probe.pids else None
         started.append((time.perf_counter(), usage))
 
     results = run_clients(jobs, on_start)
@@ -160,8 +164,8 @@ def measure(
         measurement = dataclasses.replace(
             measurement, server_latency=server_latency(histogram_before, after)
         )
-    if probe.pid is not None and usage_before is not None:
-        after_usage = process_usage(probe.pid)
+    if probe.pids and usage_before is not None:
+        after_usage = process_usage(*probe.pids)
         answers = measurement.statuses.get(OK, 0)
         cost = _server_cost(usage_before, after_usage, answers, wall)
         measurement = dataclasses.replace(measurement, server=cost)

@@ -1,7 +1,8 @@
 """CPU time and memory of a local server process and every process under it (psutil).
 
 A server with worker processes (`fraud-serve --workers N`) does its work in children of
-the process started, so the figures sum the whole tree. The CPU time is user plus system
+the process started, so the figures sum the whole tree (and the trees of every replica
+given). The CPU time is user plus system
 time of every thread; it only grows, so the difference between two readings is the work
 done in between.
 
@@ -28,11 +29,12 @@ class ProcessUsage:
     processes: int
 
 
-def process_usage(pid: int) -> ProcessUsage:
-    """The usage of process `pid` and all its descendants; psutil.NoSuchProcess if gone."""
-    root = psutil.Process(pid)
+def process_usage(*pids: int) -> ProcessUsage:
+    """The usage of processes `pids` and all their descendants; psutil.NoSuchProcess if one
+    is gone."""
+    roots = [psutil.Process(pid) for pid in pids]
     cpu, wait, rss, count = 0.0, 0.0, 0, 0
-    for process in (root, *root.children(recursive=True)):
+    for process in (tree for root in roots for tree in (root, *root.children(recursive=True))):
         try:
             with process.oneshot():
                 times = process.cpu_times()

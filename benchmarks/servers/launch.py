@@ -41,9 +41,10 @@ LOCAL_HOST = "127.0.0.1"
 
 @dataclass(frozen=True)
 class ServerProbe:
-    """Where to read a local server's figures: its process id, its metrics endpoints."""
+    """Where to read local servers' figures: their process ids (several replicas' CPU is
+    summed), their metrics endpoints."""
 
-    pid: int | None = None
+    pids: tuple[int, ...] = ()
     metrics_urls: tuple[str, ...] = ()
 
 
@@ -121,7 +122,9 @@ def serving(spec: ServerSpec, log_dir: Path) -> Iterator[RunningServer]:
         process = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
         try:
             _wait_serving(spec, process)
-            yield RunningServer(spec.name, spec.target, ServerProbe(process.pid, spec.metrics_urls))
+            yield RunningServer(
+                spec.name, spec.target, ServerProbe((process.pid,), spec.metrics_urls)
+            )
         except BaseException:
             _stop(process)
             raise

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from benchmarks.cli import main
@@ -36,7 +37,7 @@ def test_run_against_fraud_serve_reports_its_cpu_and_own_latency(
     """Against real fraud-serve: all answered, its CPU and own quantiles reported, charts drawn."""
     spec = fraud_serve_spec("serve", trained_model.registry)
     with serving(spec, tmp_path / "logs") as server:
-        arguments = ["run", "--target", server.target, "--server-pid", str(server.probe.pid)]
+        arguments = ["run", "--target", server.target, "--server-pid", str(server.probe.pids[0])]
         arguments += ["--metrics", server.probe.metrics_urls[0], "--run-id", "cli"]
         status = main(
             [*arguments, "--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
@@ -62,6 +63,34 @@ def test_run_against_fraud_serve_reports_its_cpu_and_own_latency(
     assert capsys.readouterr().out.splitlines()[3].startswith("run ")
     assert (tmp_path / "spectrum.png").stat().st_size > 0
     assert (tmp_path / "timeline-run.png").stat().st_size > 0
+
+
+def test_run_against_several_replicas_balances_the_calls_and_sums_their_cpu(
+    trained_model: TrainedModel, tmp_path: Path
+):
+    """Several replicas' addresses, comma-separated: every call answered, each replica
+    doing a share of the work, the server CPU summed over their process ids."""
+    specs = [fraud_serve_spec(f"replica-{n}", trained_model.registry) for n in range(2)]
+    with (
+        serving(specs[0], tmp_path / "logs") as first,
+        serving(specs[1], tmp_path / "logs") as second,
+    ):
+        replicas = (first, second)
+        before = [psutil.Process(server.probe.pids[0]).cpu_times() for server in replicas]
+        arguments = ["run", "--target", ",".join(server.target for server in replicas)]
+        for server in replicas:
+            arguments += ["--server-pid", str(server.probe.pids[0])]
+        status = main(
+            [*arguments, "--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
+        )
+        after = [psutil.Process(server.probe.pids[0]).cpu_times() for server in replicas]
+
+    assert status == 0
+    (measurement,) = _report(tmp_path)["measurements"]
+    assert measurement["statuses"] == {"OK": measurement["latency"]["count"]}
+    used = [b.user + b.system - a.user - a.system for a, b in zip(before, after, strict=True)]
+    assert min(used) > 0.2 * max(used), used  # both did a share, not one of them all
+    assert measurement["server"]["cpu_us_per_answer"] > 0
 
 
 def test_floors_measures_onnx_alone_and_both_floor_servers(

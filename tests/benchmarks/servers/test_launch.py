@@ -20,7 +20,7 @@ def test_a_started_server_answers_then_stops_gracefully(tmp_path: Path):
             answer = scoring_pb2_grpc.FraudScoringStub(channel).Score(
                 scoring_pb2.ScoreRequest(), timeout=10
             )
-        pid = server.probe.pid
+        [pid] = server.probe.pids
 
     assert answer.decision == scoring_pb2.DECISION_APPROVE
     assert pid is not None
