@@ -140,7 +140,7 @@ def test_every_decision_is_kept_across_a_restart(
     answers = before | recent | after
     segments = lines(tmp_path / "decisions")
     decisions = [decision for segment in segments.values() for decision in segment]
-    assert len({segment.name.split("-")[2] for segment in segments}) == 2  # by process id
+    assert len({segment.stem.split("-")[-2] for segment in segments}) == 2  # by process id
     assert len(decisions) == FIRST_RUN + len(recent) + SECOND_RUN
     assert {decision["transaction_id"] for decision in decisions} == set(answers)
     for decision in decisions:

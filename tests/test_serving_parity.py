@@ -285,7 +285,7 @@ def _decisions_by_process(directory: Path) -> dict[int, list[str]]:
     """The transaction ids in each process's decision log segments, by process id."""
     decided: dict[int, list[str]] = {}
     for segment in directory.glob(segment_glob("decisions")):
-        pid = int(segment.stem.split("-")[-2])  # decisions-<opened>-<pid>-<seq>
+        pid = int(segment.stem.split("-")[-2])  # decisions-<opened>-<host>-<pid>-<seq>
         lines = segment.read_text(encoding="utf-8").splitlines()
         decided.setdefault(pid, []).extend(json.loads(line)["transaction_id"] for line in lines)
     return decided

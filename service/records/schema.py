@@ -10,12 +10,14 @@ The server writes (`decision_writer`, `outcome_writer`, `segment_log`) and train
                                      JSON types a reader accepts and which ones it requires;
                                      `accepts` is the reader's validation of a decoded line
     segment_name, segment_opened_at, is_segment, segment_glob
-                                     `<kind>-<YYYYMMDDTHHMMSSffffffZ>-<pid>-<seq>.jsonl`
+                                     `<kind>-<YYYYMMDDTHHMMSSffffffZ>-<host>-<pid>-<seq>.jsonl`
     iso_utc                          how a writer writes a time it holds in Unix seconds
 
 A record log is a directory of segments: JSON-lines files named after the UTC wall time the
-segment was opened (so names sort by time), then the writing process and its count of
-segments (so worker processes sharing a directory never write to the same file). Each line is
+segment was opened (so names sort by time), then the writing host and process and its
+count of segments (so worker processes sharing a directory never write to the same file,
+nor do replicas sharing a volume: in Kubernetes every pod's server may be pid 1, and the
+host name is the pod's name). Each line is
 one JSON object of its kind's fields. A reader skips a line that is not an object, lacks a
 required field, or has a field of a type it does not accept (a descriptive field of another type
 reads as not known instead); it ignores fields it does not know, and takes an optional field
@@ -55,7 +57,9 @@ _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
 
 _STAMP = "%Y%m%dT%H%M%S%fZ"
-_SEGMENT = re.compile(r"(?P<kind>\w+)-(?P<stamp>\d{8}T\d{12}Z)-\d+-\d+\.jsonl")
+# The host part is optional: segments written before it was added are still recognised.
+_SEGMENT = re.compile(r"(?P<kind>\w+)-(?P<stamp>\d{8}T\d{12}Z)-(?:[a-z0-9.-]+-)?\d+-\d+\.jsonl")
+_NOT_IN_HOST = re.compile(r"[^a-z0-9.-]+")
 
 
 class DecisionLine(TypedDict):
@@ -257,10 +261,18 @@ def iso_utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
 
 
-def segment_name(kind: RecordKind, opened_at: float, pid: int, seq: int) -> str:
-    """The file name of a `kind` segment opened at Unix time `opened_at` by process `pid`,
-    its `seq`th segment."""
-    return f"{kind}-{datetime.fromtimestamp(opened_at, UTC).strftime(_STAMP)}-{pid}-{seq}.jsonl"
+def segment_name(kind: RecordKind, opened_at: float, pid: int, seq: int, host: str = "") -> str:
+    """The file name of a `kind` segment opened at Unix time `opened_at` by process `pid` on
+    `host` (left out when empty), its `seq`th segment."""
+    stamp = datetime.fromtimestamp(opened_at, UTC).strftime(_STAMP)
+    writer = f"{host}-{pid}" if host else str(pid)
+    return f"{kind}-{stamp}-{writer}-{seq}.jsonl"
+
+
+def host_for_segments(host_name: str) -> str:
+    """`host_name` as a segment name part: lower case, characters other than letters,
+    digits, dots and dashes made dots, at most 63 characters (a DNS label's length)."""
+    return _NOT_IN_HOST.sub(".", host_name.lower()).strip(".-")[:63]
 
 
 def segment_opened_at(name: str, kind: RecordKind) -> float | None:

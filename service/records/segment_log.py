@@ -7,8 +7,9 @@
       day changes, then the oldest segments deleted beyond `max_bytes` or `retention_days`
 
 Segments are named by `service.records.schema` (`segment_name`): the UTC wall time the
-segment was opened, so names sort by time, then the writing process and its count of
-segments, so that worker processes sharing a directory never write to the same file.
+segment was opened, so names sort by time, then the writing host and process and its count
+of segments, so that worker processes sharing a directory, and replicas sharing a volume,
+never write to the same file.
 
 The log never slows down or fails a request. With `max_pending` records waiting (the disk is
 stalled or slower than the traffic) or once closed, a record is dropped; a disk error drops
@@ -31,6 +32,7 @@ import contextlib
 import functools
 import itertools
 import os
+import socket
 import threading
 import time
 from collections import deque
@@ -47,7 +49,13 @@ from service.observability.metrics import (
     RECORD_LOG_DROPPED,
     RECORD_LOG_WRITTEN,
 )
-from service.records.schema import RECORD_KINDS, RecordKind, segment_name, segment_opened_at
+from service.records.schema import (
+    RECORD_KINDS,
+    RecordKind,
+    host_for_segments,
+    segment_name,
+    segment_opened_at,
+)
 
 T = TypeVar("T")
 # Encodes a chunk of records, given the wall time (Unix seconds) of writing, as JSON lines.
@@ -239,6 +247,7 @@ class _Segments:
         self._limits = limits
         self._clock = clock
         self._pid = os.getpid()
+        self._host = host_for_segments(socket.gethostname())
         self._seq = itertools.count()
         self._file: BinaryIO | None = None
         self._path: Path | None = None
@@ -300,7 +309,9 @@ class _Segments:
 
     def _open(self, now: float) -> BinaryIO:
         self._directory.mkdir(parents=True, exist_ok=True)
-        path = self._directory / segment_name(self._kind, now, self._pid, next(self._seq))
+        path = self._directory / segment_name(
+            self._kind, now, self._pid, next(self._seq), self._host
+        )
         # Unbuffered: each chunk is one write() of whole lines, appended atomically.
         self._file = path.open("ab", buffering=0)
         self._path = path

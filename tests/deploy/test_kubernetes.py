@@ -151,8 +151,15 @@ def test_scaled_shares_one_persistent_redis_across_three_replicas_or_more() -> N
     arguments = " ".join(redis["args"])
     assert "--appendonly yes" in arguments
     assert "--maxmemory-policy volatile-lru" in arguments
-    models = _one(objects, "PersistentVolumeClaim", "fraud-models")
-    assert models["spec"]["accessModes"] == ["ReadWriteMany"]
+    for shared in ("fraud-models", "fraud-records"):
+        claim = _one(objects, "PersistentVolumeClaim", shared)
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == {"models", "records", "state", "tmp"}
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    for kind in ("decisions", "outcomes"):  # every replica's, for retraining to read
+        mount = mounts[f"/var/lib/fraud/{kind}"]
+        assert (mount["name"], mount["subPath"]) == ("records", kind)
     budget = _one(objects, "PodDisruptionBudget", "fraud-scoring")
     assert budget["spec"]["minAvailable"] >= 2
 

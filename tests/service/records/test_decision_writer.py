@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,9 @@ from service.core.validation import ScoringLimits
 from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig, FeatureEngine
 from service.model.loading import LoadedModel
 from service.records.decision_writer import DecisionLogWriter
+from service.records.schema import host_for_segments
+
+HOST = host_for_segments(socket.gethostname())  # the writer names its segments so
 
 EVENT_TIME = datetime(2026, 9, 1, 10, 0, 0, 123_456, UTC).timestamp()
 LOGGED_AT = datetime(2026, 9, 1, 10, 0, 1, 654_321, UTC).timestamp()
@@ -68,7 +72,7 @@ def logged(
         log.on_answer(tx, features, result, None)
     log.close()
     (segment,) = directory.iterdir()
-    assert segment.name == f"decisions-20260901T100001654321Z-{os.getpid()}-0.jsonl"
+    assert segment.name == f"decisions-20260901T100001654321Z-{HOST}-{os.getpid()}-0.jsonl"
     return [json.loads(line) for line in segment.read_text().splitlines()]
 
 

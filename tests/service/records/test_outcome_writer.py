@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from prometheus_client import REGISTRY
 
 from service.core.domain import Outcome
 from service.records.outcome_writer import OutcomeLogWriter
+from service.records.schema import host_for_segments
 from service.records.segment_log import LogLimits
+
+HOST = host_for_segments(socket.gethostname())  # the writer names its segments so
 
 REPORTED_AT = 1_704_067_200.25  # 2024-01-01T00:00:00.25Z
 RECEIVED_AT = datetime(2026, 9, 1, 8, 30, 0, 123_456, UTC).timestamp()
@@ -40,7 +44,7 @@ def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
     log.close()
 
     (segment,) = directory.iterdir()
-    assert segment.name == f"outcomes-20260901T083000123456Z-{os.getpid()}-0.jsonl"
+    assert segment.name == f"outcomes-20260901T083000123456Z-{HOST}-{os.getpid()}-0.jsonl"
     assert lines(segment) == [
         {
             "transaction_id": "tx-1",

@@ -36,6 +36,7 @@ from service.records.schema import (
     LineSchema,
     OutcomeLine,
     RecordKind,
+    host_for_segments,
     is_segment,
     iso_utc,
     segment_glob,
@@ -340,6 +341,23 @@ def test_segment_names_give_back_their_opening_time() -> None:
     assert segment_opened_at(name, "outcomes") is None
     assert segment_opened_at("decisions-today.jsonl", "decisions") is None
     assert segment_opened_at("decisions-20261301T000000000000Z-1-0.jsonl", "decisions") is None
+
+
+def test_segments_of_replicas_sharing_a_volume_are_named_apart_by_host() -> None:
+    """Pods often all run their server as pid 1: the host (the pod's name) keeps their
+    segments apart, and names from before the host part still count as segments."""
+    opened_at = datetime(2026, 9, 1, 0, 0, tzinfo=UTC).timestamp()
+    names = {
+        segment_name("decisions", opened_at, 1, 0, host_for_segments(pod))
+        for pod in ("fraud-scoring-7d9f-abcde", "fraud-scoring-7d9f-fghij")
+    }
+    assert names == {
+        "decisions-20260901T000000000000Z-fraud-scoring-7d9f-abcde-1-0.jsonl",
+        "decisions-20260901T000000000000Z-fraud-scoring-7d9f-fghij-1-0.jsonl",
+    }
+    assert all(segment_opened_at(name, "decisions") == opened_at for name in names)
+    assert host_for_segments("Node_7.Example.COM") == "node.7.example.com"
+    assert host_for_segments("x" * 80) == "x" * 63
 
 
 @pytest.mark.parametrize("kind", RECORD_KINDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -14,8 +15,10 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from service.records.schema import segment_name
+from service.records.schema import host_for_segments, segment_name
 from service.records.segment_log import DEFAULT_LIMITS, LogLimits, RecordLog
+
+HOST = host_for_segments(socket.gethostname())  # the writer names its segments so
 
 # 2026-09-01T23:59:59.5Z: half a second before a UTC day ends.
 T0 = datetime(2026, 9, 1, 23, 59, 59, 500_000, UTC).timestamp()
@@ -116,7 +119,7 @@ def test_records_are_lines_of_a_segment_named_by_kind_time_pid_and_seq(tmp_path:
         log.append(record)
     log.close()
     (segment,) = directory.iterdir()
-    assert segment.name == f"decisions-20260901T235959500000Z-{os.getpid()}-0.jsonl"
+    assert segment.name == f"decisions-20260901T235959500000Z-{HOST}-{os.getpid()}-0.jsonl"
     assert ids(segment) == ["a", "b", "c"]
 
 
