@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from unittest.mock import ANY
@@ -146,14 +146,7 @@ def test_two_replicas_scoring_the_same_cards_at_once_lose_no_update(redis_url: s
             else:
                 counted.append(current)
 
-    threads = [
-        threading.Thread(target=score, args=(FeatureEngine(CONFIG, replica), stream[half::2]))
-        for half, replica in enumerate(replicas)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _at_once(replicas, stream, score)
     assert len(counted) + len(refused) == len(stream)
     assert len(counted) > len(stream) // 2
     serial = FeatureEngine(CONFIG)
@@ -250,14 +243,7 @@ def test_two_replicas_at_one_busy_merchant_never_conflict(redis_url: str) -> Non
         for current in share:
             engine.observe(current)
 
-    threads = [
-        threading.Thread(target=score, args=(FeatureEngine(CONFIG, replica), stream[half::2]))
-        for half, replica in enumerate(replicas)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _at_once(replicas, stream, score)
     assert [replica.conflicts for replica in replicas] == [0, 0]
     serial = FeatureEngine(CONFIG)
     for current in stream:
@@ -462,6 +448,22 @@ def test_a_server_at_its_memory_bound_drops_records_and_is_counted(tmp_path: Pat
         assert client.info("memory")["used_memory"] < 5 * 1024 * 1024
         client.close()
         store.close()
+
+
+def _at_once(
+    replicas: list[_CountingConflicts],
+    stream: list[Transaction],
+    score: Callable[[FeatureEngine, list[Transaction]], None],
+) -> None:
+    """Each replica scores every other transaction of `stream`, in threads at once."""
+    threads = [
+        threading.Thread(target=score, args=(FeatureEngine(CONFIG, replica), stream[half::2]))
+        for half, replica in enumerate(replicas)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _at(vector: list[float], indexes: tuple[int, ...]) -> list[float]:
