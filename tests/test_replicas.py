@@ -54,13 +54,23 @@ class BalancedCalls:
 
     def report(self, outcome: scoring_pb2.OutcomeRequest) -> None:
         self.calls += 1
-        self._stub.ReportOutcome(outcome, timeout=CALL_TIMEOUT)  # raises unless OK
+        try:
+            self._stub.ReportOutcome(outcome, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as error:  # which call failed, for the test's report
+            raise AssertionError(f"ReportOutcome {outcome.transaction_id}: {error}") from None
 
     def score(
         self, requests: Sequence[scoring_pb2.ScoreRequest]
     ) -> list[scoring_pb2.ScoreResponse]:
-        self.calls += len(requests)
-        return [self._stub.Score(request, timeout=CALL_TIMEOUT) for request in requests]
+        answers = []
+        for request in requests:
+            self.calls += 1
+            try:
+                answers.append(self._stub.Score(request, timeout=CALL_TIMEOUT))
+            except grpc.RpcError as error:
+                transaction_id = request.transaction.transaction_id
+                raise AssertionError(f"Score {transaction_id}: {error}") from None
+        return answers
 
     def __enter__(self) -> Self:
         return self

@@ -22,10 +22,9 @@ the TLS handshake) within `timeout`.
 
 Several replicas: give the client a `dns:///` name that resolves to every replica (a
 Kubernetes headless Service) or several addresses; calls are then balanced one by one
-(`round_robin`), not per connection, and a `Score` refused with UNAVAILABLE (a replica
-shutting down, or asking the client to reconnect) is tried again on another, safe since
-a transaction id is scored once. `SERVICE_CONFIG` is that configuration, for clients in
-other languages (docs/deployment.md).
+(`round_robin`), not per connection, and a call refused by a replica shutting down is
+tried again on another, safe since each call may be repeated. `SERVICE_CONFIG` is that
+configuration, for clients in other languages too (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ SERVICE_CONFIG: dict[str, Any] = {
         {
             "name": [
                 {"service": _SCORING_SERVICE, "method": "Score"},
+                {"service": _SCORING_SERVICE, "method": "ReportOutcome"},
                 {"service": _SCORING_SERVICE, "method": "GetModelInfo"},
             ],
             # Within a POS deadline of tens of milliseconds: two more tries, soon.
@@ -57,14 +57,19 @@ SERVICE_CONFIG: dict[str, Any] = {
                 "initialBackoff": "0.005s",
                 "maxBackoff": "0.05s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                # CANCELLED too: a server shutting down cancels the calls it had received
+                # but not yet handed to a handler (grpc/grpc#41785), where UNAVAILABLE is
+                # meant. A call the client itself cancels is never retried.
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
             },
         }
     ],
 }
 """gRPC's service config for callers of the scoring service: calls balanced one by one over
-every address the target resolves to, and `Score` and `GetModelInfo` tried again on
-UNAVAILABLE. `ReportOutcome` is not: a report is kept for retraining each time it arrives."""
+every address the target resolves to, and each unary call tried again on UNAVAILABLE (or
+CANCELLED by a server shutting down). Every one is safe to repeat: a transaction id is
+scored once and answered alike after; an outcome reported again changes no feature, and
+retraining takes the latest report per transaction; model info only reads."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
