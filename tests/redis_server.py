@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +14,8 @@ from types import TracebackType
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from benchmarks.servers.launch import free_ports
 
 START_TIMEOUT = 20.0  # seconds: a busy shared machine
 _PING_TIMEOUT = 0.5
@@ -30,7 +31,7 @@ class RedisServer:
         self._executable = executable
         self._directory = directory
         self._maxmemory = maxmemory
-        self.port = _free_port()
+        self.port = free_ports(1)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,10 +109,3 @@ class RedisServer:
             return False
         finally:
             client.close()
-
-
-def _free_port() -> int:
-    """A loopback port free right now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -10,7 +10,6 @@ within their poll interval and a second, failing no call."""
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from typing import Any, Self
 
 import grpc
 
+from benchmarks.servers.launch import free_ports
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.client import CHANNEL_OPTIONS, FraudScoringClient, balanced_target
 from tests.conftest import TrainedModel
@@ -166,7 +166,7 @@ def test_a_rolling_restart_fails_no_call_and_changes_no_score(
     in turn gets SIGTERM, exits 0 and is started again on its port, as a Deployment's
     rolling update does: no call fails (those refused while a replica stops are tried again
     on another) and every score matches `fraud-train evaluate` within 1e-6."""
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_ports(1) for _ in range(3)]
     replicas = [_start_on_redis(start_process, trained_model, redis_url, port) for port in ports]
     for replica in replicas:
         replica.wait_for("serving")
@@ -197,12 +197,6 @@ def test_a_rolling_restart_fails_no_call_and_changes_no_score(
     assert failures == []
     assert online.keys() == offline.scores.keys()
     _assert_match(online, offline.scores)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_until(done: Any, seconds: float = 300.0) -> None:

@@ -26,7 +26,7 @@ from service.features.state import EntityKind
 
 _SCAN_COUNT = 1_000
 _SAMPLE_KEYS = 10_000
-_TRANSACTIONS = b"x"
+TRANSACTION_KIND = b"x"  # the key kind of transactions; entities use EntityKind's
 _SAFE_POLICIES = ("volatile-", "allkeys-")
 
 _log = structlog.get_logger(__name__)
@@ -50,7 +50,7 @@ class RedisCensus:
 
     def records(self, kind: EntityKind | None) -> int:
         """Records of `kind` (transactions when None) at the last census."""
-        return self._counts.get(_TRANSACTIONS if kind is None else kind.value.encode(), 0)
+        return self._counts.get(TRANSACTION_KIND if kind is None else kind.value.encode(), 0)
 
     def take(self) -> None:
         """Count now; redis.RedisError when the server does not answer."""

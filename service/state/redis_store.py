@@ -78,12 +78,11 @@ from service.state.codec import (
     record_time,
 )
 from service.state.errors import StateMismatch, StateStoreError
-from service.state.redis_census import RedisCensus, warn_if_unbounded
+from service.state.redis_census import TRANSACTION_KIND, RedisCensus, warn_if_unbounded
 
 IDENTITY_KEY = b"fraud:identity"
 _MAX_ID_BYTES = 256
 _VERSION = struct.Struct("<Q")
-_TRANSACTIONS = b"x"
 # Checks at open, the census: not on the scoring path, so they may wait longer.
 _BACKGROUND_TIMEOUT_SECONDS = 2.0
 
@@ -341,7 +340,7 @@ class _Keys:
         self.prefix = b"fraud:" + hashlib.sha256(identity.encode()).hexdigest()[:12].encode()
         self.prefix += b":"
         self._entities = {kind: self.prefix + kind.value.encode() + b":" for kind in EntityKind}
-        self._transactions = self.prefix + _TRANSACTIONS + b":"
+        self._transactions = self.prefix + TRANSACTION_KIND + b":"
 
     def entity(self, kind: EntityKind, key: str) -> bytes:
         return self._entities[kind] + _id(key)

@@ -3,27 +3,25 @@ state of other feature settings."""
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 from pathlib import Path
-from unittest.mock import ANY
 
 import lmdb
 import pytest
 
 from service.core.domain import (
-    Decision,
-    DecisionSource,
-    EarlierAttempt,
-    Reason,
-    ScoreResult,
     Transaction,
 )
 from service.features import EntityKind, FeatureConfig, FeatureEngine, state_identity
 from service.state.errors import StateMismatch
 from service.state.lmdb_store import LmdbLimits, LmdbStore
-from tests.service.features.engine_io import DAY, DELAY, T0, tx
+from tests.service.features.engine_io import DAY, T0, tx
+from tests.service.state.shared_stores import (
+    assert_a_retry_after_a_reopening_gets_the_first_answer,
+    assert_as_in_memory_across_a_reopening,
+    stream,
+)
 
 CONFIG = FeatureConfig()
 LIMITS = LmdbLimits(max_entities=10_000, max_transactions=10_000, max_bytes=256 << 20)
@@ -38,59 +36,15 @@ def _open(path: Path, config: FeatureConfig = CONFIG, limits: LmdbLimits = LIMIT
     )
 
 
-def _stream(count: int) -> list[Transaction]:
-    """Transactions of a few cards, terminals and merchants, minutes to days apart."""
-    gaps = itertools.cycle([60.0, 600.0, 5.0, 3_600.0, 0.0, 20_000.0, DAY / 3])
-    now = T0
-    stream = []
-    for number in range(count):
-        now += next(gaps)
-        stream.append(
-            tx(
-                number,
-                now,
-                card=f"card{number % 13}",
-                terminal=f"term{number % 5}",
-                merchant_id=f"m{number % 3}" if number % 4 else "",
-                amount=1.0 + (number * 37 % 500),
-            )
-        )
-    return stream
-
-
 def test_lmdb_computes_what_memory_computes_across_a_reopening(tmp_path: Path) -> None:
     """The same stream with outcomes gives identical vectors in memory and in LMDB, even
     when the store is closed and reopened halfway."""
-    stream = _stream(3_000)
-    memory = FeatureEngine(CONFIG)
-    store = _open(tmp_path)
-    on_disk = FeatureEngine(CONFIG, store)
-    for number, current in enumerate(stream):
-        if number == len(stream) // 2:
-            store.close()
-            store = _open(tmp_path)
-            on_disk = FeatureEngine(CONFIG, store)
-        assert on_disk.observe(current) == memory.observe(current), number
-        if number % 7 == 0:
-            reported = current.timestamp + DELAY
-            assert on_disk.report_outcome(current.transaction_id, True, reported)
-            assert memory.report_outcome(current.transaction_id, True, reported)
-    store.close()
+    assert_as_in_memory_across_a_reopening(CONFIG, lambda: _open(tmp_path))
 
 
 def test_a_counted_transaction_and_its_answer_outlive_the_process(tmp_path: Path) -> None:
     """A retry after a restart gets the first answer, and counts nothing."""
-    answer = ScoreResult(
-        "tx1", 0.75, Decision.DECLINE, (Reason("R01", "amount", 1.5),), "v1",
-        DecisionSource.MODEL, None,
-    )  # fmt: skip
-    store = _open(tmp_path)
-    engine = FeatureEngine(CONFIG, store)
-    first = tx(1, T0, amount=12.5, merchant_id="m", card_present=True, country="FR")
-    assert engine.admit(first, lambda features: answer) == (ANY, answer)
-    store.close()
-    store = _open(tmp_path)
-    assert FeatureEngine(CONFIG, store).admit(first) == EarlierAttempt(first, answer)
+    store = assert_a_retry_after_a_reopening_gets_the_first_answer(CONFIG, lambda: _open(tmp_path))
     assert store.records(EntityKind.CARD) == 1
     store.close()
 
@@ -133,17 +87,17 @@ def test_records_beyond_the_bound_and_idle_ones_are_evicted_and_counted(tmp_path
 def test_a_hot_copy_as_docs_operations_says_continues_as_the_original(tmp_path: Path) -> None:
     """`python -m lmdb copy --compact` taken while the store is open gives a store that
     computes, from then on, exactly what the original computes."""
-    stream = _stream(1_000)
+    transactions = stream(1_000)
     original = _open(tmp_path / "state")
     engine = FeatureEngine(CONFIG, original)
-    for current in stream[:600]:
+    for current in transactions[:600]:
         engine.observe(current)
     copy = tmp_path / "backup"
     command = [sys.executable, "-m", "lmdb", "copy", "--compact", "-e", str(tmp_path / "state")]
     subprocess.run([*command, str(copy)], check=True, capture_output=True, timeout=60)
     restored = _open(copy)
     from_copy = FeatureEngine(CONFIG, restored)
-    for current in stream[600:]:
+    for current in transactions[600:]:
         assert from_copy.observe(current) == engine.observe(current)
     original.close()
     restored.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import socket
 import threading
 import time
 from array import array
@@ -20,6 +19,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+from benchmarks.servers.launch import free_ports
 from service.app import build_scorer
 from service.config.settings import ServeSettings, StateSettings
 from service.core.domain import (
@@ -27,8 +27,6 @@ from service.core.domain import (
     DecisionSource,
     EarlierAttempt,
     FallbackReason,
-    RawTransaction,
-    Reason,
     ScoreResult,
     Transaction,
 )
@@ -41,9 +39,14 @@ from service.model.loading import LoadedModel
 from service.state.errors import StateMismatch, StateStoreError
 from service.state.opening import open_state
 from service.state.redis_store import RedisStore
+from tests.factories import raw_transaction
 from tests.redis_server import RedisServer
 from tests.service.features.engine_io import DAY, DELAY, HOUR, T0, tx
-from tests.service.state.test_lmdb_store import _stream
+from tests.service.state.shared_stores import (
+    assert_a_retry_after_a_reopening_gets_the_first_answer,
+    assert_as_in_memory_across_a_reopening,
+    stream,
+)
 
 CONFIG = FeatureConfig()
 TIMEOUT = 0.5  # seconds: generous, on a shared two-core machine
@@ -63,21 +66,7 @@ def _open(url: str, config: FeatureConfig = CONFIG, timeout: float = TIMEOUT) ->
 def test_redis_computes_what_memory_computes_across_a_reopening(redis_url: str) -> None:
     """The same stream with outcomes gives identical vectors in memory and on Redis, even
     when the store is closed and another opened halfway (a restarted replica)."""
-    stream = _stream(3_000)
-    memory = FeatureEngine(CONFIG)
-    store = _open(redis_url)
-    on_redis = FeatureEngine(CONFIG, store)
-    for number, current in enumerate(stream):
-        if number == len(stream) // 2:
-            store.close()
-            store = _open(redis_url)
-            on_redis = FeatureEngine(CONFIG, store)
-        assert on_redis.observe(current) == memory.observe(current), number
-        if number % 7 == 0:
-            reported = current.timestamp + DELAY
-            assert on_redis.report_outcome(current.transaction_id, True, reported)
-            assert memory.report_outcome(current.transaction_id, True, reported)
-    store.close()
+    assert_as_in_memory_across_a_reopening(CONFIG, lambda: _open(redis_url))
 
 
 def test_outcomes_reported_late_count_from_their_report_time_as_in_memory(
@@ -87,12 +76,12 @@ def test_outcomes_reported_late_count_from_their_report_time_as_in_memory(
     records; on Redis they are settled by each reader and kept settled only by the next
     outcome (a count on the server never settles them), yet every vector is the one memory
     gives, with more waiting than the record holds at once."""
-    stream = _stream(3_000)
+    transactions = stream(3_000)
     memory = FeatureEngine(CONFIG)
     store = _open(redis_url)
     on_redis = FeatureEngine(CONFIG, store)
     lags = itertools.cycle([2 * DAY, 5 * HOUR, 11 * DAY, DAY / 2, 3 * DAY])
-    for number, current in enumerate(stream):
+    for number, current in enumerate(transactions):
         assert on_redis.observe(current) == memory.observe(current), number
         if number % 3 == 0:  # known now, counted from a report time days ahead
             reported = current.timestamp + DELAY + next(lags)
@@ -259,17 +248,7 @@ def test_two_replicas_at_one_busy_merchant_never_conflict(redis_url: str) -> Non
 def test_a_retry_after_a_restart_gets_the_stored_answer(redis_url: str) -> None:
     """A retry reaching a new store object (a restarted or another replica) gets the first
     answer, and counts nothing."""
-    answer = ScoreResult(
-        "tx1", 0.75, Decision.DECLINE, (Reason("R01", "amount", 1.5),), "v1",
-        DecisionSource.MODEL, None,
-    )  # fmt: skip
-    store = _open(redis_url)
-    engine = FeatureEngine(CONFIG, store)
-    first = tx(1, T0, amount=12.5, merchant_id="m", card_present=True, country="FR")
-    assert engine.admit(first, lambda features: answer) == (ANY, answer)
-    store.close()
-    store = _open(redis_url)
-    assert FeatureEngine(CONFIG, store).admit(first) == EarlierAttempt(first, answer)
+    store = assert_a_retry_after_a_reopening_gets_the_first_answer(CONFIG, lambda: _open(redis_url))
     store.census()
     assert [store.records(kind) for kind in (*EntityKind, None)] == [1, 1, 1, 1]
     store.close()
@@ -330,7 +309,7 @@ def test_state_of_other_feature_settings_is_refused(redis_url: str) -> None:
 
 def test_a_server_that_cannot_be_reached_is_refused_at_open_without_its_password() -> None:
     """Nothing listens: StateStoreError naming the server, its password masked."""
-    url = f"redis://:hunter2-secret@127.0.0.1:{_closed_port()}/0"
+    url = f"redis://:hunter2-secret@127.0.0.1:{free_ports(1)}/0"  # nothing listens there
     with pytest.raises(StateStoreError, match="cannot use the feature state's Redis") as caught:
         _open(url)
     assert "hunter2" not in str(caught.value)
@@ -407,14 +386,14 @@ def test_the_scorer_answers_state_unavailable_while_the_server_is_down(tmp_path:
         state = StateSettings(backend="redis", url=server.url, timeout_seconds=0.05)
         store = open_state(state, CONFIG)
         scorer = build_scorer(ServeSettings(state=state), FeatureEngine(CONFIG, store), _NoModel())
-        assert scorer.score(_raw(1)).fallback_reason == FallbackReason.MODEL_UNAVAILABLE
+        assert scorer.score(raw_transaction(1)).fallback_reason == FallbackReason.MODEL_UNAVAILABLE
         server.stop()
-        assert scorer.score(_raw(2)).fallback_reason == FallbackReason.STATE_UNAVAILABLE
+        assert scorer.score(raw_transaction(2)).fallback_reason == FallbackReason.STATE_UNAVAILABLE
         started = time.monotonic()  # after the first failure's log line, slow in a terminal
-        assert scorer.score(_raw(3)).fallback_reason == FallbackReason.STATE_UNAVAILABLE
+        assert scorer.score(raw_transaction(3)).fallback_reason == FallbackReason.STATE_UNAVAILABLE
         assert time.monotonic() - started < 0.5
         server.start()
-        assert scorer.score(_raw(4)).fallback_reason == FallbackReason.MODEL_UNAVAILABLE
+        assert scorer.score(raw_transaction(4)).fallback_reason == FallbackReason.MODEL_UNAVAILABLE
         store.close()
 
 
@@ -472,26 +451,3 @@ def _at(vector: list[float], indexes: tuple[int, ...]) -> list[float]:
 
 def _answer(transaction_id: str) -> ScoreResult:
     return ScoreResult(transaction_id, 0.1, Decision.APPROVE, (), "v1", DecisionSource.MODEL, None)
-
-
-def _raw(number: int) -> RawTransaction:
-    return RawTransaction(
-        transaction_id=f"tx-{number}",
-        card_id="card-1",
-        terminal_id="term-1",
-        merchant_id="mer-1",
-        amount_minor=1_000,
-        currency="EUR",
-        timestamp_ns=time.time_ns(),
-        mcc=5411,
-        entry_mode=1,
-        card_present=True,
-        country="FR",
-    )
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound and released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
