@@ -35,7 +35,7 @@ from types import FrameType
 import structlog
 from pydantic import ValidationError
 
-from service.app import App, create_app, following_the_registry
+from service.app import App, create_app, following_the_registry, signature_policy
 from service.config.settings import ConfigError, ServerSettings, ServeSettings, load_settings
 from service.grpc_api.server import BindError
 from service.model.artifact import ArtifactError
@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes sharing the scoring port and the feature state's LMDB store: "
         f"each computes what one would (default: {defaults['workers']})",
     )
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="production mode (also FRAUD_MODE=production): refuse to start with plaintext, "
+        "the development card token key, or no trusted model signing key",
+    )
     return parser
 
 
@@ -132,6 +138,11 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
     except ValidationError as error:
         problems = "; ".join(f"{item['loc'][0]}: {item['msg']}" for item in error.errors())
         raise ConfigError(f"invalid option ({problems})") from None
+    if args.production:
+        settings = settings.model_copy(update={"mode": "production"})
+    _check_signing_keys(settings)
+    if settings.mode == "production" and (unsafe := settings.production_problems()):
+        raise ConfigError("production mode refuses to start: " + "; ".join(unsafe))
     if server.workers > 1 and server.port == 0:
         raise ConfigError("several workers need a fixed port to share, not port 0")
     if server.workers > 1 and settings.state.backend == "memory":  # model_copy skips validators
@@ -141,6 +152,14 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         )
     registry = settings.registry if args.registry is None else args.registry
     return settings.model_copy(update={"server": server, "registry": registry})
+
+
+def _check_signing_keys(settings: ServeSettings) -> None:
+    """ConfigError naming the setting if a trusted signing key does not parse."""
+    try:
+        signature_policy(settings.models)
+    except ValueError as error:
+        raise ConfigError(f"models.trusted_keys: {error}") from None
 
 
 def _run(settings: ServeSettings, metrics_port: int) -> int:

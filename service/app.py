@@ -32,7 +32,7 @@ import grpc
 import prometheus_client
 import structlog
 
-from service.config.settings import RecordLogSettings, ServeSettings
+from service.config.settings import ModelSettings, RecordLogSettings, ServeSettings
 from service.core.card_tokens import CardTokenizer
 from service.core.ports import AnswerListener, ModelSource, OutcomeListener
 from service.core.scoring import FallbackPolicy, Scorer
@@ -49,6 +49,7 @@ from service.model.artifact import read_manifest
 from service.model.loading import LoadedModel
 from service.model.registry import CHAMPION, Registry, RegistryError, no_champion
 from service.model.shadow import Schedule, ShadowScorer
+from service.model.signatures import SignaturePolicy
 from service.model.store import ModelStore
 from service.model.watcher import ModelWatcher
 from service.observability.drift import DriftCollector
@@ -161,6 +162,8 @@ async def create_app(settings: ServeSettings) -> App:
         settings.registry,
         feature_config=feature_config,
         allow_major_library_difference=models.allow_major_library_difference,
+        signatures=signature_policy(models),
+        max_file_bytes=models.max_file_bytes,
     )
     state = open_state(settings.state, feature_config)
     engine = FeatureEngine(feature_config, state)
@@ -189,6 +192,11 @@ async def create_app(settings: ServeSettings) -> App:
         state.close()
         raise
     return App(settings, server, port, health, watcher, scorer, listeners, state)
+
+
+def signature_policy(settings: ModelSettings) -> SignaturePolicy:
+    """The manifest signatures `settings` accept; ValueError for a key that does not parse."""
+    return SignaturePolicy.from_settings(settings.trusted_keys, settings.revoked_keys)
 
 
 def build_scorer(

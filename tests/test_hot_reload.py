@@ -9,6 +9,7 @@ requests through a local feature engine gives each answer's exact feature vector
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import onnx
 import psutil
 import pytest
 
@@ -32,6 +34,7 @@ from service.grpc_api.converters import to_raw_transaction
 from service.model.artifact import MANIFEST_FILE, NATIVE_MODEL_FILE, ONNX_MODEL_FILE
 from service.model.onnx_scorer import OnnxScorer
 from service.model.registry import CHALLENGER, CHAMPION, Registry
+from service.model.signatures import SIGNATURE_FILE
 from service.model.store import ModelStore
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
@@ -39,7 +42,8 @@ from tests.load_driver import DriverRun, history_requests, start_driver
 from tests.metrics_scrape import scrape, value
 from tests.server_process import ServerProcess
 from tests.service.registry_copies import edit_manifest, point_alias, replace_file, set_thresholds
-from training.registry.publishing import promote, promote_challenger, rollback
+from training.registry.publishing import promote, promote_challenger, rollback, sign
+from training.registry.signing import generate_key_pair, write_signature
 
 ADMIN_TOKEN = "hot-reload-test-admin-token"
 WAIT_SECONDS = 90.0  # bound on any wait for the server to follow the registry
@@ -62,10 +66,11 @@ def registry(trained_model: TrainedModel, other_model: TrainedModel, tmp_path: P
 @pytest.fixture
 def serve(
     start_process: Callable[..., ServerProcess], registry: Path
-) -> Callable[[], tuple[str, str]]:
-    """Start fraud-serve on `registry`, polling it every 50 ms; its target and metrics URL."""
+) -> Callable[..., tuple[str, str]]:
+    """Start fraud-serve on `registry`, polling it every 50 ms, with more settings in the
+    environment if given; its target and metrics URL."""
 
-    def start() -> tuple[str, str]:
+    def start(environment: dict[str, str] | None = None) -> tuple[str, str]:
         process = start_process(
             "--registry", str(registry), "--host", "127.0.0.1", "--port", "0",
             "--metrics-port", "0",
@@ -76,6 +81,7 @@ def serve(
                 # Model answers only, however busy the shared test machine: a fallback has
                 # no version to check. Latency during swaps is measured in benchmarks/.
                 "FRAUD_BUDGET__SERVER_BUDGET_MS": "5000",
+                **(environment or {}),
             },
         )  # fmt: skip
         serving = process.wait_for("serving")
@@ -180,6 +186,90 @@ def test_bad_artifacts_published_under_load_are_refused(
     for reason, count in expected.items():
         refusals = value(samples, "fraud_model_refusals_total", alias=CHAMPION, reason=reason)
         assert refusals == count
+
+
+# A server that trusts `release` and `revoked` (whose id it also revokes), with a file cap
+# the default model fits and the padded version does not.
+SIGNED_MAX_FILE_BYTES = 8 * 1024 * 1024
+_KEYS = ("release", "stranger", "revoked")
+
+# Each kind of untrusted artifact, the key its manifest is signed with (None: unsigned), and
+# the refusal it gets. The edits after signing are what a person with write access to the
+# registry volume could do; the others are signed by the trusted key, so only the check
+# named by the reason can stop them.
+TRUST_CASES: list[tuple[str, str | None, str]] = [
+    ("edited_thresholds", "release", "bad_signature"),
+    ("edited_feature_list", "release", "bad_signature"),
+    ("edited_golden_sample", "release", "bad_signature"),
+    ("file_swapped_after_signing", "release", "checksum_mismatch"),
+    ("unsigned", None, "unsigned"),
+    ("signed_by_unknown_key", "stranger", "unknown_key"),
+    ("signed_by_revoked_key", "revoked", "revoked_key"),
+    ("operator_outside_allow_list", "release", "onnx_not_allowed"),
+    ("external_data", "release", "external_data"),
+    ("oversized_file", "release", "file_too_large"),
+    ("symlink", "release", "symlink"),
+    ("truncated_after_signing", "release", "checksum_mismatch"),
+]
+
+
+def test_untrusted_artifacts_promoted_under_load_are_refused(
+    serve: Callable[..., tuple[str, str]],
+    driver: Callable[[str], DriverRun],
+    registry: Path,
+    trained_model: TrainedModel,
+    other_model: TrainedModel,
+    tmp_path: Path,
+) -> None:
+    """A server that trusts a signing key refuses each of twelve untrusted artifacts the
+    champion alias is pointed at, with its reason, while the signed model answers every
+    call; the refusals are counted by reason."""
+    keys = {name: generate_key_pair(tmp_path / "keys", name)[0] for name in _KEYS}
+    sign(registry, trained_model.version, keys["release"])
+    target, metrics_url = serve(
+        {
+            "FRAUD_MODELS__TRUSTED_KEYS": json.dumps(
+                [keys["release"].public_text, keys["revoked"].public_text]
+            ),
+            "FRAUD_MODELS__REVOKED_KEYS": json.dumps([keys["revoked"].key_id]),
+            "FRAUD_MODELS__MAX_FILE_BYTES": str(SIGNED_MAX_FILE_BYTES),
+        }
+    )
+    admin = _Admin(target)
+    load = driver(target)
+    source = Registry(registry).artifact_dir(trained_model.version)
+    other_onnx = (
+        Registry(registry).artifact_dir(other_model.version) / ONNX_MODEL_FILE
+    ).read_bytes()
+    for number, (kind, key, reason) in enumerate(TRUST_CASES):
+        version = f"20990102T0000{number:02d}Z-5164ed{number:02d}"
+        before, after = _UNTRUSTED_EDITS[kind]
+        artifact = _publish(registry, source, version, before)
+        (artifact / SIGNATURE_FILE).unlink()  # the copied champion's, for another manifest
+        if key is not None:
+            write_signature(artifact, keys[key])
+        if after is not None:
+            after(artifact, other_onnx, tmp_path)
+        point_alias(registry, CHAMPION, version)
+        models = admin.wait_until(
+            lambda models, v=version: any(r.version == v for r in models.refusals)  # type: ignore[misc]
+        )
+        (refusal,) = models.refusals
+        assert (kind, refusal.reason) == (kind, reason), refusal.detail
+        assert models.serving_version == trained_model.version
+    point_alias(registry, CHAMPION, trained_model.version)
+    admin.wait_until(lambda models: not models.refusals)
+    load.wait_for_answers(100)
+
+    answers = load.finish()
+    by_version = _check_every_answer(
+        answers, registry, trained_model.history, [trained_model.version]
+    )
+    assert set(by_version) == {trained_model.version}
+    samples = scrape(metrics_url)
+    for reason, count in Counter(reason for _kind, _key, reason in TRUST_CASES).items():
+        refusals = value(samples, "fraud_model_refusals_total", alias=CHAMPION, reason=reason)
+        assert refusals == count, reason
 
 
 def test_the_shadow_challenger_agreement_follows_the_challenger(
@@ -347,6 +437,78 @@ _BAD_ARTIFACT_MAKERS: dict[str, Callable[[Path, Path, str], None]] = {
     "library_major_version": _published_with(_old_onnxruntime),
     "half_copied_directory": _half_copy,
     "unpublished_version": _nothing_published,
+}
+
+
+AfterSigning = Callable[[Path, bytes, Path], None]
+
+
+def _with_graph(edit: Callable[[onnx.ModelProto], None]) -> Edit:
+    """An edit that changes the ONNX graph and re-hashes it, as a signer would have seen."""
+
+    def change(artifact: Path) -> None:
+        model = onnx.load_from_string((artifact / ONNX_MODEL_FILE).read_bytes())
+        edit(model)
+        replace_file(artifact, ONNX_MODEL_FILE, model.SerializeToString())
+
+    return change
+
+
+def _add_foreign_operator(model: onnx.ModelProto) -> None:
+    model.graph.node.append(onnx.helper.make_node("Exp", [model.graph.input[0].name], ["exp"]))
+
+
+def _add_external_tensor(model: onnx.ModelProto) -> None:
+    tensor = onnx.helper.make_tensor("external", onnx.TensorProto.FLOAT, [1], [0.0])
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../../../../../etc/hostname"
+    model.graph.initializer.append(tensor)
+
+
+def _add_padding(artifact: Path) -> None:
+    replace_file(artifact, "padding.bin", b"\0" * (SIGNED_MAX_FILE_BYTES + 1))
+
+
+def _swap_onnx(artifact: Path, other_onnx: bytes, _outside: Path) -> None:
+    (artifact / ONNX_MODEL_FILE).write_bytes(other_onnx)
+
+
+def _truncate_onnx_only(artifact: Path, _other_onnx: bytes, _outside: Path) -> None:
+    content = (artifact / ONNX_MODEL_FILE).read_bytes()
+    (artifact / ONNX_MODEL_FILE).write_bytes(content[: len(content) // 2])
+
+
+def _link_a_report(artifact: Path, _other_onnx: bytes, outside: Path) -> None:
+    """Replace a report with a link to an identical copy outside the registry."""
+    report = artifact / "evaluation.json"
+    copy = outside / f"{artifact.name}-evaluation.json"
+    copy.write_bytes(report.read_bytes())
+    report.unlink()
+    report.symlink_to(copy)
+
+
+def _after_signing(edit: Edit) -> AfterSigning:
+    return lambda artifact, _other_onnx, _outside: edit(artifact)
+
+
+# kind: (edit before signing, edit after signing)
+_UNTRUSTED_EDITS: dict[str, tuple[Edit | None, AfterSigning | None]] = {
+    "edited_thresholds": (
+        None,
+        _after_signing(lambda a: set_thresholds(a, review=1.0, decline=1.0)),
+    ),
+    "edited_feature_list": (None, _after_signing(_swap_two_features)),
+    "edited_golden_sample": (None, _after_signing(_shift_golden_scores)),
+    "file_swapped_after_signing": (None, _swap_onnx),
+    "unsigned": (None, None),
+    "signed_by_unknown_key": (None, None),
+    "signed_by_revoked_key": (None, None),
+    "operator_outside_allow_list": (_with_graph(_add_foreign_operator), None),
+    "external_data": (_with_graph(_add_external_tensor), None),
+    "oversized_file": (_add_padding, None),
+    "symlink": (None, _link_a_report),
+    "truncated_after_signing": (None, _truncate_onnx_only),
 }
 
 

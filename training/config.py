@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FilePath
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.config.layered import ConfigError, load_layered_settings
@@ -230,6 +230,11 @@ class TrainSettings(BaseSettings):
 
     registry: Path = Path("models")
     """Model registry directory (versions, aliases, history); `--registry` overrides it."""
+
+    signing_key: FilePath | None = None
+    """Ed25519 private key (`fraud-train keys generate`) that signs every published
+    manifest; servers that list its public key in `models.trusted_keys` serve only what it
+    signed. Unset: versions are published unsigned, which only a development server serves."""
 
     features: FeatureConfig = FeatureConfig()
     """Feature engine settings; recorded in the manifest, the server must use the same."""

@@ -220,6 +220,21 @@ class ModelSettings(_Group):
     """Transactions waiting for the challenger at most; beyond it the challenger skips them
     (`fraud_shadow_skipped_total{reason="backlog_full"}`) rather than queue without bound."""
 
+    trusted_keys: list[str] = []
+    """Ed25519 public keys (base64, as `fraud-train keys generate` prints them) whose
+    manifest signatures this server accepts; list the old and the new key during a
+    rotation. With any key listed, only versions signed by one of them are served. Empty
+    (the development default): versions are served signed or not, with a warning
+    (`model_signature_not_checked`); production mode refuses to start so."""
+
+    revoked_keys: list[str] = []
+    """Key ids (`ed25519-...`) whose signatures are refused, trusted or not: a leaked
+    signing key, or the old key once every served version is signed again."""
+
+    max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """Largest artifact file the server reads (manifest, ONNX graph, reason tables and
+    the reports it hashes); a larger one is refused (`file_too_large`) unread."""
+
 
 class DriftSettings(_Group):
     """Drift of live traffic from the model's reference period (`service.observability.drift`)."""
@@ -402,6 +417,9 @@ class RecordLogSettings(_Group):
         return None if directory == "" else directory
 
 
+Mode = Literal["development", "production"]
+
+
 class ServeSettings(BaseSettings):
     """Everything `fraud-serve` needs besides the model itself."""
 
@@ -418,6 +436,11 @@ class ServeSettings(BaseSettings):
 
     registry: Path = Path("models")
     """Model registry directory (what `fraud-train` publishes into); the champion is served."""
+
+    mode: Mode = "development"
+    """`production` (also `fraud-serve --production`) refuses to start with a setting only
+    fit for development (`ServeSettings.production_problems` lists them, each with the
+    setting to fix); `development` starts with zero setup and warns instead."""
 
     server: ServerSettings = ServerSettings()
     """Ports, worker processes, concurrency and shutdown."""
@@ -487,6 +510,32 @@ class ServeSettings(BaseSettings):
     def uses_development_card_token_key(self) -> bool:
         """Whether `card_token_key` is the public development default."""
         return self.card_token_key.get_secret_value() == DEVELOPMENT_CARD_TOKEN_KEY
+
+    def production_problems(self) -> list[str]:
+        """What production mode refuses in these settings, each naming the setting to fix."""
+        problems = []
+        if not self.tls.enabled:
+            problems.append(
+                "tls: the scoring port is plaintext; set tls.cert_file and tls.key_file "
+                "(FRAUD_TLS__CERT_FILE, FRAUD_TLS__KEY_FILE)"
+            )
+        if self.admin.token is not None and not self.tls.enabled:
+            problems.append(
+                "admin.token: an admin token sent over plaintext can be read on the network; "
+                "enable TLS or unset FRAUD_ADMIN__TOKEN"
+            )
+        if self.uses_development_card_token_key:
+            problems.append(
+                "card_token_key: the public development key would make card tokens "
+                "reversible by anyone; set FRAUD_CARD_TOKEN_KEY to a secret"
+            )
+        if not self.models.trusted_keys:
+            problems.append(
+                "models.trusted_keys: no key to check model signatures with, so any file "
+                "written to the registry would be served; generate one with `fraud-train "
+                "keys generate` and set FRAUD_MODELS__TRUSTED_KEYS"
+            )
+        return problems
 
     def describe(self) -> dict[str, Any]:
         """The effective settings as JSON-ready values, secrets masked."""

@@ -38,6 +38,7 @@ a row here before a model using it can be served.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -145,17 +146,19 @@ class ReasonTables:
     leaf_contributions: NDArray[np.float64]  # (leaves, features)
 
     @classmethod
-    def read(cls, tables_file: Path) -> ReasonTables:
-        """The tables training wrote to `tables_file`; ValueError if the file is not such
-        tables, or their kinds or shapes do not fit together."""
+    def read(cls, tables_file: Path | bytes) -> ReasonTables:
+        """The tables training wrote to `tables_file` (a path, or the file's content);
+        ValueError if they are not such tables, or their kinds or shapes do not fit."""
+        source = io.BytesIO(tables_file) if isinstance(tables_file, bytes) else tables_file
+        label = "reason tables" if isinstance(tables_file, bytes) else str(tables_file)
         try:
-            with np.load(tables_file, allow_pickle=False) as tables:
+            with np.load(source, allow_pickle=False) as tables:
                 arrays = {name: tables[name] for name in tables.files}
         except (OSError, ValueError) as error:
-            raise ValueError(f"{tables_file}: not reason tables ({error})") from error
+            raise ValueError(f"{label}: not reason tables ({error})") from error
         missing = sorted({field.name for field in fields(cls)} - set(arrays))
         if missing:
-            raise ValueError(f"{tables_file}: not reason tables (no {', '.join(missing)})")
+            raise ValueError(f"{label}: not reason tables (no {', '.join(missing)})")
         return cls._from_arrays(arrays)
 
     @classmethod
@@ -233,7 +236,7 @@ class Explainer:
         self._tables = tables
 
     @classmethod
-    def from_tables(cls, tables_file: Path, *, top: int = DEFAULT_TOP) -> Explainer:
+    def from_tables(cls, tables_file: Path | bytes, *, top: int = DEFAULT_TOP) -> Explainer:
         """The explainer of the reason tables training wrote (`reasons.npz`). ValueError if
         the file is not such tables (a checksum cannot tell a well-formed file from a wrong
         one) or names a feature without a reason code."""

@@ -3,9 +3,12 @@
 `load_model` serves nothing it has not checked, in this order; each refusal is an
 `ArtifactError` whose `reason` names the check that failed:
 
-1. every file matches the SHA-256 its manifest lists (`service.model.artifact.verify_artifact`):
-   a truncated, corrupted or half-copied artifact stops here, before any model file is
-   parsed;
+1. the artifact verifies (`service.model.artifact.check_artifact`): no symbolic link, a
+   manifest signed by a trusted key when the server trusts keys (`SignaturePolicy`), every
+   file within the size cap and matching the SHA-256 its manifest lists. A truncated,
+   corrupted, half-copied or edited artifact stops here, before any model file is parsed;
+   the ONNX graph and the reason tables are read once, here, and those very bytes are what
+   the later steps load;
 2. the model was built for this server's feature engine: same engine version, same
    feature names in the same order and, when the caller says which, the same feature
    config as the running engine (a model trained with another label delay reads other
@@ -13,7 +16,9 @@
 3. the thresholds are ordered;
 4. the serving libraries' versions match training's (`service.model.library_versions`): a major
    difference is refused unless allowed, a minor one is recorded on the model;
-5. the ONNX graph loads and fits the scoring contract (`service.model.onnx_scorer.OnnxScorer`);
+5. the ONNX graph holds only what a LightGBM export does (`service.model.onnx_graph`: an
+   operator allow-list, no external data, no subgraphs or functions), then loads and fits
+   the scoring contract (`service.model.onnx_scorer.OnnxScorer`);
 6. the golden sample, replayed row by row through `OnnxScorer.score_one` (the path requests
    take), gives the scores training recorded, within `GOLDEN_TOLERANCE`;
 7. the reason tables load (`reasons.npz`, compiled by training; a version published
@@ -37,6 +42,7 @@ from service.core.domain import ModelSummary
 from service.features import FEATURE_ENGINE_VERSION, FEATURES, FeatureConfig
 from service.features.engine import FEATURE_NAMES
 from service.model.artifact import (
+    DEFAULT_MAX_FILE_BYTES,
     GOLDEN_TOLERANCE,
     ONNX_MODEL_FILE,
     REASON_TABLES_FILE,
@@ -44,11 +50,13 @@ from service.model.artifact import (
     GoldenSample,
     Manifest,
     Thresholds,
-    verify_artifact,
+    check_artifact,
 )
 from service.model.explainer import Explainer
 from service.model.library_versions import LibraryDifference, differences, installed_versions
+from service.model.onnx_graph import GraphRefused, check_graph
 from service.model.onnx_scorer import OnnxScorer
+from service.model.signatures import UNCHECKED, SignaturePolicy
 from service.observability.drift_bins import DriftReference
 
 # The reasons come from LightGBM's float64 trees, the golden scores from the float32 ONNX
@@ -67,6 +75,8 @@ class LoadedModel:
     thresholds: Thresholds
     explainer: Explainer
     library_differences: tuple[LibraryDifference, ...] = ()
+    signer: str | None = None
+    """The id of the trusted key that signed the manifest; None when none was required."""
 
     @property
     def drift_reference(self) -> DriftReference | None:
@@ -95,21 +105,29 @@ def load_model(
     expected_feature_config: FeatureConfig | None = None,
     serving_libraries: Mapping[str, str] | None = None,
     allow_major_library_difference: bool = False,
+    signatures: SignaturePolicy = UNCHECKED,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> LoadedModel:
     """The model in `artifact_dir`, once every check in the module docstring passed.
 
     `serving_libraries` (library name to version) defaults to what is installed here.
     """
-    manifest = verify_artifact(artifact_dir)
+    checked = check_artifact(
+        artifact_dir,
+        signatures=signatures,
+        max_file_bytes=max_file_bytes,
+        keep=(ONNX_MODEL_FILE, REASON_TABLES_FILE),
+    )
+    manifest = checked.manifest
     _check_feature_contract(artifact_dir, manifest, expected_feature_config)
     _check_thresholds(artifact_dir, manifest.thresholds)
     serving = installed_versions() if serving_libraries is None else serving_libraries
     library_differences = differences(manifest.libraries, serving)
     if not allow_major_library_difference:
         _refuse_major_differences(artifact_dir, library_differences)
-    scorer = _onnx_scorer(artifact_dir / ONNX_MODEL_FILE)
+    scorer = _onnx_scorer(artifact_dir / ONNX_MODEL_FILE, checked.contents[ONNX_MODEL_FILE])
     _replay_golden_sample(artifact_dir, scorer, manifest.golden_sample)
-    explainer = _explainer(artifact_dir, manifest)
+    explainer = _explainer(artifact_dir, manifest, checked.contents.get(REASON_TABLES_FILE))
     _check_reasons_explain_the_scores(artifact_dir, explainer, manifest.golden_sample)
     return LoadedModel(
         manifest.version,
@@ -118,6 +136,7 @@ def load_model(
         manifest.thresholds,
         explainer,
         library_differences,
+        checked.signer,
     )
 
 
@@ -169,9 +188,13 @@ def _refuse_major_differences(
         )
 
 
-def _onnx_scorer(path: Path) -> OnnxScorer:
+def _onnx_scorer(path: Path, model: bytes) -> OnnxScorer:
     try:
-        return OnnxScorer(path, len(FEATURES))
+        check_graph(model)
+    except GraphRefused as error:
+        raise ArtifactError(f"{path}: cannot be served: {error}", reason=error.reason) from error
+    try:
+        return OnnxScorer(model, len(FEATURES))
     # onnxruntime raises its own exception classes, derived from Exception only.
     except Exception as error:
         raise ArtifactError(f"{path}: cannot be served: {error}", reason="invalid_onnx") from error
@@ -203,11 +226,11 @@ def _replay_golden_sample(artifact_dir: Path, scorer: OnnxScorer, sample: Golden
         )
 
 
-def _explainer(artifact_dir: Path, manifest: Manifest) -> Explainer:
+def _explainer(artifact_dir: Path, manifest: Manifest, tables: bytes | None) -> Explainer:
     """The explainer of the artifact's reason tables. ArtifactError if the manifest lists
     none (a version published before training compiled them: the server does not compile
     LightGBM models) or they do not load, for this server's features."""
-    if REASON_TABLES_FILE not in manifest.files:
+    if tables is None:
         raise ArtifactError(
             f"{artifact_dir}: no reason tables ({REASON_TABLES_FILE}), which this server "
             f"needs to explain scores (version {manifest.version} predates them): train and "
@@ -216,7 +239,7 @@ def _explainer(artifact_dir: Path, manifest: Manifest) -> Explainer:
         )
     path = artifact_dir / REASON_TABLES_FILE
     try:
-        explainer = Explainer.from_tables(path)
+        explainer = Explainer.from_tables(tables)
     except ValueError as error:
         raise ArtifactError(
             f"{path}: cannot explain scores: {error}", reason="invalid_native_model"

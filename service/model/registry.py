@@ -45,8 +45,9 @@ STAGING_DIR = ".staging"
 VERSION_PATTERN = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 
 # "decline": a retrain that judged its candidate not worth publishing, or had nothing new
-# to learn from; the reason says why, with the numbers.
-Action = Literal["promote", "rollback", "publish", "refuse", "decline"]
+# to learn from; the reason says why, with the numbers. "sign": a published version's
+# manifest signed (again) by the key the reason names.
+Action = Literal["promote", "rollback", "publish", "refuse", "decline", "sign"]
 
 
 class RegistryError(Exception):

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.features import FeatureConfig
-from service.model.artifact import REFUSAL_REASONS, ArtifactError, RefusalReason
+from service.model.artifact import (
+    DEFAULT_MAX_FILE_BYTES,
+    REFUSAL_REASONS,
+    ArtifactError,
+    RefusalReason,
+)
 from service.model.library_versions import LibraryDifference, installed_versions
 from service.model.loading import LoadedModel, load_model
 from service.model.registry import (
@@ -27,6 +32,7 @@ from service.model.registry import (
     RegistryErrorReason,
     no_champion,
 )
+from service.model.signatures import UNCHECKED, SignaturePolicy
 from service.observability.metrics import start_refusal_counts
 
 # Every (alias, reason) series exists from the start at 0, so alert rules see a rise from 0.
@@ -42,6 +48,8 @@ class AliasChange:
     previous: str | None
     load_seconds: float
     library_differences: tuple[LibraryDifference, ...] = ()
+    signer: str | None = None
+    """The trusted key that signed the version; None when the server requires none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +120,20 @@ class ModelStore:
         *,
         feature_config: FeatureConfig | None = None,
         allow_major_library_difference: bool = False,
+        signatures: SignaturePolicy = UNCHECKED,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         """Read models from `registry_root`.
 
         `feature_config` is the running feature engine's: every model must have been trained
-        with it. When None, the first model loaded fixes it for the later ones.
+        with it. When None, the first model loaded fixes it for the later ones. Versions
+        must be signed as `signatures` require; no file may exceed `max_file_bytes`.
         """
         self.registry = Registry(registry_root)
         self._feature_config = feature_config
         self._allow_major = allow_major_library_difference
+        self._signatures = signatures
+        self._max_file_bytes = max_file_bytes
         self._serving_libraries = installed_versions()
         self._models: dict[str, LoadedModel | None] = dict.fromkeys(ALIASES)
         self._refused: dict[str, _Standing] = {}
@@ -222,6 +235,7 @@ class ModelStore:
             None if current is None else current.version,
             time.perf_counter() - started,
             model.library_differences,
+            model.signer,
         )
 
     def _loaded_elsewhere(self, version: str) -> LoadedModel | None:
@@ -240,6 +254,8 @@ class ModelStore:
             expected_feature_config=self._expected_feature_config(),
             serving_libraries=self._serving_libraries,
             allow_major_library_difference=self._allow_major,
+            signatures=self._signatures,
+            max_file_bytes=self._max_file_bytes,
         )
         if model.version != version:
             raise ArtifactError(

@@ -97,7 +97,16 @@ class ModelWatcher:
                 version=change.version,
                 previous=change.previous,
                 load_seconds=round(change.load_seconds, 3),
+                signed_by=change.signer,
             )
+            if change.signer is None:
+                _log.warning(
+                    "model_signature_not_checked",
+                    alias=change.alias,
+                    version=change.version,
+                    advice="no trusted signing key is configured (models.trusted_keys): any "
+                    "version written to the registry is served",
+                )
         if change.alias == CHAMPION:
             differences = change.library_differences
             set_library_differences((item.library, item.severity) for item in differences)

@@ -14,7 +14,13 @@ from service.model.registry import ALIASES, CHAMPION
 from training.cli.data_commands import handle_config, handle_simulate
 from training.cli.model_commands import handle_backtest, handle_evaluate, handle_train
 from training.cli.options import add_config_option, add_data_options, add_registry_option
-from training.cli.registry_commands import handle_list, handle_promote, handle_rollback
+from training.cli.registry_commands import (
+    handle_keys_generate,
+    handle_list,
+    handle_promote,
+    handle_rollback,
+    handle_sign,
+)
 from training.cli.retrain_commands import handle_retrain
 from training.cli.state_commands import handle_state_build
 
@@ -40,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backtest(commands)
     _add_retrain(commands)
     _add_registry(commands)
+    _add_keys(commands)
     _add_state(commands)
     _add_config(commands)
     return parser
@@ -221,14 +228,55 @@ def _add_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     promote.add_argument("--alias", default=CHAMPION, choices=ALIASES, help=f"({CHAMPION})")
     rollback = actions.add_parser("rollback", help="move the champion back to its previous version")
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in history")
+    sign = actions.add_parser(
+        "sign",
+        help="sign a published version's manifest",
+        description=(
+            "Sign VERSION's manifest (which lists every file's SHA-256) with an Ed25519 key, "
+            "once its files verify: for versions published before signing was set up, and "
+            "to sign every served version with a new key during a rotation. Replaces an "
+            "earlier signature; the version's files do not change."
+        ),
+    )
+    sign.add_argument("version", help="a published version")
+    sign.add_argument(
+        "--key",
+        type=Path,
+        help="private key file (default: the signing_key setting, FRAUD_TRAIN_SIGNING_KEY)",
+    )
     for action, handler in (
         (listing, handle_list),
         (promote, handle_promote),
         (rollback, handle_rollback),
+        (sign, handle_sign),
     ):
         add_registry_option(action)
         add_config_option(action)
         action.set_defaults(handler=handler)
+
+
+def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "keys",
+        help="generate the key pair that signs published models",
+        description="Ed25519 keys for manifest signatures (docs/model-lifecycle.md).",
+    )
+    actions = command.add_subparsers(title="actions", required=True, metavar="ACTION")
+    generate = actions.add_parser(
+        "generate",
+        help="write a new key pair: NAME.key (private, 0600) and NAME.pub",
+        description=(
+            "Write a new Ed25519 key pair into --out: NAME.key, the private key that "
+            "fraud-train signs with (keep it offline; FRAUD_TRAIN_SIGNING_KEY names it), and "
+            "NAME.pub, the public key servers trust (models.trusted_keys). Prints the key "
+            "id and the public key. Never overwrites a key."
+        ),
+    )
+    generate.add_argument("--out", type=Path, required=True, help="directory for the two files")
+    generate.add_argument(
+        "--name", default="model-signing", help="file name of the pair (model-signing)"
+    )
+    generate.set_defaults(handler=handle_keys_generate)
 
 
 def _add_state(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

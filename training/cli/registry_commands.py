@@ -1,4 +1,5 @@
-"""`fraud-train registry list`, `promote` and `rollback`: the registry's versions and aliases.
+"""`fraud-train registry list`, `promote`, `rollback` and `sign`, and `keys generate`: the
+registry's versions, aliases and signatures.
 
 Every alias move is recorded in the registry's history, with its reason. Handlers import
 their pipeline when they run, so that `--help` and the light commands do not load what only
@@ -45,4 +46,33 @@ def handle_rollback(args: argparse.Namespace) -> int:
     version = rollback(registry_from(args, settings_from(args)), reason=args.reason)
     say(f"champion rolled back to {version}")
     print(version)
+    return 0
+
+
+def handle_sign(args: argparse.Namespace) -> int:
+    """Sign a published version with the key given, or the signing_key setting."""
+    from training.registry.publishing import sign
+    from training.registry.signing import load_signing_key
+
+    settings = settings_from(args)
+    key_path = args.key if args.key is not None else settings.signing_key
+    if key_path is None:
+        raise RegistryError("no key to sign with: pass --key or set FRAUD_TRAIN_SIGNING_KEY")
+    key = load_signing_key(key_path)
+    sign(registry_from(args, settings), args.version, key)
+    say(f"{args.version} signed by {key.key_id}")
+    return 0
+
+
+def handle_keys_generate(args: argparse.Namespace) -> int:
+    """Write a new key pair; print its id and public key (stdout: the public key alone)."""
+    from training.registry.signing import generate_key_pair
+
+    key, private_path, public_path = generate_key_pair(args.out, args.name)
+    say(
+        f"key {key.key_id}: private key {private_path} (keep it offline, mode 0600), public "
+        f"key {public_path}. Sign with FRAUD_TRAIN_SIGNING_KEY={private_path}; trust on the "
+        f"servers with FRAUD_MODELS__TRUSTED_KEYS='[\"{key.public_text}\"]'"
+    )
+    print(key.public_text)
     return 0

@@ -50,6 +50,7 @@ from training.model_build.libraries import library_versions
 from training.model_build.reason_tables import compile_reason_tables, save_tables
 from training.model_build.thresholds import choose_thresholds
 from training.registry import publishing as registry
+from training.registry.signing import load_signing_key
 
 FEATURE_NAMES = [feature.name for feature in FEATURES]
 EVALUATION_FILE = "evaluation.json"
@@ -155,9 +156,11 @@ def publish(
     """Stage the candidate's artifact (models, reason tables, evaluation, plots, `reports`
     as extra text files) and publish it; its manifest and directory.
 
-    The manifest's gates and parent are the lineage's: one record of each.
+    The manifest's gates and parent are the lineage's: one record of each. The manifest is
+    signed with `settings.signing_key` if one is set.
     """
     test = data.periods.test
+    signing_key = None if settings.signing_key is None else load_signing_key(settings.signing_key)
     with registry.stage(registry_root) as staging:
         (staging / ONNX_MODEL_FILE).write_bytes(candidate.onnx_model)
         candidate.booster.save_model(str(staging / NATIVE_MODEL_FILE))
@@ -184,7 +187,8 @@ def publish(
             metrics=candidate.metrics,
             training_data=training_data,
             periods=period_records(data),
-            training_config=settings.model_dump(mode="json"),
+            # Where the signing key lives says nothing about the model, and is nobody's business.
+            training_config=settings.model_dump(mode="json", exclude={"signing_key"}),
             libraries=library_versions(),
             gates=lineage.gates,
             parent_version=lineage.parent_version,
@@ -205,7 +209,7 @@ def publish(
             files={},
             lineage=lineage,
         )
-        artifact_dir = registry.finalise(registry_root, staging, manifest)
+        artifact_dir = registry.finalise(registry_root, staging, manifest, signing_key=signing_key)
     return manifest, artifact_dir
 
 

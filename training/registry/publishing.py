@@ -32,6 +32,7 @@ from service.model.artifact import (
     ONNX_MODEL_FILE,
     ArtifactError,
     Manifest,
+    check_artifact,
     read_manifest,
     sha256_file,
     verify_artifact,
@@ -55,6 +56,7 @@ from training.durable_files import (
     replace_atomically,
 )
 from training.evaluation.metrics import format_metrics_table
+from training.registry.signing import SigningKey, write_signature
 
 __all__ = [
     "RegistryError",
@@ -67,6 +69,7 @@ __all__ = [
     "refuse",
     "rollback",
     "set_alias",
+    "sign",
     "stage",
     "version_name",
 ]
@@ -116,19 +119,22 @@ def stage(root: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def finalise(root: Path, staging: Path, manifest: Manifest) -> Path:
+def finalise(
+    root: Path, staging: Path, manifest: Manifest, *, signing_key: SigningKey | None = None
+) -> Path:
     """Publish the artifact written into `staging` as a new immutable version; its directory.
 
     The manifest's `files` are computed here. Its `version` may be left empty to be filled
-    in, or set with `version_name`, which must then agree with the staged model. An artifact
-    that does not verify is refused, and the refusal recorded.
+    in, or set with `version_name`, which must then agree with the staged model. With a
+    `signing_key`, the manifest is signed before the version appears. An artifact that does
+    not verify is refused, and the refusal recorded.
     """
     registry = Registry(root)
     if not staging.is_dir() or staging.resolve().parent != registry.staging_dir.resolve():
         raise RegistryError(f"{staging} was not made by stage({root}): stage the artifact first")
     with _exclusive(root):
         try:
-            sealed = _seal(staging, manifest)
+            sealed = _seal(staging, manifest, signing_key)
         except (ArtifactError, RegistryError) as error:
             _record(registry, "refuse", reason=f"publish refused: {error}")
             raise RegistryError(f"refused to publish: {error}") from error
@@ -143,6 +149,22 @@ def finalise(root: Path, staging: Path, manifest: Manifest) -> Path:
         fsync_path(registry.versions_dir)
         _record(registry, "publish", version=sealed.version, reason="verified and published")
     return target
+
+
+def sign(root: Path, version: str, key: SigningKey) -> HistoryEntry:
+    """Sign a published version's manifest with `key` (replacing any earlier signature, as a
+    key rotation does) once its files verify, and record it in the history.
+
+    The version's files do not change: the signature sits beside the manifest it signs.
+    """
+    registry = Registry(root)
+    with _exclusive(root):
+        try:
+            registry.load(version)
+        except ArtifactError as error:
+            raise RegistryError(f"refused to sign {version}: {error}") from error
+        write_signature(registry.artifact_dir(version), key)
+        return _record(registry, "sign", version=version, reason=f"signed by {key.key_id}")
 
 
 def set_alias(
@@ -242,8 +264,9 @@ def _version_row(registry: Registry, version: str, aliases: tuple[str, ...]) -> 
     return VersionRow(version, manifest.created_at, manifest.metrics.get("test", {}), aliases)
 
 
-def _seal(staging: Path, manifest: Manifest) -> Manifest:
-    """Name and hash the staged files, write the manifest durably, verify; the manifest."""
+def _seal(staging: Path, manifest: Manifest, signing_key: SigningKey | None) -> Manifest:
+    """Name and hash the staged files, write the manifest durably, sign it if a key is
+    given, verify; the manifest."""
     files = _hash_files(staging)
     if ONNX_MODEL_FILE not in files:
         raise RegistryError(f"{staging} has no {ONNX_MODEL_FILE}: write the model first")
@@ -258,7 +281,11 @@ def _seal(staging: Path, manifest: Manifest) -> Manifest:
     for path in staging.iterdir():
         fsync_path(path)
     fsync_path(staging)
-    verify_artifact(staging)
+    if signing_key is None:
+        verify_artifact(staging)
+    else:
+        write_signature(staging, signing_key)
+        check_artifact(staging, signatures=signing_key.policy)
     return sealed
 
 

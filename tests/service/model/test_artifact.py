@@ -18,10 +18,12 @@ from service.model.artifact import (
     GateResult,
     Lineage,
     LineageSource,
+    check_artifact,
     read_manifest,
     sha256_file,
     verify_artifact,
 )
+from service.model.signatures import signature_document
 from tests.factories import REPORT_FILE, flip_first_byte, write_artifact, write_model_files
 
 
@@ -137,6 +139,75 @@ def test_file_names_cannot_leave_the_artifact(tmp_path: Path) -> None:
     edit_manifest(artifact, files=files)
     with pytest.raises(ArtifactError, match="leaves the artifact") as refused:
         verify_artifact(artifact)
+    assert refused.value.reason == "invalid_manifest"
+
+
+def test_a_symbolic_link_in_the_artifact_is_refused(tmp_path: Path) -> None:
+    """A listed file that is a link is refused though its target has the right content:
+    the link could point anywhere, and nothing a publish writes is one."""
+    artifact = tmp_path / "artifact"
+    write_artifact(artifact)
+    target = tmp_path / "elsewhere.json"
+    (artifact / REPORT_FILE).rename(target)
+    (artifact / REPORT_FILE).symlink_to(target)
+    with pytest.raises(
+        ArtifactError, match=f"symbolic links are not served: {REPORT_FILE}"
+    ) as refused:
+        verify_artifact(artifact)
+    assert refused.value.reason == "symlink"
+
+
+def test_an_unlisted_link_and_a_linked_directory_are_refused(tmp_path: Path) -> None:
+    """A link the manifest does not list is refused too, and so is a version directory that
+    is itself a link to a directory that verifies."""
+    artifact = tmp_path / "artifact"
+    write_artifact(artifact)
+    linked = tmp_path / "linked"
+    linked.symlink_to(artifact)
+    with pytest.raises(ArtifactError, match="a symbolic link") as refused:
+        verify_artifact(linked)
+    assert refused.value.reason == "symlink"
+    (artifact / "extra").symlink_to("/etc/passwd")
+    with pytest.raises(ArtifactError, match="extra") as refused:
+        verify_artifact(artifact)
+    assert refused.value.reason == "symlink"
+
+
+def test_a_file_over_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    """A listed file larger than the cap is refused by its size, checksum unread; the same
+    artifact verifies under a cap it fits."""
+    write_artifact(tmp_path)
+    (tmp_path / REPORT_FILE).write_bytes(b"x" * 10_000)
+    files = {**read_manifest(tmp_path).files, REPORT_FILE: sha256_file(tmp_path / REPORT_FILE)}
+    edit_manifest(tmp_path, files=files)
+    with pytest.raises(
+        ArtifactError, match=r"report.json: \d+ bytes, more than the 4096"
+    ) as refused:
+        check_artifact(tmp_path, max_file_bytes=4096)
+    assert refused.value.reason == "file_too_large"
+    assert check_artifact(tmp_path, max_file_bytes=20_000).manifest.files
+
+
+def test_kept_files_are_the_bytes_that_were_hashed(tmp_path: Path) -> None:
+    """The contents handed back are exactly the checked files' bytes, and only those asked."""
+    write_artifact(tmp_path)
+    checked = check_artifact(tmp_path, keep=(ONNX_MODEL_FILE,))
+    assert dict(checked.contents) == {ONNX_MODEL_FILE: (tmp_path / ONNX_MODEL_FILE).read_bytes()}
+    assert checked.signer is None
+
+
+def test_the_manifest_cannot_list_itself_or_its_signature(tmp_path: Path) -> None:
+    """`files` naming the manifest or the signature is refused: neither can be in its own
+    checksum list, so such an entry can only be a forgery."""
+    write_artifact(tmp_path)
+    (tmp_path / "manifest.sig").write_bytes(signature_document("ed25519-0", b"signature"))
+    files = {
+        **read_manifest(tmp_path).files,
+        "manifest.sig": sha256_file(tmp_path / "manifest.sig"),
+    }
+    edit_manifest(tmp_path, files=files)
+    with pytest.raises(ArtifactError, match="leaves the artifact") as refused:
+        verify_artifact(tmp_path)
     assert refused.value.reason == "invalid_manifest"
 
 

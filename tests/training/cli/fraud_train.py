@@ -3,6 +3,7 @@ runs it, or `main` in this process, where a test can see its output and send it 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,17 @@ from training.cli.main import main
 FRAUD_TRAIN = str(Path(sys.executable).with_name("fraud-train"))
 
 
-def run(*args: str | Path | int, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The installed `fraud-train` run with `args`; with `check`, the test fails unless it
-    exits 0."""
+def run(
+    *args: str | Path | int, check: bool = True, environment: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed `fraud-train` run with `args` (and `environment` over this process's);
+    with `check`, the test fails unless it exits 0."""
     result = subprocess.run(
-        [FRAUD_TRAIN, *map(str, args)], capture_output=True, text=True, timeout=300
+        [FRAUD_TRAIN, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=None if environment is None else {**os.environ, **environment},
     )
     if check and result.returncode != 0:
         pytest.fail(f"fraud-train {args[0]} exited {result.returncode}: {result.stderr}")
