@@ -7,11 +7,15 @@
     → SIGTERM or SIGINT → NOT_SERVING at once, calls in progress finish within the grace
     → decision and outcome logs drained and closed
 
-The server never reports SERVING without a verified model: without a champion, or with one
-that fails its checks, it exits.
+The server never reports SERVING without a verified model, and never exits for want of one
+(a restart would find the same registry; exiting made a bad champion a crash loop): a
+champion refused at start is replaced by the newest earlier champion that verifies
+("champion_fallback"); with none, or no champion at all, the server stays up NOT_SERVING,
+scoring by the fallback rules, says why once ("cannot_serve_yet"), and turns SERVING when
+a poll finds a champion that verifies. See docs/model-lifecycle.md.
 
-Exit status: 0 after a graceful shutdown, 1 when the server cannot start or serve (no
-champion, a refused model, a port in use), 2 for bad arguments or configuration.
+Exit status: 0 after a graceful shutdown, 1 when the server cannot start (a port in use, a
+feature state that cannot be opened), 2 for bad arguments or configuration.
 
 With `--workers N` above 1 this process only supervises N worker processes that each run
 the whole server on the same port (see `service.grpc_api.server` for what that gives up);
@@ -38,8 +42,7 @@ from pydantic import ValidationError
 from service.app import App, create_app, following_the_registry, signature_policy
 from service.config.settings import ConfigError, ServerSettings, ServeSettings, load_settings
 from service.grpc_api.server import BindError
-from service.model.artifact import ArtifactError
-from service.model.registry import RegistryError
+from service.model.loading import LoadedModel
 from service.observability.gc_policy import configure_garbage_collection
 from service.observability.logs import configure_logging
 from service.observability.metrics import start_metrics_server
@@ -51,8 +54,10 @@ _EPILOG = """\
 Every setting can also come from the environment (FRAUD_ prefix, "__" between nested
 names, e.g. FRAUD_SERVER__MAX_IN_FLIGHT=512) or from the --config file; flags override both,
 and the environment overrides the file. Set FRAUD_CARD_TOKEN_KEY in production.
-Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT), 1 when the server cannot start,
-2 for bad arguments or configuration.
+Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT), 1 when the server cannot start
+(a port in use, a feature state that cannot be opened), 2 for bad arguments or
+configuration. A registry without a champion that verifies is no reason to exit: the server
+stays up NOT_SERVING until one is promoted.
 """
 
 
@@ -177,7 +182,7 @@ def _run(settings: ServeSettings, metrics_port: int) -> int:
 async def _serve(settings: ServeSettings, metrics_port: int) -> int:
     try:
         app = await create_app(settings)
-    except (RegistryError, ArtifactError, BindError, StateStoreError, OSError) as error:
+    except (BindError, StateStoreError, OSError) as error:
         _log.error("cannot_start", reason=str(error))
         return 1
     try:
@@ -200,14 +205,12 @@ async def _serve_until_stopped(app: App, metrics_port: int) -> int:
     stop = _stop_on_signals()
     await app.start()
     _log.info("listening", port=app.port, metrics_port=metrics_port, tls=settings.tls.enabled)
-    try:
-        model = await app.load_champion()
-    except RegistryError as error:
-        # The watcher has logged the refusal itself ("model_refused", with its reason code).
-        _log.error("cannot_start", reason=str(error))
-        await app.stop(0)
-        return 1
-    _log.info("serving", port=app.port, metrics_port=metrics_port, model_version=model.version)
+
+    async def serving(model: LoadedModel) -> None:
+        _log.info("serving", port=app.port, metrics_port=metrics_port, model_version=model.version)
+
+    app.watcher.on_first_champion(serving)
+    await app.load_champion()  # None: the watcher has said why ("cannot_serve_yet") and polls on
     async with following_the_registry(app.watcher, settings.models.poll_seconds):
         await stop.wait()
     _log.info("shutting_down", grace_seconds=settings.server.grace_seconds)

@@ -3,7 +3,8 @@
     champion's feature config → feature state store → feature engine
     → model store (bound to that config)
     → decision and outcome logs → answer and outcome listeners → scorer
-    → health (NOT_SERVING) → gRPC server bound, with the model watcher behind the admin RPC
+    → health (NOT_SERVING) → model watcher (SERVING with the first champion)
+    → gRPC server bound, with the model watcher behind the admin RPC
 
 This is the one place objects are built and wired; everything else receives its
 collaborators. The listeners each answer goes to, in order: decision metrics, drift
@@ -15,8 +16,16 @@ one more way to look at the registry. Tests build the same app, or a scorer with
 
 The port is bound by `create_app` and opens at `App.start`, before the model is loaded, so
 probes get an answer (NOT_SERVING) while it warms up; scoring calls in that window get the
-fallback decision ("model_unavailable"). `App.load_champion` reports SERVING only with a
-verified model.
+fallback decision ("model_unavailable"). Health turns SERVING only with a verified model:
+the champion, or, when the champion is refused at start, the newest earlier champion that
+verifies (`ModelStore.refresh_or_fall_back`). With none, or no champion at all, the server
+stays up NOT_SERVING and the watcher serves the first champion that verifies: a bad or
+missing model is not a reason to exit, since a restart would find the same registry.
+
+The feature settings are fixed at start (`startup_feature_config`): the champion's, read
+from its manifest; an earlier champion's when that cannot be read; the defaults with no
+readable model at all. Every model is checked against them, so a version trained with
+other settings is refused ("feature_contract") until a restart.
 """
 
 from __future__ import annotations
@@ -45,12 +54,12 @@ from service.grpc_api.server import (
     set_serving,
     shut_down,
 )
-from service.model.artifact import read_manifest
+from service.model.artifact import ArtifactError, read_manifest
 from service.model.loading import LoadedModel
 from service.model.registry import CHAMPION, Registry, RegistryError, no_champion
 from service.model.shadow import Schedule, ShadowScorer
 from service.model.signatures import SignaturePolicy
-from service.model.store import ModelStore
+from service.model.store import ModelStore, earlier_champions
 from service.model.watcher import ModelWatcher
 from service.observability.drift import DriftCollector
 from service.observability.logs import RequestLogSampler
@@ -80,12 +89,15 @@ class App:
         """Open the port: health answers NOT_SERVING, scoring the fallback, until a model."""
         await self.server.start()
 
-    async def load_champion(self) -> LoadedModel:
-        """Load and warm up the champion (and any challenger), then report SERVING.
+    async def load_champion(self) -> LoadedModel | None:
+        """The first look at the registry: the champion (and any challenger) loaded and warmed
+        up, or an earlier champion in place of a refused one; health SERVING with it.
 
-        RegistryError when there is no champion fit to serve; health stays NOT_SERVING.
+        None when no version verifies: health stays NOT_SERVING, and the watcher's polls
+        serve the first champion that does.
         """
-        return await load_and_serve(self.watcher, self.health)
+        await self.watcher.refresh()
+        return self.watcher.store.current
 
     async def stop(self, grace_seconds: float) -> None:
         """NOT_SERVING at once; calls in progress get `grace_seconds` to finish."""
@@ -153,10 +165,10 @@ def open_listeners(
 async def create_app(settings: ServeSettings) -> App:
     """The scoring server `settings` describe; must run in the event loop that will serve.
 
-    RegistryError or ArtifactError when the registry has no champion whose manifest can be
-    read (nothing is opened then); BindError when the port cannot be bound.
+    A registry without a champion fit to serve is no error: the server waits for one.
+    BindError when the port cannot be bound (nothing is left open then).
     """
-    feature_config = champion_feature_config(settings.registry)
+    feature_config = startup_feature_config(settings.registry)
     models = settings.models
     store = ModelStore(
         settings.registry,
@@ -183,8 +195,8 @@ async def create_app(settings: ServeSettings) -> App:
             answer_listeners=listeners.answers,
             outcome_listeners=listeners.outcomes,
         )
-        watcher = ModelWatcher(store)
         health = await create_health()
+        watcher = watch_models(store, health)
         server, port = build_server(settings, scorer, health, models=watcher)
         prometheus_client.REGISTRY.register(listeners.drift)
     except BaseException:
@@ -238,6 +250,8 @@ def champion_feature_config(registry_root: Path) -> FeatureConfig:
     """The feature config the champion was trained with: the engine must compute the same.
 
     Read from its manifest alone: loading the champion verifies every file moments later.
+    RegistryError or ArtifactError when there is no champion manifest to read (the server
+    starts with `startup_feature_config`, which then turns to earlier champions).
     """
     registry = Registry(registry_root)
     version = registry.alias(CHAMPION)
@@ -246,20 +260,46 @@ def champion_feature_config(registry_root: Path) -> FeatureConfig:
     return read_manifest(registry.artifact_dir(version)).feature_config
 
 
-async def load_and_serve(watcher: ModelWatcher, health: HealthServicer) -> LoadedModel:
-    """Load and warm up the champion (and any challenger) off the event loop, then report
-    SERVING.
+def startup_feature_config(registry_root: Path) -> FeatureConfig:
+    """The feature config the engine computes from the start, read before any model loads.
 
-    RegistryError when there is no champion fit to serve; health stays NOT_SERVING then.
+    The champion's, from its manifest; when that cannot be read (a corrupt alias, a missing
+    or corrupt manifest), that of the newest earlier champion whose manifest can, the
+    version the store falls back to if it verifies; with no readable manifest at all, the
+    defaults, logged: models trained with other settings are refused until a restart.
+    Manifests are read, not verified: loading verifies every file moments later.
     """
-    await watcher.refresh()
-    store = watcher.store
-    model = store.current
-    if model is None:
-        refused = [refusal.detail for refusal in store.refusals if refusal.alias == CHAMPION]
-        raise RegistryError(refused[0]) if refused else no_champion(store.registry.root)
-    await set_serving(health)
-    return model
+    registry = Registry(registry_root)
+    try:
+        champion = registry.alias(CHAMPION)
+    except RegistryError:
+        champion = None
+    try:
+        candidates = earlier_champions(registry, champion)
+    except RegistryError:
+        candidates = []
+    for version in ([] if champion is None else [champion]) + candidates:
+        try:
+            return read_manifest(registry.artifact_dir(version)).feature_config
+        except (RegistryError, ArtifactError):
+            continue
+    config = FeatureConfig()
+    _log.warning(
+        "default_feature_config",
+        registry=str(registry_root),
+        feature_config=config.model_dump(),
+        advice="no champion's manifest can be read: the default feature settings are used "
+        "until a restart, and a model trained with other settings is refused (feature_contract)",
+    )
+    return config
+
+
+def watch_models(store: ModelStore, health: HealthServicer) -> ModelWatcher:
+    """A watcher keeping `store` on the registry, that turns `health` SERVING once a look
+    serves a champion: at start, or at the poll that finds one when none verified before."""
+    watcher = ModelWatcher(store)
+    watcher.on_first_champion(lambda _model: set_serving(health))
+    return watcher
 
 
 @contextlib.asynccontextmanager

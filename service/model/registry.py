@@ -181,6 +181,26 @@ class Registry:
         lines = text[: text.rfind("\n") + 1].splitlines()
         return [self._history_entry(number, line) for number, line in enumerate(lines, 1) if line]
 
+    def lineage(self, alias: str) -> list[str]:
+        """The versions `alias` went through, oldest first, with rolled-back promotions
+        undone: the path consecutive `fraud-train registry rollback`s walk back.
+
+        RegistryError if the history is corrupt.
+        """
+        lineage: list[str] = []
+        for entry in self.history():
+            if entry.alias != alias or entry.version is None:
+                continue
+            if entry.action not in ("promote", "rollback"):
+                continue
+            if entry.action == "rollback" and lineage:
+                lineage.pop()
+            # A rollback normally lands on the version now on top; a promotion, or a rollback
+            # made by hand to another version, puts its version there.
+            if lineage[-1:] != [entry.version]:
+                lineage.append(entry.version)
+        return lineage
+
     def _history_entry(self, number: int, line: str) -> HistoryEntry:
         try:
             return HistoryEntry.model_validate_json(line)

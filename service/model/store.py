@@ -2,11 +2,13 @@
 
 The champion decides, the optional challenger is scored in its shadow; each is a
 `LoadedModel` that `service.model.loading.load_model` checked before it is held. See
-`ModelStore` for how a swap stays atomic and how refusals are remembered.
+`ModelStore` for how a swap stays atomic and how refusals are remembered, and
+`ModelStore.refresh_or_fall_back` for what serves when the champion is refused at start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -67,11 +69,28 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class ChampionFallback:
+    """What a store serving no champion did when the champion alias's version was refused:
+    serve the newest earlier champion that verifies in its place (`change`), or find none
+    (`change` None).
+
+    `passed_over` are the earlier champions refused as well, newest first; one without a
+    version means the registry's history could not be read.
+    """
+
+    refused: Refusal
+    change: AliasChange | None
+    passed_over: tuple[Refusal, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshReport:
     """What one look at the registry changed: loads and new refusals."""
 
     changes: tuple[AliasChange, ...] = ()
     refusals: tuple[Refusal, ...] = ()
+    fallback: ChampionFallback | None = None
+    """Set when the look refused the champion while none served: see `refresh_or_fall_back`."""
 
 
 _Listing = tuple[tuple[str, int, int], ...]
@@ -110,6 +129,9 @@ class ModelStore:
     A refusal is remembered with the artifact's file listing (names, sizes, modification
     times): the same artifact is not checked again on every poll, but one whose files
     change (a copy that completes) is, and so is every refused one on `retry_refused`.
+
+    A store that serves no champion yet, and finds the champion refused, can serve the
+    newest earlier champion that verifies in its place (`refresh_or_fall_back`).
 
     Loads may run on another thread than scoring; two loads must not run at once.
     """
@@ -188,6 +210,44 @@ class ModelStore:
             if change is not None:
                 changes.append(change)
         return RefreshReport(tuple(changes), tuple(refusals))
+
+    def refresh_or_fall_back(self, *, retry_refused: bool = False) -> RefreshReport:
+        """`refresh`; and when it refused the champion while none serves (a start on a bad
+        champion), serve the newest earlier champion that verifies in its place.
+
+        The stand-in serves as the champion but the alias file is not rewritten (the server
+        never writes the registry), and the refusal stands: every look still follows the
+        alias, so the champion is served once it verifies (its files change, the alias
+        moves), as any promotion is. Earlier champions are tried once per reported refusal,
+        not on every look: with none that verifies, polls stay as cheap as ever.
+        """
+        report = self.refresh(retry_refused=retry_refused)
+        refused = [refusal for refusal in report.refusals if refusal.alias == CHAMPION]
+        if self.current is not None or not refused:
+            return report
+        return dataclasses.replace(report, fallback=self._fall_back(refused[0]))
+
+    def _fall_back(self, refused: Refusal) -> ChampionFallback:
+        """Serve the first of `earlier_champions` that loads, through the checks of any load."""
+        try:
+            candidates = earlier_champions(self.registry, refused.version)
+        except RegistryError as error:
+            return ChampionFallback(refused, None, (_refusal(None, error),))
+        passed_over: list[Refusal] = []
+        for version in candidates:
+            started = time.perf_counter()
+            try:
+                model = self._loaded_elsewhere(version) or self._load(version)
+            except (RegistryError, ArtifactError) as error:
+                passed_over.append(_refusal(version, error))
+                continue
+            self._models[CHAMPION] = model
+            seconds = time.perf_counter() - started
+            change = AliasChange(
+                CHAMPION, version, None, seconds, model.library_differences, model.signer
+            )
+            return ChampionFallback(refused, change, tuple(passed_over))
+        return ChampionFallback(refused, None, tuple(passed_over))
 
     def _follow(self, alias: str) -> AliasChange | None:
         """Serve what `alias` names now; _Refused, changing nothing, if that is refused."""
@@ -290,6 +350,28 @@ class ModelStore:
             return self._feature_config
         champion = self._models[CHAMPION]
         return None if champion is None else champion.manifest.feature_config
+
+
+def earlier_champions(registry: Registry, refused: str | None) -> list[str]:
+    """The versions to serve in place of the refused champion `refused`, in the order to try
+    them: back through the champion's lineage (`Registry.lineage`) from `refused`'s last
+    place in it, each version once; the whole lineage, newest first, when `refused` is not
+    in it (an alias moved by hand, or None: an alias that cannot be read).
+
+    Only versions that were champion: a version the champion was rolled back from has left
+    the lineage, since it was taken off for a reason. RegistryError if the history is corrupt.
+    """
+    lineage = registry.lineage(CHAMPION)
+    if refused in lineage:
+        last = len(lineage) - 1 - lineage[::-1].index(refused)
+        lineage = lineage[:last]
+    return [version for version in dict.fromkeys(reversed(lineage)) if version != refused]
+
+
+def _refusal(version: str | None, error: RegistryError | ArtifactError) -> Refusal:
+    """An earlier champion's refusal, as a fallback reports it."""
+    reason = error.reason if isinstance(error, ArtifactError) else REGISTRY_ERROR
+    return Refusal(CHAMPION, version, reason, str(error))
 
 
 def _size_and_mtime(stat: os.stat_result) -> tuple[int, int]:

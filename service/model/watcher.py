@@ -17,6 +17,13 @@ Every change and refusal is logged and counted (`service.observability.metrics`)
 `fraud_model_refusals_total{reason}`, the champion's library differences from training in
 `fraud_model_library_difference`. A refusal never touches health: the model already
 serving goes on serving.
+
+With no champion serving yet (a start), a refused champion is replaced by the newest
+earlier champion that verifies (`ModelStore.refresh_or_fall_back`), logged as
+"champion_fallback" and exported as the champion it serves as. While nothing serves, the
+reason is logged once ("cannot_serve_yet"), not on every poll, and the first champion a
+look serves is announced to the listeners of `on_first_champion` (the server turns its
+health SERVING then).
 """
 
 from __future__ import annotations
@@ -25,13 +32,20 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
 
+from service.model.loading import LoadedModel
 from service.model.overview import ModelsOverview, models_overview
-from service.model.registry import CHAMPION
-from service.model.store import AliasChange, ModelStore, RefreshReport, Refusal
+from service.model.registry import CHAMPION, no_champion
+from service.model.store import (
+    AliasChange,
+    ChampionFallback,
+    ModelStore,
+    RefreshReport,
+    Refusal,
+)
 from service.observability.metrics import (
     MODEL_LOAD_SECONDS,
     MODEL_LOADS,
@@ -41,6 +55,8 @@ from service.observability.metrics import (
 )
 
 LOADING_SWITCH_INTERVAL_SECONDS = 0.0005
+
+FirstChampionListener = Callable[[LoadedModel], Awaitable[None]]
 
 _log = structlog.get_logger(__name__)
 
@@ -52,6 +68,11 @@ class ModelWatcher:
         """Keep `store` following its registry."""
         self.store = store
         self._lock = asyncio.Lock()
+        self._first_champion_listeners: list[FirstChampionListener] = []
+        self._champion_announced = False
+        # Why nothing serves, as last logged (a refusal, or None: no champion alias), so that
+        # "cannot_serve_yet" is not repeated on every poll.
+        self._not_serving_reported: tuple[Refusal | None] | None = None
 
     async def run(self, poll_seconds: float) -> None:
         """Look at the registry every `poll_seconds` until cancelled."""
@@ -65,20 +86,58 @@ class ModelWatcher:
             except Exception:
                 _log.exception("model_watch_failed", registry=str(self.store.registry.root))
 
+    def on_first_champion(self, listener: FirstChampionListener) -> None:
+        """Have `listener` hear the first champion served, once, after the look that serves
+        it: at start, or at the poll that finds one when none verified before."""
+        self._first_champion_listeners.append(listener)
+
     async def refresh(self, *, retry_refused: bool = False) -> RefreshReport:
-        """One look at the registry now; see `ModelStore.refresh`. OSError if unreadable."""
+        """One look at the registry now; see `ModelStore.refresh_or_fall_back`. OSError if
+        unreadable."""
         async with self._lock:
             with _short_gil_turns():
-                report = await asyncio.to_thread(self.store.refresh, retry_refused=retry_refused)
+                report = await asyncio.to_thread(
+                    self.store.refresh_or_fall_back, retry_refused=retry_refused
+                )
+        fallback = report.fallback
         for change in report.changes:
             self._swapped(change)
         for refusal in report.refusals:
-            _refused(refusal)
+            _refused(refusal, nothing_served=fallback is not None and refusal == fallback.refused)
+        if fallback is not None and fallback.change is not None:
+            self._swapped(fallback.change)
+            _fell_back(fallback, fallback.change)
+        model = self.store.current
+        if model is None:
+            self._not_serving_yet(fallback)
+        elif not self._champion_announced:
+            self._champion_announced = True
+            for listener in self._first_champion_listeners:
+                await listener(model)
         return report
 
     async def reload(self) -> RefreshReport:
         """A look at the registry now that retries refused versions (admin RPC, SIGHUP)."""
         return await self.refresh(retry_refused=True)
+
+    def _not_serving_yet(self, fallback: ChampionFallback | None) -> None:
+        """Log why no champion serves, unless that is what was logged last."""
+        champion_refusals = [r for r in self.store.refusals if r.alias == CHAMPION]
+        why = champion_refusals[0] if champion_refusals else None
+        if (why,) == self._not_serving_reported and fallback is None:
+            return
+        self._not_serving_reported = (why,)
+        passed_over = [] if fallback is None else [_described(r) for r in fallback.passed_over]
+        _log.error(
+            "cannot_serve_yet",
+            reason="no_champion" if why is None else why.reason,
+            version=None if why is None else why.version,
+            detail=str(no_champion(self.store.registry.root)) if why is None else why.detail,
+            passed_over=passed_over,
+            advice="health stays NOT_SERVING and every swipe gets the fallback rules "
+            "(model_unavailable) until the champion alias names a version that verifies: "
+            "promote or roll back to one, or repair the refused version's files",
+        )
 
     def overview(self) -> ModelsOverview:
         """The registry's versions and what is served; reads files, so not on the loop."""
@@ -132,7 +191,7 @@ def _short_gil_turns() -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
-def _refused(refusal: Refusal) -> None:
+def _refused(refusal: Refusal, *, nothing_served: bool) -> None:
     count_refusal(refusal.alias, refusal.reason)
     _log.error(
         "model_refused",
@@ -140,5 +199,28 @@ def _refused(refusal: Refusal) -> None:
         version=refusal.version,
         reason=refusal.reason,
         detail=refusal.detail,
-        advice="the model already loaded keeps serving",
+        advice="no champion served yet: earlier champions were tried in its place"
+        if nothing_served
+        else "the model already loaded keeps serving",
     )
+
+
+def _fell_back(fallback: ChampionFallback, change: AliasChange) -> None:
+    refused = fallback.refused
+    _log.warning(
+        "champion_fallback",
+        refused_version=refused.version,
+        reason=refused.reason,
+        detail=refused.detail,
+        version=change.version,
+        passed_over=[_described(refusal) for refusal in fallback.passed_over],
+        advice="an earlier champion decides; the alias still names the refused version "
+        "and is followed: repair its files or promote or roll back to a sound version",
+    )
+
+
+def _described(refusal: Refusal) -> str:
+    """A refusal in a few words: the version and reason, or why there was no version."""
+    if refusal.version is None:
+        return f"{refusal.reason}: {refusal.detail}"
+    return f"{refusal.version}: {refusal.reason}"

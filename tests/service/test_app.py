@@ -12,19 +12,25 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
-from service.app import App, build_scorer, create_app
+from service.app import App, build_scorer, create_app, startup_feature_config
 from service.config.settings import RecordLogSettings, ServerSettings, ServeSettings, StateSettings
 from service.features import FeatureConfig, FeatureEngine
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.model.registry import RegistryError
+from service.grpc_api.server import BindError
+from service.model.artifact import MANIFEST_FILE
+from service.model.registry import Registry
 from service.model.store import ModelStore
 from tests.conftest import TrainedModel
 from tests.factories import raw_transaction
-from tests.service.registry_copies import copy_registry
+from tests.service.registry_copies import copy_registry, edit_manifest, publish_copy
+from training.registry.publishing import promote
 from training.retraining.feedback import read_decision_log, read_outcomes
 
 FEATURE_COUNT = 33
+EARLIER_VERSION = "20990101T000000Z-0000000a"
+NEWEST_VERSION = "20990102T000000Z-0000000b"
 
 
 def _settings(registry: Path, records: Path) -> ServeSettings:
@@ -62,6 +68,7 @@ async def _serve_and_call(app: App) -> tuple[int, list[scoring_pb2.ScoreResponse
         outcome.reported_at.FromSeconds(1_704_067_200 + 3_600)
         await stub.ReportOutcome(outcome)
     await app.stop(0)
+    assert model is not None
     return before, answers, model.version
 
 
@@ -99,25 +106,92 @@ def _record_writers() -> set[threading.Thread]:
     return {thread for thread in threading.enumerate() if thread.name in names}
 
 
-def test_create_app_without_champion_opens_nothing(tmp_path: Path) -> None:
-    """An empty registry is refused before any record log starts writing or a port is
-    bound: no writer thread is left running, and the configured port is still free."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings = _settings(tmp_path / "registry", tmp_path).model_copy(
-        update={"server": ServerSettings(host="127.0.0.1", port=port)}
-    )
+def test_create_app_without_champion_answers_by_the_fallback_rules_not_serving(
+    tmp_path: Path,
+) -> None:
+    """An empty registry starts a server that waits for a champion: health NOT_SERVING, the
+    first look finds no model, and a swipe gets the fallback decision ("model_unavailable")."""
 
-    async def scenario() -> None:
-        await create_app(settings)
+    async def scenario() -> tuple[int, bool, scoring_pb2.ScoreResponse]:
+        app = await create_app(_settings(tmp_path / "registry", tmp_path))
+        try:
+            await app.start()
+            model = await app.load_champion()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                health: Any = health_pb2_grpc.HealthStub(channel)
+                status = (await health.Check(health_pb2.HealthCheckRequest())).status
+                answer = await scoring_pb2_grpc.FraudScoringStub(channel).Score(_request(1))
+            return status, model is None, answer
+        finally:
+            await app.stop(0)
+            app.close()
 
-    writers_before = _record_writers()
-    with pytest.raises(RegistryError, match="champion"):
-        asyncio.run(scenario())
+    status, no_model, answer = asyncio.run(scenario())
+
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert no_model
+    assert answer.decision_source == scoring_pb2.DECISION_SOURCE_FALLBACK
+    assert answer.fallback_reason == "model_unavailable"
+
+
+def test_create_app_that_cannot_bind_leaves_nothing_open(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """A port in use fails the start after the record logs and the feature state opened:
+    they are closed again, no writer thread is left running."""
+    registry = copy_registry(trained_model, tmp_path / "registry")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = _settings(registry, tmp_path).model_copy(
+            update={"server": ServerSettings(host="127.0.0.1", port=taken.getsockname()[1])}
+        )
+
+        async def scenario() -> None:
+            await create_app(settings)
+
+        writers_before = _record_writers()
+        with pytest.raises(BindError):
+            asyncio.run(scenario())
     assert _record_writers() == writers_before
-    with socket.socket() as rebind:
-        rebind.bind(("127.0.0.1", port))  # OSError if create_app had bound it
+
+
+def test_the_feature_config_at_start_is_the_champions_from_its_manifest(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """The engine computes what the champion was trained with, read before any model loads."""
+    registry = copy_registry(trained_model, tmp_path / "registry")
+    champion = Registry(registry).artifact_dir(trained_model.version)
+    edit_manifest(champion, lambda manifest: manifest["feature_config"].update(small_amount=3.0))
+    assert startup_feature_config(registry) == FeatureConfig(small_amount=3.0)
+
+
+def test_without_a_readable_champion_manifest_the_feature_config_is_the_earlier_champions(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """The champion's manifest gone, the config is that of the newest earlier champion whose
+    manifest reads: the version the store falls back to when it verifies."""
+    registry = copy_registry(trained_model, tmp_path / "registry")
+    earlier = publish_copy(registry, EARLIER_VERSION)
+    edit_manifest(earlier, lambda manifest: manifest["feature_config"].update(small_amount=3.0))
+    promote(registry, EARLIER_VERSION, reason="test: trained with other settings")
+    newest = publish_copy(registry, NEWEST_VERSION)
+    promote(registry, NEWEST_VERSION, reason="test: the champion")
+    (newest / MANIFEST_FILE).unlink()
+    assert startup_feature_config(registry) == FeatureConfig(small_amount=3.0)
+
+
+def test_without_any_readable_model_the_feature_config_is_the_default_and_logged(
+    tmp_path: Path,
+) -> None:
+    """An empty registry: the default settings, with a warning that a model trained with
+    others will be refused until the server restarts."""
+    with capture_logs() as lines:
+        config = startup_feature_config(tmp_path / "empty")
+    assert config == FeatureConfig()
+    (warning,) = [line for line in lines if line["event"] == "default_feature_config"]
+    assert warning["log_level"] == "warning"
+    assert warning["feature_config"] == FeatureConfig().model_dump()
 
 
 def test_a_scorer_pairs_no_model_with_an_engine_computing_other_features(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import signal
 import socket
 import urllib.request
@@ -20,12 +21,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.__main__ import main, parse_settings
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.client import FraudScoringClient, build_outcome_request, build_score_request
+from service.model.registry import Registry
 from tests.conftest import TrainedModel
 from tests.server_process import STARTUP_TIMEOUT
+from training.registry.publishing import promote
 
 CALL_TIMEOUT = 10.0
 PAN_DIGITS = "4111111111111111"  # Luhn-valid test card number
 PAN_FORMS = (PAN_DIGITS, "4111 1111 1111 1111", "4111-1111-1111-1111")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _serve_arguments(trained_model: TrainedModel, *extra: str) -> list[str]:
@@ -128,15 +133,33 @@ def test_workers_on_the_memory_state_are_refused_from_the_flag_too(
 # --- The program (real processes) ----------------------------------------------------------
 
 
-def test_without_a_champion_the_server_exits_with_status_1(
-    tmp_path: Path, start_process: Any
+def test_without_a_champion_the_server_waits_not_serving_for_the_first_promotion(
+    tmp_path: Path, trained_model: TrainedModel, start_process: Any
 ) -> None:
-    """An empty registry is refused at startup: no port is opened, the exit status is 1."""
-    process = start_process("--registry", str(tmp_path), "--port", "0", "--metrics-port", "0")
-    record = process.wait_for("cannot_start")
-    assert "no champion" in record["reason"]
-    assert process.wait() == 1
-    assert "listening" not in process.events()
+    """An empty registry is no reason to exit (a restart would find it as empty): the server
+    listens NOT_SERVING, says why once, and serves the first version promoted into it."""
+    registry = tmp_path / "models"
+    process = start_process(
+        "--registry", str(registry), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+        environment={"FRAUD_MODELS__POLL_SECONDS": "0.1"},
+    )  # fmt: skip
+    listening = process.wait_for("listening")
+    waiting = process.wait_for("cannot_serve_yet")
+    assert waiting["reason"] == "no_champion"
+    assert "default_feature_config" in process.events()
+    channel = grpc.insecure_channel(f"127.0.0.1:{listening['port']}")
+    health: Any = health_pb2_grpc.HealthStub(channel)
+    check = health_pb2.HealthCheckRequest(service="")
+    assert health.Check(check, timeout=CALL_TIMEOUT).status == NOT_SERVING
+
+    source = Registry(trained_model.registry).artifact_dir(trained_model.version)
+    shutil.copytree(source, Registry(registry).versions_dir / trained_model.version)
+    promote(registry, trained_model.version, reason="test: the first champion")
+    assert process.wait_for("serving")["model_version"] == trained_model.version
+    assert health.Check(check, timeout=CALL_TIMEOUT).status == SERVING
+    assert process.events().count("cannot_serve_yet") == 1
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
 
 
 def test_a_metrics_port_in_use_exits_with_status_1_and_its_reason(

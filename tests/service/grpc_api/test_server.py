@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from benchmarks.load.history_requests import request_from_row
-from service.app import build_scorer, load_and_serve
+from service.app import build_scorer, watch_models
 from service.config.settings import (
     BudgetSettings,
     FallbackSettings,
@@ -50,7 +50,6 @@ from service.grpc_api.servicer import SAFETY_MARGIN_SECONDS, ScoringCore, answer
 from service.model.loading import LoadedModel
 from service.model.registry import Registry
 from service.model.store import ModelStore
-from service.model.watcher import ModelWatcher
 from tests.conftest import TrainedModel
 from tests.service.loopback import LoopbackServer
 
@@ -522,7 +521,7 @@ def test_health_follows_the_model_and_the_shutdown(
     early = _stub(server.target).Score(_request(), timeout=TIMEOUT)
     assert early.fallback_reason == "model_unavailable"
 
-    server.run(load_and_serve(ModelWatcher(store), server.health))
+    server.run(watch_models(store, server.health).refresh())
     assert _health(server.target) == SERVING
     assert _health(server.target, SCORING_SERVICE_NAME) == SERVING
 
