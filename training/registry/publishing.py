@@ -77,7 +77,6 @@ __all__ = [
 # A staging directory untouched for this long belongs to a publish that died.
 STALE_STAGING_SECONDS = 3_600
 _LOCK_FILE = ".lock"
-_MOVES = ("promote", "rollback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +325,7 @@ def _rollback_target(registry: Registry, alias: str) -> str:
     current = registry.alias(alias)
     if current is None:
         raise RegistryError(f"{alias} was never set: there is nothing to roll back")
-    lineage = _lineage(registry.history(), alias)
+    lineage = registry.lineage(alias)
     if not lineage or lineage[-1] != current:
         raise RegistryError(
             f"{alias} points at {current} but {registry.history_path} does not end there: "
@@ -337,21 +336,6 @@ def _rollback_target(registry: Registry, alias: str) -> str:
             f"{alias} has no earlier version than {current} to roll back to: promote one explicitly"
         )
     return lineage[-2]
-
-
-def _lineage(history: Iterable[HistoryEntry], alias: str) -> list[str]:
-    """The versions `alias` went through, oldest first, with rolled-back promotions undone."""
-    lineage: list[str] = []
-    for entry in history:
-        if entry.alias != alias or entry.version is None or entry.action not in _MOVES:
-            continue
-        if entry.action == "rollback" and lineage:
-            lineage.pop()
-        # A rollback normally lands on the version now on top; a promotion, or a rollback
-        # made by hand through set_alias, puts its version there.
-        if lineage[-1:] != [entry.version]:
-            lineage.append(entry.version)
-    return lineage
 
 
 def _alias_if_readable(registry: Registry, alias: str) -> str | None:
