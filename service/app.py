@@ -42,7 +42,6 @@ import prometheus_client
 import structlog
 
 from service.config.settings import ModelSettings, RecordLogSettings, ServeSettings
-from service.core.card_tokens import CardTokenizer
 from service.core.ports import AnswerListener, ModelSource, OutcomeListener
 from service.core.scoring import FallbackPolicy, Scorer
 from service.core.validation import ScoringLimits
@@ -61,6 +60,7 @@ from service.model.shadow import Schedule, ShadowScorer
 from service.model.signatures import SignaturePolicy
 from service.model.store import ModelStore, earlier_champions
 from service.model.watcher import ModelWatcher
+from service.observability.clock_skew import ClockSkewMetrics
 from service.observability.drift import DriftCollector
 from service.observability.logs import RequestLogSampler
 from service.observability.metrics import DecisionMetrics, SampledStageTimer, track_feature_state
@@ -233,7 +233,7 @@ def build_scorer(
     return Scorer(
         engine,
         store,
-        tokenizer=CardTokenizer(settings.card_token_key.get_secret_value().encode()),
+        tokenizer=settings.card_tokenizer(),
         limits=ScoringLimits(
             max_string_length=limits.max_string_length,
             max_amount_minor=limits.max_amount_minor,
@@ -243,6 +243,7 @@ def build_scorer(
         answer_listeners=(metrics, *answer_listeners),
         outcome_listeners=(metrics, *outcome_listeners),
         stage_timer=SampledStageTimer(),
+        clock_skew_listener=ClockSkewMetrics(),
     )
 
 

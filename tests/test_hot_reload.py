@@ -592,7 +592,7 @@ def _check_every_answer(
         version = answer["model_version"]
         assert version in scorers, answer
         raw = to_raw_transaction(request)
-        tx = to_transaction(raw, now_ns=time.time_ns(), limits=limits, tokenizer=tokenizer)
+        tx = to_transaction(raw, limits=limits, tokenizer=tokenizer)
         features = engine.observe(tx)
         scores = {name: scorer.score_one(features) for name, scorer in scorers.items()}
         assert answer["score"] == scores[version], answer

@@ -27,7 +27,6 @@ import gc
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +84,7 @@ def measure_memory(config: FeatureConfig, history: Path, days: float) -> MemoryF
     with history.open(newline="") as file:
         for row in csv.DictReader(file):
             raw = to_raw_transaction(request_from_row(row))
-            tx = to_transaction(raw, now_ns=time.time_ns(), limits=limits, tokenizer=tokenizer)
+            tx = to_transaction(raw, limits=limits, tokenizer=tokenizer)
             end = tx.timestamp + days * DAY_SECONDS if end is None else end
             if tx.timestamp >= end:
                 break

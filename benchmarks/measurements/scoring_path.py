@@ -1,7 +1,7 @@
 """What the scoring path costs the server's CPU per transaction, apart from any gRPC traffic.
 
     python -m benchmarks.measurements.scoring_path --registry DIR [--transactions N]
-        [--state memory|lmdb|redis] [--state-url redis://HOST:PORT/DB]
+        [--state memory|lmdb|redis] [--state-url redis://HOST:PORT/DB] [--ids short|uuid]
 
 Builds the scorer and its listeners as `service.app.create_app` does (decision metrics, drift
 statistics, the challenger's shadow, the decision log in a temporary directory, sampled
@@ -11,8 +11,10 @@ terminals cycling through fixed pools, then times the next `--transactions`: pro
 (the scoring thread and the decision log's writer thread) and wall time per transaction.
 The feature state is in memory, in an LMDB store in the temporary directory, or in the
 Redis at `--state-url` (`--state`, memory by default; empty the Redis database between
-runs: it keeps the records). What it leaves out is what the gRPC floors measure: the transport, the
-servicer and the interceptor.
+runs: it keeps the records). Ids are short (`tx-123`, `card-45`: `--ids short`, the
+default) or UUIDs, as many callers send them (`--ids uuid`): long ids are what the search
+for card numbers in every id pays for. What it leaves out is what the gRPC floors measure:
+the transport, the servicer and the interceptor.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import asyncio
 import resource
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 from service.app import build_scorer, champion_feature_config, open_listeners
 from service.config.settings import RecordLogSettings, ServeSettings, StateBackend, StateSettings
@@ -36,6 +39,7 @@ from service.state.opening import open_state
 START_NS = 1_704_067_200 * 1_000_000_000  # 2024-01-01T00:00:00Z
 CARDS = 5_000
 TERMINALS = 3_000
+IdShape = Literal["short", "uuid"]
 
 
 def main() -> None:
@@ -45,12 +49,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--state", choices=get_args(StateBackend), default="memory")
     parser.add_argument("--state-url", default=StateSettings().url)
+    parser.add_argument("--ids", choices=get_args(IdShape), default="short")
     args = parser.parse_args()
     cpu, wall = measure(
-        args.registry, args.transactions, args.warmup, args.state, state_url=args.state_url
+        args.registry,
+        args.transactions,
+        args.warmup,
+        args.state,
+        state_url=args.state_url,
+        ids=args.ids,
     )
+    shown = args.state if args.ids == "short" else f"{args.state}, uuid ids"
     print(
-        f"scoring path ({args.state}): cpu {cpu / args.transactions * 1e6:.1f} µs/transaction, "
+        f"scoring path ({shown}): cpu {cpu / args.transactions * 1e6:.1f} µs/transaction, "
         f"wall {wall / args.transactions * 1e6:.1f} µs/transaction"
     )
 
@@ -62,6 +73,7 @@ def measure(
     state: StateBackend = "memory",
     *,
     state_url: str = StateSettings().url,
+    ids: IdShape = "short",
 ) -> tuple[float, float]:
     """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`."""
     with tempfile.TemporaryDirectory() as directory:
@@ -83,7 +95,7 @@ def measure(
             answer_listeners=listeners.answers,
             outcome_listeners=listeners.outcomes,
         )
-        requests = _requests(warmup + transactions)
+        requests = _requests(warmup + transactions, ids)
         for _ in range(warmup):
             scorer.score(next(requests))
         batch = [next(requests) for _ in range(transactions)]
@@ -99,14 +111,15 @@ def measure(
     return cpu, wall
 
 
-def _requests(count: int) -> Iterator[RawTransaction]:
+def _requests(count: int, ids: IdShape = "short") -> Iterator[RawTransaction]:
     """Unique transaction ids (a repeat would be answered from the idempotency cache)."""
+    name = _uuid if ids == "uuid" else lambda prefix, number: f"{prefix}-{number}"
     for number in range(count):
         yield RawTransaction(
-            transaction_id=f"tx-{number}",
-            card_id=f"card-{number % CARDS}",
-            terminal_id=f"term-{number % TERMINALS}",
-            merchant_id=f"merchant-{number % 200}",
+            transaction_id=name("tx", number),
+            card_id=name("card", number % CARDS),
+            terminal_id=name("term", number % TERMINALS),
+            merchant_id=name("merchant", number % 200),
             amount_minor=1_000 + number % 90_000,
             currency="EUR",
             timestamp_ns=START_NS + number * 1_000_000_000,
@@ -115,6 +128,11 @@ def _requests(count: int) -> Iterator[RawTransaction]:
             card_present=number % 3 != 0,
             country="FR",
         )
+
+
+def _uuid(prefix: str, number: int) -> str:
+    """A UUID of its own for each (prefix, number), the same in every run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{prefix}-{number}"))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,11 @@ class FallbackReason(StrEnum):
     """The feature state's store failed (full, unreachable or broken): the transaction is
     not counted, so a retry is scored once the store is back. Also the answer to a repeat
     of a transaction counted but never answered (a crash in between)."""
+    CLOCK_SKEW = "clock_skew"
+    """The event time is further ahead of the server's clock than the allowed skew (the
+    terminal's clock or the server's is wrong): the transaction is not counted, so no card,
+    terminal or merchant window moves to a wrong clock's time, and a retry is answered
+    alike."""
 
 
 FallbackMode = Literal["amount_floor", "decline", "disabled"]

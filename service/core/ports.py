@@ -11,6 +11,7 @@ imports no model loader, no metrics and no transport. The composition root
                         the decision log
     OutcomeListener     outcome metrics, the outcome log
     StageTimer          the sampled stage histograms (service.observability.metrics)
+    ClockSkewListener   the clock skew histogram (service.observability.metrics)
 
 Listeners are told after the answer is decided, on the scoring thread, in the order given:
 each must be quick, must not raise and must not change what it is handed.
@@ -19,7 +20,7 @@ each must be quick, must not raise and must not change what it is handed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, get_args
 
 from service.core.domain import (
     Admitted,
@@ -37,11 +38,18 @@ class FeatureState(Protocol):
     and what it keeps of each transaction for outcomes and retries."""
 
     def admit(
-        self, tx: Transaction, decide: Callable[[Sequence[float]], ScoreResult | None]
+        self,
+        tx: Transaction,
+        decide: Callable[[Sequence[float]], ScoreResult | None],
+        *,
+        previous_card_id: str | None = None,
     ) -> Admitted | EarlierAttempt:
         """Count `tx`, compute its feature vector (in the model's feature order), and keep
         `decide(features)` with it as its answer, atomically; or, when its transaction_id
-        was counted already, return that attempt, counting nothing."""
+        was counted already, return that attempt, counting nothing.
+
+        `previous_card_id` is the card's token under the token key being rotated out: the
+        history kept under it is carried over when `tx.card_id` has none."""
         ...
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
@@ -156,4 +164,18 @@ class StageTimer(Protocol):
 
     def reasons(self, seconds: float) -> None:
         """The reasons (REVIEW and DECLINE only) took `seconds`."""
+        ...
+
+
+SkewedTime = Literal["event_time", "reported_at"]
+"""Which request time was ahead of the server's clock: a transaction's or an outcome's."""
+SKEWED_TIMES: tuple[SkewedTime, ...] = get_args(SkewedTime)
+
+
+class ClockSkewListener(Protocol):
+    """Hears each request time further ahead of the server's clock than the allowed skew."""
+
+    def on_clock_skew(self, time: SkewedTime, seconds_ahead: float) -> None:
+        """A transaction's event time or an outcome's report time was `seconds_ahead` of
+        the server's clock."""
         ...

@@ -1,7 +1,8 @@
 """The scoring use case: a raw transaction in, a decision out, within the caller's budget.
 
-    validate → already answered? same answer → budget gone? fallback "deadline"
-    → feature state → model score → thresholds → reasons (REVIEW and DECLINE only)
+    validate → event time too far ahead? fallback "clock_skew" → budget gone? fallback
+    "deadline" → already answered? same answer → feature state → model score → thresholds
+    → reasons (REVIEW and DECLINE only)
     → the answer listeners (`service.core.ports.AnswerListener`: decision metrics, drift
       statistics, the challenger's shadow, the decision log), in the order given
 
@@ -11,6 +12,13 @@ thread, one call at a time (a call never awaits).
 
 Choices made for the caller, to whom a late answer costs more than a conservative one:
 
+- Clock: a transaction whose event time is further ahead of the server's clock than
+  `ScoringLimits.max_future_skew_seconds` is answered by the fallback policy ("clock_skew")
+  and does NOT update the feature state: one of the two clocks is wrong, and a refusal
+  would leave the caller with no answer at all, while counting it would move the card's,
+  terminal's and merchant's windows to a wrong time. How far ahead it was goes to the
+  `ClockSkewListener`, and so does an outcome's report time beyond the skew (that one is
+  counted from the latest time allowed: `service.core.validation`).
 - Deadline: a request whose deadline has passed when work would start is answered by the
   fallback policy ("deadline") and does NOT update the feature state. It was not worked on,
   so a retry is scored exactly as this attempt would have been. The check is made once,
@@ -22,6 +30,10 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
   (ConflictingRepeat, naming the first field that differs): answering it from the first
   one's answer would approve a new payment on an old decision. A repeat whose deadline has
   passed gets the "deadline" fallback, like any late request: its caller has given up.
+- Token key rotation: while the tokenizer holds a previous key, the card's token under it
+  goes to the feature state with the transaction, which carries the card's history over
+  to the current token the first time it sees the card (docs/security.md); a repeat of a
+  transaction first scored under the previous token is the same transaction.
 - No model loaded: the transaction still updates the feature state, so features are exact
   when a model arrives, and the fallback answers ("model_unavailable").
 - Inference fails (or scores outside [0, 1]): logged, and the fallback answers
@@ -43,9 +55,9 @@ decision) and reasons stages are timed; reasons are timed only when computed, fo
 and DECLINE.
 
 Listeners: every answer but a repeat's is heard, with the transaction and its features, or
-None for a "deadline" answer, which computed none. Such a transaction is not counted, so a
-retry is answered, and heard, again: the decision log's readers keep its first line that
-has features. A repeat is not a new decision: no listener hears it, no metric counts it.
+None for a "clock_skew" or "deadline" answer, which computed none. Such a transaction is not
+counted, so a retry is answered, and heard, again: the decision log's readers keep its first
+line that has features. A repeat is not a new decision: no listener hears it, no metric counts it.
 
 Outcomes feed the same feature state: an outcome reported before its transaction's event
 time counts from that event time (the state clamps it), as one reported right then would.
@@ -68,6 +80,7 @@ import structlog
 from service.core.card_tokens import CardTokenizer
 from service.core.domain import (
     FALLBACK_MODES,
+    NANOS_PER_SECOND,
     Decision,
     DecisionSource,
     EarlierAttempt,
@@ -87,11 +100,13 @@ from service.core.errors import (
 )
 from service.core.ports import (
     AnswerListener,
+    ClockSkewListener,
     DecisionThresholds,
     FeatureState,
     ModelSource,
     ModelT,
     OutcomeListener,
+    SkewedTime,
     StageTimer,
 )
 from service.core.validation import ScoringLimits, to_outcome, to_transaction
@@ -136,6 +151,13 @@ class _NoStageTimer:
         """Never called: no call is due."""
 
 
+class _NoClockSkewListener:
+    """Hears nothing: for a scorer built without metrics."""
+
+    def on_clock_skew(self, time: SkewedTime, seconds_ahead: float) -> None:
+        """Nothing to record."""
+
+
 class Scorer(Generic[ModelT]):
     """Scores transactions, records outcomes and describes the model. One thread only."""
 
@@ -150,12 +172,14 @@ class Scorer(Generic[ModelT]):
         answer_listeners: Sequence[AnswerListener[ModelT]] = (),
         outcome_listeners: Sequence[OutcomeListener] = (),
         stage_timer: StageTimer | None = None,
+        clock_skew_listener: ClockSkewListener | None = None,
     ) -> None:
         """Score with `features`' state and `models`' current model.
 
         `answer_listeners` hear every answer given to a counted transaction (not a repeat's),
         `outcome_listeners` every valid outcome; `stage_timer` chooses the calls whose
-        stages are timed.
+        stages are timed; `clock_skew_listener` hears each request time beyond the allowed
+        skew.
         """
         self._features = features
         self._models = models
@@ -165,6 +189,9 @@ class Scorer(Generic[ModelT]):
         self._answer_listeners = tuple(answer_listeners)
         self._outcome_listeners = tuple(outcome_listeners)
         self._stages: StageTimer = stage_timer or _NoStageTimer()
+        self._clock_skew: ClockSkewListener = clock_skew_listener or _NoClockSkewListener()
+        self._max_skew = limits.max_future_skew_seconds
+        self._rotating = tokenizer.rotating
         self._state_logged_at = -math.inf
 
     def score(self, raw: RawTransaction, *, deadline: float | None = None) -> ScoreResult:
@@ -173,15 +200,16 @@ class Scorer(Generic[ModelT]):
         InvalidRequest for bad input (the state is untouched), ModelUnavailable when neither
         the model nor the fallback may answer.
         """
-        tx = to_transaction(
-            raw, now_ns=time.time_ns(), limits=self._limits, tokenizer=self._tokenizer
-        )
+        now_ns = time.time_ns()
+        tx = to_transaction(raw, limits=self._limits, tokenizer=self._tokenizer)
         transaction_id = tx.transaction_id
+        ahead = tx.timestamp - now_ns / NANOS_PER_SECOND
+        if ahead > self._max_skew:
+            self._clock_skew.on_clock_skew("event_time", ahead)
+            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.CLOCK_SKEW)
         if deadline is not None and time.monotonic() >= deadline:
-            result = self._fall_back(transaction_id, raw.amount_minor, FallbackReason.DEADLINE)
-            for listener in self._answer_listeners:
-                listener.on_answer(tx, None, result, None)
-            return result
+            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.DEADLINE)
+        previous_card_id = self._tokenizer.previous_token(raw.card_id) if self._rotating else None
         model = self._models.current
         if model is None and self._fallback.mode == "disabled":
             raise ModelUnavailable("no model is loaded and the fallback is disabled")
@@ -204,19 +232,14 @@ class Scorer(Generic[ModelT]):
 
         started = perf_counter()
         try:
-            admitted = self._features.admit(tx, decide)
+            admitted = self._features.admit(tx, decide, previous_card_id=previous_card_id)
         except Exception:
             self._state_failed("state_unavailable")
-            result = self._fall_back(
-                transaction_id, raw.amount_minor, FallbackReason.STATE_UNAVAILABLE
-            )
-            for listener in self._answer_listeners:
-                listener.on_answer(tx, None, result, None)
-            return result
+            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.STATE_UNAVAILABLE)
         if timed:
             stages.features(perf_counter() - started - deciding)
         if isinstance(admitted, EarlierAttempt):
-            return self._answer_repeat(tx, raw.amount_minor, *admitted)
+            return self._answer_repeat(tx, raw.amount_minor, previous_card_id, *admitted)
         features, answer = admitted
         if answer is None:
             raise refusal or ModelUnavailable("the model could not answer; fallback disabled")
@@ -233,7 +256,14 @@ class Scorer(Generic[ModelT]):
         too long ago to change any feature): the listeners hear the outcome all the same,
         since a late chargeback is still a label.
         """
-        outcome = to_outcome(raw, now_ns=time.time_ns(), limits=self._limits)
+        now_ns = time.time_ns()
+        outcome = to_outcome(raw, now_ns=now_ns, limits=self._limits)
+        sent_ns = raw.reported_at_ns
+        if (
+            sent_ns is not None
+            and (ahead := (sent_ns - now_ns) / NANOS_PER_SECOND) > self._max_skew
+        ):
+            self._clock_skew.on_clock_skew("reported_at", ahead)
         applied = False
         try:
             applied = self._features.report_outcome(
@@ -251,18 +281,37 @@ class Scorer(Generic[ModelT]):
                 "the outcome is kept for retraining"
             )
 
-    def _answer_repeat(
-        self, tx: Transaction, amount_minor: int, first: Transaction, answer: ScoreResult | None
+    def _answer_uncounted(
+        self, tx: Transaction, amount_minor: int, reason: FallbackReason
     ) -> ScoreResult:
-        """The answer to `tx`, a repeat of `first`'s transaction_id.
+        """The fallback answer to `tx`, which the feature state did not count, heard by the
+        listeners without features."""
+        result = self._fall_back(tx.transaction_id, amount_minor, reason)
+        for listener in self._answer_listeners:
+            listener.on_answer(tx, None, result, None)
+        return result
+
+    def _answer_repeat(
+        self,
+        tx: Transaction,
+        amount_minor: int,
+        previous_card_id: str | None,
+        first: Transaction,
+        answer: ScoreResult | None,
+    ) -> ScoreResult:
+        """The answer to `tx`, a repeat of `first`'s transaction_id (`first` may name the
+        card by `previous_card_id`, its token under the key being rotated out).
 
         One counted but never answered (the process died, or the store failed to keep the
         answer, between the two) gets the fallback answer now, kept for later repeats:
         refusing it would make every retry fail until the record expires. With the
         fallback disabled, ModelUnavailable.
         """
-        if tx != first:
-            raise ConflictingRepeat(_first_difference(tx, first))
+        as_first = tx
+        if previous_card_id is not None and first.card_id == previous_card_id:
+            as_first = tx._replace(card_id=previous_card_id)  # the same card, as first named
+        if as_first != first:
+            raise ConflictingRepeat(_first_difference(as_first, first))
         if answer is not None:
             return answer
         result = self._fall_back(tx.transaction_id, amount_minor, FallbackReason.STATE_UNAVAILABLE)

@@ -1,9 +1,21 @@
 """Requests checked and converted to domain values before anything touches the feature state.
 
 This runs on every request, so each rule is a plain comparison: no pydantic, no regular
-expression, and no string formatting unless the request is bad. The first bad field in the
-proto's field order raises `InvalidRequest`, named as in the proto
-("transaction.amount_minor") with the reason, never the value: a value can be a card number.
+expression unless a string holds 13 digits, and no string formatting unless the request is
+bad. The first bad field in the proto's field order raises `InvalidRequest`, named as in the
+proto ("transaction.amount_minor") with the reason, never the value: a value can be a card
+number.
+
+Card data: every id is searched for a card number (`service.core.card_data`: plain, in
+groups, or inside track data). In `card_id` the first one found becomes the card's token
+(`service.core.card_tokens`); in any other id the request is refused, so that no card number
+reaches the feature state, the records or the logs. Currency and country hold no digits
+once valid.
+
+Time: an event time ahead of the server's clock is not refused here (the scoring core
+answers it by the fallback rules: `service.core.scoring`); an outcome's report time ahead
+of the clock by more than the allowed skew is taken as the latest time allowed, so that
+one fast clock cannot push the risk features' windows forward.
 
 Conversions are the ones training uses (`service.core.domain`): amounts from minor units with
 the currency's ISO 4217 exponent, event times from integer nanoseconds.
@@ -13,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.core.card_data import MIN_DIGITS, holds_card_number
 from service.core.card_tokens import CardTokenizer
 from service.core.currency import exponent
 from service.core.domain import (
@@ -32,6 +45,10 @@ _EARLIEST_NS = 946_684_800 * NANOS_PER_SECOND
 _MAX_MCC = 9999
 # EntryMode numbers run from 0 without gaps, so a wire number indexes its member.
 _ENTRY_MODES = tuple(EntryMode)
+CARD_DATA_REFUSED = (
+    "holds a card number or card track data, which must not be sent in this field "
+    "(the value is not repeated here)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,25 +60,25 @@ class ScoringLimits:
     max_amount_minor: int = 10**11
     """Largest amount accepted, in minor units (a billion EUR)."""
     max_future_skew_seconds: float = 300.0
-    """How far ahead of the server's clock an event time or report time may be."""
+    """How far ahead of the server's clock an event time may be and still be scored by the
+    model, and a report time be taken as sent."""
 
 
 def to_transaction(
-    raw: RawTransaction, *, now_ns: int, limits: ScoringLimits, tokenizer: CardTokenizer
+    raw: RawTransaction, *, limits: ScoringLimits, tokenizer: CardTokenizer
 ) -> Transaction:
     """The domain transaction for `raw`, its card number (if any) tokenised.
 
-    `now_ns` is the server's wall clock, in nanoseconds since the Unix epoch. Raises
-    InvalidRequest naming the first bad field.
+    Raises InvalidRequest naming the first bad field.
     """
     length = limits.max_string_length
     transaction_id = _required_text(raw.transaction_id, "transaction.transaction_id", length)
-    card_id = _required_text(raw.card_id, "transaction.card_id", length)
+    card_id = _card_id(raw.card_id, length)
     terminal_id = _required_text(raw.terminal_id, "transaction.terminal_id", length)
     merchant_id = _optional_text(raw.merchant_id, "transaction.merchant_id", length)
     amount_minor = _amount_minor(raw.amount_minor, limits.max_amount_minor)
     digits = _currency_digits(raw.currency)
-    timestamp_ns = _event_time_ns(raw.timestamp_ns, "transaction.timestamp", now_ns, limits)
+    timestamp_ns = _event_time_ns(raw.timestamp_ns, "transaction.timestamp")
     return Transaction(
         transaction_id,
         epoch_seconds(timestamp_ns),
@@ -78,10 +95,15 @@ def to_transaction(
 
 
 def to_outcome(raw: RawOutcome, *, now_ns: int, limits: ScoringLimits) -> Outcome:
-    """The validated outcome for `raw`; InvalidRequest naming the first bad field."""
+    """The validated outcome for `raw`; InvalidRequest naming the first bad field.
+
+    `now_ns` is the server's wall clock, in nanoseconds since the Unix epoch: a report time
+    more than the allowed skew ahead of it is taken as the latest allowed.
+    """
     transaction_id = _required_text(raw.transaction_id, "transaction_id", limits.max_string_length)
-    reported_at_ns = _event_time_ns(raw.reported_at_ns, "reported_at", now_ns, limits)
-    return Outcome(transaction_id, raw.is_fraud, epoch_seconds(reported_at_ns))
+    reported_at_ns = _event_time_ns(raw.reported_at_ns, "reported_at")
+    latest_ns = now_ns + round(limits.max_future_skew_seconds * NANOS_PER_SECOND)
+    return Outcome(transaction_id, raw.is_fraud, epoch_seconds(min(reported_at_ns, latest_ns)))
 
 
 def _required_text(value: str, field: str, max_length: int) -> str:
@@ -90,9 +112,21 @@ def _required_text(value: str, field: str, max_length: int) -> str:
     return _optional_text(value, field, max_length)
 
 
-def _optional_text(value: str, field: str, max_length: int) -> str:
+def _card_id(value: str, max_length: int) -> str:
+    """The card id as sent: the one field a card number may come in (it is tokenised)."""
+    if not value:
+        raise InvalidRequest("transaction.card_id", "required")
     if len(value) > max_length:
+        raise InvalidRequest("transaction.card_id", f"longer than {max_length} characters")
+    return value
+
+
+def _optional_text(value: str, field: str, max_length: int) -> str:
+    length = len(value)
+    if length > max_length:
         raise InvalidRequest(field, f"longer than {max_length} characters")
+    if length >= MIN_DIGITS and holds_card_number(value):
+        raise InvalidRequest(field, CARD_DATA_REFUSED)
     return value
 
 
@@ -113,14 +147,11 @@ def _currency_digits(code: str) -> int:
     return digits
 
 
-def _event_time_ns(value: int | None, field: str, now_ns: int, limits: ScoringLimits) -> int:
+def _event_time_ns(value: int | None, field: str) -> int:
     if value is None:
         raise InvalidRequest(field, "required")
     if value < _EARLIEST_NS:
         raise InvalidRequest(field, "before 2000-01-01")
-    skew = limits.max_future_skew_seconds
-    if value > now_ns + skew * NANOS_PER_SECOND:
-        raise InvalidRequest(field, f"more than {skew:g} seconds ahead of the server's clock")
     return value
 
 

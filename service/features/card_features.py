@@ -7,6 +7,8 @@ half never reads outcomes, so training can replay it apart from the risk half.
 
 from __future__ import annotations
 
+from array import array
+
 from service.core.domain import Transaction
 from service.features.card_history import (
     CARD_FEATURES,
@@ -45,8 +47,16 @@ class CardFeatures:
         self._small_amount = config.small_amount
         self._horizon = config.state_horizon_seconds
 
-    def observe(self, session: StateSession, tx: Transaction) -> list[float]:
-        """Record `tx` in its card's record; the first half of its vector."""
+    def observe(
+        self, session: StateSession, tx: Transaction, previous_card_id: str | None = None
+    ) -> list[float]:
+        """Record `tx` in its card's record; the first half of its vector.
+
+        A card with no live record under `tx.card_id` continues the one kept under
+        `previous_card_id` (its token under the token key being rotated out), if any: the
+        card's history is carried over to the new token, and the old record, no longer
+        written, ages out with the state horizon.
+        """
         seconds = int(tx.timestamp // 1)
         present = tx.card_present
         out: list[float] = [
@@ -57,8 +67,14 @@ class CardFeatures:
             tx.entry_mode,
             -1 if present is None else int(present),
         ]
+        oldest_live = tx.timestamp - self._horizon
         record = session.entity(EntityKind.CARD, tx.card_id)
-        if record is None or card_last_time(record) < tx.timestamp - self._horizon:
+        if (record is None or card_last_time(record) < oldest_live) and previous_card_id:
+            carried = session.entity(EntityKind.CARD, previous_card_id)
+            # A copy: a store in memory hands out the record it holds, which must not be
+            # shared by two keys.
+            record = None if carried is None else array("d", carried)
+        if record is None or card_last_time(record) < oldest_live:
             record = new_card_record()
         observe_card(record, tx, self._small_amount, out)
         session.put_entity(EntityKind.CARD, tx.card_id, record)

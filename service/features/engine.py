@@ -98,7 +98,11 @@ class FeatureEngine:
         return list(admitted.features)
 
     def admit(
-        self, tx: Transaction, decide: Callable[[list[float]], ScoreResult | None] | None = None
+        self,
+        tx: Transaction,
+        decide: Callable[[list[float]], ScoreResult | None] | None = None,
+        *,
+        previous_card_id: str | None = None,
     ) -> Admitted | EarlierAttempt:
         """Count `tx`, answer it with `decide(features)` and keep the answer with it, all in
         one session; or, when its transaction_id was counted already, return what was kept
@@ -108,6 +112,8 @@ class FeatureEngine:
         its answer missing (short of a crash mid-way in memory), and a shared store pays
         one commit. `decide` may run more than once, on a conflict with another writer; it
         returns None when no answer can be given (the transaction is counted regardless).
+        `previous_card_id` is the card's token under a token key being rotated out: when
+        `tx.card_id` has no live history, the one kept under it is carried over.
         """
         entities: tuple[tuple[EntityKind, str], ...] = (
             (EntityKind.CARD, tx.card_id),
@@ -115,8 +121,12 @@ class FeatureEngine:
         )
         if tx.merchant_id:
             entities += ((EntityKind.MERCHANT, tx.merchant_id),)
+        if previous_card_id is not None:  # fetched with the rest; read only if needed
+            entities += ((EntityKind.CARD, previous_card_id),)
         plan = SessionPlan(entities, tx.transaction_id)
-        return self._in_session(plan, lambda session: self._admit(session, tx, decide))
+        return self._in_session(
+            plan, lambda session: self._admit(session, tx, decide, previous_card_id)
+        )
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         """Keep `answer` for retries of `transaction_id`, counted by `admit` but not answered
@@ -147,13 +157,14 @@ class FeatureEngine:
         session: StateSession,
         tx: Transaction,
         decide: Callable[[list[float]], ScoreResult | None] | None,
+        previous_card_id: str | None,
     ) -> Admitted | EarlierAttempt:
         earlier = session.transaction(tx.transaction_id)
         # One idle past the horizon is gone on every path, whenever a store actually drops
         # it: the id is new again.
         if earlier is not None and earlier.transaction.timestamp >= tx.timestamp - self._horizon:
             return EarlierAttempt(earlier.transaction, earlier.answer)
-        out = self._cards.observe(session, tx)
+        out = self._cards.observe(session, tx, previous_card_id)
         record = self._risk.observe(session, tx, out)
         if decide is not None:
             record.answer = decide(out)

@@ -10,9 +10,10 @@ Errors are mapped by one table, the same for every RPC:
     StateUnavailable    UNAVAILABLE
     anything else       INTERNAL           details "internal error"; traceback in the log
 
-The core's messages never quote request values, so they are safe to return; an unexpected
-exception's text can hold anything, so it goes to the log only (where card numbers are
-redacted), never to the caller.
+No status detail quotes a request value, which could be a card number: the core's
+messages name the field and the reason only, a stream's error names its transaction by
+position in the stream, and an unexpected exception's text, which can hold anything, goes
+to the log only (where card numbers are redacted), never to the caller.
 
 Deadlines: a transaction must be answered by the earlier of its server budget, counted from
 the call's arrival (for a stream, from the message's), and the client's deadline, less
@@ -64,8 +65,6 @@ from service.observability.logs import RequestLogSampler, new_request_id
 # for a busy machine.
 SAFETY_MARGIN_SECONDS = 0.0005
 INTERNAL_DETAILS = "internal error"
-# A stream error names its transaction by position and by id, cut to this length.
-_SHOWN_ID_LENGTH = 64
 REQUEST_ID_KEY = "x-request-id"
 # A caller's request id is logged as sent, cut to this length.
 MAX_REQUEST_ID_LENGTH = 128
@@ -182,7 +181,7 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
             try:
                 result = self._scorer.score(to_raw_transaction(request), deadline=deadline)
             except Exception as error:
-                where = _stream_position(position, request.transaction.transaction_id)
+                where = f"transaction #{position}: "
                 await self._fail(call_log, context, "ScoreStream", error, where)
             self._log_answer("ScoreStream", result, arrived, call_log)
             yield to_score_response(result)
@@ -241,11 +240,3 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
             with call_log.bound():
                 _log.info("refused", rpc=rpc, code=code.name, field=field)
         await context.abort(code, where + str(error))
-
-
-def _stream_position(position: int, transaction_id: str) -> str:
-    """How a stream error names its transaction: "transaction #3 ('tx-42'): "."""
-    shown = transaction_id[:_SHOWN_ID_LENGTH]
-    if len(transaction_id) > _SHOWN_ID_LENGTH:
-        shown += "..."
-    return f"transaction #{position} ({shown!r}): "

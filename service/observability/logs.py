@@ -11,8 +11,10 @@ Request ids: a logged request's line carries the caller's `x-request-id` or, wit
 in the log sample pay for either: an unsampled request costs one random draw.
 
 Card numbers never belong in a log line: the scoring path logs none, and `redact_card_numbers`
-is the defence in depth that replaces anything looking like one (13-19 digits, spaces or
-dashes allowed, passing the Luhn check), wherever it sits in an event, tracebacks included.
+is the defence in depth that replaces anything that may be one (a run of digit groups,
+joined by spaces, dashes or dots, holding 13-19 digits that pass the Luhn check, whatever
+surrounds it: `service.core.card_data.replace_card_numbers`), wherever it sits in an event,
+tracebacks included.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import sys
 import time
 from typing import TextIO
@@ -29,12 +30,9 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from service.config.settings import LoggingSettings
-from service.core.card_tokens import looks_like_card_number
+from service.core.card_data import replace_card_numbers
 
 REDACTED = "[REDACTED]"
-# Candidates only: digit runs with single space or dash separators, 13 to 19 digits long,
-# not glued to other digits. looks_like_card_number decides (Luhn).
-_CARD_NUMBER_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 # Values rendered as they are; anything else is rendered by its repr, so that is scrubbed.
 _PLAIN_TYPES = (bool, float, type(None))
 REQUEST_ID_BYTES = 8
@@ -136,23 +134,18 @@ def redact_card_numbers(
 
 def _scrub(value: object) -> object:
     if isinstance(value, str):
-        return _CARD_NUMBER_CANDIDATE.sub(_redact_match, value)
+        return replace_card_numbers(value, REDACTED)
     if isinstance(value, _PLAIN_TYPES):
         return value
     if isinstance(value, int):
         text = str(value)
-        scrubbed = _CARD_NUMBER_CANDIDATE.sub(_redact_match, text)
+        scrubbed = replace_card_numbers(text, REDACTED)
         return value if scrubbed == text else scrubbed
     if isinstance(value, dict):
         return {key: _scrub(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(item) for item in value]
     return _scrub(repr(value))
-
-
-def _redact_match(match: re.Match[str]) -> str:
-    candidate = match.group()
-    return REDACTED if looks_like_card_number(candidate) else candidate
 
 
 class Throttle:

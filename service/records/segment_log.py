@@ -24,6 +24,21 @@ older than `retention_days` by the time in its name, never the segment it is wri
 cannot tell which segment another worker is writing: with a budget many segments deep it
 only ever reaches old ones, and a writer whose segment was deleted under it starts a fresh
 one at its next write.
+
+Ages are not measured from the wall clock alone, which can jump: a server clock set a year
+ahead would otherwise delete every segment at once. They are measured from the earlier of
+the wall clock and the newest record's own time (a decision's event time, from the
+terminal's clock; an outcome's report time, from the reporter's), the latest of those in
+the tail of the newest segment holding any (the newest segment's name when none does). A
+wall clock ahead of the records spares segments, and says so (`record_log_clock_ahead`).
+Should both clocks have jumped, the age rule would delete every segment written before a
+gap longer than the retention period: it deletes none of them then, only what the byte
+budget requires, and says so (`record_log_age_rule_suspended`) until an operator deletes
+them (a server idle for longer than the retention period looks alike).
+
+Files are created readable and writable by the server's user alone (0600), in directories
+it alone may enter (0700): the records hold no card number, but they do hold every
+transaction's amounts, terminals and merchants.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import os
 import socket
 import threading
@@ -38,9 +54,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Generic, Literal, NamedTuple, TypeVar, get_args
 
+import orjson
 import structlog
 
 from service.config.settings import GIB, MIB
@@ -74,6 +92,14 @@ CHUNK_RECORDS = 32
 # chunk a millisecond, far above any serving rate.
 REST_SECONDS = 0.001
 SECONDS_PER_DAY = 86_400
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+# The time in each kind's lines that does not come from this server's clock.
+RECORD_TIME_FIELDS: dict[RecordKind, str] = {"decisions": "event_time", "outcomes": "reported_at"}
+# How much of a segment's end is read for its newest record time: some dozens of lines.
+_TAIL_BYTES = 64 * 1024
+# Segments read, newest first, for a record time before falling back to their names.
+_SEGMENTS_READ_FOR_TIME = 4
 # Byte units of the limits below.
 # Why a record was not written: the label of `fraud_record_log_dropped_total`.
 RecordLogDropReason = Literal["queue_full", "write_error", "closed"]
@@ -255,6 +281,7 @@ class _Segments:
         self._size = 0
         self._unsynced = False
         self._synced_at = time.monotonic()
+        self._now = 0.0  # what retention measured ages from, last time it ran
 
     def append(self, data: bytes) -> None:
         """Append whole lines in one write, to a new segment if this one is done."""
@@ -308,12 +335,14 @@ class _Segments:
         return file
 
     def _open(self, now: float) -> BinaryIO:
-        self._directory.mkdir(parents=True, exist_ok=True)
+        # An existing directory keeps its mode: it may be a volume the operator set up.
+        self._directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
         path = self._directory / segment_name(
             self._kind, now, self._pid, next(self._seq), self._host
         )
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         # Unbuffered: each chunk is one write() of whole lines, appended atomically.
-        self._file = path.open("ab", buffering=0)
+        self._file = os.fdopen(descriptor, "ab", buffering=0)
         self._path = path
         self._day = int(now // SECONDS_PER_DAY)
         self._size = 0
@@ -344,8 +373,10 @@ class _Segments:
 
     def _delete_old_segments(self) -> None:
         segments = sorted(self._listing())
+        if not segments:
+            return
         total = sum(segment.size for segment in segments)
-        oldest_kept = self._clock() - self._limits.retention_days * SECONDS_PER_DAY
+        oldest_kept = self._oldest_kept(segments)
         for segment in segments:
             if total <= self._limits.max_bytes and segment.opened_at >= oldest_kept:
                 return  # the rest are newer still
@@ -359,12 +390,47 @@ class _Segments:
                     "record_log_budget_short",
                     log=self._kind,
                     segment=segment.path.name,
-                    age_days=round((self._clock() - segment.opened_at) / SECONDS_PER_DAY, 2),
+                    age_days=round((self._now - segment.opened_at) / SECONDS_PER_DAY, 2),
                     retention_days=self._limits.retention_days,
                     max_bytes=self._limits.max_bytes,
                 )
             else:
                 _log.info("record_log_segment_deleted", log=self._kind, segment=segment.path.name)
+
+    def _oldest_kept(self, segments: list[_Segment]) -> float:
+        """The opening time before which the age rule deletes `segments` (sorted, not
+        empty); sets `_now`, the time ages are measured from."""
+        wall = self._clock()
+        retention = self._limits.retention_days * SECONDS_PER_DAY
+        newest = _newest_record_time(segments, RECORD_TIME_FIELDS[self._kind])
+        self._now = min(wall, segments[-1].opened_at if newest is None else newest)
+        oldest_kept = self._now - retention
+        expired = sum(1 for segment in segments if segment.opened_at < oldest_kept)
+        by_wall = sum(1 for segment in segments if segment.opened_at < wall - retention)
+        if by_wall > expired:
+            _log.warning(
+                "record_log_clock_ahead",
+                log=self._kind,
+                wall_clock_ahead_days=round((wall - self._now) / SECONDS_PER_DAY, 2),
+                segments_spared=by_wall - expired,
+            )
+        if not expired:
+            return oldest_kept
+        if expired < len(segments):
+            gap = segments[expired].opened_at - segments[expired - 1].opened_at
+            if gap <= retention:
+                return oldest_kept
+        _log.warning(
+            "record_log_age_rule_suspended",
+            log=self._kind,
+            reason="every segment before a gap longer than the retention period would go: "
+            "a clock that jumped, or a log idle that long; delete them by hand if the time "
+            "is right",
+            newest_expired=segments[expired - 1].path.name,
+            segments_kept=expired,
+            retention_days=self._limits.retention_days,
+        )
+        return -math.inf
 
     def _listing(self) -> list[_Segment]:
         """This kind's segments in the directory, with their opening times and sizes."""
@@ -377,6 +443,35 @@ class _Segments:
                 with contextlib.suppress(FileNotFoundError):
                     segments.append(_Segment(opened_at, Path(entry.path), entry.stat().st_size))
         return segments
+
+
+def _newest_record_time(segments: list[_Segment], field: str) -> float | None:
+    """The latest `field` time in the tail of the newest of `segments` (sorted) holding
+    any; None when none of the last few does."""
+    for segment in reversed(segments[-_SEGMENTS_READ_FOR_TIME:]):
+        if segment.size == 0:
+            continue
+        with contextlib.suppress(FileNotFoundError), segment.path.open("rb") as file:
+            file.seek(max(0, segment.size - _TAIL_BYTES))
+            lines = file.read(_TAIL_BYTES).split(b"\n")
+            if segment.size > _TAIL_BYTES:
+                lines = lines[1:]  # cut short by the seek
+            times = [moment for line in lines if (moment := _record_time(line, field)) is not None]
+            if times:
+                return max(times)
+    return None
+
+
+def _record_time(line: bytes, field: str) -> float | None:
+    """The time `field` of the JSON line `line`, in Unix seconds; None when it has none."""
+    try:
+        value = orjson.loads(line)[field]
+        moment = datetime.fromisoformat(value)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _write_all(file: BinaryIO, data: bytes) -> None:

@@ -58,6 +58,7 @@ _ROOM_KEPT = 0.85  # of max_bytes the records may take before room is made
 _DELETE_BATCH = 32
 _MAX_KEY_BYTES = 480  # LMDB's limit is 511: longer ids are stored under their digest
 _TRANSACTIONS = "x"
+_DIRECTORY_MODE = 0o700
 _IDENTITY_KEY = b"identity"
 
 
@@ -87,11 +88,18 @@ class LmdbStore:
     ) -> None:
         """Open (or create) the store at `path` for feature settings named `identity`;
         StateMismatch when it holds state of other settings."""
-        path.mkdir(parents=True, exist_ok=True)
+        # The server's user alone: the state holds every card's, terminal's and merchant's
+        # history. An existing directory keeps its mode (an operator's volume).
+        path.mkdir(mode=_DIRECTORY_MODE, parents=True, exist_ok=True)
         self.path = path
         try:
             self._env = lmdb.open(
-                str(path), map_size=limits.max_bytes, max_dbs=6, sync=False, readahead=False
+                str(path),
+                map_size=limits.max_bytes,
+                max_dbs=6,
+                sync=False,
+                readahead=False,
+                mode=_DIRECTORY_MODE,  # LMDB creates its files with it, less execute: 0600
             )
         except lmdb.Error as error:
             raise StateStoreError(f"cannot open the feature state at {path}: {error}") from error

@@ -15,6 +15,7 @@ from service.config.settings import (
     ServeSettings,
     load_settings,
 )
+from service.core.card_tokens import CardTokenizer
 
 SECRET_KEY = "a-production-secret-0123456789"
 ADMIN_TOKEN = "an-admin-token-0123456789"
@@ -363,3 +364,72 @@ def test_several_workers_on_the_memory_state_are_refused(monkeypatch: pytest.Mon
     """In memory each worker would count its own share of every card."""
     message = config_error(monkeypatch, FRAUD_STATE__BACKEND="memory", FRAUD_SERVER__WORKERS="2")
     assert '"lmdb" or "redis"' in message
+
+
+OLD_KEY = "the-key-being-retired-0123456789"
+PAN = "4111111111111111"
+
+
+def test_the_card_tokenizer_names_tokens_by_the_key_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens carry `card_token_key_id` (k1 by default); no rotation unless configured."""
+    monkeypatch.setenv("FRAUD_CARD_TOKEN_KEY", SECRET_KEY)
+    assert load_settings(None).card_tokenizer().token(PAN).startswith("k1:")
+    monkeypatch.setenv("FRAUD_CARD_TOKEN_KEY_ID", "k2")
+    tokenizer = load_settings(None).card_tokenizer()
+    assert tokenizer.token(PAN) == CardTokenizer(SECRET_KEY.encode(), "k2").token(PAN)
+    assert not tokenizer.rotating
+
+
+def test_a_previous_key_gives_the_previous_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a rotation the tokenizer knows the retired key's tokens; the key stays secret
+    in every description."""
+    monkeypatch.setenv("FRAUD_CARD_TOKEN_KEY", SECRET_KEY)
+    monkeypatch.setenv("FRAUD_CARD_TOKEN_KEY_ID", "k2")
+    monkeypatch.setenv("FRAUD_PREVIOUS_CARD_TOKEN_KEY", OLD_KEY)
+    monkeypatch.setenv("FRAUD_PREVIOUS_CARD_TOKEN_KEY_ID", "k1")
+    settings = load_settings(None)
+    tokenizer = settings.card_tokenizer()
+    assert tokenizer.rotating
+    assert tokenizer.previous_token(PAN) == CardTokenizer(OLD_KEY.encode(), "k1").token(PAN)
+    for text in (json.dumps(settings.describe()), repr(settings), str(settings)):
+        assert OLD_KEY not in text
+
+
+def test_the_upgrade_from_tokens_without_key_ids_needs_only_the_legacy_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A previous key id alone means the current key under that id: `tok`, the tokens of
+    releases before key ids."""
+    monkeypatch.setenv("FRAUD_CARD_TOKEN_KEY", SECRET_KEY)
+    monkeypatch.setenv("FRAUD_PREVIOUS_CARD_TOKEN_KEY_ID", "tok")
+    previous = load_settings(None).card_tokenizer().previous_token(PAN)
+    assert previous == CardTokenizer(SECRET_KEY.encode(), "tok").token(PAN)
+    assert previous is not None
+    assert previous.startswith("tok_")
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"FRAUD_CARD_TOKEN_KEY_ID": "K1"}, "card_token_key_id: String should match pattern"),
+        ({"FRAUD_CARD_TOKEN_KEY_ID": "k1:"}, "card_token_key_id: String should match pattern"),
+        ({"FRAUD_PREVIOUS_CARD_TOKEN_KEY": OLD_KEY}, "needs previous_card_token_key_id"),
+        ({"FRAUD_PREVIOUS_CARD_TOKEN_KEY_ID": "k1"}, "must differ from card_token_key_id"),
+        (
+            {
+                "FRAUD_PREVIOUS_CARD_TOKEN_KEY": "short-secret",
+                "FRAUD_PREVIOUS_CARD_TOKEN_KEY_ID": "k0",
+            },
+            "previous_card_token_key: must be at least 16 characters",
+        ),
+    ],
+)
+def test_bad_token_key_settings_are_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], expected: str
+) -> None:
+    """Malformed ids, a previous key without its id or with the current id, and a short
+    previous key are refused, without echoing a key."""
+    message = config_error(monkeypatch, **environment)
+    assert expected in message
+    assert "short-secret" not in message
+    assert OLD_KEY not in message

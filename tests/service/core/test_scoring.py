@@ -318,7 +318,9 @@ def test_no_model_falls_back_but_keeps_counting(engine: FeatureEngine) -> None:
 class BrokenState:
     """A feature state whose store fails on every call, as a full disk makes LMDB's."""
 
-    def admit(self, tx: Transaction, decide: Decide) -> Admitted:
+    def admit(
+        self, tx: Transaction, decide: Decide, *, previous_card_id: str | None = None
+    ) -> Admitted:
         raise OSError(27, "File too large")
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
@@ -358,7 +360,9 @@ class ForgetfulState:
     def __init__(self, engine: FeatureEngine) -> None:
         self.engine = engine
 
-    def admit(self, tx: Transaction, decide: Decide) -> Admitted | EarlierAttempt:
+    def admit(
+        self, tx: Transaction, decide: Decide, *, previous_card_id: str | None = None
+    ) -> Admitted | EarlierAttempt:
         admitted = self.engine.admit(tx)
         if isinstance(admitted, EarlierAttempt):
             return admitted
@@ -398,8 +402,10 @@ class AnswerlessState:
     def __init__(self, engine: FeatureEngine) -> None:
         self.engine = engine
 
-    def admit(self, tx: Transaction, decide: Decide) -> Admitted | EarlierAttempt:
-        return self.engine.admit(tx, decide)
+    def admit(
+        self, tx: Transaction, decide: Decide, *, previous_card_id: str | None = None
+    ) -> Admitted | EarlierAttempt:
+        return self.engine.admit(tx, decide, previous_card_id=previous_card_id)
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         raise AssertionError("the answer is kept by admit, in the transaction's session")
@@ -684,3 +690,134 @@ def test_a_call_without_a_model_times_its_features_only(engine: FeatureEngine) -
     """The rules answer: the feature state was updated and timed, no inference ran."""
     scorer = _scorer(engine, OneModel(None), stage_timing_every=1)
     assert _stages_timed(scorer, _raw(1)) == {"features": 1, "inference": 0, "reasons": 0}
+
+
+class RecordedClockSkew:
+    """A clock skew listener that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, float]] = []
+
+    def on_clock_skew(self, time: str, seconds_ahead: float) -> None:
+        self.heard.append((time, seconds_ahead))
+
+
+def test_an_event_time_beyond_the_skew_gets_the_fallback_uncounted(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """Ten minutes ahead of the server's clock (the skew allows five): the rules answer
+    ("clock_skew"), the state is untouched, the listeners hear it without features, and the
+    skew listener hears how far ahead it was; four minutes ahead, the model answers."""
+    answers, skews = RecordedAnswers(), RecordedClockSkew()
+    scorer = _scorer(engine, store, answer_listeners=[answers], clock_skew_listener=skews)
+    ahead = _raw(1, timestamp_ns=time.time_ns() + 600 * NANOS_PER_SECOND)
+    answer = scorer.score(ahead)
+    assert answer == ScoreResult(
+        "tx-1", 0.0, Decision.APPROVE, (), "", DecisionSource.FALLBACK, FallbackReason.CLOCK_SKEW
+    )
+    assert scorer.score(ahead) == answer  # a retry: not counted either, answered alike
+    assert _card_count(engine) == 1
+    assert [heard[1:3] for heard in answers.heard] == [(None, answer)] * 2
+    assert [time_ for time_, _ in skews.heard] == ["event_time"] * 2
+    assert all(599.0 < seconds <= 600.0 for _, seconds in skews.heard)
+
+    in_time = scorer.score(_raw(2, timestamp_ns=time.time_ns() + 240 * NANOS_PER_SECOND))
+    assert in_time.source is DecisionSource.MODEL
+    assert len(skews.heard) == 2
+
+
+def test_an_event_time_beyond_the_skew_without_fallback_is_unavailable(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """With the fallback disabled nothing may answer: ModelUnavailable, nothing counted."""
+    scorer = _scorer(engine, store, fallback=FallbackPolicy("disabled"))
+    with pytest.raises(ModelUnavailable, match="clock_skew"):
+        scorer.score(_raw(1, timestamp_ns=time.time_ns() + 3_600 * NANOS_PER_SECOND))
+    assert _card_count(engine) == 1
+
+
+def test_a_report_time_beyond_the_skew_is_counted_and_heard(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """An outcome from a clock a day ahead is applied (from the latest time allowed) and
+    kept; the skew listener hears it."""
+    outcomes, skews = RecordedOutcomes(), RecordedClockSkew()
+    scorer = _scorer(engine, store, outcome_listeners=[outcomes], clock_skew_listener=skews)
+    before = time.time_ns()
+    scorer.score(_raw(0, timestamp_ns=before - 60 * NANOS_PER_SECOND))
+    scorer.report_outcome(RawOutcome("tx-0", True, before + DAY_NS))
+    ((_, _, reported_at, applied),) = outcomes.heard
+    assert applied
+    assert reported_at <= time.time() + ScoringLimits().max_future_skew_seconds
+    ((skewed_time, seconds),) = skews.heard
+    assert skewed_time == "reported_at"
+    assert 86_000.0 < seconds <= 86_400.0
+
+
+NEW_KEY = b"the key rotated in"
+
+
+def test_a_rotation_carries_a_card_s_history_over_to_its_new_token(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """With the previous key held, a card first seen under its new token continues the
+    history kept under its old one; the new token keeps it from then on."""
+    _scorer(engine, store).score(_raw(1, card_id=PAN))
+    rotating = CardTokenizer(NEW_KEY, "k2", previous_key=b"test key", previous_key_id="k1")
+    scorer = Scorer(
+        engine, store, tokenizer=rotating, limits=ScoringLimits(), fallback=FallbackPolicy()
+    )
+    scorer.score(_raw(2, card_id=PAN))
+    scorer.score(_raw(3, card_id="4111 1111 1111 1111"))
+    new_token = rotating.token(PAN)
+    assert new_token.startswith("k2:")
+    assert _card_count(engine, new_token) == 4
+
+
+def test_without_the_previous_key_a_new_key_starts_every_card_afresh(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """The control: a new key alone gives the card a new token with an empty history."""
+    _scorer(engine, store).score(_raw(1, card_id=PAN))
+    renamed = CardTokenizer(NEW_KEY, "k2")
+    scorer = Scorer(
+        engine, store, tokenizer=renamed, limits=ScoringLimits(), fallback=FallbackPolicy()
+    )
+    scorer.score(_raw(2, card_id=PAN))
+    assert _card_count(engine, renamed.token(PAN)) == 2
+    with pytest.raises(ConflictingRepeat, match=r"transaction\.card_id"):
+        scorer.score(_raw(1, card_id=PAN))
+
+
+def test_a_retry_across_a_rotation_is_the_same_transaction(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """A transaction scored under the previous key, retried after the rotation, gets its
+    first answer and is not counted again; other content is still a conflict."""
+    first = _scorer(engine, store).score(_raw(1, card_id=PAN))
+    rotating = CardTokenizer(NEW_KEY, "k2", previous_key=b"test key", previous_key_id="k1")
+    scorer = Scorer(
+        engine, store, tokenizer=rotating, limits=ScoringLimits(), fallback=FallbackPolicy()
+    )
+    assert scorer.score(_raw(1, card_id=PAN)) == first
+    assert _card_count(engine, TOKENIZER.token(PAN)) == 2
+    with pytest.raises(ConflictingRepeat, match=r"transaction\.amount_minor"):
+        scorer.score(_raw(1, card_id=PAN, amount_minor=9_999))
+
+
+def test_the_upgrade_from_tokens_without_key_ids_keeps_every_history(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """Tokens of releases before key ids ("tok_...") are the previous key's under the id
+    "tok": the same key renamed k1 carries each card's history over."""
+    legacy = CardTokenizer(b"test key", "tok")
+    Scorer(
+        engine, store, tokenizer=legacy, limits=ScoringLimits(), fallback=FallbackPolicy()
+    ).score(_raw(1, card_id=PAN))
+    assert legacy.token(PAN).startswith("tok_")
+    renamed = CardTokenizer(b"test key", "k1", previous_key=b"test key", previous_key_id="tok")
+    scorer = Scorer(
+        engine, store, tokenizer=renamed, limits=ScoringLimits(), fallback=FallbackPolicy()
+    )
+    scorer.score(_raw(2, card_id=PAN))
+    assert _card_count(engine, TOKENIZER.token(PAN)) == 3

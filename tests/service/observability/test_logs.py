@@ -144,6 +144,10 @@ class CardHolder:
         ("scored", {"card_id": VISA}),
         ("scored", {"card_id": "4111 1111 1111 1111"}),
         ("scored", {"card_id": "4111-1111-1111-1111"}),
+        ("scored", {"request_id": "4111.1111.1111.1111"}),
+        ("scored", {"request_id": f"%B{VISA}^CARDHOLDER/TEST^2512101000000123456?"}),
+        ("scored", {"request_id": f";{VISA}=25121010000012345678?"}),
+        ("scored", {"request_id": f"T{VISA}"}),
         ("scored", {"card_id": AMEX}),
         ("scored", {"card_id": int(VISA)}),
         ("scored", {"request": {"card": [f"pan={VISA};"]}}),
@@ -155,7 +159,7 @@ def test_card_numbers_are_redacted_everywhere(event: str, fields: dict[str, Any]
     stream, log = log_lines(format="json")
     log.info(event, **fields)
     output = stream.getvalue()
-    assert VISA not in output.replace(" ", "").replace("-", "")
+    assert VISA not in output.replace(" ", "").replace("-", "").replace(".", "")
     assert AMEX not in output
     assert REDACTED in output
 

@@ -92,6 +92,7 @@ def test_pre_bound_series_are_exposed_before_any_request(metrics_url: str) -> No
         ("model_unavailable",),
         ("model_error",),
         ("state_unavailable",),
+        ("clock_skew",),
     }
     assert _label_values(samples, "fraud_outcomes_total", "is_fraud") == {("true",), ("false",)}
     score_codes = {

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from service.records.schema import host_for_segments, segment_name
+from service.records.schema import host_for_segments, iso_utc, segment_name
 from service.records.segment_log import DEFAULT_LIMITS, LogLimits, RecordLog
 
 HOST = host_for_segments(socket.gethostname())  # the writer names its segments so
@@ -93,11 +93,17 @@ def ids(segment: Path) -> list[str]:
     return [json.loads(line)["id"] for line in segment.read_text().splitlines()]
 
 
-def make_segment(directory: Path, opened_at: float, pid: int, size: int) -> Path:
-    """A segment another process wrote: `size` bytes of whole lines."""
+def make_segment(
+    directory: Path, opened_at: float, pid: int, size: int, newest_record: float | None = None
+) -> Path:
+    """A segment another process wrote: `size` bytes of whole lines, the last a decision of
+    event time `newest_record` when given."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / segment_name("decisions", opened_at, pid, 0)
-    path.write_bytes(b"x" * (size - 1) + b"\n")
+    last = b""
+    if newest_record is not None:
+        last = json.dumps({"event_time": iso_utc(newest_record)}).encode() + b"\n"
+    path.write_bytes(b"x" * (size - len(last) - 1) + b"\n" + last)
     return path
 
 
@@ -171,9 +177,9 @@ def test_retention_at_start_deletes_the_oldest_segments_beyond_the_byte_budget(
 def test_a_budget_too_small_for_the_retention_period_is_warned_about(tmp_path: Path) -> None:
     """Deleting for space a segment younger than `retention_days` is a warning with its age;
     deleting an expired one is routine (info)."""
-    expired = make_segment(tmp_path, T0 - 200 * DAY, pid=1, size=10)
+    expired = make_segment(tmp_path, T0 - 181 * DAY, pid=1, size=10)
     young = make_segment(tmp_path, T0 - 3 * DAY, pid=1, size=100)
-    make_segment(tmp_path, T0 - 1 * DAY, pid=1, size=100)
+    make_segment(tmp_path, T0 - 1 * DAY, pid=1, size=100, newest_record=T0)
     with capture_logs() as entries:
         open_log(tmp_path, LogLimits(max_bytes=150), clock=Clock(T0)).close()
     assert not expired.exists()
@@ -186,12 +192,99 @@ def test_a_budget_too_small_for_the_retention_period_is_warned_about(tmp_path: P
 
 
 def test_retention_deletes_segments_older_than_the_limit(tmp_path: Path) -> None:
-    """A segment opened more than `retention_days` ago (by its name) is deleted."""
+    """A segment opened more than `retention_days` (by its name) before the newest record,
+    which the clock agrees with, is deleted."""
     expired = make_segment(tmp_path, T0 - 181 * DAY, pid=1, size=10)
     kept = make_segment(tmp_path, T0 - 179 * DAY, pid=1, size=10)
+    newest = make_segment(tmp_path, T0 - 0.5 * DAY, pid=1, size=100, newest_record=T0 - 60)
     open_log(tmp_path, LogLimits(retention_days=180), clock=Clock(T0)).close()
-    assert segments(tmp_path) == [kept]
+    assert segments(tmp_path) == [kept, newest]
     assert not expired.exists()
+
+
+def test_ages_are_measured_from_the_newest_record_when_the_clock_is_ahead(
+    tmp_path: Path,
+) -> None:
+    """With the wall clock a year ahead of the newest record, no segment is old by the
+    records' time: none is deleted, and the log says the clock is ahead."""
+    made = [
+        make_segment(tmp_path, T0 - days * DAY, pid=1, size=100, newest_record=T0 - days * DAY)
+        for days in range(30, -1, -1)
+    ]
+    with capture_logs() as entries:
+        open_log(tmp_path, LogLimits(retention_days=180), clock=Clock(T0 + 365 * DAY)).close()
+    assert segments(tmp_path) == made
+    (ahead,) = [entry for entry in entries if entry["event"] == "record_log_clock_ahead"]
+    assert ahead["log_level"] == "warning"
+    assert ahead["wall_clock_ahead_days"] == 365.0
+    assert ahead["segments_spared"] == len(made)
+
+
+def test_a_log_written_under_a_clock_a_year_ahead_deletes_nothing(
+    tmp_path: Path, closing: list[RecordLog[str]]
+) -> None:
+    """The writer itself runs a year ahead: it opens segments named a year ahead and
+    rotates, but its records' own times (event times from the terminals) are now, so the
+    segments of the days before are not old: none is deleted."""
+    made = [
+        make_segment(tmp_path, T0 - days * DAY, pid=1, size=100, newest_record=T0 - days * DAY)
+        for days in range(10, 0, -1)
+    ]
+    clock = Clock(T0 + 365 * DAY)
+
+    def decisions(records: Sequence[str], _written_at: float) -> bytes:
+        lines = (json.dumps({"id": record, "event_time": iso_utc(T0)}) for record in records)
+        return "".join(line + "\n" for line in lines).encode()
+
+    log = open_log(tmp_path, LogLimits(retention_days=180, segment_bytes=4096), clock, decisions)
+    closing.append(log)
+    for day in range(3):  # three rotations, each followed by retention
+        clock.now = T0 + (365 + day) * DAY
+        append_and_wait(log, f"day-{day}")
+    log.close()
+    assert segments(tmp_path)[: len(made)] == made
+    assert len(segments(tmp_path)) == len(made) + 3
+
+
+def test_when_every_clock_jumped_the_age_rule_deletes_only_what_the_budget_needs(
+    tmp_path: Path,
+) -> None:
+    """Records and wall clock both a year ahead: the age rule would delete every segment
+    written before the jump. It deletes none of them, only the oldest the byte budget
+    requires, and says why."""
+    before = [
+        make_segment(tmp_path, T0 - days * DAY, pid=1, size=100, newest_record=T0 - days * DAY)
+        for days in range(5, -1, -1)
+    ]
+    year = 365 * DAY
+    after = make_segment(tmp_path, T0 + year, pid=2, size=100, newest_record=T0 + year)
+    with capture_logs() as entries:
+        open_log(tmp_path, LogLimits(max_bytes=650), clock=Clock(T0 + year)).close()
+    assert segments(tmp_path) == [*before[1:], after]
+    suspended = [entry for entry in entries if entry["event"] == "record_log_age_rule_suspended"]
+    assert suspended[0]["newest_expired"] == before[-1].name
+    assert suspended[0]["segments_kept"] == len(before)
+    assert [entry["event"] for entry in entries if entry.get("segment")] == [
+        "record_log_budget_short"
+    ]
+
+
+def test_segments_and_their_directory_are_the_server_s_alone(
+    tmp_path: Path, closing: list[RecordLog[str]]
+) -> None:
+    """The log's directory is created 0700, its segments 0600, whatever the umask allows."""
+    directory = tmp_path / "decisions"
+    previous = os.umask(0)
+    try:
+        log = open_log(directory)
+        closing.append(log)
+        append_and_wait(log, "private")
+    finally:
+        os.umask(previous)
+    log.close()
+    assert directory.stat().st_mode & 0o777 == 0o700
+    (segment,) = segments(directory)
+    assert segment.stat().st_mode & 0o777 == 0o600
 
 
 def test_retention_after_rotation_spares_the_segment_being_written(

@@ -19,7 +19,7 @@ from service.core.domain import (
 )
 from service.features import FeatureConfig, FeatureEngine, StateStore
 from service.state.opening import open_state
-from tests.service.features.engine_io import T0, tx
+from tests.service.features.engine_io import T0, as_dict, tx
 
 CONFIG = FeatureConfig()
 
@@ -51,3 +51,22 @@ def test_an_id_reused_past_the_horizon_never_gets_the_old_answer(store: StateSto
     )
     assert isinstance(engine.admit(later), Admitted)  # counted as new
     assert engine.admit(later) == EarlierAttempt(later, None)  # no answer yet: not the old one
+
+
+def test_a_card_s_history_under_its_previous_token_is_carried_over(store: StateStore) -> None:
+    """During a token key rotation, a card with no history under its new token continues
+    the one under its previous token; from then on its new token's record is read and
+    written, and the old record is left as it was (it ages out)."""
+    engine = FeatureEngine(CONFIG, store)
+    for number in range(3):
+        engine.observe(tx(number, T0 + 60 * number, card="k1:old"))
+
+    def card_count(transaction: Transaction, previous_card_id: str | None = None) -> float:
+        admitted = engine.admit(transaction, previous_card_id=previous_card_id)
+        assert isinstance(admitted, Admitted)
+        return as_dict(list(admitted.features))["card_tx_count_1d"]
+
+    assert card_count(tx(3, T0 + 180, card="k2:new"), previous_card_id="k1:old") == 4
+    assert card_count(tx(4, T0 + 240, card="k2:new"), previous_card_id="k1:old") == 5
+    assert card_count(tx(5, T0 + 300, card="k1:old")) == 4
+    assert card_count(tx(6, T0 + 360, card="k2:other"), previous_card_id="k1:none") == 1

@@ -3,6 +3,7 @@ state of other feature settings."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,18 @@ def _counted(engine: FeatureEngine, current: Transaction) -> bool:
     except lmdb.MapFullError:
         return False
     return True
+
+
+def test_the_store_is_the_server_s_alone(tmp_path: Path) -> None:
+    """The store's directory is created 0700 and its files 0600, whatever the umask allows:
+    it holds every card's, terminal's and merchant's history."""
+    path = tmp_path / "state"
+    previous = os.umask(0)
+    try:
+        _open(path).close()
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o700
+    files = sorted(path.iterdir())
+    assert [file.name for file in files] == ["data.mdb", "lock.mdb"]
+    assert {file.stat().st_mode & 0o777 for file in files} == {0o600}

@@ -112,16 +112,22 @@ class Transaction(_message.Message):
     CARD_PRESENT_FIELD_NUMBER: _builtins.int
     COUNTRY_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
-    """Unique id of the transaction, at most 128 characters. Required."""
+    """Unique id of the transaction, at most 128 characters. Required. Like every id but
+    card_id, it must hold no card data: a card number (13-19 digits passing the Luhn
+    check, grouped by spaces, dashes or dots or not) or track data is INVALID_ARGUMENT.
+    """
     card_id: _builtins.str
     """Card token, at most 128 characters. Required. Send a token, not the card number: a
-    value that looks like a card number (13-19 digits passing the Luhn check) is replaced
-    by a keyed hash at the edge and never stored or logged.
+    value holding a card number (13-19 digits passing the Luhn check, grouped by spaces,
+    dashes or dots or not, or inside track 1 or track 2 data) is replaced at the edge by
+    a keyed hash of that number, "k1:" and 32 hex digits, and never stored or logged.
     """
     terminal_id: _builtins.str
-    """Terminal id, at most 128 characters. Required."""
+    """Terminal id, at most 128 characters. Required. No card data."""
     merchant_id: _builtins.str
-    """Merchant id, at most 128 characters. Optional: enables merchant risk features."""
+    """Merchant id, at most 128 characters. Optional: enables merchant risk features. No
+    card data.
+    """
     amount_minor: _builtins.int
     """Amount in the currency's minor units (cents for EUR). Required, 0 or more."""
     currency: _builtins.str
@@ -136,8 +142,9 @@ class Transaction(_message.Message):
     """ISO 3166-1 alpha-2 country of the terminal, e.g. "FR". Optional."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
-        """Event time: when the card was presented. Required; at most a few minutes ahead of
-        the server's clock.
+        """Event time: when the card was presented. Required. Further ahead of the server's
+        clock than it allows (5 minutes by default), the answer is the rule-based decision
+        with fallback_reason "clock_skew" and the transaction is not counted.
         """
 
     def __init__(
@@ -233,7 +240,9 @@ class ScoreResponse(_message.Message):
     model_version: _builtins.str
     decision_source: Global___DecisionSource.ValueType
     fallback_reason: _builtins.str
-    """Why the fallback answered, e.g. "deadline", "model_unavailable". Empty for MODEL."""
+    """Why the fallback answered, e.g. "deadline", "model_unavailable", "clock_skew" (the
+    event time was too far ahead of the server's clock). Empty for MODEL.
+    """
     @_builtins.property
     def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]:
         """Strongest contributions first; present for REVIEW and DECLINE."""
@@ -265,10 +274,13 @@ class OutcomeRequest(_message.Message):
     IS_FRAUD_FIELD_NUMBER: _builtins.int
     REPORTED_AT_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
+    """The transaction's id, as scored. No card data."""
     is_fraud: _builtins.bool
     @_builtins.property
     def reported_at(self) -> _timestamp_pb2.Timestamp:
-        """When the outcome became known. Required; not before the transaction's event time."""
+        """When the outcome became known. Required; not before the transaction's event time.
+        Further ahead of the server's clock than it allows, it is taken as that limit.
+        """
 
     def __init__(
         self,

@@ -63,12 +63,14 @@ class FraudScoringServicer:
 
     def Score(self, request, context):
         """Scores one transaction. Retrying the same request is safe: it gets the same answer
-        and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
-        message names it), ALREADY_EXISTS (the transaction_id was already scored with other
-        content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
-        server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
-        before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
-        When the model cannot answer in time the response is a rule-based decision with
+        and is counted once. Errors: INVALID_ARGUMENT (a field is missing, out of range, or
+        holds card data outside card_id; the message names it), ALREADY_EXISTS (the
+        transaction_id was already scored with other content; the message names the first
+        field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
+        backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+        UNAVAILABLE (no model and no fallback can answer). No error message ever repeats a
+        value sent. When the model cannot answer in time, or the event time is further ahead
+        of the server's clock than it allows, the response is a rule-based decision with
         decision_source FALLBACK, not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -79,7 +81,7 @@ class FraudScoringServicer:
         """Scores a stream of transactions on one long-lived call, in order. Each response
         carries the transaction_id of its request. A request that fails validation ends the
         stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
-        and the field.
+        by its position in the stream ("transaction #3: ", from 0) and the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

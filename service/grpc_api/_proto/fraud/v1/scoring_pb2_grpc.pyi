@@ -43,19 +43,21 @@ class FraudScoringStub:
     def __new__(cls, channel: _aio.Channel) -> FraudScoringAsyncStub: ...
     Score: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]
     """Scores one transaction. Retrying the same request is safe: it gets the same answer
-    and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
-    message names it), ALREADY_EXISTS (the transaction_id was already scored with other
-    content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
-    server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
-    before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
-    When the model cannot answer in time the response is a rule-based decision with
+    and is counted once. Errors: INVALID_ARGUMENT (a field is missing, out of range, or
+    holds card data outside card_id; the message names it), ALREADY_EXISTS (the
+    transaction_id was already scored with other content; the message names the first
+    field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
+    backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+    UNAVAILABLE (no model and no fallback can answer). No error message ever repeats a
+    value sent. When the model cannot answer in time, or the event time is further ahead
+    of the server's clock than it allows, the response is a rule-based decision with
     decision_source FALLBACK, not an error.
     """
     ScoreStream: _grpc.StreamStreamMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]
     """Scores a stream of transactions on one long-lived call, in order. Each response
     carries the transaction_id of its request. A request that fails validation ends the
     stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
-    and the field.
+    by its position in the stream ("transaction #3: ", from 0) and the field.
     """
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
@@ -73,19 +75,21 @@ class FraudScoringAsyncStub(FraudScoringStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Score: _aio.UnaryUnaryMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]  # type: ignore[assignment]
     """Scores one transaction. Retrying the same request is safe: it gets the same answer
-    and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
-    message names it), ALREADY_EXISTS (the transaction_id was already scored with other
-    content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
-    server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
-    before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
-    When the model cannot answer in time the response is a rule-based decision with
+    and is counted once. Errors: INVALID_ARGUMENT (a field is missing, out of range, or
+    holds card data outside card_id; the message names it), ALREADY_EXISTS (the
+    transaction_id was already scored with other content; the message names the first
+    field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
+    backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+    UNAVAILABLE (no model and no fallback can answer). No error message ever repeats a
+    value sent. When the model cannot answer in time, or the event time is further ahead
+    of the server's clock than it allows, the response is a rule-based decision with
     decision_source FALLBACK, not an error.
     """
     ScoreStream: _aio.StreamStreamMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]  # type: ignore[assignment]
     """Scores a stream of transactions on one long-lived call, in order. Each response
     carries the transaction_id of its request. A request that fails validation ends the
     stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
-    and the field.
+    by its position in the stream ("transaction #3: ", from 0) and the field.
     """
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]  # type: ignore[assignment]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
@@ -106,12 +110,14 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scoring_pb2.ScoreResponse, _abc.Awaitable[_scoring_pb2.ScoreResponse]]:
         """Scores one transaction. Retrying the same request is safe: it gets the same answer
-        and is counted once. Errors: INVALID_ARGUMENT (a field is missing or out of range; the
-        message names it), ALREADY_EXISTS (the transaction_id was already scored with other
-        content; the message names the first field that differs), RESOURCE_EXHAUSTED (the
-        server is shedding load: retry with backoff), DEADLINE_EXCEEDED (the deadline passed
-        before any answer could be given), UNAVAILABLE (no model and no fallback can answer).
-        When the model cannot answer in time the response is a rule-based decision with
+        and is counted once. Errors: INVALID_ARGUMENT (a field is missing, out of range, or
+        holds card data outside card_id; the message names it), ALREADY_EXISTS (the
+        transaction_id was already scored with other content; the message names the first
+        field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
+        backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+        UNAVAILABLE (no model and no fallback can answer). No error message ever repeats a
+        value sent. When the model cannot answer in time, or the event time is further ahead
+        of the server's clock than it allows, the response is a rule-based decision with
         decision_source FALLBACK, not an error.
         """
 
@@ -124,7 +130,7 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         """Scores a stream of transactions on one long-lived call, in order. Each response
         carries the transaction_id of its request. A request that fails validation ends the
         stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
-        and the field.
+        by its position in the stream ("transaction #3: ", from 0) and the field.
         """
 
     @_abc_1.abstractmethod
