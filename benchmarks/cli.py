@@ -38,7 +38,9 @@ _RUN = """\
 Open loop (--mode open): calls sent on a fixed schedule (--rate, --arrivals), latency
 measured from each call's due time. Closed loop (--mode closed): --in-flight calls kept in
 flight, latency from each send. With --server-pid, the server's CPU per answer (its whole
-process tree); with --metrics, its own latency histogram."""
+process tree); with --metrics, its own latency histogram. A server with callers configured
+(auth.callers): put a caller's token in FRAUD_BENCH_TOKEN, and every call carries it (kept
+off the command line and out of the report)."""
 # What a measurement can fail with, short of a bug: reported in a line, exit status 1.
 _FAILURES = (
     ServerError,

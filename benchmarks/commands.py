@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 from collections.abc import Callable
 
 from benchmarks.load.client import Rpc
@@ -22,6 +23,9 @@ from benchmarks.servers.launch import ServerProbe
 from benchmarks.suite import SuiteSettings, floors_report, run_suite, saturate_server
 
 Command = Callable[[list[str]], Report]
+# A caller's bearer token for `run`, from the environment: never on a command line, where
+# other users of the machine see it, nor in the report.
+TOKEN_VARIABLE = "FRAUD_BENCH_TOKEN"
 # History rows a closed loop loads per second of run: more than one server answers.
 CLOSED_LOOP_ROWS_PER_SECOND = 5_000
 
@@ -107,7 +111,8 @@ def _run(
     history = load_history(args.data, rows, args.skip_rows)
     calls = build_calls(history, args.run_id or new_run_id(), mix)
     probe = ServerProbe(tuple(args.server_pid), tuple(args.metrics))
-    measurement = measure(args.name, load, calls, probe)
+    token = os.environ.get(TOKEN_VARIABLE) or None  # set but empty: none
+    measurement = measure(args.name, load, calls, probe, token=token)
     return Report("run", describe_run(), command_line, _settings(args), [measurement])
 
 

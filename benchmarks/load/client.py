@@ -63,6 +63,7 @@ class ClientJob:
     loop). `in_flight`: the cap on calls in flight (open loop) or the number kept in
     flight (closed loop). `seconds`: how long a closed loop goes on sending. `timeout`:
     each unary call's deadline, and how long the end of the run waits for late answers.
+    `metadata`: sent with every call (a caller's token).
     """
 
     target: str
@@ -74,6 +75,7 @@ class ClientJob:
     timeout: float
     connections: int = 1
     streams: int = 1
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class _Sender:
     def __init__(self, job: ClientJob, channels: list[grpc.aio.Channel], tally: Tally) -> None:
         self._tally = tally
         self._timeout = job.timeout
+        self._metadata = job.metadata or None
         self._slots = asyncio.Semaphore(job.in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._score = itertools.cycle([_score_method(channel) for channel in channels])
@@ -177,7 +180,9 @@ class _Sender:
         # The stream's deadline only bounds a run that went wrong: the drain ends it sooner.
         deadline = job.seconds + 2 * job.timeout + 60
         self._streams = [
-            ScoreStreamSender(_stream_method(channel)(timeout=deadline), tally)
+            ScoreStreamSender(
+                _stream_method(channel)(timeout=deadline, metadata=self._metadata), tally
+            )
             for channel in itertools.islice(itertools.cycle(channels), streams)
         ]
         self._next_stream = itertools.cycle(self._streams)
@@ -217,7 +222,9 @@ class _Sender:
 
     async def _score_unary(self, payload: bytes, due: float) -> None:
         try:
-            response = await next(self._score)(payload, timeout=self._timeout)
+            response = await next(self._score)(
+                payload, timeout=self._timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as error:
             self._tally.score_failed(error.code().name)
         else:
@@ -225,7 +232,7 @@ class _Sender:
 
     async def _report(self, payload: bytes) -> None:
         try:
-            await next(self._outcome)(payload, timeout=self._timeout)
+            await next(self._outcome)(payload, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             self._tally.outcome_done(error.code().name)
         else:

@@ -36,6 +36,7 @@ from benchmarks.load.traffic import Call
 from benchmarks.measurements.server_latency import ServerLatency, scrape_all, server_latency
 from benchmarks.probes.process_usage import ProcessUsage, process_usage
 from benchmarks.servers.launch import LOCAL_HOST, ServerProbe
+from service.grpc_api.client import bearer_metadata
 
 Mode = Literal["open", "closed"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -143,10 +144,17 @@ class Measurement:
 
 
 def measure(
-    name: str, settings: LoadSettings, calls: Sequence[Call], probe: ServerProbe = NO_PROBE
+    name: str,
+    settings: LoadSettings,
+    calls: Sequence[Call],
+    probe: ServerProbe = NO_PROBE,
+    *,
+    token: str | None = None,
 ) -> Measurement:
-    """Run one measurement of `calls` (an open loop sends the first `calls_needed()`)."""
-    jobs = client_jobs(settings, calls)
+    """Run one measurement of `calls` (an open loop sends the first `calls_needed()`), each
+    call carrying `token` as a caller's bearer token when given (kept out of the result)."""
+    metadata = () if token is None else bearer_metadata(token)
+    jobs = client_jobs(settings, calls, metadata)
     scrape = bool(probe.metrics_urls) and settings.rpc == "unary"
     histogram_before = scrape_all(probe.metrics_urls, "Score") if scrape else None
     started: list[tuple[float, ProcessUsage | None]] = []
@@ -172,8 +180,11 @@ def measure(
     return measurement
 
 
-def client_jobs(settings: LoadSettings, calls: Sequence[Call]) -> list[ClientJob]:
-    """Each client process's share: call i to process i mod P, with its due time if open."""
+def client_jobs(
+    settings: LoadSettings, calls: Sequence[Call], metadata: tuple[tuple[str, str], ...] = ()
+) -> list[ClientJob]:
+    """Each client process's share: call i to process i mod P, with its due time if open;
+    every call carries `metadata`."""
     processes = settings.processes
     due: list[float] | None = None
     if settings.mode == "open":
@@ -193,6 +204,7 @@ def client_jobs(settings: LoadSettings, calls: Sequence[Call]) -> list[ClientJob
             timeout=settings.timeout,
             connections=settings.connections,
             streams=settings.streams,
+            metadata=metadata,
         )
         for k in range(processes)
     ]

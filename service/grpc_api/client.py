@@ -2,7 +2,9 @@
 
 Plain Python values in, the wire response out; one synchronous channel per client, plain
 text by default, TLS when given the server's root certificates, mutual TLS when also given
-a client key and certificate chain. Calls raise `grpc.RpcError` on any non-OK status.
+a client key and certificate chain. A caller identified by a bearer token gives it as
+`token`: every call carries it (`authorization: Bearer <token>`). Calls raise
+`grpc.RpcError` on any non-OK status.
 
 Example::
 
@@ -119,6 +121,7 @@ class FraudScoringClient:
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
+        token: str | None = None,
         timeout: float = 0.05,
     ) -> None:
         if not isinstance(target, str):
@@ -126,6 +129,7 @@ class FraudScoringClient:
         self._channel = _open_channel(target, root_certificates, private_key, certificate_chain)
         self._stub = scoring_pb2_grpc.FraudScoringStub(self._channel)
         self._timeout = timeout
+        self._metadata = () if token is None else bearer_metadata(token)
 
     def score(
         self,
@@ -156,16 +160,18 @@ class FraudScoringClient:
             card_present=card_present,
             country=country,
         )
-        return self._stub.Score(request, timeout=self._timeout)
+        return self._stub.Score(request, timeout=self._timeout, metadata=self._metadata)
 
     def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: datetime) -> None:
         """Reports the confirmed outcome of an earlier transaction, known since `reported_at`."""
         request = build_outcome_request(transaction_id, is_fraud, reported_at)
-        self._stub.ReportOutcome(request, timeout=self._timeout)
+        self._stub.ReportOutcome(request, timeout=self._timeout, metadata=self._metadata)
 
     def model_info(self) -> scoring_pb2.ModelInfo:
         """The model currently deciding: version, features, thresholds and metrics."""
-        return self._stub.GetModelInfo(scoring_pb2.GetModelInfoRequest(), timeout=self._timeout)
+        return self._stub.GetModelInfo(
+            scoring_pb2.GetModelInfoRequest(), timeout=self._timeout, metadata=self._metadata
+        )
 
     def close(self) -> None:
         """Closes the channel; calls made afterwards raise ValueError."""
@@ -181,6 +187,11 @@ class FraudScoringClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def bearer_metadata(token: str) -> tuple[tuple[str, str]]:
+    """The call metadata that identifies a caller by its bearer `token`."""
+    return (("authorization", f"Bearer {token}"),)
 
 
 def build_score_request(

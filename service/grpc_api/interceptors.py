@@ -1,35 +1,81 @@
-"""Admission and accounting of the scoring service's calls: load shedding, in-flight count,
-latency and status metrics, and each call's arrival time.
+"""Admission of the scoring and admin services' calls: who calls and whether it may, calls
+already past their deadline, load shedding, the stream budget, how long a call may wait
+for its client, and each scoring call's latency, status and arrival time.
 
-Only the `fraud.v1.FraudScoring` methods pass through here; health checks and reflection are
-neither counted nor shed, so an overloaded server still answers its probes (grpc's own
-`maximum_concurrent_rpcs` would refuse those too).
+Health checks and reflection pass through untouched: they need no caller, and an
+overloaded server still answers its probes (grpc's own `maximum_concurrent_rpcs` would
+refuse those too). Every method of `fraud.v1.FraudScoring` and `fraud.v1.ModelAdmin` takes
+these steps when the server picks its call up, in the call's own asyncio task, before its
+request is read:
 
-A call counts as in flight from the moment the event loop picks it up, before its request
-is read, until its task ends, however it ends: the count is released by a done-callback on
-the call's asyncio task, which grpc.aio creates per call and runs interceptors in, so a
-call cancelled before its handler ran is released too. Calls still queued inside grpc's
-core, not yet picked up, are not counted: their clients' deadlines bound them. A
-`ScoreStream` call holds one slot for as long as it is open.
+    identify the caller, check the method's role    UNAUTHENTICATED, PERMISSION_DENIED
+      (`service.grpc_api.auth`; skipped for the scoring methods in open mode)
+    the call's deadline has passed already          DEADLINE_EXCEEDED, nothing read or done
+    admission (scoring service only): a unary call  RESOURCE_EXHAUSTED, at once
+      takes an in-flight slot (`server.max_in_flight`), a ScoreStream a place in the
+      stream budget (`connections.max_open_streams`)
+    reading: a unary request must arrive within     UNAVAILABLE
+      `connections.request_read_seconds` of pickup; a stream's next transaction within
+      `stream_idle_seconds`, and none is read once it has been open `stream_max_seconds`
 
-Latency and status are recorded as the call's task ends, so they include sending the
-answer. A call cancelled while its task still runs counts as CANCELLED; a stream cancelled
-while the server waits for its next message ends, as far as the server can tell, like one
-its client closed, and counts as OK.
+To take those steps before the request is read, the interceptor hands grpc.aio each unary
+method as a request-streaming handler (the wire is the same: HTTP/2 cannot tell one
+message from a stream of one) and reads the single request itself: a refused call's
+bytes are never parsed, and a request that never arrives holds its slot for a bounded
+time. The caller's name is set in `service.core.callers.CURRENT_CALLER` for the call's
+task, so the decision and outcome records name it.
+
+In flight (`fraud_rpc_in_flight`, what shedding limits and autoscaling reads): a unary
+scoring call from pickup until its task ends, however it ends (a done-callback on the
+task releases it, so a call cancelled before its request arrived is released too); a
+stream's transaction from the moment it is read until its answer is written and the next
+one asked for. An open stream holds a place in the stream budget only, so idle streams
+never shed unary calls. Calls still queued inside grpc's core, not yet picked up, are not
+counted: their clients' deadlines bound them.
+
+Latency and status of the scoring calls admitted are recorded as the call's task ends, so
+they include sending the answer; a call refused before admission counts its status at
+once and no latency. A call cancelled while its task still runs counts as CANCELLED; a
+stream cancelled while the server waits for its next message ends, as far as the server
+can tell, like one its client closed, and counts as OK. An answer held up because its
+client does not read (HTTP/2 flow control) is bounded by the connection's age, not by the
+stream limits, which apply while the server waits for the client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeAlias, cast
+from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
+import structlog
 
-from service.observability.metrics import IN_FLIGHT, SCORING_SERVICE, SHED, RpcMetrics, rpc_metrics
+from service.core.callers import CURRENT_CALLER
+from service.grpc_api.auth import (
+    METHOD_ROLES,
+    NO_CALLER,
+    Caller,
+    CallerDirectory,
+    RefusalLog,
+    bearer_token,
+)
+from service.observability.metrics import (
+    EARLY_END_COUNTERS,
+    IN_FLIGHT,
+    OPEN_STREAMS,
+    SCORING_SERVICE,
+    SHED,
+    EarlyEnd,
+    RpcMetrics,
+    auth_refusal_counters,
+    rpc_metrics,
+)
 
 # Generic in the type stubs only: a string, so that it is never subscripted at run time.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -38,133 +84,364 @@ _UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 _StreamBehavior: TypeAlias = Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]
 
 OVERLOADED_DETAILS = "server overloaded: retry with backoff"
+UNAUTHENTICATED_DETAILS = (
+    "no caller identified: send the metadata 'authorization: Bearer <token>' with a caller's "
+    "token, or connect with a client certificate the server knows"
+)
+DEADLINE_PASSED_DETAILS = "the call's deadline had passed when the server picked it up"
+REQUEST_NOT_SENT_DETAILS = "the request did not arrive within connections.request_read_seconds"
+STREAM_IDLE_DETAILS = "no transaction within connections.stream_idle_seconds: open a new stream"
+STREAM_LIFETIME_DETAILS = (
+    "the stream has been open connections.stream_max_seconds: open a new one "
+    "(every transaction it carried has been answered)"
+)
+NO_REQUEST_DETAILS = "the call carried no request message"
+# Of a refused certificate's subject alternative names, the refusal's log line shows this
+# many, each cut to this length: enough to tell which client it was.
+_SHOWN_SANS = 4
+_SHOWN_SAN_LENGTH = 128
+_REFUSAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
-_ARRIVAL: ContextVar[float] = ContextVar("fraud_call_arrival")
+_CALL: ContextVar[_Call] = ContextVar("fraud_call")
+_log = structlog.get_logger(__name__)
 
 
 def call_arrival() -> float:
     """`time.monotonic()` when the server picked up the current call (now, outside one)."""
-    arrival = _ARRIVAL.get(None)
-    return time.monotonic() if arrival is None else arrival
+    call = _CALL.get(None)
+    return time.monotonic() if call is None else call.arrived
 
 
-class ScoringCallInterceptor(grpc.aio.ServerInterceptor):
-    """Sheds scoring calls above `max_in_flight` and measures the ones it admits."""
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """How many calls the server takes on at once, and how long it waits for their clients
+    (`server.max_in_flight` and the `connections` settings)."""
 
-    def __init__(self, max_in_flight: int) -> None:
-        """Refuse new scoring calls with RESOURCE_EXHAUSTED while `max_in_flight` run."""
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        self._max_in_flight = max_in_flight
+    max_in_flight: int = 256
+    max_open_streams: int = 1024
+    request_read_seconds: float = 1.0
+    stream_idle_seconds: float = 60.0
+    stream_max_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1 or self.max_open_streams < 1:
+            raise ValueError("max_in_flight and max_open_streams must be at least 1")
+        if min(self.request_read_seconds, self.stream_idle_seconds, self.stream_max_seconds) <= 0:
+            raise ValueError("the read, idle and lifetime limits must be above 0")
+
+
+class _Method:
+    """A guarded method, as set up once: its role, its metrics and its wrapped handler."""
+
+    __slots__ = ("handler", "name", "open", "path", "role", "rpc", "streaming")
+
+    def __init__(self, path: str, open_scoring: bool) -> None:
+        self.path = path
+        self.name = path.rpartition("/")[2]
+        self.role = METHOD_ROLES[path]
+        scoring = path.startswith(SCORING_SERVICE)
+        # Only the scoring service is admitted and measured: admin calls are rare, and
+        # hold no slot a scoring call needs.
+        self.rpc: RpcMetrics | None = rpc_metrics(path) if scoring else None
+        self.open = scoring and open_scoring
+        self.streaming = False
+        self.handler: Handler | None = None  # wrapped at its first call
+
+
+class _Call:
+    """One call to a guarded method: what the interceptor learnt of it, the status it ended
+    with and, for a stream, its transactions."""
+
+    __slots__ = ("arrived", "code", "method", "requests", "token")
+
+    def __init__(self, method: _Method, arrived: float, token: str | None) -> None:
+        self.method = method
+        self.arrived = arrived
+        self.token = token
+        # Until the behaviour ends: a call whose behaviour never finished lost its client
+        # (or its deadline) on the way.
+        self.code = grpc.StatusCode.CANCELLED
+        self.requests: _StreamRequests | None = None
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Identifies, authorizes, admits and measures the calls of the scoring and admin
+    services; lets every other call through."""
+
+    def __init__(
+        self,
+        limits: CallLimits,
+        callers: CallerDirectory | None = None,
+        *,
+        refusal_log: RefusalLog | None = None,
+    ) -> None:
+        """Admit calls within `limits` from `callers` (None or none configured: the scoring
+        methods are open to all, and admin calls refused); `refusal_log` chooses which
+        refusals are logged."""
+        self._limits = limits
+        self._callers = callers or CallerDirectory(open_scoring=True)
+        self._methods = {path: _Method(path, self._callers.open_scoring) for path in METHOD_ROLES}
+        self._refusals = auth_refusal_counters(
+            [method.name for method in self._methods.values()],
+            [NO_CALLER, *self._callers.names],
+            _REFUSAL_CODES,
+        )
+        self._refusal_log = refusal_log or RefusalLog()
         self._in_flight = 0
+        self._open_streams = 0
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        """The call's handler, measured; a refusal instead when too many calls are in flight."""
+        """The call's handler, guarded, for the scoring and admin services; else as is."""
         arrived = time.monotonic()
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(SCORING_SERVICE):
-            return handler
-        rpc = rpc_metrics(method)
-        if self._in_flight >= self._max_in_flight:
-            SHED.inc()
-            rpc.requests[grpc.StatusCode.RESOURCE_EXHAUSTED].inc()
-            return _refusal(handler)
-        call = _Call(rpc, arrived)
-        self._admit(call)
-        _ARRIVAL.set(arrived)
-        return _measured(handler, call)
+        method = self._methods.get(handler_call_details.method)
+        if method is None:
+            return await continuation(handler_call_details)
+        handler = method.handler
+        if handler is None:
+            # The handlers are registered before the server starts and never change.
+            registered = await continuation(handler_call_details)
+            if registered is None:  # a service not offered (admin without an admin caller)
+                return None
+            handler = method.handler = self._guarded(method, registered)
+        token = None if method.open else bearer_token(handler_call_details.invocation_metadata)
+        _CALL.set(_Call(method, arrived, token))
+        return handler
 
-    def _admit(self, call: _Call) -> None:
+    def _guarded(self, method: _Method, handler: Handler) -> Handler:
+        """`handler`'s behaviour behind the admission steps; a unary one as
+        request-streaming, so that its request is read after them.
+
+        The guarded services have unary and bidirectional-streaming methods only; grpc.aio
+        calls their behaviours as a coroutine function and an async generator function.
+        """
+        if handler.unary_unary is not None:
+            unary = cast(_UnaryBehavior, handler.unary_unary)
+
+            async def guarded_unary(_requests: object, context: Context) -> object:
+                call = _CALL.get()
+                await self._admit(call, context)
+                try:
+                    request = await self._read_request(call, context)
+                    response = await unary(request, context)
+                except grpc.aio.AbortError:
+                    call.code = context.code()
+                    raise
+                except Exception:
+                    call.code = grpc.StatusCode.UNKNOWN  # what grpc answers for it
+                    raise
+                call.code = context.code() or grpc.StatusCode.OK
+                return response
+
+            return grpc.stream_unary_rpc_method_handler(
+                guarded_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            stream = cast(_StreamBehavior, handler.stream_stream)
+            method.streaming = True
+
+            async def guarded_stream(_requests: object, context: Context) -> AsyncIterator[object]:
+                call = _CALL.get()
+                await self._admit(call, context)
+                call.requests = requests = _StreamRequests(self, call, context)
+                try:
+                    async for response in stream(requests, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    call.code = context.code()
+                    raise
+                except Exception:
+                    call.code = grpc.StatusCode.UNKNOWN
+                    raise
+                call.code = context.code() or grpc.StatusCode.OK
+
+            return grpc.stream_stream_rpc_method_handler(
+                guarded_stream, handler.request_deserializer, handler.response_serializer
+            )
+        raise TypeError(f"no guard for the shape of {handler!r}")
+
+    async def _admit(self, call: _Call, context: Context) -> None:
+        """Let `call` on, or end it with the status of the first step it fails."""
+        method = call.method
+        if not method.open:
+            caller = self._identify(call, context)
+            if caller is None:
+                await self._refuse(call, context, None, grpc.StatusCode.UNAUTHENTICATED)
+            if method.role not in caller.roles:
+                await self._refuse(call, context, caller, grpc.StatusCode.PERMISSION_DENIED)
+            CURRENT_CALLER.set(caller.name)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            self._count_unadmitted(method, grpc.StatusCode.DEADLINE_EXCEEDED)
+            await _end_early(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "deadline_passed",
+                DEADLINE_PASSED_DETAILS,
+            )
+        if method.rpc is None:
+            return
+        if method.streaming:
+            if self._open_streams >= self._limits.max_open_streams:
+                await self._shed(method, context)
+            self._open_streams += 1
+            OPEN_STREAMS.inc()
+        else:
+            if self._in_flight >= self._limits.max_in_flight:
+                await self._shed(method, context)
+            self._take_work()
         task = asyncio.current_task()
         if task is None:
-            raise RuntimeError("grpc.aio runs interceptors inside the call's task")
-        self._in_flight += 1
-        IN_FLIGHT.inc()
+            raise RuntimeError("grpc.aio runs each call in a task of its own")
         task.add_done_callback(partial(self._finish, call))
 
-    def _finish(self, call: _Call, task: asyncio.Task[Any]) -> None:
-        """Record the call's latency and status, then release its slot."""
-        # grpc.aio cancels a call's task when the client cancels or its deadline passes, and
-        # swallows the CancelledError, but the pending cancellation still shows.
-        code = grpc.StatusCode.CANCELLED if task.cancelling() else call.code
-        call.rpc.duration.observe(time.monotonic() - call.arrived)
-        call.rpc.requests[code].inc()
+    def _identify(self, call: _Call, context: Context) -> Caller | None:
+        if call.token is not None:
+            return self._callers.by_token(call.token)
+        if self._callers.checks_certificates:
+            return self._callers.by_certificate(
+                context.peer_identity_key(), context.peer_identities()
+            )
+        return None
+
+    async def _refuse(
+        self, call: _Call, context: Context, caller: Caller | None, code: grpc.StatusCode
+    ) -> NoReturn:
+        method = call.method
+        name = NO_CALLER if caller is None else caller.name
+        self._refusals[method.name, name, code].inc()
+        self._count_unadmitted(method, code)
+        suppressed = self._refusal_log.due(method.name, name, code.name)
+        if suppressed is not None:
+            # Never the token: only whether one was sent.
+            _log.warning(
+                "call_refused",
+                rpc=method.name,
+                code=code.name,
+                caller=name,
+                role=method.role,
+                token_sent=call.token is not None,
+                certificate_sans=_shown_sans(context),
+                peer=context.peer(),
+                suppressed=suppressed,
+            )
+        if caller is None:
+            await context.abort(code, UNAUTHENTICATED_DETAILS)
+        await context.abort(code, f"caller {name!r} lacks the {method.role!r} role")
+
+    async def _shed(self, method: _Method, context: Context) -> NoReturn:
+        SHED.inc()
+        self._count_unadmitted(method, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_DETAILS)
+
+    @staticmethod
+    def _count_unadmitted(method: _Method, code: grpc.StatusCode) -> None:
+        if method.rpc is not None:
+            method.rpc.requests[code].inc()
+
+    async def _read_request(self, call: _Call, context: Context) -> object:
+        """The unary call's one request, once it has arrived."""
+        try:
+            async with asyncio.timeout_at(call.arrived + self._limits.request_read_seconds):
+                request = await context.read()
+        except TimeoutError:
+            await _end_early(
+                context, grpc.StatusCode.UNAVAILABLE, "request_not_sent", REQUEST_NOT_SENT_DETAILS
+            )
+        if request is grpc.aio.EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST_DETAILS)
+        return request
+
+    def _take_work(self) -> None:
+        self._in_flight += 1
+        IN_FLIGHT.inc()
+
+    def _release_work(self) -> None:
         self._in_flight -= 1
         IN_FLIGHT.dec()
 
+    def _finish(self, call: _Call, task: asyncio.Task[Any]) -> None:
+        """Record the call's latency and status, then release what it held."""
+        # grpc.aio cancels a call's task when the client cancels or its deadline passes, and
+        # swallows the CancelledError, but the pending cancellation still shows.
+        code = grpc.StatusCode.CANCELLED if task.cancelling() else call.code
+        rpc = cast(RpcMetrics, call.method.rpc)
+        rpc.duration.observe(time.monotonic() - call.arrived)
+        rpc.requests[code].inc()
+        if not call.method.streaming:
+            self._release_work()
+            return
+        if call.requests is not None:
+            call.requests.release_answered()
+        self._open_streams -= 1
+        OPEN_STREAMS.dec()
 
-class _Call:
-    """One admitted call: its metric children, its arrival and the status it ended with."""
-
-    __slots__ = ("arrived", "code", "rpc")
-
-    def __init__(self, rpc: RpcMetrics, arrived: float) -> None:
-        self.rpc = rpc
-        self.arrived = arrived
-        # Until the behaviour ends: a call whose behaviour never ran lost its client (or
-        # its deadline) before its request was read.
-        self.code = grpc.StatusCode.CANCELLED
-
-
-def _refusal(handler: Handler) -> Handler:
-    """A handler of `handler`'s shape that answers RESOURCE_EXHAUSTED without reading on."""
-
-    async def refuse(_request: object, context: Context) -> None:
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_DETAILS)
-
-    # No deserializer: the refused request's bytes are never parsed.
-    if handler.request_streaming or handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+    @property
+    def limits(self) -> CallLimits:
+        """The limits calls are admitted within."""
+        return self._limits
 
 
-def _measured(handler: Handler, call: _Call) -> Handler:
-    """`handler`, noting in `call` the status its behaviour ends the call with.
+class _StreamRequests:
+    """A stream's transactions, read one at a time within the stream's limits; the one its
+    behaviour is answering counts as in flight until the next is asked for."""
 
-    The scoring service has unary and bidirectional-streaming methods only; grpc.aio calls
-    their behaviours as a coroutine function and an async generator function.
-    """
-    if handler.unary_unary is not None:
-        unary = cast(_UnaryBehavior, handler.unary_unary)
+    __slots__ = ("_answering", "_call", "_closes_at", "_context", "_interceptor")
 
-        async def measured_unary(request: object, context: Context) -> object:
-            try:
-                response = await unary(request, context)
-            except grpc.aio.AbortError:
-                call.code = context.code()
-                raise
-            except Exception:
-                call.code = grpc.StatusCode.UNKNOWN  # what grpc answers for it
-                raise
-            call.code = context.code() or grpc.StatusCode.OK
-            return response
+    def __init__(self, interceptor: AdmissionInterceptor, call: _Call, context: Context) -> None:
+        self._interceptor = interceptor
+        self._call = call
+        self._context = context
+        self._closes_at = call.arrived + interceptor.limits.stream_max_seconds
+        self._answering = False
 
-        return grpc.unary_unary_rpc_method_handler(
-            measured_unary, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_stream is not None:
-        stream = cast(_StreamBehavior, handler.stream_stream)
+    def __aiter__(self) -> _StreamRequests:
+        return self
 
-        async def measured_stream(
-            requests: AsyncIterator[object], context: Context
-        ) -> AsyncIterator[object]:
-            try:
-                async for response in stream(requests, context):
-                    yield response
-            except grpc.aio.AbortError:
-                call.code = context.code()
-                raise
-            except Exception:
-                call.code = grpc.StatusCode.UNKNOWN
-                raise
-            call.code = context.code() or grpc.StatusCode.OK
+    async def __anext__(self) -> object:
+        self.release_answered()  # grpc asks for the next only once the answer is written
+        now = time.monotonic()
+        if now >= self._closes_at:
+            await _end_early(
+                self._context,
+                grpc.StatusCode.UNAVAILABLE,
+                "stream_lifetime",
+                STREAM_LIFETIME_DETAILS,
+            )
+        idle_until = now + self._interceptor.limits.stream_idle_seconds
+        try:
+            async with asyncio.timeout_at(min(idle_until, self._closes_at)):
+                request = await self._context.read()
+        except TimeoutError:
+            reason: EarlyEnd = "stream_idle" if idle_until <= self._closes_at else "stream_lifetime"
+            details = STREAM_IDLE_DETAILS if reason == "stream_idle" else STREAM_LIFETIME_DETAILS
+            await _end_early(self._context, grpc.StatusCode.UNAVAILABLE, reason, details)
+        if request is grpc.aio.EOF:
+            raise StopAsyncIteration
+        self._answering = True
+        self._interceptor._take_work()
+        return request
 
-        return grpc.stream_stream_rpc_method_handler(
-            measured_stream, handler.request_deserializer, handler.response_serializer
-        )
-    raise TypeError(f"no measurement for the shape of {handler!r}")
+    def release_answered(self) -> None:
+        """Release the transaction being answered, if any (idempotent)."""
+        if self._answering:
+            self._answering = False
+            self._interceptor._release_work()
+
+
+async def _end_early(
+    context: Context, code: grpc.StatusCode, reason: EarlyEnd, details: str
+) -> NoReturn:
+    EARLY_END_COUNTERS[reason].inc()
+    await context.abort(code, details)
+
+
+def _shown_sans(context: Context) -> list[str]:
+    """The client certificate's subject alternative names, as a log line shows them."""
+    if context.peer_identity_key() != "x509_subject_alternative_name":
+        return []
+    identities = itertools.islice(context.peer_identities() or (), _SHOWN_SANS)
+    return [san.decode("utf-8", "replace")[:_SHOWN_SAN_LENGTH] for san in identities]

@@ -1,11 +1,18 @@
-"""The grpc.aio server: the scoring service, health checking, reflection and, when an admin
-token is set, model administration, on one port.
+"""The grpc.aio server: the scoring service, health checking, reflection (unless switched
+off) and, when some caller holds the `admin` role, model administration, on one port.
 
 `build_server` returns the server and the port it bound (port 0 binds a free one: tests).
 Health follows the standard `grpc.health.v1` protocol for the whole server ("") and for
 `fraud.v1.FraudScoring`: NOT_SERVING from `create_health` until `set_serving` (called once
 a model is loaded and warmed up), NOT_SERVING again from `shut_down` on. Health and
-reflection calls are not subject to load shedding (see `interceptors`).
+reflection calls are not subject to load shedding, nor to callers' roles (see
+`interceptors`, `auth`).
+
+Connections (`connections` settings): HTTP/2 caps the calls one connection has open
+(`max_calls_per_connection`), a connection idle for `max_idle_seconds` is sent away, and
+clients pinging more often than `server.min_client_ping_seconds` are sent away after
+`_MAX_PING_STRIKES` such pings (keepalive enforcement), as is a connection older than
+`server.max_connection_age_seconds`, its calls given `server.grace_seconds`.
 
 Port sharing: with `server.workers` above 1, several processes bind the same port
 (SO_REUSEPORT) and the kernel spreads connections among them; they share the feature
@@ -19,11 +26,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from service.config.settings import ServerSettings, ServeSettings, TlsSettings
+from service.config.settings import (
+    ConnectionSettings,
+    ServerSettings,
+    ServeSettings,
+    TlsSettings,
+)
 from service.grpc_api._proto.fraud.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -31,7 +44,8 @@ from service.grpc_api._proto.fraud.v1 import (
     scoring_pb2_grpc,
 )
 from service.grpc_api.admin import ModelAdministration, ModelAdminServicer
-from service.grpc_api.interceptors import ScoringCallInterceptor
+from service.grpc_api.auth import CallerDirectory
+from service.grpc_api.interceptors import AdmissionInterceptor, CallLimits
 from service.grpc_api.servicer import FraudScoringServicer, ScoringCore
 from service.observability.logs import RequestLogSampler
 
@@ -40,6 +54,11 @@ ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].fu
 HEALTH_SERVICE_NAMES = (health.OVERALL_HEALTH, SCORING_SERVICE_NAME)
 
 HealthServicer = health_aio.HealthServicer
+# Pings closer together than server.min_client_ping_seconds a client may send before it is
+# sent away (gRPC's own default, written out so that it is a decision).
+_MAX_PING_STRIKES = 2
+
+_log = structlog.get_logger(__name__)
 
 
 class BindError(Exception):
@@ -67,28 +86,58 @@ def build_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A server for `scorer` and `health_servicer`, bound but not started, and its port.
 
-    With `models` and an admin token in `settings`, the `fraud.v1.ModelAdmin` service too.
-    Must run inside the event loop that will serve it. BindError if the address is taken.
+    With `models` and a caller holding the `admin` role, the `fraud.v1.ModelAdmin` service
+    too. Logs, once, a warning for each development-only choice of `settings.auth` and
+    `settings.admin`. Must run inside the event loop that will serve it. BindError if the
+    address is taken.
     """
+    callers = CallerDirectory.from_settings(settings.auth, settings.admin.token)
+    _warn_about_access(settings, callers)
     servicer = FraudScoringServicer(
         scorer,
         budget_seconds=settings.budget.server_budget_ms / 1000,
         log_sampler=RequestLogSampler(settings.logging.sample_rate),
     )
     server = grpc.aio.server(
-        interceptors=[ScoringCallInterceptor(settings.server.max_in_flight)],
-        options=_channel_options(settings.server),
+        interceptors=[AdmissionInterceptor(call_limits(settings), callers)],
+        options=_channel_options(settings.server, settings.connections),
     )
     scoring_pb2_grpc.add_FraudScoringServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [SCORING_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    token = settings.admin.token
-    if models is not None and token is not None:
-        admin = ModelAdminServicer(models, token=token.get_secret_value())
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
+    services = [SCORING_SERVICE_NAME, health.SERVICE_NAME]
+    if models is not None and "admin" in callers.roles:
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(models), server)
         services.append(ADMIN_SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
+    if settings.auth.reflection:
+        reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)
     return server, _bind(server, settings.server, settings.tls)
+
+
+def call_limits(settings: ServeSettings) -> CallLimits:
+    """The admission limits `settings` give."""
+    connections = settings.connections
+    return CallLimits(
+        max_in_flight=settings.server.max_in_flight,
+        max_open_streams=connections.max_open_streams,
+        request_read_seconds=connections.request_read_seconds,
+        stream_idle_seconds=connections.stream_idle_seconds,
+        stream_max_seconds=connections.stream_max_seconds,
+    )
+
+
+def _warn_about_access(settings: ServeSettings, callers: CallerDirectory) -> None:
+    if callers.open_scoring:
+        _log.warning(
+            "callers_not_configured",
+            advice="every scoring method is open to anyone who reaches the port: configure "
+            "auth.callers (FRAUD_AUTH__CALLERS); production mode refuses to start so",
+        )
+    if settings.admin.token is not None:
+        _log.warning(
+            "admin_token_deprecated",
+            advice="admin.token stands for a caller named 'admin-token' with the admin role: "
+            "give a caller of auth.callers the admin role instead",
+        )
 
 
 async def shut_down(
@@ -108,7 +157,9 @@ async def _set_status(servicer: HealthServicer, status: int) -> None:
         await servicer.set(service, status)
 
 
-def _channel_options(server: ServerSettings) -> list[tuple[str, int]]:
+def _channel_options(
+    server: ServerSettings, connections: ConnectionSettings
+) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", server.max_message_bytes),
         ("grpc.max_send_message_length", server.max_message_bytes),
@@ -122,6 +173,9 @@ def _channel_options(server: ServerSettings) -> list[tuple[str, int]]:
             "grpc.http2.min_recv_ping_interval_without_data_ms",
             _milliseconds(server.min_client_ping_seconds),
         ),
+        ("grpc.http2.max_ping_strikes", _MAX_PING_STRIKES),
+        ("grpc.max_connection_idle_ms", _milliseconds(connections.max_idle_seconds)),
+        ("grpc.max_concurrent_streams", connections.max_calls_per_connection),
     ]
 
 

@@ -145,6 +145,22 @@ RECORD_LOG_DROPPED = Counter(
 RECORD_LOG_WRITTEN = Counter(
     "fraud_record_log_written", "Records written by the decision or outcome log.", ["log"]
 )
+AUTH_REFUSALS = Counter(
+    "fraud_auth_refusals",
+    "Calls refused for want of an identity (UNAUTHENTICATED) or of the method's role "
+    "(PERMISSION_DENIED), by method and configured caller (empty: none identified).",
+    ["rpc", "caller", "code"],
+)
+OPEN_STREAMS = Gauge(
+    "fraud_streams_open", "ScoreStream calls open (what connections.max_open_streams limits)."
+)
+CALLS_ENDED_EARLY = Counter(
+    "fraud_calls_ended_early",
+    "Calls the server ended without their work, by why: the deadline had passed when the "
+    "server picked the call up, the request did not arrive in time, the stream was idle, "
+    "or open too long.",
+    ["reason"],
+)
 FEATURE_STATE = Gauge(
     "fraud_feature_state_entities",
     "Records in the feature state's store (all workers sharing it), by kind.",
@@ -163,6 +179,11 @@ FALLBACK_COUNTERS = {reason: FALLBACKS.labels(reason.value) for reason in Fallba
 OUTCOME_COUNTERS = {is_fraud: OUTCOMES.labels(str(is_fraud).lower()) for is_fraud in (True, False)}
 SHADOW_AGREEMENT_COUNTERS = {
     agreed: SHADOW_COMPARISONS.labels("agree" if agreed else "disagree") for agreed in (True, False)
+}
+# Why the server ended a call without doing its work (`CALLS_ENDED_EARLY`).
+EarlyEnd = Literal["deadline_passed", "request_not_sent", "stream_idle", "stream_lifetime"]
+EARLY_END_COUNTERS: dict[EarlyEnd, Counter] = {
+    reason: CALLS_ENDED_EARLY.labels(reason) for reason in get_args(EarlyEnd)
 }
 # Why the challenger did not score a transaction the champion decided.
 ShadowSkipReason = Literal["backlog_full", "challenger_error"]
@@ -248,6 +269,22 @@ class RpcMetrics:
         """Children labelled `rpc`, with a request counter per gRPC status code."""
         self.duration = RPC_DURATION.labels(rpc)
         self.requests = {code: RPC_REQUESTS.labels(rpc, code.name) for code in grpc.StatusCode}
+
+
+def auth_refusal_counters(
+    rpcs: Iterable[str], callers: Iterable[str], codes: Iterable[grpc.StatusCode]
+) -> dict[tuple[str, str, grpc.StatusCode], Counter]:
+    """The refusal counter of each (method name, caller, status), bound now: each series
+    exists from the start at 0 (an alert sees the first refusal as a rise), and a refusal
+    costs a dict lookup. Callers come from the settings, never from a request, so the
+    series are as many as methods x configured callers x statuses."""
+    callers, codes = tuple(callers), tuple(codes)
+    return {
+        (rpc, caller, code): AUTH_REFUSALS.labels(rpc, caller, code.name)
+        for rpc in rpcs
+        for caller in callers
+        for code in codes
+    }
 
 
 # The version each alias's MODEL_INFO child is labelled with, to remove it at the next swap.

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import orjson
 
+from service.core.callers import current_caller
 from service.core.domain import ScoreResult, Transaction
 from service.features import FEATURE_ENGINE_VERSION, FeatureConfig
 from service.records.schema import DecisionLine, iso_utc
 from service.records.segment_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog
 
-# The transaction, its features (None: not computed), the answer.
-_Decision = tuple[Transaction, Sequence[float] | None, ScoreResult]
+# The transaction, its features (None: not computed), the answer, the caller who asked.
+_Decision = tuple[Transaction, Sequence[float] | None, ScoreResult, str]
 
 
 class DecisionLogWriter(RecordLog[_Decision]):
@@ -63,11 +64,12 @@ class DecisionLogWriter(RecordLog[_Decision]):
         """Queue every answer, whoever gave it (`service.core.ports.AnswerListener`); never
         blocks or raises. `features` must not change afterwards (the writer thread reads them
         later); None when none were computed. The line names the deciding model by
-        `result.model_version`."""
+        `result.model_version`, and the caller of the call being served
+        (`service.core.callers`)."""
         # `append` inlined: every scored transaction comes here, and a second call would
         # cost as much again as this whole body.
         if len(self._pending) < self._room:
-            self._pending.append((tx, features, result))
+            self._pending.append((tx, features, result, current_caller()))
         else:
             self._drop()
 
@@ -83,6 +85,7 @@ def _line(
     tx: Transaction,
     features: Sequence[float] | None,
     result: ScoreResult,
+    caller: str,
     feature_config: str,
     logged_at: str,
 ) -> DecisionLine:
@@ -114,4 +117,5 @@ def _line(
         # orjson writes NaN, which is not JSON, as null.
         "features": features,
         "logged_at": logged_at,
+        "caller": caller,
     }

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import orjson
 
+from service.core.callers import current_caller
 from service.core.domain import Outcome
 from service.records.schema import OutcomeLine, iso_utc
 from service.records.segment_log import DEFAULT_LIMITS, FLUSH_SECONDS, LogLimits, RecordLog
 
-# transaction_id, is_fraud, reported_at and received_at in Unix seconds.
-_Outcome = tuple[str, bool, float, float]
+# transaction_id, is_fraud, reported_at and received_at in Unix seconds, the caller.
+_Outcome = tuple[str, bool, float, float, str]
 
 
 class OutcomeLogWriter(RecordLog[_Outcome]):
@@ -44,15 +45,19 @@ class OutcomeLogWriter(RecordLog[_Outcome]):
             directory, "outcomes", _encode, limits, flush_seconds=flush_seconds, clock=clock
         )
 
-    def record(self, transaction_id: str, is_fraud: bool, reported_at: float) -> None:
-        """Queue one valid outcome (`reported_at` in Unix seconds); never blocks or raises."""
-        self.append((transaction_id, is_fraud, reported_at, self._clock()))
+    def record(
+        self, transaction_id: str, is_fraud: bool, reported_at: float, caller: str = ""
+    ) -> None:
+        """Queue one valid outcome (`reported_at` in Unix seconds) reported by `caller`;
+        never blocks or raises."""
+        self.append((transaction_id, is_fraud, reported_at, self._clock(), caller))
 
     def on_outcome(self, outcome: Outcome, applied: bool) -> None:
         """Log every valid outcome (`service.core.ports.OutcomeListener`), `applied` to the
         feature state or not: a retrain labels transactions this process no longer holds,
-        or never scored (another worker did, or the server before a restart)."""
-        self.record(outcome.transaction_id, outcome.is_fraud, outcome.reported_at)
+        or never scored (another worker did, or the server before a restart). The line names
+        the caller of the call being served (`service.core.callers`)."""
+        self.record(outcome.transaction_id, outcome.is_fraud, outcome.reported_at, current_caller())
 
 
 def _encode(outcomes: Sequence[_Outcome], _written_at: float) -> bytes:
@@ -60,11 +65,12 @@ def _encode(outcomes: Sequence[_Outcome], _written_at: float) -> bytes:
 
 
 def _line(
-    transaction_id: str, is_fraud: bool, reported_at: float, received_at: float
+    transaction_id: str, is_fraud: bool, reported_at: float, received_at: float, caller: str
 ) -> OutcomeLine:
     return {
         "transaction_id": transaction_id,
         "is_fraud": is_fraud,
         "reported_at": iso_utc(reported_at),
         "received_at": iso_utc(received_at),
+        "caller": caller,
     }

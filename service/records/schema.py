@@ -70,7 +70,8 @@ class DecisionLine(TypedDict):
     `fallback_reason` "" when the model decided), the feature engine version, the
     `feature_config` fingerprint the features were computed with, the `features` the model
     read (NaN written as null; the whole list null when none were computed), and
-    `logged_at`, when the line was written.
+    `logged_at`, when the line was written, and the `caller` who asked for the decision
+    (`service.core.callers`; "" when none was identified).
     """
 
     transaction_id: str
@@ -94,16 +95,19 @@ class DecisionLine(TypedDict):
     feature_config: str
     features: Sequence[float] | None
     logged_at: str
+    caller: str
 
 
 class OutcomeLine(TypedDict):
     """An "outcomes" line as the outcome writer hands it to orjson: `reported_at` as the
-    caller reported it, `received_at` when the server accepted it. No card data."""
+    caller reported it, `received_at` when the server accepted it, `caller` who reported it
+    ("" when none was identified). No card data."""
 
     transaction_id: str
     is_fraud: bool
     reported_at: str
     received_at: str
+    caller: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +244,8 @@ DECISION_SCHEMA = LineSchema(
         Field("feature_config", TEXT, required=False, absent=""),
         Field("features", (list, _NULL), items=(*NUMBER, _NULL)),
         Field("logged_at", TEXT, required=False, absent="", descriptive=True),
+        # Written since callers were identified: "" on older lines.
+        Field("caller", TEXT, required=False, absent="", descriptive=True),
     ),
 )
 OUTCOME_SCHEMA = LineSchema(
@@ -249,6 +255,7 @@ OUTCOME_SCHEMA = LineSchema(
         Field("is_fraud", FLAG),
         Field("reported_at", TEXT),
         Field("received_at", TEXT),
+        Field("caller", TEXT, required=False, absent="", descriptive=True),
     ),
 )
 SCHEMAS: Mapping[RecordKind, LineSchema] = {

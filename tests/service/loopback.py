@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from service.config.settings import ServeSettings
+from service.grpc_api.admin import ModelAdministration
 from service.grpc_api.server import HealthServicer, build_server, create_health, shut_down
 from service.grpc_api.servicer import ScoringCore
 
@@ -21,12 +22,20 @@ T = TypeVar("T")
 class LoopbackServer:
     """A `build_server` server on 127.0.0.1, in an event loop on its own thread."""
 
-    def __init__(self, settings: ServeSettings, scorer: ScoringCore) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        scorer: ScoringCore,
+        *,
+        models: ModelAdministration | None = None,
+    ) -> None:
+        """Serve `scorer`, and `models` behind the admin service when `settings` give some
+        caller the admin role."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         try:
-            self.health, self.server, self.port = self.run(self._start(settings, scorer))
+            self.health, self.server, self.port = self.run(self._start(settings, scorer, models))
         except BaseException:
             self._close_loop()
             raise
@@ -51,9 +60,9 @@ class LoopbackServer:
 
     @staticmethod
     async def _start(
-        settings: ServeSettings, scorer: ScoringCore
+        settings: ServeSettings, scorer: ScoringCore, models: ModelAdministration | None
     ) -> tuple[HealthServicer, grpc.aio.Server, int]:
         health = await create_health()
-        server, port = build_server(settings, scorer, health)
+        server, port = build_server(settings, scorer, health, models=models)
         await server.start()
         return health, server, port

@@ -4,6 +4,7 @@ model over TLS."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.client import bearer_metadata
 from service.model.signatures import SIGNATURE_FILE
 from tests.conftest import TrainedModel
 from tests.server_process import ServerProcess
@@ -23,6 +25,7 @@ from training.registry.publishing import sign
 from training.registry.signing import SigningKey, generate_key_pair
 
 SECRET_CARD_TOKEN_KEY = "a-card-token-key-nobody-else-knows"
+READER_TOKEN = "the-model-reader-token-0123456789abcdef"
 
 
 @pytest.fixture
@@ -43,6 +46,15 @@ def _safe(certificate: ServerCertificate, key: SigningKey) -> dict[str, str]:
         "FRAUD_CARD_TOKEN_KEY": SECRET_CARD_TOKEN_KEY,
         "FRAUD_MODELS__TRUSTED_KEYS": json.dumps([key.public_text]),
         "FRAUD_ADMIN__TOKEN": "an-admin-token-long-enough-to-pass",
+        "FRAUD_AUTH__CALLERS": json.dumps(
+            [
+                {
+                    "name": "model-reader",
+                    "roles": ["read-model"],
+                    "token_sha256": [hashlib.sha256(READER_TOKEN.encode()).hexdigest()],
+                }
+            ]
+        ),
     }
 
 
@@ -70,6 +82,10 @@ UNSAFE: dict[str, tuple[Callable[[dict[str, str]], dict[str, str]], str]] = {
     "no_trusted_signing_key": (
         lambda safe: _without(safe, "FRAUD_MODELS__TRUSTED_KEYS"),
         "models.trusted_keys: no key to check model signatures with",
+    ),
+    "no_callers": (
+        lambda safe: _without(safe, "FRAUD_AUTH__CALLERS"),
+        "auth.callers: no caller roles configured",
     ),
 }
 
@@ -133,7 +149,8 @@ def test_production_mode_serves_a_signed_model_over_tls(
     tmp_path: Path,
 ) -> None:
     """With every setting safe, the server starts, loads the champion signed by the trusted
-    key (its log names the key) and answers over TLS; it never warns about signatures."""
+    key (its log names the key) and answers over TLS the caller holding the role, and only
+    it; it never warns about signatures or open methods."""
     registry = Path(shutil.copytree(trained_model.registry, tmp_path / "models"))
     sign(registry, trained_model.version, signing_key)
     assert (registry / "versions" / trained_model.version / SIGNATURE_FILE).is_file()
@@ -153,9 +170,15 @@ def test_production_mode_serves_a_signed_model_over_tls(
     ) as channel:
         health_stub: Any = health_pb2_grpc.HealthStub(channel)  # its type stubs lack Check
         health = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
-        info = scoring_pb2_grpc.FraudScoringStub(channel).GetModelInfo(
-            scoring_pb2.GetModelInfoRequest(), timeout=10
+        stub = scoring_pb2_grpc.FraudScoringStub(channel)
+        info = stub.GetModelInfo(
+            scoring_pb2.GetModelInfoRequest(), timeout=10, metadata=bearer_metadata(READER_TOKEN)
         )
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.GetModelInfo(scoring_pb2.GetModelInfoRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert info.version == trained_model.version
+    refused: Any = anonymous.value  # an RpcError that is also a grpc.Call
+    assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "model_signature_not_checked" not in process.events()
+    assert "callers_not_configured" not in process.events()

@@ -51,12 +51,14 @@ def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
             "is_fraud": True,
             "reported_at": "2024-01-01T00:00:00.250000+00:00",
             "received_at": "2026-09-01T08:30:00.123456+00:00",
+            "caller": "",
         },
         {
             "transaction_id": "tx-2",
             "is_fraud": False,
             "reported_at": "2024-01-01T00:01:00.250000+00:00",
             "received_at": "2026-09-01T08:30:00.123456+00:00",
+            "caller": "",
         },
     ]
 
