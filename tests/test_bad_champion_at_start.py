@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.client import build_score_request
+from service.grpc_api.server import LIVENESS_SERVICE_NAME
 from service.model.artifact import ONNX_MODEL_FILE
 from service.model.registry import CHAMPION, Registry
 from tests.conftest import TrainedModel
@@ -90,8 +91,8 @@ class _Client:
         self._scoring = scoring_pb2_grpc.FraudScoringStub(channel)
         self._scored = 0
 
-    def health(self) -> int:
-        request = health_pb2.HealthCheckRequest(service="")
+    def health(self, service: str = "") -> int:
+        request = health_pb2.HealthCheckRequest(service=service)
         status: int = self._health.Check(request, timeout=CALL_TIMEOUT).status
         return status
 
@@ -180,6 +181,8 @@ def test_with_no_version_that_verifies_the_server_waits_not_serving_for_a_sound_
     assert waiting["passed_over"] == [f"{trained_model.version}: checksum_mismatch"]
     client = _Client(listening["port"])
     assert client.health() == NOT_SERVING
+    # Alive all the same: the liveness probe must not restart a process waiting for a fix.
+    assert client.health(LIVENESS_SERVICE_NAME) == SERVING
     answer = client.score()
     assert answer.decision_source == scoring_pb2.DECISION_SOURCE_FALLBACK
     assert answer.fallback_reason == "model_unavailable"

@@ -10,6 +10,7 @@ they come from the manifest of the model being served.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.config.layered import ConfigError, load_layered_settings
+from service.core.card_tokens import DEFAULT_KEY_ID, KEY_ID_PATTERN, CardTokenizer
 from service.core.domain import FallbackMode
 
 __all__ = ["ConfigError", "ServeSettings", "load_settings"]
@@ -147,7 +149,8 @@ class FallbackSettings(_Group):
 
 
 class LimitsSettings(_Group):
-    """Bounds on request values; anything outside is INVALID_ARGUMENT."""
+    """Bounds on request values; anything outside is INVALID_ARGUMENT (but an event time
+    too far ahead, which gets the fallback decision)."""
 
     max_string_length: int = Field(default=128, ge=1, le=4096)
     """Longest accepted id, currency or country string, in characters. Real ids are short;
@@ -159,8 +162,11 @@ class LimitsSettings(_Group):
 
     max_future_skew_seconds: float = Field(default=300.0, ge=0)
     """How far a transaction's event time may be ahead of the server clock. Five minutes
-    absorbs clock drift between terminals and the server; later times are rejected so that
-    one bad clock cannot push the feature windows of a card forward."""
+    absorbs clock drift between terminals and the server. A later one gets the fallback
+    decision (`clock_skew`) and is not counted in the features, so that one bad clock cannot
+    push the feature windows of a card forward; an outcome's later report time is taken as
+    this far ahead. Both are counted, with how far ahead they were, in
+    `fraud_clock_skew_seconds`."""
 
 
 class TlsSettings(_Group):
@@ -261,9 +267,11 @@ class AdminSettings(_Group):
     """The `fraud.v1.ModelAdmin` service: list models, force a reload."""
 
     token: SecretStr | None = None
-    """Bearer token admin calls must present (`authorization: Bearer <token>` metadata).
-    Unset (the default), the admin service is not offered at all. At least 16 characters;
-    use TLS, or it crosses the network in clear."""
+    """Deprecated: give a caller of `auth.callers` the `admin` role instead. A bearer token
+    (`authorization: Bearer <token>` metadata) that identifies a caller named `admin-token`
+    holding the `admin` role only; the server warns at start while it is set. Unset (the
+    default) and with no `admin` caller, the admin service is not offered at all. At least
+    16 characters; use TLS, or it crosses the network in clear."""
 
     @field_validator("token")
     @classmethod
@@ -275,6 +283,151 @@ class AdminSettings(_Group):
                 {"minimum": MIN_ADMIN_TOKEN_LENGTH},
             )
         return token
+
+
+Role = Literal["score", "report", "read-model", "admin"]
+"""What a caller may do: `score` (Score, ScoreStream), `report` (ReportOutcome), `read-model`
+(GetModelInfo), `admin` (the `fraud.v1.ModelAdmin` service)."""
+
+_CALLER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# How many hex digits of a token's digest the settings' description shows: enough to tell
+# two apart in a startup log, too few to look the token up.
+_SHOWN_DIGEST_DIGITS = 8
+
+
+class CallerSettings(_Group):
+    """One caller of the server: its name, its roles, and how it proves who it is."""
+
+    name: str = Field(pattern=_CALLER_NAME)
+    """How the caller is named in metrics, log lines and the decision and outcome records:
+    letters, digits, `.`, `_` and `-`, at most 64 characters."""
+
+    roles: list[Role] = Field(min_length=1)
+    """What it may call: `score` (Score, ScoreStream), `report` (ReportOutcome),
+    `read-model` (GetModelInfo), `admin` (`fraud.v1.ModelAdmin`). Health checks and
+    reflection need no role."""
+
+    token_sha256: list[str] = []
+    """SHA-256 digests, in hex, of the bearer tokens it may present as
+    `authorization: Bearer <token>` metadata (`printf %s "$TOKEN" | sha256sum`): the server
+    keeps no token, only these. List the new digest beside the old while the caller rotates
+    its token, then drop the old. Use long random tokens (`openssl rand -hex 32`): a short
+    one could be found from its digest."""
+
+    certificate_sans: list[str] = []
+    """Subject alternative names (a DNS name, or a URI such as a SPIFFE id) that identify it
+    on a mutual-TLS client certificate: a certificate from `tls.client_ca_file` carrying
+    any of them is this caller. Needs `tls.client_ca_file`."""
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digests(cls, digests: list[str]) -> list[str]:
+        normalised = [digest.strip().lower() for digest in digests]
+        for digest in normalised:
+            if not _SHA256_HEX.fullmatch(digest):
+                raise PydanticCustomError(
+                    "token_digest",
+                    "each must be a SHA-256 digest in hex (64 characters), not a token",
+                )
+        return normalised
+
+    @field_serializer("token_sha256", when_used="json")
+    def _digests_shortened(self, digests: list[str]) -> list[str]:
+        return [digest[:_SHOWN_DIGEST_DIGITS] + "..." for digest in digests]
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> Self:
+        if not self.token_sha256 and not self.certificate_sans:
+            raise PydanticCustomError(
+                "no_credential", "a caller needs token_sha256 or certificate_sans"
+            )
+        return self
+
+
+class AuthSettings(_Group):
+    """Who may call what on the scoring port (docs/security.md)."""
+
+    callers: list[CallerSettings] = []
+    """The callers and their roles. A call is identified by its bearer token, else by its
+    mutual-TLS client certificate; without an identity it gets UNAUTHENTICATED, and without
+    the method's role PERMISSION_DENIED. Empty (the development default): every scoring
+    method is open to anyone who reaches the port (the server warns at start), and the
+    admin service is offered only with the deprecated `admin.token`; production mode
+    refuses to start so. In the environment, a JSON list: `FRAUD_AUTH__CALLERS='[{"name":
+    "pos-gateway", "roles": ["score", "report"], "token_sha256": ["..."]}]'`."""
+
+    reflection: bool = True
+    """Offer gRPC server reflection (the services and their messages, for grpcurl) to
+    anyone, as health checks are: neither needs a role. Off, whoever reaches the port
+    cannot list the methods."""
+
+    @model_validator(mode="after")
+    def _unambiguous(self) -> Self:
+        for what, values in (
+            ("name", [caller.name for caller in self.callers]),
+            ("token digest", [d for caller in self.callers for d in caller.token_sha256]),
+            ("certificate SAN", [s for caller in self.callers for s in caller.certificate_sans]),
+        ):
+            repeated = sorted({value for value in values if values.count(value) > 1})
+            if repeated:
+                shown = (
+                    repeated[0][:_SHOWN_DIGEST_DIGITS] if what == "token digest" else repeated[0]
+                )
+                raise PydanticCustomError(
+                    "ambiguous_caller",
+                    "a {what} may identify one caller only: '{value}' is given twice",
+                    {"what": what, "value": shown},
+                )
+        return self
+
+    @property
+    def open(self) -> bool:
+        """Whether no caller is configured, so that the scoring methods are open to all."""
+        return not self.callers
+
+
+class ConnectionSettings(_Group):
+    """Connections and the calls they hold open: how many and for how long, so that idle
+    callers cannot take the server's capacity (docs/security.md). Keepalive, and the age at
+    which a connection is renewed, are `server`'s."""
+
+    max_idle_seconds: float = Field(default=120.0, gt=0)
+    """A connection with no call open for this long is asked to close (HTTP/2 GOAWAY); its
+    client reconnects at its next call. Frees what live but unused connections hold."""
+
+    max_calls_per_connection: int = Field(default=512, ge=1)
+    """Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS,
+    unary calls and streams alike); a client's further calls wait on its side. Bounds what
+    one connection holds in the server (each call it opens takes memory before any limit
+    below sees it) and keeps it from taking the whole stream budget. Twice
+    `server.max_in_flight`: while the server is stalled, calls it has finished but not yet
+    released still count, and a call above the cap is refused (UNAVAILABLE, never
+    processed, safe to retry), so a lower cap refuses calls in a stall that the in-flight
+    limit would have admitted (benchmarks/RESULTS.md, "Idle streams")."""
+
+    max_open_streams: int = Field(default=1024, ge=1)
+    """ScoreStream calls open at once, all connections together; beyond it a new stream
+    gets RESOURCE_EXHAUSTED. Counted apart from `server.max_in_flight`: an open stream holds
+    no in-flight slot (only the transaction it is answering does), so idle streams never
+    shed unary calls."""
+
+    stream_idle_seconds: float = Field(default=60.0, gt=0)
+    """A ScoreStream whose client sends no transaction for this long is ended with
+    UNAVAILABLE (its client opens a new one when it has more to send), freeing its place in
+    the stream budget."""
+
+    stream_max_seconds: float = Field(default=300.0, gt=0)
+    """Longest a ScoreStream stays open: it is ended with UNAVAILABLE before its next
+    transaction is read (every transaction it carried has been answered). A connection
+    older than `server.max_connection_age_seconds` plus `server.grace_seconds` is closed
+    with its streams in any case."""
+
+    request_read_seconds: float = Field(default=1.0, gt=0)
+    """How long a unary call's request may take to arrive once the server has picked the
+    call up: one that has not arrived by then is ended with UNAVAILABLE, freeing its
+    in-flight slot. A request arrives with its call, within a round trip; an answer given
+    a second later would be long past any payment's budget."""
 
 
 class LoggingSettings(_Group):
@@ -469,6 +622,12 @@ class ServeSettings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     """The model administration service and its token."""
 
+    auth: AuthSettings = AuthSettings()
+    """Callers, their roles and credentials; reflection."""
+
+    connections: ConnectionSettings = ConnectionSettings()
+    """Limits on connections, streams and calls that hold them open."""
+
     state: StateSettings = StateSettings()
     """The feature state's store: in memory, in a file shared by the workers, or in Redis."""
 
@@ -485,16 +644,48 @@ class ServeSettings(BaseSettings):
     restarts, or a card's history splits. The default is a public development key: the
     server warns while it is in use."""
 
-    @field_validator("card_token_key")
+    card_token_key_id: str = Field(default=DEFAULT_KEY_ID, pattern=f"^{KEY_ID_PATTERN}$")
+    """Name of `card_token_key`, written before each token (`k1:3f0c...`): 1-16 lower-case
+    letters or digits, a new one for each new key. `tok` writes tokens as releases before
+    key ids did (`tok_3f0c...`)."""
+
+    previous_card_token_key: SecretStr | None = None
+    """During a rotation, the key being retired (`FRAUD_PREVIOUS_CARD_TOKEN_KEY`): a card
+    with no history under its new token continues the one kept under its old token
+    (docs/security.md, "Rotating the token key"). Unset while `previous_card_token_key_id`
+    is set: the current key, under another name (the upgrade from tokens without key ids)."""
+
+    previous_card_token_key_id: str | None = Field(default=None, pattern=f"^{KEY_ID_PATTERN}$")
+    """Name of the key being retired, as its tokens carry it; `tok` for the tokens of
+    releases before key ids. Unset (the default): no rotation in progress. Remove both
+    previous settings once the state horizon has passed since the rotation began."""
+
+    @field_validator("card_token_key", "previous_card_token_key")
     @classmethod
-    def _long_enough(cls, key: SecretStr) -> SecretStr:
-        if len(key.get_secret_value()) < MIN_CARD_TOKEN_KEY_LENGTH:
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < MIN_CARD_TOKEN_KEY_LENGTH:
             raise PydanticCustomError(
                 "key_too_short",
                 "must be at least {minimum} characters",
                 {"minimum": MIN_CARD_TOKEN_KEY_LENGTH},
             )
         return key
+
+    @model_validator(mode="after")
+    def _previous_card_token_key_named(self) -> Self:
+        previous_id = self.previous_card_token_key_id
+        if previous_id is None and self.previous_card_token_key is not None:
+            raise PydanticCustomError(
+                "previous_key_unnamed",
+                "previous_card_token_key needs previous_card_token_key_id, its tokens' id",
+            )
+        if previous_id == self.card_token_key_id:
+            raise PydanticCustomError(
+                "previous_key_id_reused",
+                "previous_card_token_key_id must differ from card_token_key_id: each key has "
+                "an id of its own",
+            )
+        return self
 
     @model_validator(mode="after")
     def _state_shared_by_workers(self) -> Self:
@@ -505,6 +696,30 @@ class ServeSettings(BaseSettings):
                 "worker would count its own share of every card",
             )
         return self
+
+    @model_validator(mode="after")
+    def _certificates_need_mutual_tls(self) -> Self:
+        if not self.tls.mutual and any(c.certificate_sans for c in self.auth.callers):
+            raise PydanticCustomError(
+                "certificates_without_mutual_tls",
+                "auth.callers: certificate_sans identify callers by their client certificates, "
+                "which only mutual TLS asks for: set tls.client_ca_file",
+            )
+        return self
+
+    def card_tokenizer(self) -> CardTokenizer:
+        """The tokenizer of these settings: the server's and `fraud-train state build`'s,
+        which must tokenise alike."""
+        previous_id = self.previous_card_token_key_id
+        previous_key = None
+        if previous_id is not None:
+            previous_key = (self.previous_card_token_key or self.card_token_key).get_secret_value()
+        return CardTokenizer(
+            self.card_token_key.get_secret_value().encode(),
+            self.card_token_key_id,
+            previous_key=None if previous_key is None else previous_key.encode(),
+            previous_key_id=previous_id,
+        )
 
     @property
     def uses_development_card_token_key(self) -> bool:
@@ -523,6 +738,11 @@ class ServeSettings(BaseSettings):
             problems.append(
                 "admin.token: an admin token sent over plaintext can be read on the network; "
                 "enable TLS or unset FRAUD_ADMIN__TOKEN"
+            )
+        if self.auth.open:
+            problems.append(
+                "auth.callers: no caller roles configured, so every scoring method is open to "
+                "anyone who reaches the port; configure auth.callers (FRAUD_AUTH__CALLERS)"
             )
         if self.uses_development_card_token_key:
             problems.append(

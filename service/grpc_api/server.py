@@ -4,7 +4,10 @@ off) and, when some caller holds the `admin` role, model administration, on one 
 `build_server` returns the server and the port it bound (port 0 binds a free one: tests).
 Health follows the standard `grpc.health.v1` protocol for the whole server ("") and for
 `fraud.v1.FraudScoring`: NOT_SERVING from `create_health` until `set_serving` (called once
-a model is loaded and warmed up), NOT_SERVING again from `shut_down` on. Health and
+a model is loaded and warmed up), NOT_SERVING again from `shut_down` on. The service
+`liveness` is SERVING from `create_health` until `shut_down`, model or not: a liveness
+probe must not restart a process that is waiting, alive, for a model that verifies (a
+restart would not bring one, and a crash loop hides the refusal). Health and
 reflection calls are not subject to load shedding, nor to callers' roles (see
 `interceptors`, `auth`).
 
@@ -52,6 +55,8 @@ from service.observability.logs import RequestLogSampler
 SCORING_SERVICE_NAME: str = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
 ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
 HEALTH_SERVICE_NAMES = (health.OVERALL_HEALTH, SCORING_SERVICE_NAME)
+# The health service name of the process itself, serving or waiting for a model.
+LIVENESS_SERVICE_NAME = "liveness"
 
 HealthServicer = health_aio.HealthServicer
 # Pings closer together than server.min_client_ping_seconds a client may send before it is
@@ -66,9 +71,11 @@ class BindError(Exception):
 
 
 async def create_health() -> HealthServicer:
-    """A health service that says NOT_SERVING for the server and the scoring service."""
+    """A health service that says NOT_SERVING for the server and the scoring service, and
+    SERVING for `liveness`."""
     servicer = HealthServicer()
     await _set_status(servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await servicer.set(LIVENESS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return servicer
 
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from service.config.settings import ServeSettings
+from service.grpc_api.server import LIVENESS_SERVICE_NAME
 from service.observability.metrics import IN_FLIGHT
 
 ROOT = Path(__file__).parents[2]
@@ -71,11 +72,14 @@ def test_a_grpc_probe_without_its_port_is_caught(objects: list[dict[str, Any]]) 
 def test_the_server_is_probed_over_grpc_health_on_the_image_s_ports(
     objects: list[dict[str, Any]],
 ) -> None:
-    """grpc.health.v1 on the scoring port for start, readiness and liveness; the ports are
-    the ones the Dockerfile exposes and its command listens on."""
+    """grpc.health.v1 on the scoring port: readiness on the whole server (a model served),
+    start and liveness on the process alone (`liveness`, so that a pod waiting for a model
+    that verifies is not restarted in a loop); the ports are the ones the Dockerfile
+    exposes and its command listens on."""
     server = _server(objects)
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"] == {"port": SCORING_PORT}, probe
+    assert server["readinessProbe"]["grpc"] == {"port": SCORING_PORT}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert server[probe]["grpc"] == {"port": SCORING_PORT, "service": LIVENESS_SERVICE_NAME}
     assert {port["name"]: port["containerPort"] for port in server["ports"]} == {
         "grpc": SCORING_PORT,
         "metrics": METRICS_PORT,
