@@ -112,6 +112,19 @@ class BoosterConfig(_Section):
         }
 
 
+class ClusterFitConfig(_Section):
+    """How `fraud-train train --dask` fits: on one machine when the feature matrix fits a
+    worker, else with `lightgbm.dask` across the workers (docs/training.md)."""
+
+    fit: Literal["auto", "local", "cluster"] = "auto"
+    """`auto`: local when the matrix fits the smallest worker's memory, else on the cluster;
+    `local` or `cluster` forces one."""
+
+    sample_rows: int = Field(default=1_000_000, ge=1_000)
+    """Training rows (and as many validation rows) sampled to choose the number of rounds of
+    a cluster fit by early stopping: `lightgbm.dask` cannot stop early."""
+
+
 class GateConfig(_Section):
     """Quality gates a candidate must pass before it is published."""
 
@@ -250,6 +263,9 @@ class TrainSettings(BaseSettings):
 
     gates: GateConfig = GateConfig()
     """What a model must achieve to be published."""
+
+    cluster: ClusterFitConfig = ClusterFitConfig()
+    """Where `train --dask` fits the model."""
 
     golden_sample_rows: int = Field(default=256, ge=1, le=10_000)
     """Feature rows stored in the manifest with their scores; serving replays them."""

@@ -15,7 +15,7 @@ from training.cli.options import settings_from
 
 def handle_simulate(args: argparse.Namespace) -> int:
     """Write the simulated history the arguments describe."""
-    from training.simulation.history_files import write_transactions
+    from training.simulation.history_files import write_daily_transactions, write_transactions
     from training.simulation.params import SimulationParams
     from training.simulation.simulate import simulate
 
@@ -28,8 +28,12 @@ def handle_simulate(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     frame = simulate(params)
-    write_transactions(frame, args.out)
     frauds = int(frame["is_fraud"].sum())
+    if args.daily:
+        files = write_daily_transactions(frame, args.out)
+        say(f"wrote {len(frame)} transactions ({frauds} frauds) to {files} files in {args.out}")
+        return 0
+    write_transactions(frame, args.out)
     say(f"wrote {len(frame)} transactions ({frauds} frauds) to {args.out}")
     return 0
 

@@ -26,6 +26,7 @@ from service.state.errors import StateStoreError
 from training.cli.console import EXIT_BAD_INPUT, EXIT_GATE_FAILED, error
 from training.cli.parser import build_parser
 from training.config import ConfigError
+from training.data.cluster import ClusterError
 from training.data.loading import DataError
 from training.data.split import SplitError
 from training.data.state_publishing import StateTargetError
@@ -37,6 +38,7 @@ from training.retraining.feedback import FeedbackError
 # exception is a bug: it propagates, and Python prints its traceback and exits 1.
 _BAD_INPUT = (
     ArtifactError,
+    ClusterError,
     ConfigError,
     DataError,
     EvaluationError,

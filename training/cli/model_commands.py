@@ -26,6 +26,7 @@ def handle_train(args: argparse.Namespace) -> int:
         rejects_path=args.rejects,
         progress=show_progress(),
         say=say,
+        cluster=args.dask,
     )
     say(result.report)
     promoted = "champion" if result.promoted else "published, not promoted"

@@ -10,17 +10,34 @@ import argparse
 from pathlib import Path
 
 from training.config import TrainSettings, load_settings
+from training.data.cluster import ClusterSpec, parse_cluster
 
 
 def add_data_options(command: argparse.ArgumentParser) -> None:
     """`--data` (required) and `--rejects`: the history a command reads."""
     command.add_argument(
-        "--data", type=Path, required=True, help="transaction history, CSV or Parquet"
+        "--data",
+        type=Path,
+        required=True,
+        help="transaction history: a CSV or Parquet file, a directory of Parquet files, or "
+        "a quoted glob of files (each checked on its own, bad rows named by file and row)",
     )
     command.add_argument(
         "--rejects",
         type=Path,
         help="write bad rows here and go on without them (default: stop at the first)",
+    )
+
+
+def add_cluster_option(command: argparse.ArgumentParser) -> None:
+    """`--dask`: the Dask cluster a command runs its replay (and a large fit) on."""
+    command.add_argument(
+        "--dask",
+        type=_cluster,
+        metavar="ADDRESS|local[:N]",
+        help="replay (and, when the feature matrix does not fit one worker, fit) on a Dask "
+        "cluster: a scheduler's address, or local[:N] for N worker processes on this machine "
+        "on 127.0.0.1 (default: one process, no Dask)",
     )
 
 
@@ -44,3 +61,10 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
 def registry_from(args: argparse.Namespace, settings: TrainSettings) -> Path:
     """The registry `--registry` names, or else the settings' registry."""
     return args.registry if args.registry is not None else settings.registry
+
+
+def _cluster(text: str) -> ClusterSpec:
+    try:
+        return parse_cluster(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -13,7 +13,12 @@ from pathlib import Path
 from service.model.registry import ALIASES, CHAMPION
 from training.cli.data_commands import handle_config, handle_simulate
 from training.cli.model_commands import handle_backtest, handle_evaluate, handle_train
-from training.cli.options import add_config_option, add_data_options, add_registry_option
+from training.cli.options import (
+    add_cluster_option,
+    add_config_option,
+    add_data_options,
+    add_registry_option,
+)
 from training.cli.registry_commands import (
     handle_keys_generate,
     handle_list,
@@ -63,7 +68,14 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             "card-not-present sprees. Same seed and options, same file."
         ),
     )
-    command.add_argument("--out", type=Path, required=True, help="CSV file, or .parquet")
+    command.add_argument(
+        "--out", type=Path, required=True, help="CSV file, or .parquet, or with --daily a directory"
+    )
+    command.add_argument(
+        "--daily",
+        action="store_true",
+        help="write one Parquet file per UTC day (YYYY-MM-DD.parquet) into the directory --out",
+    )
     command.add_argument("--days", type=int, default=183, help="days of history (183)")
     command.add_argument("--customers", type=int, default=5000, help="cards (5000)")
     command.add_argument("--terminals", type=int, default=10000, help="terminals (10000)")
@@ -92,6 +104,7 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     add_data_options(command)
+    add_cluster_option(command)
     add_registry_option(command)
     add_config_option(command)
     command.add_argument(

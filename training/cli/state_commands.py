@@ -22,7 +22,7 @@ def handle_state_build(args: argparse.Namespace) -> int:
     from service.config.settings import load_settings as load_server_settings
     from service.core.card_tokens import CardTokenizer
     from service.model.registry import Registry, no_champion
-    from training.data.loading import load_transactions
+    from training.data.dataset import load_history
     from training.data.state_publishing import build_state_directory, check_target
 
     started = time.monotonic()
@@ -35,7 +35,7 @@ def handle_state_build(args: argparse.Namespace) -> int:
     server = load_server_settings(args.server_config)
     tokenizer = CardTokenizer(server.card_token_key.get_secret_value().encode())
     seeded = build_state_directory(
-        load_transactions(args.data, rejects_path=args.rejects).frame,
+        load_history(args.data, rejects_path=args.rejects).frame,
         manifest.feature_config,
         args.state,
         server.state,

@@ -74,43 +74,76 @@ class _Source:
     row_word: str
 
 
+@dataclass(frozen=True)
+class CheckedFile:
+    """One file's rows checked: the good ones normalised and time-sorted, and what is wrong
+    with the others. Nothing is raised for a bad row: the caller decides (stop, or reject)."""
+
+    good: pd.DataFrame
+    bad_rows: int
+    first_bad_row: str | None
+    """The message naming the first bad row, its column and reason; None when none is bad."""
+    rejects: pa.Table | None
+    """The bad rows as the rejects file holds them, when asked for."""
+
+
 def load_transactions(path: Path, *, rejects_path: Path | None = None) -> LoadedTransactions:
     """Read, validate and normalise the history at `path` (.csv, .csv.gz or .parquet).
 
     Raises DataError at the first bad row, unless `rejects_path` is given: then bad rows are
     written there (card ids masked) and counted in `rejected_rows`.
     """
-    source = _read(path)
-    values, problems = convert(source.text, source.utc_times)
-    first_problem = first_problems(problems, len(values["timestamp_ns"]))
-    bad = first_problem >= 0
-    if rejects_path is None and bad.any():
-        raise DataError(_bad_row_message(source, problems, first_problem))
-    if rejects_path is not None:
-        _write_rejects(rejects_path, source, problems, first_problem)
-    if bad.all():
-        rejected = f"; all {bad.size} rows were rejected" if bad.size else ""
-        raise DataError(f"{source.name}: no transactions{rejected}")
+    checked = check_file(path, rejects=rejects_path is not None)
+    if rejects_path is None and checked.first_bad_row is not None:
+        raise DataError(checked.first_bad_row)
+    if rejects_path is not None and checked.rejects is not None:
+        write_rejects(rejects_path, checked.rejects)
+    if checked.good.empty:
+        rejected = f"; all {checked.bad_rows} rows were rejected" if checked.bad_rows else ""
+        raise DataError(f"{path.name}: no transactions{rejected}")
     return LoadedTransactions(
-        frame=_frame(values, ~bad),
-        rejected_rows=int(bad.sum()),
+        frame=checked.good,
+        rejected_rows=checked.bad_rows,
         source_sha256=sha256_file(path),
         source_name=path.name,
     )
 
 
-def _read(path: Path) -> _Source:
+def check_file(
+    path: Path, *, name: str | None = None, rejects: bool = False, row_numbers: bool = False
+) -> CheckedFile:
+    """Every row of `path` checked; file-level problems raise DataError.
+
+    `name` is how messages call the file (its name by default); `rejects` asks for the bad
+    rows' table; `row_numbers` adds the `source_row` column, each good row's number as
+    messages give it, to name it later (a repeat of an id in another file).
+    """
+    source = _read(path, name or path.name)
+    values, problems = convert(source.text, source.utc_times)
+    first_problem = first_problems(problems, len(values["timestamp_ns"]))
+    bad = first_problem >= 0
+    if row_numbers:
+        values = values | {"source_row": source.row_numbers()}
+    return CheckedFile(
+        good=_frame(values, ~bad),
+        bad_rows=int(bad.sum()),
+        first_bad_row=_bad_row_message(source, problems, first_problem) if bad.any() else None,
+        rejects=_rejects_table(source, problems, first_problem) if rejects else None,
+    )
+
+
+def _read(path: Path, name: str) -> _Source:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    name = path.name.lower()
-    if name.endswith((".csv", ".csv.gz")):
-        return _read_csv(path)
-    if name.endswith(".parquet"):
-        return _read_parquet(path)
-    raise DataError(f"{path.name}: unsupported file type; expected .csv, .csv.gz or .parquet")
+    lowered = path.name.lower()
+    if lowered.endswith((".csv", ".csv.gz")):
+        return _read_csv(path, name)
+    if lowered.endswith(".parquet"):
+        return _read_parquet(path, name)
+    raise DataError(f"{name}: unsupported file type; expected .csv, .csv.gz or .parquet")
 
 
-def _read_csv(path: Path) -> _Source:
+def _read_csv(path: Path, name: str) -> _Source:
     field_counts: list[tuple[int, int]] = []
 
     def refuse(row: Any) -> str:
@@ -130,13 +163,13 @@ def _read_csv(path: Path) -> _Source:
             actual, expected = field_counts[0]
             # `from None`: pyarrow's message quotes the record, which may hold a card number.
             raise DataError(
-                f"{path.name}: a record has {actual} fields where the header has {expected}"
+                f"{name}: a record has {actual} fields where the header has {expected}"
             ) from None
-        raise DataError(f"{path.name}: not a readable CSV file ({error})") from error
-    present = _recognised(path.name, table.column_names)
+        raise DataError(f"{name}: not a readable CSV file ({error})") from error
+    present = _recognised(name, table.column_names)
     text = {column: table[column] for column in present}
     return _Source(
-        name=path.name,
+        name=name,
         present=present,
         text=_fill_absent(text, table.num_rows),
         utc_times=None,
@@ -145,19 +178,19 @@ def _read_csv(path: Path) -> _Source:
     )
 
 
-def _read_parquet(path: Path) -> _Source:
+def _read_parquet(path: Path, name: str) -> _Source:
     try:
-        present = _recognised(path.name, pq.read_schema(path).names)
+        present = _recognised(name, pq.read_schema(path).names)
         table = pq.read_table(path, columns=list(present))
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path.name}: not a readable Parquet file ({error})") from error
-    zoned_times = _zoned_times(path.name, table["timestamp"])
-    text = {column: _as_text(path.name, column, table[column]) for column in present}
+        raise DataError(f"{name}: not a readable Parquet file ({error})") from error
+    zoned_times = _zoned_times(name, table["timestamp"])
+    text = {column: _as_text(name, column, table[column]) for column in present}
     return _Source(
-        name=path.name,
+        name=name,
         present=present,
         text=_fill_absent(text, table.num_rows),
-        utc_times=None if zoned_times is None else _in_utc(path.name, zoned_times),
+        utc_times=None if zoned_times is None else _in_utc(name, zoned_times),
         row_numbers=lambda: np.arange(table.num_rows, dtype=np.int64),
         row_word="0-based row index",
     )
@@ -241,9 +274,9 @@ def _shown(column: str, value: str) -> str:
     return repr(value)
 
 
-def _write_rejects(
-    path: Path, source: _Source, problems: list[Problem], first_problem: npt.NDArray[np.int16]
-) -> None:
+def _rejects_table(
+    source: _Source, problems: list[Problem], first_problem: npt.NDArray[np.int16]
+) -> pa.Table:
     """Each bad row's recognised columns (card_id masked), its row number, column and reason."""
     bad = first_problem >= 0
     keep = pa.array(bad)
@@ -253,18 +286,24 @@ def _write_rejects(
     which = first_problem[bad]
     columns |= {
         "row": pa.array(source.row_numbers()[bad]),
-        "column": pc.take(pa.array([problem.column for problem in problems]), which),
-        "reason": pc.take(pa.array([problem.reason for problem in problems]), which),
+        "column": pc.take(pa.array([problem.column for problem in problems], pa.string()), which),
+        "reason": pc.take(pa.array([problem.reason for problem in problems], pa.string()), which),
     }
+    return pa.table(columns)
+
+
+def write_rejects(path: Path, rejects: pa.Table) -> None:
+    """Write the rejects table (`CheckedFile.rejects`, or several joined) as CSV."""
     try:
-        pa_csv.write_csv(pa.table(columns), path)
+        pa_csv.write_csv(rejects, path)
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: cannot write rejects file ({error})") from error
 
 
 def _frame(values: dict[str, Any], good: Mask) -> pd.DataFrame:
     """The good rows in (timestamp_ns, transaction_id) order; ids compare as text."""
-    table = pa.table({column: values[column] for column in _OUTPUT_COLUMNS}).filter(good)
+    columns = (*_OUTPUT_COLUMNS, "source_row") if "source_row" in values else _OUTPUT_COLUMNS
+    table = pa.table({column: values[column] for column in columns}).filter(good)
     ordered = table.sort_by([("timestamp_ns", "ascending"), ("transaction_id", "ascending")])
     frame: pd.DataFrame = ordered.to_pandas()
     return frame

@@ -4,7 +4,8 @@ Transactions go through the two halves `FeatureEngine` is made of (`CardFeatures
 `RiskFeatures`) in event-time order, exactly as the server would see them, and each known
 fraud is fed back with `report_outcome` as reported one label delay after its transaction:
 the server's path, with the handbook's label timing. The halves keep disjoint state, so
-they can replay one after the other or side by side.
+they can replay one after the other or side by side, or each on the partitions of its own
+keys on a Dask cluster (`training.data.cluster_replay`).
 """
 
 from __future__ import annotations
@@ -87,18 +88,19 @@ def replay_features(
     if processes is None:
         processes = 2 if len(frame) >= _PARALLEL_FROM_ROWS and (os.cpu_count() or 1) > 1 else 1
     if processes == 1:
-        card_half = _replay_card_half(frame, config, progress)
-        return np.hstack([card_half, _replay_risk_half(frame, config)])
+        card_half = replay_card_half(frame, config, progress=progress)
+        return np.hstack([card_half, replay_risk_half(frame, config)])
     spawn = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        risk_half = pool.submit(_replay_risk_half, frame, config)
-        card_half = _replay_card_half(frame, config, progress)
+        risk_half = pool.submit(replay_risk_half, frame, config)
+        card_half = replay_card_half(frame, config, progress=progress)
         return np.hstack([card_half, risk_half.result()])
 
 
-def _replay_card_half(
-    frame: pd.DataFrame, config: FeatureConfig, progress: bool
+def replay_card_half(
+    frame: pd.DataFrame, config: FeatureConfig, *, progress: bool = False
 ) -> NDArray[np.float32]:
+    """The `CARD_HALF` columns of a time-sorted `frame` holding every card it names in full."""
     half = CardFeatures(config)
     store = MemoryStore(horizon_seconds=config.state_horizon_seconds)
     values = array("f")
@@ -107,7 +109,9 @@ def _replay_card_half(
     return _matrix(values, len(frame), len(CARD_HALF))
 
 
-def _replay_risk_half(frame: pd.DataFrame, config: FeatureConfig) -> NDArray[np.float32]:
+def replay_risk_half(frame: pd.DataFrame, config: FeatureConfig) -> NDArray[np.float32]:
+    """The `RISK_HALF` columns of a time-sorted `frame` holding every terminal and merchant
+    it names in full, each fraud reported one label delay after its transaction."""
     half = RiskFeatures(config)
     store = MemoryStore(horizon_seconds=config.state_horizon_seconds)
     delay = config.label_delay_seconds
@@ -141,4 +145,6 @@ def _progress(rows: Iterable[_T], frame: pd.DataFrame, enabled: bool) -> Iterabl
 
 
 def _matrix(values: array[float], rows: int, columns: int) -> NDArray[np.float32]:
+    if not rows:  # frombuffer refuses an empty buffer
+        return np.empty((0, columns), dtype=np.float32)
     return np.frombuffer(values, dtype=np.float32).reshape(rows, columns)

@@ -66,6 +66,9 @@ class ModelData:
     days: NDArray[np.int64]
     cards: NDArray[np.object_]
     periods: Periods
+    train_counts: tuple[int, int] | None = None
+    """Rows and frauds of the training period when its rows are not in these arrays (a fit
+    on a Dask cluster: only the held-out rows come back)."""
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,24 @@ class Candidate:
     scores: dict[str, NDArray[np.float64]]
 
 
-def fit_candidate(data: ModelData, settings: TrainSettings, *, progress: bool = False) -> Candidate:
-    """Fit with early stopping on validation, score validation and test, choose thresholds
-    on validation, export to ONNX."""
+def fit_candidate(
+    data: ModelData,
+    settings: TrainSettings,
+    *,
+    progress: bool = False,
+    booster: lgb.Booster | None = None,
+) -> Candidate:
+    """Fit with early stopping on validation (unless `booster` was fitted elsewhere), score
+    validation and test, choose thresholds on validation, export to ONNX."""
     periods = data.periods
-    booster = fit_booster(
-        settings.booster,
-        FEATURE_NAMES,
-        (data.features[periods.train], data.labels[periods.train]),
-        (data.features[periods.validation], data.labels[periods.validation]),
-        progress=progress,
-    )
+    if booster is None:
+        booster = fit_booster(
+            settings.booster,
+            FEATURE_NAMES,
+            (data.features[periods.train], data.labels[periods.train]),
+            (data.features[periods.validation], data.labels[periods.validation]),
+            progress=progress,
+        )
     metrics: dict[str, dict[str, float]] = {}
     split_scores: dict[str, NDArray[np.float64]] = {}
     for name, mask in (("validation", periods.validation), ("test", periods.test)):
@@ -224,11 +234,14 @@ def period_records(data: ModelData) -> dict[str, Period]:
     result = {}
     for name, (start, end) in spans.items():
         mask = getattr(periods, name)
+        rows, frauds = int(mask.sum()), int(data.labels[mask].sum())
+        if name == "train" and data.train_counts is not None:
+            rows, frauds = data.train_counts
         result[name] = Period(
             start=instant(start * NANOS_PER_DAY),
             end=instant(end * NANOS_PER_DAY),
-            rows=int(mask.sum()),
-            frauds=int(data.labels[mask].sum()),
+            rows=rows,
+            frauds=frauds,
         )
     return result
 

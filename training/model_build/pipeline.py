@@ -7,7 +7,9 @@ Nothing reaches the registry unless every gate passed.
 
 Fitting, the floors and parity gates and publishing are `training.model_build.candidate`'s,
 shared with `training.retraining.retrain`; the no-regression gate and promotion to champion are
-train's own.
+train's own. With a Dask cluster (`--dask`) the load and replay run there
+(`training.data.cluster_history`), and so does the fit when the feature matrix does not fit
+one worker (`training.model_build.cluster_fit`); every later step is the same.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from service.model.artifact import (
 from service.model.onnx_scorer import OnnxScorer
 from service.model.registry import CHAMPION, Registry
 from training.config import TrainSettings
+from training.data.cluster import (
+    ClusterSpec,
+    describe_cluster,
+    open_client,
+    smallest_worker_memory,
+)
+from training.data.cluster_history import check_on_cluster, gather_table, replayed_frame
 from training.data.dataset import FeatureTable, build_feature_table
 from training.data.split import split_periods
 from training.evaluation.metrics import evaluate, format_metrics_table
@@ -44,6 +53,7 @@ from training.model_build.candidate import (
     quality_gates,
     reads_same_features,
 )
+from training.model_build.cluster_fit import fit_on_cluster, plan_fit
 from training.registry import publishing as registry
 
 
@@ -64,26 +74,30 @@ def train(
     rejects_path: Path | None = None,
     progress: bool = False,
     say: Callable[[str], None] = lambda _: None,
+    cluster: ClusterSpec | None = None,
 ) -> TrainResult:
-    """Train on `data` and publish to `registry_root`; GateFailure if a gate fails."""
-    say(f"loading and replaying {data.name}")
-    table = build_feature_table(
-        data, settings.features, rejects_path=rejects_path, progress=progress
-    )
-    if table.source.rejected_rows:
-        say(f"{table.source.rejected_rows} rejected rows written to {rejects_path}")
-    periods = split_periods(
-        table.days, table.labels, settings.split, settings.features.label_delay_days
-    )
-    model_data = ModelData(table.features, table.labels, table.days, table.cards, periods)
-    say(f"training on {int(periods.train.sum())} transactions")
-    candidate = fit_candidate(model_data, settings, progress=progress)
+    """Train on `data` and publish to `registry_root`; GateFailure if a gate fails.
+
+    With `cluster`, the history is checked and replayed on that Dask cluster, and the model
+    fitted there when its matrix does not fit one worker (`training.model_build.cluster_fit`).
+    """
+    if cluster is None:
+        say(f"loading and replaying {data.name}")
+        table = build_feature_table(
+            data, settings.features, rejects_path=rejects_path, progress=progress
+        )
+        built = _built_locally(table, settings, progress)
+    else:
+        built = _built_on_cluster(cluster, data, settings, rejects_path, progress, say)
+    if built.rejected_rows:
+        say(f"{built.rejected_rows} rejected rows written to {rejects_path}")
+    model_data, candidate = built.model_data, built.candidate
     champion = _comparable_champion(Registry(registry_root), settings)
     results = quality_gates(model_data, candidate, settings)
     results.extend(_no_regression(model_data, candidate, settings, champion))
     gates.require(results)
 
-    fingerprint = _fingerprint(table)
+    fingerprint = built.fingerprint
     lineage = Lineage(
         kind="train",
         data_start=fingerprint.first_event,
@@ -93,7 +107,7 @@ def train(
             LineageSource(
                 name=fingerprint.source,
                 rows=fingerprint.rows,
-                frauds=int(np.count_nonzero(table.labels == 1)),
+                frauds=built.frauds,
                 sha256=fingerprint.sha256,
             )
         ],
@@ -112,6 +126,68 @@ def train(
         registry.promote(registry_root, manifest.version, reason="passed every gate in training")
     report = format_metrics_table(candidate.metrics)
     return TrainResult(manifest, artifact_dir, promote, report)
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A fitted candidate, the rows it is judged on, and what the lineage says of its data."""
+
+    model_data: ModelData
+    candidate: Candidate
+    fingerprint: DataFingerprint
+    frauds: int
+    rejected_rows: int
+
+
+def _built_locally(table: FeatureTable, settings: TrainSettings, progress: bool) -> _Built:
+    periods = split_periods(
+        table.days, table.labels, settings.split, settings.features.label_delay_days
+    )
+    model_data = ModelData(table.features, table.labels, table.days, table.cards, periods)
+    candidate = fit_candidate(model_data, settings, progress=progress)
+    timestamps = table.source.frame["timestamp_ns"]
+    fingerprint = DataFingerprint(
+        sha256=table.source.source_sha256,
+        rows=len(table),
+        first_event=instant(int(timestamps.iloc[0])),
+        last_event=instant(int(timestamps.iloc[-1])),
+        source=table.source.source_name,
+    )
+    frauds = int(np.count_nonzero(table.labels == 1))
+    return _Built(model_data, candidate, fingerprint, frauds, table.source.rejected_rows)
+
+
+def _built_on_cluster(
+    spec: ClusterSpec,
+    data: Path,
+    settings: TrainSettings,
+    rejects_path: Path | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> _Built:
+    with open_client(spec) as client:
+        say(describe_cluster(client))
+        say(f"checking {data} on the cluster")
+        history = check_on_cluster(client, data, rejects_path=rejects_path, progress=progress)
+        replayed = replayed_frame(history, settings.features)
+        plan = plan_fit(history.rows, smallest_worker_memory(client), settings.cluster)
+        say(plan.reason)
+        if not plan.on_cluster:
+            say(f"replaying {history.rows:,} transactions on the cluster")
+            table = gather_table(client, history, replayed, progress=progress)
+            return _built_locally(table, settings, progress)
+        say(f"replaying {history.rows:,} transactions and fitting on the cluster")
+        fitted = fit_on_cluster(client, replayed, settings, progress=progress)
+    say(f"fitted {fitted.rounds} rounds (chosen by early stopping on a sample)")
+    candidate = fit_candidate(fitted.held_out, settings, booster=fitted.booster)
+    fingerprint = DataFingerprint(
+        sha256=history.source_sha256,
+        rows=fitted.rows,
+        first_event=instant(fitted.first_ns),
+        last_event=instant(fitted.last_ns),
+        source=history.source_name,
+    )
+    return _Built(fitted.held_out, candidate, fingerprint, fitted.frauds, history.rejected_rows)
 
 
 def _no_regression(
@@ -152,14 +228,3 @@ def _comparable_champion(models: Registry, settings: TrainSettings) -> tuple[str
 
 def _current_champion(registry_root: Path) -> str | None:
     return Registry(registry_root).alias(CHAMPION)
-
-
-def _fingerprint(table: FeatureTable) -> DataFingerprint:
-    timestamps = table.source.frame["timestamp_ns"]
-    return DataFingerprint(
-        sha256=table.source.source_sha256,
-        rows=len(table),
-        first_event=instant(int(timestamps.iloc[0])),
-        last_event=instant(int(timestamps.iloc[-1])),
-        source=table.source.source_name,
-    )

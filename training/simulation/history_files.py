@@ -44,3 +44,14 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         sink.write((",".join(table.column_names) + "\n").encode())
         options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
         pa_csv.write_csv(table, sink, options)
+
+
+def write_daily_transactions(frame: pd.DataFrame, directory: Path) -> int:
+    """Write a simulated frame as one Parquet file per UTC day into `directory`
+    (`YYYY-MM-DD.parquet`, so names sort by time), each as `write_transactions` writes one;
+    the number of files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    days = frame["timestamp"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d")
+    for day, rows in frame.groupby(days, sort=True):
+        write_transactions(rows.reset_index(drop=True), directory / f"{day}.parquet")
+    return int(days.nunique())
