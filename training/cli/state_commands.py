@@ -20,7 +20,6 @@ _MIB = 1024 * 1024
 def handle_state_build(args: argparse.Namespace) -> int:
     """Seed a store from the history and publish it at `--state`; a summary on stderr."""
     from service.config.settings import load_settings as load_server_settings
-    from service.core.card_tokens import CardTokenizer
     from service.model.registry import Registry, no_champion
     from training.data.dataset import load_history
     from training.data.state_publishing import build_state_directory, check_target
@@ -33,7 +32,7 @@ def handle_state_build(args: argparse.Namespace) -> int:
     version, manifest = champion
     check_target(args.state, replace=args.replace)  # before the long part, not after
     server = load_server_settings(args.server_config)
-    tokenizer = CardTokenizer(server.card_token_key.get_secret_value().encode())
+    tokenizer = server.card_tokenizer()
     seeded = build_state_directory(
         load_history(args.data, rejects_path=args.rejects).frame,
         manifest.feature_config,
