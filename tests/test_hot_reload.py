@@ -165,27 +165,11 @@ def test_bad_artifacts_published_under_load_are_refused(
     for number, (kind, reason) in enumerate(BAD_ARTIFACTS):
         version = f"20990101T0000{number:02d}Z-badc0de{number}"
         _BAD_ARTIFACT_MAKERS[kind](registry, source, version)
-        point_alias(registry, CHAMPION, version)  # by hand: the registry's writer refuses it
-        models = admin.wait_until(
-            lambda models, v=version: any(r.version == v for r in models.refusals)  # type: ignore[misc]
-        )
-        (refusal,) = models.refusals
+        refusal = _refused_as_champion(registry, admin, version, trained_model.version)
         assert (kind, refusal.alias, refusal.reason) == (kind, CHAMPION, reason)
-        assert models.serving_version == trained_model.version
-    point_alias(registry, CHAMPION, trained_model.version)
-    admin.wait_until(lambda models: not models.refusals)
-    load.wait_for_answers(100)
-
-    answers = load.finish()
-    by_version = _check_every_answer(
-        answers, registry, trained_model.history, [trained_model.version]
+    _only_the_champion_answered(
+        registry, admin, load, trained_model, metrics_url, [reason for _, reason in BAD_ARTIFACTS]
     )
-    assert set(by_version) == {trained_model.version}
-    samples = scrape(metrics_url)
-    expected = Counter(reason for _kind, reason in BAD_ARTIFACTS)
-    for reason, count in expected.items():
-        refusals = value(samples, "fraud_model_refusals_total", alias=CHAMPION, reason=reason)
-        assert refusals == count
 
 
 # A server that trusts `release` and `revoked` (whose id it also revokes), with a file cap
@@ -250,24 +234,47 @@ def test_untrusted_artifacts_promoted_under_load_are_refused(
             write_signature(artifact, keys[key])
         if after is not None:
             after(artifact, other_onnx, tmp_path)
-        point_alias(registry, CHAMPION, version)
-        models = admin.wait_until(
-            lambda models, v=version: any(r.version == v for r in models.refusals)  # type: ignore[misc]
-        )
-        (refusal,) = models.refusals
+        refusal = _refused_as_champion(registry, admin, version, trained_model.version)
         assert (kind, refusal.reason) == (kind, reason), refusal.detail
-        assert models.serving_version == trained_model.version
+    _only_the_champion_answered(
+        registry, admin, load, trained_model, metrics_url, [reason for *_, reason in TRUST_CASES]
+    )
+
+
+def _refused_as_champion(
+    registry: Path, admin: _Admin, version: str, serving: str
+) -> admin_pb2.Refusal:
+    """Point the champion alias at `version` by hand (the registry's writer would check it)
+    and return the server's refusal of it; `serving` must still be served."""
+    point_alias(registry, CHAMPION, version)
+    models = admin.wait_until(
+        lambda models: any(refusal.version == version for refusal in models.refusals)
+    )
+    (refusal,) = models.refusals
+    assert models.serving_version == serving
+    return refusal
+
+
+def _only_the_champion_answered(
+    registry: Path,
+    admin: _Admin,
+    load: DriverRun,
+    trained_model: TrainedModel,
+    metrics_url: str,
+    reasons: list[str],
+) -> None:
+    """The champion alias back on the trained model: every answer the load got was that
+    model's, and the server counted a refusal for each of `reasons`."""
     point_alias(registry, CHAMPION, trained_model.version)
     admin.wait_until(lambda models: not models.refusals)
     load.wait_for_answers(100)
-
     answers = load.finish()
     by_version = _check_every_answer(
         answers, registry, trained_model.history, [trained_model.version]
     )
     assert set(by_version) == {trained_model.version}
     samples = scrape(metrics_url)
-    for reason, count in Counter(reason for _kind, _key, reason in TRUST_CASES).items():
+    for reason, count in Counter(reasons).items():
         refusals = value(samples, "fraud_model_refusals_total", alias=CHAMPION, reason=reason)
         assert refusals == count, reason
 
