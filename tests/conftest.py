@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.redis_server import RedisServer
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, server_files
 from training.config import load_settings
 from training.model_build.pipeline import train
 from training.simulation.history_files import write_transactions
@@ -96,11 +96,7 @@ def start_process(tmp_path: Path) -> Iterator[Any]:
     """Start `python -m service` processes, keeping their decision and outcome logs in
     tmp_path rather than the working directory; any still running after the test is killed."""
     processes: list[ServerProcess] = []
-    logs = {
-        "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path / "decisions"),
-        "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path / "outcomes"),
-        "FRAUD_STATE__PATH": str(tmp_path / "state"),
-    }
+    logs = server_files(tmp_path)
 
     def start(*arguments: str, environment: dict[str, str] | None = None) -> ServerProcess:
         process = ServerProcess(*arguments, environment=logs | (environment or {}))

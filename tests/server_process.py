@@ -11,9 +11,20 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 STARTUP_TIMEOUT = 120.0  # seconds: imports and model loading on a busy shared machine
+
+
+def server_files(directory: Path) -> dict[str, str]:
+    """The settings that keep a server's decision and outcome logs and its feature state
+    under `directory`, not in the working directory."""
+    return {
+        "FRAUD_DECISION_LOG__DIRECTORY": str(directory / "decisions"),
+        "FRAUD_OUTCOME_LOG__DIRECTORY": str(directory / "outcomes"),
+        "FRAUD_STATE__PATH": str(directory / "state"),
+    }
 
 
 class ServerProcess:

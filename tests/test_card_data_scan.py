@@ -46,6 +46,7 @@ from service.records.outcome_writer import OutcomeLogWriter
 from service.state.opening import open_state
 from tests.clocked_server import ClockedServer
 from tests.conftest import TrainedModel
+from tests.server_process import server_files
 
 CARD_TOKEN_KEY = "the key of the card data scan"
 CALL_TIMEOUT = 30.0
@@ -129,9 +130,7 @@ def server(trained_model: TrainedModel, tmp_path: Path) -> Iterator[ClockedServe
         "--registry", str(trained_model.registry), "--host", "127.0.0.1",
         "--port", "0", "--metrics-port", "0",
         environment={
-            "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path / "decisions"),
-            "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path / "outcomes"),
-            "FRAUD_STATE__PATH": str(tmp_path / "state"),
+            **server_files(tmp_path),
             "FRAUD_STATE__MAX_BYTES": str(STATE_BYTES),
             "FRAUD_LOGGING__SAMPLE_RATE": "1",  # every request's line: the most to leak
             "FRAUD_CARD_TOKEN_KEY": CARD_TOKEN_KEY,

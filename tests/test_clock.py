@@ -19,6 +19,7 @@ from service.records.schema import RecordKind, iso_utc, segment_name
 from tests.clocked_server import ClockedServer
 from tests.conftest import TrainedModel
 from tests.metrics_scrape import scrape, value
+from tests.server_process import server_files
 
 CALL_TIMEOUT = 10.0
 SWIPES = 200
@@ -39,9 +40,7 @@ def start(trained_model: TrainedModel, tmp_path: Path) -> Iterator[Start]:
             "--registry", str(trained_model.registry), "--host", "127.0.0.1",
             "--port", "0", "--metrics-port", "0",
             environment={
-                "FRAUD_DECISION_LOG__DIRECTORY": str(tmp_path / "decisions"),
-                "FRAUD_OUTCOME_LOG__DIRECTORY": str(tmp_path / "outcomes"),
-                "FRAUD_STATE__PATH": str(tmp_path / "state"),
+                **server_files(tmp_path),
                 "FRAUD_LOGGING__SAMPLE_RATE": "0",
                 # Model answers whenever the clock allows, however busy the machine.
                 "FRAUD_BUDGET__SERVER_BUDGET_MS": "5000",
