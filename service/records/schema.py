@@ -58,7 +58,12 @@ _INT64_MAX: Final = (1 << 63) - 1
 
 _STAMP = "%Y%m%dT%H%M%S%fZ"
 # The host part is optional: segments written before it was added are still recognised.
-_SEGMENT = re.compile(r"(?P<kind>\w+)-(?P<stamp>\d{8}T\d{12}Z)-(?:[a-z0-9.-]+-)?\d+-\d+\.jsonl")
+_SEGMENT = re.compile(
+    r"(?P<kind>\w+)-(?P<stamp>\d{8}T\d{12}Z)-(?P<writer>(?:[a-z0-9.-]+-)?\d+)-(?P<seq>\d+)\.jsonl"
+)
+# A closed segment's columnar copy, made by `fraud-train logs compact` beside it: retention
+# deletes it with its segment, readers prefer it while it matches the segment.
+PARQUET_TWIN_SUFFIX = ".parquet"
 _NOT_IN_HOST = re.compile(r"[^a-z0-9.-]+")
 
 
@@ -297,6 +302,29 @@ def segment_opened_at(name: str, kind: RecordKind) -> float | None:
 def is_segment(name: str, kind: RecordKind) -> bool:
     """Whether `name` is the file name of a `kind` segment."""
     return segment_opened_at(name, kind) is not None
+
+
+def segment_writer(name: str, kind: RecordKind) -> tuple[str, int] | None:
+    """The writer (host and process) of the `kind` segment named `name`, and its count of
+    segments; None if it is not one. A writer only ever appends to its latest segment."""
+    match = _SEGMENT.fullmatch(name)
+    if match is None or segment_opened_at(name, kind) is None:
+        return None
+    return match["writer"], int(match["seq"])
+
+
+def twin_of(segment_name: str) -> str:
+    """The name of the Parquet twin of the segment named `segment_name`."""
+    return segment_name + PARQUET_TWIN_SUFFIX
+
+
+def segment_of_twin(name: str, kind: RecordKind) -> str | None:
+    """The name of the `kind` segment whose Parquet twin is named `name`; None if `name` is
+    no such twin."""
+    segment = name.removesuffix(PARQUET_TWIN_SUFFIX)
+    if segment == name or not is_segment(segment, kind):
+        return None
+    return segment
 
 
 def segment_glob(kind: RecordKind) -> str:

@@ -72,7 +72,9 @@ from service.records.schema import (
     RecordKind,
     host_for_segments,
     segment_name,
+    segment_of_twin,
     segment_opened_at,
+    twin_of,
 )
 
 T = TypeVar("T")
@@ -256,6 +258,12 @@ class _Segment(NamedTuple):
     opened_at: float
     path: Path
     size: int
+    twin_size: int = 0
+    """Its Parquet twin's size, when it has one: both count, and go together."""
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.size + self.twin_size
 
 
 class _Segments:
@@ -375,7 +383,7 @@ class _Segments:
         segments = sorted(self._listing())
         if not segments:
             return
-        total = sum(segment.size for segment in segments)
+        total = sum(segment.disk_bytes for segment in segments)
         oldest_kept = self._oldest_kept(segments)
         for segment in segments:
             if total <= self._limits.max_bytes and segment.opened_at >= oldest_kept:
@@ -383,7 +391,8 @@ class _Segments:
             if self._file is not None and segment.path == self._path:
                 continue
             segment.path.unlink(missing_ok=True)  # another worker may have deleted it
-            total -= segment.size
+            _twin(segment.path).unlink(missing_ok=True)
+            total -= segment.disk_bytes
             if segment.opened_at >= oldest_kept:
                 # Retraining may need what goes here: the operator should know, and size up.
                 _log.warning(
@@ -433,16 +442,34 @@ class _Segments:
         return -math.inf
 
     def _listing(self) -> list[_Segment]:
-        """This kind's segments in the directory, with their opening times and sizes."""
-        segments = []
+        """This kind's segments in the directory, with their opening times and sizes (their
+        twins' included). A twin whose segment is gone (deleted by a server that did not
+        know twins, or just before the twin was written) is deleted here."""
+        segments: dict[str, _Segment] = {}
+        twins: dict[str, os.DirEntry[str]] = {}
         with contextlib.suppress(FileNotFoundError), os.scandir(self._directory) as entries:
             for entry in entries:
+                twin_of = segment_of_twin(entry.name, self._kind)
+                if twin_of is not None:
+                    twins[twin_of] = entry
                 opened_at = segment_opened_at(entry.name, self._kind)
                 if opened_at is None:
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    segments.append(_Segment(opened_at, Path(entry.path), entry.stat().st_size))
-        return segments
+                    size = entry.stat().st_size
+                    segments[entry.name] = _Segment(opened_at, Path(entry.path), size)
+        for name, twin in twins.items():
+            segment = segments.get(name)
+            if segment is None:
+                Path(twin.path).unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                segments[name] = segment._replace(twin_size=twin.stat().st_size)
+        return list(segments.values())
+
+
+def _twin(segment: Path) -> Path:
+    return segment.with_name(twin_of(segment.name))
 
 
 def _newest_record_time(segments: list[_Segment], field: str) -> float | None:

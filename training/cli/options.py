@@ -29,15 +29,18 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     )
 
 
-def add_cluster_option(command: argparse.ArgumentParser) -> None:
-    """`--dask`: the Dask cluster a command runs its replay (and a large fit) on."""
+_CLUSTER_WORK = "replay (and, when the feature matrix does not fit one worker, fit)"
+
+
+def add_cluster_option(command: argparse.ArgumentParser, work: str = _CLUSTER_WORK) -> None:
+    """`--dask`: the Dask cluster a command runs its `work` on (by default the replay and a
+    large fit)."""
     command.add_argument(
         "--dask",
         type=_cluster,
         metavar="ADDRESS|local[:N]",
-        help="replay (and, when the feature matrix does not fit one worker, fit) on a Dask "
-        "cluster: a scheduler's address, or local[:N] for N worker processes on this machine "
-        "on 127.0.0.1 (default: one process, no Dask)",
+        help=f"{work} on a Dask cluster: a scheduler's address, or local[:N] for N worker "
+        "processes on this machine on 127.0.0.1 (default: one process, no Dask)",
     )
 
 

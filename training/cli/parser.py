@@ -26,7 +26,7 @@ from training.cli.registry_commands import (
     handle_rollback,
     handle_sign,
 )
-from training.cli.retrain_commands import handle_retrain
+from training.cli.retrain_commands import handle_logs_compact, handle_retrain
 from training.cli.state_commands import handle_state_build
 
 
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_backtest(commands)
     _add_retrain(commands)
+    _add_logs(commands)
     _add_registry(commands)
     _add_keys(commands)
     _add_state(commands)
@@ -218,9 +219,42 @@ def _add_retrain(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a server's /metrics address for the drift trigger and the shadow agreement "
         "(repeatable; replaces [triggers] metrics_urls)",
     )
+    command.add_argument(
+        "--compact",
+        action="store_true",
+        help="with --watch: before each look, write the Parquet twins of the log segments "
+        "closed since (as `fraud-train logs compact`; the log directories must be writable)",
+    )
+    add_cluster_option(
+        command, "parse the log segments (and replay --history, checked as by train --dask)"
+    )
     add_registry_option(command)
     add_config_option(command)
     command.set_defaults(handler=handle_retrain, usage_error=command.error)
+
+
+def _add_logs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "logs",
+        help="maintain the server's decision and outcome logs",
+        description="Work on the server's log directories, beside the server.",
+    )
+    actions = command.add_subparsers(title="actions", required=True, metavar="ACTION")
+    compact = actions.add_parser(
+        "compact",
+        help="write a Parquet twin of every closed log segment that has none",
+        description=(
+            "For every closed segment (its writer has opened a later one, or the UTC day it "
+            "was opened ended an hour ago), write its parsed rows beside it as "
+            "<segment>.parquet, written aside and renamed, 0600 like the segment. Retrain "
+            "reads a twin instead of the JSON lines while the segment keeps the size the twin "
+            "was made from; the server's retention deletes a twin with its segment. Run it "
+            "from cron, or use retrain --watch --compact. Prints what it wrote as JSON."
+        ),
+    )
+    compact.add_argument("--decisions", type=Path, help="the server's decision log directory")
+    compact.add_argument("--outcomes", type=Path, help="the server's outcome log directory")
+    compact.set_defaults(handler=handle_logs_compact, usage_error=compact.error)
 
 
 def _add_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

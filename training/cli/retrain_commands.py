@@ -14,11 +14,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from training.cli.console import EXIT_DECLINED, error, say, to_json
+from training.cli.console import EXIT_DECLINED, error, say, show_progress, to_json
 from training.cli.options import registry_from, settings_from
 from training.config import TrainSettings
+
+if TYPE_CHECKING:
+    from service.records.schema import RecordKind
+    from training.data.cluster import ClusterSpec
+    from training.retraining.log_compaction import Compaction
+    from training.retraining.log_reading import LogReading
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -44,8 +50,13 @@ def _check_retrain_arguments(args: argparse.Namespace) -> None:
         for option, value in (("--as-of", args.as_of), ("--report", args.report)):
             if value is not None:
                 usage_error(f"{option} cannot be combined with --watch: it applies to one retrain")
-    elif args.max_checks is not None:
-        usage_error("--max-checks only applies with --watch")
+    else:
+        for option, given in (
+            ("--max-checks", args.max_checks is not None),
+            ("--compact", args.compact),
+        ):
+            if given:
+                usage_error(f"{option} only applies with --watch")
     if args.report is not None:
         directory = args.report.parent
         if not directory.is_dir():
@@ -58,7 +69,7 @@ def _watch(args: argparse.Namespace, settings: TrainSettings, root: Path) -> int
     from training.retraining.watch import watch
 
     stop = threading.Event()
-    with _stopped_by_signals(stop):
+    with _stopped_by_signals(stop), _log_reading(args.dask) as reading:
         published = watch(
             root,
             args.decisions,
@@ -68,6 +79,8 @@ def _watch(args: argparse.Namespace, settings: TrainSettings, root: Path) -> int
             max_checks=args.max_checks,
             say=say,
             stop=stop,
+            reading=reading,
+            compact=args.compact,
         )
     say(f"watch stopped: {published} challenger(s) published")
     return 0
@@ -96,16 +109,18 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
 def _retrain_once(args: argparse.Namespace, settings: TrainSettings, root: Path) -> int:
     from training.retraining.retrain import retrain
 
-    result = retrain(
-        root,
-        args.decisions,
-        args.outcomes,
-        settings,
-        history=args.history,
-        as_of=args.as_of,
-        trigger="requested by hand",
-        say=say,
-    )
+    with _log_reading(args.dask) as reading:
+        result = retrain(
+            root,
+            args.decisions,
+            args.outcomes,
+            settings,
+            history=args.history,
+            as_of=args.as_of,
+            trigger="requested by hand",
+            say=say,
+            reading=reading,
+        )
     say(result.table)
     if args.report is not None:
         _write_report(args.report, result.report)
@@ -115,6 +130,56 @@ def _retrain_once(args: argparse.Namespace, settings: TrainSettings, root: Path)
     say(f"challenger is now {result.version}: {result.reason}")
     print(result.version)
     return 0
+
+
+@contextmanager
+def _log_reading(cluster: ClusterSpec | None) -> Iterator[LogReading]:
+    """Logs read in this process, or on the cluster `--dask` names for as long as the block
+    runs (a local cluster stops with it)."""
+    from training.retraining.log_reading import IN_PROCESS
+
+    if cluster is None:
+        yield IN_PROCESS
+        return
+    from training.data.cluster import describe_cluster, open_client
+    from training.retraining.cluster_logs import reading_on_cluster
+
+    with open_client(cluster) as client:
+        say(describe_cluster(client))
+        yield reading_on_cluster(client, progress=show_progress())
+
+
+def handle_logs_compact(args: argparse.Namespace) -> int:
+    """Write the Parquet twins of the closed segments; print what was done as JSON."""
+    from service.features import FEATURES
+    from training.retraining.log_compaction import compact
+
+    usage_error: Callable[[str], NoReturn] = args.usage_error
+    if args.decisions is None and args.outcomes is None:
+        usage_error("give --decisions, --outcomes or both")
+    directories: dict[RecordKind, Path | None] = {
+        "decisions": args.decisions,
+        "outcomes": args.outcomes,
+    }
+    done = []
+    for kind, directory in directories.items():
+        if directory is not None:
+            compaction = compact(directory, kind, feature_count=len(FEATURES))
+            say(compaction.summary())
+            done.append(compaction)
+    print(to_json({c.kind: _compaction_json(c) for c in done}))
+    return 0
+
+
+def _compaction_json(done: Compaction) -> dict[str, Any]:
+    return {
+        "written": done.written,
+        "already_current": done.already_current,
+        "still_open": done.still_open,
+        "source_bytes": done.source_bytes,
+        "twin_bytes": done.twin_bytes,
+        "seconds": round(done.seconds, 3),
+    }
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:

@@ -27,15 +27,17 @@ Errors::
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 from numpy.typing import NDArray
 
 from service.records.schema import (
@@ -44,10 +46,13 @@ from service.records.schema import (
     LineSchema,
     segment_glob,
 )
+from training.retraining.segment_twins import read_twin
 
 UNKNOWN_LABEL = -1
 # When a label that is not known yet became known: never, which sorts after every real time.
 NOT_KNOWN_NS = np.iinfo(np.int64).max
+
+_Part = TypeVar("_Part")
 
 _FIRST_NS_TIME = pd.Timestamp.min.tz_localize("UTC")
 _LAST_NS_TIME = pd.Timestamp.max.tz_localize("UTC")
@@ -95,15 +100,48 @@ class LoggedOutcomes:
     segments: int
 
 
-def read_decision_log(directory: Path, *, feature_count: int) -> LoggedDecisions:
-    """Every decision logged in `directory`, with feature vectors of `feature_count` values."""
-    lines = _read_valid(directory, DECISION_SCHEMA)
-    event_ns, timed = _iso_ns(_values(lines.records, DECISION_SCHEMA, "event_time"))
-    records = [record for record, ok in zip(lines.records, timed, strict=True) if ok]
-    frame = _decision_frame(records, event_ns[timed])
-    features, has_features = _feature_matrix(
-        _values(records, DECISION_SCHEMA, "features"), feature_count
-    )
+class SegmentMap(Protocol):
+    """Applies a one-segment reader to every segment, giving the results in segment order:
+    in this process (`map_here`) or on a Dask cluster
+    (`training.retraining.cluster_logs.map_on_cluster`)."""
+
+    def __call__(self, read: Callable[[Path], _Part], paths: Sequence[Path]) -> list[_Part]: ...
+
+
+def map_here(read: Callable[[Path], _Part], paths: Sequence[Path]) -> list[_Part]:
+    """One segment after the other in this process: only one segment's lines at a time."""
+    return [read(path) for path in paths]
+
+
+@dataclass(frozen=True)
+class DecisionPart:
+    """One segment's readable decisions in file order, parsed (`read_decision_segment`)."""
+
+    frame: pd.DataFrame
+    features: NDArray[np.float32]
+    has_features: NDArray[np.bool_]
+    skipped_lines: int
+
+
+@dataclass(frozen=True)
+class OutcomePart:
+    """One segment's readable outcomes in file order (`read_outcome_segment`)."""
+
+    frame: pd.DataFrame
+    skipped_lines: int
+
+
+def read_decision_log(
+    directory: Path, *, feature_count: int, map_segments: SegmentMap = map_here
+) -> LoggedDecisions:
+    """Every decision logged in `directory`, with feature vectors of `feature_count` values,
+    read a segment at a time by `map_segments`."""
+    paths = _segments(directory, DECISION_SCHEMA)
+    read = functools.partial(read_decision_segment, feature_count=feature_count)
+    parts = map_segments(read, paths)
+    frame = pd.concat([part.frame for part in parts], ignore_index=True)
+    features = np.concatenate([part.features for part in parts])
+    has_features = np.concatenate([part.has_features for part in parts])
     # A "deadline" answer is logged without features and its retry again, with them: of a
     # transaction's lines, the first with features wins, else its first line.
     preferred = frame.assign(_without=~has_features).sort_values("_without", kind="stable")
@@ -114,15 +152,68 @@ def read_decision_log(directory: Path, *, feature_count: int) -> LoggedDecisions
         frame=ordered.reset_index(drop=True),
         features=features[rows],
         has_features=has_features[rows],
-        skipped_lines=lines.skipped + int((~timed).sum()),
-        segments=lines.segments,
+        skipped_lines=sum(part.skipped_lines for part in parts),
+        segments=len(paths),
         duplicates=len(frame) - len(unique),
     )
 
 
-def read_outcomes(directory: Path) -> LoggedOutcomes:
-    """Every outcome logged in `directory`, in the order they were reported."""
-    lines = _read_valid(directory, OUTCOME_SCHEMA)
+def read_outcomes(directory: Path, *, map_segments: SegmentMap = map_here) -> LoggedOutcomes:
+    """Every outcome logged in `directory`, in the order they were reported, read a segment
+    at a time by `map_segments`."""
+    paths = _segments(directory, OUTCOME_SCHEMA)
+    parts = map_segments(read_outcome_segment, paths)
+    frame = pd.concat([part.frame for part in parts], ignore_index=True)
+    return LoggedOutcomes(
+        frame=frame.sort_values("reported_ns", kind="stable").reset_index(drop=True),
+        skipped_lines=sum(part.skipped_lines for part in parts),
+        segments=len(paths),
+    )
+
+
+def read_decision_segment(path: Path, *, feature_count: int) -> DecisionPart:
+    """One decision segment: its Parquet twin when it has a current one, else its lines."""
+    size = _size(path, DECISION_SCHEMA)
+    twin = read_twin(path, size)
+    if twin is not None:
+        table, footer = twin
+        if footer.details.get("feature_count") == feature_count and _matches(
+            table, _decision_columns(feature_count)
+        ):
+            return decision_part_of(table, footer.skipped_lines)
+    return parse_decisions(_content(path, DECISION_SCHEMA), feature_count=feature_count)
+
+
+def read_outcome_segment(path: Path) -> OutcomePart:
+    """One outcome segment: its Parquet twin when it has a current one, else its lines."""
+    twin = read_twin(path, _size(path, OUTCOME_SCHEMA))
+    if twin is not None:
+        table, footer = twin
+        if _matches(table, _outcome_columns()):
+            frame: pd.DataFrame = table.to_pandas()
+            return OutcomePart(frame, footer.skipped_lines)
+    return parse_outcomes(_content(path, OUTCOME_SCHEMA))
+
+
+def parse_decisions(content: bytes, *, feature_count: int) -> DecisionPart:
+    """A decision segment's bytes parsed: its readable lines in file order."""
+    lines = _valid_lines(content, DECISION_SCHEMA)
+    event_ns, timed = _iso_ns(_values(lines.records, DECISION_SCHEMA, "event_time"))
+    records = [record for record, ok in zip(lines.records, timed, strict=True) if ok]
+    features, has_features = _feature_matrix(
+        _values(records, DECISION_SCHEMA, "features"), feature_count
+    )
+    return DecisionPart(
+        frame=_decision_frame(records, event_ns[timed]),
+        features=features,
+        has_features=has_features,
+        skipped_lines=lines.skipped + int((~timed).sum()),
+    )
+
+
+def parse_outcomes(content: bytes) -> OutcomePart:
+    """An outcome segment's bytes parsed: its readable lines in file order."""
+    lines = _valid_lines(content, OUTCOME_SCHEMA)
     reported_ns, reported_ok = _iso_ns(_values(lines.records, OUTCOME_SCHEMA, "reported_at"))
     received_ns, received_ok = _iso_ns(_values(lines.records, OUTCOME_SCHEMA, "received_at"))
     timed = reported_ok & received_ok
@@ -135,11 +226,52 @@ def read_outcomes(directory: Path) -> LoggedOutcomes:
             "received_ns": received_ns[timed],
         }
     )
-    return LoggedOutcomes(
-        frame=frame.sort_values("reported_ns", kind="stable").reset_index(drop=True),
-        skipped_lines=lines.skipped + int((~timed).sum()),
-        segments=lines.segments,
+    return OutcomePart(frame, lines.skipped + int((~timed).sum()))
+
+
+def decision_table(part: DecisionPart) -> pa.Table:
+    """A parsed decision segment as a twin's columns: the frame's, then the vectors."""
+    table = pa.Table.from_pandas(part.frame, preserve_index=False)
+    count = part.features.shape[1]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(part.features.reshape(-1)), count)
+    table = table.append_column("features", vectors)
+    return table.append_column("has_features", pa.array(part.has_features))
+
+
+def decision_part_of(table: pa.Table, skipped_lines: int) -> DecisionPart:
+    """`decision_table`'s inverse."""
+    vectors = table.column("features").combine_chunks()
+    count = vectors.type.list_size
+    flat = vectors.flatten().to_numpy(zero_copy_only=False)
+    frame: pd.DataFrame = table.drop_columns(["features", "has_features"]).to_pandas()
+    return DecisionPart(
+        frame=frame,
+        features=flat.astype(np.float32, copy=False).reshape(-1, count),
+        has_features=table.column("has_features").to_numpy().astype(np.bool_, copy=False),
+        skipped_lines=skipped_lines,
     )
+
+
+def outcome_table(part: OutcomePart) -> pa.Table:
+    """A parsed outcome segment as a twin's columns."""
+    return pa.Table.from_pandas(part.frame, preserve_index=False)
+
+
+@functools.cache
+def _decision_columns(feature_count: int) -> pa.Schema:
+    """What a decision twin holds: the columns of an empty segment parsed now."""
+    return decision_table(parse_decisions(b"", feature_count=feature_count)).schema
+
+
+@functools.cache
+def _outcome_columns() -> pa.Schema:
+    return outcome_table(parse_outcomes(b"")).schema
+
+
+def _matches(table: pa.Table, expected: pa.Schema) -> bool:
+    """Whether a twin holds the columns this reader makes, of the same types: a twin made
+    before a column was added is ignored, not read with the column missing."""
+    return bool(table.schema.remove_metadata().equals(expected.remove_metadata()))
 
 
 class LabelledOutcomes(NamedTuple):
@@ -214,30 +346,35 @@ def newest_time_ns(decisions: LoggedDecisions, outcomes: LoggedOutcomes) -> int:
 class _Lines(NamedTuple):
     records: list[dict[str, Any]]
     skipped: int
-    segments: int
 
 
-def _read_valid(directory: Path, schema: LineSchema) -> _Lines:
-    """The records `schema` accepts of `directory`'s segments of its kind, in name then file
-    order."""
-    kind = schema.kind
-    paths = _segments(directory, schema)
+def _size(path: Path, schema: LineSchema) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as error:
+        raise FeedbackError(f"cannot read {schema.kind} segment {path}: {error}") from error
+
+
+def _content(path: Path, schema: LineSchema) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise FeedbackError(f"cannot read {schema.kind} segment {path}: {error}") from error
+
+
+def _valid_lines(content: bytes, schema: LineSchema) -> _Lines:
+    """The records `schema` accepts among a segment's lines, in file order."""
     records: list[dict[str, Any]] = []
     skipped = 0
-    for path in paths:
-        try:
-            content = path.read_bytes()
-        except OSError as error:
-            raise FeedbackError(f"cannot read {kind} segment {path}: {error}") from error
-        for line in content.splitlines():
-            if not line.strip():
-                continue
-            record = _parse(line)
-            if schema.accepts(record):
-                records.append(record)
-            else:
-                skipped += 1
-    return _Lines(records, skipped, len(paths))
+    for line in content.splitlines():
+        if not line.strip():
+            continue
+        record = _parse(line)
+        if schema.accepts(record):
+            records.append(record)
+        else:
+            skipped += 1
+    return _Lines(records, skipped)
 
 
 def _segments(directory: Path, schema: LineSchema) -> list[Path]:

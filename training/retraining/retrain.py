@@ -49,6 +49,7 @@ from training.retraining.feedback import (
     read_decision_log,
     read_outcomes,
 )
+from training.retraining.log_reading import IN_PROCESS, HistoryReplay, LogReading
 from training.retraining.report import Comparison, compare, format_report, json_ready
 from training.retraining.retrain_data import Declined, LabelledLog, RetrainData, assemble, label_log
 
@@ -104,11 +105,14 @@ def retrain(
     as_of: datetime | None = None,
     trigger: str | None = None,
     say: Callable[[str], None] = lambda _: None,
+    reading: LogReading = IN_PROCESS,
 ) -> RetrainResult:
     """Retrain from the logs as of `as_of` (default: their newest record) and publish the
     candidate as challenger when it beats the champion; GateFailure if a gate fails.
 
     `history`, when given, is replayed and its rows before the log are trained on too.
+    `reading` says where the logs are parsed and the history replayed (in this process, a
+    segment at a time, or on a Dask cluster): the same rows either way.
     RegistryError when there is no champion or it reads other features than `settings`;
     `training.retraining.feedback.FeedbackError` when a log cannot be read or `as_of` is after its
     newest record.
@@ -118,14 +122,17 @@ def retrain(
     say(f"reading the decision log in {decisions_dir} and the outcomes in {outcomes_dir}")
     return retrain_from_logs(
         registry_root,
-        read_decision_log(decisions_dir, feature_count=len(FEATURES)),
-        read_outcomes(outcomes_dir),
+        read_decision_log(
+            decisions_dir, feature_count=len(FEATURES), map_segments=reading.map_segments
+        ),
+        read_outcomes(outcomes_dir, map_segments=reading.map_segments),
         settings,
         log_name=decision_log_name(decisions_dir),
         history=history,
         as_of=as_of,
         trigger=trigger,
         say=say,
+        replay_history=reading.replay_history,
     )
 
 
@@ -140,6 +147,7 @@ def retrain_from_logs(
     as_of: datetime | None = None,
     trigger: str | None = None,
     say: Callable[[str], None] = lambda _: None,
+    replay_history: HistoryReplay = build_feature_table,
 ) -> RetrainResult:
     """`retrain` from logs already read (`training.retraining.feedback`), recorded as the source
     `log_name` (`decision_log_name` of their directory); the same errors but unreadable logs."""
@@ -153,6 +161,7 @@ def retrain_from_logs(
         silent_declines=settings.retrain.silent_declines,
     )
     run = _Retrain(registry_root, settings, champion, instant(as_of_ns), trigger, say)
+    run.replay_history = replay_history
     run.report["rows"] = {"logged": log.logged_rows, "usable": len(log), "excluded": log.excluded}
     return run.run(log, log_name, history)
 
@@ -176,6 +185,7 @@ class _Retrain:
     ) -> None:
         self.root, self.settings, self.champion = root, settings, champion
         self.as_of, self.trigger, self.say = as_of, trigger, say
+        self.replay_history: HistoryReplay = build_feature_table
         # Also names a declined candidate, so that its decline and its report agree.
         self.created_at = datetime.now(UTC)
         self.report: dict[str, Any] = {
@@ -210,7 +220,7 @@ class _Retrain:
         table = None
         if history is not None:
             self.say(f"replaying {history.name}")
-            table = build_feature_table(history, self.settings.features)
+            table = self.replay_history(history, self.settings.features)
         data = assemble(log, self.settings, log_name=log_name, history=table)
         self.report["sources"] = [source.model_dump(mode="json") for source in data.sources]
         self.report["periods"] = data.summary

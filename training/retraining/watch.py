@@ -43,16 +43,19 @@ from typing import Protocol, TypeVar
 
 from service.features import FEATURES
 from service.model.registry import CHALLENGER, CHAMPION, Registry
-from service.records.schema import segment_glob
+from service.records.schema import RecordKind, segment_glob
 from training.config import TrainSettings
 from training.model_build.gates import GateFailure
 from training.retraining.feedback import (
     FeedbackError,
     LoggedDecisions,
     LoggedOutcomes,
+    SegmentMap,
     read_decision_log,
     read_outcomes,
 )
+from training.retraining.log_compaction import compact
+from training.retraining.log_reading import IN_PROCESS, LogReading
 from training.retraining.promotion import ShadowTracker, consider_promotion
 from training.retraining.retrain import (
     RetrainResult,
@@ -100,6 +103,8 @@ def watch(
     say: Say = _quiet,
     sleep: Callable[[float], object] | None = None,
     stop: threading.Event | None = None,
+    reading: LogReading = IN_PROCESS,
+    compact: bool = False,
 ) -> int:
     """Look, retrain and promote until `max_checks` looks (None: until `stop` is set);
     the number of retrains that published a challenger.
@@ -108,7 +113,9 @@ def watch(
     or the logs could never be retrained from. `sleep` waits between looks; by default, on
     `stop`, so that setting it ends the wait. `history` is passed on to every retrain;
     `retrain_fn` replaces `training.retraining.retrain.retrain_from_logs`, which is given the
-    logs as the look has read them (None: that one).
+    logs as the look has read them (None: that one). `reading` says where the logs are
+    parsed and the history replayed; with `compact`, each look first writes the Parquet twins
+    of the segments closed since the last (`training.retraining.log_compaction`).
     """
     check_ready(registry_root, decisions_dir, outcomes_dir, settings)
     stop = stop or threading.Event()
@@ -116,6 +123,7 @@ def watch(
     watcher = _Watcher(
         registry_root, decisions_dir, outcomes_dir, settings, history, retrain_fn, say
     )
+    watcher.reading, watcher.compact = reading, compact
     published = checks = 0
     while not stop.is_set():
         checks += 1
@@ -162,6 +170,8 @@ class _Watcher:
         self._history = history
         self._retrain_fn = retrain_fn
         self._say = say
+        self.reading = IN_PROCESS
+        self.compact = False
         self._triggers = Triggers(settings.triggers)
         self._shadow = ShadowTracker()
         # The outcome log's size when a retrain last waited for fraud reports: until it
@@ -171,7 +181,9 @@ class _Watcher:
     def look(self, number: int) -> bool:
         """Look once; whether a retrain published a challenger."""
         self._say(f"look {number}")
-        logs = _LookLogs(self._decisions_dir, self._outcomes_dir)
+        if self.compact:
+            self._attempt("compaction", self._compact)
+        logs = _LookLogs(self._decisions_dir, self._outcomes_dir, self.reading.map_segments)
         metrics = self._read_metrics()
         fired = self._attempt("triggers", partial(self._check_triggers, metrics, logs))
         published = fired is not None and bool(
@@ -179,6 +191,16 @@ class _Watcher:
         )
         self._attempt("promotion", partial(self._consider_promotion, metrics))
         return published
+
+    def _compact(self) -> None:
+        directories: dict[RecordKind, Path] = {
+            "decisions": self._decisions_dir,
+            "outcomes": self._outcomes_dir,
+        }
+        for kind, directory in directories.items():
+            done = compact(directory, kind, feature_count=len(FEATURES))
+            if done.written:
+                self._say(done.summary())
 
     def _read_metrics(self) -> MetricsLook | None:
         urls = self._settings.triggers.metrics_urls
@@ -252,6 +274,7 @@ class _Watcher:
             history=self._history,
             trigger=trigger,
             say=self._say,
+            replay_history=self.reading.replay_history,
         )
 
     def _answer(self, result: RetrainResult, outcomes_seen: int) -> None:
@@ -293,9 +316,10 @@ class _Watcher:
 class _LookLogs:
     """The logs as one look sees them: each read at most once, and only when a step asks."""
 
-    def __init__(self, decisions_dir: Path, outcomes_dir: Path) -> None:
+    def __init__(self, decisions_dir: Path, outcomes_dir: Path, map_segments: SegmentMap) -> None:
         self._decisions_dir = decisions_dir
         self._outcomes_dir = outcomes_dir
+        self._map_segments = map_segments
 
     @cached_property
     def outcome_log_size(self) -> int:
@@ -305,13 +329,15 @@ class _LookLogs:
 
     @cached_property
     def decisions(self) -> LoggedDecisions:
-        return read_decision_log(self._decisions_dir, feature_count=len(FEATURES))
+        return read_decision_log(
+            self._decisions_dir, feature_count=len(FEATURES), map_segments=self._map_segments
+        )
 
     @cached_property
     def outcomes(self) -> LoggedOutcomes:
         # Measured first, so that a report arriving during the read is news at the next look.
         _ = self.outcome_log_size
-        return read_outcomes(self._outcomes_dir)
+        return read_outcomes(self._outcomes_dir, map_segments=self._map_segments)
 
 
 def _outcome_log_size(directory: Path) -> int:
