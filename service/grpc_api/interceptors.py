@@ -55,6 +55,7 @@ from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from service.core.callers import CURRENT_CALLER
 from service.grpc_api.auth import (
@@ -96,6 +97,9 @@ STREAM_LIFETIME_DETAILS = (
     "(every transaction it carried has been answered)"
 )
 NO_REQUEST_DETAILS = "the call carried no request message"
+# Bytes that do not parse as the method's message: the caller's error, not the server's
+# (grpc would answer UNKNOWN and log a traceback at level error for each).
+MALFORMED_DETAILS = "the request is not a valid message"
 # Of a refused certificate's subject alternative names, the refusal's log line shows this
 # many, each cut to this length: enough to tell which client it was.
 _SHOWN_SANS = 4
@@ -347,6 +351,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         try:
             async with asyncio.timeout_at(call.arrived + self._limits.request_read_seconds):
                 request = await context.read()
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_DETAILS)
         except TimeoutError:
             await _end_early(
                 context, grpc.StatusCode.UNAVAILABLE, "request_not_sent", REQUEST_NOT_SENT_DETAILS
@@ -389,7 +395,7 @@ class _StreamRequests:
     """A stream's transactions, read one at a time within the stream's limits; the one its
     behaviour is answering counts as in flight until the next is asked for."""
 
-    __slots__ = ("_answering", "_call", "_closes_at", "_context", "_interceptor")
+    __slots__ = ("_answering", "_call", "_closes_at", "_context", "_interceptor", "_read")
 
     def __init__(self, interceptor: AdmissionInterceptor, call: _Call, context: Context) -> None:
         self._interceptor = interceptor
@@ -397,6 +403,7 @@ class _StreamRequests:
         self._context = context
         self._closes_at = call.arrived + interceptor.limits.stream_max_seconds
         self._answering = False
+        self._read = 0  # messages read so far: the position of the next
 
     def __aiter__(self) -> _StreamRequests:
         return self
@@ -415,12 +422,16 @@ class _StreamRequests:
         try:
             async with asyncio.timeout_at(min(idle_until, self._closes_at)):
                 request = await self._context.read()
+        except DecodeError:
+            details = f"transaction #{self._read}: {MALFORMED_DETAILS}"
+            await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
         except TimeoutError:
             reason: EarlyEnd = "stream_idle" if idle_until <= self._closes_at else "stream_lifetime"
             details = STREAM_IDLE_DETAILS if reason == "stream_idle" else STREAM_LIFETIME_DETAILS
             await _end_early(self._context, grpc.StatusCode.UNAVAILABLE, reason, details)
         if request is grpc.aio.EOF:
             raise StopAsyncIteration
+        self._read += 1
         self._answering = True
         self._interceptor._take_work()
         return request

@@ -401,6 +401,30 @@ def test_a_message_above_the_size_limit_is_refused(
     assert code == Status.RESOURCE_EXHAUSTED
 
 
+def test_bytes_that_are_no_message_of_the_method_are_invalid_argument_and_not_logged_as_errors(
+    serve: Callable[..., LoopbackServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by `fraud-bench fuzz`: a request whose bytes do not parse (a corrupt wire
+    format) was UNKNOWN, with grpc logging a traceback at level error for each: unary and
+    streamed alike, it is the caller's error, INVALID_ARGUMENT."""
+    channel = grpc.insecure_channel(serve().target)
+    corrupt = b"\x0a\x80\x01xx"  # a length-delimited field longer than the message
+    for method in ("Score", "ReportOutcome", "GetModelInfo"):
+        call = channel.unary_unary(f"/fraud.v1.FraudScoring/{method}")
+        code, details = _failure(lambda call=call: call(corrupt, timeout=TIMEOUT))
+        assert (code, details) == (Status.INVALID_ARGUMENT, "the request is not a valid message")
+    valid = _request("tx-before-corrupt").SerializeToString()
+    stream = channel.stream_stream("/fraud.v1.FraudScoring/ScoreStream")
+    answers: list[bytes] = []
+    with pytest.raises(grpc.RpcError) as raised:
+        answers.extend(stream(iter([valid, corrupt]), timeout=TIMEOUT))
+    error: Any = raised.value
+    assert len(answers) == 1
+    assert error.code() == Status.INVALID_ARGUMENT
+    assert error.details() == "transaction #1: the request is not a valid message"
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
 def test_clients_are_asked_to_reconnect_at_the_connection_age_and_no_call_fails(
     serve: Callable[..., LoopbackServer],
 ) -> None:
