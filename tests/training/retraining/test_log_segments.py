@@ -103,11 +103,11 @@ def _write_logs(root: Path) -> tuple[Path, Path]:
             (decisions / name).write_text(text)
             _write_outcomes(outcomes, name.replace("decisions", "outcomes"), lines)
     first = sorted(decisions.glob("*.jsonl"))[0]
-    lines = first.read_text().splitlines(keepends=True)
-    deadline = json.loads(lines[3])
+    texts = first.read_text().splitlines(keepends=True)
+    deadline = json.loads(texts[3])
     deadline["features"] = None  # the deadline answer: logged without features
-    lines[3] = json.dumps(deadline) + "\n"
-    first.write_text("".join(lines))
+    texts[3] = json.dumps(deadline) + "\n"
+    first.write_text("".join(texts))
     return decisions, outcomes
 
 
@@ -188,7 +188,7 @@ def test_twins_give_the_same_rows_as_the_json_lines(
     """Compacted, the logs read as before, row for row and bit for bit; only closed
     segments get a twin, created 0600."""
     reference = _read(*logs)
-    copies = [Path(_copy_tree(directory, tmp_path / directory.name)) for directory in logs]
+    copies = (_copy_tree(logs[0], tmp_path), _copy_tree(logs[1], tmp_path))
     for kind, directory in zip(KINDS, copies, strict=True):
         done = compact(directory, kind, feature_count=WIDTH, clock=lambda: NOW)
         assert (done.written, done.still_open) == (
@@ -208,7 +208,7 @@ def test_twins_give_the_same_rows_as_the_json_lines(
 
 def test_a_stale_or_damaged_twin_is_not_read(logs: tuple[Path, Path], tmp_path: Path) -> None:
     """A segment grown since its twin was made, or a torn twin: its JSON lines are read."""
-    decisions = Path(_copy_tree(logs[0], tmp_path / "decisions"))
+    decisions = _copy_tree(logs[0], tmp_path)
     compact(decisions, "decisions", feature_count=WIDTH, clock=lambda: NOW)
     grown, torn = closed_segments(decisions, "decisions", NOW)[0][:2]
     with grown.open("a") as file:
@@ -229,7 +229,7 @@ def test_the_cluster_reads_the_same_rows(
     and the labelled rows are the single process's, in the same order."""
     reference = _read(*logs)
     _assert_same(reference, _read(*logs, reading_on_cluster(dask_client).map_segments))
-    copies = [Path(_copy_tree(directory, tmp_path / directory.name)) for directory in logs]
+    copies = (_copy_tree(logs[0], tmp_path), _copy_tree(logs[1], tmp_path))
     for kind, directory in zip(KINDS, copies, strict=True):
         compact(directory, kind, feature_count=WIDTH, clock=lambda: NOW)
     _assert_same(reference, _read(*copies, reading_on_cluster(dask_client).map_segments))
@@ -245,7 +245,7 @@ def test_retention_deletes_a_twin_with_its_segment(tmp_path: Path) -> None:
         (tmp_path / twin_of(name)).write_bytes(b"p" * 100)
     orphan = tmp_path / twin_of(segment_name("decisions", now - 5 * DAY, 8, 0))
     orphan.write_bytes(b"p")
-    log = RecordLog(tmp_path, "decisions", lambda _records, _at: b"", LogLimits(max_bytes=450))
+    log: RecordLog[str] = RecordLog(tmp_path, "decisions", _no_lines, LogLimits(max_bytes=450))
     log.close()
     # 600 bytes with the twins (300 without), 450 allowed: the oldest pair goes.
     kept = sorted(path.name for path in tmp_path.iterdir())
@@ -257,7 +257,7 @@ def test_logs_compact_command(
 ) -> None:
     """`fraud-train logs compact` writes the twins and says what it did as JSON; it needs
     a directory, and `--compact` is refused without `--watch`."""
-    outcomes = Path(_copy_tree(logs[1], tmp_path / "outcomes"))
+    outcomes = _copy_tree(logs[1], tmp_path)
     assert main(["logs", "compact", "--outcomes", str(outcomes)]) == 0
     done = json.loads(capsys.readouterr().out)
     # Two days ended long before the wall clock of this run: every segment but none open.
@@ -278,5 +278,9 @@ def test_an_open_segment_is_compacted_once_its_day_has_ended(logs: tuple[Path, P
     assert closed_segments(logs[0], "decisions", day_end + CLOSED_AFTER_SECONDS)[1] == 0
 
 
-def _copy_tree(source: Path, target: Path) -> str:
-    return str(shutil.copytree(source, target))
+def _no_lines(_records: object, _written_at: float) -> bytes:
+    return b""
+
+
+def _copy_tree(source: Path, parent: Path) -> Path:
+    return Path(shutil.copytree(source, parent / source.name))
