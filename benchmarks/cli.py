@@ -5,11 +5,16 @@
     fraud-bench floors    ONNX inference alone, and the empty and ONNX floor servers
     fraud-bench memory    feature-state memory for 30 days of history, in a fresh process
     fraud-bench suite     all of the above against servers it starts itself
+    fraud-bench fuzz      generated and mutated calls across every RPC, judged by criteria
+    fraud-bench reloads   champion promotions under load, judged by criteria
+    fraud-bench chaos     faults injected under load (kill, store, disk, registry, overload)
+    fraud-bench soak      a long open loop with promotions and SIGHUPs, judged by criteria
 
 Every command writes `report.json` and PNG charts into `--out DIR` and prints a table.
 Load goes to 127.0.0.1 only, and every run is bounded in time and calls. Exit status 0
 on success, 1 when a measurement fails (a server that will not start or stop, a client
-that fails, unreadable data), 2 for bad arguments.
+that fails, unreadable data) or, for fuzz, reloads, chaos and soak, when a criterion
+fails, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks import commands
+from benchmarks.faults import commands as fault_commands
+from benchmarks.faults.report import FaultReport, render_criteria, write_report
 from benchmarks.load.client import RPCS
 from benchmarks.load.client_pool import ClientError
 from benchmarks.load.schedule import ARRIVALS
@@ -64,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     try:
-        _write(prepared(command_line), args.out)
+        report = prepared(command_line)
+        if isinstance(report, FaultReport):
+            return _write_judged(report, args.out)
+        _write(report, args.out)
     except _FAILURES as error:
         print(f"fraud-bench: error: {error}", file=sys.stderr)
         return 1
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _saturation(suite)
     _load(suite, _DEFAULTS.seconds)
     _traffic(suite, fixed=False)
+    fault_commands.add_parsers(subcommands, _subcommand, _registry)
     return parser
 
 
@@ -286,6 +297,13 @@ def _local_url(text: str) -> str:
     if urlsplit(text).hostname != LOCAL_HOST:
         raise argparse.ArgumentTypeError(f"must be on {LOCAL_HOST}: {text!r}")
     return text
+
+
+def _write_judged(report: FaultReport, directory: Path) -> int:
+    paths = write_report(report, directory)
+    print(render_criteria(report), end="")
+    print(f"fraud-bench: wrote {paths[0]} and {len(paths) - 1} charts", file=sys.stderr)
+    return 0 if report.passed else 1
 
 
 def _write(report: Report, directory: Path) -> None:

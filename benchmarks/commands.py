@@ -12,6 +12,8 @@ import functools
 import os
 from collections.abc import Callable
 
+from benchmarks.faults import commands as fault_commands
+from benchmarks.faults.report import FaultReport
 from benchmarks.load.client import Rpc
 from benchmarks.load.traffic import OutcomeMix, build_calls, load_history, new_run_id
 from benchmarks.measurements.load_run import LoadSettings, Mode, measure
@@ -22,7 +24,7 @@ from benchmarks.reporting.report import Report
 from benchmarks.servers.launch import ServerProbe
 from benchmarks.suite import SuiteSettings, floors_report, run_suite, saturate_server
 
-Command = Callable[[list[str]], Report]
+Command = Callable[[list[str]], Report | FaultReport]
 # A caller's bearer token for `run`, from the environment: never on a command line, where
 # other users of the machine see it, nor in the report.
 TOKEN_VARIABLE = "FRAUD_BENCH_TOKEN"
@@ -39,6 +41,8 @@ def prepare(args: argparse.Namespace) -> Command:
         rates = rate_steps(args.start, args.step, args.max_rate)
         load_settings(args, "open", "unary", rates[-1])  # checks every other setting too
         return functools.partial(_saturate, args, rates, outcome_mix(args))
+    if args.command in fault_commands.COMMANDS:
+        return fault_commands.prepare(args)
     if args.command == "memory":
         if args.days <= 0:
             raise ValueError("--days must be above 0")

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         champion = Registry(registry).alias(CHAMPION)
         if champion is None:
             raise SystemExit(f"{args.registry} has no champion")
-        other = args.other or _republished(registry, champion)
+        other = args.other or republished(registry, champion)
         if other == champion:
             raise SystemExit("--other must name another version than the champion")
         Registry(registry).artifact_dir(other)  # RegistryError if not published
@@ -108,7 +108,7 @@ def _measure(
     return [steady, swapping], len(swaps)
 
 
-def _republished(registry: Path, champion: str) -> str:
+def republished(registry: Path, champion: str) -> str:
     """The champion's artifact published again, through the registry's own publish, under
     a new version name: a swap to it is the same work as to any other model (checks,
     load, golden replay, warm-up)."""

@@ -121,7 +121,7 @@ def serving(spec: ServerSpec, log_dir: Path) -> Iterator[RunningServer]:
         environment = os.environ | logs_in | spec.environment
         process = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
         try:
-            _wait_serving(spec, process)
+            wait_serving(spec, process)
             yield RunningServer(
                 spec.name, spec.target, ServerProbe((process.pid,), spec.metrics_urls)
             )
@@ -133,7 +133,9 @@ def serving(spec: ServerSpec, log_dir: Path) -> Iterator[RunningServer]:
             raise ServerError(f"{spec.name} exited with status {status} on SIGTERM (see its log)")
 
 
-def _wait_serving(spec: ServerSpec, process: subprocess.Popen[bytes]) -> None:
+def wait_serving(spec: ServerSpec, process: subprocess.Popen[bytes]) -> None:
+    """Return once the server of `spec` answers SERVING; ServerError if it exits or is
+    not SERVING in time."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     with grpc.insecure_channel(spec.target) as channel:
         # The type stubs declare no methods on HealthStub.

@@ -1,0 +1,635 @@
+"""`fraud-bench chaos`: faults injected into a loaded `fraud-serve`, each judged.
+
+    kill      SIGKILL, then a start on the same state and port. Judged: the outage (last
+              answer before, first after) within the restart time plus 1 s; every outcome
+              acknowledged OK before the kill is in the outcome log afterwards; the answers
+              after the restart score as an uninterrupted server fed the same answered
+              calls in the same order scores them.
+    store     Redis backend; redis-server killed for `store_outage` s and started again
+              (empty). Judged: no call fails; answers sent during the outage within the
+              budget; the first model answer within 2 s of Redis answering again.
+    disk      the decision log on a tmpfs of its own (a user and mount namespace, so no
+              privilege is needed), filled to the last byte, then freed. Judged: no call
+              fails or falls back; drops counted while full; records written again within
+              5 s of space returning.
+    registry  the registry directory renamed away for `registry_outage` s (renaming works
+              for root too, whom permissions do not stop), then back, and a promotion.
+              Judged: no call fails, every answer meanwhile from the champion, health
+              SERVING throughout, the promoted version answering within 5 s.
+    overload  `overload_factor` x the saturation rate for `overload_seconds`, between two
+              phases at half of it. Judged: refusals (RESOURCE_EXHAUSTED) within 5 ms,
+              goodput >= 90% of saturation, health answering, p99 back within 2 s.
+
+Each scenario starts its own server(s) in `<out>/chaos-<scenario>/`. The saturation rate is
+`saturation`, or measured first with `benchmarks.faults.saturation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from benchmarks.faults import answers
+from benchmarks.faults.criteria import Scenario, at_least, at_most, equal
+from benchmarks.faults.driver import (
+    MODEL,
+    OK,
+    OUTCOME,
+    Record,
+    RecordingLoad,
+    Schedule,
+    phased_schedule,
+)
+from benchmarks.faults.redis_process import RedisProcess
+from benchmarks.faults.reloads import POLL_SECONDS, copy_registry
+from benchmarks.faults.saturation import find_saturation
+from benchmarks.faults.server import ManagedServer
+from benchmarks.load.traffic import (
+    Call,
+    CallKind,
+    OutcomeMix,
+    build_calls,
+    load_history,
+    new_run_id,
+)
+from benchmarks.reload_latency import republished
+from benchmarks.servers.launch import fraud_serve_spec
+from service.grpc_api._proto.fraud.v1 import scoring_pb2
+from training.registry.publishing import promote
+
+SCENARIOS = ("kill", "store", "disk", "registry", "overload")
+BUDGET_MS = 20.0  # the server's default budget.server_budget_ms
+SHED_LIMIT_MS = 5.0
+RECOVERY_SECONDS = 2.0
+OVERLOAD_P99_MS = 50.0  # the saturation search's budget: "recovered" is back under it
+# Outcomes come soon after their swipe, so that a short run reports some.
+_OUTCOMES = OutcomeMix(share=1.0, lag=50)
+_TMPFS_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    registry: Path
+    data: Path
+    out: Path
+    scenarios: Sequence[str] = SCENARIOS
+    rate: float = 300.0
+    seconds: float = 10.0
+    store_outage: float = 10.0
+    registry_outage: float = 30.0
+    overload_seconds: float = 30.0
+    overload_factor: float = 3.0
+    saturation: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rate <= 20_000 or not 1 <= self.seconds <= 3600:
+            raise ValueError("--rate must be 1 to 20,000/s and --seconds 1 to 3,600")
+        if min(self.store_outage, self.registry_outage, self.overload_seconds) <= 0:
+            raise ValueError("outages and the overload must last more than 0 s")
+        if not 1 < self.overload_factor <= 20 or (self.saturation or 1) <= 0:
+            raise ValueError("--overload-factor must be above 1 (at most 20), --saturation above 0")
+
+
+class _Traffic:
+    """The history's rows, handed out in consecutive slices as calls with fresh run ids."""
+
+    def __init__(self, data: Path) -> None:
+        self._data = data
+        self._next = 0
+
+    def calls(self, rows: int) -> list[Call]:
+        """The calls of the next `rows` rows; ValueError if the history has fewer."""
+        history = load_history(self._data, rows, self._next)
+        self._next += rows
+        return build_calls(history, new_run_id(), _OUTCOMES)
+
+
+def run_chaos(settings: ChaosSettings) -> list[Scenario]:
+    traffic = _Traffic(settings.data)
+    runs: dict[str, Callable[[ChaosSettings, _Traffic, Path], Scenario]] = {
+        "kill": _kill,
+        "store": _store,
+        "disk": _disk,
+        "registry": _registry,
+        "overload": _overload,
+    }
+    return [
+        runs[name](settings, traffic, settings.out / f"chaos-{name}") for name in settings.scenarios
+    ]
+
+
+# --- kill -------------------------------------------------------------------------------------
+
+
+def _kill(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
+    length = 2 * settings.seconds + 10
+    schedule = _steady(traffic, settings.rate, length)
+    server = ManagedServer(fraud_serve_spec("chaos-kill", settings.registry), files)
+    with server:
+        load = RecordingLoad(server.target, schedule)
+        load.begin()
+        _sleep_until(load, settings.seconds)
+        killed = load.now()
+        server.kill()
+        restart_seconds = server.start()
+        records = load.join()
+    logged = _outcome_ids(files / "outcomes")
+    acknowledged = [r for r in records if r.kind == OUTCOME and r.code == OK]
+    lost = [r.transaction_id for r in acknowledged if r.transaction_id not in logged]
+    lost_before_kill = [
+        r for r in acknowledged if r.done < killed and r.transaction_id not in logged
+    ]
+    before = [r.done for r in records if r.code == OK and r.done < killed]
+    after = [r.done for r in records if r.code == OK and r.done > killed]
+    outage = (min(after) - max(before)) if before and after else float("inf")
+    mismatches, compared = _compare_with_uninterrupted(settings, schedule, records, killed, files)
+    failures = answers.failed(records)
+    seconds, per_second, p99 = answers.per_second(answers.scores(records), length)
+    return Scenario(
+        "kill",
+        [
+            at_most(
+                "outage within the restart time + 1 s",
+                round(outage, 2),
+                round(restart_seconds + 1.0, 2),
+                " s",
+                f"restart (spawn to SERVING) {restart_seconds:.2f} s",
+            ),
+            equal(
+                "no acknowledged outcome lost",
+                len(lost),
+                0,
+                f"{len(acknowledged)} acknowledged; lost ones acknowledged within "
+                f"{_lost_window(lost_before_kill, killed)} before the kill",
+            ),
+            equal(
+                "features continue: scores after the restart = an uninterrupted server's",
+                mismatches,
+                0,
+                f"{compared} answers after the restart compared",
+            ),
+        ],
+        figures={
+            "calls": len(records),
+            "failed_calls_during_outage": len(failures),
+            "failed_codes": _codes(failures),
+            "restart_seconds": round(restart_seconds, 2),
+            "outage_seconds": round(outage, 2),
+        },
+        series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
+    )
+
+
+def _compare_with_uninterrupted(
+    settings: ChaosSettings, schedule: Schedule, records: list[Record], killed: float, files: Path
+) -> tuple[int, int]:
+    """Feed a fresh server, one call at a time and in the order sent, the calls the killed
+    one answered OK; count the answers after the kill whose score differs."""
+    answered = {r.transaction_id for r in records if r.code == OK}
+    after_kill = {
+        r.transaction_id: r.score
+        for r in records
+        if r.code == OK and r.sent > killed and r.kind != OUTCOME
+    }
+    replay: list[Call] = []
+    for call in schedule.calls:
+        if _transaction_id(call) in answered:
+            replay.append(call)
+    reference = ManagedServer(
+        fraud_serve_spec("chaos-kill-reference", settings.registry), files / "reference"
+    )
+    mismatches = 0
+    with reference, grpc.insecure_channel(reference.target) as channel:
+        score: Any = channel.unary_unary(
+            "/fraud.v1.FraudScoring/Score",
+            response_deserializer=scoring_pb2.ScoreResponse.FromString,
+        )
+        outcome: Any = channel.unary_unary("/fraud.v1.FraudScoring/ReportOutcome")
+        for call in replay:
+            if call.kind is CallKind.OUTCOME:
+                outcome(call.payload, timeout=5)
+                continue
+            answer: Any = score(call.payload, timeout=5)
+            expected = after_kill.get(answer.transaction_id)
+            if expected is not None and abs(expected - answer.score) > 1e-9:
+                mismatches += 1
+    return mismatches, len(after_kill)
+
+
+def _lost_window(lost: list[Record], killed: float) -> str:
+    if not lost:
+        return "-"
+    return f"{(killed - min(r.done for r in lost)) * 1e3:.0f} ms"
+
+
+def _outcome_ids(directory: Path) -> set[str]:
+    ids: set[str] = set()
+    for path in sorted(directory.glob("*.jsonl")) if directory.exists() else []:
+        for line in path.read_bytes().splitlines():
+            try:
+                ids.add(json.loads(line)["transaction_id"])
+            except (ValueError, KeyError):
+                continue  # a torn last line
+    return ids
+
+
+# --- store ------------------------------------------------------------------------------------
+
+
+def _store(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
+    length = 2 * settings.seconds + settings.store_outage
+    schedule = _steady(traffic, settings.rate, length)
+    redis = RedisProcess(files / "redis")
+    redis.start()
+    try:
+        environment = {"FRAUD_STATE__BACKEND": "redis", "FRAUD_STATE__URL": redis.url}
+        server = ManagedServer(
+            fraud_serve_spec("chaos-store", settings.registry), files, environment
+        )
+        with server:
+            load = RecordingLoad(server.target, schedule)
+            load.begin()
+            _sleep_until(load, settings.seconds)
+            down = load.now()
+            redis.kill()
+            _sleep_until(load, settings.seconds + settings.store_outage)
+            redis.start()
+            back = load.now()
+            records = load.join()
+    finally:
+        redis.kill()
+    scored = answers.scores(records)
+    during = answers.between(scored, down, back)
+    after = [r for r in scored if r.sent >= back and r.code == OK]
+    first_model = min((r.done for r in after if r.source == MODEL), default=float("inf"))
+    late_fallbacks = [r for r in after if r.sent > back + RECOVERY_SECONDS and r.source != MODEL]
+    failures = answers.failed(records)
+    fallbacks = sum(r.source != MODEL for r in during if r.code == OK)
+    seconds, per_second, p99 = answers.per_second(scored, length)
+    model_share = _per_second_share(scored, length, lambda r: r.source == MODEL)
+    return Scenario(
+        "store",
+        [
+            equal("no call fails", len(failures), 0, _codes(failures)),
+            at_most(
+                "p99 of answers sent during the outage",
+                round(answers.p99_ms(during), 2),
+                BUDGET_MS,
+                " ms",
+            ),
+            at_most(
+                "first model answer after Redis answers again",
+                round(first_model - back, 2),
+                RECOVERY_SECONDS,
+                " s",
+            ),
+            equal("every answer 2 s after the return from the model", len(late_fallbacks), 0),
+        ],
+        figures={
+            "calls": len(records),
+            "answers_during_outage": len(during),
+            "fallbacks_during_outage": fallbacks,
+            "outage_seconds": round(back - down, 2),
+        },
+        series={
+            "answers per second": (seconds, per_second),
+            "share from the model": (seconds, model_share),
+            "p99 per second (ms)": (seconds, p99),
+        },
+    )
+
+
+# --- disk -------------------------------------------------------------------------------------
+
+
+def _disk(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
+    length = 3 * settings.seconds
+    schedule = _steady(traffic, settings.rate, length)
+    decisions = files / "decisions"
+    decisions.mkdir(parents=True, exist_ok=True)
+    server = ManagedServer(
+        fraud_serve_spec("chaos-disk", settings.registry), files, wrap=_on_tmpfs(decisions)
+    )
+    with server:
+        filler = Path(f"/proc/{server.pid}/root") / str(decisions).lstrip("/") / "filler"
+        load = RecordingLoad(server.target, schedule)
+        load.begin()
+        _sleep_until(load, settings.seconds)
+        before = server.metrics()
+        full = load.now()
+        _fill(filler)
+        _sleep_until(load, 2 * settings.seconds)
+        during = server.metrics()
+        filler.unlink()
+        freed = load.now()
+        resumed = _wait_for_writes(server, during, freed, load)
+        records = load.join()
+    dropped = _metric_delta(
+        before, during, 'fraud_record_log_dropped_total{log="decisions",reason="write_error"}'
+    )
+    failures = answers.failed(records)
+    scored = answers.scores(records)
+    fallbacks = [r for r in scored if r.code == OK and r.source != MODEL]
+    seconds, per_second, p99 = answers.per_second(scored, length)
+    return Scenario(
+        "disk",
+        [
+            equal("no call fails", len(failures), 0, _codes(failures)),
+            equal("no fallback decision", len(fallbacks), 0),
+            at_most(
+                "p99 while the disk is full, against 2x before",
+                round(answers.p99_ms(answers.between(scored, full, freed)), 2),
+                round(2 * max(answers.p99_ms(answers.between(scored, 0, full)), 1.0), 2),
+                " ms",
+            ),
+            at_least("decision records dropped while full (counted)", dropped, 1),
+            at_most("records written again after space returns", round(resumed, 2), 5.0, " s"),
+        ],
+        figures={
+            "calls": len(records),
+            "dropped_write_error": dropped,
+            "tmpfs_bytes": _TMPFS_BYTES,
+        },
+        series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
+    )
+
+
+def _on_tmpfs(directory: Path) -> Callable[[list[str]], list[str]]:
+    """A wrapper that runs the server in a user and mount namespace of its own, with a
+    tmpfs of `_TMPFS_BYTES` mounted on `directory` (visible to that server alone)."""
+
+    def wrap(argv: list[str]) -> list[str]:
+        mount = (
+            f"mount -t tmpfs -o size={_TMPFS_BYTES},mode=0700 tmpfs {shlex.quote(str(directory))}"
+        )
+        return [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            f'{mount} && exec "$@"',
+            "sh",
+            *argv,
+        ]
+
+    return wrap
+
+
+def _fill(path: Path) -> None:
+    """Write `path` until its file system is full."""
+    block = b"\0" * (1024 * 1024)
+    with path.open("wb") as file:
+        try:
+            while True:
+                file.write(block)
+                file.flush()
+        except OSError:
+            pass
+        # What is left is smaller than a block: fill it byte by byte in small writes.
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    file.write(b"\0" * size)
+                    file.flush()
+            except OSError:
+                continue
+
+
+def _wait_for_writes(
+    server: ManagedServer, before: dict[str, float], since: float, load: RecordingLoad
+) -> float:
+    key = 'fraud_record_log_written_total{log="decisions"}'
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if _metric_delta(before, server.metrics(), key) > 0:
+            return load.now() - since
+        time.sleep(0.1)
+    return float("inf")
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def _registry(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
+    length = 2 * settings.seconds + settings.registry_outage
+    schedule = _steady(traffic, settings.rate, length)
+    registry = copy_registry(settings.registry, files / "registry")
+    away = registry.with_name("registry-away")
+    champion = json.loads((registry / "aliases" / "champion.json").read_text())["version"]
+    other = republished(registry, champion)
+    spec = fraud_serve_spec("chaos-registry", registry)
+    spec = dataclasses.replace(
+        spec, environment=spec.environment | {"FRAUD_MODELS__POLL_SECONDS": POLL_SECONDS}
+    )
+    with ManagedServer(spec, files) as server, _HealthProbe(server.target) as health:
+        load = RecordingLoad(server.target, schedule)
+        load.begin()
+        _sleep_until(load, settings.seconds)
+        gone = load.now()
+        registry.rename(away)
+        _sleep_until(load, settings.seconds + settings.registry_outage)
+        away.rename(registry)
+        promote(registry, other, reason="fraud-bench chaos registry")
+        returned = load.now()
+        records = load.join()
+    scored = answers.scores(records)
+    during = [r for r in answers.between(scored, gone, returned) if r.code == OK]
+    wrong = [r for r in during if r.version != champion or r.source != MODEL]
+    first_new = min(
+        (r.done for r in scored if r.code == OK and r.version == other), default=float("inf")
+    )
+    failures = answers.failed(records)
+    seconds, per_second, p99 = answers.per_second(scored, length)
+    return Scenario(
+        "registry",
+        [
+            equal("no call fails", len(failures), 0, _codes(failures)),
+            equal(
+                "every answer during the outage from the champion's model",
+                len(wrong),
+                0,
+                f"of {len(during)}",
+            ),
+            equal("health SERVING throughout", health.not_serving, 0, f"of {health.checks} checks"),
+            at_most(
+                "watcher recovers: the version promoted after the return answers",
+                round(first_new - returned, 2),
+                5.0,
+                " s",
+            ),
+        ],
+        figures={"calls": len(records), "outage_seconds": round(returned - gone, 2)},
+        series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
+    )
+
+
+# --- overload ---------------------------------------------------------------------------------
+
+
+def _overload(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
+    spec = fraud_serve_spec("chaos-overload", settings.registry)
+    with ManagedServer(spec, files) as server:
+        saturation = settings.saturation or find_saturation(
+            server.target, traffic.calls, OVERLOAD_P99_MS
+        )
+        calm = saturation / 2
+        peak = saturation * settings.overload_factor
+        phases = [
+            (settings.seconds, calm),
+            (settings.overload_seconds, peak),
+            (settings.seconds, calm),
+        ]
+        rows = round(sum(seconds * rate for seconds, rate in phases))
+        schedule = phased_schedule(traffic.calls(rows), phases)
+        with _HealthProbe(server.target) as health:
+            load = RecordingLoad(server.target, schedule, max_in_flight=10_000)
+            load.begin()
+            records = load.join()
+    start, end = settings.seconds, settings.seconds + settings.overload_seconds
+    length = 2 * settings.seconds + settings.overload_seconds
+    scored = answers.scores(records)
+    overloaded = answers.between(scored, start, end)
+    shed = [r.done - r.sent for r in overloaded if r.code == "RESOURCE_EXHAUSTED"]
+    shed_p99 = float(sorted(shed)[int(0.99 * (len(shed) - 1))] * 1e3) if shed else 0.0
+    goodput = sum(r.code == OK for r in overloaded) / settings.overload_seconds
+    seconds, per_second, p99 = answers.per_second(scored, length)
+    recovered = _recovery(scored, end, length)
+    other = [r for r in overloaded if r.code not in (OK, "RESOURCE_EXHAUSTED")]
+    return Scenario(
+        "overload",
+        [
+            at_most(
+                "refusals (RESOURCE_EXHAUSTED) p99 from due time",
+                round(shed_p99, 2),
+                SHED_LIMIT_MS,
+                " ms",
+                f"{len(shed)} refused",
+            ),
+            at_least(
+                "goodput during the overload", round(goodput, 1), round(0.9 * saturation, 1), "/s"
+            ),
+            equal(
+                "health answered SERVING throughout",
+                health.not_serving,
+                0,
+                f"of {health.checks} checks",
+            ),
+            at_most(
+                "p99 back under the budget after the overload",
+                round(recovered, 2),
+                RECOVERY_SECONDS,
+                " s",
+            ),
+        ],
+        figures={
+            "saturation_per_second": round(saturation, 1),
+            "asked_per_second": round(peak, 1),
+            "other_failures": _codes(other),
+            "calls": len(records),
+        },
+        series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
+    )
+
+
+def _recovery(scored: list[Record], end: float, length: float) -> float:
+    """Seconds from `end` to the first second from which every second's answers have a p99
+    under `OVERLOAD_P99_MS` and no call fails."""
+    for second in range(int(end), int(length)):
+        window = [r for r in scored if r.sent >= second]
+        good = all(r.code == OK for r in window) and answers.p99_ms(window) <= OVERLOAD_P99_MS
+        if good:
+            return max(0.0, second - end)
+    return float("inf")
+
+
+# --- shared -----------------------------------------------------------------------------------
+
+
+class _HealthProbe:
+    """Asks grpc.health.v1 every 0.2 s (1 s deadline) on a thread; counts the checks that
+    were not answered SERVING."""
+
+    def __init__(self, target: str) -> None:
+        self._target = target
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.checks = 0
+        self.not_serving = 0
+
+    def __enter__(self) -> _HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self._target) as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            while not self._done.wait(0.2):
+                self.checks += 1
+                try:
+                    answer: Any = check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    self.not_serving += answer.status != health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    self.not_serving += 1
+
+
+def _steady(traffic: _Traffic, rate: float, seconds: float) -> Schedule:
+    calls = traffic.calls(round(rate * seconds * 1.1) + 1)
+    return _by_time(calls, rate, seconds)
+
+
+def _by_time(calls: list[Call], rate: float, seconds: float) -> Schedule:
+    count = min(len(calls), round(rate * seconds))
+    return Schedule(calls[:count], [k / rate for k in range(count)])
+
+
+def _sleep_until(load: RecordingLoad, second: float) -> None:
+    time.sleep(max(0.0, second - load.now()))
+
+
+def _metric_delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def _per_second_share(
+    records: list[Record], length: float, test: Callable[[Record], bool]
+) -> list[float]:
+    counts = [[0, 0] for _ in range(int(length) + 1)]
+    for record in records:
+        second = int(record.sent)
+        if record.code == OK and 0 <= second < len(counts):
+            counts[second][0] += test(record)
+            counts[second][1] += 1
+    return [good / total if total else float("nan") for good, total in counts]
+
+
+def _transaction_id(call: Call) -> str:
+    if call.kind is CallKind.OUTCOME:
+        return scoring_pb2.OutcomeRequest.FromString(call.payload).transaction_id
+    return scoring_pb2.ScoreRequest.FromString(call.payload).transaction.transaction_id
+
+
+def _codes(records: Sequence[Record]) -> str:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.code] = counts.get(record.code, 0) + 1
+    return " ".join(f"{code} {count}" for code, count in sorted(counts.items())) or "-"

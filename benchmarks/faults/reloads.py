@@ -1,0 +1,124 @@
+"""`fraud-bench reloads`: promotions under load, judged.
+
+One `fraud-serve` polling a copy of the registry every 0.1 s; an open loop of unary
+`Score` at `rate`; every `every` seconds the champion and a republished copy of it (the
+same model under another version name: every swap a full load) are promoted in turn,
+`promotions` times. Judged: no failed call; RSS growth from the first promotion to the end
+within `RSS_LIMIT_MIB`; no stale answer (`benchmarks.faults.answers.stale_answers`); and,
+as a figure, how many promotions answered at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.faults.answers import epochs_answered, failed, p99_ms, per_second, stale_answers
+from benchmarks.faults.criteria import Scenario, at_most, equal
+from benchmarks.faults.driver import RecordingLoad, phased_schedule
+from benchmarks.faults.server import ManagedServer
+from benchmarks.load.traffic import NO_OUTCOMES, build_calls, load_history, new_run_id
+from benchmarks.reload_latency import republished
+from benchmarks.servers.launch import fraud_serve_spec
+from service.model.registry import CHAMPION, Registry
+from training.registry.publishing import promote
+
+RSS_LIMIT_MIB = 50.0
+POLL_SECONDS = "0.1"
+_MIB = 1024 * 1024
+# Steady load before the first promotion and after the last.
+_MARGIN_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ReloadSettings:
+    registry: Path
+    data: Path
+    out: Path
+    promotions: int = 200
+    every: float = 1.0
+    rate: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.promotions <= 10_000 or not 0.2 <= self.every <= 600:
+            raise ValueError("--promotions must be 1 to 10,000 and --every 0.2 to 600 s")
+        if not 1 <= self.rate <= 20_000:
+            raise ValueError("--rate must be 1 to 20,000 calls/s")
+
+
+def run_reloads(settings: ReloadSettings) -> list[Scenario]:
+    registry = copy_registry(settings.registry, settings.out / "reloads-registry")
+    champion = Registry(registry).alias(CHAMPION)
+    if champion is None:
+        raise ValueError(f"{settings.registry} has no champion")
+    versions = (champion, republished(registry, champion))
+    length = settings.promotions * settings.every + 2 * _MARGIN_SECONDS
+    history = load_history(settings.data, round(settings.rate * length) + 1)
+    calls = build_calls(history, new_run_id(), NO_OUTCOMES)
+    spec = fraud_serve_spec("reloads", registry)
+    spec = dataclasses.replace(
+        spec, environment=spec.environment | {"FRAUD_MODELS__POLL_SECONDS": POLL_SECONDS}
+    )
+    with ManagedServer(spec, settings.out / "reloads-server") as server:
+        load = RecordingLoad(server.target, phased_schedule(calls, [(length, settings.rate)]))
+        load.begin()
+        promotions = [(0.0, champion)]
+        rss: list[tuple[float, float]] = []
+        time.sleep(_MARGIN_SECONDS)
+        for number in range(settings.promotions):
+            version = versions[(number + 1) % 2]
+            promote(registry, version, reason="fraud-bench reloads")
+            promotions.append((load.now(), version))
+            rss.append((load.now(), server.rss_bytes() / _MIB))
+            time.sleep(max(0.0, _MARGIN_SECONDS + (number + 1) * settings.every - load.now()))
+        records = load.join()
+        rss.append((load.now(), server.rss_bytes() / _MIB))
+    growth = rss[-1][1] - rss[0][1]
+    seconds, answers, p99 = per_second(records, length)
+    fails = failed(records)
+    return [
+        Scenario(
+            "reloads",
+            [
+                equal("no failed call", len(fails), 0, _codes(fails)),
+                at_most("RSS growth over the promotions", round(growth, 1), RSS_LIMIT_MIB, " MiB"),
+                equal(
+                    "no answer from the old version once the new one answered",
+                    stale_answers(records, promotions),
+                    0,
+                ),
+            ],
+            figures={
+                "calls": len(records),
+                "promotions": settings.promotions,
+                "promotions_answered": epochs_answered(records, promotions) - 1,
+                "p99_ms": round(p99_ms(records), 2),
+                "rss_first_mib": round(rss[0][1], 1),
+                "rss_end_mib": round(rss[-1][1], 1),
+            },
+            series={
+                "answers per second": (seconds, answers),
+                "p99 per second (ms)": (seconds, p99),
+                "server RSS (MiB)": ([t for t, _ in rss], [m for _, m in rss]),
+            },
+        )
+    ]
+
+
+def copy_registry(source: Path, target: Path) -> Path:
+    """A fresh copy of the registry at `target` (promotions never touch the original)."""
+    if target.exists():
+        shutil.rmtree(target)
+    return Path(shutil.copytree(source, target))
+
+
+def _codes(records: Sequence[object]) -> str:
+    counts: dict[str, int] = {}
+    for record in records:
+        code = getattr(record, "code", "?")
+        counts[code] = counts.get(code, 0) + 1
+    return " ".join(f"{code} {count}" for code, count in sorted(counts.items()))

@@ -1,0 +1,171 @@
+"""A `fraud-serve` the fault runs start, kill, restart and signal themselves.
+
+Unlike `benchmarks.servers.launch.serving`, the state, decision and outcome logs live in a
+directory the caller keeps (`files`), so a server killed and started again finds the same
+state on the same port, and the records can be read after the run. The output of every
+start goes to `<files>/server-<n>.log`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.servers.launch import STOP_TIMEOUT, ServerError, ServerSpec, wait_serving
+
+ADMIN_TOKEN = "fraud-bench-admin-token-0123456789"  # loopback servers the harness starts
+
+
+class ManagedServer:
+    """One `fraud-serve` of `spec`, its files under `files`; `environment` adds settings.
+
+    `wrap` puts a command in front of the server's (e.g. `unshare ...`): the server is then
+    a child of that command, and its figures are read from the whole process tree.
+    """
+
+    def __init__(
+        self,
+        spec: ServerSpec,
+        files: Path,
+        environment: dict[str, str] | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.files = files
+        self.environment = (
+            {
+                "FRAUD_DECISION_LOG__DIRECTORY": str(files / "decisions"),
+                "FRAUD_OUTCOME_LOG__DIRECTORY": str(files / "outcomes"),
+                "FRAUD_STATE__PATH": str(files / "state"),
+                "FRAUD_ADMIN__TOKEN": ADMIN_TOKEN,
+            }
+            | spec.environment
+            | (environment or {})
+        )
+        self._wrap = wrap
+        self._process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def target(self) -> str:
+        return self.spec.target
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise ServerError(f"{self.spec.name} is not running")
+        return self._process.pid
+
+    def start(self) -> float:
+        """Start the server; return once it is SERVING, with the seconds that took."""
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        started = time.monotonic()
+        argv = self.spec.argv if self._wrap is None else self._wrap(self.spec.argv)
+        with (self.files / f"server-{self.starts}.log").open("wb") as log:
+            self._process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ | self.environment
+            )
+        try:
+            wait_serving(self.spec, self._process)
+        except BaseException:
+            self.kill()
+            raise
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL the server (and what it wrapped), no questions asked."""
+        if self._process is None:
+            return
+        for process in self._tree():
+            process.kill()
+        self._process.wait(timeout=STOP_TIMEOUT)
+        self._process = None
+
+    def stop(self) -> int:
+        """SIGTERM, then its exit status (killed, -9, if it does not stop in time)."""
+        if self._process is None:
+            return 0
+        process, self._process = self._process, None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the server itself (the innermost process of the tree)."""
+        self._tree()[-1].send_signal(signum)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process tree now (0 if not running)."""
+        total = 0
+        for process in self._tree():
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def metrics(self) -> dict[str, float]:
+        """The server's metrics now: `name{label="v",...}` to value (samples as exported)."""
+        with urllib.request.urlopen(self.spec.metrics_urls[0], timeout=5) as response:
+            text = response.read().decode()
+        return {
+            _sample_key(sample.name, sample.labels): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def log_text(self) -> str:
+        """Everything every start of the server wrote."""
+        return "".join(
+            (self.files / f"server-{n}.log").read_text(errors="replace")
+            for n in range(1, self.starts + 1)
+        )
+
+    def _tree(self) -> list[psutil.Process]:
+        if self._process is None:
+            return []
+        try:
+            root = psutil.Process(self._process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def __enter__(self) -> ManagedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            status = self.stop()
+            if status != 0:
+                raise ServerError(f"{self.spec.name} exited {status} on SIGTERM (see its log)")
+        else:
+            self.kill()
+
+
+def _sample_key(name: str, labels: dict[str, str]) -> str:
+    if not labels:
+        return name
+    inside = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    return f"{name}{{{inside}}}"
