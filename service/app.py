@@ -42,10 +42,11 @@ import prometheus_client
 import structlog
 
 from service.config.settings import ModelSettings, RecordLogSettings, ServeSettings
-from service.core.ports import AnswerListener, ModelSource, OutcomeListener
+from service.core.ports import AnswerListener, ModelSource, OutcomeListener, RuleSource
 from service.core.scoring import FallbackPolicy, Scorer
 from service.core.validation import ScoringLimits
 from service.features import FeatureConfig, FeatureEngine, StateStore
+from service.features.engine import FEATURE_NAMES
 from service.grpc_api.server import (
     HealthServicer,
     build_server,
@@ -56,6 +57,8 @@ from service.grpc_api.server import (
 from service.model.artifact import ArtifactError, read_manifest
 from service.model.loading import LoadedModel
 from service.model.registry import CHAMPION, Registry, RegistryError, no_champion
+from service.model.rule_shadow import RuleShadow
+from service.model.rule_store import RuleStore
 from service.model.shadow import Schedule, ShadowScorer
 from service.model.signatures import SignaturePolicy
 from service.model.store import ModelStore, earlier_champions
@@ -64,6 +67,7 @@ from service.observability.clock_skew import ClockSkewMetrics
 from service.observability.drift import DriftCollector
 from service.observability.logs import RequestLogSampler
 from service.observability.metrics import DecisionMetrics, SampledStageTimer, track_feature_state
+from service.observability.rule_metrics import RuleHitMetrics
 from service.records.decision_writer import DecisionLogWriter
 from service.records.outcome_writer import OutcomeLogWriter
 from service.records.segment_log import LogLimits
@@ -179,6 +183,7 @@ async def create_app(settings: ServeSettings) -> App:
     )
     state = open_state(settings.state, feature_config)
     engine = FeatureEngine(feature_config, state)
+    rules = RuleStore(settings.registry, FEATURE_NAMES)
     track_feature_state(state)
     try:
         listeners = open_listeners(
@@ -192,11 +197,17 @@ async def create_app(settings: ServeSettings) -> App:
             settings,
             engine,
             store,
-            answer_listeners=listeners.answers,
+            # Lists and rules (docs/rules.md): their hits, then the shadow rule set's.
+            answer_listeners=[
+                *listeners.answers,
+                RuleHitMetrics(),
+                RuleShadow(rules, log_sampler=RequestLogSampler(settings.logging.sample_rate)),
+            ],
+            rules=rules,
             outcome_listeners=listeners.outcomes,
         )
         health = await create_health()
-        watcher = watch_models(store, health)
+        watcher = watch_models(store, health, rules)
         server, port = build_server(settings, scorer, health, models=watcher)
         prometheus_client.REGISTRY.register(listeners.drift)
     except BaseException:
@@ -218,6 +229,7 @@ def build_scorer(
     *,
     answer_listeners: Sequence[AnswerListener[LoadedModel]] = (),
     outcome_listeners: Sequence[OutcomeListener] = (),
+    rules: RuleSource | None = None,
 ) -> Scorer[LoadedModel]:
     """The scoring core over `engine`'s state and `store`'s model, configured by `settings`.
 
@@ -244,6 +256,7 @@ def build_scorer(
         outcome_listeners=(metrics, *outcome_listeners),
         stage_timer=SampledStageTimer(),
         clock_skew_listener=ClockSkewMetrics(),
+        rules=rules,
     )
 
 
@@ -295,10 +308,12 @@ def startup_feature_config(registry_root: Path) -> FeatureConfig:
     return config
 
 
-def watch_models(store: ModelStore, health: HealthServicer) -> ModelWatcher:
+def watch_models(
+    store: ModelStore, health: HealthServicer, rules: RuleStore | None = None
+) -> ModelWatcher:
     """A watcher keeping `store` on the registry, that turns `health` SERVING once a look
     serves a champion: at start, or at the poll that finds one when none verified before."""
-    watcher = ModelWatcher(store)
+    watcher = ModelWatcher(store, rules)
     watcher.on_first_champion(lambda _model: set_serving(health))
     return watcher
 

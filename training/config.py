@@ -273,6 +273,10 @@ class TrainSettings(BaseSettings):
     card_precision_k: int = Field(default=100, ge=1)
     """k of the daily card precision@k (cards an investigator team checks a day)."""
 
+    rules_max_decline_rate: float = Field(default=0.01, ge=0, le=1)
+    """`fraud-train rules publish` refuses a rule set whose backtest declines more than this
+    share of the history's transactions (lists and rules together), unless --force."""
+
     retrain: RetrainConfig = RetrainConfig()
     """How a retrain builds, judges and publishes its candidate."""
 

@@ -122,6 +122,8 @@ class DecisionSource(IntEnum):
 
     MODEL = 1
     FALLBACK = 2
+    RULE = 3
+    """A list or an analyst rule decided (`service.core.rules`): `ScoreResult.rule_id`."""
 
 
 class FallbackReason(StrEnum):
@@ -173,6 +175,9 @@ class ScoreResult:
     """The answer for one transaction.
 
     `reasons` come strongest first; `fallback_reason` is None when the model decided.
+    When a list or rule decided (source RULE), `rule_id` names it and `rules_version` the
+    rules or lists version it came from, its reason comes first, and `score` and
+    `fallback_reason` are still the model's (0.0 and why, when it could not answer).
     """
 
     transaction_id: str
@@ -182,6 +187,8 @@ class ScoreResult:
     model_version: str
     source: DecisionSource
     fallback_reason: FallbackReason | None
+    rule_id: str = ""
+    rules_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ imports no model loader, no metrics and no transport. The composition root
     OutcomeListener     outcome metrics, the outcome log
     StageTimer          the sampled stage histograms (service.observability.metrics)
     ClockSkewListener   the clock skew histogram (service.observability.metrics)
+    RuleSource          service.model.rule_store.RuleStore (lists and analyst rules)
 
 Listeners are told after the answer is decided, on the scoring thread, in the order given:
 each must be quick, must not raise and must not change what it is handed.
@@ -31,6 +32,7 @@ from service.core.domain import (
     ScoreResult,
     Transaction,
 )
+from service.core.rules import RuleBook
 
 
 class FeatureState(Protocol):
@@ -118,6 +120,15 @@ class ModelSource(Protocol[ModelT_co]):
     @property
     def current(self) -> ModelT_co | None:
         """The model deciding now; None when none is loaded."""
+        ...
+
+
+class RuleSource(Protocol):
+    """Where the scorer finds the lists and rules deciding now."""
+
+    @property
+    def current(self) -> RuleBook | None:
+        """The rule book deciding now; None when there are no lists or rules."""
         ...
 
 

@@ -50,6 +50,14 @@ Choices made for the caller, to whom a late answer costs more than a conservativ
   answer ("state_unavailable"), kept from then on: refusing it would fail every retry
   until the record expires.
 
+Lists and rules (`service.core.rules`, docs/rules.md): the rule book deciding now is read
+once per call; after the model's score, its block and allow lists, then decline, review and
+allow rules may decide instead of the thresholds (source RULE, the rule's reason first).
+When the model cannot answer, the lists and the rules that need no score still apply
+before the fallback policy; with no features computed ("clock_skew", "deadline"), the
+lists and the rules that read only the transaction. The card's BIN is taken from the card
+number before tokenisation, only when the book reads it, and lives for the call alone.
+
 Stage timings: the `StageTimer` chooses the calls whose feature state, inference (score and
 decision) and reasons stages are timed; reasons are timed only when computed, for REVIEW
 and DECLINE.
@@ -77,6 +85,7 @@ from typing import Generic
 
 import structlog
 
+from service.core.card_data import first_card_number
 from service.core.card_tokens import CardTokenizer
 from service.core.domain import (
     FALLBACK_MODES,
@@ -89,6 +98,7 @@ from service.core.domain import (
     ModelSummary,
     RawOutcome,
     RawTransaction,
+    Reason,
     ScoreResult,
     Transaction,
 )
@@ -106,9 +116,11 @@ from service.core.ports import (
     ModelSource,
     ModelT,
     OutcomeListener,
+    RuleSource,
     SkewedTime,
     StageTimer,
 )
+from service.core.rules import RuleBook, Verdict, card_bin
 from service.core.validation import ScoringLimits, to_outcome, to_transaction
 
 _STATE_LOG_SECONDS = 10.0
@@ -173,13 +185,14 @@ class Scorer(Generic[ModelT]):
         outcome_listeners: Sequence[OutcomeListener] = (),
         stage_timer: StageTimer | None = None,
         clock_skew_listener: ClockSkewListener | None = None,
+        rules: RuleSource | None = None,
     ) -> None:
         """Score with `features`' state and `models`' current model.
 
         `answer_listeners` hear every answer given to a counted transaction (not a repeat's),
         `outcome_listeners` every valid outcome; `stage_timer` chooses the calls whose
         stages are timed; `clock_skew_listener` hears each request time beyond the allowed
-        skew.
+        skew; `rules` holds the lists and rules deciding before the thresholds.
         """
         self._features = features
         self._models = models
@@ -192,6 +205,7 @@ class Scorer(Generic[ModelT]):
         self._clock_skew: ClockSkewListener = clock_skew_listener or _NoClockSkewListener()
         self._max_skew = limits.max_future_skew_seconds
         self._rotating = tokenizer.rotating
+        self._rules = rules
         self._state_logged_at = -math.inf
 
     def score(self, raw: RawTransaction, *, deadline: float | None = None) -> ScoreResult:
@@ -202,13 +216,16 @@ class Scorer(Generic[ModelT]):
         """
         now_ns = time.time_ns()
         tx = to_transaction(raw, limits=self._limits, tokenizer=self._tokenizer)
-        transaction_id = tx.transaction_id
+        book = None if self._rules is None else self._rules.current
+        bin_ = card_bin(first_card_number(raw.card_id)) if book and book.reads_bin else ""
         ahead = tx.timestamp - now_ns / NANOS_PER_SECOND
         if ahead > self._max_skew:
             self._clock_skew.on_clock_skew("event_time", ahead)
-            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.CLOCK_SKEW)
+            return self._answer_uncounted(
+                tx, raw.amount_minor, FallbackReason.CLOCK_SKEW, book, bin_
+            )
         if deadline is not None and time.monotonic() >= deadline:
-            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.DEADLINE)
+            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.DEADLINE, book, bin_)
         previous_card_id = self._tokenizer.previous_token(raw.card_id) if self._rotating else None
         model = self._models.current
         if model is None and self._fallback.mode == "disabled":
@@ -223,7 +240,7 @@ class Scorer(Generic[ModelT]):
             nonlocal deciding, refusal
             started_deciding = perf_counter()
             try:
-                return self._decide(model, transaction_id, raw.amount_minor, features, timed)
+                return self._decide(model, tx, raw.amount_minor, features, timed, book, bin_)
             except ModelUnavailable as error:  # the fallback is disabled: counted, unanswered
                 refusal = error
                 return None
@@ -235,7 +252,9 @@ class Scorer(Generic[ModelT]):
             admitted = self._features.admit(tx, decide, previous_card_id=previous_card_id)
         except Exception:
             self._state_failed("state_unavailable")
-            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.STATE_UNAVAILABLE)
+            return self._answer_uncounted(
+                tx, raw.amount_minor, FallbackReason.STATE_UNAVAILABLE, book, bin_
+            )
         if timed:
             stages.features(perf_counter() - started - deciding)
         if isinstance(admitted, EarlierAttempt):
@@ -282,11 +301,16 @@ class Scorer(Generic[ModelT]):
             )
 
     def _answer_uncounted(
-        self, tx: Transaction, amount_minor: int, reason: FallbackReason
+        self,
+        tx: Transaction,
+        amount_minor: int,
+        reason: FallbackReason,
+        book: RuleBook | None,
+        bin_: str,
     ) -> ScoreResult:
-        """The fallback answer to `tx`, which the feature state did not count, heard by the
-        listeners without features."""
-        result = self._fall_back(tx.transaction_id, amount_minor, reason)
+        """The lists', the transaction-only rules' or the fallback's answer to `tx`, which
+        the feature state did not count, heard by the listeners without features."""
+        result = self._without_model(tx, amount_minor, reason, book, None, bin_)
         for listener in self._answer_listeners:
             listener.on_answer(tx, None, result, None)
         return result
@@ -341,13 +365,18 @@ class Scorer(Generic[ModelT]):
     def _decide(
         self,
         model: ModelT | None,
-        transaction_id: str,
+        tx: Transaction,
         amount_minor: int,
         features: Sequence[float],
         timed: bool,
+        book: RuleBook | None,
+        bin_: str,
     ) -> ScoreResult:
+        transaction_id = tx.transaction_id
         if model is None:
-            return self._fall_back(transaction_id, amount_minor, FallbackReason.MODEL_UNAVAILABLE)
+            return self._without_model(
+                tx, amount_minor, FallbackReason.MODEL_UNAVAILABLE, book, features, bin_
+            )
         # Any failure of a verified model is unexpected: answer by the rules, keep the trace.
         try:
             started = perf_counter()
@@ -357,14 +386,35 @@ class Scorer(Generic[ModelT]):
             reasons = () if decision is Decision.APPROVE else model.explainer.explain(features)
         except Exception:
             _log.exception("model_error", model_version=model.version)
-            return self._fall_back(transaction_id, amount_minor, FallbackReason.MODEL_ERROR)
+            return self._without_model(
+                tx, amount_minor, FallbackReason.MODEL_ERROR, book, features, bin_
+            )
         if timed:  # reasons first: their clock is still running
             if decision is not Decision.APPROVE:
                 self._stages.reasons(perf_counter() - inferred)
             self._stages.inference(inferred - started)
+        verdict = None if book is None else book.decide(tx, features, score, bin_)
+        if verdict is not None:
+            return _ruled(transaction_id, score, reasons, model.version, None, verdict)
         return ScoreResult(
             transaction_id, score, decision, reasons, model.version, DecisionSource.MODEL, None
         )
+
+    def _without_model(
+        self,
+        tx: Transaction,
+        amount_minor: int,
+        reason: FallbackReason,
+        book: RuleBook | None,
+        features: Sequence[float] | None,
+        bin_: str,
+    ) -> ScoreResult:
+        """The answer when the model cannot give one: the lists' and the rules' that read
+        no score (nor features, when there are none), else the fallback policy's."""
+        verdict = None if book is None else book.decide(tx, features, None, bin_)
+        if verdict is not None:
+            return _ruled(tx.transaction_id, 0.0, (), "", reason, verdict)
+        return self._fall_back(tx.transaction_id, amount_minor, reason)
 
     def _fall_back(
         self, transaction_id: str, amount_minor: int, reason: FallbackReason
@@ -379,6 +429,28 @@ class Scorer(Generic[ModelT]):
         else:
             decision = Decision.REVIEW
         return ScoreResult(transaction_id, 0.0, decision, (), "", DecisionSource.FALLBACK, reason)
+
+
+def _ruled(
+    transaction_id: str,
+    score: float,
+    reasons: tuple[Reason, ...],
+    model_version: str,
+    fallback_reason: FallbackReason | None,
+    verdict: Verdict,
+) -> ScoreResult:
+    """The answer a list or rule decided: its reason first, then the model's, if any."""
+    return ScoreResult(
+        transaction_id,
+        score,
+        verdict.decision,
+        (verdict.reason, *reasons),
+        model_version,
+        DecisionSource.RULE,
+        fallback_reason,
+        verdict.rule_id,
+        verdict.version,
+    )
 
 
 def _first_difference(tx: Transaction, first: Transaction) -> str:

@@ -61,6 +61,7 @@ _ROLE_BY_NAME: dict[str, Role] = {
     "GetModelInfo": "read-model",
     "ListModels": "admin",
     "Reload": "admin",
+    "ChangeList": "admin",
 }
 
 

@@ -62,6 +62,9 @@ def to_score_response(result: ScoreResult) -> scoring_pb2.ScoreResponse:
     response.decision_source = scoring_pb2.DecisionSource.ValueType(result.source)
     if result.fallback_reason is not None:
         response.fallback_reason = result.fallback_reason.value
+    if result.rule_id:
+        response.rule_id = result.rule_id
+        response.rules_version = result.rules_version
     if result.reasons:  # the approve path has none: skip building the container
         _add_reasons(response, result.reasons)
     return response

@@ -113,7 +113,9 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [SCORING_SERVICE_NAME, health.SERVICE_NAME]
     if models is not None and "admin" in callers.roles:
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(models), server)
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(
+            ModelAdminServicer(models, card_token=settings.card_tokenizer().token), server
+        )
         services.append(ADMIN_SERVICE_NAME)
     if settings.auth.reflection:
         reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import structlog
 
-from service.core.domain import Decision, ScoreResult, Transaction
+from service.core.domain import Decision, DecisionSource, ScoreResult, Transaction
 from service.core.scoring import decision_for
 from service.model.loading import LoadedModel
 from service.observability.logs import RequestLogSampler
@@ -85,8 +85,9 @@ class ShadowScorer:
         model: LoadedModel | None,
     ) -> None:
         """Queue a transaction the champion decided (`service.core.ports.AnswerListener`);
-        fallback answers have no champion decision to compare with."""
-        if model is not None and features is not None:
+        fallback and rule answers have no champion decision to compare with."""
+        # A list's or rule's decision is no model decision to compare with (docs/rules.md).
+        if model is not None and features is not None and result.source is DecisionSource.MODEL:
             self.submit(tx.transaction_id, features, model, result.score, result.decision)
 
     def submit(

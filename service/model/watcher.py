@@ -18,6 +18,11 @@ Every change and refusal is logged and counted (`service.observability.metrics`)
 `fraud_model_library_difference`. A refusal never touches health: the model already
 serving goes on serving.
 
+The same looks follow the rule and list aliases (`RuleStore.refresh`, after the models):
+"rules_swapped" and `fraud_rules_loads_total`, "rules_refused" and
+`fraud_rules_refusals_total{kind, reason}`; a refused rule set or list leaves the one loaded
+before deciding.
+
 With no champion serving yet (a start), a refused champion is replaced by the newest
 earlier champion that verifies (`ModelStore.refresh_or_fall_back`), logged as
 "champion_fallback" and exported as the champion it serves as. While nothing serves, the
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,6 +45,8 @@ import structlog
 from service.model.loading import LoadedModel
 from service.model.overview import ModelsOverview, models_overview
 from service.model.registry import CHAMPION, no_champion
+from service.model.rule_store import RuleReport, RuleStore
+from service.model.rule_writer import change_list
 from service.model.store import (
     AliasChange,
     ChampionFallback,
@@ -53,6 +61,7 @@ from service.observability.metrics import (
     set_library_differences,
     set_serving_model,
 )
+from service.observability.rule_metrics import RULE_LOADS, RULE_REFUSALS
 
 LOADING_SWITCH_INTERVAL_SECONDS = 0.0005
 
@@ -64,9 +73,10 @@ _log = structlog.get_logger(__name__)
 class ModelWatcher:
     """Keeps a `ModelStore` following the registry. Event-loop thread only."""
 
-    def __init__(self, store: ModelStore) -> None:
-        """Keep `store` following its registry."""
+    def __init__(self, store: ModelStore, rules: RuleStore | None = None) -> None:
+        """Keep `store`, and `rules` if given, following the registry."""
         self.store = store
+        self.rules = rules
         self._lock = asyncio.Lock()
         self._first_champion_listeners: list[FirstChampionListener] = []
         self._champion_announced = False
@@ -99,6 +109,10 @@ class ModelWatcher:
                 report = await asyncio.to_thread(
                     self.store.refresh_or_fall_back, retry_refused=retry_refused
                 )
+                if self.rules is not None:
+                    _followed_rules(
+                        await asyncio.to_thread(self.rules.refresh, retry_refused=retry_refused)
+                    )
         fallback = report.fallback
         for change in report.changes:
             self._swapped(change)
@@ -119,6 +133,37 @@ class ModelWatcher:
     async def reload(self) -> RefreshReport:
         """A look at the registry now that retries refused versions (admin RPC, SIGHUP)."""
         return await self.refresh(retry_refused=True)
+
+    async def change_list(
+        self,
+        *,
+        name: str,
+        kind: str,
+        value: str,
+        remove: bool,
+        reason: str,
+        by: str,
+        expires_at: float | None,
+        card_token: Callable[[str], str],
+    ) -> str:
+        """Publish the lists with `value` added or removed (`rule_writer.change_list`) and
+        look at the registry at once; the lists version. RuleError for bad input."""
+        version = await asyncio.to_thread(
+            functools.partial(
+                change_list,
+                self.store.registry.root,
+                name=name,  # type: ignore[arg-type]  # checked by change_list
+                kind=kind,  # type: ignore[arg-type]
+                value=value,
+                add=not remove,
+                by=by,
+                reason=reason,
+                card_token=card_token,
+                expires_at=expires_at,
+            )
+        )
+        await self.refresh()
+        return version
 
     def _not_serving_yet(self, fallback: ChampionFallback | None) -> None:
         """Log why no champion serves, unless that is what was logged last."""
@@ -217,6 +262,31 @@ def _fell_back(fallback: ChampionFallback, change: AliasChange) -> None:
         advice="an earlier champion decides; the alias still names the refused version "
         "and is followed: repair its files or promote or roll back to a sound version",
     )
+
+
+def _followed_rules(report: RuleReport) -> None:
+    for change in report.changes:
+        if change.version is not None:
+            RULE_LOADS.labels(change.kind, change.alias).inc()
+        _log.info(
+            "rules_swapped",
+            kind=change.kind,
+            alias=change.alias,
+            version=change.version,
+            previous=change.previous,
+        )
+    for refusal in report.refusals:
+        RULE_REFUSALS.labels(refusal.kind, refusal.reason).inc()
+        _log.error(
+            "rules_refused",
+            kind=refusal.kind,
+            alias=refusal.alias,
+            version=refusal.version,
+            reason=refusal.reason,
+            detail=refusal.detail,
+            advice=f"the {refusal.kind} loaded before keep deciding: fix and publish again, "
+            "or roll back (fraud-train rules rollback)",
+        )
 
 
 def _described(refusal: Refusal) -> str:

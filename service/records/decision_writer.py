@@ -118,4 +118,6 @@ def _line(
         "features": features,
         "logged_at": logged_at,
         "caller": caller,
+        "rule_id": result.rule_id,
+        "rules_version": result.rules_version,
     }

@@ -76,7 +76,9 @@ class DecisionLine(TypedDict):
     `feature_config` fingerprint the features were computed with, the `features` the model
     read (NaN written as null; the whole list null when none were computed), and
     `logged_at`, when the line was written, and the `caller` who asked for the decision
-    (`service.core.callers`; "" when none was identified).
+    (`service.core.callers`; "" when none was identified), and, when a list or an analyst
+    rule decided (source "RULE"), its `rule_id` and the `rules_version` it came from (""
+    otherwise).
     """
 
     transaction_id: str
@@ -101,6 +103,8 @@ class DecisionLine(TypedDict):
     features: Sequence[float] | None
     logged_at: str
     caller: str
+    rule_id: str
+    rules_version: str
 
 
 class OutcomeLine(TypedDict):
@@ -251,6 +255,9 @@ DECISION_SCHEMA = LineSchema(
         Field("logged_at", TEXT, required=False, absent="", descriptive=True),
         # Written since callers were identified: "" on older lines.
         Field("caller", TEXT, required=False, absent="", descriptive=True),
+        # Written since lists and rules decide (docs/rules.md): "" on older lines.
+        Field("rule_id", TEXT, required=False, absent="", descriptive=True),
+        Field("rules_version", TEXT, required=False, absent="", descriptive=True),
     ),
 )
 OUTCOME_SCHEMA = LineSchema(

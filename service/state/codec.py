@@ -96,6 +96,9 @@ def decode_transaction(value: bytes | memoryview) -> TransactionRecord:
 
 
 def _answer_fields(answer: ScoreResult) -> list[Any]:
+    # The rule that decided is appended only when one did: an answer of the model or the
+    # fallback keeps the six fields a process of an earlier release reads.
+    rule = [answer.rule_id, answer.rules_version] if answer.rule_id else []
     return [
         answer.score,
         int(answer.decision),
@@ -103,11 +106,13 @@ def _answer_fields(answer: ScoreResult) -> list[Any]:
         answer.model_version,
         int(answer.source),
         None if answer.fallback_reason is None else str(answer.fallback_reason),
+        *rule,
     ]
 
 
 def _answer(transaction_id: str, fields: list[Any]) -> ScoreResult:
-    score, decision, reasons, version, source, fallback = fields
+    score, decision, reasons, version, source, fallback = fields[:6]
+    rule_id, rules_version = fields[6:8] if len(fields) >= 8 else ("", "")
     return ScoreResult(
         transaction_id,
         score,
@@ -116,4 +121,6 @@ def _answer(transaction_id: str, fields: list[Any]) -> ScoreResult:
         version,
         DecisionSource(source),
         None if fallback is None else FallbackReason(fallback),
+        rule_id,
+        rules_version,
     )

@@ -9,6 +9,7 @@ retrain declined to publish (no new labels, or the candidate is not better; it s
     model_commands.py     train, evaluate, backtest
     registry_commands.py  registry list, promote, rollback
     retrain_commands.py   retrain, once or --watch
+    rules_commands.py     rules validate, publish, promote, rollback, show, backtest, list
     state_commands.py     state build
     options.py            the options several commands share
     console.py            messages, JSON output, exit codes
@@ -20,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from service.core.rule_compiler import RuleError
 from service.model.artifact import ArtifactError
 from service.model.registry import RegistryError
 from service.state.errors import StateStoreError
@@ -44,6 +46,7 @@ _BAD_INPUT = (
     EvaluationError,
     FeedbackError,
     RegistryError,
+    RuleError,
     SplitError,
     StateStoreError,
     StateTargetError,

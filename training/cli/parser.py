@@ -11,6 +11,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from service.model.registry import ALIASES, CHAMPION
+from training.cli import rules_commands
 from training.cli.data_commands import handle_config, handle_simulate
 from training.cli.model_commands import handle_backtest, handle_evaluate, handle_train
 from training.cli.options import (
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_registry(commands)
     _add_keys(commands)
     _add_state(commands)
+    _add_rules(commands)
     _add_config(commands)
     return parser
 
@@ -410,3 +412,85 @@ def _positive_int(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
     return number
+
+
+def _add_rules(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "rules",
+        help="allow/block lists and analyst rules beside the model (docs/rules.md)",
+        description="Lists and rules decide before the model's thresholds: block lists, "
+        "allow lists, decline rules, review rules, allow rules, then the model. Rule sets "
+        "and lists are versioned in the registry (rules/ and lists/), followed by the "
+        "servers within models.poll_seconds.",
+    )
+    rules = command.add_subparsers(title="rules commands", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser, *, who: bool = False) -> None:
+        add_registry_option(sub)
+        add_config_option(sub)
+        if who:
+            sub.add_argument("--reason", required=True, help="why: kept in the audit trail")
+            sub.add_argument("--by", help="who (default: the login name)")
+
+    validate = rules.add_parser("validate", help="compile a rule file as the server will")
+    validate.add_argument("file", type=Path, help="rule file, .toml or .json")
+    validate.set_defaults(handler=rules_commands.handle_validate)
+
+    publish = rules.add_parser(
+        "publish",
+        help="publish a rule file as the rules champion (or the shadow)",
+        description="Backtests the set on --data first and refuses it when its decline rate "
+        "is above rules_max_decline_rate, unless --force.",
+    )
+    publish.add_argument("file", type=Path, help="rule file, .toml or .json")
+    publish.add_argument("--data", type=Path, help="history to backtest on before publishing")
+    publish.add_argument("--force", action="store_true", help="publish without the backtest gate")
+    publish.add_argument(
+        "--shadow", action="store_true", help="publish as the challenger: counted, not deciding"
+    )
+    common(publish, who=True)
+    publish.set_defaults(handler=rules_commands.handle_publish)
+
+    promote = rules.add_parser("promote", help="make the shadow rule set the champion")
+    common(promote, who=True)
+    promote.set_defaults(handler=rules_commands.handle_promote)
+
+    rollback = rules.add_parser("rollback", help="move the rules champion back one version")
+    rollback.add_argument("--lists", action="store_true", help="roll the lists back instead")
+    common(rollback, who=True)
+    rollback.set_defaults(handler=rules_commands.handle_rollback)
+
+    show = rules.add_parser("show", help="aliases, versions and the audit trail")
+    show.add_argument("--last", type=int, default=10, help="history lines per kind (10)")
+    common(show)
+    show.set_defaults(handler=rules_commands.handle_show)
+
+    backtest = rules.add_parser(
+        "backtest", help="what a rule set would have done to a labelled history"
+    )
+    backtest.add_argument("--data", type=Path, required=True, help="labelled history (CSV/Parquet)")
+    backtest.add_argument("--rules", type=Path, required=True, help="rule file, .toml or .json")
+    backtest.add_argument("--json", action="store_true", help="the report as JSON")
+    common(backtest)
+    backtest.set_defaults(handler=rules_commands.handle_backtest)
+
+    lists = rules.add_parser("list", help="allow and block lists")
+    list_commands = lists.add_subparsers(title="list commands", required=True, metavar="ACTION")
+    for action in ("add", "remove"):
+        change = list_commands.add_parser(action, help=f"{action} a value")
+        change.add_argument("--list", required=True, choices=("block", "allow"))
+        change.add_argument(
+            "--kind", required=True, choices=("card", "bin", "terminal", "merchant", "country")
+        )
+        change.add_argument(
+            "--value", required=True, help="card token or number (tokenised), BIN, id or code"
+        )
+        if action == "add":
+            change.add_argument("--expires", help="ISO 8601 time the entry stops counting")
+        else:
+            change.set_defaults(expires=None)
+        common(change, who=True)
+        change.set_defaults(handler=rules_commands.handle_list_change, action=action)
+    show_lists = list_commands.add_parser("show", help="the lists deciding now")
+    common(show_lists)
+    show_lists.set_defaults(handler=rules_commands.handle_list_show)

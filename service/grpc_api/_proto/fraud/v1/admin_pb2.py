@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,service/grpc_api/_proto/fraud/v1/admin.proto\x12\x08\x66raud.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n\x11ListModelsRequest\"\x0f\n\rReloadRequest\"\xf3\x01\n\x10PublishedVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x41\n\x0ctest_metrics\x18\x04 \x03(\x0b\x32+.fraud.v1.PublishedVersion.TestMetricsEntry\x12\x16\n\x0eparent_version\x18\x05 \x01(\t\x1a\x32\n\x10TestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x07Refusal\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x9c\x01\n\x12ListModelsResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x02 \x01(\t\x12,\n\x08versions\x18\x03 \x03(\x0b\x32\x1a.fraud.v1.PublishedVersion\x12#\n\x08refusals\x18\x04 \x03(\x0b\x32\x11.fraud.v1.Refusal2\x96\x01\n\nModelAdmin\x12G\n\nListModels\x12\x1b.fraud.v1.ListModelsRequest\x1a\x1c.fraud.v1.ListModelsResponse\x12?\n\x06Reload\x12\x17.fraud.v1.ReloadRequest\x1a\x1c.fraud.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,service/grpc_api/_proto/fraud/v1/admin.proto\x12\x08\x66raud.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x11\x43hangeListRequest\x12\x0c\n\x04list\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0e\n\x06remove\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x12\x43hangeListResponse\x12\x15\n\rlists_version\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"\x0f\n\rReloadRequest\"\xf3\x01\n\x10PublishedVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x41\n\x0ctest_metrics\x18\x04 \x03(\x0b\x32+.fraud.v1.PublishedVersion.TestMetricsEntry\x12\x16\n\x0eparent_version\x18\x05 \x01(\t\x1a\x32\n\x10TestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x07Refusal\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x9c\x01\n\x12ListModelsResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x02 \x01(\t\x12,\n\x08versions\x18\x03 \x03(\x0b\x32\x1a.fraud.v1.PublishedVersion\x12#\n\x08refusals\x18\x04 \x03(\x0b\x32\x11.fraud.v1.Refusal2\xdf\x01\n\nModelAdmin\x12G\n\nListModels\x12\x1b.fraud.v1.ListModelsRequest\x1a\x1c.fraud.v1.ListModelsResponse\x12?\n\x06Reload\x12\x17.fraud.v1.ReloadRequest\x1a\x1c.fraud.v1.ListModelsResponse\x12G\n\nChangeList\x12\x1b.fraud.v1.ChangeListRequest\x1a\x1c.fraud.v1.ChangeListResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PUBLISHEDVERSION_TESTMETRICSENTRY']._loaded_options = None
   _globals['_PUBLISHEDVERSION_TESTMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_LISTMODELSREQUEST']._serialized_start=91
-  _globals['_LISTMODELSREQUEST']._serialized_end=110
-  _globals['_RELOADREQUEST']._serialized_start=112
-  _globals['_RELOADREQUEST']._serialized_end=127
-  _globals['_PUBLISHEDVERSION']._serialized_start=130
-  _globals['_PUBLISHEDVERSION']._serialized_end=373
-  _globals['_PUBLISHEDVERSION_TESTMETRICSENTRY']._serialized_start=323
-  _globals['_PUBLISHEDVERSION_TESTMETRICSENTRY']._serialized_end=373
-  _globals['_REFUSAL']._serialized_start=375
-  _globals['_REFUSAL']._serialized_end=448
-  _globals['_LISTMODELSRESPONSE']._serialized_start=451
-  _globals['_LISTMODELSRESPONSE']._serialized_end=607
-  _globals['_MODELADMIN']._serialized_start=610
-  _globals['_MODELADMIN']._serialized_end=760
+  _globals['_CHANGELISTREQUEST']._serialized_start=92
+  _globals['_CHANGELISTREQUEST']._serialized_end=234
+  _globals['_CHANGELISTRESPONSE']._serialized_start=236
+  _globals['_CHANGELISTRESPONSE']._serialized_end=279
+  _globals['_LISTMODELSREQUEST']._serialized_start=281
+  _globals['_LISTMODELSREQUEST']._serialized_end=300
+  _globals['_RELOADREQUEST']._serialized_start=302
+  _globals['_RELOADREQUEST']._serialized_end=317
+  _globals['_PUBLISHEDVERSION']._serialized_start=320
+  _globals['_PUBLISHEDVERSION']._serialized_end=563
+  _globals['_PUBLISHEDVERSION_TESTMETRICSENTRY']._serialized_start=513
+  _globals['_PUBLISHEDVERSION_TESTMETRICSENTRY']._serialized_end=563
+  _globals['_REFUSAL']._serialized_start=565
+  _globals['_REFUSAL']._serialized_end=638
+  _globals['_LISTMODELSRESPONSE']._serialized_start=641
+  _globals['_LISTMODELSRESPONSE']._serialized_end=797
+  _globals['_MODELADMIN']._serialized_start=800
+  _globals['_MODELADMIN']._serialized_end=1023
 # @@protoc_insertion_point(module_scope)

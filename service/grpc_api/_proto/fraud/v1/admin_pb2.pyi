@@ -30,6 +30,70 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ChangeListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIST_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    list: _builtins.str
+    """"block" or "allow"."""
+    kind: _builtins.str
+    """"card", "bin", "terminal", "merchant" or "country"."""
+    value: _builtins.str
+    """A card token (a card number is tokenised before it is written), a BIN of 6 to 8
+    digits, a terminal, merchant or country code.
+    """
+    remove: _builtins.bool
+    """True to remove the value; false to add it."""
+    reason: _builtins.str
+    """Why: kept in the registry's history. Required."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When an added entry stops counting (event time); unset: never."""
+
+    def __init__(
+        self,
+        *,
+        list: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        value: _builtins.str = ...,
+        remove: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "kind", b"kind", "list", b"list", "reason", b"reason", "remove", b"remove", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeListRequest: _TypeAlias = ChangeListRequest  # noqa: Y015
+
+@_typing.final
+class ChangeListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LISTS_VERSION_FIELD_NUMBER: _builtins.int
+    lists_version: _builtins.str
+    """The lists version published by the change."""
+    def __init__(
+        self,
+        *,
+        lists_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lists_version", b"lists_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeListResponse: _TypeAlias = ChangeListResponse  # noqa: Y015
+
+@_typing.final
 class ListModelsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

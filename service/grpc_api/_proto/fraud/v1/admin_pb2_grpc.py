@@ -44,6 +44,11 @@ class ModelAdminStub:
                 request_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ChangeList = channel.unary_unary(
+                '/fraud.v1.ModelAdmin/ChangeList',
+                request_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ChangeListRequest.SerializeToString,
+                response_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ChangeListResponse.FromString,
+                _registered_method=True)
 
 
 class ModelAdminServicer:
@@ -65,6 +70,16 @@ class ModelAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeList(self, request, context):
+        """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
+        lists version is published to the registry, with the caller as who and `reason` as
+        why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
+        names the field at fault; NOT_FOUND to remove a value that is not listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +92,11 @@ def add_ModelAdminServicer_to_server(servicer, server):
                     servicer.Reload,
                     request_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ReloadRequest.FromString,
                     response_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ChangeList': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeList,
+                    request_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ChangeListRequest.FromString,
+                    response_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ChangeListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +153,33 @@ class ModelAdmin:
             '/fraud.v1.ModelAdmin/Reload',
             service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ReloadRequest.SerializeToString,
             service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fraud.v1.ModelAdmin/ChangeList',
+            service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ChangeListRequest.SerializeToString,
+            service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_admin__pb2.ChangeListResponse.FromString,
             options,
             channel_credentials,
             insecure,

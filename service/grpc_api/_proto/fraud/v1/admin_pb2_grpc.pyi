@@ -49,6 +49,12 @@ class ModelAdminStub:
     """Looks at the registry now instead of at the next poll, retrying versions refused
     before (for instance after a fix of the registry's files). Returns the state after.
     """
+    ChangeList: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ChangeListRequest, _admin_pb2.ChangeListResponse]
+    """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
+    lists version is published to the registry, with the caller as who and `reason` as
+    why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
+    names the field at fault; NOT_FOUND to remove a value that is not listed.
+    """
 
 @_typing.type_check_only
 class ModelAdminAsyncStub(ModelAdminStub):
@@ -60,6 +66,12 @@ class ModelAdminAsyncStub(ModelAdminStub):
     Reload: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadRequest, _admin_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Looks at the registry now instead of at the next poll, retrying versions refused
     before (for instance after a fix of the registry's files). Returns the state after.
+    """
+    ChangeList: _aio.UnaryUnaryMultiCallable[_admin_pb2.ChangeListRequest, _admin_pb2.ChangeListResponse]  # type: ignore[assignment]
+    """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
+    lists version is published to the registry, with the caller as who and `reason` as
+    why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
+    names the field at fault; NOT_FOUND to remove a value that is not listed.
     """
 
 class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -81,6 +93,18 @@ class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ListModelsResponse, _abc.Awaitable[_admin_pb2.ListModelsResponse]]:
         """Looks at the registry now instead of at the next poll, retrying versions refused
         before (for instance after a fix of the registry's files). Returns the state after.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangeList(
+        self,
+        request: _admin_pb2.ChangeListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ChangeListResponse, _abc.Awaitable[_admin_pb2.ChangeListResponse]]:
+        """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
+        lists version is published to the registry, with the caller as who and `reason` as
+        why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
+        names the field at fault; NOT_FOUND to remove a value that is not listed.
         """
 
 def add_ModelAdminServicer_to_server(servicer: ModelAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

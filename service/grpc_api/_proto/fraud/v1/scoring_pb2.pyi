@@ -84,6 +84,11 @@ class _DecisionSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decisi
     """The model scored the transaction."""
     DECISION_SOURCE_FALLBACK: _DecisionSource.ValueType  # 2
     """Rules answered because the model could not (see fallback_reason); score is 0."""
+    DECISION_SOURCE_RULE: _DecisionSource.ValueType  # 3
+    """An allow or block list or an analyst rule decided (see rule_id, docs/rules.md); its
+    reason code is the first of reasons. score is the model's, or 0 with fallback_reason
+    set when the model could not answer.
+    """
 
 class DecisionSource(_DecisionSource, metaclass=_DecisionSourceEnumTypeWrapper): ...
 
@@ -92,6 +97,11 @@ DECISION_SOURCE_MODEL: DecisionSource.ValueType  # 1
 """The model scored the transaction."""
 DECISION_SOURCE_FALLBACK: DecisionSource.ValueType  # 2
 """Rules answered because the model could not (see fallback_reason); score is 0."""
+DECISION_SOURCE_RULE: DecisionSource.ValueType  # 3
+"""An allow or block list or an analyst rule decided (see rule_id, docs/rules.md); its
+reason code is the first of reasons. score is the model's, or 0 with fallback_reason
+set when the model could not answer.
+"""
 Global___DecisionSource: _TypeAlias = DecisionSource  # noqa: Y015
 
 @_typing.final
@@ -233,6 +243,8 @@ class ScoreResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     DECISION_SOURCE_FIELD_NUMBER: _builtins.int
     FALLBACK_REASON_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    RULES_VERSION_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     score: _builtins.float
     """Probability-like fraud score in [0, 1]."""
@@ -243,6 +255,12 @@ class ScoreResponse(_message.Message):
     """Why the fallback answered, e.g. "deadline", "model_unavailable", "clock_skew" (the
     event time was too far ahead of the server's clock). Empty for MODEL.
     """
+    rule_id: _builtins.str
+    """For DECISION_SOURCE_RULE: the rule's id, or the list's ("block_list.card", ...).
+    Empty otherwise.
+    """
+    rules_version: _builtins.str
+    """For DECISION_SOURCE_RULE: the rule set's or lists' version that decided."""
     @_builtins.property
     def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]:
         """Strongest contributions first; present for REVIEW and DECLINE."""
@@ -257,10 +275,12 @@ class ScoreResponse(_message.Message):
         model_version: _builtins.str = ...,
         decision_source: Global___DecisionSource.ValueType = ...,
         fallback_reason: _builtins.str = ...,
+        rule_id: _builtins.str = ...,
+        rules_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_source", b"decision_source", "fallback_reason", b"fallback_reason", "model_version", b"model_version", "reasons", b"reasons", "score", b"score", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_source", b"decision_source", "fallback_reason", b"fallback_reason", "model_version", b"model_version", "reasons", b"reasons", "rule_id", b"rule_id", "rules_version", b"rules_version", "score", b"score", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
