@@ -9,9 +9,9 @@ file cannot read a file, import a module or loop: a field, operator or value tha
 refused by name. The server compiles at load what `fraud-train rules validate` and
 `publish` compiled, with this same code, so a set that passed there loads here.
 
-Why not CEL: see benchmarks/RESULTS.md, "Rules": per rule per request, a closure costs a
-fraction of a compiled CEL program's call, and the 30 µs budget for lists plus 50 rules
-rules the bindings out.
+Why closures rather than CEL: a request pays one Python call per comparison, with no
+activation map built per request. The measurement against the CEL bindings (issue 20,
+part 6) is still to be made and recorded in benchmarks/RESULTS.md.
 
 Every problem is a `RuleError` naming the rule (by id, or by position before its id is
 known) and the path of the faulty part, e.g.
