@@ -45,11 +45,14 @@ ENV FRAUD_REGISTRY=/models \
     FRAUD_STATE__PATH=/var/lib/fraud/state \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1
-EXPOSE 50051 9464
-# grpc.health.v1 on the scoring port: NOT_SERVING until the champion is verified and warm
-# (start-period: two minutes, as the Kubernetes startup probe), and from SIGTERM on.
+# 50052: grpc.health.v1 alone, in plaintext, for probes that cannot use the scoring port's
+# TLS (this HEALTHCHECK, Kubernetes' gRPC probes).
+EXPOSE 50051 9464 50052
+# grpc.health.v1 on the health port: NOT_SERVING until the champion is verified and warm
+# (start-period: two minutes, as the Kubernetes startup probe), and from SIGTERM on; in
+# plaintext whether or not the scoring port has TLS.
 # `|| exit 1`: Docker reserves status 2, which the check uses for "no answer".
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-    CMD python -m service.healthcheck --port 50051 --timeout 3 || exit 1
+    CMD python -m service.healthcheck --port 50052 --timeout 3 || exit 1
 ENTRYPOINT ["python", "-m", "service"]
-CMD ["--registry", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9464"]
+CMD ["--registry", "/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9464", "--health-port", "50052"]

@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"Prometheus /metrics port; 0 picks a free one (default: {defaults['metrics_port']})",
     )
     parser.add_argument(
+        "--health-port",
+        type=int,
+        metavar="N",
+        help="also serve grpc.health.v1 alone, in plaintext, on this port: for probes that "
+        "cannot use TLS, such as Kubernetes' gRPC probes; 0 picks a free one (default: off)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -135,6 +142,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
+        "health_port": args.health_port,
         "workers": args.workers,
     }
     server_flags = {name: value for name, value in flags.items() if value is not None}
@@ -148,8 +156,8 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
     _check_signing_keys(settings)
     if settings.mode == "production" and (unsafe := settings.production_problems()):
         raise ConfigError("production mode refuses to start: " + "; ".join(unsafe))
-    if server.workers > 1 and server.port == 0:
-        raise ConfigError("several workers need a fixed port to share, not port 0")
+    if server.workers > 1 and 0 in (server.port, server.health_port):
+        raise ConfigError("several workers need fixed ports to share, not port 0")
     if server.workers > 1 and settings.state.backend == "memory":  # model_copy skips validators
         raise ConfigError(
             'several workers need a shared feature state (state.backend "lmdb" or "redis"), '
@@ -204,7 +212,13 @@ async def _serve_until_stopped(app: App, metrics_port: int) -> int:
     settings = app.settings
     stop = _stop_on_signals()
     await app.start()
-    _log.info("listening", port=app.port, metrics_port=metrics_port, tls=settings.tls.enabled)
+    _log.info(
+        "listening",
+        port=app.port,
+        metrics_port=metrics_port,
+        health_port=app.health_port,
+        tls=settings.tls.enabled,
+    )
 
     async def serving(model: LoadedModel) -> None:
         _log.info("serving", port=app.port, metrics_port=metrics_port, model_version=model.version)

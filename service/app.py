@@ -47,6 +47,7 @@ from service.core.scoring import FallbackPolicy, Scorer
 from service.core.validation import ScoringLimits
 from service.features import FeatureConfig, FeatureEngine, StateStore
 from service.features.engine import FEATURE_NAMES
+from service.grpc_api.health_port import build_health_server
 from service.grpc_api.server import (
     HealthServicer,
     build_server,
@@ -88,9 +89,14 @@ class App:
     scorer: Scorer[LoadedModel]
     listeners: Listeners
     state: StateStore
+    # The plaintext health-only port (`server.health_port`), when configured.
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def start(self) -> None:
-        """Open the port: health answers NOT_SERVING, scoring the fallback, until a model."""
+        """Open the ports: health answers NOT_SERVING, scoring the fallback, until a model."""
+        if self.health_server is not None:
+            await self.health_server.start()
         await self.server.start()
 
     async def load_champion(self) -> LoadedModel | None:
@@ -106,6 +112,8 @@ class App:
     async def stop(self, grace_seconds: float) -> None:
         """NOT_SERVING at once; calls in progress get `grace_seconds` to finish."""
         await shut_down(self.server, self.health, grace_seconds)
+        if self.health_server is not None:  # said NOT_SERVING through the grace; now gone
+            await self.health_server.stop(0)
 
     def close(self) -> None:
         """Drain and close the record logs, stop exporting drift and close the feature
@@ -209,12 +217,25 @@ async def create_app(settings: ServeSettings) -> App:
         health = await create_health()
         watcher = watch_models(store, health, rules)
         server, port = build_server(settings, scorer, health, models=watcher)
+        health_only = build_health_server(settings.server, health)
         prometheus_client.REGISTRY.register(listeners.drift)
     except BaseException:
         listeners.close()
         state.close()
         raise
-    return App(settings, server, port, health, watcher, scorer, listeners, state)
+    health_server, health_port = health_only if health_only is not None else (None, None)
+    return App(
+        settings,
+        server,
+        port,
+        health,
+        watcher,
+        scorer,
+        listeners,
+        state,
+        health_server,
+        health_port,
+    )
 
 
 def signature_policy(settings: ModelSettings) -> SignaturePolicy:

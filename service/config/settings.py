@@ -106,6 +106,13 @@ class ServerSettings(_Group):
     """Largest gRPC message received or sent. A transaction takes a few hundred bytes and
     the model info a few KiB, so 64 KiB rejects abuse without limiting real calls."""
 
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """A second, plaintext port serving `grpc.health.v1` and nothing else, for probes that
+    cannot use TLS or a client certificate: Kubernetes' native gRPC probes
+    (deploy/kubernetes uses 50052). Off (None) by default; the scoring port answers health
+    checks too. Health says nothing about callers or cards, so production mode allows it in
+    plaintext. 0 picks a free one (tests)."""
+
     @field_validator("host")
     @classmethod
     def _strip_brackets(cls, host: str) -> str:
@@ -118,11 +125,24 @@ class ServerSettings(_Group):
             raise PydanticCustomError("port_clash", "must differ from server.port")
         return metrics_port
 
+    @field_validator("health_port")
+    @classmethod
+    def _health_port_apart(cls, health_port: int | None, info: ValidationInfo) -> int | None:
+        if health_port and health_port in (info.data.get("port"), info.data.get("metrics_port")):
+            raise PydanticCustomError(
+                "port_clash", "must differ from server.port and server.metrics_port"
+            )
+        return health_port
+
     @property
     def scoring_address(self) -> str:
         """`host:port` as gRPC expects it, with an IPv6 host in brackets."""
+        return self.address_of(self.port)
+
+    def address_of(self, port: int) -> str:
+        """`host:port` for `port` on the configured interface, an IPv6 host in brackets."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{host}:{port}"
 
 
 class BudgetSettings(_Group):

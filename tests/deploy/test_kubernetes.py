@@ -8,6 +8,11 @@ grace longer than the server's own, unprivileged containers on read-only roots, 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+import secrets
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,16 +24,22 @@ import yaml
 from service.config.settings import ServeSettings
 from service.grpc_api.server import LIVENESS_SERVICE_NAME
 from service.observability.metrics import IN_FLIGHT
+from tests.tls_certificates import issue_server_certificate
+from training.registry.signing import generate_key_pair
 
 ROOT = Path(__file__).parents[2]
 OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
 KUBERNETES = "1.30"
-SCORING_PORT, METRICS_PORT = 50051, 9464
+SCORING_PORT, METRICS_PORT, HEALTH_PORT = 50051, 9464, 50052
 
 
 def _render(overlay: str) -> list[dict[str, Any]]:
+    return _render_directory(OVERLAYS / overlay)
+
+
+def _render_directory(kustomization: Path) -> list[dict[str, Any]]:
     rendered = subprocess.run(
-        ["kubectl", "kustomize", str(OVERLAYS / overlay)],
+        ["kubectl", "kustomize", str(kustomization)],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
     return [document for document in yaml.safe_load_all(rendered) if document]
@@ -72,39 +83,99 @@ def test_a_grpc_probe_without_its_port_is_caught(objects: list[dict[str, Any]]) 
 def test_the_server_is_probed_over_grpc_health_on_the_image_s_ports(
     objects: list[dict[str, Any]],
 ) -> None:
-    """grpc.health.v1 on the scoring port: readiness on the whole server (a model served),
-    start and liveness on the process alone (`liveness`, so that a pod waiting for a model
-    that verifies is not restarted in a loop); the ports are the ones the Dockerfile
-    exposes and its command listens on."""
+    """grpc.health.v1 on the plaintext health port (the kubelet cannot use the scoring
+    port's TLS): readiness on the whole server (a model served), start and liveness on the
+    process alone (`liveness`, so that a pod waiting for a model that verifies is not
+    restarted in a loop); the ports are the ones the Dockerfile exposes and its command
+    listens on."""
     server = _server(objects)
-    assert server["readinessProbe"]["grpc"] == {"port": SCORING_PORT}
+    assert server["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}
     for probe in ("startupProbe", "livenessProbe"):
-        assert server[probe]["grpc"] == {"port": SCORING_PORT, "service": LIVENESS_SERVICE_NAME}
+        assert server[probe]["grpc"] == {"port": HEALTH_PORT, "service": LIVENESS_SERVICE_NAME}
     assert {port["name"]: port["containerPort"] for port in server["ports"]} == {
         "grpc": SCORING_PORT,
         "metrics": METRICS_PORT,
+        "health": HEALTH_PORT,
     }
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert f"EXPOSE {SCORING_PORT} {METRICS_PORT}" in dockerfile
-    assert f'"--port", "{SCORING_PORT}", "--metrics-port", "{METRICS_PORT}"' in dockerfile
+    assert f"EXPOSE {SCORING_PORT} {METRICS_PORT} {HEALTH_PORT}" in dockerfile
+    assert (
+        f'"--port", "{SCORING_PORT}", "--metrics-port", "{METRICS_PORT}", '
+        f'"--health-port", "{HEALTH_PORT}"'
+    ) in dockerfile
+    assert f"service.healthcheck --port {HEALTH_PORT}" in dockerfile
     assert "command" not in server
     assert "args" not in server
 
 
+def _secrets_as_documented(directory: Path) -> dict[str, str]:
+    """The keys of the Secret `fraud-scoring-secrets`, with values made the way
+    docs/deployment.md makes them."""
+    public_key = generate_key_pair(directory / "keys", "release")[0].public_text
+    pos_token_digest = hashlib.sha256(secrets.token_hex(32).encode()).hexdigest()
+    callers = [{"name": "pos-backend", "roles": ["score"], "token_sha256": [pos_token_digest]}]
+    return {
+        "card-token-key": secrets.token_urlsafe(32),
+        "callers": json.dumps(callers),
+        "trusted-keys": json.dumps([public_key]),
+    }
+
+
+def _mounted_secrets(objects: list[dict[str, Any]], directory: Path) -> dict[str, Path]:
+    """Each mount path of a Secret volume, mapped to a directory holding that Secret's
+    files as Kubernetes would mount them (the TLS Secret: a certificate and its key)."""
+    pod = _one(objects, "Deployment", "fraud-scoring")["spec"]["template"]["spec"]
+    secret_volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secret_volumes == {"tls": "fraud-scoring-tls"}
+    certificate = issue_server_certificate(directory / "issued")
+    mounted = directory / "fraud-scoring-tls"
+    mounted.mkdir()
+    shutil.copy(certificate.cert_file, mounted / "tls.crt")  # `kubectl create secret tls`
+    shutil.copy(certificate.key_file, mounted / "tls.key")
+    return {
+        mount["mountPath"]: mounted
+        for mount in _server(objects)["volumeMounts"]
+        if mount["name"] in secret_volumes
+    }
+
+
 def test_the_settings_given_are_settings_the_server_knows(
-    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Every FRAUD_* name maps to a setting (a typo would be ignored silently), and the
-    values are valid."""
+    """Every FRAUD_* name maps to a setting (a typo would be ignored silently), the values
+    are valid, and with the Secrets made as docs/deployment.md makes them, production mode
+    (which the manifests turn on) finds nothing to refuse."""
     environment = _environment(objects)
-    for name in environment:
+    from_secrets = {
+        v["name"]: v["valueFrom"]["secretKeyRef"]
+        for v in _server(objects)["env"]
+        if "valueFrom" in v
+    }
+    for name in [*environment, *from_secrets]:
         group, _, field = name.removeprefix("FRAUD_").lower().partition("__")
+        if not field:  # a top-level setting: FRAUD_MODE, FRAUD_CARD_TOKEN_KEY
+            assert group in ServeSettings.model_fields, name
+            continue
         model = ServeSettings.model_fields[group].annotation
         assert model is not None
         assert field in getattr(model, "model_fields", {}), name
+    documented = _secrets_as_documented(tmp_path)
+    assert {ref["name"] for ref in from_secrets.values()} == {"fraud-scoring-secrets"}
+    assert {ref["key"] for ref in from_secrets.values()} == set(documented)
+    guide = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    for key in documented:
+        assert f"--from-literal={key}=" in guide or f"--from-file={key}=" in guide, key
+    assert "kubectl create secret tls fraud-scoring-tls" in guide
+    mounts = _mounted_secrets(objects, tmp_path)
     for name, value in environment.items():
+        for mount_path, mounted in mounts.items():
+            value = value.replace(mount_path, str(mounted))
         monkeypatch.setenv(name, value)
+    for name, ref in from_secrets.items():
+        monkeypatch.setenv(name, documented[ref["key"]])
     settings = ServeSettings()
+    assert settings.mode == "production"
+    assert settings.production_problems() == []
     pod = _one(objects, "Deployment", "fraud-scoring")["spec"]["template"]["spec"]
     pause = int(_server(objects)["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] > settings.server.grace_seconds + pause
@@ -159,7 +230,7 @@ def test_scaled_shares_one_persistent_redis_across_three_replicas_or_more() -> N
         claim = _one(objects, "PersistentVolumeClaim", shared)
         assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     pod = deployment["spec"]["template"]["spec"]
-    assert {v["name"] for v in pod["volumes"]} == {"models", "records", "state", "tmp"}
+    assert {v["name"] for v in pod["volumes"]} == {"models", "records", "state", "tls", "tmp"}
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     for kind in ("decisions", "outcomes"):  # every replica's, for retraining to read
         mount = mounts[f"/var/lib/fraud/{kind}"]
@@ -178,3 +249,40 @@ def test_scaled_autoscales_on_a_metric_the_server_exports() -> None:
     assert pods["metric"]["name"] == in_flight.name
     rules = _one(objects, "ConfigMap", "fraud-scoring-adapter-rules")["data"]["rules.yaml"]
     assert in_flight.name in rules
+
+
+def test_the_service_monitor_scrapes_each_server_once_at_the_alerts_interval(
+    tmp_path: Path,
+) -> None:
+    """The operator's ServiceMonitor (a component added to an overlay) selects exactly one
+    Service with its port, that Service reaches the server pods' metrics port, and it
+    scrapes as often as the alert rules were written for."""
+    components = ROOT / "deploy" / "kubernetes" / "components"
+    overlay = {
+        "resources": [os.path.relpath(OVERLAYS / "scaled", tmp_path)],
+        "components": [os.path.relpath(components / "service-monitor", tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
+    objects = _render_directory(tmp_path)
+    monitor = _one(objects, "ServiceMonitor", "fraud-scoring")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    [endpoint] = monitor["spec"]["endpoints"]
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    [service] = [
+        o
+        for o in objects
+        if o["kind"] == "Service"
+        and wanted.items() <= o["metadata"].get("labels", {}).items()
+        and endpoint["port"] in {port["name"] for port in o["spec"]["ports"]}
+    ]
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    server_ports = {p["name"]: p["containerPort"] for p in _server(objects)["ports"]}
+    assert server_ports[port["targetPort"]] == METRICS_PORT
+    pods = _one(objects, "Deployment", "fraud-scoring")["spec"]["template"]["metadata"]
+    assert service["spec"]["selector"].items() <= pods["labels"].items()
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert endpoint["interval"] == scrape["global"]["scrape_interval"]
+    assert endpoint["path"] == "/metrics"
+    for found in objects:
+        if found["kind"] != "ServiceMonitor":  # a custom resource: no schema offline
+            kubernetes_validate.validate(found, KUBERNETES, strict=True)

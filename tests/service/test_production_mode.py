@@ -150,15 +150,17 @@ def test_production_mode_serves_a_signed_model_over_tls(
 ) -> None:
     """With every setting safe, the server starts, loads the champion signed by the trusted
     key (its log names the key) and answers over TLS the caller holding the role, and only
-    it; it never warns about signatures or open methods."""
+    it; it never warns about signatures or open methods. Its plaintext health port (for
+    Kubernetes' probes, which cannot use TLS) answers health and nothing else."""
     registry = Path(shutil.copytree(trained_model.registry, tmp_path / "models"))
     sign(registry, trained_model.version, signing_key)
     assert (registry / "versions" / trained_model.version / SIGNATURE_FILE).is_file()
     process = start_process(
         "--production", "--registry", str(registry), "--host", "127.0.0.1", "--port", "0",
-        "--metrics-port", "0",
+        "--metrics-port", "0", "--health-port", "0",
         environment=_safe(certificate, signing_key),
     )  # fmt: skip
+    health_port = process.wait_for("listening")["health_port"]
     swapped = process.wait_for("model_swapped")
     assert swapped["signed_by"] == signing_key.key_id
     serving = process.wait_for("serving")
@@ -176,6 +178,23 @@ def test_production_mode_serves_a_signed_model_over_tls(
         )
         with pytest.raises(grpc.RpcError) as anonymous:
             stub.GetModelInfo(scoring_pb2.GetModelInfoRequest(), timeout=10)
+    with grpc.insecure_channel(f"127.0.0.1:{health_port}") as plaintext:
+        probe: Any = health_pb2_grpc.HealthStub(plaintext)
+        probed = {
+            service: probe.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            for service in ("", "fraud.v1.FraudScoring", "liveness")
+        }
+        with pytest.raises(grpc.RpcError) as scoring_on_health_port:
+            scoring_pb2_grpc.FraudScoringStub(plaintext).GetModelInfo(
+                scoring_pb2.GetModelInfoRequest(),
+                timeout=10,
+                metadata=bearer_metadata(READER_TOKEN),
+            )
+    assert {service: answer.status for service, answer in probed.items()} == dict.fromkeys(
+        probed, health_pb2.HealthCheckResponse.SERVING
+    )
+    not_there: Any = scoring_on_health_port.value
+    assert not_there.code() == grpc.StatusCode.UNIMPLEMENTED
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert info.version == trained_model.version
     refused: Any = anonymous.value  # an RpcError that is also a grpc.Call

@@ -86,6 +86,8 @@ def test_training_variables_are_not_serve_settings(monkeypatch: pytest.MonkeyPat
         ("FRAUD_SERVER__METRICS_PORT", "-1", "server.metrics_port: "),
         ("FRAUD_SERVER__WORKERS", "0", "server.workers: "),
         ("FRAUD_SERVER__METRICS_PORT", "50051", "server.metrics_port: must differ"),
+        ("FRAUD_SERVER__HEALTH_PORT", "9464", "server.health_port: must differ"),
+        ("FRAUD_SERVER__HEALTH_PORT", "70000", "server.health_port: "),
         ("FRAUD_FALLBACK__POLICY", "approve", "fallback.policy: "),
         ("FRAUD_LOGGING__SAMPLE_RATE", "1.5", "logging.sample_rate: "),
         ("FRAUD_MODELS__POLL_SECONDS", "-1", "models.poll_seconds: "),
