@@ -9,10 +9,10 @@
 This is the one place objects are built and wired; everything else receives its
 collaborators. The listeners each answer goes to, in order: decision metrics, drift
 statistics, the challenger's shadow, the decision log; each outcome goes to the outcome
-metrics and the outcome log. `service.__main__` is the command line around it (arguments,
-SIGTERM and SIGINT, worker processes); `following_the_registry` is here because a SIGHUP is
-one more way to look at the registry. Tests build the same app, or a scorer with
-`build_scorer`.
+metrics, the outcome log and its quarantine. `service.__main__` is the command line around
+it (arguments, SIGTERM and SIGINT, worker processes); `following_the_registry` is here
+because a SIGHUP is one more way to look at the registry. Tests build the same app, or a
+scorer with `build_scorer`.
 
 The port is bound by `create_app` and opens at `App.start`, before the model is loaded, so
 probes get an answer (NOT_SERVING) while it warms up; scoring calls in that window get the
@@ -41,7 +41,12 @@ import grpc
 import prometheus_client
 import structlog
 
-from service.config.settings import ModelSettings, RecordLogSettings, ServeSettings
+from service.config.settings import (
+    ModelSettings,
+    QuarantineSettings,
+    RecordLogSettings,
+    ServeSettings,
+)
 from service.core.ports import AnswerListener, ModelSource, OutcomeListener, RuleSource
 from service.core.scoring import FallbackPolicy, Scorer
 from service.core.validation import ScoringLimits
@@ -71,6 +76,7 @@ from service.observability.metrics import DecisionMetrics, SampledStageTimer, tr
 from service.observability.rule_metrics import RuleHitMetrics
 from service.records.decision_writer import DecisionLogWriter
 from service.records.outcome_writer import OutcomeLogWriter
+from service.records.quarantine_writer import QuarantineWriter
 from service.records.segment_log import LogLimits
 from service.state.opening import open_state
 
@@ -132,6 +138,7 @@ class Listeners:
     shadow: ShadowScorer
     decision_log: DecisionLogWriter | None
     outcome_log: OutcomeLogWriter | None
+    quarantine: QuarantineWriter | None = None
 
     @property
     def answers(self) -> list[AnswerListener[LoadedModel]]:
@@ -143,12 +150,12 @@ class Listeners:
 
     @property
     def outcomes(self) -> list[OutcomeListener]:
-        """The outcome log, when one is kept."""
-        return [] if self.outcome_log is None else [self.outcome_log]
+        """The outcome log and its quarantine, when they are kept."""
+        return [log for log in (self.outcome_log, self.quarantine) if log is not None]
 
     def close(self) -> None:
         """Drain and close the record logs; stop exporting drift if it was registered."""
-        for log in (self.decision_log, self.outcome_log):
+        for log in (self.decision_log, self.outcome_log, self.quarantine):
             if log is not None:
                 log.close()
         with contextlib.suppress(KeyError):  # never registered, or already closed
@@ -171,7 +178,9 @@ def open_listeners(
     )
     drift = DriftCollector(window=settings.drift.window, min_rows=settings.drift.min_rows)
     decision_log = _open_decision_log(settings.decision_log, feature_config)
-    return Listeners(drift, shadow, decision_log, _open_outcome_log(settings.outcome_log))
+    outcome_log = _open_outcome_log(settings.outcome_log)
+    quarantine = _open_quarantine(settings.outcome_log, settings.outcome_quarantine)
+    return Listeners(drift, shadow, decision_log, outcome_log, quarantine)
 
 
 async def create_app(settings: ServeSettings) -> App:
@@ -255,8 +264,9 @@ def build_scorer(
     """The scoring core over `engine`'s state and `store`'s model, configured by `settings`.
 
     The decision metrics hear every answer and outcome first, then `answer_listeners` and
-    `outcome_listeners` in order; the stages of a sample of calls are timed. ValueError when
-    `store`'s model was trained with other feature settings than `engine` computes.
+    `outcome_listeners` in order; the stages of a sample of calls are timed; outcomes are
+    ranked by their callers' `rank`. ValueError when `store`'s model was trained with other
+    feature settings than `engine` computes.
     """
     model = store.current
     if model is not None and model.manifest.feature_config != engine.config:
@@ -278,6 +288,7 @@ def build_scorer(
         stage_timer=SampledStageTimer(),
         clock_skew_listener=ClockSkewMetrics(),
         rules=rules,
+        caller_ranks={caller.name: caller.rank for caller in settings.auth.callers},
     )
 
 
@@ -376,6 +387,16 @@ def _open_outcome_log(settings: RecordLogSettings) -> OutcomeLogWriter | None:
     if settings.directory is None:
         return None
     return OutcomeLogWriter(settings.directory, _limits(settings))
+
+
+def _open_quarantine(
+    outcome_log: RecordLogSettings, settings: QuarantineSettings
+) -> QuarantineWriter | None:
+    """The outcome quarantine, in the outcome log's directory, writing from now on; None when
+    no outcome log is kept."""
+    if outcome_log.directory is None:
+        return None
+    return QuarantineWriter(outcome_log.directory, LogLimits(**settings.model_dump()))
 
 
 def _limits(settings: RecordLogSettings) -> LogLimits:

@@ -340,6 +340,22 @@ class CallerSettings(_Group):
     on a mutual-TLS client certificate: a certificate from `tls.client_ca_file` carrying
     any of them is this caller. Needs `tls.client_ca_file`."""
 
+    rank: int = Field(default=0, ge=0, le=1_000_000)
+    """How far its outcome reports are trusted against other callers': when reports on one
+    transaction disagree, the label is the highest-ranked caller's, the latest among equals,
+    in the feature state and in retraining alike (docs/security.md, "Conflicting
+    reports"). 0 for every caller (the default): the latest report decides. Give the
+    issuer's chargeback feed the highest rank, so that no other caller can reverse its
+    frauds. Written into each outcome record as it is received: a change applies to
+    reports received from then on."""
+
+    report_per_second: float | None = Field(default=None, gt=0)
+    """This caller's ReportOutcome rate, when it needs another than
+    `report_limit.per_second` (a chargeback feed sending a day's file at once)."""
+
+    report_burst: int | None = Field(default=None, ge=1)
+    """This caller's ReportOutcome burst, when it needs another than `report_limit.burst`."""
+
     @field_validator("token_sha256")
     @classmethod
     def _hex_digests(cls, digests: list[str]) -> list[str]:
@@ -405,6 +421,49 @@ class AuthSettings(_Group):
     def open(self) -> bool:
         """Whether no caller is configured, so that the scoring methods are open to all."""
         return not self.callers
+
+
+class ReportLimitSettings(_Group):
+    """How fast each caller may report outcomes: a token bucket per caller identity and
+    server process, refilled at `per_second` up to `burst`. A call beyond it gets
+    RESOURCE_EXHAUSTED at once, nothing read or kept (docs/security.md, "Outcome floods").
+    A caller's own `report_per_second` and `report_burst` take precedence."""
+
+    per_second: float = Field(default=100.0, gt=0)
+    """Outcome reports a second each caller may send, on average, to each server process.
+    Chargebacks and case verdicts come at a fraction of the scoring rate; 100 a second is
+    8.6 million a day, and keeps a caller sending made-up ids to about 15 KB a second of
+    quarantine (a line is about 170 bytes)."""
+
+    burst: int = Field(default=1000, ge=1)
+    """Outcome reports a caller may send at once, above its rate, before it is held to it:
+    a batch sent after a pause."""
+
+
+class QuarantineSettings(_Group):
+    """The quarantine of outcomes whose transaction the feature state does not hold (a
+    made-up id, or one it has forgotten): kept as `quarantine-*.jsonl` segments in the
+    outcome log's directory, with a budget of their own, so that no flood of such outcomes
+    can make the outcome log's retention delete a genuine outcome. Kept only when the
+    outcome log is (`outcome_log.directory`)."""
+
+    max_bytes: int = Field(default=256 * MIB, ge=1)
+    """Disk the quarantine may take, all workers together: beyond it the oldest quarantine
+    segments are deleted, never an outcome log segment. About 1.5 million lines: months of
+    late chargebacks (for transactions past the state horizon, which retraining reads from
+    here), or hours of a caller flooding at its rate limit."""
+
+    retention_days: float = Field(default=180.0, gt=0)
+    """Age beyond which a quarantine segment is deleted; as the outcome log's, so that a
+    late chargeback stays as long as the transaction it labels."""
+
+    segment_bytes: int = Field(default=16 * MIB, ge=4096)
+    """Size at which a quarantine segment is closed and a new one begun (also each UTC
+    day): the granularity of its retention."""
+
+    max_pending: int = Field(default=10_000, ge=1)
+    """Quarantined outcomes waiting for the writer at most; beyond, new ones are dropped
+    and counted (`fraud_record_log_dropped_total{log="quarantine"}`)."""
 
 
 class ConnectionSettings(_Group):
@@ -655,8 +714,16 @@ class ServeSettings(BaseSettings):
     """Every decision given, with its transaction and features, for retraining."""
 
     outcome_log: RecordLogSettings = RecordLogSettings(directory=Path("outcomes"), max_bytes=GIB)
-    """Every valid outcome, for retraining: a fraction of the transactions, a fifth of a
-    decision's size each, hence a budget of 1 GiB by default."""
+    """Every valid outcome of a transaction the feature state holds, for retraining: a
+    fraction of the transactions, a fifth of a decision's size each, hence a budget of
+    1 GiB by default."""
+
+    outcome_quarantine: QuarantineSettings = QuarantineSettings()
+    """Outcomes of transactions the feature state does not hold, kept apart from the
+    outcome log with a budget of their own."""
+
+    report_limit: ReportLimitSettings = ReportLimitSettings()
+    """Each caller's ReportOutcome rate."""
 
     card_token_key: SecretStr = SecretStr(DEVELOPMENT_CARD_TOKEN_KEY)
     """HMAC key that turns a raw card number arriving as `card_id` into a stable token.

@@ -161,6 +161,34 @@ class Outcome(NamedTuple):
     reported_at: float
 
 
+class OutcomeFate(IntEnum):
+    """What the feature state made of a valid outcome, which decides where it is kept: the
+    outcome log for a transaction the state holds, the quarantine for any other. False
+    (0) alone when the state does not hold the transaction."""
+
+    NOT_HELD = 0
+    """The state holds no such transaction: never scored (a made-up id), or forgotten
+    (past the state horizon, dropped by a bound, or scored before a restart of a server
+    keeping its state in memory)."""
+    COUNTED = 1
+    """Held, and its label is now this report's (`service.core.label_conflicts`)."""
+    OUTRANKED = 2
+    """Held, but an earlier report by a higher-ranked caller keeps its label."""
+    TOO_LATE = 3
+    """Held, but reported further after its event than the state horizon: it changes no
+    feature any more."""
+    STATE_UNAVAILABLE = 4
+    """The state's store failed: whether it holds the transaction is not known."""
+
+    @property
+    def held(self) -> bool:
+        """Whether the state holds the transaction: the outcome belongs in the outcome log."""
+        return self in _HELD
+
+
+_HELD = frozenset({OutcomeFate.COUNTED, OutcomeFate.OUTRANKED, OutcomeFate.TOO_LATE})
+
+
 @dataclass(frozen=True, slots=True)
 class Reason:
     """One feature's contribution to the log-odds of fraud, with its stable reason code."""

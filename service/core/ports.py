@@ -9,7 +9,7 @@ imports no model loader, no metrics and no transport. The composition root
     ModelSource         service.model.store.ModelStore (models: LoadedModel)
     AnswerListener      decision metrics, drift statistics, the challenger's shadow,
                         the decision log
-    OutcomeListener     outcome metrics, the outcome log
+    OutcomeListener     outcome metrics, the outcome log and its quarantine
     StageTimer          the sampled stage histograms (service.observability.metrics)
     ClockSkewListener   the clock skew histogram (service.observability.metrics)
     RuleSource          service.model.rule_store.RuleStore (lists and analyst rules)
@@ -28,6 +28,7 @@ from service.core.domain import (
     EarlierAttempt,
     ModelSummary,
     Outcome,
+    OutcomeFate,
     Reason,
     ScoreResult,
     Transaction,
@@ -58,8 +59,12 @@ class FeatureState(Protocol):
         """Keep an answer for a transaction `admit` counted without one, for its retries."""
         ...
 
-    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
-        """Count a label from `reported_at` on; False when the transaction is not held."""
+    def report_outcome(
+        self, transaction_id: str, is_fraud: bool, reported_at: float, rank: int
+    ) -> OutcomeFate:
+        """Count a label from `reported_at` on, reported by a caller of `rank`, unless an
+        earlier report by a higher-ranked caller holds the label
+        (`service.core.label_conflicts`); what became of it."""
         ...
 
 
@@ -153,8 +158,8 @@ class AnswerListener(Protocol[ModelT_contra]):
 class OutcomeListener(Protocol):
     """Hears every valid outcome, whether or not the feature state held its transaction."""
 
-    def on_outcome(self, outcome: Outcome, applied: bool) -> None:
-        """`applied`: the feature state held the transaction and counted the label."""
+    def on_outcome(self, outcome: Outcome, fate: OutcomeFate, rank: int) -> None:
+        """`fate`: what the feature state made of it; `rank`: its caller's rank."""
         ...
 
 

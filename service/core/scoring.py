@@ -69,22 +69,28 @@ line that has features. A repeat is not a new decision: no listener hears it, no
 
 Outcomes feed the same feature state: an outcome reported before its transaction's event
 time counts from that event time (the state clamps it), as one reported right then would.
-Every valid outcome is also heard by the outcome listeners (the outcome log kept for
-retraining, in the server), even one the state cannot use: its transaction may have been
-scored before a restart or by another worker, and a late chargeback is still a label.
+When reports on one transaction disagree, the state keeps the label of the highest-ranked
+caller's report, the latest among equals (`service.core.label_conflicts`; a caller's rank
+comes from `caller_ranks`, 0 by default). Every valid outcome is also heard by the outcome
+listeners with what the state made of it (`OutcomeFate`): in the server, the outcome log
+keeps those of transactions the state holds, and a quarantine of its own, with a byte
+budget of its own, the others, so that a flood of made-up ids can never push a genuine
+outcome out of the log (a late chargeback for a transaction the state has forgotten is
+quarantined too, where retraining still finds it).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Generic
 
 import structlog
 
+from service.core.callers import current_caller
 from service.core.card_data import first_card_number
 from service.core.card_tokens import CardTokenizer
 from service.core.domain import (
@@ -96,6 +102,7 @@ from service.core.domain import (
     FallbackMode,
     FallbackReason,
     ModelSummary,
+    OutcomeFate,
     RawOutcome,
     RawTransaction,
     Reason,
@@ -108,6 +115,7 @@ from service.core.errors import (
     StateUnavailable,
     UnknownTransaction,
 )
+from service.core.label_conflicts import DEFAULT_RANK
 from service.core.ports import (
     AnswerListener,
     ClockSkewListener,
@@ -185,6 +193,7 @@ class Scorer(Generic[ModelT]):
         outcome_listeners: Sequence[OutcomeListener] = (),
         stage_timer: StageTimer | None = None,
         clock_skew_listener: ClockSkewListener | None = None,
+        caller_ranks: Mapping[str, int] | None = None,
         rules: RuleSource | None = None,
     ) -> None:
         """Score with `features`' state and `models`' current model.
@@ -192,7 +201,8 @@ class Scorer(Generic[ModelT]):
         `answer_listeners` hear every answer given to a counted transaction (not a repeat's),
         `outcome_listeners` every valid outcome; `stage_timer` chooses the calls whose
         stages are timed; `clock_skew_listener` hears each request time beyond the allowed
-        skew; `rules` holds the lists and rules deciding before the thresholds.
+        skew; `rules` holds the lists and rules deciding before the thresholds;
+        `caller_ranks` the rank of each caller whose reports outrank others' (0 if absent).
         """
         self._features = features
         self._models = models
@@ -204,6 +214,7 @@ class Scorer(Generic[ModelT]):
         self._stages: StageTimer = stage_timer or _NoStageTimer()
         self._clock_skew: ClockSkewListener = clock_skew_listener or _NoClockSkewListener()
         self._max_skew = limits.max_future_skew_seconds
+        self._caller_ranks: Mapping[str, int] = caller_ranks or {}
         self._rotating = tokenizer.rotating
         self._rules = rules
         self._state_logged_at = -math.inf
@@ -268,12 +279,16 @@ class Scorer(Generic[ModelT]):
         return answer
 
     def report_outcome(self, raw: RawOutcome) -> None:
-        """Count a confirmed label from its report time on, and tell the outcome listeners.
+        """Count a confirmed label from its report time on, unless an earlier report by a
+        higher-ranked caller holds the label, and tell the outcome listeners what became of
+        it (the caller is the call's, `service.core.callers`; its rank `caller_ranks`').
 
         InvalidRequest for bad input (nothing kept). UnknownTransaction when the feature
-        state does not hold the transaction (scored before a restart, by another worker, or
-        too long ago to change any feature): the listeners hear the outcome all the same,
-        since a late chargeback is still a label.
+        state does not hold the transaction (never scored, or forgotten: past the state
+        horizon, dropped, scored before a restart of an in-memory state) or holds it but
+        the report comes too late to change any feature; StateUnavailable when the store
+        fails. The listeners hear every valid outcome, with its fate: the outcome log keeps
+        those of held transactions, the quarantine the others.
         """
         now_ns = time.time_ns()
         outcome = to_outcome(raw, now_ns=now_ns, limits=self._limits)
@@ -283,21 +298,26 @@ class Scorer(Generic[ModelT]):
             and (ahead := (sent_ns - now_ns) / NANOS_PER_SECOND) > self._max_skew
         ):
             self._clock_skew.on_clock_skew("reported_at", ahead)
-        applied = False
+        rank = self._caller_ranks.get(current_caller(), DEFAULT_RANK)
+        fate = OutcomeFate.STATE_UNAVAILABLE
         try:
-            applied = self._features.report_outcome(
-                outcome.transaction_id, outcome.is_fraud, outcome.reported_at
+            fate = self._features.report_outcome(
+                outcome.transaction_id, outcome.is_fraud, outcome.reported_at, rank
             )
         except Exception as error:
             self._state_failed("state_unavailable")
             raise StateUnavailable("the feature state could not count the outcome") from error
-        finally:  # a valid outcome is a label for retraining, whatever the state made of it
+        finally:  # a valid outcome is kept, in the log or the quarantine, whatever the state did
             for listener in self._outcome_listeners:
-                listener.on_outcome(outcome, applied)
-        if not applied:
+                listener.on_outcome(outcome, fate, rank)
+        if fate is OutcomeFate.NOT_HELD:
             raise UnknownTransaction(
-                "transaction_id unknown to this server's features, or too old to affect any; "
-                "the outcome is kept for retraining"
+                "transaction_id unknown to this server's features (never scored, or "
+                "forgotten); the outcome is quarantined, apart from the outcome log"
+            )
+        if fate is OutcomeFate.TOO_LATE:
+            raise UnknownTransaction(
+                "transaction_id too old to affect any feature; the outcome is kept for retraining"
             )
 
     def _answer_uncounted(

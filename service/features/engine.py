@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
-from service.core.domain import Admitted, EarlierAttempt, ScoreResult, Transaction
+from service.core.domain import Admitted, EarlierAttempt, OutcomeFate, ScoreResult, Transaction
+from service.core.label_conflicts import DEFAULT_RANK
 from service.features.card_features import CardFeatures, card_feature_specs
 from service.features.config import FeatureConfig
 from service.features.memory_store import MemoryStore
@@ -140,15 +141,24 @@ class FeatureEngine:
 
         self._in_session(SessionPlan(transaction_id=transaction_id), keep)
 
-    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
-        """Count `transaction_id` as fraud (or genuine) from event time `reported_at` on.
+    def report_outcome(
+        self,
+        transaction_id: str,
+        is_fraud: bool,
+        reported_at: float,
+        rank: int = DEFAULT_RANK,
+    ) -> OutcomeFate:
+        """Count `transaction_id` as fraud (or genuine) from event time `reported_at` on, as
+        reported by a caller of `rank`, unless an earlier report by a higher-ranked caller
+        holds its label (`service.core.label_conflicts`).
 
-        Returns False when the transaction is unknown or too old to affect any feature.
+        NOT_HELD (falsy) when the transaction is unknown, TOO_LATE when it is too old to
+        affect any feature, OUTRANKED when the earlier report's label stands.
         """
         return self._in_session(
             SessionPlan(transaction_id=transaction_id),
             lambda session: self._risk.report_outcome(
-                session, transaction_id, is_fraud, reported_at
+                session, transaction_id, is_fraud, reported_at, rank
             ),
         )
 

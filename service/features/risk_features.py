@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from array import array
 
-from service.core.domain import Transaction
+from service.core.domain import OutcomeFate, Transaction
+from service.core.label_conflicts import DEFAULT_RANK, prevails
 from service.features.config import FeatureConfig
 from service.features.risk_history import RISK_WINDOW_DAYS, RiskRing, risk_features, risk_last_time
 from service.features.state import EntityKind, StateSession, TransactionRecord
@@ -43,12 +44,21 @@ class RiskFeatures:
         return TransactionRecord(tx, terminal_tile, merchant_tile)
 
     def report_outcome(
-        self, session: StateSession, transaction_id: str, is_fraud: bool, reported_at: float
-    ) -> bool:
+        self,
+        session: StateSession,
+        transaction_id: str,
+        is_fraud: bool,
+        reported_at: float,
+        rank: int = DEFAULT_RANK,
+    ) -> OutcomeFate:
         """See `FeatureEngine.report_outcome`."""
         record = session.transaction(transaction_id)
-        if record is None or reported_at - record.transaction.timestamp > self._horizon:
-            return False
+        if record is None:
+            return OutcomeFate.NOT_HELD
+        if reported_at - record.transaction.timestamp > self._horizon:
+            return OutcomeFate.TOO_LATE
+        if not prevails(rank, record.label_rank):
+            return OutcomeFate.OUTRANKED
         change = int(is_fraud) - int(record.is_fraud)
         if change:
             tx = record.transaction
@@ -69,9 +79,11 @@ class RiskFeatures:
                     change,
                     reported_at,
                 )
+        if change or rank != record.label_rank:
             record.is_fraud = is_fraud
+            record.label_rank = rank
             session.put_transaction(record)
-        return True
+        return OutcomeFate.COUNTED
 
     def _observe(
         self, session: StateSession, kind: EntityKind, key: str, tx: Transaction, out: list[float]

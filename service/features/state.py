@@ -42,9 +42,12 @@ class TransactionRecord:
     merchant_tile: int
     """-1 without a merchant."""
     is_fraud: bool = False
-    """The label last reported, counted in the terminal's and merchant's tiles."""
+    """The label counted in the terminal's and merchant's tiles: the deciding report's
+    (`service.core.label_conflicts`)."""
     answer: ScoreResult | None = None
     """None until answered, and for good when no answer could be given."""
+    label_rank: int = 0
+    """The rank of the caller whose report `is_fraud` is (0 until reported)."""
 
 
 class TileCount(NamedTuple):

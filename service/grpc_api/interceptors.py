@@ -11,6 +11,8 @@ request is read:
     identify the caller, check the method's role    UNAUTHENTICATED, PERMISSION_DENIED
       (`service.grpc_api.auth`; skipped for the scoring methods in open mode)
     the call's deadline has passed already          DEADLINE_EXCEEDED, nothing read or done
+    the caller's rate for the method (ReportOutcome  RESOURCE_EXHAUSTED, counted by caller
+      only: `service.grpc_api.rate_limits`)
     admission (scoring service only): a unary call  RESOURCE_EXHAUSTED, at once
       takes an in-flight slot (`server.max_in_flight`), a ScoreStream a place in the
       stream budget (`connections.max_open_streams`)
@@ -47,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -66,6 +68,7 @@ from service.grpc_api.auth import (
     RefusalLog,
     bearer_token,
 )
+from service.grpc_api.rate_limits import CallerRateLimits
 from service.observability.metrics import (
     EARLY_END_COUNTERS,
     IN_FLIGHT,
@@ -137,10 +140,13 @@ class CallLimits:
 class _Method:
     """A guarded method, as set up once: its role, its metrics and its wrapped handler."""
 
-    __slots__ = ("handler", "name", "open", "path", "role", "rpc", "streaming")
+    __slots__ = ("handler", "name", "open", "path", "rate_limits", "role", "rpc", "streaming")
 
-    def __init__(self, path: str, open_scoring: bool) -> None:
+    def __init__(
+        self, path: str, open_scoring: bool, rate_limits: CallerRateLimits | None = None
+    ) -> None:
         self.path = path
+        self.rate_limits = rate_limits
         self.name = path.rpartition("/")[2]
         self.role = METHOD_ROLES[path]
         scoring = path.startswith(SCORING_SERVICE)
@@ -178,13 +184,19 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         callers: CallerDirectory | None = None,
         *,
         refusal_log: RefusalLog | None = None,
+        rate_limits: Mapping[str, CallerRateLimits] | None = None,
     ) -> None:
         """Admit calls within `limits` from `callers` (None or none configured: the scoring
-        methods are open to all, and admin calls refused); `refusal_log` chooses which
-        refusals are logged."""
+        methods are open to all, and admin calls refused), each method's within its
+        callers' `rate_limits` (by full method path); `refusal_log` chooses which refusals
+        are logged."""
         self._limits = limits
         self._callers = callers or CallerDirectory(open_scoring=True)
-        self._methods = {path: _Method(path, self._callers.open_scoring) for path in METHOD_ROLES}
+        rate_limits = rate_limits or {}
+        self._methods = {
+            path: _Method(path, self._callers.open_scoring, rate_limits.get(path))
+            for path in METHOD_ROLES
+        }
         self._refusals = auth_refusal_counters(
             [method.name for method in self._methods.values()],
             [NO_CALLER, *self._callers.names],
@@ -270,13 +282,15 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     async def _admit(self, call: _Call, context: Context) -> None:
         """Let `call` on, or end it with the status of the first step it fails."""
         method = call.method
+        name = NO_CALLER
         if not method.open:
             caller = self._identify(call, context)
             if caller is None:
                 await self._refuse(call, context, None, grpc.StatusCode.UNAUTHENTICATED)
             if method.role not in caller.roles:
                 await self._refuse(call, context, caller, grpc.StatusCode.PERMISSION_DENIED)
-            CURRENT_CALLER.set(caller.name)
+            name = caller.name
+            CURRENT_CALLER.set(name)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             self._count_unadmitted(method, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -286,6 +300,11 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 "deadline_passed",
                 DEADLINE_PASSED_DETAILS,
             )
+        if method.rate_limits is not None:
+            over_rate = method.rate_limits.refusal(name)
+            if over_rate is not None:
+                self._count_unadmitted(method, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over_rate)
         if method.rpc is None:
             return
         if method.streaming:

@@ -49,11 +49,13 @@ from service.grpc_api._proto.fraud.v1 import (
 from service.grpc_api.admin import ModelAdministration, ModelAdminServicer
 from service.grpc_api.auth import CallerDirectory
 from service.grpc_api.interceptors import AdmissionInterceptor, CallLimits
+from service.grpc_api.rate_limits import CallerRateLimits, report_rates
 from service.grpc_api.servicer import FraudScoringServicer, ScoringCore
 from service.observability.logs import RequestLogSampler
 
 SCORING_SERVICE_NAME: str = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
 ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
+REPORT_OUTCOME_METHOD = f"/{SCORING_SERVICE_NAME}/ReportOutcome"
 HEALTH_SERVICE_NAMES = (health.OVERALL_HEALTH, SCORING_SERVICE_NAME)
 # The health service name of the process itself, serving or waiting for a model.
 LIVENESS_SERVICE_NAME = "liveness"
@@ -105,8 +107,13 @@ def build_server(
         budget_seconds=settings.budget.server_budget_ms / 1000,
         log_sampler=RequestLogSampler(settings.logging.sample_rate),
     )
+    rate_limits = {
+        REPORT_OUTCOME_METHOD: CallerRateLimits("ReportOutcome", report_rates(settings)),
+    }
     server = grpc.aio.server(
-        interceptors=[AdmissionInterceptor(call_limits(settings), callers)],
+        interceptors=[
+            AdmissionInterceptor(call_limits(settings), callers, rate_limits=rate_limits)
+        ],
         options=_channel_options(settings.server, settings.connections),
     )
     scoring_pb2_grpc.add_FraudScoringServicer_to_server(servicer, server)

@@ -35,6 +35,7 @@ from service.core.domain import (
     DecisionSource,
     FallbackReason,
     Outcome,
+    OutcomeFate,
     ScoreResult,
     Transaction,
 )
@@ -136,6 +137,23 @@ SHADOW_SKIPPED = Counter(
     ["reason"],
 )
 OUTCOMES = Counter("fraud_outcomes", "Outcomes reported, by label.", ["is_fraud"])
+OUTCOMES_OUTRANKED = Counter(
+    "fraud_outcomes_outranked",
+    "Outcomes of held transactions whose label an earlier report by a higher-ranked caller "
+    "kept (logged, not counted in the features).",
+)
+OUTCOMES_QUARANTINED = Counter(
+    "fraud_outcomes_quarantined",
+    "Outcomes of transactions the feature state does not hold (unknown_transaction) or "
+    "could not look up (state_unavailable), sent to the quarantine, not the outcome log.",
+    ["reason"],
+)
+OUTCOMES_RATE_LIMITED = Counter(
+    "fraud_outcomes_rate_limited",
+    "ReportOutcome calls refused with RESOURCE_EXHAUSTED because their caller was over its "
+    "rate (empty caller: none identified, open mode).",
+    ["caller"],
+)
 RECORD_LOG_DROPPED = Counter(
     "fraud_record_log_dropped",
     "Records the decision or outcome log did not write, by log and reason (queue full, "
@@ -184,6 +202,11 @@ SHADOW_AGREEMENT_COUNTERS = {
 EarlyEnd = Literal["deadline_passed", "request_not_sent", "stream_idle", "stream_lifetime"]
 EARLY_END_COUNTERS: dict[EarlyEnd, Counter] = {
     reason: CALLS_ENDED_EARLY.labels(reason) for reason in get_args(EarlyEnd)
+}
+# Why an outcome went to the quarantine instead of the outcome log.
+QuarantineReason = Literal["unknown_transaction", "state_unavailable"]
+QUARANTINE_COUNTERS: dict[QuarantineReason, Counter] = {
+    reason: OUTCOMES_QUARANTINED.labels(reason) for reason in get_args(QuarantineReason)
 }
 # Why the challenger did not score a transaction the champion decided.
 ShadowSkipReason = Literal["backlog_full", "challenger_error"]
@@ -254,10 +277,17 @@ class DecisionMetrics:
         else:
             FALLBACK_COUNTERS[reason].inc()
 
-    def on_outcome(self, outcome: Outcome, applied: bool) -> None:
-        """Count an outcome the feature state applied, by label."""
-        if applied:
+    def on_outcome(self, outcome: Outcome, fate: OutcomeFate, rank: int) -> None:
+        """Count an outcome the feature state counted, by label; one an earlier report by a
+        higher-ranked caller outranked; one sent to the quarantine, by why."""
+        if fate is OutcomeFate.COUNTED:
             OUTCOME_COUNTERS[outcome.is_fraud].inc()
+        elif fate is OutcomeFate.OUTRANKED:
+            OUTCOMES_OUTRANKED.inc()
+        elif fate is OutcomeFate.NOT_HELD:
+            QUARANTINE_COUNTERS["unknown_transaction"].inc()
+        elif fate is OutcomeFate.STATE_UNAVAILABLE:
+            QUARANTINE_COUNTERS["state_unavailable"].inc()
 
 
 class RpcMetrics:
@@ -269,6 +299,12 @@ class RpcMetrics:
         """Children labelled `rpc`, with a request counter per gRPC status code."""
         self.duration = RPC_DURATION.labels(rpc)
         self.requests = {code: RPC_REQUESTS.labels(rpc, code.name) for code in grpc.StatusCode}
+
+
+def rate_limited_counters(callers: Iterable[str]) -> dict[str, Counter]:
+    """The rate-limit refusal counter of each caller, bound now: each series exists from
+    the start at 0, and a refusal costs a dict lookup. Callers come from the settings."""
+    return {caller: OUTCOMES_RATE_LIMITED.labels(caller) for caller in callers}
 
 
 def auth_refusal_counters(

@@ -3,11 +3,13 @@
 The server writes (`decision_writer`, `outcome_writer`, `segment_log`) and training reads
 (`training.retraining.feedback`) the same files, so everything both must agree on is here:
 
-    RecordKind                       the closed set of logs: "decisions", "outcomes"
-    DecisionLine, OutcomeLine        a line as a writer builds it, a TypedDict each: mypy
-                                     rejects a writer that renames, drops or adds a field
-    DECISION_SCHEMA, OUTCOME_SCHEMA  the same fields in the order they are written, with the
-                                     JSON types a reader accepts and which ones it requires;
+    RecordKind                       the closed set of logs: "decisions", "outcomes" and
+                                     "quarantine" (outcomes of transactions the feature
+                                     state does not hold, kept apart: `quarantine_writer`)
+    DecisionLine, OutcomeLine,       a line as a writer builds it, a TypedDict each: mypy
+    QuarantineLine                   rejects a writer that renames, drops or adds a field
+    DECISION_SCHEMA, OUTCOME_SCHEMA, the same fields in the order they are written, with the
+    QUARANTINE_SCHEMA                JSON types a reader accepts and which ones it requires;
                                      `accepts` is the reader's validation of a decoded line
     segment_name, segment_opened_at, is_segment, segment_glob
                                      `<kind>-<YYYYMMDDTHHMMSSffffffZ>-<host>-<pid>-<seq>.jsonl`
@@ -41,8 +43,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, TypedDict, get_args
 
-RecordKind = Literal["decisions", "outcomes"]
-"""The logs kept for retraining; each kind is also its segments' name prefix."""
+RecordKind = Literal["decisions", "outcomes", "quarantine"]
+"""The logs kept for retraining; each kind is also its segments' name prefix. The
+quarantine's segments live in the outcome log's directory, with a budget of their own."""
 RECORD_KINDS: tuple[RecordKind, ...] = get_args(RecordKind)
 
 # The JSON types a reader accepts, as the exact types of decoded values: JSON true and
@@ -110,13 +113,23 @@ class DecisionLine(TypedDict):
 class OutcomeLine(TypedDict):
     """An "outcomes" line as the outcome writer hands it to orjson: `reported_at` as the
     caller reported it, `received_at` when the server accepted it, `caller` who reported it
-    ("" when none was identified). No card data."""
+    ("" when none was identified) and `caller_rank`, that caller's rank when the server
+    received it, which decides between conflicting reports
+    (`service.core.label_conflicts`). No card data."""
 
     transaction_id: str
     is_fraud: bool
     reported_at: str
     received_at: str
     caller: str
+    caller_rank: int
+
+
+class QuarantineLine(OutcomeLine):
+    """A "quarantine" line: an outcome's line, and the `reason` it was not logged with the
+    outcomes (`service.records.quarantine_writer.QuarantineReason`)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,10 +281,16 @@ OUTCOME_SCHEMA = LineSchema(
         Field("reported_at", TEXT),
         Field("received_at", TEXT),
         Field("caller", TEXT, required=False, absent="", descriptive=True),
+        # Written since callers had ranks: 0 (every caller's rank before) on older lines.
+        Field("caller_rank", INTEGER, required=False, absent=0),
     ),
 )
+QUARANTINE_SCHEMA = LineSchema(
+    "quarantine",
+    (*OUTCOME_SCHEMA.fields, Field("reason", TEXT, required=False, absent="", descriptive=True)),
+)
 SCHEMAS: Mapping[RecordKind, LineSchema] = {
-    schema.kind: schema for schema in (DECISION_SCHEMA, OUTCOME_SCHEMA)
+    schema.kind: schema for schema in (DECISION_SCHEMA, OUTCOME_SCHEMA, QUARANTINE_SCHEMA)
 }
 
 

@@ -97,7 +97,11 @@ SECONDS_PER_DAY = 86_400
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 # The time in each kind's lines that does not come from this server's clock.
-RECORD_TIME_FIELDS: dict[RecordKind, str] = {"decisions": "event_time", "outcomes": "reported_at"}
+RECORD_TIME_FIELDS: dict[RecordKind, str] = {
+    "decisions": "event_time",
+    "outcomes": "reported_at",
+    "quarantine": "reported_at",
+}
 # How much of a segment's end is read for its newest record time: some dozens of lines.
 _TAIL_BYTES = 64 * 1024
 # Segments read, newest first, for a record time before falling back to their names.

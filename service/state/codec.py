@@ -4,7 +4,10 @@ An entity record is its `array('d')` as machine bytes (little-endian doubles on 
 platform this runs on). A transaction record is its event time as 8 bytes, so a sweep can
 read the age of any record from its first 8 bytes, then its fields and its answer (null
 until answered) as a JSON array: one value, so the transaction and its answer are kept,
-and dropped, together.
+and dropped, together. A label reported by a ranked caller adds its rank at the end; a
+record without one (every record while all callers have rank 0, and every record written
+before ranks) reads as rank 0, so stores written by earlier releases read unchanged, and
+earlier releases read this one's until a caller is given a rank.
 """
 
 from __future__ import annotations
@@ -65,11 +68,15 @@ def encode_transaction(record: TransactionRecord) -> bytes:
         record.is_fraud,
         None if answer is None else _answer_fields(answer),
     ]
+    if record.label_rank:
+        fields.append(record.label_rank)
     return _TIME.pack(tx.timestamp) + orjson.dumps(fields)
 
 
 def decode_transaction(value: bytes | memoryview) -> TransactionRecord:
-    tx_fields, terminal_tile, merchant_tile, is_fraud, answer = orjson.loads(value[_TIME.size :])
+    tx_fields, terminal_tile, merchant_tile, is_fraud, answer, *ranked = orjson.loads(
+        value[_TIME.size :]
+    )
     tx_id, timestamp, card, terminal, amount, merchant, mcc, mode, currency, country, present = (
         tx_fields
     )
@@ -92,6 +99,7 @@ def decode_transaction(value: bytes | memoryview) -> TransactionRecord:
         merchant_tile,
         is_fraud,
         None if answer is None else _answer(tx_id, answer),
+        ranked[0] if ranked else 0,
     )
 
 

@@ -15,9 +15,13 @@ features (else its first line).
 
 Labels follow the DATA clock: a transaction's event time and an outcome's `reported_at`, as
 the caller sent them, never the wall time a file was written. As of a moment T, only outcomes
-reported at or before T are known, and the latest of them (a correction counts as a report)
-gives the label; a transaction without a known outcome counts as genuine once its label delay
-has passed by T, and is unknown before that. A label is thus never used before it was known.
+reported at or before T are known, and of them the highest-ranked caller's, the latest among
+equals (a correction counts as a report), gives the label: the server's rule for conflicting
+reports (`service.core.label_conflicts`). A transaction without a known outcome counts as
+genuine once its label delay has passed by T, and is unknown before that. A label is thus
+never used before it was known. The outcome directory's quarantine (`quarantine-*.jsonl`:
+outcomes of transactions the server's state did not hold) is read with the outcome log: a
+late chargeback there labels its logged decision, a made-up id labels nothing.
 
 Errors::
 
@@ -43,9 +47,11 @@ from numpy.typing import NDArray
 from service.records.schema import (
     DECISION_SCHEMA,
     OUTCOME_SCHEMA,
+    QUARANTINE_SCHEMA,
     LineSchema,
     segment_glob,
 )
+from training.retraining.deciding_reports import deciding_reports
 from training.retraining.segment_twins import read_twin
 
 UNKNOWN_LABEL = -1
@@ -92,7 +98,11 @@ class LoggedDecisions:
 class LoggedOutcomes:
     """Reported outcomes, sorted by reported_ns (file order among equal times).
 
-    `frame` columns: transaction_id, is_fraud, reported_ns, received_ns (ns since the epoch).
+    `frame` columns: transaction_id, is_fraud, reported_ns, received_ns (ns since the epoch),
+    caller_rank (the reporting caller's rank when the server received it, 0 before ranks).
+    The quarantine's lines are among them: outcomes of transactions the server's state no
+    longer (or never) held, which label a logged decision all the same when their id is
+    one (a late chargeback); made-up ids match none.
     """
 
     frame: pd.DataFrame
@@ -159,9 +169,9 @@ def read_decision_log(
 
 
 def read_outcomes(directory: Path, *, map_segments: SegmentMap = map_here) -> LoggedOutcomes:
-    """Every outcome logged in `directory`, in the order they were reported, read a segment
-    at a time by `map_segments`."""
-    paths = _segments(directory, OUTCOME_SCHEMA)
+    """Every outcome logged in `directory`, the quarantine's too (`segments` counts both), in
+    the order they were reported, read a segment at a time by `map_segments`."""
+    paths = _segments(directory, OUTCOME_SCHEMA, QUARANTINE_SCHEMA)
     parts = map_segments(read_outcome_segment, paths)
     frame = pd.concat([part.frame for part in parts], ignore_index=True)
     return LoggedOutcomes(
@@ -224,6 +234,7 @@ def parse_outcomes(content: bytes) -> OutcomePart:
             "is_fraud": np.array(_values(records, OUTCOME_SCHEMA, "is_fraud"), dtype=np.bool_),
             "reported_ns": reported_ns[timed],
             "received_ns": received_ns[timed],
+            "caller_rank": np.array(_values(records, OUTCOME_SCHEMA, "caller_rank"), np.int64),
         }
     )
     return OutcomePart(frame, lines.skipped + int((~timed).sum()))
@@ -299,16 +310,18 @@ def label_outcomes(
     """Each transaction's label as known at `as_of_ns`, when it became known, and whether a
     report says it.
 
-    The latest outcome reported by then decides; without one, a transaction is genuine once
-    `label_delay_ns` has passed since its event, unknown before. A transaction whose event is
-    after `as_of_ns` had not happened yet, so it is unknown whatever was reported.
+    Of the outcomes reported by then, the highest-ranked caller's decides, the latest among
+    equals (`training.retraining.deciding_reports`); without one, a transaction is genuine
+    once `label_delay_ns` has passed since its event, unknown before. A transaction whose
+    event is after `as_of_ns` had not happened yet, so it is unknown whatever was reported.
     """
     events = np.asarray(event_ns, dtype=np.int64)
     known_ns = events + label_delay_ns
     label = np.where(known_ns <= as_of_ns, 0, UNKNOWN_LABEL).astype(np.int8)
-    visible = outcomes.frame[outcomes.frame["reported_ns"] <= as_of_ns]
-    # Sorted by report time, file order among ties: the last line per id is the latest.
-    latest = visible.drop_duplicates("transaction_id", keep="last")
+    frame = outcomes.frame
+    asked = frame["transaction_id"].isin(transaction_ids)
+    visible = frame[(frame["reported_ns"] <= as_of_ns) & asked]
+    latest = deciding_reports(visible)
     where = pd.Index(latest["transaction_id"]).get_indexer(pd.Index(transaction_ids))
     reported = where >= 0
     label[reported] = latest["is_fraud"].to_numpy(dtype=np.int8)[where[reported]]
@@ -377,12 +390,19 @@ def _valid_lines(content: bytes, schema: LineSchema) -> _Lines:
     return _Lines(records, skipped)
 
 
-def _segments(directory: Path, schema: LineSchema) -> list[Path]:
+def _segments(directory: Path, schema: LineSchema, *others: LineSchema) -> list[Path]:
+    """The segments of `schema`'s kind, and of `others`', in `directory`, in name order;
+    FeedbackError when there is none."""
     kind = schema.kind
     if not directory.is_dir():
         raise FeedbackError(f"{kind} log directory {directory} does not exist")
     try:
-        paths = [path for path in directory.glob(segment_glob(kind)) if path.is_file()]
+        paths = [
+            path
+            for each in (schema, *others)
+            for path in directory.glob(segment_glob(each.kind))
+            if path.is_file()
+        ]
     except OSError as error:
         raise FeedbackError(f"cannot list {kind} log directory {directory}: {error}") from error
     if not paths:

@@ -3,6 +3,7 @@ state."""
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import itertools
 import time
@@ -16,6 +17,7 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import REGISTRY
 
+from service.core.callers import CURRENT_CALLER
 from service.core.card_tokens import CardTokenizer
 from service.core.domain import (
     NANOS_PER_SECOND,
@@ -25,6 +27,7 @@ from service.core.domain import (
     EarlierAttempt,
     FallbackReason,
     Outcome,
+    OutcomeFate,
     RawOutcome,
     RawTransaction,
     ScoreResult,
@@ -326,18 +329,20 @@ class BrokenState:
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         raise OSError(27, "File too large")
 
-    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
+    def report_outcome(
+        self, transaction_id: str, is_fraud: bool, reported_at: float, rank: int
+    ) -> OutcomeFate:
         raise OSError(27, "File too large")
 
 
 def test_a_failing_state_store_gets_the_fallback_and_refuses_outcomes(store: ModelStore) -> None:
     """A store that fails answers by the rules ("state_unavailable"), never an exception;
     an outcome it cannot count is StateUnavailable, yet its listeners heard it."""
-    heard: list[Outcome] = []
+    heard: list[tuple[Outcome, OutcomeFate]] = []
 
     class Ears:
-        def on_outcome(self, outcome: Outcome, applied: bool) -> None:
-            heard.append(outcome)
+        def on_outcome(self, outcome: Outcome, fate: OutcomeFate, rank: int) -> None:
+            heard.append((outcome, fate))
 
     scorer = Scorer(
         BrokenState(), store, tokenizer=TOKENIZER, limits=ScoringLimits(),
@@ -350,7 +355,9 @@ def test_a_failing_state_store_gets_the_fallback_and_refuses_outcomes(store: Mod
     )
     with pytest.raises(StateUnavailable):
         scorer.report_outcome(RawOutcome("tx-1", True, T0_NS))
-    assert [outcome.transaction_id for outcome in heard] == ["tx-1"]
+    assert [(outcome.transaction_id, fate) for outcome, fate in heard] == [
+        ("tx-1", OutcomeFate.STATE_UNAVAILABLE)
+    ]
 
 
 class ForgetfulState:
@@ -371,8 +378,10 @@ class ForgetfulState:
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         raise OSError(5, "Input/output error")
 
-    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
-        return self.engine.report_outcome(transaction_id, is_fraud, reported_at)
+    def report_outcome(
+        self, transaction_id: str, is_fraud: bool, reported_at: float, rank: int
+    ) -> OutcomeFate:
+        return self.engine.report_outcome(transaction_id, is_fraud, reported_at, rank)
 
 
 def test_a_repeat_of_a_counted_but_unanswered_transaction_gets_the_fallback_kept(
@@ -410,8 +419,10 @@ class AnswerlessState:
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         raise AssertionError("the answer is kept by admit, in the transaction's session")
 
-    def report_outcome(self, transaction_id: str, is_fraud: bool, reported_at: float) -> bool:
-        return self.engine.report_outcome(transaction_id, is_fraud, reported_at)
+    def report_outcome(
+        self, transaction_id: str, is_fraud: bool, reported_at: float, rank: int
+    ) -> OutcomeFate:
+        return self.engine.report_outcome(transaction_id, is_fraud, reported_at, rank)
 
 
 def test_the_answer_is_kept_with_the_count_in_one_session(
@@ -520,6 +531,50 @@ def test_a_reported_fraud_raises_the_terminal_risk(
     assert features["terminal_risk_1d"] == 1.0
 
 
+def _reported_by(scorer: Scorer[LoadedModel], caller: str, outcome: RawOutcome) -> None:
+    """`outcome` reported in a call of `caller`'s, as the transport identifies it."""
+
+    def call() -> None:
+        CURRENT_CALLER.set(caller)
+        scorer.report_outcome(outcome)
+
+    contextvars.copy_context().run(call)
+
+
+def test_a_lower_ranked_reversal_is_heard_but_keeps_the_label(
+    engine: FeatureEngine, store: ModelStore
+) -> None:
+    """The chargeback feed's fraud stands against a portal's later "genuine" (outranked,
+    heard with the portal's rank); the feed's own reversal, or an equal's, changes it."""
+    outcomes = RecordedOutcomes()
+    ranks = {"chargebacks": 2, "case-tool": 2, "portal": 0}
+    scorer = _scorer(engine, store, outcome_listeners=[outcomes], caller_ranks=ranks)
+    scorer.score(_raw(0, timestamp_ns=T0_NS))
+    later = T0_NS / NANOS_PER_SECOND + engine.config.label_delay_seconds + 43_200.0
+
+    _reported_by(scorer, "chargebacks", RawOutcome("tx-0", True, T0_NS + DAY_NS))
+    _reported_by(scorer, "portal", RawOutcome("tx-0", False, T0_NS + 2 * DAY_NS))
+    assert _probe(engine, timestamp=later)["terminal_risk_1d"] == 1.0
+    _reported_by(scorer, "case-tool", RawOutcome("tx-0", False, T0_NS + 3 * DAY_NS))
+    assert _probe(engine, timestamp=later)["terminal_risk_1d"] == 0.0
+    assert [(fate, rank) for *_, fate, rank in outcomes.heard] == [
+        (OutcomeFate.COUNTED, 2),
+        (OutcomeFate.OUTRANKED, 0),
+        (OutcomeFate.COUNTED, 2),
+    ]
+
+
+def test_with_equal_ranks_the_latest_report_decides(
+    scorer: Scorer[LoadedModel], engine: FeatureEngine
+) -> None:
+    """Without ranks (the default) any caller's reversal changes the label, as before."""
+    scorer.score(_raw(0, timestamp_ns=T0_NS))
+    later = T0_NS / NANOS_PER_SECOND + engine.config.label_delay_seconds + 43_200.0
+    _reported_by(scorer, "chargebacks", RawOutcome("tx-0", True, T0_NS + DAY_NS))
+    _reported_by(scorer, "portal", RawOutcome("tx-0", False, T0_NS + 2 * DAY_NS))
+    assert _probe(engine, timestamp=later)["terminal_risk_1d"] == 0.0
+
+
 def test_without_outcome_the_terminal_risk_stays_zero(
     scorer: Scorer[LoadedModel], engine: FeatureEngine
 ) -> None:
@@ -548,18 +603,18 @@ class RecordedOutcomes:
     """An outcome listener that keeps what it hears."""
 
     def __init__(self) -> None:
-        self.heard: list[tuple[str, bool, float, bool]] = []
+        self.heard: list[tuple[str, bool, float, OutcomeFate, int]] = []
 
-    def on_outcome(self, outcome: Outcome, applied: bool) -> None:
-        self.heard.append((*outcome, applied))
+    def on_outcome(self, outcome: Outcome, fate: OutcomeFate, rank: int) -> None:
+        self.heard.append((*outcome, fate, rank))
 
 
 def test_every_valid_outcome_reaches_the_outcome_listeners(
     engine: FeatureEngine, store: ModelStore
 ) -> None:
-    """The listeners hear each valid outcome, as reported, even one the feature state cannot
-    use (its transaction scored before a restart, by another worker, or too long ago): it is
-    still a label for retraining. Invalid ones never."""
+    """The listeners hear each valid outcome, as reported, with what the state made of it,
+    even one the state does not hold (a made-up id, or a transaction scored before a restart
+    of an in-memory state): the quarantine keeps it. Invalid ones never."""
     outcomes = RecordedOutcomes()
     scorer = _scorer(engine, store, outcome_listeners=[outcomes])
     scorer.score(_raw(0, timestamp_ns=T0_NS))
@@ -570,8 +625,8 @@ def test_every_valid_outcome_reaches_the_outcome_listeners(
         scorer.report_outcome(RawOutcome("tx-0", False, None))
     reported = (T0_NS + DAY_NS) / NANOS_PER_SECOND
     assert outcomes.heard == [
-        ("tx-0", True, reported, True),
-        ("before-a-restart", True, reported, False),
+        ("tx-0", True, reported, OutcomeFate.COUNTED, 0),
+        ("before-a-restart", True, reported, OutcomeFate.NOT_HELD, 0),
     ]
 
 
@@ -746,8 +801,8 @@ def test_a_report_time_beyond_the_skew_is_counted_and_heard(
     before = time.time_ns()
     scorer.score(_raw(0, timestamp_ns=before - 60 * NANOS_PER_SECOND))
     scorer.report_outcome(RawOutcome("tx-0", True, before + DAY_NS))
-    ((_, _, reported_at, applied),) = outcomes.heard
-    assert applied
+    ((_, _, reported_at, fate, _),) = outcomes.heard
+    assert fate is OutcomeFate.COUNTED
     assert reported_at <= time.time() + ScoringLimits().max_future_skew_seconds
     ((skewed_time, seconds),) = skews.heard
     assert skewed_time == "reported_at"

@@ -17,6 +17,7 @@ from service.core.domain import (
     DecisionSource,
     FallbackReason,
     Outcome,
+    OutcomeFate,
     ScoreResult,
     Transaction,
 )
@@ -124,7 +125,9 @@ def _moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 def test_decision_metrics_count_what_the_core_decided(metrics_url: str) -> None:
     """A model answer counts its decision and score, a fallback answer its decision and
-    reason; an applied outcome counts under its label, an unknown transaction's does not."""
+    reason; a counted outcome counts under its label, an outranked one as outranked, an
+    unknown transaction's or one the state could not look up as quarantined, by why; one
+    too late for the features in none of them."""
     metrics = DecisionMetrics()
     tx = Transaction("tx-1", 1.7e9, "card", "term", 10.0)
     model_answer = ScoreResult("tx-1", 0.5, Decision.REVIEW, (), "v1", DecisionSource.MODEL, None)
@@ -134,8 +137,11 @@ def test_decision_metrics_count_what_the_core_decided(metrics_url: str) -> None:
     before = scrape(metrics_url)
     metrics.on_answer(tx, None, model_answer, None)
     metrics.on_answer(tx, None, fallback_answer, None)
-    metrics.on_outcome(Outcome("tx-1", True, 1.7e9), applied=True)
-    metrics.on_outcome(Outcome("tx-2", True, 1.7e9), applied=False)
+    metrics.on_outcome(Outcome("tx-1", True, 1.7e9), OutcomeFate.COUNTED, 0)
+    metrics.on_outcome(Outcome("tx-2", True, 1.7e9), OutcomeFate.NOT_HELD, 0)
+    metrics.on_outcome(Outcome("tx-1", False, 1.7e9), OutcomeFate.OUTRANKED, 0)
+    metrics.on_outcome(Outcome("tx-3", False, 1.7e9), OutcomeFate.STATE_UNAVAILABLE, 0)
+    metrics.on_outcome(Outcome("tx-1", False, 1.8e9), OutcomeFate.TOO_LATE, 0)
     after = scrape(metrics_url)
 
     assert _moved(before, after, "fraud_decisions_total", decision="review", source="model") == 1
@@ -149,6 +155,19 @@ def test_decision_metrics_count_what_the_core_decided(metrics_url: str) -> None:
     assert value(after, "fraud_outcomes_total", is_fraud="false") == value(
         before, "fraud_outcomes_total", is_fraud="false"
     )
+    assert _moved(before, after, "fraud_outcomes_outranked_total") == 1
+    for reason in ("unknown_transaction", "state_unavailable"):
+        assert _moved(before, after, "fraud_outcomes_quarantined_total", reason=reason) == 1
+
+
+def test_every_quarantine_reason_has_a_series_from_the_start(metrics_url: str) -> None:
+    """Both reasons an outcome is quarantined have a series before any outcome, and no
+    other reason does."""
+    samples = scrape(metrics_url)
+    assert _label_values(samples, "fraud_outcomes_quarantined_total", "reason") == {
+        ("unknown_transaction",),
+        ("state_unavailable",),
+    }
 
 
 def test_latency_histogram_has_the_fine_buckets(metrics_url: str) -> None:

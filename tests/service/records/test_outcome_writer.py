@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from service.core.domain import Outcome
+from service.core.domain import Outcome, OutcomeFate
 from service.records.outcome_writer import OutcomeLogWriter
 from service.records.schema import host_for_segments
 from service.records.segment_log import LogLimits
@@ -40,7 +40,7 @@ def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
     directory = tmp_path / "volume" / "outcomes"
     log = OutcomeLogWriter(directory, clock=lambda: RECEIVED_AT)
     log.record("tx-1", True, REPORTED_AT)
-    log.record("tx-2", False, REPORTED_AT + 60)
+    log.record("tx-2", False, REPORTED_AT + 60, "chargebacks", 3)
     log.close()
 
     (segment,) = directory.iterdir()
@@ -52,28 +52,32 @@ def test_recorded_outcomes_are_json_lines_after_close(tmp_path: Path) -> None:
             "reported_at": "2024-01-01T00:00:00.250000+00:00",
             "received_at": "2026-09-01T08:30:00.123456+00:00",
             "caller": "",
+            "caller_rank": 0,
         },
         {
             "transaction_id": "tx-2",
             "is_fraud": False,
             "reported_at": "2024-01-01T00:01:00.250000+00:00",
             "received_at": "2026-09-01T08:30:00.123456+00:00",
-            "caller": "",
+            "caller": "chargebacks",
+            "caller_rank": 3,
         },
     ]
 
 
-def test_as_a_listener_it_logs_every_valid_outcome_applied_or_not(tmp_path: Path) -> None:
-    """Heard from the scorer, an outcome is logged whether or not the feature state held its
-    transaction: a retrain labels transactions this process never scored."""
+def test_as_a_listener_it_logs_the_outcomes_of_held_transactions_only(tmp_path: Path) -> None:
+    """Heard from the scorer, an outcome is logged, with its rank, when the feature state
+    holds its transaction, whatever it did to the label (counted, outranked, too late to
+    count); one the state does not hold, or could not look up, is left to the quarantine."""
     log = OutcomeLogWriter(tmp_path, clock=lambda: RECEIVED_AT)
-    log.on_outcome(Outcome("held", True, REPORTED_AT), applied=True)
-    log.on_outcome(Outcome("unknown", False, REPORTED_AT), applied=False)
+    for fate in OutcomeFate:
+        log.on_outcome(Outcome(fate.name, True, REPORTED_AT), fate, fate.value)
     log.close()
     (segment,) = tmp_path.iterdir()
-    assert [(line["transaction_id"], line["is_fraud"]) for line in lines(segment)] == [
-        ("held", True),
-        ("unknown", False),
+    assert [(line["transaction_id"], line["caller_rank"]) for line in lines(segment)] == [
+        ("COUNTED", 1),
+        ("OUTRANKED", 2),
+        ("TOO_LATE", 3),
     ]
 
 

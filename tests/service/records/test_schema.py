@@ -20,21 +20,26 @@ from service.core.domain import (
     DecisionSource,
     EntryMode,
     FallbackReason,
+    Outcome,
+    OutcomeFate,
     ScoreResult,
     Transaction,
 )
 from service.features import FEATURE_ENGINE_VERSION, FeatureConfig
 from service.records.decision_writer import DecisionLogWriter
 from service.records.outcome_writer import OutcomeLogWriter
+from service.records.quarantine_writer import QuarantineWriter
 from service.records.schema import (
     DECISION_SCHEMA,
     OUTCOME_SCHEMA,
+    QUARANTINE_SCHEMA,
     RECORD_KINDS,
     SCHEMAS,
     DecisionLine,
     Field,
     LineSchema,
     OutcomeLine,
+    QuarantineLine,
     RecordKind,
     host_for_segments,
     is_segment,
@@ -43,6 +48,7 @@ from service.records.schema import (
     segment_name,
     segment_opened_at,
 )
+from service.records.segment_log import LogLimits
 from training.retraining.feedback import read_decision_log, read_outcomes
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -118,11 +124,12 @@ DECISIONS: list[tuple[Transaction, list[float] | None, ScoreResult]] = [
         ),
     ),
 ]
-# (transaction id, is fraud, reported at) in report order, the order the reader sorts them in.
+# (transaction id, is fraud, reported at, caller rank) in report order, the order the reader
+# sorts them in.
 OUTCOMES = [
-    ("tx-model", True, datetime(2026, 9, 2, 0, 0, 0, 250_000, UTC)),
-    ("tx-error", False, datetime(2026, 9, 2, 6, 0, 0, tzinfo=UTC)),
-    ("tx-model", False, datetime(2026, 9, 3, 1, 2, 3, 456_789, UTC)),
+    ("tx-model", True, datetime(2026, 9, 2, 0, 0, 0, 250_000, UTC), 2),
+    ("tx-error", False, datetime(2026, 9, 2, 6, 0, 0, tzinfo=UTC), 0),
+    ("tx-model", False, datetime(2026, 9, 3, 1, 2, 3, 456_789, UTC), 1),
 ]
 
 
@@ -144,17 +151,25 @@ def write_decisions(directory: Path) -> None:
 
 def write_outcomes(directory: Path) -> None:
     log = OutcomeLogWriter(directory, clock=RECEIVED_AT.timestamp)
-    for transaction_id, is_fraud, reported_at in OUTCOMES:
-        log.record(transaction_id, is_fraud, reported_at.timestamp())
+    for transaction_id, is_fraud, reported_at, rank in OUTCOMES:
+        log.record(transaction_id, is_fraud, reported_at.timestamp(), "a-caller", rank)
     log.close()
+
+
+def write_quarantine(directory: Path) -> None:
+    log = QuarantineWriter(directory, LogLimits(), clock=RECEIVED_AT.timestamp)
+    for transaction_id, is_fraud, reported_at, rank in OUTCOMES:
+        outcome = Outcome(transaction_id, is_fraud, reported_at.timestamp())
+        log.on_outcome(outcome, OutcomeFate.NOT_HELD, rank)
+    log.close()
+
+
+WRITERS = {"decisions": write_decisions, "outcomes": write_outcomes, "quarantine": write_quarantine}
 
 
 def write(kind: RecordKind, directory: Path) -> Path:
     """Write `kind`'s sample records through its writer; the one segment written."""
-    if kind == "decisions":
-        write_decisions(directory)
-    else:
-        write_outcomes(directory)
+    WRITERS[kind](directory)
     (segment,) = directory.iterdir()
     return segment
 
@@ -233,8 +248,21 @@ def test_outcomes_written_by_the_server_read_back_field_by_field(tmp_path: Path)
             "is_fraud": is_fraud,
             "reported_ns": ns(reported_at),
             "received_ns": ns(RECEIVED_AT),
+            "caller_rank": rank,
         }
-        for transaction_id, is_fraud, reported_at in OUTCOMES
+        for transaction_id, is_fraud, reported_at, rank in OUTCOMES
+    ]
+
+
+def test_quarantined_outcomes_are_read_with_the_outcome_log(tmp_path: Path) -> None:
+    """The quarantine's segments, in the outcome log's directory, are read as outcomes too:
+    a late chargeback there can label a logged decision."""
+    write_outcomes(tmp_path)
+    write_quarantine(tmp_path)
+    outcomes = read_outcomes(tmp_path)
+    assert (outcomes.skipped_lines, outcomes.segments) == (0, 2)
+    assert outcomes.frame["transaction_id"].tolist() == [
+        transaction_id for transaction_id, *_ in OUTCOMES for _copy in (0, 1)
     ]
 
 
@@ -262,14 +290,18 @@ def test_the_times_a_writer_holds_are_written_in_iso_utc(tmp_path: Path) -> None
         "2026-09-01T12:30:15.000005+00:00",
     ]
     assert [line["reported_at"] for line in outcomes] == [
-        iso_utc(reported_at.timestamp()) for _, _, reported_at in OUTCOMES
+        iso_utc(reported_at.timestamp()) for _, _, reported_at, _ in OUTCOMES
     ]
     assert iso_utc(RECEIVED_AT.timestamp()) == "2026-09-03T09:30:00.123456+00:00"
 
 
 @pytest.mark.parametrize(
     ("line_type", "schema"),
-    [(DecisionLine, DECISION_SCHEMA), (OutcomeLine, OUTCOME_SCHEMA)],
+    [
+        (DecisionLine, DECISION_SCHEMA),
+        (OutcomeLine, OUTCOME_SCHEMA),
+        (QuarantineLine, QUARANTINE_SCHEMA),
+    ],
     ids=RECORD_KINDS,
 )
 def test_the_writers_line_types_are_the_schemas_fields(
@@ -328,7 +360,8 @@ def test_a_line_without_an_optional_field_reads_it_as_absent(
     frame, skipped = read_back(kind, tmp_path)
     assert (skipped, len(frame)) == (0, len(lines(segment)))
     if field.name in frame.columns:
-        (row,) = plain(frame[frame["transaction_id"] == incomplete])
+        # The line changed is its transaction's first, and the earliest reported.
+        row = plain(frame[frame["transaction_id"] == incomplete])[0]
         assert row[field.name] == field.absent
 
 

@@ -14,6 +14,7 @@ from service.core.domain import (
     Decision,
     DecisionSource,
     EarlierAttempt,
+    OutcomeFate,
     ScoreResult,
     Transaction,
 )
@@ -70,3 +71,23 @@ def test_a_card_s_history_under_its_previous_token_is_carried_over(store: StateS
     assert card_count(tx(4, T0 + 240, card="k2:new"), previous_card_id="k1:old") == 5
     assert card_count(tx(5, T0 + 300, card="k1:old")) == 4
     assert card_count(tx(6, T0 + 360, card="k2:other"), previous_card_id="k1:none") == 1
+
+
+def test_a_label_keeps_its_reporter_s_rank_across_sessions(store: StateStore) -> None:
+    """A higher-ranked caller's fraud stands against a lower-ranked reversal, on every store
+    (the rank is read back from the stored record in each session), and falls to an
+    equal-ranked one; the terminal's risk follows the label that stands."""
+    engine = FeatureEngine(CONFIG, store)
+    engine.observe(tx(1, T0, terminal="t1"))
+    reported, later = T0 + 3_600, T0 + CONFIG.label_delay_seconds + 43_200
+
+    def terminal_risk(number: int) -> float:
+        return as_dict(engine.observe(tx(number, later + number, terminal="t1")))[
+            "terminal_risk_1d"
+        ]
+
+    assert engine.report_outcome("tx1", True, reported, 2) is OutcomeFate.COUNTED
+    assert engine.report_outcome("tx1", False, reported + 60, 0) is OutcomeFate.OUTRANKED
+    assert terminal_risk(10) == 1.0
+    assert engine.report_outcome("tx1", False, reported + 120, 2) is OutcomeFate.COUNTED
+    assert terminal_risk(11) == 0.0
