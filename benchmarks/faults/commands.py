@@ -60,7 +60,9 @@ def add_parsers(
     reloads.add_argument("--rate", type=float, default=300.0, help="Score calls per second")
     chaos = subcommand(subcommands, "chaos", "faults under load", _CHAOS)
     registry(chaos)
-    chaos.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    chaos.add_argument(
+        "--scenario", nargs="+", choices=(*SCENARIOS, "all"), default=["all"], help="one or more"
+    )
     chaos.add_argument("--rate", type=float, default=300.0, help="calls per second")
     chaos.add_argument("--seconds", type=float, default=10.0, help="load before and after a fault")
     chaos.add_argument("--store-outage", type=float, default=10.0, help="seconds")
@@ -100,7 +102,7 @@ def prepare(args: argparse.Namespace) -> Callable[[list[str]], FaultReport]:
     elif args.command == "chaos":
         settings = ChaosSettings(
             **common,
-            scenarios=SCENARIOS if args.scenario == "all" else (args.scenario,),
+            scenarios=SCENARIOS if "all" in args.scenario else tuple(dict.fromkeys(args.scenario)),
             rate=args.rate,
             seconds=args.seconds,
             store_outage=args.store_outage,

@@ -31,7 +31,7 @@ RSS_LIMIT_MIB = 50.0
 POLL_SECONDS = "0.1"
 _MIB = 1024 * 1024
 # Steady load before the first promotion and after the last.
-_MARGIN_SECONDS = 2.0
+_MARGIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

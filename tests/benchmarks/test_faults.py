@@ -1,0 +1,114 @@
+"""`fraud-bench fuzz`, `reloads`, `chaos` and `soak` with short settings against real
+servers: each writes its criteria, and the exit status follows them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.faults.answers import stale_answers
+from benchmarks.faults.criteria import Scenario, equal, not_judged
+from benchmarks.faults.driver import Record
+from tests.conftest import TrainedModel
+
+
+def _run(arguments: list[str], model: TrainedModel, out: Path) -> tuple[int, dict[str, Any]]:
+    common = ["--registry", str(model.registry), "--data", str(model.history), "--out", str(out)]
+    status = main([*arguments, *common])
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert status == (0 if report["passed"] else 1)
+    return status, report
+
+
+def _criteria(report: dict[str, Any], scenario: str) -> dict[str, bool | None]:
+    (found,) = [s for s in report["scenarios"] if s["name"] == scenario]
+    return {criterion["name"]: criterion["passed"] for criterion in found["criteria"]}
+
+
+def test_fuzz_sends_every_method_and_judges_the_answers(
+    trained_model: TrainedModel, tmp_path: Path
+):
+    _status, report = _run(["fuzz", "--count", "400", "--seed", "3"], trained_model, tmp_path)
+
+    (scenario,) = report["scenarios"]
+    statuses = scenario["figures"]["statuses"]
+    assert sum(statuses.values()) == 400
+    methods = {name.split()[0] for name in statuses}
+    assert {"Score", "ScoreStream", "ReportOutcome", "GetModelInfo", "ListModels"} <= methods
+    assert statuses.get("Score INVALID_ARGUMENT", 0) > 0  # hostile fields were refused
+    criteria = _criteria(report, "fuzz")
+    assert criteria["no crash: running after, exit 0 on SIGTERM"] is True
+    assert criteria["every score finite and in [0, 1]"] is True
+    assert criteria["healthy after: SERVING, a valid Score answered by the model"] is True
+    assert (tmp_path / "fuzz.png").stat().st_size > 0
+
+
+def test_reloads_under_load_answer_each_promoted_version(
+    trained_model: TrainedModel, tmp_path: Path
+):
+    arguments = ["reloads", "--promotions", "2", "--every", "0.5", "--rate", "100"]
+
+    status, report = _run(arguments, trained_model, tmp_path)
+
+    assert status == 0, report["scenarios"]
+    assert report["scenarios"][0]["figures"]["promotions_answered"] == 2
+
+
+def test_chaos_kill_and_disk_full_are_judged(trained_model: TrainedModel, tmp_path: Path):
+    """The two scenarios with the most machinery (a restart on the same state and an
+    uninterrupted server to compare with; a tmpfs in a namespace of its own). The others
+    run the same driver and criteria code; the test-time budget leaves them to the
+    recorded runs."""
+    arguments = ["chaos", "--scenario", "kill", "disk", "--rate", "100", "--seconds", "1"]
+
+    _status, report = _run(arguments, trained_model, tmp_path)
+
+    assert [s["name"] for s in report["scenarios"]] == ["kill", "disk"]
+    kill = _criteria(report, "kill")
+    assert kill["no acknowledged outcome lost"] is True
+    assert kill["outage within the restart time + 1 s"] is True
+    disk = _criteria(report, "disk")
+    assert disk["no call fails"] is True
+    assert disk["decision records dropped while full (counted)"] is True
+    assert disk["records written again after space returns"] is True
+
+
+def test_soak_counts_every_answer_in_the_records(trained_model: TrainedModel, tmp_path: Path):
+    arguments = ["soak", "--minutes", "0.08", "--rate", "60", "--promote-every", "2"]
+    arguments += ["--sighup-every", "3", "--sample-every", "1"]
+
+    _status, report = _run(arguments, trained_model, tmp_path)
+
+    criteria = _criteria(report, "soak")
+    assert criteria["no failed call"] is True
+    assert criteria["decision records = Score calls answered"] is True
+    assert criteria["RSS slope after the first minute"] is None  # too short to judge
+    figures = report["scenarios"][0]["figures"]
+    assert figures["promotions"] >= 2
+    assert figures["sighups"] >= 1
+    assert figures["stream_answers"] > 0
+
+
+def test_an_answer_of_the_old_version_sent_after_the_new_one_answered_is_stale():
+    promotions = [(0.0, "a"), (1.0, "b")]
+    records = [
+        Record("score", 0.5, 0.6, "OK", "t1", "a"),
+        Record("score", 1.0, 1.2, "OK", "t2", "a"),  # in flight at the swap: allowed
+        Record("score", 1.1, 1.15, "OK", "t3", "b"),
+        Record("score", 1.3, 1.4, "OK", "t4", "a"),  # sent after b answered: stale
+    ]
+
+    assert stale_answers(records, promotions) == 1
+    assert stale_answers(records[:3], promotions) == 0
+
+
+@pytest.mark.parametrize(
+    ("criteria", "passed"),
+    [([equal("x", 1, 1), not_judged("y", "-", "too short")], True), ([equal("x", 1, 2)], False)],
+)
+def test_a_scenario_fails_only_on_a_failed_criterion(criteria: list[Any], passed: bool):
+    assert Scenario("s", criteria).passed is passed
