@@ -33,7 +33,10 @@ from service.app import build_scorer, champion_feature_config, open_listeners
 from service.config.settings import RecordLogSettings, ServeSettings, StateBackend, StateSettings
 from service.core.domain import RawTransaction
 from service.features import FeatureEngine
+from service.features.engine import FEATURE_NAMES
+from service.model.rule_store import RuleStore
 from service.model.store import ModelStore
+from service.observability.rule_metrics import RuleHitMetrics
 from service.state.opening import open_state
 
 START_NS = 1_704_067_200 * 1_000_000_000  # 2024-01-01T00:00:00Z
@@ -74,8 +77,10 @@ def measure(
     *,
     state_url: str = StateSettings().url,
     ids: IdShape = "short",
+    rules: bool = False,
 ) -> tuple[float, float]:
-    """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`."""
+    """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`;
+    with `rules`, the registry's lists and rule sets decide first, as in the server."""
     with tempfile.TemporaryDirectory() as directory:
         settings = ServeSettings(
             registry=registry,
@@ -88,12 +93,16 @@ def measure(
         store.load_champion()
         listeners = open_listeners(settings, store, config, asyncio.new_event_loop().call_soon)
         state_store = open_state(settings.state, config)
+        rule_store = RuleStore(registry, FEATURE_NAMES) if rules else None
+        if rule_store is not None:
+            rule_store.refresh()
         scorer = build_scorer(
             settings,
             FeatureEngine(config, state_store),
             store,
-            answer_listeners=listeners.answers,
+            answer_listeners=[*listeners.answers, *([RuleHitMetrics()] if rules else [])],
             outcome_listeners=listeners.outcomes,
+            rules=rule_store,
         )
         requests = _requests(warmup + transactions, ids)
         for _ in range(warmup):
