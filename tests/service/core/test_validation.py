@@ -27,6 +27,8 @@ TOKENIZER = CardTokenizer(b"test key")
 NOW_NS = 1_767_225_600 * NANOS_PER_SECOND  # 2026-01-01T00:00:00Z
 EVENT_NS = NOW_NS - 90 * NANOS_PER_SECOND
 YEAR_2000_NS = 946_684_800 * NANOS_PER_SECOND
+# 10000-01-01T00:00:00Z: past the last instant a google.protobuf.Timestamp can hold.
+YEAR_10000_NS = 253_402_300_800 * NANOS_PER_SECOND
 SKEW_NS = int(LIMITS.max_future_skew_seconds) * NANOS_PER_SECOND
 PAN = "4111 1111 1111 1111"
 DIGITS = "4111111111111111"
@@ -169,6 +171,7 @@ def test_an_event_time_ahead_of_the_clock_is_not_refused_here() -> None:
         {"timestamp_ns": YEAR_2000_NS},
         {"timestamp_ns": NOW_NS + SKEW_NS},
         {"timestamp_ns": 2**63 - 1},
+        {"timestamp_ns": YEAR_10000_NS - 1},
         {"mcc": 1},
         {"mcc": 9999},
         {"card_present": False},
@@ -201,6 +204,9 @@ def test_values_on_the_limits_are_accepted(changes: dict[str, Any]) -> None:
         ({"timestamp_ns": 0}, "transaction.timestamp", "before 2000-01-01"),
         ({"timestamp_ns": YEAR_2000_NS - 1}, "transaction.timestamp", "before 2000-01-01"),
         ({"timestamp_ns": -(2**63)}, "transaction.timestamp", "before 2000-01-01"),
+        # Found by `fraud-bench fuzz`: such a time was answered (a clock_skew fallback), then
+        # failed the decision log's encoding and took its chunk of records down with it.
+        ({"timestamp_ns": YEAR_10000_NS}, "transaction.timestamp", "after 9999-12-31"),
         ({"mcc": 10_000}, "transaction.mcc", "between 0 and 9999"),
         ({"mcc": 2**32 - 1}, "transaction.mcc", "between 0 and 9999"),
         ({"mcc": -1}, "transaction.mcc", "between 0 and 9999"),
