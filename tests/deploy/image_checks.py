@@ -1,7 +1,7 @@
-"""What makes the serving image reproducible, as functions of the files' text that return
-the problems they find (none: []), so that tests can give them a broken copy too: the lock
-(requirements/serve.lock) against pyproject.toml, its SBOM, the imports of `service/`, the
-Dockerfile and .dockerignore."""
+"""What makes the images reproducible, as functions of the files' text that return the
+problems they find (none: []), so that tests can give them a broken copy too: a lock
+(requirements/serve.lock, train.lock) against pyproject.toml, the SBOM, the imports of the
+packages an image holds, its Dockerfile and build context (.dockerignore)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,33 @@ SBOM = ROOT / "requirements" / "serve.cdx.json"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SERVICE = ROOT / "service"
+TRAINING = ROOT / "training"
+TRAIN_LOCK = ROOT / "requirements" / "train.lock"
+TRAINING_DOCKERFILE = ROOT / "deploy" / "training.Dockerfile"
+TRAINING_DOCKERIGNORE = ROOT / "deploy" / "training.Dockerfile.dockerignore"
 
 LOCK_IN_IMAGE = "requirements/serve.lock"
 # All the runtime stage may take from the build context: the server's package and the lock.
 RUNTIME_SOURCES = frozenset({"service", LOCK_IN_IMAGE})
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """What an image's last stage may take from the build context, and how it runs."""
+
+    sources: frozenset[str]
+    lock: str
+    entry_point: tuple[str, ...]
+    health_check: bool  # a server: Docker's HEALTHCHECK through service.healthcheck
+
+
+SERVING_IMAGE = ImageRecipe(RUNTIME_SOURCES, LOCK_IN_IMAGE, ("python", "-m", "service"), True)
+TRAINING_IMAGE = ImageRecipe(
+    frozenset({"service", "training", "requirements/train.lock"}),
+    "requirements/train.lock",
+    ("python", "-m", "training.cli"),
+    health_check=False,
+)
 # The image's interpreter and platform (scripts/lock resolves for them), for markers.
 IMAGE_ENVIRONMENT = {
     "python_version": "3.11",
@@ -56,8 +79,12 @@ class Pin:
     hashes: tuple[str, ...]
 
 
-def project_dependencies(pyproject_text: str) -> list[str]:
-    dependencies: list[str] = tomllib.loads(pyproject_text)["project"]["dependencies"]
+def project_dependencies(pyproject_text: str, *extras: str) -> list[str]:
+    """[project].dependencies, and those of the named extras."""
+    project = tomllib.loads(pyproject_text)["project"]
+    dependencies: list[str] = list(project["dependencies"])
+    for extra in extras:
+        dependencies += project["optional-dependencies"][extra]
     return dependencies
 
 
@@ -187,10 +214,12 @@ def read_sbom(path: Path) -> dict[str, Any]:
 # --- What service/ imports ------------------------------------------------------------------
 
 
-def third_party_imports(package: Path) -> dict[str, Path]:
-    """Every absolute import of a module outside the standard library and `service`, in any
-    .py file under `package` (at any depth, conditional or not), with a file importing it
-    (relative to the package's parent)."""
+def third_party_imports(
+    package: Path, own: frozenset[str] = frozenset({"service"})
+) -> dict[str, Path]:
+    """Every absolute import of a module outside the standard library and the `own`
+    packages, in any .py file under `package` (at any depth, conditional or not), with a
+    file importing it (relative to the package's parent)."""
     imports: dict[str, Path] = {}
     for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
@@ -202,7 +231,7 @@ def third_party_imports(package: Path) -> dict[str, Path]:
                 continue
             for module in modules:
                 top = module.partition(".")[0]
-                if top != "service" and top not in sys.stdlib_module_names:
+                if top not in own and top not in sys.stdlib_module_names:
                     imports.setdefault(module, path.relative_to(package.parent))
     return imports
 
@@ -255,10 +284,11 @@ def dockerfile_instructions(text: str) -> list[Instruction]:
     return instructions
 
 
-def dockerfile_problems(text: str) -> list[str]:
+def dockerfile_problems(text: str, recipe: ImageRecipe = SERVING_IMAGE) -> list[str]:
     """Floating base images anywhere; in the runtime (last) stage: anything copied but the
-    lock and `service/`, a pip install without the lock's hashes, no HEALTHCHECK through
-    service.healthcheck, running as root, another entry point."""
+    image's sources (for the server, the lock and `service/`), a pip install without the
+    lock's hashes, for a server no HEALTHCHECK through service.healthcheck, running as
+    root, another entry point."""
     problems = [
         f"parser directive {line!r}: its image is not pinned by digest"
         for line in text.splitlines()
@@ -279,10 +309,10 @@ def dockerfile_problems(text: str) -> list[str]:
             stages[-1].append(instruction)
     if not stages:
         return [*problems, "no FROM"]
-    return problems + _runtime_stage_problems(stages[-1])
+    return problems + _runtime_stage_problems(stages[-1], recipe)
 
 
-def _runtime_stage_problems(stage: list[Instruction]) -> list[str]:
+def _runtime_stage_problems(stage: list[Instruction], image: ImageRecipe) -> list[str]:
     problems: list[str] = []
     copied: set[str] = set()
     for instruction in stage:
@@ -295,28 +325,28 @@ def _runtime_stage_problems(stage: list[Instruction]) -> list[str]:
             problems.append(f"COPY {instruction.arguments}: from another stage or image")
         sources = [w.removeprefix("./").rstrip("/") for w in words[:-1] if not w.startswith("--")]
         copied |= set(sources)
-        problems += [f"COPY {source}: the runtime needs only service/ and the lock"
-                     for source in sources if source not in RUNTIME_SOURCES]  # fmt: skip
+        problems += [f"COPY {source}: the image takes only {', '.join(sorted(image.sources))}"
+                     for source in sources if source not in image.sources]  # fmt: skip
     problems += [f"the runtime stage does not COPY {source}"
-                 for source in sorted(RUNTIME_SOURCES - copied)]  # fmt: skip
+                 for source in sorted(image.sources - copied)]  # fmt: skip
 
     installs = [i.arguments for i in stage if i.keyword == "RUN" and "pip install" in i.arguments]
     if not installs:
         problems.append("no pip install of the lock")
     for command in installs:
-        for option in ("--require-hashes", "--no-deps", f"-r {LOCK_IN_IMAGE}"):
+        for option in ("--require-hashes", "--no-deps", f"-r {image.lock}"):
             if option not in command:
                 problems.append(f"a pip install without {option}")
 
     checks = [i.arguments for i in stage if i.keyword == "HEALTHCHECK"]
-    if not checks or "python -m service.healthcheck" not in checks[-1]:
+    if image.health_check and (not checks or "python -m service.healthcheck" not in checks[-1]):
         problems.append("no HEALTHCHECK running python -m service.healthcheck")
     users = [i.arguments.partition(":")[0] for i in stage if i.keyword == "USER"]
     if not users or users[-1] in {"root", "0"}:
         problems.append(f"runs as root (USER: {users[-1] if users else 'none'})")
     entry_points = [i.arguments for i in stage if i.keyword == "ENTRYPOINT"]
-    if not entry_points or _words(entry_points[-1]) != ["python", "-m", "service"]:
-        problems.append("the ENTRYPOINT is not python -m service")
+    if not entry_points or _words(entry_points[-1]) != list(image.entry_point):
+        problems.append(f"the ENTRYPOINT is not {' '.join(image.entry_point)}")
     return problems
 
 
@@ -328,14 +358,14 @@ def _words(arguments: str) -> list[str]:
     return arguments.split()
 
 
-def dockerignore_problems(text: str) -> list[str]:
-    """The build context: everything left out, then exactly the runtime's sources let in."""
+def dockerignore_problems(text: str, image: ImageRecipe = SERVING_IMAGE) -> list[str]:
+    """The build context: everything left out, then exactly the image's sources let in."""
     patterns = [
         line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
     ]
     if not patterns or patterns[0] != "*":
         return ["does not start by leaving everything out ('*')"]
     admitted = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    if admitted != RUNTIME_SOURCES:
-        return [f"lets in {sorted(admitted)}, not {sorted(RUNTIME_SOURCES)}"]
+    if admitted != image.sources:
+        return [f"lets in {sorted(admitted)}, not {sorted(image.sources)}"]
     return []

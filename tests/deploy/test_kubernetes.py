@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -25,6 +26,9 @@ from service.config.settings import ServeSettings
 from service.grpc_api.server import LIVENESS_SERVICE_NAME
 from service.observability.metrics import IN_FLIGHT
 from tests.tls_certificates import issue_server_certificate
+from training.cli.parser import build_parser as build_training_parser
+from training.cli.retrain_commands import handle_retrain
+from training.config import TrainSettings
 from training.registry.signing import generate_key_pair
 
 ROOT = Path(__file__).parents[2]
@@ -286,3 +290,67 @@ def test_the_service_monitor_scrapes_each_server_once_at_the_alerts_interval(
     for found in objects:
         if found["kind"] != "ServiceMonitor":  # a custom resource: no schema offline
             kubernetes_validate.validate(found, KUBERNETES, strict=True)
+
+
+def test_scaled_retrains_beside_the_servers_on_every_replica_s_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `fraud-train retrain --watch` pod of the training image: its arguments parse, it
+    reads the decisions and outcomes on the very volume and subdirectories the servers
+    write, publishes into the registry they follow, signs with a key from a Secret, reads
+    drift from a Service that reaches the servers' metrics port, and is no server (no
+    Service, budget or autoscaler counts it)."""
+    objects = _render("scaled")
+    retrain = _one(objects, "Deployment", "fraud-scoring-retrain")
+    assert (retrain["spec"]["replicas"], retrain["spec"]["strategy"]["type"]) == (1, "Recreate")
+    pod = retrain["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"].startswith("fraud-scoring-training:")
+    arguments = build_training_parser().parse_args(container["args"])
+    assert arguments.handler is handle_retrain
+    assert (arguments.watch, arguments.compact) == (True, True)
+
+    def sources(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+        """Each mount path: the claim or Secret behind it, its subPath, read-only or not."""
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        found = {}
+        for mount in container["volumeMounts"]:
+            volume = volumes[mount["name"]]
+            source = volume.get("persistentVolumeClaim", {}).get("claimName") or volume.get(
+                "secret", {}
+            ).get("secretName")
+            found[mount["mountPath"]] = (source, mount.get("subPath"), mount.get("readOnly"))
+        return found
+
+    server_pod = _one(objects, "Deployment", "fraud-scoring")["spec"]["template"]["spec"]
+    servers = sources(server_pod, _server(objects))
+    mine = sources(pod, container)
+    for log in (arguments.decisions, arguments.outcomes):
+        assert mine[str(log)][:2] == servers[str(log)][:2]  # the same claim and subdirectory
+        assert mine[str(log)][2] is None  # writable: --compact writes the twins there
+    assert mine[str(arguments.registry)] == ("fraud-models", None, None)
+
+    environment = {v["name"]: v["value"] for v in container["env"]}
+    key_path = Path(environment["FRAUD_TRAIN_SIGNING_KEY"])
+    assert mine[str(key_path.parent)] == ("fraud-scoring-retrain-key", None, True)
+    key = generate_key_pair(tmp_path, key_path.stem)[1]
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value.replace(str(key_path), str(key)))
+    settings = TrainSettings()  # every FRAUD_TRAIN_* name and value is valid
+    [metrics_url] = settings.triggers.metrics_urls
+    address = urlsplit(metrics_url)
+    service = _one(objects, "Service", str(address.hostname))
+    [port] = [p for p in service["spec"]["ports"] if p["port"] == address.port]
+    assert {p["name"]: p["containerPort"] for p in _server(objects)["ports"]}[
+        port["targetPort"]
+    ] == METRICS_PORT
+
+    labels = retrain["spec"]["template"]["metadata"]["labels"]
+    for found in objects:
+        if found is retrain:
+            continue
+        selector = found.get("spec", {}).get("selector", {})
+        wanted = selector.get("matchLabels", selector)
+        assert not (wanted and wanted.items() <= labels.items()), found["metadata"]["name"]
+    autoscaler = _one(objects, "HorizontalPodAutoscaler", "fraud-scoring")
+    assert autoscaler["spec"]["scaleTargetRef"]["name"] == "fraud-scoring"
