@@ -45,7 +45,7 @@ def per_second(
 
 
 def stale_answers(records: Sequence[Record], promotions: Sequence[tuple[float, str]]) -> int:
-    """Answers from an older promotion's version sent after a newer one had answered.
+    """Answers from an older promotion's version sent after a newer one's had answered.
 
     `promotions`: (time, version) of each promotion, in order, the first the version served
     at the start. An answer belongs to the latest promotion of its version made before it

@@ -95,6 +95,7 @@ class RecordingLoad:
         self._max_in_flight = max_in_flight
         self.records: list[Record] = []
         self.start = 0.0
+        self.start_wall = 0.0  # time.time() at `start`: to place the server's log lines
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="recording-load", daemon=True)
@@ -143,6 +144,7 @@ class RecordingLoad:
         slots = asyncio.Semaphore(self._max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
         self.start = time.perf_counter()
+        self.start_wall = time.time()
         self._started.set()
         try:
             for number, (call, offset) in enumerate(

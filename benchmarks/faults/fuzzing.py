@@ -16,6 +16,7 @@ server this command starts (the admin service on, its token known). Judged:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -70,6 +71,7 @@ class _Tally:
     bad_scores: int = 0
     mutated: int = 0
     rss: list[tuple[float, float]] = field(default_factory=list)
+    anonymous: list[float] = field(default_factory=list)
 
 
 def run_fuzz(settings: FuzzSettings) -> Scenario:
@@ -101,11 +103,16 @@ async def _send_all(server: ManagedServer, settings: FuzzSettings) -> _Tally:
                 tally.mutated += case.mutated
                 await _send(channel, case, number, tally)
                 if number % SAMPLE_EVERY == 0:
-                    tally.rss.append((time.monotonic() - start, server.rss_bytes() / _MIB))
+                    _sample(server, tally, start)
 
         await asyncio.gather(*(worker() for _ in range(settings.concurrency)))
-    tally.rss.append((time.monotonic() - start, server.rss_bytes() / _MIB))
+    _sample(server, tally, start)
     return tally
+
+
+def _sample(server: ManagedServer, tally: _Tally, start: float) -> None:
+    tally.rss.append((time.monotonic() - start, server.rss_bytes() / _MIB))
+    tally.anonymous.append(server.anonymous_bytes() / _MIB)
 
 
 async def _send(channel: grpc.aio.Channel, case: FuzzCase, number: int, tally: _Tally) -> None:
@@ -113,15 +120,17 @@ async def _send(channel: grpc.aio.Channel, case: FuzzCase, number: int, tally: _
     answers: list[bytes] = []
     try:
         if case.method == SCORE_STREAM:
-            stream: Any = channel.stream_stream(case.method)
-            call: Any = stream(iter(case.payloads), timeout=_TIMEOUT, metadata=metadata)
-            answers = [answer async for answer in call]
+            answers, code, details = await _stream(channel, case, metadata)
+            if code != "OK":
+                raise _StreamEnded(code, details)
         else:
             method: Any = channel.unary_unary(case.method)
             answers = [await method(case.payloads[0], timeout=_TIMEOUT, metadata=metadata)]
         code, details = "OK", ""
     except grpc.aio.AioRpcError as error:
         code, details = error.code().name, error.details() or ""
+    except _StreamEnded as ended:
+        code, details = ended.code, ended.details
     name = case.method.rsplit("/", 1)[1]
     tally.codes[f"{name} {code}"] += 1
     if code not in DOCUMENTED[case.method]:
@@ -134,6 +143,39 @@ async def _send(channel: grpc.aio.Channel, case: FuzzCase, number: int, tally: _
             score = scoring_pb2.ScoreResponse.FromString(answer).score
             tally.scores += 1
             tally.bad_scores += not (math.isfinite(score) and 0.0 <= score <= 1.0)
+
+
+class _StreamEnded(Exception):
+    def __init__(self, code: str, details: str) -> None:
+        self.code, self.details = code, details
+
+
+async def _stream(
+    channel: grpc.aio.Channel, case: FuzzCase, metadata: Any
+) -> tuple[list[bytes], str, str]:
+    """A stream's answers and the status the server ended it with. Messages are written
+    one by one and writing stops once the call has ended: grpc.aio's client, left to
+    write a request iterator after the server closed the call, reports INTERNAL ("Internal
+    error from Core") in place of the server's status."""
+    method: Any = channel.stream_stream(case.method)
+    call: Any = method(timeout=_TIMEOUT, metadata=metadata)
+    answers: list[bytes] = []
+
+    async def read() -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            answers.extend([answer async for answer in call])
+
+    reader = asyncio.create_task(read())
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        for payload in case.payloads:
+            if call.done():
+                break
+            await call.write(payload)
+        if not call.done():
+            await call.done_writing()
+    await reader
+    code = await call.code()
+    return answers, code.name, await call.details() or ""
 
 
 async def _healthy(target: str, data: Path) -> bool:
@@ -166,9 +208,10 @@ def _judge(
     log: str,
 ) -> Scenario:
     errors = [line for line in log.splitlines() if '"level": "error"' in line]
-    first = next((mib for _, mib in tally.rss if _ >= 0), 0.0)
-    settled = tally.rss[max(0, len(tally.rss) // 5)][1] if tally.rss else first
+    fifth = len(tally.rss) // 5
+    settled = tally.rss[fifth][1] if tally.rss else 0.0
     growth = (tally.rss[-1][1] - settled) if tally.rss else 0.0
+    anonymous_growth = (tally.anonymous[-1] - tally.anonymous[fifth]) if tally.anonymous else 0.0
     criteria: list[Criterion] = [
         equal("no crash: running after, exit 0 on SIGTERM", (alive, status), (True, 0)),
         equal(
@@ -192,6 +235,7 @@ def _judge(
             round(growth, 1),
             MEMORY_LIMIT_MIB,
             " MiB",
+            f"of it anonymous (heap, not the state's file mapping): {anonymous_growth:.1f} MiB",
         ),
     ]
     return Scenario(
@@ -209,5 +253,8 @@ def _judge(
             "rss_first_fifth_mib": round(settled, 1),
             "rss_end_mib": round(tally.rss[-1][1], 1) if tally.rss else 0.0,
         },
-        series={"server RSS (MiB)": ([t for t, _ in tally.rss], [m for _, m in tally.rss])},
+        series={
+            "server RSS (MiB)": ([t for t, _ in tally.rss], [m for _, m in tally.rss]),
+            "anonymous RSS (MiB)": ([t for t, _ in tally.rss], tally.anonymous),
+        },
     )

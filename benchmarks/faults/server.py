@@ -8,12 +8,14 @@ start goes to `<files>/server-<n>.log`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -120,6 +122,20 @@ class ManagedServer:
                 continue
         return total
 
+    def anonymous_bytes(self) -> int:
+        """Anonymous resident memory of the tree (heap, stacks: not file mappings such as
+        the LMDB state's, which its own bounds limit): where a leak shows."""
+        total = 0
+        for process in self._tree():
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
     def metrics(self) -> dict[str, float]:
         """The server's metrics now: `name{label="v",...}` to value (samples as exported)."""
         with urllib.request.urlopen(self.spec.metrics_urls[0], timeout=5) as response:
@@ -129,6 +145,22 @@ class ManagedServer:
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         }
+
+    def swaps(self, since_wall: float) -> list[tuple[float, str]]:
+        """The champion swaps the server logged (`model_swapped`), as (seconds after the
+        wall time `since_wall`, version), in order."""
+        swaps: list[tuple[float, str]] = []
+        for line in self.log_text().splitlines():
+            if '"model_swapped"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("alias") == "champion":
+                at = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00"))
+                swaps.append((at.timestamp() - since_wall, record["version"]))
+        return swaps
 
     def log_text(self) -> str:
         """Everything every start of the server wrote."""
