@@ -16,7 +16,21 @@ def scores(records: Sequence[Record]) -> list[Record]:
 
 
 def failed(records: Sequence[Record]) -> list[Record]:
+    """Calls that did not end OK."""
     return [record for record in records if record.code != OK]
+
+
+# An outcome for a transaction the server does not hold (scored by the fallback, which
+# counts nothing, or before the state forgot it) is NOT_FOUND by contract, not a failure.
+_OUTCOME_ANSWERS = frozenset({OK, "NOT_FOUND"})
+
+
+def failures(records: Sequence[Record]) -> list[Record]:
+    """Score calls that did not end OK, and outcome reports that ended neither OK nor
+    NOT_FOUND."""
+    return [
+        r for r in records if r.code != OK and (r.kind != OUTCOME or r.code not in _OUTCOME_ANSWERS)
+    ]
 
 
 def p99_ms(records: Sequence[Record]) -> float:
