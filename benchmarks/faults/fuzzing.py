@@ -72,6 +72,7 @@ class _Tally:
     mutated: int = 0
     rss: list[tuple[float, float]] = field(default_factory=list)
     anonymous: list[float] = field(default_factory=list)
+    server_statuses: dict[str, int] = field(default_factory=dict)
 
 
 def run_fuzz(settings: FuzzSettings) -> Scenario:
@@ -80,14 +81,30 @@ def run_fuzz(settings: FuzzSettings) -> Scenario:
     server = ManagedServer(spec, settings.out / "fuzz-server")
     server.start()
     try:
+        before = server.metrics()
         started = time.monotonic()
         tally = asyncio.run(_send_all(server, settings))
         seconds = time.monotonic() - started
+        tally.server_statuses = _server_statuses(before, server.metrics())
         healthy = asyncio.run(_healthy(server.target, settings.data))
         alive = server.alive()
     finally:
         status = server.stop()
     return _judge(settings, tally, seconds, alive, status, healthy, server.log_text())
+
+
+def _server_statuses(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """The statuses the server itself counted (`fraud_rpc_requests_total`) over the run: a
+    client can see another status than the one the server ended the call with (a stream
+    written to after the server ended it)."""
+    counted: dict[str, int] = {}
+    for key, value in after.items():
+        if key.startswith("fraud_rpc_requests_total{") and value > before.get(key, 0.0):
+            inside = key[key.index("{") + 1 : -1].replace('"', "")
+            labels = dict(part.split("=", 1) for part in inside.split(","))
+            name = f"{labels['rpc']} {labels['code']}"
+            counted[name] = int(value - before.get(key, 0.0))
+    return dict(sorted(counted.items()))
 
 
 async def _send_all(server: ManagedServer, settings: FuzzSettings) -> _Tally:
@@ -247,6 +264,7 @@ def _judge(
             "seconds": round(seconds, 1),
             "cases_per_second": round(settings.count / seconds, 1) if seconds else 0.0,
             "statuses": dict(sorted(tally.codes.items())),
+            "server_statuses": tally.server_statuses,
             "undocumented": dict(tally.undocumented),
             "examples": tally.examples,
             "error_lines": len(errors),
