@@ -4,10 +4,11 @@ isort:skip_file
 Model administration of a running scoring server: which versions it serves, and a
 forced look at the registry.
 
-Every call needs the admin token: metadata `authorization: Bearer <token>`, the token
-the server was started with (FRAUD_ADMIN__TOKEN). Without a configured token the
-service is not offered (UNIMPLEMENTED); with a wrong or missing one the call fails with
-UNAUTHENTICATED. Use TLS on the port, or the token travels in clear.
+Every call needs a caller holding the `admin` role (docs/security.md), identified by a
+bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS client
+certificate: no caller identified is UNAUTHENTICATED, a caller without the role
+PERMISSION_DENIED. With no caller holding the role the service is not offered
+(UNIMPLEMENTED). Use TLS on the port, or tokens travel in clear.
 
 Moving aliases is not done here but in the registry (`fraud-train registry promote`,
 `... rollback`), which records who moved what and why; the server follows the registry.

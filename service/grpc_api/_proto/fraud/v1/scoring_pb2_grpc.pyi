@@ -35,7 +35,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class FraudScoringStub:
-    """The fraud-scoring service."""
+    """The fraud-scoring service.
+
+    Every method needs a caller holding its role (docs/security.md): `score` for Score and
+    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
+    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
+    client certificate. With no caller configured (development), every method is open.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -48,7 +54,9 @@ class FraudScoringStub:
     transaction_id was already scored with other content; the message names the first
     field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
     backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
-    UNAVAILABLE (no model and no fallback can answer). No error message ever repeats a
+    UNAVAILABLE (no model and no fallback can answer), UNAUTHENTICATED (no caller
+    identified: no token, a token no caller holds, or an unknown client certificate),
+    PERMISSION_DENIED (the caller lacks the `score` role). No error message ever repeats a
     value sent. When the model cannot answer in time, or the event time is further ahead
     of the server's clock than it allows, the response is a rule-based decision with
     decision_source FALLBACK, not an error.
@@ -57,20 +65,39 @@ class FraudScoringStub:
     """Scores a stream of transactions on one long-lived call, in order. Each response
     carries the transaction_id of its request. A request that fails validation ends the
     stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
-    by its position in the stream ("transaction #3: ", from 0) and the field.
+    by its position in the stream ("transaction #3: ", from 0) and the field. The stream
+    itself may end with UNAUTHENTICATED or PERMISSION_DENIED (as for Score, before any
+    transaction is read), RESOURCE_EXHAUSTED (too many streams open: retry with backoff) or
+    UNAVAILABLE (idle or open too long: open a new stream).
     """
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
-    merchant risk features from `reported_at` on, and is kept for retraining.
-    Errors: NOT_FOUND (the transaction is unknown to this server's features or too old to
-    affect any; the outcome is still kept for retraining: do not retry), INVALID_ARGUMENT.
+    merchant risk features from `reported_at` on, and is kept for retraining, with the
+    caller. Reports on one transaction that disagree are all kept; the label is the one
+    reported by the highest-ranked caller, the latest among equals (so a reversal by a
+    lower-ranked caller is kept but changes nothing; ranks are the server's settings).
+    Errors: NOT_FOUND (the transaction is unknown to this server's features, never scored
+    or forgotten, or too old to affect any; the outcome is kept apart from the outcome
+    log, in a bounded quarantine that retraining reads: do not retry), INVALID_ARGUMENT,
+    RESOURCE_EXHAUSTED (the caller is over its outcome rate: retry later, more slowly),
+    UNAVAILABLE (the feature state could not be read: retry), UNAUTHENTICATED (as for
+    Score), PERMISSION_DENIED (the caller lacks the `report` role).
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.GetModelInfoRequest, _scoring_pb2.ModelInfo]
-    """Describes the model currently deciding: version, features, thresholds, metrics."""
+    """Describes the model currently deciding: version, features, thresholds, metrics.
+    Errors: UNAVAILABLE (no model is loaded), UNAUTHENTICATED (as for Score),
+    PERMISSION_DENIED (the caller lacks the `read-model` role).
+    """
 
 @_typing.type_check_only
 class FraudScoringAsyncStub(FraudScoringStub):
-    """The fraud-scoring service."""
+    """The fraud-scoring service.
+
+    Every method needs a caller holding its role (docs/security.md): `score` for Score and
+    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
+    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
+    client certificate. With no caller configured (development), every method is open.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Score: _aio.UnaryUnaryMultiCallable[_scoring_pb2.ScoreRequest, _scoring_pb2.ScoreResponse]  # type: ignore[assignment]
@@ -80,7 +107,9 @@ class FraudScoringAsyncStub(FraudScoringStub):
     transaction_id was already scored with other content; the message names the first
     field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
     backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
-    UNAVAILABLE (no model and no fallback can answer). No error message ever repeats a
+    UNAVAILABLE (no model and no fallback can answer), UNAUTHENTICATED (no caller
+    identified: no token, a token no caller holds, or an unknown client certificate),
+    PERMISSION_DENIED (the caller lacks the `score` role). No error message ever repeats a
     value sent. When the model cannot answer in time, or the event time is further ahead
     of the server's clock than it allows, the response is a rule-based decision with
     decision_source FALLBACK, not an error.
@@ -89,19 +118,38 @@ class FraudScoringAsyncStub(FraudScoringStub):
     """Scores a stream of transactions on one long-lived call, in order. Each response
     carries the transaction_id of its request. A request that fails validation ends the
     stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
-    by its position in the stream ("transaction #3: ", from 0) and the field.
+    by its position in the stream ("transaction #3: ", from 0) and the field. The stream
+    itself may end with UNAUTHENTICATED or PERMISSION_DENIED (as for Score, before any
+    transaction is read), RESOURCE_EXHAUSTED (too many streams open: retry with backoff) or
+    UNAVAILABLE (idle or open too long: open a new stream).
     """
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]  # type: ignore[assignment]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
-    merchant risk features from `reported_at` on, and is kept for retraining.
-    Errors: NOT_FOUND (the transaction is unknown to this server's features or too old to
-    affect any; the outcome is still kept for retraining: do not retry), INVALID_ARGUMENT.
+    merchant risk features from `reported_at` on, and is kept for retraining, with the
+    caller. Reports on one transaction that disagree are all kept; the label is the one
+    reported by the highest-ranked caller, the latest among equals (so a reversal by a
+    lower-ranked caller is kept but changes nothing; ranks are the server's settings).
+    Errors: NOT_FOUND (the transaction is unknown to this server's features, never scored
+    or forgotten, or too old to affect any; the outcome is kept apart from the outcome
+    log, in a bounded quarantine that retraining reads: do not retry), INVALID_ARGUMENT,
+    RESOURCE_EXHAUSTED (the caller is over its outcome rate: retry later, more slowly),
+    UNAVAILABLE (the feature state could not be read: retry), UNAUTHENTICATED (as for
+    Score), PERMISSION_DENIED (the caller lacks the `report` role).
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_scoring_pb2.GetModelInfoRequest, _scoring_pb2.ModelInfo]  # type: ignore[assignment]
-    """Describes the model currently deciding: version, features, thresholds, metrics."""
+    """Describes the model currently deciding: version, features, thresholds, metrics.
+    Errors: UNAVAILABLE (no model is loaded), UNAUTHENTICATED (as for Score),
+    PERMISSION_DENIED (the caller lacks the `read-model` role).
+    """
 
 class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
-    """The fraud-scoring service."""
+    """The fraud-scoring service.
+
+    Every method needs a caller holding its role (docs/security.md): `score` for Score and
+    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
+    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
+    client certificate. With no caller configured (development), every method is open.
+    """
 
     @_abc_1.abstractmethod
     def Score(
@@ -115,7 +163,9 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         transaction_id was already scored with other content; the message names the first
         field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
         backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
-        UNAVAILABLE (no model and no fallback can answer). No error message ever repeats a
+        UNAVAILABLE (no model and no fallback can answer), UNAUTHENTICATED (no caller
+        identified: no token, a token no caller holds, or an unknown client certificate),
+        PERMISSION_DENIED (the caller lacks the `score` role). No error message ever repeats a
         value sent. When the model cannot answer in time, or the event time is further ahead
         of the server's clock than it allows, the response is a rule-based decision with
         decision_source FALLBACK, not an error.
@@ -130,7 +180,10 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         """Scores a stream of transactions on one long-lived call, in order. Each response
         carries the transaction_id of its request. A request that fails validation ends the
         stream with INVALID_ARGUMENT (or ALREADY_EXISTS, as for Score) naming the transaction
-        by its position in the stream ("transaction #3: ", from 0) and the field.
+        by its position in the stream ("transaction #3: ", from 0) and the field. The stream
+        itself may end with UNAUTHENTICATED or PERMISSION_DENIED (as for Score, before any
+        transaction is read), RESOURCE_EXHAUSTED (too many streams open: retry with backoff) or
+        UNAVAILABLE (idle or open too long: open a new stream).
         """
 
     @_abc_1.abstractmethod
@@ -140,9 +193,16 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scoring_pb2.OutcomeResponse, _abc.Awaitable[_scoring_pb2.OutcomeResponse]]:
         """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
-        merchant risk features from `reported_at` on, and is kept for retraining.
-        Errors: NOT_FOUND (the transaction is unknown to this server's features or too old to
-        affect any; the outcome is still kept for retraining: do not retry), INVALID_ARGUMENT.
+        merchant risk features from `reported_at` on, and is kept for retraining, with the
+        caller. Reports on one transaction that disagree are all kept; the label is the one
+        reported by the highest-ranked caller, the latest among equals (so a reversal by a
+        lower-ranked caller is kept but changes nothing; ranks are the server's settings).
+        Errors: NOT_FOUND (the transaction is unknown to this server's features, never scored
+        or forgotten, or too old to affect any; the outcome is kept apart from the outcome
+        log, in a bounded quarantine that retraining reads: do not retry), INVALID_ARGUMENT,
+        RESOURCE_EXHAUSTED (the caller is over its outcome rate: retry later, more slowly),
+        UNAVAILABLE (the feature state could not be read: retry), UNAUTHENTICATED (as for
+        Score), PERMISSION_DENIED (the caller lacks the `report` role).
         """
 
     @_abc_1.abstractmethod
@@ -151,6 +211,9 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         request: _scoring_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scoring_pb2.ModelInfo, _abc.Awaitable[_scoring_pb2.ModelInfo]]:
-        """Describes the model currently deciding: version, features, thresholds, metrics."""
+        """Describes the model currently deciding: version, features, thresholds, metrics.
+        Errors: UNAVAILABLE (no model is loaded), UNAUTHENTICATED (as for Score),
+        PERMISSION_DENIED (the caller lacks the `read-model` role).
+        """
 
 def add_FraudScoringServicer_to_server(servicer: FraudScoringServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
