@@ -160,6 +160,48 @@ def observe_card(
     record[_LAST_TIME] = now
 
 
+# Where `observe_card` writes, for a store that applies a swipe itself (`card_swipe`).
+CARD_LAYOUT: dict[str, int] = {
+    "LAST_TIME": _LAST_TIME,
+    "HOME_COUNTRY": _HOME_COUNTRY,
+    "HOUR_HEAD": _HOUR_HEAD,
+    "DAY_HEAD": _DAY_HEAD,
+    "SHIFT": _SHIFT,
+    "RECENT_NEXT": _RECENT_NEXT,
+    "HOURS": _HOURS,
+    "DAYS": _DAYS,
+    "RECENT_TIMES": _RECENT_TIMES,
+    "RECENT_PROBES": _RECENT_PROBES,
+    "TERMINAL_KEYS": _TERMINAL_KEYS,
+    "TERMINAL_SEEN": _TERMINAL_SEEN,
+    "SIZE": CARD_RECORD_SIZE,
+    "RECENT_EVENTS": RECENT_EVENTS,
+    "HOUR_TILES": HOUR_TILES,
+    "DAY_TILES": DAY_TILES,
+    "TERMINAL_SLOTS": TERMINAL_SLOTS,
+}
+
+
+def card_swipe(tx: Transaction, small_amount: float) -> tuple[float, ...]:
+    """What `observe_card` writes of `tx` that does not depend on the record: its time, the
+    time's hour and day tiles, the amount, probe (1/0), card not present (1/0), the
+    terminal's key and the country's code (0 when not sent). A store that applies swipes
+    itself (the Redis store, in Lua) takes these and is held to `observe_card`'s bytes by
+    a test."""
+    now = tx.timestamp
+    not_present = tx.card_present is False or tx.entry_mode == EntryMode.ECOMMERCE
+    return (
+        now,
+        int(now // HOUR),
+        int(now // DAY),
+        tx.amount,
+        float(tx.amount < small_amount),
+        float(not_present),
+        float(zlib.crc32(tx.terminal_id.encode()) + 1),
+        float(int.from_bytes(tx.country.encode()[:6], "big")) if tx.country else 0.0,
+    )
+
+
 def card_last_time(record: array[float]) -> float:
     """The event time of the card's latest swipe."""
     return record[_LAST_TIME]

@@ -19,15 +19,19 @@ from typing import NamedTuple, TypeVar
 from service.core.domain import Admitted, EarlierAttempt, OutcomeFate, ScoreResult, Transaction
 from service.core.label_conflicts import DEFAULT_RANK
 from service.features.card_features import CardFeatures, card_feature_specs
+from service.features.card_history import card_swipe
 from service.features.config import FeatureConfig
 from service.features.memory_store import MemoryStore
 from service.features.risk_features import RiskFeatures, risk_feature_specs
+from service.features.risk_history import RiskRing
 from service.features.state import (
     EntityKind,
     SessionConflict,
     SessionPlan,
     StateSession,
     StateStore,
+    Swipe,
+    SwipeLayout,
 )
 
 FEATURE_ENGINE_VERSION = 2
@@ -87,6 +91,11 @@ class FeatureEngine:
         self._cards = CardFeatures(config)
         self._risk = RiskFeatures(config)
         self._horizon = config.state_horizon_seconds
+        # A store that counts a swipe where its records live, in the round trip that reads
+        # them (Redis), is told what the swipe writes; others are spared working it out.
+        self._swipes: SwipeLayout | None = None
+        if getattr(self.store, "applies_swipes", False):
+            self._swipes = RiskRing(config.label_delay_seconds).swipe_layout()
 
     def observe(self, tx: Transaction) -> list[float]:
         """Count `tx` and return its feature vector, in `FEATURES` order.
@@ -124,7 +133,11 @@ class FeatureEngine:
             entities += ((EntityKind.MERCHANT, tx.merchant_id),)
         if previous_card_id is not None:  # fetched with the rest; read only if needed
             entities += ((EntityKind.CARD, previous_card_id),)
-        plan = SessionPlan(entities, tx.transaction_id)
+        swipe = None
+        if self._swipes is not None:
+            card = card_swipe(tx, self.config.small_amount)
+            swipe = Swipe(tx, card, self._swipes, previous_card_id)
+        plan = SessionPlan(entities, tx.transaction_id, swipe)
         return self._in_session(
             plan, lambda session: self._admit(session, tx, decide, previous_card_id)
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from array import array
 
-from service.features.state import TileCount
+from service.features.state import SwipeLayout, TileCount
 from service.features.tiles import DAY, HOUR, apply_count
 
 RISK_WINDOW_DAYS = (1, 7, 30)
@@ -69,6 +69,14 @@ class RiskRing:
         for slot in range(self._pending, self.record_size, 3):
             fresh[slot] = math.inf  # a free slot
         self._fresh = fresh
+
+    def swipe_layout(self) -> SwipeLayout:
+        """The count's rings and a new record, for a store that counts a swipe itself."""
+        return SwipeLayout(
+            (_DAYS, self.day_tiles, _DAY_HEAD, self._hours, self.hour_tiles, _HOUR_HEAD),
+            self._fresh[:_DAYS].tobytes(),
+            self._fresh[self._pending :].tobytes(),
+        )
 
     def new_record(self) -> array[float]:
         """The record of an entity never seen (or idle past the state horizon)."""

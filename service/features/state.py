@@ -64,12 +64,35 @@ class TileCount(NamedTuple):
         return self.rings[-1][3]
 
 
+class SwipeLayout(NamedTuple):
+    """How a swipe changes the terminal's and merchant's records, for a store that applies
+    it itself: the count's rings (day base, day tiles, day head index, then the same of
+    the hours) and a new record's bytes before and after its tiles."""
+
+    rings: tuple[int, int, int, int, int, int]
+    new_head: bytes
+    new_tail: bytes
+
+
+class Swipe(NamedTuple):
+    """A transaction to count, for a store that counts it where the records live, in the
+    round trip that reads them (the Redis store, in Lua): what `card_history.card_swipe`
+    says of the card, and the risk records' layout. A store may ignore it."""
+
+    transaction: Transaction
+    card: tuple[float, ...]
+    layout: SwipeLayout
+    previous_card_id: str | None
+
+
 class SessionPlan(NamedTuple):
     """What a session is about to read, so that a store across the network fetches it in
-    one round trip (reads outside the plan cost one each)."""
+    one round trip (reads outside the plan cost one each); with `swipe`, the session counts
+    that transaction, which such a store may do in the same round trip."""
 
     entities: tuple[tuple[EntityKind, str], ...] = ()
     transaction_id: str | None = None
+    swipe: Swipe | None = None
 
 
 NO_PLAN = SessionPlan()

@@ -1,29 +1,24 @@
 """The feature state in a Redis-protocol server (Redis 7, Valkey): shared by every replica.
 
-Optimistic concurrency, so that the features keep their one definition, in Python: a
-session reads what it needs, the feature code computes in this process, and the writes are
-committed only if nothing they were computed from changed meanwhile. Each record is one
-key holding an 8-byte little-endian version, then the record's codec bytes
+A scored transaction is counted by the server itself, in one round trip
+(`redis_swipes.SWIPE`, one Lua script over the transaction's keys): it returns the
+records as they were and writes them as the swipe leaves them; the feature code then
+computes in this process from those very records, so the features keep their one
+definition in Python, and a test holds the script to the same bytes. The answer, decided
+from those features, is sent after it without waiting (`_Wire.later`): one round trip
+waited for per scored transaction, and no session ever runs again for another replica.
+
+Everything else (outcomes, an answer kept after the fact, sessions without a swipe) is
+optimistic: a session reads what its plan names in one MGET, the code computes, and the
+writes are committed only if nothing they were computed from changed meanwhile. Each
+record is one key holding an 8-byte little-endian version, then the record's codec bytes
 (`service.state.codec`). Leaving a session that wrote runs one Lua script (`_COMMIT`):
 every key read must still have the version read (none, when it was absent), else nothing
 is written and the session raises SessionConflict, which the engine answers by running it
-again (two replicas scoring one card at the same instant: the second reads the first's
-update, so no update is lost). Otherwise every written key gets the next version.
-
-Terminals and merchants are the exception: every replica counts transactions at the same
-busy ones, and racing on whole records made a third of the sessions at one merchant run
-again, some to no avail. What scoring changes in them is a count (`tiles.apply_count`:
-the latest time, the rings moved on, one more in a tile), and counts commute, so the
-commit applies the count to the record the server holds (`put_counted`), unchecked; the
-features were computed from the record as read, and read only settled tiles, which no
-count changes. The script mirrors `apply_count` in a few lines of Lua, held to the same
-bytes by a test. Outcomes still change those records by compare-and-set.
-
-Round trips: entering a session fetches everything its plan names in one MGET; a read
-outside the plan costs one more. A scored transaction costs two: the MGET, then the commit
-of its records and its answer (the model decides inside the session). One round trip
-would need the card's record updated inside the server too, in Lua: a second definition
-of most of how a swipe changes it, which training's replay would not run.
+again. Otherwise every written key gets the next version. A `put_counted` (a terminal's or
+merchant's count) is applied by `_COMMIT` to the record the server holds, unchecked,
+since counts commute (`tiles.apply_count`, mirrored in a few lines of Lua and held to the
+same bytes by a test).
 
 Keys: `fraud:<12 hex digits of the identity's SHA-256>:<kind>:<id>`, kind `c`, `t`, `m`
 (entities) or `x` (transactions, with their answers). Ids longer than `_MAX_ID_BYTES`
@@ -41,11 +36,15 @@ span hash slots, and the commit script needs them all on one node.
 
 Failures: socket timeouts of `timeout_seconds` and no retry, so a slow or absent server
 makes the session raise at once (the scoring core answers with the fallback) and a later
-session reconnects by itself.
+session reconnects by itself. A swipe whose reply timed out may still have been run by the
+server (a stalled one runs what it received once it resumes): the transaction is then
+counted, once, without an answer, and a retry of it gets the fallback answer, as after a
+crash between counting and answering.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import struct
@@ -66,6 +65,7 @@ from service.features.state import (
     EntityKind,
     SessionConflict,
     SessionPlan,
+    Swipe,
     TileCount,
     TransactionRecord,
 )
@@ -79,6 +79,7 @@ from service.state.codec import (
 )
 from service.state.errors import StateMismatch, StateStoreError
 from service.state.redis_census import TRANSACTION_KIND, RedisCensus, warn_if_unbounded
+from service.state.redis_swipes import SWIPE, swipe_arguments
 
 IDENTITY_KEY = b"fraud:identity"
 _MAX_ID_BYTES = 256
@@ -168,6 +169,7 @@ for _, count in ipairs(counts) do
 end
 return 1
 """
+_SCRIPTS = (_COMMIT, SWIPE)
 
 
 class RedisStore:
@@ -217,20 +219,59 @@ class RedisStore:
         """Records held of `kind`, or transactions when None, as of the last census."""
         return self._census.records(kind)
 
+    @property
+    def round_trips(self) -> int:
+        """Replies the scoring path waited for, since this store was opened (for tests and
+        measurements: a scored transaction costs one)."""
+        return self._wire.round_trips
+
     def census(self) -> None:
         """Count the records now, rather than at the next background census."""
         self._census.take()
 
+    applies_swipes = True
+    """Scored transactions are counted by the server (`redis_swipes`): one round trip."""
+
     @contextmanager
     def session(self, plan: SessionPlan = NO_PLAN) -> Iterator[_Session]:
         """Fetch what `plan` names, yield the session, and commit its writes (see the
-        module's docstring); SessionConflict when another writer got in first."""
+        module's docstring); SessionConflict when another writer got in first. A plan with
+        a swipe is counted on the way in, its answer sent on the way out without waiting."""
+        if plan.swipe is not None:
+            with self._swipe_session(plan, plan.swipe) as session:
+                yield session
+            return
         keys = self._keys.planned(plan)
         fetched = dict(zip(keys, self._wire.call(b"MGET", *keys), strict=True)) if keys else {}
         session = _Session(self._wire, self._keys, fetched, self._horizon_seconds)
         yield session
         arguments = session.commit_arguments(self._ttl_ms, self._horizon) if session.wrote else None
         if arguments is not None and not self._wire.commit(*arguments):
+            raise SessionConflict
+
+    @contextmanager
+    def _swipe_session(self, plan: SessionPlan, swipe: Swipe) -> Iterator[_Session]:
+        keys = self._keys.planned(plan)  # transaction last; the previous card, if any, before
+        transaction_key = keys[-1]
+        script_keys = [transaction_key, *keys[:-1]]
+        reply = self._wire.swipe(script_keys, swipe_arguments(swipe, self._ttl_ms, self._horizon))
+        fetched: dict[bytes, bytes | None] = {transaction_key: reply[1]}
+        session = _Session(self._wire, self._keys, fetched, self._horizon_seconds)
+        if reply[0]:  # counted: the records as the server held them before
+            entity_keys = keys[:-1]
+            if swipe.previous_card_id is not None:  # first: it may be the card itself
+                fetched[entity_keys[-1]] = reply[3]
+            fetched[entity_keys[0]], fetched[entity_keys[1]] = reply[2], reply[4]
+            if swipe.transaction.merchant_id:
+                fetched[entity_keys[2]] = reply[5]
+            session.counted_by_server(entity_keys, transaction_key, reply[1])
+        yield session
+        if not session.wrote:
+            return
+        arguments = session.commit_arguments(self._ttl_ms, self._horizon)
+        if session.only_the_answer():
+            self._wire.commit_later(*arguments)  # nothing waits on it: see _Wire
+        elif not self._wire.commit(*arguments):
             raise SessionConflict
 
     def close(self) -> None:
@@ -252,7 +293,17 @@ class RedisStore:
 class _Session:
     """What one session read (with the versions) and will write: a `StateSession`."""
 
-    __slots__ = ("_counts", "_fetched", "_horizon", "_keys", "_versions", "_wire", "_writes")
+    __slots__ = (
+        "_applied",
+        "_counts",
+        "_fetched",
+        "_horizon",
+        "_keys",
+        "_unanswered",
+        "_versions",
+        "_wire",
+        "_writes",
+    )
 
     def __init__(
         self, wire: _Wire, keys: _Keys, fetched: dict[bytes, bytes | None], horizon: float
@@ -264,17 +315,40 @@ class _Session:
         self._versions: dict[bytes, bytes] = {}
         self._writes: dict[bytes, bytes] = {}
         self._counts: dict[bytes, tuple[bytes, TileCount]] = {}
+        self._applied: frozenset[bytes] = frozenset()
+        self._unanswered: bytes | None = None
 
     @property
     def wrote(self) -> bool:
         return bool(self._writes or self._counts)
+
+    def counted_by_server(
+        self, entity_keys: list[bytes], transaction_key: bytes, held: bytes | None
+    ) -> None:
+        """The swipe script counted this session's transaction: its writes to `entity_keys`
+        are the server's already, and its transaction's record is the server's unanswered
+        one (the version after `held`), which only an answer changes."""
+        self._applied = frozenset(entity_keys)
+        self._unanswered = transaction_key
+        held_version = _VERSION.unpack_from(held)[0] if held else 0
+        self._versions[transaction_key] = _VERSION.pack(held_version + 1)
+
+    def only_the_answer(self) -> bool:
+        """Whether all this session writes is its counted transaction's answer."""
+        return (
+            not self._counts
+            and self._writes.keys() == {self._unanswered}
+            and self._versions.keys() == {self._unanswered}
+        )
 
     def entity(self, kind: EntityKind, key: str) -> array[float] | None:
         payload = self._read(self._keys.entity(kind, key))
         return None if payload is None else decode_entity(payload)
 
     def put_entity(self, kind: EntityKind, key: str, record: array[float]) -> None:
-        self._write(self._keys.entity(kind, key), encode_entity(record))
+        name = self._keys.entity(kind, key)
+        if name not in self._applied:
+            self._write(name, encode_entity(record))
 
     def put_counted(
         self, kind: EntityKind, key: str, record: array[float], count: TileCount
@@ -284,6 +358,8 @@ class _Session:
         terminal or merchant never makes a session run again; `record` is kept only when
         the server holds none (or one idle past the horizon)."""
         name = self._keys.entity(kind, key)
+        if name in self._applied:
+            return
         self._versions.pop(name, None)
         read = self._fetched.get(name)
         live = read is not None and record_time(read[_VERSION.size :]) >= count.time - self._horizon
@@ -294,9 +370,10 @@ class _Session:
         return None if payload is None else decode_transaction(payload)
 
     def put_transaction(self, record: TransactionRecord) -> None:
-        self._write(
-            self._keys.transaction(record.transaction.transaction_id), encode_transaction(record)
-        )
+        name = self._keys.transaction(record.transaction.transaction_id)
+        if name == self._unanswered and record.answer is None:
+            return  # as the swipe script kept it
+        self._write(name, encode_transaction(record))
 
     def commit_arguments(
         self, ttl_ms: int, horizon: bytes
@@ -319,7 +396,8 @@ class _Session:
         if key not in self._fetched:
             self._fetched[key] = self._wire.call(b"GET", key)
         value = self._fetched[key]
-        self._versions.setdefault(key, b"" if value is None else value[: _VERSION.size])
+        if key not in self._applied:
+            self._versions.setdefault(key, b"" if value is None else value[: _VERSION.size])
         return None if value is None else value[_VERSION.size :]
 
     def _write(self, key: bytes, payload: bytes) -> None:
@@ -371,31 +449,97 @@ class _Wire:
     commands packed by hiredis and sent as they are, without redis-py's client layers
     (pool checkout, retries, encoders, instrumentation), which cost more CPU than the
     round trip. Any failure drops the connection, so a reply cut short by a timeout is
-    never read as the next command's; the next call reconnects."""
+    never read as the next command's; the next call reconnects.
+
+    A command sent `later` is not waited for: its reply is read before the next command's
+    (replies come in order), by which time it has arrived. A scored transaction's answer
+    goes so, after the one round trip that counted it; if it did not reach the server
+    (connection lost, or an outcome changed the record first), a retry finds the
+    transaction counted without an answer, as after a crash mid-way."""
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._connection: Any = pool.make_connection()  # redis-py leaves its methods untyped
-        self._commit_sha = hashlib.sha1(_COMMIT.encode()).hexdigest().encode()
+        self._sha = {
+            script: hashlib.sha1(script.encode()).hexdigest().encode() for script in _SCRIPTS
+        }
+        self._later: list[tuple[bytes | int, ...]] = []
+        self.round_trips = 0
+        """Replies waited for, since this connection was made: the cost that counts."""
 
     def call(self, *arguments: bytes | int) -> Any:
+        self._read_later()
         connection = self._connection
         try:
-            packed = hiredis.pack_command(cast("Any", arguments))  # its stub takes a 1-tuple
-            connection.send_packed_command([packed], check_health=False)
+            self._send(arguments)
+            self.round_trips += 1
             return connection.read_response()
         except BaseException:
-            connection.disconnect()
+            self._drop()
             raise
 
-    def commit(self, keys: list[bytes], arguments: list[bytes | int]) -> bool:
-        """Run `_COMMIT`, loading it first if the server does not hold it (restarted)."""
+    def later(self, *arguments: bytes | int) -> None:
+        """Send a command whose reply is read with the next call's (see the class)."""
         try:
-            return bool(self.call(b"EVALSHA", self._commit_sha, len(keys), *keys, *arguments))
+            self._send(arguments)
+        except BaseException:
+            self._drop()
+            raise
+        self._later.append(arguments)
+
+    def evalsha(self, script: str, keys: list[bytes], arguments: list[bytes | int]) -> Any:
+        """Run `script`, loading it first if the server does not hold it (restarted)."""
+        command = (b"EVALSHA", self._sha[script], len(keys), *keys, *arguments)
+        try:
+            return self.call(*command)
         except redis.exceptions.NoScriptError:
-            self.call(b"SCRIPT", b"LOAD", _COMMIT.encode())
-            return bool(self.call(b"EVALSHA", self._commit_sha, len(keys), *keys, *arguments))
+            self.call(b"SCRIPT", b"LOAD", script.encode())
+            return self.call(*command)
+
+    def commit(self, keys: list[bytes], arguments: list[bytes | int]) -> bool:
+        """Run `_COMMIT`: whether it wrote."""
+        return bool(self.evalsha(_COMMIT, keys, arguments))
+
+    def commit_later(self, keys: list[bytes], arguments: list[bytes | int]) -> None:
+        """Send `_COMMIT` without waiting for its reply."""
+        self.later(b"EVALSHA", self._sha[_COMMIT], len(keys), *keys, *arguments)
+
+    def swipe(self, keys: list[bytes], arguments: list[bytes | int]) -> list[Any]:
+        """Run `redis_swipes.SWIPE`: its reply."""
+        reply: list[Any] = self.evalsha(SWIPE, keys, arguments)
+        return reply
 
     def close(self) -> None:
+        # Sent already: the server runs it whether its reply is read or not.
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._read_later()
+        self._connection.disconnect()
+
+    def _send(self, arguments: tuple[bytes | int, ...]) -> None:
+        packed = hiredis.pack_command(cast("Any", arguments))  # its stub takes a 1-tuple
+        self._connection.send_packed_command([packed], check_health=False)
+
+    def _read_later(self) -> None:
+        """Read the replies of commands sent `later`; those the server refused for want of
+        their script (restarted since) are sent again, with the script."""
+        if not self._later:
+            return
+        sent, self._later = self._later, []
+        refused = []
+        for arguments in sent:
+            try:
+                self._connection.read_response()
+            except redis.exceptions.NoScriptError:
+                refused.append(arguments)
+            except BaseException:
+                self._drop()
+                raise
+        if refused:
+            self.call(b"SCRIPT", b"LOAD", _COMMIT.encode())
+            for arguments in refused:
+                self.call(*arguments)
+
+    def _drop(self) -> None:
+        self._later.clear()
         self._connection.disconnect()
 
 
