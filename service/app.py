@@ -200,7 +200,7 @@ async def create_app(settings: ServeSettings) -> App:
     )
     state = open_state(settings.state, feature_config)
     engine = FeatureEngine(feature_config, state)
-    rules = RuleStore(settings.registry, FEATURE_NAMES)
+    rules = RuleStore(settings.registry, FEATURE_NAMES, signatures=signature_policy(models))
     track_feature_state(state)
     try:
         listeners = open_listeners(

@@ -22,6 +22,7 @@ from service.grpc_api.converters import to_list_models_response
 from service.grpc_api.servicer import INTERNAL_DETAILS
 from service.model.overview import ModelsOverview
 from service.model.registry import RegistryError
+from service.model.rule_writer import SignedListsError
 from service.model.store import RefreshReport
 
 ListContext = grpc.aio.ServicerContext[admin_pb2.ListModelsRequest, admin_pb2.ListModelsResponse]
@@ -112,6 +113,8 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
             )
         except RuleError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except SignedListsError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except RegistryError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         except Exception as error:

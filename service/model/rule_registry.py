@@ -2,6 +2,8 @@
 
     <registry>/rules/versions/<version>/content.json   a rule set (docs/rules.md)
     <registry>/rules/versions/<version>/manifest.json  `RuleManifest`: who, when, why, checksum
+    <registry>/rules/versions/<version>/signature.json the manifest's Ed25519 signature, as
+                                                       for models (`service.model.signatures`)
     <registry>/rules/aliases/champion.json             the rule set deciding
     <registry>/rules/aliases/challenger.json           the rule set in the champion's shadow
     <registry>/rules/history.jsonl                     every publish, promote, rollback,
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from service.core.rule_compiler import RuleError, compile_lists, compile_rules
 from service.core.rules import Lists, RuleSet
 from service.model.registry import CHALLENGER, CHAMPION, RegistryError
+from service.model.signatures import SIGNATURE_FILE, UNCHECKED, SignatureError, SignaturePolicy
 
 RuleKind = Literal["rules", "lists"]
 RULE_KINDS: tuple[RuleKind, ...] = get_args(RuleKind)
@@ -136,12 +139,17 @@ class RuleRegistry:
             raise RegistryError(f"no {self.kind} version {version} in {self.versions_dir}")
         return path
 
-    def read(self, version: str) -> tuple[RuleManifest, dict[str, object]]:
+    def read(
+        self, version: str, signatures: SignaturePolicy = UNCHECKED
+    ) -> tuple[RuleManifest, dict[str, object]]:
         """The verified manifest and content of `version`; RuleArtifactError if they do not
-        verify (missing, corrupt, checksum or name mismatch)."""
+        verify (missing, corrupt, checksum or name mismatch, or a signature `signatures`
+        refuses: the manifest holds the content's checksum, so signing it signs both)."""
         path = self.versions_dir / version
         try:
-            manifest = RuleManifest.model_validate_json((path / MANIFEST_FILE).read_bytes())
+            manifest_bytes = (path / MANIFEST_FILE).read_bytes()
+            _check_signature(path, manifest_bytes, signatures)
+            manifest = RuleManifest.model_validate_json(manifest_bytes)
             content = (path / CONTENT_FILE).read_bytes()
         except FileNotFoundError as error:
             raise RuleArtifactError(
@@ -193,18 +201,36 @@ class RuleRegistry:
         return lineage
 
 
-def load_rule_set(registry: RuleRegistry, version: str, feature_names: tuple[str, ...]) -> RuleSet:
+def _check_signature(path: Path, manifest: bytes, signatures: SignaturePolicy) -> None:
+    try:
+        signature: bytes | None = (path / SIGNATURE_FILE).read_bytes()
+    except FileNotFoundError:
+        signature = None
+    try:
+        signatures.check(manifest, signature)
+    except SignatureError as error:
+        raise RuleArtifactError(f"{path}: {error}", reason=error.reason) from error
+
+
+def load_rule_set(
+    registry: RuleRegistry,
+    version: str,
+    feature_names: tuple[str, ...],
+    signatures: SignaturePolicy = UNCHECKED,
+) -> RuleSet:
     """The compiled rule set `version`; RuleArtifactError naming the rule and problem."""
-    _manifest, document = registry.read(version)
+    _manifest, document = registry.read(version, signatures)
     try:
         return compile_rules(document, version, feature_names)
     except RuleError as error:
         raise RuleArtifactError(str(error), reason="invalid_rule") from error
 
 
-def load_lists(registry: RuleRegistry, version: str) -> Lists:
+def load_lists(
+    registry: RuleRegistry, version: str, signatures: SignaturePolicy = UNCHECKED
+) -> Lists:
     """The lists `version`; RuleArtifactError naming the entry and problem."""
-    _manifest, document = registry.read(version)
+    _manifest, document = registry.read(version, signatures)
     try:
         return compile_lists(document, version)
     except RuleError as error:

@@ -3,7 +3,8 @@
 `refresh` reads the three aliases (rules champion and challenger, lists champion); a version
 not loaded yet is verified (checksum) and compiled, off the event loop, then swapped in with
 one reference assignment: a request reads `current` once and decides with that book whole.
-A version that does not verify or compile is refused, named with its problem, and the one
+A version that does not verify (checksum, and the signature when `signatures` requires one,
+as for models) or compile is refused, named with its problem, and the one
 loaded before keeps serving; it is not tried again at every poll, only when its alias
 moves or an explicit reload asks (`retry_refused`). An alias removed (never set) means no
 rules, or no lists: a registry without either costs a request nothing.
@@ -25,6 +26,7 @@ from service.model.rule_registry import (
     load_lists,
     load_rule_set,
 )
+from service.model.signatures import UNCHECKED, SignaturePolicy
 
 
 class _Versioned(Protocol):
@@ -66,7 +68,14 @@ class RuleStore:
     """Lists and rule sets loaded from the registry. `refresh` on one thread at a time;
     `current` and `challenger` from any."""
 
-    def __init__(self, registry_root: Path, feature_names: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        registry_root: Path,
+        feature_names: tuple[str, ...],
+        *,
+        signatures: SignaturePolicy = UNCHECKED,
+    ) -> None:
+        self.signatures = signatures
         self._rules = RuleRegistry(registry_root, "rules")
         self._lists = RuleRegistry(registry_root, "lists")
         self._feature_names = feature_names
@@ -97,7 +106,11 @@ class RuleStore:
             self._refused.clear()
         rules = self._follow(self._rules, CHAMPION, self._champion_rules, self._load_rules, report)
         lists = self._follow(
-            self._lists, CHAMPION, self._lists_loaded, lambda v: load_lists(self._lists, v), report
+            self._lists,
+            CHAMPION,
+            self._lists_loaded,
+            lambda v: load_lists(self._lists, v, self.signatures),
+            report,
         )
         challenger = self._follow(
             self._rules, CHALLENGER, self._challenger, self._load_rules, report
@@ -113,7 +126,7 @@ class RuleStore:
         return report
 
     def _load_rules(self, version: str) -> RuleSet:
-        return load_rule_set(self._rules, version, self._feature_names)
+        return load_rule_set(self._rules, version, self._feature_names, self.signatures)
 
     def _follow(
         self,

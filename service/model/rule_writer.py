@@ -10,6 +10,11 @@ both publish their own change on top of it.
 
 Nothing is published that does not compile with the server's own compiler
 (`service.core.rule_compiler`): a broken set is refused here, and again at load.
+
+`sign`, when given, signs a version's manifest in its staging directory before the rename
+(`fraud-train` passes its `signing_key`): a signed version is never visible unsigned. The
+server holds no private key, so where signatures are required it refuses to change lists
+itself (`SignedListsError`): they change through `fraud-train rules list`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ from service.model.rule_registry import (
 )
 
 EMPTY_LISTS: dict[str, Any] = {"format": 1, "block": {}, "allow": {}}
+# Signs the manifest in a version's (staging) directory.
+Signer = Callable[[Path], None]
+
+
+class SignedListsError(RegistryError):
+    """A list change asked of a server that serves only signed lists and cannot sign."""
 
 
 def canonical(document: dict[str, Any]) -> bytes:
@@ -73,13 +84,14 @@ def publish(
     by: str,
     reason: str,
     alias: str | None = CHAMPION,
+    sign: Signer | None = None,
 ) -> str:
-    """Publish `document` as a new version (checked first) and point `alias` at it (None:
-    publish only); the version."""
+    """Publish `document` as a new version (checked first, signed by `sign` if given) and
+    point `alias` at it (None: publish only); the version."""
     check_document(kind, document, feature_names)
     registry = RuleRegistry(registry_root, kind)
     with _locked(registry):
-        version = _publish_locked(registry, document, by=by, reason=reason)
+        version = _publish_locked(registry, document, by=by, reason=reason, sign=sign)
         if alias is not None:
             _move(registry, alias, version, action="promote", by=by, reason=reason)
     return version
@@ -129,6 +141,7 @@ def change_list(
     card_token: Callable[[str], str],
     expires_at: float | None = None,
     now: float | None = None,
+    sign: Signer | None = None,
 ) -> str:
     """Add `value` to (or remove it from) list `name` of `kind`, publishing a new lists
     version and making it the champion; the version. A card number given for a card is
@@ -161,16 +174,21 @@ def change_list(
                 "expires_at": expires_at,
             }
         elif entries.pop(value, None) is None:
-            raise RegistryError(f"{value!r} is not on the {name} list of {kind}s")
+            raise RegistryError(f"{value!r} is not on the {name} list ({kind})")
         compile_lists(document, "")
         what = f"{'add' if add else 'remove'} {name} {kind} {value}: {reason}"
-        version = _publish_locked(registry, document, by=by, reason=what)
+        version = _publish_locked(registry, document, by=by, reason=what, sign=sign)
         _move(registry, CHAMPION, version, action="promote", by=by, reason=what)
     return version
 
 
 def _publish_locked(
-    registry: RuleRegistry, document: dict[str, Any], *, by: str, reason: str
+    registry: RuleRegistry,
+    document: dict[str, Any],
+    *,
+    by: str,
+    reason: str,
+    sign: Signer | None = None,
 ) -> str:
     content = canonical(document)
     digest = hashlib.sha256(content).hexdigest()
@@ -191,6 +209,8 @@ def _publish_locked(
     try:
         _write_synced(staging / CONTENT_FILE, content)
         _write_synced(staging / MANIFEST_FILE, manifest.model_dump_json(indent=1).encode())
+        if sign is not None:
+            sign(staging)
         _fsync(staging)
         _make_dir(registry.versions_dir)
         staging.rename(registry.versions_dir / version)

@@ -46,7 +46,7 @@ from service.model.loading import LoadedModel
 from service.model.overview import ModelsOverview, models_overview
 from service.model.registry import CHAMPION, no_champion
 from service.model.rule_store import RuleReport, RuleStore
-from service.model.rule_writer import change_list
+from service.model.rule_writer import SignedListsError, change_list
 from service.model.store import (
     AliasChange,
     ChampionFallback,
@@ -147,7 +147,14 @@ class ModelWatcher:
         card_token: Callable[[str], str],
     ) -> str:
         """Publish the lists with `value` added or removed (`rule_writer.change_list`) and
-        look at the registry at once; the lists version. RuleError for bad input."""
+        look at the registry at once; the lists version. RuleError for bad input;
+        SignedListsError where lists must be signed, which this server cannot do."""
+        if self.rules is not None and self.rules.signatures.required:
+            raise SignedListsError(
+                "this server serves only lists signed by a trusted key (models.trusted_keys) "
+                "and holds no private key: change them with `fraud-train rules list add|remove` "
+                "and its signing_key"
+            )
         version = await asyncio.to_thread(
             functools.partial(
                 change_list,

@@ -10,7 +10,9 @@
     rules list add|remove|show     allow and block lists
 
 Rule files are TOML (`.toml`) or JSON; they are stored in the registry as canonical JSON.
-Every change records who (`--by`, default the login name) and why (`--reason`).
+Every change records who (`--by`, default the login name) and why (`--reason`). With a
+`signing_key` setting, every version published (rule sets and lists) is signed with it,
+as models are: servers with `models.trusted_keys` serve nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from service.model.registry import CHALLENGER, CHAMPION, RegistryError
 from service.model.rule_registry import RULE_KINDS, RuleKind, RuleRegistry
 from training.cli.console import say
 from training.cli.options import registry_from, settings_from
+from training.config import TrainSettings
 
 
 def read_rule_file(path: Path) -> dict[str, Any]:
@@ -75,7 +79,14 @@ def handle_publish(args: argparse.Namespace) -> int:
             raise RuleError(f"{why}: refused; publish with --force to override")
     alias = CHALLENGER if args.shadow else CHAMPION
     version = publish(
-        root, "rules", document, feature_names=FEATURE_NAMES, by=by, reason=args.reason, alias=alias
+        root,
+        "rules",
+        document,
+        feature_names=FEATURE_NAMES,
+        by=by,
+        reason=args.reason,
+        alias=alias,
+        sign=signer(settings),
     )
     say(f"rules {alias} is now {version}")
     print(version)
@@ -143,7 +154,8 @@ def handle_list_change(args: argparse.Namespace) -> int:
     from service.config.settings import ServeSettings
     from service.model.rule_writer import change_list
 
-    root = registry_from(args, settings_from(args))
+    settings = settings_from(args)
+    root = registry_from(args, settings)
     expires_at = None if args.expires is None else _moment(args.expires)
     version = change_list(
         root,
@@ -155,6 +167,7 @@ def handle_list_change(args: argparse.Namespace) -> int:
         reason=args.reason,
         card_token=ServeSettings().card_tokenizer().token,
         expires_at=expires_at,
+        sign=signer(settings),
     )
     say(f"lists champion is now {version}")
     print(version)
@@ -167,6 +180,16 @@ def handle_list_show(args: argparse.Namespace) -> int:
 
     print(json.dumps(current_lists(registry_from(args, settings_from(args))), indent=1))
     return 0
+
+
+def signer(settings: TrainSettings) -> Callable[[Path], None] | None:
+    """What signs a version's manifest with the `signing_key` setting; None without one."""
+    if settings.signing_key is None:
+        return None
+    from training.registry.signing import load_signing_key, write_signature
+
+    key = load_signing_key(settings.signing_key)
+    return lambda directory: write_signature(directory, key)
 
 
 def _moment(text: str) -> float:
