@@ -432,8 +432,8 @@ class ReportLimitSettings(_Group):
     per_second: float = Field(default=100.0, gt=0)
     """Outcome reports a second each caller may send, on average, to each server process.
     Chargebacks and case verdicts come at a fraction of the scoring rate; 100 a second is
-    8.6 million a day, and keeps a caller sending made-up ids to about 15 KB a second of
-    quarantine (a line is about 170 bytes)."""
+    8.6 million a day, and keeps a caller sending made-up ids to about 23 KB a second of
+    quarantine (a line takes about 230 bytes)."""
 
     burst: int = Field(default=1000, ge=1)
     """Outcome reports a caller may send at once, above its rate, before it is held to it:
@@ -449,9 +449,9 @@ class QuarantineSettings(_Group):
 
     max_bytes: int = Field(default=256 * MIB, ge=1)
     """Disk the quarantine may take, all workers together: beyond it the oldest quarantine
-    segments are deleted, never an outcome log segment. About 1.5 million lines: months of
+    segments are deleted, never an outcome log segment. About 1.2 million lines: months of
     late chargebacks (for transactions past the state horizon, which retraining reads from
-    here), or hours of a caller flooding at its rate limit."""
+    here), or three hours of a caller flooding at the default rate limit."""
 
     retention_days: float = Field(default=180.0, gt=0)
     """Age beyond which a quarantine segment is deleted; as the outcome log's, so that a
@@ -560,8 +560,9 @@ class StateSettings(_Group):
 
     max_transactions: int = Field(default=5_000_000, ge=1)
     """Scored transactions kept for their outcomes and retries; beyond, the oldest are
-    dropped and an outcome for them is NOT_FOUND (still kept in the outcome log). Keep
-    the transactions of your longest chargeback delay: rate x seconds."""
+    dropped and an outcome for them is NOT_FOUND (kept in the outcome quarantine, which
+    retraining reads but a flood of made-up ids can push out). Keep the transactions of
+    your longest chargeback delay: rate x seconds."""
 
     max_bytes: int = Field(default=16 * GIB, ge=64 * 1024 * 1024)
     """Largest size of the LMDB file (its map size): the bounds above must fit in it, with
@@ -625,7 +626,7 @@ class RecordLogSettings(_Group):
     `retention_days` of traffic, or at least for the days a retrain learns from (label delay,
     evaluation, validation and training days): a decision line takes 600 to 1,000 bytes, so
     16 GiB hold about 20 million decisions, 30 days at 8 transactions a second; an outcome
-    line takes about 140. A segment deleted for want of space while younger than
+    line takes about 200. A segment deleted for want of space while younger than
     `retention_days` is logged as a warning (`record_log_budget_short`)."""
 
     retention_days: float = Field(default=180.0, gt=0)
