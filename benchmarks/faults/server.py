@@ -136,6 +136,25 @@ class ManagedServer:
                     total += int(line.split()[1]) * 1024
         return total
 
+    def state_mapping_bytes(self) -> int:
+        """Resident pages of the LMDB feature state's file mapping (`data.mdb`) in the
+        tree: the state grows with the traffic within its own bounds (`state.max_bytes`),
+        so memory criteria about leaks leave it out."""
+        total = 0
+        for process in self._tree():
+            try:
+                smaps = Path(f"/proc/{process.pid}/smaps").read_text()
+            except OSError:
+                continue
+            in_state = False
+            for line in smaps.splitlines():
+                fields = line.split()
+                if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header
+                    in_state = fields[-1].endswith("/data.mdb")
+                elif in_state and fields and fields[0] == "Rss:":
+                    total += int(fields[1]) * 1024
+        return total
+
     def metrics(self) -> dict[str, float]:
         """The server's metrics now: `name{label="v",...}` to value (samples as exported)."""
         with urllib.request.urlopen(self.spec.metrics_urls[0], timeout=5) as response:
