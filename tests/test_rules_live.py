@@ -1,7 +1,8 @@
 """Lists and rules on a real `fraud-serve` process: a rule declines live exactly what the
 backtest of the same history says, transaction by transaction; a card blocked while swipes
 go on is declined within poll_seconds + 1 s, and scored by the model again once removed,
-with no request failing; a broken rule set is refused at load while the old one serves.
+with no request failing; a broken rule set is refused at load while the old one serves;
+the backtest of the server's own decision log finds the rule's hits the server gave.
 
 The history's amounts stay far below 5000 EUR, so the rule of the issue's example is
 written with a threshold this small history reaches: amount > 100 EUR and not present.
@@ -10,6 +11,7 @@ written with a threshold this small history reaches: amount > 100 EUR and not pr
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from itertools import islice
@@ -17,15 +19,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.features.engine import FEATURE_NAMES
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
-from service.model.rule_writer import change_list, publish
+from service.model.rule_writer import change_list, publish, rollback
 from tests.conftest import TrainedModel
 from tests.load_driver import history_requests
 from tests.server_process import ServerProcess
 from training.config import load_settings
-from training.model_build.rule_backtest import backtest_rules
+from training.model_build.rule_backtest import backtest_logged, backtest_rules
 
 POLL_SECONDS = 0.2
 ROWS = 400
@@ -99,6 +102,26 @@ def test_rules_and_lists_live(
             if r.transaction.transaction_id == f"again-{hit}"
         )
         assert stub.Score(again).rule_id == "big_cnp_eur"
+        # One fraud report, so that the outcome log the logged backtest labels with exists.
+        reported_at = Timestamp()
+        reported_at.GetCurrentTime()
+        outcome = scoring_pb2.OutcomeRequest(
+            transaction_id=hit, is_fraud=True, reported_at=reported_at
+        )
+        # An outcome too old for the features (NOT_FOUND) is logged all the same.
+        answered = stub.ReportOutcome.future(outcome, timeout=10)
+        assert answered.code() in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND)
+    process.signal(signal.SIGTERM)  # a graceful stop writes out the logs
+    assert process.wait() == 0
+    # The backtest of the server's own decision log says what the server did.
+    rollback(registry, "rules", by="test", reason="the typo")
+    settings = load_settings(trained_model.config)
+    report, logged_rows = backtest_logged(
+        tmp_path / "decisions", tmp_path / "outcomes", RULES, settings, registry
+    )
+    by_log = {r.transaction_id for r in logged_rows if r.rule_id == "big_cnp_eur"}
+    assert by_log & set(live) == by_server
+    assert report["history"]["scored_by"] == "the logged scores"
 
 
 def _block_and_unblock(

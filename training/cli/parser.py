@@ -468,7 +468,14 @@ def _add_rules(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     backtest = rules.add_parser(
         "backtest", help="what a rule set would have done to a labelled history"
     )
-    backtest.add_argument("--data", type=Path, required=True, help="labelled history (CSV/Parquet)")
+    source = backtest.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="labelled history (CSV/Parquet)")
+    source.add_argument(
+        "--decisions", type=Path, help="or the server's decision log directory (with --outcomes)"
+    )
+    backtest.add_argument(
+        "--outcomes", type=Path, help="the server's outcome log directory: the labels"
+    )
     backtest.add_argument("--rules", type=Path, required=True, help="rule file, .toml or .json")
     backtest.add_argument("--json", action="store_true", help="the report as JSON")
     common(backtest)

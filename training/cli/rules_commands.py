@@ -6,7 +6,8 @@
     rules promote                  the shadow (challenger) rule set becomes the champion
     rules rollback                 the rules (or --lists) champion back one version
     rules show                     aliases, versions and the audit trail
-    rules backtest                 replay a history through the rules (and the champion model)
+    rules backtest                 replay a history through the rules (and the champion model),
+                                   or the server's decision log (--decisions, --outcomes)
     rules list add|remove|show     allow and block lists
 
 Rule files are TOML (`.toml`) or JSON; they are stored in the registry as canonical JSON.
@@ -136,12 +137,19 @@ def handle_show(args: argparse.Namespace) -> int:
 
 
 def handle_backtest(args: argparse.Namespace) -> int:
-    """Replay a history through the rule file; print the report."""
-    from training.model_build.rule_backtest import backtest_rules, format_report
+    """Replay a history (or the server's decision log) through the rule file; print the
+    report."""
+    from training.model_build.rule_backtest import backtest_logged, backtest_rules, format_report
 
     settings = settings_from(args)
     document = read_rule_file(args.rules)
-    report, _rows = backtest_rules(args.data, document, settings, registry_from(args, settings))
+    root = registry_from(args, settings)
+    if args.data is not None:
+        report, _rows = backtest_rules(args.data, document, settings, root)
+    elif args.outcomes is None:
+        raise RuleError("--decisions needs --outcomes: the outcome log labels the decisions")
+    else:
+        report, _rows = backtest_logged(args.decisions, args.outcomes, document, settings, root)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

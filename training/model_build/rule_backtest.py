@@ -9,6 +9,11 @@ unknown (histories hold tokens, so BIN lists and rules never hit), and features 
 float32 values the model reads (a rule comparing a feature at exactly its threshold may
 differ in the last bit).
 
+Or the server's own decision log (`backtest_logged`, `--decisions DIR --outcomes DIR`),
+read and labelled by `fraud-train retrain`'s readers (`training.retraining.feedback`, the
+Parquet twins included): each transaction judged on the features and score the server
+logged, with no replay.
+
 Reported per rule: `decided` (transactions it would decide: it holds, and nothing before it
 in precedence does), `matched` (it holds, whatever decides), the precision and recall of
 the decided ones against the labels, and the amount it would decline; for the whole set,
@@ -19,24 +24,32 @@ champion and its lists), the transactions whose answer would change.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from service.core.domain import Decision
+from service.core.domain import Decision, EntryMode, Transaction
 from service.core.rule_compiler import compile_rules
 from service.core.rules import Lists, RuleBook, RuleSet
 from service.core.scoring import decision_for
 from service.features.engine import FEATURE_NAMES
 from service.model.artifact import ONNX_MODEL_FILE
 from service.model.onnx_scorer import OnnxScorer
-from service.model.registry import CHAMPION, Registry
-from service.model.rule_registry import RuleRegistry, load_lists, load_rule_set
+from service.model.registry import CHAMPION, Registry, RegistryError
+from service.model.rule_registry import RuleArtifactError, RuleRegistry, load_lists, load_rule_set
 from training.config import TrainSettings
 from training.data.dataset import load_history
 from training.data.replay import replay_features, transactions
+from training.retraining.feedback import (
+    labels_as_of,
+    newest_time_ns,
+    read_decision_log,
+    read_outcomes,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,22 @@ class RowDecision:
     decision: Decision
 
 
+@dataclass(frozen=True)
+class Judged:
+    """What a rule set is judged on, row-aligned: each transaction, its features (None: not
+    computed), the model's score (None: none), the model's decision, its label (1 fraud)
+    and amount. Transactions and features are iterated once, made row by row: a history's
+    millions of rows are not held twice."""
+
+    transactions: Iterable[Transaction]
+    features: Iterable[list[float] | None]
+    scores: list[float | None]
+    model_decisions: list[Decision]
+    labels: list[int]
+    amounts: list[float]
+    about: dict[str, Any]
+
+
 def backtest_rules(
     data: Path,
     rules_document: dict[str, Any],
@@ -56,23 +85,107 @@ def backtest_rules(
     registry_root: Path,
 ) -> tuple[dict[str, Any], list[RowDecision]]:
     """The report of `rules_document` on the history `data`, and each row's answer."""
-    candidate = compile_rules(rules_document, "candidate", FEATURE_NAMES)
-    loaded = load_history(data)
-    frame = loaded.frame
+    compile_rules(rules_document, "candidate", FEATURE_NAMES)
+    frame = load_history(data).frame
     matrix = replay_features(frame, settings.features)
     model = _champion_scores(registry_root, matrix)
+    scores: list[float | None] = [None] * len(frame)
+    decisions = [Decision.APPROVE] * len(frame)
+    if model is not None:
+        scores = model[0].astype(float).tolist()
+        decisions = [decision_for(score, model[1]) for score in model[0]]
+    judged = Judged(
+        transactions(frame),
+        (row.tolist() for row in matrix),
+        scores,
+        decisions,
+        frame["is_fraud"].to_numpy(dtype=np.int8).tolist(),
+        frame["amount"].tolist(),
+        {"scored_by": None if model is None else model[2]},
+    )
+    return judge(judged, rules_document, registry_root)
+
+
+def backtest_logged(
+    decisions: Path,
+    outcomes: Path,
+    rules_document: dict[str, Any],
+    settings: TrainSettings,
+    registry_root: Path,
+) -> tuple[dict[str, Any], list[RowDecision]]:
+    """The report of `rules_document` on the server's own decision log, labelled by its
+    outcome log as `fraud-train retrain` labels it (a transaction without a report is
+    genuine once `features.label_delay_days` old, unknown before; unknown counts as
+    genuine here and is reported). Each transaction is judged on what the server saw: its
+    logged features and score; the model's decision is the logged score against the
+    champion's thresholds (the logged decision when there is no score or no champion)."""
+    compile_rules(rules_document, "candidate", FEATURE_NAMES)
+    logged = read_decision_log(decisions, feature_count=len(FEATURE_NAMES))
+    reported = read_outcomes(outcomes)
+    frame = logged.frame
+    labels = labels_as_of(
+        frame["transaction_id"].to_numpy(dtype=object),
+        frame["event_ns"].to_numpy(),
+        reported,
+        as_of_ns=newest_time_ns(logged, reported),
+        label_delay_ns=int(settings.features.label_delay_seconds * 1e9),
+    )
+    thresholds = _champion_thresholds(registry_root)
+    # A fallback answer's logged score is 0, not the model's: no score, as the server saw it.
+    scores: list[float | None] = [
+        None if fallback_reason else score
+        for fallback_reason, score in zip(frame["fallback_reason"], frame["score"], strict=True)
+    ]
+    judged = Judged(
+        _logged_transactions(frame),
+        (
+            vector.tolist() if has else None
+            for vector, has in zip(logged.features, logged.has_features, strict=True)
+        ),
+        scores,
+        [
+            Decision[logged_decision]
+            if score is None or thresholds is None
+            else decision_for(score, thresholds)
+            for score, logged_decision in zip(scores, frame["decision"], strict=True)
+        ],
+        np.maximum(labels, 0).tolist(),
+        frame["amount"].tolist(),
+        {"scored_by": "the logged scores", "unknown_labels": int((labels < 0).sum())},
+    )
+    return judge(judged, rules_document, registry_root)
+
+
+def _logged_transactions(frame: pd.DataFrame) -> Iterator[Transaction]:
+    columns = [frame[name].tolist() for name in _LOGGED_COLUMNS]
+    for tx_id, ns, card, terminal, amount, merchant, mcc, mode, currency, country, present in zip(
+        *columns, strict=True
+    ):
+        yield Transaction(
+            tx_id, ns / 1e9, card, terminal, amount, merchant, mcc, EntryMode(mode), currency,
+            country, None if present is pd.NA else bool(present),
+        )  # fmt: skip
+
+
+_LOGGED_COLUMNS = ("transaction_id", "event_ns", "card", "terminal_id", "amount", "merchant_id",
+                   "mcc", "entry_mode", "currency", "country", "card_present")  # fmt: skip
+
+
+def judge(
+    judged: Judged, rules_document: dict[str, Any], registry_root: Path
+) -> tuple[dict[str, Any], list[RowDecision]]:
+    """The report of `rules_document` on `judged`, against the set deciding now."""
+    candidate = compile_rules(rules_document, "candidate", FEATURE_NAMES)
     lists, current = _deciding_now(registry_root)
-    labels = frame["is_fraud"].to_numpy(dtype=np.int8).tolist()
-    amounts = frame["amount"].tolist()
+    labels, amounts = judged.labels, judged.amounts
     candidate_book = RuleBook(candidate, lists)
     current_book = RuleBook(current, lists)
     rows: list[RowDecision] = []
     now_rows: list[RowDecision] = []
     matched: Counter[str] = Counter()
-    for index, tx in enumerate(transactions(frame)):
-        features = matrix[index].tolist()
-        score = None if model is None else float(model[0][index])
-        model_decision = None if model is None else decision_for(model[0][index], model[1])
+    for tx, features, score, model_decision in zip(
+        judged.transactions, judged.features, judged.scores, judged.model_decisions, strict=True
+    ):
         for rule in candidate.hits(tx, features, score, "", lists):
             matched[rule.rule_id] += 1
         rows.append(_answer(candidate_book, tx, features, score, model_decision))
@@ -82,7 +195,7 @@ def backtest_rules(
             "transactions": len(rows),
             "frauds": int(sum(labels)),
             "amount": round(float(sum(amounts)), 2),
-            "scored_by": None if model is None else model[2],
+            **judged.about,
         },
         "rules": [
             _rule_report(rule.rule_id, rule.action, rows, labels, amounts, matched[rule.rule_id])
@@ -104,15 +217,22 @@ def backtest_rules(
 
 def _answer(
     book: RuleBook,
-    tx: Any,
-    features: list[float],
+    tx: Transaction,
+    features: list[float] | None,
     score: float | None,
-    model_decision: Decision | None,
+    model_decision: Decision,
 ) -> RowDecision:
     verdict = book.decide(tx, features, score, "")
     if verdict is not None:
         return RowDecision(tx.transaction_id, verdict.rule_id, verdict.decision)
-    return RowDecision(tx.transaction_id, "", model_decision or Decision.APPROVE)
+    return RowDecision(tx.transaction_id, "", model_decision)
+
+
+def _champion_thresholds(registry_root: Path) -> Any:
+    """The champion's decision thresholds; None without a champion."""
+    registry = Registry(registry_root)
+    champion = registry.champion() if registry.versions_dir.is_dir() else None
+    return None if champion is None else champion[1].thresholds
 
 
 def _champion_scores(
@@ -134,12 +254,20 @@ def _deciding_now(registry_root: Path) -> tuple[Lists, RuleSet]:
     rules_registry = RuleRegistry(registry_root, "rules")
     lists_version = lists_registry.alias(CHAMPION)
     rules_version = rules_registry.alias(CHAMPION)
-    lists = Lists.empty() if lists_version is None else load_lists(lists_registry, lists_version)
-    rules = (
-        RuleSet.empty()
-        if rules_version is None
-        else load_rule_set(rules_registry, rules_version, FEATURE_NAMES)
-    )
+    try:
+        lists = (
+            Lists.empty() if lists_version is None else load_lists(lists_registry, lists_version)
+        )
+        rules = (
+            RuleSet.empty()
+            if rules_version is None
+            else load_rule_set(rules_registry, rules_version, FEATURE_NAMES)
+        )
+    except RuleArtifactError as error:
+        raise RegistryError(
+            f"the rules or lists champion does not load ({error}): servers keep the version "
+            "before it; roll it back (fraud-train rules rollback [--lists])"
+        ) from error
     return lists, rules
 
 
