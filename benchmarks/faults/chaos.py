@@ -65,6 +65,7 @@ from benchmarks.load.traffic import (
 from benchmarks.reload_latency import republished
 from benchmarks.servers.launch import fraud_serve_spec
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
+from service.records.segment_log import FLUSH_SECONDS
 from training.registry.publishing import promote
 
 SCENARIOS = ("kill", "store", "disk", "registry", "overload")
@@ -75,6 +76,9 @@ OVERLOAD_P99_MS = 50.0  # the saturation search's budget: "recovered" is back un
 # Outcomes come soon after their swipe, so that a short run reports some.
 _OUTCOMES = OutcomeMix(share=1.0, lag=50)
 _TMPFS_BYTES = 64 * 1024 * 1024
+# The outcome log writes every FLUSH_SECONDS: what was acknowledged in the interval before a
+# SIGKILL may not be written yet. A margin for the writer's own delay on a busy machine.
+_OUTCOME_FLUSH_ALLOWANCE = FLUSH_SECONDS + 0.3
 # Load after the kill beyond `seconds`: a restart takes 2-3 s on a busy 2-core machine.
 _RESTART_ALLOWANCE = 4.0
 
@@ -143,16 +147,16 @@ def _kill(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
         _sleep_until(load, settings.seconds)
         killed = load.now()
         server.kill()
+        dead = load.now()
         restart_seconds = server.start()
         records = load.join()
     logged = _outcome_ids(files / "outcomes")
     acknowledged = [r for r in records if r.kind == OUTCOME and r.code == OK]
-    lost = [r.transaction_id for r in acknowledged if r.transaction_id not in logged]
-    lost_before_kill = [
-        r for r in acknowledged if r.done < killed and r.transaction_id not in logged
-    ]
-    back = [r.done for r in records if r.code == OK and r.sent > killed]
-    outage = (min(back) - killed) if back else float("inf")
+    lost = [r for r in acknowledged if r.transaction_id not in logged]
+    # The outage: from the last answer before the process was gone to the first after.
+    before = [r.done for r in records if r.code == OK and r.done <= dead]
+    after = [r.done for r in records if r.code == OK and r.done > dead]
+    outage = (min(after) - max(before)) if before and after else float("inf")
     compared = _compare_with_uninterrupted(settings, schedule, records, killed, files)
     failures = answers.failed(records)
     seconds, per_second, p99 = answers.per_second(answers.scores(records), length)
@@ -166,23 +170,23 @@ def _kill(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
                 " s",
                 f"restart (spawn to SERVING) {restart_seconds:.2f} s",
             ),
-            equal(
-                "no acknowledged outcome lost",
-                len(lost),
-                0,
-                f"{len(acknowledged)} acknowledged; lost ones acknowledged within "
-                f"{_lost_window(lost_before_kill, killed)} before the kill",
+            at_most(
+                "acknowledged outcomes missing from the outcome log: only those acknowledged "
+                "within its flush interval before the kill",
+                round(_lost_window(lost, killed), 3),
+                _OUTCOME_FLUSH_ALLOWANCE,
+                " s",
+                f"{len(lost)} of {len(acknowledged)} acknowledged are missing (an OK means "
+                "applied to the feature state and queued for the log: docs/operations.md)",
             ),
             equal(
                 "features continue: scores after the restart = an uninterrupted server's",
                 compared.untouched_mismatches,
                 0,
-                f"{compared.compared} answers after the restart compared; cards, terminals "
-                "and merchants of a call that failed (it may have counted before the kill) "
-                "left out: "
-                f"{compared.touched_mismatches} of their answers differ; of the others, "
-                f"{compared.recent_before_kill} share an entity with a call answered in the "
-                "last second before the kill",
+                f"{compared.compared} answers after the restart compared, "
+                f"{compared.replayed} transactions replayed in the killed server's order; "
+                "entities of a swipe absent from its decision log left out: "
+                f"{compared.touched_mismatches} of their answers differ",
             ),
         ],
         figures={
@@ -192,6 +196,7 @@ def _kill(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
             "restart_seconds": round(restart_seconds, 2),
             "outage_seconds": round(outage, 2),
             "outcome_statuses": _codes([r for r in records if r.kind == OUTCOME]),
+            "answered_but_not_in_decision_log": compared.answered_unlogged,
         },
         series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
     )
@@ -200,67 +205,88 @@ def _kill(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
 @dataclass(frozen=True)
 class _Comparison:
     compared: int
+    replayed: int
     untouched_mismatches: int
+    # Answers sharing a card, terminal or merchant with a swipe the decision logs do not
+    # hold: a call that failed (counted before the kill or not, unknown), or an answer
+    # whose line was still queued when the process died (the log writes every 0.2 s).
     touched_mismatches: int
-    # Of the untouched mismatches: those whose card, terminal or merchant had a call
-    # answered in the last second before the kill.
-    recent_before_kill: int
+    answered_unlogged: int
 
 
 def _compare_with_uninterrupted(
     settings: ChaosSettings, schedule: Schedule, records: list[Record], killed: float, files: Path
 ) -> _Comparison:
-    """Feed a fresh server, one call at a time and in the order sent, the calls the killed
-    one answered OK, and compare the scores of the answers after the kill. A call that
-    failed may have been counted by the killed server before it died: answers sharing its
-    card or terminal are told apart."""
-    answered = {r.transaction_id for r in records if r.code == OK}
-    failed_ids = {r.transaction_id for r in records if r.code != OK}
+    """Feed a fresh server, one call at a time, every transaction the killed server scored,
+    in the order it scored them (its decision log, before and after the restart), each
+    acknowledged outcome after the swipe it followed; compare the scores of the answers
+    after the kill. The order matters: two swipes at one merchant a millisecond apart,
+    taken in the other order, see each other differently."""
+    payloads = {
+        _transaction_id(call): call for call in schedule.calls if call.kind is CallKind.SCORE
+    }
+    processed = [tx for tx in _decision_log_ids(files / "decisions") if tx in payloads]
+    logged = set(processed)
+    acknowledged = {r.transaction_id for r in records if r.kind == OUTCOME and r.code == OK}
+    outcomes_after: dict[str, list[Call]] = {}
+    previous = ""
+    for call in schedule.calls:
+        if call.kind is CallKind.SCORE:
+            previous = _transaction_id(call)
+        elif _transaction_id(call) in acknowledged:
+            outcomes_after.setdefault(previous, []).append(call)
+    # Not in the log: failed calls (counted or not before the kill, unknown) and answers
+    # whose log line died with the process; their entities' later scores are left out.
+    unlogged = [r for r in records if r.kind != OUTCOME and r.transaction_id not in logged]
+    touched: set[str] = set()
+    for r in unlogged:
+        request = scoring_pb2.ScoreRequest.FromString(payloads[r.transaction_id].payload)
+        touched |= _keys(request.transaction)
     after_kill = {
         r.transaction_id: r.score
         for r in records
         if r.code == OK and r.sent > killed and r.kind != OUTCOME
     }
-    touched: set[str] = set()
-    recent_ids = {
-        r.transaction_id for r in records if r.code == OK and killed - 1 <= r.done <= killed
-    }
-    recent: set[str] = set()
-    replay: list[Call] = []
-    for call in schedule.calls:
-        transaction_id = _transaction_id(call)
-        if call.kind is CallKind.SCORE and transaction_id in failed_ids:
-            transaction = scoring_pb2.ScoreRequest.FromString(call.payload).transaction
-            touched |= _keys(transaction)
-        if transaction_id in answered:
-            replay.append(call)
-        if call.kind is CallKind.SCORE and transaction_id in recent_ids:
-            recent |= _keys(scoring_pb2.ScoreRequest.FromString(call.payload).transaction)
     reference = ManagedServer(
         fraud_serve_spec("chaos-kill-reference", settings.registry), files / "reference"
     )
-    untouched = touched_mismatches = recent_mismatches = 0
+    untouched = touched_mismatches = 0
     with reference, grpc.insecure_channel(reference.target) as channel:
         score: Any = channel.unary_unary(
             "/fraud.v1.FraudScoring/Score",
             response_deserializer=scoring_pb2.ScoreResponse.FromString,
         )
         outcome: Any = channel.unary_unary("/fraud.v1.FraudScoring/ReportOutcome")
-        for call in replay:
-            if call.kind is CallKind.OUTCOME:
-                outcome(call.payload, timeout=5)
-                continue
-            answer: Any = score(call.payload, timeout=5)
-            expected = after_kill.get(answer.transaction_id)
+        for transaction_id in processed:
+            answer: Any = score(payloads[transaction_id].payload, timeout=5)
+            for report in outcomes_after.get(transaction_id, []):
+                outcome(report.payload, timeout=5)
+            expected = after_kill.get(transaction_id)
             if expected is None or abs(expected - answer.score) <= 1e-9:
                 continue
-            transaction = scoring_pb2.ScoreRequest.FromString(call.payload).transaction
+            transaction = scoring_pb2.ScoreRequest.FromString(
+                payloads[transaction_id].payload
+            ).transaction
             if _keys(transaction) & touched:
                 touched_mismatches += 1
             else:
                 untouched += 1
-                recent_mismatches += bool(_keys(transaction) & recent)
-    return _Comparison(len(after_kill), untouched, touched_mismatches, recent_mismatches)
+    compared = sum(tx in after_kill for tx in processed)
+    answered_unlogged = sum(r.code == OK for r in unlogged)
+    return _Comparison(compared, len(processed), untouched, touched_mismatches, answered_unlogged)
+
+
+def _decision_log_ids(directory: Path) -> list[str]:
+    """Transaction ids in the order the server logged its answers (segments by name: the
+    time each was opened)."""
+    ids: list[str] = []
+    for path in sorted(directory.glob("*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            try:
+                ids.append(json.loads(line)["transaction_id"])
+            except (ValueError, KeyError):
+                continue  # a torn last line
+    return list(dict.fromkeys(ids))
 
 
 def _with_verdicts(schedule: Schedule, every: int = 10, lag: int = 20) -> Schedule:
@@ -295,10 +321,9 @@ def _keys(transaction: scoring_pb2.Transaction) -> set[str]:
     }
 
 
-def _lost_window(lost: list[Record], killed: float) -> str:
-    if not lost:
-        return "-"
-    return f"{(killed - min(r.done for r in lost)) * 1e3:.0f} ms"
+def _lost_window(lost: list[Record], killed: float) -> float:
+    """How long before the kill the earliest lost outcome was acknowledged (0: none lost)."""
+    return max(0.0, killed - min(r.done for r in lost)) if lost else 0.0
 
 
 def _outcome_ids(directory: Path) -> set[str]:
