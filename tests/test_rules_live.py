@@ -28,7 +28,8 @@ from tests.conftest import TrainedModel
 from tests.load_driver import history_requests
 from tests.server_process import ServerProcess
 from training.config import load_settings
-from training.model_build.rule_backtest import backtest_logged, backtest_rules
+from training.model_build.rule_backtest import backtest_rules
+from training.retraining.logged_backtest import backtest_logged
 
 POLL_SECONDS = 0.2
 ROWS = 400

@@ -139,7 +139,8 @@ def handle_show(args: argparse.Namespace) -> int:
 def handle_backtest(args: argparse.Namespace) -> int:
     """Replay a history (or the server's decision log) through the rule file; print the
     report."""
-    from training.model_build.rule_backtest import backtest_logged, backtest_rules, format_report
+    from training.model_build.rule_backtest import backtest_rules, format_report
+    from training.retraining.logged_backtest import backtest_logged
 
     settings = settings_from(args)
     document = read_rule_file(args.rules)

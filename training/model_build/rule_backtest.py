@@ -9,10 +9,8 @@ unknown (histories hold tokens, so BIN lists and rules never hit), and features 
 float32 values the model reads (a rule comparing a feature at exactly its threshold may
 differ in the last bit).
 
-Or the server's own decision log (`backtest_logged`, `--decisions DIR --outcomes DIR`),
-read and labelled by `fraud-train retrain`'s readers (`training.retraining.feedback`, the
-Parquet twins included): each transaction judged on the features and score the server
-logged, with no replay.
+Or the server's own decision log (`training.retraining.logged_backtest`, `--decisions DIR
+--outcomes DIR`), judged by `judge` here the same way.
 
 Reported per rule: `decided` (transactions it would decide: it holds, and nothing before it
 in precedence does), `matched` (it holds, whatever decides), the precision and recall of
@@ -24,15 +22,14 @@ champion and its lists), the transactions whose answer would change.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from service.core.domain import Decision, EntryMode, Transaction
+from service.core.domain import Decision, Transaction
 from service.core.rule_compiler import compile_rules
 from service.core.rules import Lists, RuleBook, RuleSet
 from service.core.scoring import decision_for
@@ -44,12 +41,6 @@ from service.model.rule_registry import RuleArtifactError, RuleRegistry, load_li
 from training.config import TrainSettings
 from training.data.dataset import load_history
 from training.data.replay import replay_features, transactions
-from training.retraining.feedback import (
-    labels_as_of,
-    newest_time_ns,
-    read_decision_log,
-    read_outcomes,
-)
 
 
 @dataclass(frozen=True)
@@ -104,71 +95,6 @@ def backtest_rules(
         {"scored_by": None if model is None else model[2]},
     )
     return judge(judged, rules_document, registry_root)
-
-
-def backtest_logged(
-    decisions: Path,
-    outcomes: Path,
-    rules_document: dict[str, Any],
-    settings: TrainSettings,
-    registry_root: Path,
-) -> tuple[dict[str, Any], list[RowDecision]]:
-    """The report of `rules_document` on the server's own decision log, labelled by its
-    outcome log as `fraud-train retrain` labels it (a transaction without a report is
-    genuine once `features.label_delay_days` old, unknown before; unknown counts as
-    genuine here and is reported). Each transaction is judged on what the server saw: its
-    logged features and score; the model's decision is the logged score against the
-    champion's thresholds (the logged decision when there is no score or no champion)."""
-    compile_rules(rules_document, "candidate", FEATURE_NAMES)
-    logged = read_decision_log(decisions, feature_count=len(FEATURE_NAMES))
-    reported = read_outcomes(outcomes)
-    frame = logged.frame
-    labels = labels_as_of(
-        frame["transaction_id"].to_numpy(dtype=object),
-        frame["event_ns"].to_numpy(),
-        reported,
-        as_of_ns=newest_time_ns(logged, reported),
-        label_delay_ns=int(settings.features.label_delay_seconds * 1e9),
-    )
-    thresholds = _champion_thresholds(registry_root)
-    # A fallback answer's logged score is 0, not the model's: no score, as the server saw it.
-    scores: list[float | None] = [
-        None if fallback_reason else score
-        for fallback_reason, score in zip(frame["fallback_reason"], frame["score"], strict=True)
-    ]
-    judged = Judged(
-        _logged_transactions(frame),
-        (
-            vector.tolist() if has else None
-            for vector, has in zip(logged.features, logged.has_features, strict=True)
-        ),
-        scores,
-        [
-            Decision[logged_decision]
-            if score is None or thresholds is None
-            else decision_for(score, thresholds)
-            for score, logged_decision in zip(scores, frame["decision"], strict=True)
-        ],
-        np.maximum(labels, 0).tolist(),
-        frame["amount"].tolist(),
-        {"scored_by": "the logged scores", "unknown_labels": int((labels < 0).sum())},
-    )
-    return judge(judged, rules_document, registry_root)
-
-
-def _logged_transactions(frame: pd.DataFrame) -> Iterator[Transaction]:
-    columns = [frame[name].tolist() for name in _LOGGED_COLUMNS]
-    for tx_id, ns, card, terminal, amount, merchant, mcc, mode, currency, country, present in zip(
-        *columns, strict=True
-    ):
-        yield Transaction(
-            tx_id, ns / 1e9, card, terminal, amount, merchant, mcc, EntryMode(mode), currency,
-            country, None if present is pd.NA else bool(present),
-        )  # fmt: skip
-
-
-_LOGGED_COLUMNS = ("transaction_id", "event_ns", "card", "terminal_id", "amount", "merchant_id",
-                   "mcc", "entry_mode", "currency", "country", "card_present")  # fmt: skip
 
 
 def judge(
@@ -228,7 +154,7 @@ def _answer(
     return RowDecision(tx.transaction_id, "", model_decision)
 
 
-def _champion_thresholds(registry_root: Path) -> Any:
+def champion_thresholds(registry_root: Path) -> Any:
     """The champion's decision thresholds; None without a champion."""
     registry = Registry(registry_root)
     champion = registry.champion() if registry.versions_dir.is_dir() else None
