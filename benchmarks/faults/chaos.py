@@ -366,7 +366,10 @@ def _store(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
     during = answers.between(scored, down, back)
     after = [r for r in scored if r.sent >= back and r.code == OK]
     first_model = min((r.done for r in after if r.source == MODEL), default=float("inf"))
-    late_fallbacks = [r for r in after if r.sent > back + RECOVERY_SECONDS and r.source != MODEL]
+    # A deadline fallback is the machine's load (the budget spent waiting for a CPU), not
+    # the store: counted apart.
+    late = [r for r in after if r.sent > back + RECOVERY_SECONDS and r.source != MODEL]
+    late_fallbacks = [r for r in late if r.fallback_reason != "deadline"]
     failures = answers.failed(scored)  # outcomes are UNAVAILABLE while the store is down
     fallbacks = sum(r.source != MODEL for r in during if r.code == OK)
     seconds, per_second, p99 = answers.per_second(scored, length)
@@ -387,12 +390,18 @@ def _store(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
                 RECOVERY_SECONDS,
                 " s",
             ),
-            equal("every answer 2 s after the return from the model", len(late_fallbacks), 0),
+            equal(
+                "every answer 2 s after the return from the model (deadline fallbacks aside)",
+                len(late_fallbacks),
+                0,
+                f"{len(late) - len(late_fallbacks)} deadline fallbacks",
+            ),
         ],
         figures={
             "calls": len(records),
             "answers_during_outage": len(during),
             "fallbacks_during_outage": fallbacks,
+            "fallback_reasons": _reasons(scored),
             "outage_seconds": round(back - down, 2),
             "outcome_statuses": _codes([r for r in records if r.kind == OUTCOME]),
         },
@@ -434,13 +443,20 @@ def _disk(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
     )
     failures = answers.failures(records)
     scored = answers.scores(records)
-    fallbacks = [r for r in scored if r.code == OK and r.source != MODEL]
+    fallbacks = [
+        r for r in scored if r.code == OK and r.source != MODEL and r.fallback_reason != "deadline"
+    ]
     seconds, per_second, p99 = answers.per_second(scored, length)
     return Scenario(
         "disk",
         [
             equal("no call fails (outcomes NOT_FOUND aside)", len(failures), 0, _codes(failures)),
-            equal("no fallback decision", len(fallbacks), 0),
+            equal(
+                "no fallback decision (deadline fallbacks, the machine's load, aside)",
+                len(fallbacks),
+                0,
+                _reasons(scored),
+            ),
             at_most(
                 "p99 while the disk is full, against 2x before",
                 round(answers.p99_ms(answers.between(scored, full, freed)), 2),
@@ -533,7 +549,11 @@ def _registry(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenar
         records = load.join()
     scored = answers.scores(records)
     during = [r for r in answers.between(scored, gone, returned) if r.code == OK]
-    wrong = [r for r in during if r.version != champion or r.source != MODEL]
+    wrong = [
+        r
+        for r in during
+        if r.version != champion or (r.source != MODEL and r.fallback_reason != "deadline")
+    ]
     first_new = min(
         (r.done for r in scored if r.code == OK and r.version == other), default=float("inf")
     )
@@ -544,7 +564,7 @@ def _registry(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenar
         [
             equal("no call fails (outcomes NOT_FOUND aside)", len(failures), 0, _codes(failures)),
             equal(
-                "every answer during the outage from the champion's model",
+                "every answer during the outage from the champion (deadline fallbacks aside)",
                 len(wrong),
                 0,
                 f"of {len(during)}",
@@ -621,12 +641,31 @@ def _overload(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenar
         ],
         figures={
             "saturation_per_second": round(saturation, 1),
+            "failure_details": _details(other),
             "asked_per_second": round(peak, 1),
             "other_failures": _codes(other),
             "calls": len(records),
         },
         series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
     )
+
+
+def _details(records: Sequence[Record]) -> dict[str, int]:
+    """Failed calls counted by status and details (the first 60 characters)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        key = f"{record.code}: {record.details[:60]}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def _reasons(records: Sequence[Record]) -> str:
+    """Fallback answers counted by reason."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.code == OK and record.source != MODEL:
+            counts[record.fallback_reason] = counts.get(record.fallback_reason, 0) + 1
+    return " ".join(f"{reason} {count}" for reason, count in sorted(counts.items())) or "none"
 
 
 def _shed_criterion(p99: float, refused: int) -> Criterion:

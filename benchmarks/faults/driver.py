@@ -48,6 +48,8 @@ class Record(NamedTuple):
     version: str = ""
     source: int = 0
     score: float = 0.0
+    fallback_reason: str = ""
+    details: str = ""  # a failed call's status details
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,10 @@ class RecordingLoad:
             try:
                 response = await method(payload, timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
+                code, details = error.code().name, (error.details() or "")[:100]
+                transaction_id = _transaction_id(payload)
                 self.records.append(
-                    Record(SCORE, due, self.now(), error.code().name, _transaction_id(payload))
+                    Record(SCORE, due, self.now(), code, transaction_id, details=details)
                 )
             else:
                 self.records.append(answered(SCORE, due, self.now(), response))
@@ -204,6 +208,7 @@ def answered(kind: str, sent: float, done: float, response: scoring_pb2.ScoreRes
         response.model_version,
         response.decision_source,
         response.score,
+        response.fallback_reason,
     )
 
 
