@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import lmdb
 import structlog
@@ -34,14 +35,12 @@ from service.features.state import (
     NO_PLAN,
     EntityKind,
     SessionPlan,
-    StateSession,
     TileCount,
     TransactionRecord,
 )
 from service.state.codec import (
     decode_entity,
     decode_transaction,
-    encode_entity,
     encode_transaction,
     record_key,
     record_time,
@@ -122,29 +121,15 @@ class LmdbStore:
         )
         self._syncer.start()
 
-    @contextmanager
-    def session(self, plan: SessionPlan = NO_PLAN) -> Iterator[StateSession]:
+    def session(self, plan: SessionPlan = NO_PLAN) -> _Session:
         """One write transaction: every other writer waits, so there is never a conflict.
         Within `bulk`, a share of the bulk's current transaction."""
         if self._bulk is not None:
-            session = _Session(self._bulk, self._dbs)
-            yield session
-            self._note(session)
-            self._bulk_sessions += 1
-            if self._bulk_sessions % self._bulk_every == 0:
-                self._bulk.commit()
-                # Between two bulk transactions (LMDB has one writer): a seeding replays
-                # months, and what fell out of the horizon must not pile up meanwhile.
-                self.sweep(chunk=_BULK_SWEEP_CHUNK)
-                self._bulk = self._env.begin(write=True)
-            return
-        try:
-            with self._env.begin(write=True) as txn:
-                session = _Session(txn, self._dbs)
-                yield session
-        except lmdb.MapFullError:
-            self._make_room()  # this transaction fails (the fallback); the next ones fit
-            raise
+            return _Session(self, self._bulk, self._dbs, bulk=True)
+        return _Session(self, self._env.begin(write=True, buffers=True), self._dbs, bulk=False)
+
+    def _committed(self, session: _Session) -> None:
+        """Bookkeeping after a session's own write transaction committed."""
         self._note(session)
         self._writes += 1
         if self._writes % _CHECK_EVERY == 0:
@@ -155,6 +140,17 @@ class LmdbStore:
             except lmdb.Error:  # the transaction is counted: its answer must not fail
                 _log.exception("state_sweep_failed")
 
+    def _shared(self, session: _Session) -> None:
+        """Bookkeeping after a session of the bulk's transaction (see `bulk`)."""
+        self._note(session)
+        self._bulk_sessions += 1
+        if self._bulk is not None and self._bulk_sessions % self._bulk_every == 0:
+            self._bulk.commit()
+            # Between two bulk transactions (LMDB has one writer): a seeding replays
+            # months, and what fell out of the horizon must not pile up meanwhile.
+            self.sweep(chunk=_BULK_SWEEP_CHUNK)
+            self._bulk = self._env.begin(write=True, buffers=True)
+
     @contextmanager
     def bulk(self, sessions_per_commit: int = 4_096) -> Iterator[None]:
         """Sessions within share one write transaction per `sessions_per_commit`: for a
@@ -162,7 +158,7 @@ class LmdbStore:
         commit per batch instead of one per transaction. An exception aborts the sessions
         since the last commit; eviction sweeps (of `_BULK_SWEEP_CHUNK` records) run between
         the batches."""
-        self._bulk = self._env.begin(write=True)
+        self._bulk = self._env.begin(write=True, buffers=True)
         self._bulk_every = sessions_per_commit
         try:
             yield
@@ -274,14 +270,52 @@ class LmdbStore:
 
 
 class _Session:
-    """One write transaction: a `StateSession`."""
+    """One write transaction, or a share of the bulk's: a `StateSession`, and the context
+    that commits it (a class rather than a generator: this is the scoring path). Its reads
+    are views of the map (`buffers`), decoded at once, before any write moves the pages
+    they view; its writes pass records as they are (an `array('d')` is its codec bytes),
+    with no copy made for them."""
 
-    __slots__ = ("_dbs", "_txn", "latest")
+    __slots__ = ("_bulk", "_dbs", "_store", "_txn", "latest")
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+    def __init__(
+        self,
+        store: LmdbStore,
+        txn: lmdb.Transaction,
+        dbs: dict[str, lmdb._Database],
+        *,
+        bulk: bool,
+    ) -> None:
+        self._store = store
         self._txn = txn
         self._dbs = dbs
+        self._bulk = bulk
         self.latest = -math.inf
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._bulk:  # an exception propagates to `bulk`, which aborts the batch
+            if exc_type is None:
+                self._store._shared(self)
+            return
+        if exc_type is not None:
+            self._txn.abort()
+            if issubclass(exc_type, lmdb.MapFullError):
+                self._store._make_room()  # this one fails (the fallback); the next ones fit
+            return
+        try:
+            self._txn.commit()
+        except lmdb.MapFullError:
+            self._store._make_room()
+            raise
+        self._store._committed(self)
 
     def entity(self, kind: EntityKind, key: str) -> array[float] | None:
         value = self._txn.get(_key(key), db=self._dbs[kind])
@@ -290,7 +324,7 @@ class _Session:
     def put_entity(self, kind: EntityKind, key: str, record: array[float]) -> None:
         if record[0] > self.latest:
             self.latest = record[0]
-        self._txn.put(_key(key), encode_entity(record), db=self._dbs[kind])
+        self._txn.put(_key(key), record, db=self._dbs[kind])
 
     def put_counted(
         self, kind: EntityKind, key: str, record: array[float], count: TileCount
