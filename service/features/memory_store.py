@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -69,6 +69,14 @@ class MemoryStore:
     def records(self, kind: EntityKind | None = None) -> int:
         """Records held of `kind`, or transactions when None."""
         return len(self._transactions if kind is None else self._entities[kind])
+
+    def held(self, kind: EntityKind) -> Iterable[tuple[str, array[float]]]:
+        """Every record of `kind` held, by key (to copy a replayed state elsewhere)."""
+        return self._entities[kind].items()
+
+    def held_transactions(self) -> Iterable[TransactionRecord]:
+        """Every transaction's record held."""
+        return self._transactions.values()
 
     def entity(self, kind: EntityKind, key: str) -> array[float] | None:
         return self._entities[kind].get(key)

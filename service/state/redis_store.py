@@ -189,8 +189,8 @@ class RedisStore:
         self.url = mask_url_password(url)  # for messages
         self._pool = _pool(url, timeout_seconds, max_connections=None)
         self._wire = _Wire(self._pool)
-        self._keys = _Keys(identity)
-        self._ttl_ms = _milliseconds(horizon_seconds)
+        self._keys = RecordKeys(identity)
+        self._ttl_ms = lifetime_milliseconds(horizon_seconds)
         self._horizon_seconds = horizon_seconds
         # Lua reads "inf" as a number only on some platforms' strtod: spell it out.
         self._horizon = b"1e300" if math.isinf(horizon_seconds) else repr(horizon_seconds).encode()
@@ -306,7 +306,7 @@ class _Session:
     )
 
     def __init__(
-        self, wire: _Wire, keys: _Keys, fetched: dict[bytes, bytes | None], horizon: float
+        self, wire: _Wire, keys: RecordKeys, fetched: dict[bytes, bytes | None], horizon: float
     ) -> None:
         self._wire = wire
         self._horizon = horizon
@@ -409,8 +409,8 @@ class _Session:
         self._writes[key] = _VERSION.pack(version) + payload
 
 
-class _Keys:
-    """The keys of one feature settings' records."""
+class RecordKeys:
+    """The keys of one feature settings' records (also `redis_seeding`'s)."""
 
     __slots__ = ("_entities", "_transactions", "prefix")
 
@@ -547,6 +547,7 @@ def _id(identifier: str) -> bytes:
     return record_key(identifier, _MAX_ID_BYTES)
 
 
-def _milliseconds(seconds: float) -> int:
-    """A record's lifetime in milliseconds; 0 (for ever) when unbounded."""
+def lifetime_milliseconds(seconds: float) -> int:
+    """A record's lifetime in milliseconds (`horizon_seconds`); 0 (for ever) when
+    unbounded."""
     return 0 if math.isinf(seconds) else max(1, round(seconds * 1000))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from datetime import date, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from service.model.registry import ALIASES, CHAMPION
 from training.cli import rules_commands
@@ -28,7 +29,7 @@ from training.cli.registry_commands import (
     handle_sign,
 )
 from training.cli.retrain_commands import handle_logs_compact, handle_retrain
-from training.cli.state_commands import handle_state_build
+from training.cli.state_commands import StateUrl, handle_state_build
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,6 +344,8 @@ def _add_state(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "does (each fraud label fed back one label delay after its transaction) into a "
             "new LMDB store, then publish it at --state: built in a sibling directory, "
             "synced, and renamed into place, so a server never opens a half-built store. "
+            "With a Redis URL as --state, the state is replayed in memory, then written to "
+            "that database in pipelined batches: no server may use it until the build ends. "
             "Card numbers are tokenised with the server's card token key "
             "(FRAUD_CARD_TOKEN_KEY, or --server-config): use the key the servers use. "
             "Stop the servers before replacing a store they have open."
@@ -351,9 +354,10 @@ def _add_state(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_data_options(build)
     build.add_argument(
         "--state",
-        type=_state_directory,
+        type=_state_target,
         required=True,
-        help="directory to publish the store at: the servers' state.path (./state unless set)",
+        help="directory to publish the store at: the servers' state.path (./state unless "
+        "set); or the servers' state.url, redis://[:PASSWORD@]HOST:PORT/DB",
     )
     build.add_argument(
         "--replace",
@@ -394,13 +398,18 @@ def _aware_datetime(text: str) -> datetime:
     return moment
 
 
-def _state_directory(text: str) -> Path:
-    """A directory, not a server's address: `--state`."""
-    if "://" in text:  # the URL is not repeated: it may carry a password
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def _state_target(text: str) -> Path | StateUrl:
+    """A directory (an LMDB store) or a Redis URL: `--state`."""
+    if "://" not in text:
+        return Path(text)
+    if urlsplit(text).scheme not in _REDIS_SCHEMES:  # not repeated: it may hold a password
         raise argparse.ArgumentTypeError(
-            "a URL is not supported: only a directory (an LMDB store) is, for now"
+            f"a URL must be a Redis one ({', '.join(sorted(_REDIS_SCHEMES))}), or give a directory"
         )
-    return Path(text)
+    return StateUrl(text)
 
 
 def _positive_int(text: str) -> int:

@@ -15,6 +15,9 @@ refused, so that a mistyped path cannot delete someone's files.
 
 A failed or interrupted build deletes its sibling directory; a build killed outright
 leaves it (`.<name>.building-<id>`) beside the target, never at it.
+
+A Redis store (`build_state_redis`) is replayed in memory, then written in pipelined
+batches (`service.state.redis_seeding`): not atomic, so no server may use it meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +34,11 @@ import lmdb
 import pandas as pd
 
 from service.config.settings import StateSettings
-from service.features import EntityKind, FeatureConfig
+from service.features import EntityKind, FeatureConfig, MemoryStore, state_identity
 from service.state.errors import StateStoreError
 from service.state.lmdb_store import LmdbStore
 from service.state.opening import open_state
+from service.state.redis_seeding import RedisTarget
 from training.data.seeding import seed_state
 from training.durable_files import fsync_path, make_dir
 
@@ -53,7 +58,8 @@ class SeededState:
     terminals: int
     merchants: int
     transactions: int
-    file_bytes: int
+    stored_bytes: int
+    """The data file's size (LMDB), or the Redis server's memory in use."""
 
 
 def check_target(target: Path, *, replace: bool) -> None:
@@ -102,6 +108,57 @@ def build_state_directory(
     return seeded
 
 
+def check_redis_target(target: RedisTarget, *, replace: bool) -> None:
+    """StateTargetError unless a store may be written at `target`: a database holding no
+    feature state, or any with `replace` (its feature state is deleted first)."""
+    if not replace and target.holds_state():
+        raise StateTargetError(
+            f"the Redis at {target.shown} holds feature state: choose another database, or "
+            "replace the state in it (--replace) once no server uses it"
+        )
+
+
+def build_state_redis(
+    frame: pd.DataFrame,
+    config: FeatureConfig,
+    target: RedisTarget,
+    *,
+    replace: bool = False,
+    tokenize_card: Callable[[str], str] | None = None,
+    progress: bool = False,
+) -> SeededState:
+    """Seed a Redis store at `target` from `frame` with `config`'s features: replayed in
+    memory by the same engine, then every record kept written in pipelined batches."""
+    check_redis_target(target, replace=replace)  # before the long part, not after
+    horizon = config.state_horizon_seconds
+    memory = MemoryStore(horizon_seconds=horizon)
+    replayed = seed_state(frame, config, memory, tokenize_card=tokenize_card, progress=progress)
+    transactions = list(memory.held_transactions())
+    # What idled past the horizon since the store last dropped it would be read as new.
+    oldest = max((record.transaction.timestamp for record in transactions), default=0) - horizon
+    entities = [
+        (kind, key, record)
+        for kind in EntityKind
+        for key, record in memory.held(kind)
+        if record[0] >= oldest
+    ]
+    transactions = [record for record in transactions if record.transaction.timestamp >= oldest]
+    if replace:
+        target.clear()
+    else:
+        check_redis_target(target, replace=False)  # again: another build may have begun
+    target.write(state_identity(config), horizon, entities, transactions)
+    kept = Counter(kind for kind, _, _ in entities)
+    return SeededState(
+        replayed=replayed,
+        cards=kept[EntityKind.CARD],
+        terminals=kept[EntityKind.TERMINAL],
+        merchants=kept[EntityKind.MERCHANT],
+        transactions=len(transactions),
+        stored_bytes=target.used_memory(),
+    )
+
+
 def _build(
     frame: pd.DataFrame,
     config: FeatureConfig,
@@ -132,7 +189,7 @@ def _build(
         terminals=kept[EntityKind.TERMINAL],
         merchants=kept[EntityKind.MERCHANT],
         transactions=transactions,
-        file_bytes=sum(path.stat().st_size for path in settings.path.iterdir()),
+        stored_bytes=sum(path.stat().st_size for path in settings.path.iterdir()),
     )
 
 

@@ -21,6 +21,7 @@ from service.model.registry import Registry
 from service.model.store import ModelStore
 from service.state.errors import StateMismatch
 from service.state.opening import open_state
+from service.state.redis_store import RedisStore
 from tests.conftest import TrainedModel
 from tests.parity_feed import Batch, OneStream, batches, feed, history_rows
 from tests.service.loopback import LoopbackServer
@@ -64,7 +65,7 @@ def champion_config(trained_model: TrainedModel) -> FeatureConfig:
     return champion[1].feature_config
 
 
-def _build(data: Path, state: Path, registry: Path, *more: str) -> list[str]:
+def _build(data: Path, state: Path | str, registry: Path, *more: str) -> list[str]:
     return ["state", "build", "--data", str(data), "--state", str(state),
             "--registry", str(registry), *more]  # fmt: skip
 
@@ -165,16 +166,72 @@ def test_a_registry_without_a_champion_exits_2_saying_to_train_first(
     assert not (tmp_path / "state").exists()
 
 
-def test_a_redis_url_exits_2_saying_only_a_directory_is_supported(
+def test_a_url_other_than_redis_exits_2_without_its_password(
     short_history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A URL for a later Redis backend is refused, without repeating its password."""
+    """Only a directory or a Redis URL is a state; another URL is refused, without
+    repeating its password."""
     argv = _build(short_history, tmp_path / "state", tmp_path / "models")
-    argv[argv.index("--state") + 1] = "redis://user:s3cret@cache:6379/0"
+    argv[argv.index("--state") + 1] = "https://user:s3cret@cache:6379/0"
     assert exit_code(argv) == 2
     message = capsys.readouterr().err
-    assert "only a directory" in message
+    assert "Redis" in message
     assert "s3cret" not in message
+
+
+def test_a_redis_url_is_seeded_with_the_records_a_directory_gets(
+    trained_model: TrainedModel,
+    short_history: Path,
+    champion_config: FeatureConfig,
+    redis_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--state redis://...` keeps, for every card, terminal, merchant and transaction of
+    the history, the very record the LMDB store built from it keeps, under the servers'
+    card tokens; a second build exits 2 leaving the state be, unless --replace."""
+    key = "a card token key of the servers, long enough"
+    server_config = tmp_path / "serve.toml"
+    server_config.write_text(f'card_token_key = "{key}"\n')
+    more = ("--server-config", str(server_config))
+    directory = tmp_path / "state"
+    assert exit_code(_build(short_history, directory, trained_model.registry, *more)) == 0
+    assert exit_code(_build(short_history, redis_url, trained_model.registry, *more)) == 0
+    assert "in use by the Redis server" in capsys.readouterr().err
+    refused = exit_code(_build(short_history, redis_url, trained_model.registry, *more))
+    assert refused == 2
+    assert "--replace" in capsys.readouterr().err
+    again = _build(short_history, redis_url, trained_model.registry, *more, "--replace")
+    assert exit_code(again) == 0
+
+    rows = history_rows(short_history)
+    assert len(rows) > 1_000
+    token = CardTokenizer(key.encode()).token
+    ids = {
+        EntityKind.CARD: {token(row["card_id"]) for row in rows},
+        EntityKind.TERMINAL: {row["terminal_id"] for row in rows},
+        EntityKind.MERCHANT: {row["merchant_id"] for row in rows if row["merchant_id"]},
+    }
+    in_lmdb = open_state(StateSettings(path=directory), champion_config)
+    on_redis = open_state(StateSettings(backend="redis", url=redis_url), champion_config)
+    assert isinstance(on_redis, RedisStore)
+    try:
+        with in_lmdb.session() as kept, on_redis.session() as seeded:
+            for kind, keys in ids.items():
+                for key in keys:
+                    record = kept.entity(kind, key)
+                    assert record is not None
+                    assert seeded.entity(kind, key) == record, (kind, key)
+            for row in rows:
+                held = kept.transaction(row["transaction_id"])
+                assert held is not None
+                assert seeded.transaction(row["transaction_id"]) == held
+        on_redis.census()
+        assert on_redis.records() == len(rows)
+        assert on_redis.records(EntityKind.CARD) == len(ids[EntityKind.CARD])
+    finally:
+        in_lmdb.close()
+        on_redis.close()
 
 
 def test_a_server_seeded_with_the_first_days_scores_the_rest_as_evaluate_does(

@@ -67,7 +67,7 @@ def test_a_build_publishes_a_complete_store_and_leaves_nothing_beside_it(
     assert (seeded.replayed, seeded.cards, seeded.terminals, seeded.transactions) == (3, 2, 2, 3)
     assert seeded.merchants == 0
     assert {path.name for path in target.iterdir()} == {"data.mdb", "lock.mdb"}
-    assert seeded.file_bytes >= (target / "data.mdb").stat().st_size > 0
+    assert seeded.stored_bytes >= (target / "data.mdb").stat().st_size > 0
     assert [path.name for path in target.parent.iterdir()] == ["state"]
 
 
