@@ -427,7 +427,8 @@ class ReportLimitSettings(_Group):
     """How fast each caller may report outcomes: a token bucket per caller identity and
     server process, refilled at `per_second` up to `burst`. A call beyond it gets
     RESOURCE_EXHAUSTED at once, nothing read or kept (docs/security.md, "Outcome floods").
-    A caller's own `report_per_second` and `report_burst` take precedence."""
+    A caller's own `report_per_second` and `report_burst` take precedence. With no caller
+    configured (open mode, development only) nothing is limited."""
 
     per_second: float = Field(default=100.0, gt=0)
     """Outcome reports a second each caller may send, on average, to each server process.

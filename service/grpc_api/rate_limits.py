@@ -8,8 +8,8 @@ otherwise send made-up outcomes as fast as the server answers. The bucket holds 
 refused with RESOURCE_EXHAUSTED and counted by caller (`fraud_outcomes_rate_limited_total`).
 Callers come from the settings, so the buckets, their counters and their refusal messages
 are made once, at start: a call costs a dict lookup and a few float operations, no label
-lookup and no formatting. In open mode (no caller configured) every call is the unnamed
-caller's: they share one bucket.
+lookup and no formatting. In open mode (no caller configured: development only, production
+refuses it) nothing is limited, as nothing else is, so development is unchanged.
 
 Each server process keeps its own buckets: with N workers or replicas behind a balancer a
 caller may send up to N times the rate in all. A limit shared through the state's Redis
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from service.config.settings import ServeSettings
-from service.grpc_api.auth import NO_CALLER
 from service.observability.metrics import rate_limited_counters
 
 
@@ -108,24 +107,20 @@ class CallerRateLimits:
 
 
 def report_rates(settings: ServeSettings) -> dict[str, Rate]:
-    """The ReportOutcome rate of each caller `settings` give the `report` role (of the
-    unnamed caller in open mode)."""
+    """The ReportOutcome rate of each caller `settings` give the `report` role; none in
+    open mode, where calls have no identity to limit."""
     default = settings.report_limit
-    rates = {
+    return {
         caller.name: Rate(
             caller.report_per_second or default.per_second, caller.report_burst or default.burst
         )
         for caller in settings.auth.callers
         if "report" in caller.roles
     }
-    if settings.auth.open:
-        rates[NO_CALLER] = Rate(default.per_second, default.burst)
-    return rates
 
 
 def _details(method: str, caller: str, rate: Rate) -> str:
-    who = f"caller {caller!r} is" if caller else "callers without an identity are"
     return (
-        f"{who} over the {method} rate ({rate.per_second:g} a second, bursts of "
-        f"{rate.burst}): retry later, more slowly"
+        f"caller {caller!r} is over the {method} rate ({rate.per_second:g} a second, bursts "
+        f"of {rate.burst}): retry later, more slowly"
     )

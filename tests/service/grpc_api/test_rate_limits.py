@@ -82,7 +82,7 @@ def _caller(name: str, roles: list[str], **limits: float) -> CallerSettings:
 
 def test_the_settings_give_each_reporting_caller_its_rate() -> None:
     """Callers with the report role get the default rate or their own; others get none; in
-    open mode the unidentified callers share the default."""
+    open mode (development) no call is limited."""
     settings = ServeSettings(
         report_limit=ReportLimitSettings(per_second=50.0, burst=500),
         auth=AuthSettings(
@@ -94,4 +94,4 @@ def test_the_settings_give_each_reporting_caller_its_rate() -> None:
         ),
     )
     assert report_rates(settings) == {"pos": Rate(50.0, 500), "chargebacks": Rate(5000.0, 20000)}
-    assert report_rates(ServeSettings()) == {"": Rate(100.0, 1000)}
+    assert report_rates(ServeSettings()) == {}
