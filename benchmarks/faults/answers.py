@@ -58,20 +58,23 @@ def per_second(
     return [float(s) for s in seconds], [float(len(b)) for b in buckets], p99
 
 
-def stale_answers(records: Sequence[Record], promotions: Sequence[tuple[float, str]]) -> int:
+def stale_answers(
+    records: Sequence[Record], promotions: Sequence[tuple[float, str]], tolerance: float = 0.0
+) -> int:
     """Answers from an older promotion's version sent after a newer one's had answered.
 
     `promotions`: (time, version) of each promotion, in order, the first the version served
     at the start. An answer belongs to the latest promotion of its version made before it
     came back; it is stale when an answer of a later promotion had come back before it was
     sent (a call in flight at a swap may still get the old version; one sent afterwards may
-    not).
+    not). `tolerance`: how much later than the answer a swap's time may be and still count
+    as before it (a logged swap time comes after the swap itself).
     """
     times = [at for at, _ in promotions]
     answered = [r for r in records if r.code == OK and r.kind != OUTCOME and r.version]
 
     def epoch(record: Record) -> int:
-        index = bisect.bisect_right(times, record.done) - 1
+        index = bisect.bisect_right(times, record.done + tolerance) - 1
         while index > 0 and promotions[index][1] != record.version:
             index -= 1
         return index
