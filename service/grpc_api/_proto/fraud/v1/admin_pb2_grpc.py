@@ -74,7 +74,9 @@ class ModelAdminServicer:
         """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
         lists version is published to the registry, with the caller as who and `reason` as
         why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
-        names the field at fault; NOT_FOUND to remove a value that is not listed.
+        names the field at fault; NOT_FOUND to remove a value that is not listed;
+        FAILED_PRECONDITION when the server serves only signed lists (models.trusted_keys),
+        which it cannot sign: change them with `fraud-train rules list` and its signing key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

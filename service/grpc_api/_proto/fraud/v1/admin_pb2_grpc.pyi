@@ -54,7 +54,9 @@ class ModelAdminStub:
     """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
     lists version is published to the registry, with the caller as who and `reason` as
     why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
-    names the field at fault; NOT_FOUND to remove a value that is not listed.
+    names the field at fault; NOT_FOUND to remove a value that is not listed;
+    FAILED_PRECONDITION when the server serves only signed lists (models.trusted_keys),
+    which it cannot sign: change them with `fraud-train rules list` and its signing key.
     """
 
 @_typing.type_check_only
@@ -72,7 +74,9 @@ class ModelAdminAsyncStub(ModelAdminStub):
     """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
     lists version is published to the registry, with the caller as who and `reason` as
     why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
-    names the field at fault; NOT_FOUND to remove a value that is not listed.
+    names the field at fault; NOT_FOUND to remove a value that is not listed;
+    FAILED_PRECONDITION when the server serves only signed lists (models.trusted_keys),
+    which it cannot sign: change them with `fraud-train rules list` and its signing key.
     """
 
 class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -105,7 +109,9 @@ class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
         """Adds a value to, or removes it from, an allow or block list (docs/rules.md): a new
         lists version is published to the registry, with the caller as who and `reason` as
         why, and this server follows it at once (others at their next poll). INVALID_ARGUMENT
-        names the field at fault; NOT_FOUND to remove a value that is not listed.
+        names the field at fault; NOT_FOUND to remove a value that is not listed;
+        FAILED_PRECONDITION when the server serves only signed lists (models.trusted_keys),
+        which it cannot sign: change them with `fraud-train rules list` and its signing key.
         """
 
 def add_ModelAdminServicer_to_server(servicer: ModelAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
