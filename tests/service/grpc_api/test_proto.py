@@ -50,6 +50,8 @@ SCORING_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
         "model_version": (5, STRING),
         "decision_source": (6, ENUM),
         "fallback_reason": (7, STRING),
+        "rule_id": (8, STRING),
+        "rules_version": (9, STRING),
     },
     "OutcomeRequest": {
         "transaction_id": (1, STRING),
@@ -75,6 +77,15 @@ SCORING_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
 ADMIN_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
     "ListModelsRequest": {},
     "ReloadRequest": {},
+    "ChangeListRequest": {
+        "list": (1, STRING),
+        "kind": (2, STRING),
+        "value": (3, STRING),
+        "remove": (4, BOOL),
+        "reason": (5, STRING),
+        "expires_at": (6, MESSAGE),
+    },
+    "ChangeListResponse": {"lists_version": (1, STRING)},
     "PublishedVersion": {
         "version": (1, STRING),
         "created_at": (2, MESSAGE),
@@ -115,6 +126,7 @@ ENUMS: dict[str, dict[str, int]] = {
         "DECISION_SOURCE_UNSPECIFIED": 0,
         "DECISION_SOURCE_MODEL": 1,
         "DECISION_SOURCE_FALLBACK": 2,
+        "DECISION_SOURCE_RULE": 3,
     },
 }
 
@@ -128,6 +140,7 @@ SCORING_METHODS = {
 ADMIN_METHODS = {
     "ListModels": ("ListModelsRequest", "ListModelsResponse", False, False),
     "Reload": ("ReloadRequest", "ListModelsResponse", False, False),
+    "ChangeList": ("ChangeListRequest", "ChangeListResponse", False, False),
 }
 # Each .proto file's descriptor, with its pinned messages, then with its pinned service.
 CONTRACTS = [
