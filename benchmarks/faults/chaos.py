@@ -185,7 +185,8 @@ def _kill(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
                 0,
                 f"{compared.compared} answers after the restart compared, "
                 f"{compared.replayed} transactions replayed in the killed server's order; "
-                "entities of a swipe absent from its decision log left out: "
+                "entities of a swipe absent from its decision log or answered by the "
+                "fallback left out: "
                 f"{compared.touched_mismatches} of their answers differ",
             ),
         ],
@@ -208,8 +209,9 @@ class _Comparison:
     replayed: int
     untouched_mismatches: int
     # Answers sharing a card, terminal or merchant with a swipe the decision logs do not
-    # hold: a call that failed (counted before the kill or not, unknown), or an answer
-    # whose line was still queued when the process died (the log writes every 0.2 s).
+    # hold (a call that failed, counted before the kill or not, unknown; an answer whose
+    # line was still queued when the process died: the log writes every 0.2 s), or with a
+    # swipe the fallback answered (not counted there; the reference counts it).
     touched_mismatches: int
     answered_unlogged: int
 
@@ -238,8 +240,11 @@ def _compare_with_uninterrupted(
     # Not in the log: failed calls (counted or not before the kill, unknown) and answers
     # whose log line died with the process; their entities' later scores are left out.
     unlogged = [r for r in records if r.kind != OUTCOME and r.transaction_id not in logged]
+    # So do fallback answers: the fallback counts nothing in the state, and the unloaded
+    # reference, deciding by the model, counts the same swipe.
+    fallen_back = [r for r in records if r.kind != OUTCOME and r.code == OK and r.source != MODEL]
     touched: set[str] = set()
-    for r in unlogged:
+    for r in (*unlogged, *fallen_back):
         request = scoring_pb2.ScoreRequest.FromString(payloads[r.transaction_id].payload)
         touched |= _keys(request.transaction)
     after_kill = {
