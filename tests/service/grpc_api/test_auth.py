@@ -160,6 +160,7 @@ def _request(transaction_id: str) -> scoring_pb2.ScoreRequest:
 
 
 _numbers = itertools.count()
+ADMIN_METHODS = ("ListModels", "Reload", "ChangeList")
 
 
 def _call(channel: grpc.Channel, method: str, metadata: Metadata) -> grpc.StatusCode:
@@ -178,6 +179,10 @@ def _call(channel: grpc.Channel, method: str, metadata: Metadata) -> grpc.Status
         "GetModelInfo": lambda: scoring.GetModelInfo(scoring_pb2.GetModelInfoRequest(), **options),
         "ListModels": lambda: admin.ListModels(admin_pb2.ListModelsRequest(), **options),
         "Reload": lambda: admin.Reload(admin_pb2.ReloadRequest(), **options),
+        "ChangeList": lambda: admin.ChangeList(
+            admin_pb2.ChangeListRequest(list="block", kind="country", value="KP", reason="t"),
+            **options,
+        ),
     }
     try:
         calls[method]()
@@ -289,7 +294,7 @@ def test_each_role_may_call_its_methods_only(
         assert moved == {}
     else:
         assert moved == {(case.caller, case.expected.name): 1.0}
-    if not case.method.startswith(("ListModels", "Reload")):  # the scoring service's calls
+    if case.method not in ADMIN_METHODS:  # the scoring service's calls
         _wait_until(lambda: _requests(case.method, case.expected.name) == requests_before + 1)
 
 
@@ -302,6 +307,7 @@ def test_the_matrix_covers_every_method_and_role() -> None:
         "GetModelInfo",
         "ListModels",
         "Reload",
+        "ChangeList",
     }
     assert set(ROLE_OF.values()) == set(ROLES)
 
@@ -510,6 +516,7 @@ def test_without_callers_the_scoring_methods_are_open_and_the_server_says_so(
         "GetModelInfo": Status.OK,
         "ListModels": Status.UNIMPLEMENTED,
         "Reload": Status.UNIMPLEMENTED,
+        "ChangeList": Status.UNIMPLEMENTED,
     }
     assert [line["event"] for line in logs if line["log_level"] == "warning"] == [
         "callers_not_configured"
