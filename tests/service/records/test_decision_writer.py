@@ -102,6 +102,8 @@ def test_a_model_decision_is_one_line_with_every_field(tmp_path: Path) -> None:
         "features": [12.5, 10.0, 1.0],
         "logged_at": "2026-09-01T10:00:01.654321+00:00",
         "caller": "",  # outside a call: no caller identified
+        "rule_id": "",  # the model decided: no list or rule
+        "rules_version": "",
     }
 
 
