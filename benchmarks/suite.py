@@ -3,7 +3,8 @@ server the suite starts itself (on free ports of 127.0.0.1) and stops (SIGTERM, 
 
     floors          single-row ONNX inference alone (in this process); then an open loop
                     of unary `Score` at `rate` against the empty floor server and against
-                    the bare gRPC + ONNX floor server (`benchmarks.servers.floor`)
+                    the bare gRPC + ONNX floor server (`benchmarks.servers.floor`), and a
+                    closed loop of `in_flight` calls against the latter
     fraud-serve     open loop, unary, at `rate`; closed loop, unary, `in_flight` calls in
                     flight; open loop on `ScoreStream` at `stream_rate` (`streams` streams
                     per client process); each against a freshly started server
@@ -115,7 +116,8 @@ def floors_report(settings: SuiteSettings, command_line: list[str]) -> Report:
 def run_floors(
     settings: SuiteSettings, history: History, model: Path
 ) -> tuple[InferenceTiming, list[Measurement]]:
-    """ONNX inference alone, then the open loop against each floor server."""
+    """ONNX inference alone, then the open loop against each floor server, then the closed
+    loop against the ONNX floor (the ceiling the server's own closed loop compares with)."""
     _progress("onnx inference alone")
     onnx = time_single_row(model, settings.onnx_calls)
     measurements = [
@@ -127,6 +129,9 @@ def run_floors(
         )
         for kind in FLOOR_KINDS
     ]
+    closed = _loader(settings, "closed", "unary", settings.rate)
+    spec = floor_spec("floor-onnx-closed", "onnx", model)
+    measurements.append(_against(settings, history, spec, closed))
     return onnx, measurements
 
 

@@ -1,42 +1,49 @@
-"""One load-client process: a grpc.aio event loop that sends its share of a run's calls.
+"""One load-client process: grpc's sync API with futures and callbacks, sending its share of
+a run's calls.
 
 Open loop (`ClientJob.due` set): call i is sent at its due time whatever the earlier
 answers are doing, and its latency runs from that due time, so a call that waits (for a
-free slot under `in_flight`, for the event loop, for a stream's writer) is late and counts
-as such. Closed loop (`due` None): `in_flight` workers each send a call, wait for its
-answer and send the next, until `seconds` have passed or the calls run out; latency runs
-from the moment a worker sent.
+free slot under `in_flight`, for a CPU, for a stream's writer) is late and counts as
+such. Closed loop (`due` None): `in_flight` chains each send a call and, from its answer's
+callback, the next, until `seconds` have passed or the calls run out; latency runs from
+the moment a call was sent.
 
 `Score` goes unary or on `ScoreStream` calls (`streams` of them, messages dealt round
 robin); `ReportOutcome` is always unary. The calls are spread over `connections`
 channels, each with its own TCP connection (so that a server with several worker
-processes sharing a port gets several connections to share). Requests travel as the
-bytes `benchmarks.load.traffic` serialized, with no message built on the hot path.
+processes sharing a port gets several connections to share).
 
-The process's CPU share (user plus system time, all threads, over wall time, psutil), the
-share of the time its event loop waited for a CPU, and its garbage-collection pauses
-(which stop the event loop) say whether the client itself held the run back.
+Cheap on purpose, since it shares the cores with the server it measures: requests travel
+as the bytes `benchmarks.load.traffic` serialized, answers are kept as bytes while the run
+lasts (an answer's callback notes only when it came), and the answers are parsed and
+counted into the histograms once the run is over. The sync API sends from the calling
+thread and completes calls on grpc's own thread, with no event loop in between.
+
+The process's CPU share (user plus system time, all threads, over the run's wall time,
+psutil; the counting after the run is left out, since it competes with no server), the
+share of the time its threads waited for a CPU, and its garbage-collection pauses say
+whether the client itself held the run back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import itertools
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import grpc
 import psutil
 
 from benchmarks.load.histograms import EncodedLatency
-from benchmarks.load.streams import ScoreStreamSender
+from benchmarks.load.streams import ScoreStreamSender, StreamAnswers
 from benchmarks.load.tally import OK, Tally
 from benchmarks.load.traffic import Call, CallKind
 from benchmarks.probes.gc_pauses import GcPauses
@@ -53,6 +60,10 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [("grpc.use_local_subchannel_poo
 # Several replicas: each call to the next (the recommended client's balancing, without its
 # retries, which would hide the errors a run must count).
 _ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# How often the end of a run looks whether the last answers are in.
+_POLL_SECONDS = 0.002
+# Beyond the calls' own deadlines, how long the end of a run waits for their callbacks.
+_DRAIN_MARGIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ class ClientJob:
     """One process's share of a run.
 
     `due`: seconds from the start at which each call is due (open loop), or None (closed
-    loop). `in_flight`: the cap on calls in flight (open loop) or the number kept in
+    loop). `in_flight`: the cap on unary calls in flight (open loop) or the number kept in
     flight (closed loop). `seconds`: how long a closed loop goes on sending. `timeout`:
     each unary call's deadline, and how long the end of the run waits for late answers.
     `metadata`: sent with every call (a caller's token).
@@ -80,7 +91,11 @@ class ClientJob:
 
 @dataclass(frozen=True)
 class ClientResult:
-    """What one client process saw, and what it cost; times in seconds."""
+    """What one client process saw, and what it cost; times in seconds.
+
+    `cpu_seconds` and `calls_sent` cover the run, from the start to the last answer:
+    their ratio is the client's CPU per call.
+    """
 
     latency: EncodedLatency
     statuses: Counter[str]
@@ -92,6 +107,7 @@ class ClientResult:
     run_queue_wait_seconds: float
     wall_seconds: float
     gc_pauses: list[float]
+    calls_sent: int = 0
 
 
 def run_client(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
@@ -101,33 +117,35 @@ def run_client(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
     gc.freeze()
     try:
         with GcPauses() as pauses:
-            result = asyncio.run(_run(job, ready))
+            result = _run(job, ready)
     finally:
         gc.unfreeze()
     return dataclasses.replace(result, gc_pauses=pauses.seconds)
 
 
-async def _run(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
+def _run(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
     target, options = job.target, _CHANNEL_OPTIONS
     if "," in target:
         target = balanced_target(target.split(","))
         options = [*options, ("grpc.service_config", _ROUND_ROBIN)]
-    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(job.connections)]
+    channels = [grpc.insecure_channel(target, options=options) for _ in range(job.connections)]
     try:
-        ready_all = asyncio.gather(*(channel.channel_ready() for channel in channels))
-        await asyncio.wait_for(ready_all, CONNECT_TIMEOUT)
-        await asyncio.to_thread(ready)
-        cpu, wait, wall = _cpu_seconds(), _run_queue_wait(), time.perf_counter()
-        tally = Tally(wall)
-        sender = _Sender(job, channels, tally)
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+        ready()
+        cpu, wait, start = _cpu_seconds(), _run_queue_wait(), time.perf_counter()
+        sender = _Sender(job, channels, start)
         if job.due is None:
-            await _closed_loop(job, sender)
+            sender.closed_loop(job.seconds)
         else:
-            await _open_loop(job.calls, job.due, sender, tally.start)
-        await sender.finish(job.timeout)
+            sender.open_loop(job.due)
+        sender.finish(job.timeout)
+        cpu, wait = _cpu_seconds() - cpu, _run_queue_wait() - wait
+        wall = time.perf_counter() - start
     finally:
         for channel in channels:
-            await channel.close()
+            channel.close()
+    tally = sender.count(Tally(start))
     return ClientResult(
         latency=tally.latency.encode(),
         statuses=tally.statuses,
@@ -135,127 +153,169 @@ async def _run(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
         decisions=tally.decisions,
         fallbacks=tally.fallbacks,
         last_answer=tally.last_answer,
-        cpu_seconds=_cpu_seconds() - cpu,
-        run_queue_wait_seconds=_run_queue_wait() - wait,
-        wall_seconds=time.perf_counter() - wall,
+        cpu_seconds=cpu,
+        run_queue_wait_seconds=wait,
+        wall_seconds=wall,
         gc_pauses=[],
+        calls_sent=sender.sent,
     )
-
-
-async def _open_loop(
-    calls: Sequence[Call], due: Sequence[float], sender: _Sender, start: float
-) -> None:
-    for call, offset in zip(calls, due, strict=True):
-        # Always yields to the loop, even when late, so that answers keep being taken.
-        await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
-        sender.dispatch(call, start + offset)
-
-
-async def _closed_loop(job: ClientJob, sender: _Sender) -> None:
-    calls = iter(job.calls)
-    stop_at = time.perf_counter() + job.seconds
-    await asyncio.gather(*(_worker(calls, sender, w, stop_at) for w in range(job.in_flight)))
-
-
-async def _worker(calls: Iterator[Call], sender: _Sender, number: int, stop_at: float) -> None:
-    for call in calls:  # one iterator shared by every worker: each call is sent once
-        now = time.perf_counter()
-        if now >= stop_at:
-            return
-        await sender.complete(call, now, number)
 
 
 class _Sender:
-    """Sends calls unary or on streams and counts their answers in a `Tally`."""
+    """Sends calls unary or on streams and keeps what came back until `count`.
 
-    def __init__(self, job: ClientJob, channels: list[grpc.aio.Channel], tally: Tally) -> None:
-        self._tally = tally
+    Callbacks run on grpc's threads: each appends one tuple to a list (atomic under the
+    GIL) and, in a closed loop, sends the next call.
+    """
+
+    def __init__(self, job: ClientJob, channels: list[grpc.Channel], start: float) -> None:
+        self._calls: Iterator[Call] = iter(job.calls)
         self._timeout = job.timeout
         self._metadata = job.metadata or None
-        self._slots = asyncio.Semaphore(job.in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._score = itertools.cycle([_score_method(channel) for channel in channels])
-        self._outcome = itertools.cycle([_outcome_method(channel) for channel in channels])
+        self._start = start
+        self._stop_at = start + job.seconds
+        self._slots = threading.Semaphore(job.in_flight)
+        self._in_flight = job.in_flight
+        self.sent = 0
+        self._unary_sent = 0
+        # (due, answered at, future) per Score call; the future per outcome report.
+        self._scores: list[tuple[float, float, grpc.Future[bytes]]] = []
+        self._outcomes: list[grpc.Future[bytes]] = []
+        self._score = itertools.cycle([_method(channel, "Score") for channel in channels])
+        self._outcome = itertools.cycle([_method(channel, "ReportOutcome") for channel in channels])
         streams = job.streams if job.rpc == "stream" else 0
         # The stream's deadline only bounds a run that went wrong: the drain ends it sooner.
         deadline = job.seconds + 2 * job.timeout + 60
+        self._answers = StreamAnswers()
         self._streams = [
-            ScoreStreamSender(
-                _stream_method(channel)(timeout=deadline, metadata=self._metadata), tally
-            )
+            ScoreStreamSender(_stream_method(channel), deadline, self._metadata, self._answers)
             for channel in itertools.islice(itertools.cycle(channels), streams)
         ]
-        self._next_stream = itertools.cycle(self._streams)
+        self._chains_ended = 0
+        self._chains_lock = threading.Lock()
+        self._all_chains_ended = threading.Event()
 
-    def dispatch(self, call: Call, due: float) -> None:
-        """Send `call`, due at `due`, without waiting for its answer (open loop)."""
-        if call.kind is CallKind.SCORE and self._streams:
-            next(self._next_stream).send(call.payload, due, None)
-            return
-        task = asyncio.create_task(self._capped(call, due))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def open_loop(self, due: Sequence[float]) -> None:
+        """Send each call at its due time (seconds from the start)."""
+        start, next_stream = self._start, itertools.cycle(self._streams)
+        for call, offset in zip(self._calls, due, strict=True):
+            at = start + offset
+            delay = at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            if call.kind is CallKind.SCORE and self._streams:
+                next(next_stream).send(call.payload, at, None)
+                self.sent += 1
+                continue
+            self._slots.acquire()  # a call that waits for a slot is late, and counts so
+            self._send_unary(call, at, self._slots.release)
 
-    async def complete(self, call: Call, due: float, worker: int) -> None:
-        """Send `call` and wait until its answer is counted (closed loop)."""
-        if call.kind is CallKind.OUTCOME:
-            await self._report(call.payload)
-        elif self._streams:
-            answered = asyncio.get_running_loop().create_future()
-            self._streams[worker % len(self._streams)].send(call.payload, due, answered)
-            await answered
-        else:
-            await self._score_unary(call.payload, due)
+    def closed_loop(self, seconds: float) -> None:
+        """Keep `in_flight` calls going (chain k on stream k mod streams) for `seconds`."""
+        for chain in range(self._in_flight):
+            self._advance(chain)
+        # Every chain ends by itself: once the time is up, or at an answer's deadline.
+        self._all_chains_ended.wait(seconds + 2 * self._timeout + _DRAIN_MARGIN_SECONDS)
 
-    async def finish(self, timeout: float) -> None:
-        """Wait for the answers still due: unary calls end by their deadline."""
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-        await asyncio.gather(*(stream.finish(timeout) for stream in self._streams))
+    def finish(self, timeout: float) -> None:
+        """Wait for the answers still due: unary calls end by their deadline, streams are
+        closed and given `timeout` s for their last answers."""
+        give_up = time.perf_counter() + timeout + _DRAIN_MARGIN_SECONDS
+        while len(self._scores) + len(self._outcomes) < self._unary_sent:
+            if time.perf_counter() >= give_up:
+                break
+            time.sleep(_POLL_SECONDS)
+        for stream in self._streams:
+            stream.close()
+        for stream in self._streams:
+            stream.finish(timeout)
 
-    async def _capped(self, call: Call, due: float) -> None:
-        async with self._slots:
-            if call.kind is CallKind.OUTCOME:
-                await self._report(call.payload)
+    def count(self, tally: Tally) -> Tally:
+        """Everything that came back, parsed and counted into `tally`."""
+        for due, at, future in self._scores:
+            error = future.exception()
+            if error is None:
+                tally.score_answered(_score_response(future.result()), due, at)
             else:
-                await self._score_unary(call.payload, due)
+                tally.score_failed(_code(error))
+        for future in self._outcomes:
+            error = future.exception()
+            tally.outcome_done(OK if error is None else _code(error))
+        self._answers.count(tally)
+        return tally
 
-    async def _score_unary(self, payload: bytes, due: float) -> None:
-        try:
-            response = await next(self._score)(
-                payload, timeout=self._timeout, metadata=self._metadata
+    def _advance(self, chain: int) -> None:
+        """Send chain `chain`'s next call, or end the chain."""
+        now = time.perf_counter()
+        call = next(self._calls, None) if now < self._stop_at else None
+        if call is None:
+            self._end_chain()
+            return
+
+        def then() -> None:
+            self._advance(chain)
+
+        if call.kind is CallKind.SCORE and self._streams:
+            stream = self._streams[chain % len(self._streams)]
+            if stream.failed:  # its failure is counted; more sends would only spin
+                self._end_chain()
+                return
+            stream.send(call.payload, now, then)
+            self.sent += 1
+        else:
+            self._send_unary(call, now, then)
+
+    def _end_chain(self) -> None:
+        with self._chains_lock:
+            self._chains_ended += 1
+            if self._chains_ended == self._in_flight:
+                self._all_chains_ended.set()
+
+    def _send_unary(self, call: Call, due: float, then: Callable[[], None]) -> None:
+        self._unary_sent += 1
+        self.sent += 1
+        if call.kind is CallKind.OUTCOME:
+            outcomes = self._outcomes
+
+            def reported(future: grpc.Future[bytes]) -> None:
+                outcomes.append(future)
+                then()
+
+            future = next(self._outcome).future(
+                call.payload, timeout=self._timeout, metadata=self._metadata
             )
-        except grpc.aio.AioRpcError as error:
-            self._tally.score_failed(error.code().name)
-        else:
-            self._tally.score_answered(response, due)
+            future.add_done_callback(reported)
+            return
+        scores, perf_counter = self._scores, time.perf_counter
 
-    async def _report(self, payload: bytes) -> None:
-        try:
-            await next(self._outcome)(payload, timeout=self._timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as error:
-            self._tally.outcome_done(error.code().name)
-        else:
-            self._tally.outcome_done(OK)
+        def answered(future: grpc.Future[bytes]) -> None:
+            scores.append((due, perf_counter(), future))
+            then()
 
-
-def _score_method(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
-    # No request serializer: the requests are bytes already.
-    return channel.unary_unary(
-        f"/{_SERVICE}/Score", response_deserializer=scoring_pb2.ScoreResponse.FromString
-    )
+        future = next(self._score).future(
+            call.payload, timeout=self._timeout, metadata=self._metadata
+        )
+        future.add_done_callback(answered)
 
 
-def _outcome_method(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
-    return channel.unary_unary(
-        f"/{_SERVICE}/ReportOutcome", response_deserializer=scoring_pb2.OutcomeResponse.FromString
-    )
+def _score_response(payload: bytes) -> scoring_pb2.ScoreResponse:
+    return scoring_pb2.ScoreResponse.FromString(payload)
 
 
-def _stream_method(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamMultiCallable[Any, Any]:
-    return channel.stream_stream(
-        f"/{_SERVICE}/ScoreStream", response_deserializer=scoring_pb2.ScoreResponse.FromString
-    )
+def _code(error: BaseException) -> str:
+    if isinstance(error, grpc.Call):
+        code: grpc.StatusCode = error.code()
+        return code.name
+    return "UNKNOWN"
+
+
+def _method(channel: grpc.Channel, name: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    # No serializers: requests are bytes already, answers stay bytes until the run is over.
+    return channel.unary_unary(f"/{_SERVICE}/{name}")
+
+
+def _stream_method(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable[bytes, bytes]:
+    return channel.stream_stream(f"/{_SERVICE}/ScoreStream")
 
 
 def _run_queue_wait() -> float:

@@ -1,4 +1,4 @@
-"""What one load-client process saw, counted as the answers come in.
+"""What one load-client process saw, counted once its run is over.
 
 Latency is recorded for `Score` answers only (OK status), from each call's due time; every
 call's final status is counted by gRPC status code name, `Score` and `ReportOutcome`
@@ -10,7 +10,6 @@ own DEADLINE_EXCEEDED.)
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 from benchmarks.load.histograms import LatencyRecorder
@@ -35,11 +34,13 @@ class Tally:
         self.fallbacks = 0
         self.last_answer = 0.0
 
-    def score_answered(self, response: scoring_pb2.ScoreResponse, due: float) -> None:
-        """A `Score` answer for the call due at `due` (a `perf_counter()` value) came now."""
-        now = time.perf_counter()
-        at = now - self.start
-        self.latency.record(now - due, at)
+    def score_answered(
+        self, response: scoring_pb2.ScoreResponse, due: float, answered: float
+    ) -> None:
+        """A `Score` answer for the call due at `due` came at `answered` (both
+        `perf_counter()` values)."""
+        at = answered - self.start
+        self.latency.record(answered - due, at)
         self.last_answer = max(self.last_answer, at)
         self.statuses[OK] += 1
         self.decisions[_DECISIONS.get(response.decision, str(response.decision))] += 1

@@ -122,6 +122,8 @@ class Measurement:
     `errors` counts `Score` calls that did not end OK. Outcome reports are counted apart
     (`outcome_statuses`): a report of a swipe the server never scored, or one that another
     worker scored (each worker has its own feature state), is NOT_FOUND by design.
+    `client_cpu_us_per_call`: the client processes' CPU over the run per call they sent
+    (outcome reports too).
     """
 
     name: str
@@ -135,6 +137,7 @@ class Measurement:
     fallbacks: int
     errors: int
     client_cpu_share: list[float]
+    client_cpu_us_per_call: float
     client_run_queue_wait_share: list[float]
     client_gc_pause_max_ms: float
     server: ServerCost | None
@@ -235,6 +238,7 @@ def _summarise(name: str, settings: LoadSettings, results: list[ClientResult]) -
         fallbacks=sum(result.fallbacks for result in results),
         errors=sum(count for code, count in statuses.items() if code != OK),
         client_cpu_share=[round(r.cpu_seconds / r.wall_seconds, 3) for r in results],
+        client_cpu_us_per_call=_per_call(results),
         client_run_queue_wait_share=[
             round(r.run_queue_wait_seconds / r.wall_seconds, 3) for r in results
         ],
@@ -244,6 +248,13 @@ def _summarise(name: str, settings: LoadSettings, results: list[ClientResult]) -
         spectrum=percentile_spectrum(latency.overall),
         timeline=timeline(latency),
     )
+
+
+def _per_call(results: list[ClientResult]) -> float:
+    """Every client process's CPU over the run, per call it sent, in µs."""
+    sent = sum(result.calls_sent for result in results)
+    cpu = sum(result.cpu_seconds for result in results)
+    return round(cpu / sent * 1e6, 1) if sent else 0.0
 
 
 def _server_cost(

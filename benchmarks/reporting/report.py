@@ -125,6 +125,7 @@ def _details(measurements: Sequence[Measurement]) -> list[str]:
             f"statuses {_counts(m.statuses)}",
             f"outcomes {_counts(m.outcome_statuses) or '-'}",
             f"decisions {_counts(m.decisions)}, fallback {m.fallbacks:,}",
+            f"client cpu {m.client_cpu_us_per_call:,.0f} µs/call",
             f"client gc pause max {m.client_gc_pause_max_ms:.1f} ms",
         ]
         if m.server_latency is not None:

@@ -96,14 +96,16 @@ def test_run_against_several_replicas_balances_the_calls_and_sums_their_cpu(
 def test_floors_measures_onnx_alone_and_both_floor_servers(
     trained_model: TrainedModel, tmp_path: Path
 ):
-    """`floors` times inference alone and loads the empty and ONNX floor servers it starts."""
+    """`floors` times inference alone and loads the empty and ONNX floor servers it starts,
+    the ONNX one in a closed loop too."""
     arguments = ["floors", "--registry", str(trained_model.registry), "--onnx-calls", "300"]
     arguments += ["--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
 
     assert main(arguments) == 0
 
     report = _report(tmp_path)
-    assert [m["name"] for m in report["measurements"]] == ["floor-empty", "floor-onnx"]
+    names = [m["name"] for m in report["measurements"]]
+    assert names == ["floor-empty", "floor-onnx", "floor-onnx-closed"]
     assert all(m["server"]["cpu_us_per_answer"] > 0 for m in report["measurements"])
     assert report["onnx_alone"]["calls"] == 300
 

@@ -165,7 +165,8 @@ def test_a_failed_stream_counts_its_unanswered_messages_with_its_code(calls: lis
 
 
 def test_two_client_processes_share_the_schedule(empty_server: ThreadServer, calls: list[Call]):
-    """With two processes, every call is sent once and each process reports its CPU share."""
+    """With two processes, every call is sent once and each process reports its CPU share;
+    the run reports the client's CPU per call."""
     load = _load(empty_server.target, processes=2)
 
     measurement = measure("two", load, calls)
@@ -173,6 +174,7 @@ def test_two_client_processes_share_the_schedule(empty_server: ThreadServer, cal
     assert measurement.statuses == {"OK": _scores(calls[:300])}
     assert len(measurement.client_cpu_share) == 2
     assert all(share > 0 for share in measurement.client_cpu_share)
+    assert measurement.client_cpu_us_per_call > 0
 
 
 def _recorder(load: LoadSettings, calls: list[Call]) -> LatencyRecorder:

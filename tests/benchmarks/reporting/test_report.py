@@ -44,6 +44,7 @@ def _measurement(name: str, mode: Mode = "open", answers: int = 2000) -> Measure
         fallbacks=2,
         errors=3,
         client_cpu_share=[0.4, 0.38],
+        client_cpu_us_per_call=150.0,
         client_run_queue_wait_share=[0.01, 0.02],
         client_gc_pause_max_ms=1.5,
         server=ServerCost(1.2, 600.0, 0.3, 0.05, 150 * 2**20, 1),
