@@ -86,7 +86,7 @@ def test_pre_bound_series_are_exposed_before_any_request(metrics_url: str) -> No
     assert _label_values(samples, "fraud_decisions_total", "decision", "source") == {
         (decision, source)
         for decision in ("approve", "review", "decline")
-        for source in ("model", "fallback")
+        for source in ("model", "fallback", "rule")
     }
     assert _label_values(samples, "fraud_fallback_total", "reason") == {
         ("deadline",),
