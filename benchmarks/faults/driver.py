@@ -239,6 +239,8 @@ class _Stream:
         _, late = await asyncio.wait(self._tasks, timeout=timeout)
         if late:
             self._call.cancel()
+            for task in self._tasks:  # a writer still waiting for its queue, too
+                task.cancel()
             await asyncio.wait(self._tasks)
 
     def _open(self) -> None:
@@ -246,7 +248,7 @@ class _Stream:
         self._queue = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._write(self._call, self._queue)),
-            asyncio.create_task(self._read(self._call)),
+            asyncio.create_task(self._read(self._call, self._queue)),
         ]
 
     async def _write(self, call: Any, queue: asyncio.Queue[bytes | None]) -> None:
@@ -255,7 +257,7 @@ class _Stream:
                 await call.write(payload)
             await call.done_writing()
 
-    async def _read(self, call: Any) -> None:
+    async def _read(self, call: Any, queue: asyncio.Queue[bytes | None]) -> None:
         code = "UNANSWERED"
         try:
             async for response in call:
@@ -266,6 +268,7 @@ class _Stream:
         except asyncio.CancelledError:
             pass
         # The call is over: what it still owed failed with its status; later sends reopen.
+        queue.put_nowait(None)  # its writer, if waiting for more, ends
         if call is self._call:
             self._queue = None
         while self._waiting and call is not None:
