@@ -171,7 +171,7 @@ def cel_text(node: Rule) -> str:
         parts: list[Rule] = node["all"] if "all" in node else node["any"]
         return "(" + joiner.join(cel_text(part) for part in parts) + ")"
     if "not" in node:
-        return f"!{cel_text(node['not'])}"
+        return f"!({cel_text(node['not'])})"
     field = node["field"].replace("features.", "f_")
     value = node["value"]
     if field == "entry_mode":
