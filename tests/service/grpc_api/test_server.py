@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -410,11 +411,11 @@ def test_bytes_that_are_no_message_of_the_method_are_invalid_argument_and_not_lo
     channel = grpc.insecure_channel(serve().target)
     corrupt = b"\x0a\x80\x01xx"  # a length-delimited field longer than the message
     for method in ("Score", "ReportOutcome", "GetModelInfo"):
-        call = channel.unary_unary(f"/fraud.v1.FraudScoring/{method}")
-        code, details = _failure(lambda call=call: call(corrupt, timeout=TIMEOUT))
+        call: Any = channel.unary_unary(f"/fraud.v1.FraudScoring/{method}")  # raw bytes
+        code, details = _failure(partial(call, corrupt, timeout=TIMEOUT))
         assert (code, details) == (Status.INVALID_ARGUMENT, "the request is not a valid message")
     valid = _request("tx-before-corrupt").SerializeToString()
-    stream = channel.stream_stream("/fraud.v1.FraudScoring/ScoreStream")
+    stream: Any = channel.stream_stream("/fraud.v1.FraudScoring/ScoreStream")
     answers: list[bytes] = []
     with pytest.raises(grpc.RpcError) as raised:
         answers.extend(stream(iter([valid, corrupt]), timeout=TIMEOUT))
