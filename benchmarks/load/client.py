@@ -170,8 +170,8 @@ def _run(job: ClientJob, ready: Callable[[], object]) -> ClientResult:
 class _Sender:
     """Sends calls unary or on streams and keeps what came back until `count`.
 
-    Callbacks run on grpc's threads: each appends one tuple to a list (atomic under the
-    GIL) and, in a closed loop, sends the next call.
+    Callbacks run on grpc's threads: each appends what came back to a list (atomic under
+    the GIL) and, in a closed loop, sends the next call.
     """
 
     def __init__(self, job: ClientJob, channels: list[grpc.Channel], start: float) -> None:
@@ -184,9 +184,12 @@ class _Sender:
         self._in_flight = job.in_flight
         self.sent = 0
         self._unary_sent = 0
-        # (due, answered at, future) per Score call; the future per outcome report.
-        self._scores: list[tuple[float, float, grpc.Future[bytes]]] = []
-        self._outcomes: list[grpc.Future[bytes]] = []
+        # Only what the counting needs, no future: the run keeps few objects for the
+        # collector to walk. (due, answered at, response) per Score answer, the status
+        # code of each failed Score call and of each outcome report.
+        self._scores: list[tuple[float, float, bytes]] = []
+        self._failures: list[str] = []
+        self._outcomes: list[str] = []
         self._score = itertools.cycle([_method(channel, "Score") for channel in channels])
         self._outcome = itertools.cycle([_method(channel, "ReportOutcome") for channel in channels])
         streams = job.streams if job.rpc == "stream" else 0
@@ -227,7 +230,7 @@ class _Sender:
         """Wait for the answers still due: unary calls end by their deadline, streams are
         closed and given `timeout` s for their last answers."""
         give_up = time.perf_counter() + timeout + _DRAIN_MARGIN_SECONDS
-        while len(self._scores) + len(self._outcomes) < self._unary_sent:
+        while len(self._scores) + len(self._failures) + len(self._outcomes) < self._unary_sent:
             if time.perf_counter() >= give_up:
                 break
             time.sleep(_POLL_SECONDS)
@@ -238,15 +241,12 @@ class _Sender:
 
     def count(self, tally: Tally) -> Tally:
         """Everything that came back, parsed and counted into `tally`."""
-        for due, at, future in self._scores:
-            error = future.exception()
-            if error is None:
-                tally.score_answered(_score_response(future.result()), due, at)
-            else:
-                tally.score_failed(_code(error))
-        for future in self._outcomes:
-            error = future.exception()
-            tally.outcome_done(OK if error is None else _code(error))
+        for due, at, payload in self._scores:
+            tally.score_answered(_score_response(payload), due, at)
+        for code in self._failures:
+            tally.score_failed(code)
+        for code in self._outcomes:
+            tally.outcome_done(code)
         self._answers.count(tally)
         return tally
 
@@ -284,7 +284,8 @@ class _Sender:
             outcomes = self._outcomes
 
             def reported(future: grpc.Future[bytes]) -> None:
-                outcomes.append(future)
+                error = future.exception()
+                outcomes.append(OK if error is None else _code(error))
                 then()
 
             future = next(self._outcome).future(
@@ -292,10 +293,15 @@ class _Sender:
             )
             future.add_done_callback(reported)
             return
-        scores, perf_counter = self._scores, time.perf_counter
+        scores, failures, perf_counter = self._scores, self._failures, time.perf_counter
 
         def answered(future: grpc.Future[bytes]) -> None:
-            scores.append((due, perf_counter(), future))
+            at = perf_counter()
+            error = future.exception()
+            if error is None:
+                scores.append((due, at, future.result()))
+            else:
+                failures.append(_code(error))
             then()
 
         future = next(self._score).future(
