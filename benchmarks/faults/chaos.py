@@ -19,6 +19,11 @@
     overload  `overload_factor` x the saturation rate for `overload_seconds`, between two
               phases at half of it. Judged: refusals (RESOURCE_EXHAUSTED) within 5 ms,
               goodput >= 90% of saturation, health answering, p99 back within 2 s.
+    rolling   three replicas on one Redis, called through one channel with the service
+              config POS backends are told to use (round_robin, retries); at half the
+              saturation rate each in turn gets SIGTERM and is started again on its port, as
+              a Deployment's rolling update does. Judged: no call fails, every replica
+              stops with status 0, every answer from the model (deadline fallbacks aside).
 
 Each scenario starts its own server(s) in `<out>/chaos-<scenario>/`. The saturation rate is
 `saturation`, or measured first with `benchmarks.faults.saturation`.
@@ -65,10 +70,12 @@ from benchmarks.load.traffic import (
 from benchmarks.reload_latency import republished
 from benchmarks.servers.launch import fraud_serve_spec
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
+from service.grpc_api.client import CHANNEL_OPTIONS, balanced_target
 from service.records.segment_log import FLUSH_SECONDS
 from training.registry.publishing import promote
 
-SCENARIOS = ("kill", "store", "disk", "registry", "overload")
+SCENARIOS = ("kill", "store", "disk", "registry", "overload", "rolling")
+REPLICAS = 3
 BUDGET_MS = 20.0  # the server's default budget.server_budget_ms
 SHED_LIMIT_MS = 5.0
 RECOVERY_SECONDS = 2.0
@@ -128,6 +135,7 @@ def run_chaos(settings: ChaosSettings) -> list[Scenario]:
         "disk": _disk,
         "registry": _registry,
         "overload": _overload,
+        "rolling": _rolling,
     }
     return [
         runs[name](settings, traffic, settings.out / f"chaos-{name}") for name in settings.scenarios
@@ -650,6 +658,80 @@ def _overload(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenar
             "asked_per_second": round(peak, 1),
             "other_failures": _codes(other),
             "calls": len(records),
+        },
+        series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
+    )
+
+
+# --- rolling ----------------------------------------------------------------------------------
+
+
+def _rolling(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
+    redis = RedisProcess(files / "redis")
+    redis.start()
+    environment = {"FRAUD_STATE__BACKEND": "redis", "FRAUD_STATE__URL": redis.url}
+    replicas = [
+        ManagedServer(
+            fraud_serve_spec(f"chaos-rolling-{k}", settings.registry),
+            files / f"replica-{k}",
+            environment,
+        )
+        for k in range(REPLICAS)
+    ]
+    statuses: list[int] = []
+    restarts: list[float] = []
+    try:
+        for replica in replicas:
+            replica.start()
+        # One replica's saturation: the three share this machine's cores, so it is the
+        # least they hold together.
+        saturation = settings.saturation or find_saturation(
+            replicas[0].target, traffic.calls, OVERLOAD_P99_MS
+        )
+        rate = saturation / 2
+        length = settings.seconds * (REPLICAS + 1)
+        schedule = _steady(traffic, rate, length)
+        target = balanced_target([replica.target for replica in replicas])
+        load = RecordingLoad(target, schedule, channel_options=CHANNEL_OPTIONS)
+        load.begin()
+        for turn, replica in enumerate(replicas):
+            _sleep_until(load, settings.seconds * (turn + 1))
+            statuses.append(replica.stop())
+            restarts.append(replica.start())
+        records = load.join()
+    finally:
+        for replica in replicas:
+            replica.stop()
+        redis.kill()
+    scored = answers.scores(records)
+    failures = answers.failures(records)
+    fallbacks = [r for r in scored if r.code == OK and r.source != MODEL]
+    not_deadline = [r for r in fallbacks if r.fallback_reason != "deadline"]
+    seconds, per_second, p99 = answers.per_second(scored, length)
+    return Scenario(
+        "rolling",
+        [
+            equal("no call fails", len(failures), 0, _codes(failures)),
+            equal(
+                "every replica stops with status 0",
+                sum(status != 0 for status in statuses),
+                0,
+                f"statuses {statuses}",
+            ),
+            equal(
+                "every answer from the model (deadline fallbacks aside)",
+                len(not_deadline),
+                0,
+                f"{len(fallbacks) - len(not_deadline)} deadline fallbacks",
+            ),
+        ],
+        figures={
+            "saturation_per_second": round(saturation, 1),
+            "rate_per_second": round(rate, 1),
+            "calls": len(records),
+            "restart_seconds": [round(seconds, 2) for seconds in restarts],
+            "p99_ms": round(answers.p99_ms(scored), 2),
+            "fallback_reasons": _reasons(scored),
         },
         series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
     )

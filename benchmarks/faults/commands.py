@@ -33,7 +33,9 @@ Each scenario against servers started for it, under an open loop at --rate: kill
 and restart on the same state), store (Redis killed for --store-outage s), disk (the
 decision log's file system full, in a user and mount namespace), registry (unreadable for
 --registry-outage s), overload (--overload-factor x the measured saturation for
---overload-seconds). Criteria per scenario in the report."""
+--overload-seconds), rolling (three replicas on one Redis behind the recommended balanced
+channel, each in turn stopped with SIGTERM and started again, at half the saturation).
+Criteria per scenario in the report."""
 _SOAK = """\
 An open loop at --load-share of the measured saturation (or --rate), unary and ScoreStream
 mixed, with fraud outcomes, a promotion every --promote-every s and a SIGHUP every

@@ -87,8 +87,12 @@ class RecordingLoad:
         streams: int = 2,
         connections: int = 2,
         max_in_flight: int = 2000,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        """`channel_options` replace the driver's own (no retries, no shared subchannels):
+        e.g. the service config a POS backend is told to use."""
         self._target = target
+        self._channel_options = list(channel_options) or _CHANNEL_OPTIONS
         self._schedule = schedule
         self._timeout = timeout
         self._stream_every = round(1 / stream_share) if stream_share > 0 else 0
@@ -132,7 +136,7 @@ class RecordingLoad:
 
     async def _run(self) -> None:
         channels = [
-            grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
+            grpc.aio.insecure_channel(self._target, options=self._channel_options)
             for _ in range(self._connections)
         ]
         score: Iterator[Any] = itertools.cycle(
