@@ -57,6 +57,7 @@ from service.model.store import (
 from service.observability.metrics import (
     MODEL_LOAD_SECONDS,
     MODEL_LOADS,
+    REGISTRY_READABLE,
     count_refusal,
     set_library_differences,
     set_serving_model,
@@ -83,6 +84,9 @@ class ModelWatcher:
         # Why nothing serves, as last logged (a refusal, or None: no champion alias), so that
         # "cannot_serve_yet" is not repeated on every poll.
         self._not_serving_reported: tuple[Refusal | None] | None = None
+        # Whether the registry's directory was there at the last look (None: not looked
+        # yet), so that its loss and return are logged once each.
+        self._registry_found: bool | None = None
 
     async def run(self, poll_seconds: float) -> None:
         """Look at the registry every `poll_seconds` until cancelled."""
@@ -113,6 +117,7 @@ class ModelWatcher:
                     _followed_rules(
                         await asyncio.to_thread(self.rules.refresh, retry_refused=retry_refused)
                     )
+        self._registry_seen(await asyncio.to_thread(self.store.registry.root.is_dir))
         fallback = report.fallback
         for change in report.changes:
             self._swapped(change)
@@ -171,6 +176,29 @@ class ModelWatcher:
         )
         await self.refresh()
         return version
+
+    def _registry_seen(self, found: bool) -> None:
+        """Export whether the registry's directory is there; log when it goes and returns.
+
+        Reading a missing registry finds no alias, which changes nothing served (a champion
+        is only ever replaced), so without this a lost mount would be silent while
+        promotions and rollbacks go unseen. At the first look nothing is logged: a
+        registry not made yet is what "cannot_serve_yet" reports.
+        """
+        REGISTRY_READABLE.set(int(found))
+        before, self._registry_found = self._registry_found, found
+        if before is None or before == found:
+            return
+        root = str(self.store.registry.root)
+        if found:
+            _log.info("registry_found_again", registry=root)
+        else:
+            _log.error(
+                "registry_unreadable",
+                registry=root,
+                advice="the models loaded keep serving; promotions and rollbacks are not seen "
+                "until the directory is back (a volume unmounted, the directory moved?)",
+            )
 
     def _not_serving_yet(self, fallback: ChampionFallback | None) -> None:
         """Log why no champion serves, unless that is what was logged last."""

@@ -102,6 +102,11 @@ MODEL_LOADED = Gauge(
     ["alias"],
 )
 MODEL_LOADS = Counter("fraud_model_loads", "Models loaded and swapped in, by alias.", ["alias"])
+REGISTRY_READABLE = Gauge(
+    "fraud_model_registry_readable",
+    "1 while the watcher's looks find the model registry's directory, 0 while it is gone (a "
+    "mount lost, the directory moved): the models loaded keep serving, promotions are unseen.",
+)
 MODEL_LOAD_SECONDS = Histogram(
     "fraud_model_load_seconds",
     "Time to check, load and warm up a model before the swap, off the request path.",

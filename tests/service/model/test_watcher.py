@@ -17,6 +17,7 @@ from typing import Any
 import onnxruntime
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from service.model.artifact import MANIFEST_FILE, ONNX_MODEL_FILE, read_manifest
 from service.model.registry import CHALLENGER, CHAMPION, Registry
@@ -254,3 +255,27 @@ def test_the_overview_lists_versions_aliases_and_what_is_served(registry: Path) 
     assert [(refusal.alias, refusal.version, refusal.reason) for refusal in overview.refusals] == [
         (CHALLENGER, BROKEN_VERSION, "checksum_mismatch")
     ]
+
+
+def test_a_registry_gone_and_back_is_logged_once_each_and_exported(
+    registry: Path, tmp_path: Path
+) -> None:
+    """Found by `fraud-bench chaos --scenario registry`: a registry renamed away changed
+    nothing served (a missing alias leaves the champion) and said nothing. Now its loss and
+    return are logged once each and exported, and the champion serves throughout."""
+    watcher = ModelWatcher(ModelStore(registry))
+    elsewhere = tmp_path / "moved-away"
+    with capture_logs() as lines:
+        _refresh(watcher)
+        assert _sample("fraud_model_registry_readable") == 1.0
+        registry.rename(elsewhere)
+        _refresh(watcher)
+        _refresh(watcher)
+        assert _sample("fraud_model_registry_readable") == 0.0
+        served_meanwhile = _served(watcher)
+        elsewhere.rename(registry)
+        _refresh(watcher)
+    events = [line["event"] for line in lines if line["event"].startswith("registry_")]
+    assert events == ["registry_unreadable", "registry_found_again"]
+    assert _sample("fraud_model_registry_readable") == 1.0
+    assert served_meanwhile == _served(watcher)
