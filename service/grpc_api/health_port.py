@@ -12,10 +12,10 @@ or the load balancer can reach it if even that is too much.
 from __future__ import annotations
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from service.config.settings import ServerSettings
+from service.grpc_api.health_service import add_health_service
 from service.grpc_api.server import BindError
 
 
@@ -33,7 +33,7 @@ def build_health_server(
         # Probes come every few seconds, outside the scoring port's in-flight budget.
         options=[("grpc.so_reuseport", int(settings.workers > 1))],
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    add_health_service(health, server)
     address = settings.address_of(settings.health_port)
     try:
         return server, server.add_insecure_port(address)

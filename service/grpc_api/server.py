@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
@@ -48,6 +48,7 @@ from service.grpc_api._proto.fraud.v1 import (
 )
 from service.grpc_api.admin import ModelAdministration, ModelAdminServicer
 from service.grpc_api.auth import CallerDirectory
+from service.grpc_api.health_service import add_health_service
 from service.grpc_api.interceptors import AdmissionInterceptor, CallLimits
 from service.grpc_api.rate_limits import CallerRateLimits, report_rates
 from service.grpc_api.servicer import FraudScoringServicer, ScoringCore
@@ -117,7 +118,7 @@ def build_server(
         options=_channel_options(settings.server, settings.connections),
     )
     scoring_pb2_grpc.add_FraudScoringServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_health_service(health_servicer, server)
     services = [SCORING_SERVICE_NAME, health.SERVICE_NAME]
     if models is not None and "admin" in callers.roles:
         admin_pb2_grpc.add_ModelAdminServicer_to_server(

@@ -426,6 +426,33 @@ def test_bytes_that_are_no_message_of_the_method_are_invalid_argument_and_not_lo
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
 
 
+def test_bytes_that_are_no_health_request_are_invalid_argument_and_not_logged_as_errors(
+    serve: Callable[..., LoopbackServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by `fraud-bench fuzz`: grpc's own health service answered bytes that do not
+    parse with UNKNOWN and a traceback logged at level error for each, open to anyone as
+    health is. Check and Watch answer INVALID_ARGUMENT now; a valid check still answers."""
+    channel = grpc.insecure_channel(serve().target)
+    corrupt = b"\x0a\x80\x01xx"  # a length-delimited field longer than the message
+    check: Any = channel.unary_unary("/grpc.health.v1.Health/Check")
+    watch: Any = channel.unary_stream("/grpc.health.v1.Health/Watch")
+    assert _failure(partial(check, corrupt, timeout=TIMEOUT)) == (
+        Status.INVALID_ARGUMENT,
+        "the request is not a valid message",
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        list(watch(corrupt, timeout=TIMEOUT))
+    refused: Any = raised.value
+    assert refused.code() == Status.INVALID_ARGUMENT
+    healthy = health_pb2.HealthCheckResponse.FromString(
+        check(
+            health_pb2.HealthCheckRequest(service="liveness").SerializeToString(), timeout=TIMEOUT
+        )
+    )
+    assert healthy.status == health_pb2.HealthCheckResponse.SERVING
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
 def test_clients_are_asked_to_reconnect_at_the_connection_age_and_no_call_fails(
     serve: Callable[..., LoopbackServer],
 ) -> None:
