@@ -80,10 +80,10 @@ class OutcomeLogWriter(RecordLog[_Outcome]):
 
 
 def _encode(outcomes: Sequence[_Outcome], _written_at: float) -> bytes:
-    return b"".join(orjson.dumps(_line(*outcome)) + b"\n" for outcome in outcomes)
+    return b"".join(orjson.dumps(outcome_line(*outcome)) + b"\n" for outcome in outcomes)
 
 
-def _line(
+def outcome_line(
     transaction_id: str,
     is_fraud: bool,
     reported_at: float,

@@ -35,7 +35,8 @@ import orjson
 from service.core.callers import current_caller
 from service.core.domain import Outcome, OutcomeFate
 from service.observability.metrics import QuarantineReason
-from service.records.schema import QuarantineLine, iso_utc
+from service.records.outcome_writer import outcome_line
+from service.records.schema import QuarantineLine
 from service.records.segment_log import FLUSH_SECONDS, LogLimits, RecordLog
 
 QUARANTINE_REASONS: dict[OutcomeFate, QuarantineReason] = {
@@ -99,12 +100,5 @@ def _line(
     caller_rank: int,
     reason: QuarantineReason,
 ) -> QuarantineLine:
-    return {
-        "transaction_id": transaction_id,
-        "is_fraud": is_fraud,
-        "reported_at": iso_utc(reported_at),
-        "received_at": iso_utc(received_at),
-        "caller": caller,
-        "caller_rank": caller_rank,
-        "reason": reason,
-    }
+    outcome = outcome_line(transaction_id, is_fraud, reported_at, received_at, caller, caller_rank)
+    return {**outcome, "reason": reason}
