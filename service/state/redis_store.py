@@ -80,6 +80,7 @@ from service.state.codec import (
 from service.state.errors import StateMismatch, StateStoreError
 from service.state.redis_census import TRANSACTION_KIND, RedisCensus, warn_if_unbounded
 from service.state.redis_swipes import SWIPE, swipe_arguments
+from service.state.ring_lua import COUNT_IN_RING
 
 IDENTITY_KEY = b"fraud:identity"
 _MAX_ID_BYTES = 256
@@ -93,7 +94,8 @@ _BACKGROUND_TIMEOUT_SECONDS = 2.0
 # server holds none or one idle past the horizon ('' when the session read a live one: if
 # it is gone meanwhile, the session runs again), the count's time, its number of rings and
 # (base, tiles, head index, tile) of each. Nothing is written unless every check passes.
-_COMMIT = r"""
+_COMMIT = (
+    r"""
 local ttl, reads, writes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local horizon = tonumber(ARGV[4])
 for i = 1, reads do
@@ -123,7 +125,9 @@ local function keep(key, value)
 end
 for i = reads + 1, reads + writes do keep(KEYS[i], ARGV[4 + i]) end
 -- `tiles.apply_count`, in place: only the spans it changes are written.
-local ONE = struct.pack('<dd', 1, 0)  -- a tile's (transactions, frauds) once counted anew
+"""
+    + COUNT_IN_RING
+    + r"""
 local HEADER_DOUBLES = 4
 for _, count in ipairs(counts) do
   local key, version, anew, fallback, time, rings, at = unpack(count)
@@ -131,6 +135,7 @@ for _, count in ipairs(counts) do
     keep(key, next_version(version) .. fallback)
   else
     local function set(index, bytes) redis.call('SETRANGE', key, 8 + 8 * index, bytes) end
+    local function read(index) return double(key, index) end
     -- The version, the latest time and the rings' heads lead the record: read at once.
     local header = redis.call('GETRANGE', key, 0, 15 + 8 * HEADER_DOUBLES)
     local function leading(index) return (struct.unpack('<d', header, 9 + 8 * index)) end
@@ -142,33 +147,14 @@ for _, count in ipairs(counts) do
       local head_index, tile = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
       at = at + 4
       local head = head_index <= HEADER_DOUBLES and leading(head_index) or double(key, head_index)
-      local slot = tile % tiles
-      local function empty(first, last)  -- tiles first..last of the ring (none if last < first)
-        if last >= first then set(base + 2 * first, string.rep('\0', 16 * (last - first + 1))) end
-      end
-      if tile > head then  -- the ring moves on: the tiles it skips are emptied
-        if tile - head >= tiles then
-          empty(0, tiles - 1)
-        else
-          local first = (head + 1) % tiles
-          if first <= slot then
-            empty(first, slot)
-          else
-            empty(first, tiles - 1)
-            empty(0, slot)
-          end
-        end
-        set(base + 2 * slot, ONE)
-        set(head_index, struct.pack('<d', tile))
-      elseif tile > head - tiles then
-        set(base + 2 * slot, struct.pack('<d', double(key, base + 2 * slot) + 1))
-      end
+      count_in_ring(base, tiles, head_index, tile, head, read, set)
     end
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   end
 end
 return 1
 """
+)
 _SCRIPTS = (_COMMIT, SWIPE)
 
 

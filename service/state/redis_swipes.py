@@ -31,6 +31,7 @@ from __future__ import annotations
 from service.features.card_history import CARD_LAYOUT
 from service.features.state import Swipe, TransactionRecord
 from service.state.codec import encode_transaction
+from service.state.ring_lua import COUNT_IN_RING
 
 # KEYS: the transaction, the card, the terminal, then the merchant and the previous card
 # when ARGV says so. ARGV: lifetime (ms, 0 for ever), horizon (s), then `card_swipe`'s
@@ -128,7 +129,7 @@ local function new_record()
   return string.rep('\0', 8) .. ARGV[19]
     .. string.rep('\0', 16 * (rings[1][2] + rings[2][2])) .. ARGV[20]
 end
-local ONE = struct.pack('<dd', 1, 0)  -- a tile's (transactions, frauds) once counted anew
+$COUNT_IN_RING
 local function count(key)
   local value = redis.call('GET', key)
   local record = value
@@ -141,28 +142,7 @@ local function count(key)
   local tiles_of = {math.floor(tile_hour / 24), tile_hour}
   for k = 1, 2 do
     local first, tiles, head_index = rings[k][1], rings[k][2], rings[k][3]
-    local tile, head = tiles_of[k], double(rings[k][3])
-    local slot = tile % tiles
-    local function empty(from, to)  -- tiles from..to of the ring (none if to < from)
-      if to >= from then set(first + 2 * from, string.rep('\0', 16 * (to - from + 1))) end
-    end
-    if tile > head then  -- the ring moves on: the tiles it skips are emptied
-      if tile - head >= tiles then
-        empty(0, tiles - 1)
-      else
-        local skipped = (head + 1) % tiles
-        if skipped <= slot then
-          empty(skipped, slot)
-        else
-          empty(skipped, tiles - 1)
-          empty(0, slot)
-        end
-      end
-      set(first + 2 * slot, ONE)
-      set(head_index, struct.pack('<d', tile))
-    elseif tile > head - tiles then
-      set(first + 2 * slot, struct.pack('<d', double(first + 2 * slot) + 1))
-    end
+    count_in_ring(first, tiles, head_index, tiles_of[k], double(head_index), double, set)
   end
   redis.call('SETRANGE', key, 0, next_version(value) .. struct.pack('<d', counted_at))
   if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
@@ -178,8 +158,9 @@ return {1, held, card, previous, terminal, merchant}
 
 
 def _with_layout(script: str) -> str:
-    """The script with the card record's offsets written in (longest names first, so that
-    no name is replaced inside a longer one)."""
+    """The script with the ring count spliced in and the card record's offsets written in
+    (longest names first, so that no name is replaced inside a longer one)."""
+    script = script.replace("$COUNT_IN_RING", COUNT_IN_RING)
     for name in sorted(CARD_LAYOUT, key=len, reverse=True):
         script = script.replace(f"${name}", str(CARD_LAYOUT[name]))
     if "$" in script:
