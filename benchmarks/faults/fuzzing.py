@@ -173,27 +173,27 @@ class _StreamEnded(Exception):
 async def _stream(
     channel: grpc.aio.Channel, case: FuzzCase, metadata: Any
 ) -> tuple[list[bytes], str, str]:
-    """A stream's answers and the status the server ended it with. Messages are written
-    one by one and writing stops once the call has ended: grpc.aio's client, left to
-    write a request iterator after the server closed the call, reports INTERNAL ("Internal
-    error from Core") in place of the server's status."""
+    """A stream's answers and the status the server ended it with, sent as a payment
+    backend sends them: each transaction once the previous one is answered, then a
+    half-close. A client that writes ahead cannot tell the server's status: when the
+    server ends the call on a bad transaction while a later one is being written,
+    grpc.aio's client reports INTERNAL "Internal error from Core" instead
+    (grpc/grpc#36066, the write's failure overwrites the status received). Waiting for
+    each answer leaves no write under way when the server ends the stream."""
     method: Any = channel.stream_stream(case.method)
     call: Any = method(timeout=_TIMEOUT, metadata=metadata)
     answers: list[bytes] = []
-
-    async def read() -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            answers.extend([answer async for answer in call])
-
-    reader = asyncio.create_task(read())
     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
         for payload in case.payloads:
-            if call.done():
-                break
             await call.write(payload)
-        if not call.done():
+            answer = await call.read()  # AioRpcError once the server ended the call
+            if answer is grpc.aio.EOF:
+                break
+            answers.append(answer)
+        else:
             await call.done_writing()
-    await reader
+            while (answer := await call.read()) is not grpc.aio.EOF:
+                answers.append(answer)
     code = await call.code()
     return answers, code.name, await call.details() or ""
 
