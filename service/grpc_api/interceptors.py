@@ -33,7 +33,10 @@ task releases it, so a call cancelled before its request arrived is released too
 stream's transaction from the moment it is read until its answer is written and the next
 one asked for. An open stream holds a place in the stream budget only, so idle streams
 never shed unary calls. Calls still queued inside grpc's core, not yet picked up, are not
-counted: their clients' deadlines bound them.
+counted, and under a CPU-bound overload that is where the queue forms (the loop picks
+calls up only as fast as it answers them, so the in-flight count stays far below its
+limit): `server.max_pending_calls` bounds that queue, and gRPC's core refuses a call beyond
+it before this interceptor sees it (the client gets CANCELLED; `server`).
 
 Latency and status of the scoring calls admitted are recorded as the call's task ends, so
 they include sending the answer; a call refused before admission counts its status at

@@ -17,6 +17,15 @@ clients pinging more often than `server.min_client_ping_seconds` are sent away a
 `_MAX_PING_STRIKES` such pings (keepalive enforcement), as is a connection older than
 `server.max_connection_age_seconds`, its calls given `server.grace_seconds`.
 
+Backlog: calls arrived but not yet picked up by the event loop wait in gRPC's core, in a
+queue per method of the generated services (registered with the core: Score, ScoreStream,
+ReportOutcome, GetModelInfo, the admin methods) and one for the rest (health, reflection),
+so a flood of Score calls does not refuse health checks. Beyond `server.max_pending_calls`
+calls in a queue, gRPC's core refuses a new one at once, in C, with no Python work: grpcio's
+server resets its HTTP/2 stream, which the client sees as CANCELLED (not RESOURCE_EXHAUSTED,
+which only the promise-based server of gRPC's core would send, and grpcio does not use
+it). The server's metrics never see those calls; its clients' error counts do.
+
 Port sharing: with `server.workers` above 1, several processes bind the same port
 (SO_REUSEPORT) and the kernel spreads connections among them; they share the feature
 state's LMDB store, so a card's history is whole whichever worker scores it. With
@@ -193,6 +202,10 @@ def _channel_options(
         ("grpc.http2.max_ping_strikes", _MAX_PING_STRIKES),
         ("grpc.max_connection_idle_ms", _milliseconds(connections.max_idle_seconds)),
         ("grpc.max_concurrent_streams", connections.max_calls_per_connection),
+        # One limit, not gRPC's soft one and a hard one with random refusals between them:
+        # a refusal that can be predicted can be documented and tested.
+        ("grpc.server.max_pending_requests", server.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", server.max_pending_calls),
     ]
 
 

@@ -32,6 +32,8 @@ class FraudScoringStub:
     ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
     who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
     client certificate. With no caller configured (development), every method is open.
+    Any call, a stream's opening included, may end CANCELLED though its caller did not
+    cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
 
     def __init__(self, channel):
@@ -69,6 +71,8 @@ class FraudScoringServicer:
     ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
     who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
     client certificate. With no caller configured (development), every method is open.
+    Any call, a stream's opening included, may end CANCELLED though its caller did not
+    cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
 
     def Score(self, request, context):
@@ -77,7 +81,10 @@ class FraudScoringServicer:
         holds card data outside card_id; the message names it), ALREADY_EXISTS (the
         transaction_id was already scored with other content; the message names the first
         field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-        backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+        backoff), CANCELLED when the caller did not cancel (the server's queue of calls not
+        yet picked up is full: gRPC refused the call before any work, as fast as
+        RESOURCE_EXHAUSTED and for the same reason: retry with backoff), DEADLINE_EXCEEDED
+        (the deadline passed before any answer could be given),
         UNAVAILABLE (no model and no fallback can answer), UNAUTHENTICATED (no caller
         identified: no token, a token no caller holds, or an unknown client certificate),
         PERMISSION_DENIED (the caller lacks the `score` role). No error message ever repeats a
@@ -166,6 +173,8 @@ class FraudScoring:
     ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
     who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
     client certificate. With no caller configured (development), every method is open.
+    Any call, a stream's opening included, may end CANCELLED though its caller did not
+    cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
 
     @staticmethod

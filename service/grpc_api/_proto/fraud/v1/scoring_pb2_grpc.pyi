@@ -41,6 +41,8 @@ class FraudScoringStub:
     ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
     who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
     client certificate. With no caller configured (development), every method is open.
+    Any call, a stream's opening included, may end CANCELLED though its caller did not
+    cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
 
     @_typing.overload
@@ -53,7 +55,10 @@ class FraudScoringStub:
     holds card data outside card_id; the message names it), ALREADY_EXISTS (the
     transaction_id was already scored with other content; the message names the first
     field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-    backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+    backoff), CANCELLED when the caller did not cancel (the server's queue of calls not
+    yet picked up is full: gRPC refused the call before any work, as fast as
+    RESOURCE_EXHAUSTED and for the same reason: retry with backoff), DEADLINE_EXCEEDED
+    (the deadline passed before any answer could be given),
     UNAVAILABLE (no model and no fallback can answer), UNAUTHENTICATED (no caller
     identified: no token, a token no caller holds, or an unknown client certificate),
     PERMISSION_DENIED (the caller lacks the `score` role). No error message ever repeats a
@@ -97,6 +102,8 @@ class FraudScoringAsyncStub(FraudScoringStub):
     ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
     who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
     client certificate. With no caller configured (development), every method is open.
+    Any call, a stream's opening included, may end CANCELLED though its caller did not
+    cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -106,7 +113,10 @@ class FraudScoringAsyncStub(FraudScoringStub):
     holds card data outside card_id; the message names it), ALREADY_EXISTS (the
     transaction_id was already scored with other content; the message names the first
     field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-    backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+    backoff), CANCELLED when the caller did not cancel (the server's queue of calls not
+    yet picked up is full: gRPC refused the call before any work, as fast as
+    RESOURCE_EXHAUSTED and for the same reason: retry with backoff), DEADLINE_EXCEEDED
+    (the deadline passed before any answer could be given),
     UNAVAILABLE (no model and no fallback can answer), UNAUTHENTICATED (no caller
     identified: no token, a token no caller holds, or an unknown client certificate),
     PERMISSION_DENIED (the caller lacks the `score` role). No error message ever repeats a
@@ -149,6 +159,8 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
     ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
     who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
     client certificate. With no caller configured (development), every method is open.
+    Any call, a stream's opening included, may end CANCELLED though its caller did not
+    cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
 
     @_abc_1.abstractmethod
@@ -162,7 +174,10 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         holds card data outside card_id; the message names it), ALREADY_EXISTS (the
         transaction_id was already scored with other content; the message names the first
         field that differs), RESOURCE_EXHAUSTED (the server is shedding load: retry with
-        backoff), DEADLINE_EXCEEDED (the deadline passed before any answer could be given),
+        backoff), CANCELLED when the caller did not cancel (the server's queue of calls not
+        yet picked up is full: gRPC refused the call before any work, as fast as
+        RESOURCE_EXHAUSTED and for the same reason: retry with backoff), DEADLINE_EXCEEDED
+        (the deadline passed before any answer could be given),
         UNAVAILABLE (no model and no fallback can answer), UNAUTHENTICATED (no caller
         identified: no token, a token no caller holds, or an unknown client certificate),
         PERMISSION_DENIED (the caller lacks the `score` role). No error message ever repeats a
