@@ -9,10 +9,12 @@ after a process crash, and a background thread syncs every `sync_seconds` agains
 machine crash.
 
 Eviction runs outside the scoring path's write lock. Every `_CHECK_EVERY` writes each kind
-of record is counted; one above its bound gets a sweep, and every kind gets one every
-`_IDLE_SWEEP_EVERY` writes: a read-only pass over the next `_SWEEP_CHUNK` records picks
-those idle past the state horizon and, above the bound, the least recently active of the
-chunk; a short write transaction deletes them after checking they did not change
+of record is counted; one above its bound gets a sweep, the transactions get one every
+time (each write adds one: a sweep reading fewer than one record a write lets those past
+the horizon pile up to the bound), and every kind gets one every `_IDLE_SWEEP_EVERY`
+writes: a read-only pass over the next `_SWEEP_CHUNK` records picks those idle past the
+state horizon and, above the bound, the least recently active of the chunk; a short
+write transaction deletes them after checking they did not change
 meanwhile. Each process sweeps from its own place, so workers share the work.
 """
 
@@ -185,13 +187,12 @@ class LmdbStore:
 
     def sweep(self, *, idle_too: bool = True, chunk: int = _SWEEP_CHUNK) -> None:
         """One eviction step of `chunk` records over each kind of record above its bound,
-        or over every kind with `idle_too` (see the module's docstring)."""
+        or over every kind with `idle_too`; the transactions' idle ones always (see the
+        module's docstring)."""
         oldest = self._latest - self._horizon
-        for name, bound in (
-            *((kind, self._limits.max_entities) for kind in EntityKind),
-            (_TRANSACTIONS, self._limits.max_transactions),
-        ):
-            self._sweep(name, oldest, bound, idle_too, chunk)
+        for kind in EntityKind:
+            self._sweep(kind, oldest, self._limits.max_entities, idle_too, chunk)
+        self._sweep(_TRANSACTIONS, oldest, self._limits.max_transactions, True, chunk)
 
     def _pages_used(self) -> int:
         """Bytes in the pages the records take (free pages left out)."""
