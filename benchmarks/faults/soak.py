@@ -4,8 +4,11 @@ At `rate` calls/s (by default `load_share` of the saturation rate, measured firs
 and `ScoreStream` mixed (a third on streams), frauds' outcomes reported, the decision log
 on, against one `fraud-serve` on a copy of the registry polled every 0.1 s: every
 `promote_every` s the champion and a republished copy are promoted in turn, every
-`sighup_every` s the server gets SIGHUP. Every `sample_every` s: its RSS and the feature
-state's record count. Judged:
+`sighup_every` s the server gets SIGHUP. The client's channel is the one a POS backend is
+told to open (`service.grpc_api.client.CHANNEL_OPTIONS`: its service config tries a call
+refused with UNAVAILABLE again, as when a connection reaches `max_connection_age` and is
+sent away in the instant a call starts on it). Every `sample_every` s: its RSS and the
+feature state's record count. Judged:
 
     no failed call
     p99 stable        p99 of the last third of the run within 1.2x the first third's (the
@@ -41,6 +44,7 @@ from benchmarks.faults.server import ManagedServer
 from benchmarks.load.traffic import Call, OutcomeMix, build_calls, load_history, new_run_id
 from benchmarks.reload_latency import republished
 from benchmarks.servers.launch import fraud_serve_spec
+from service.grpc_api.client import CHANNEL_OPTIONS
 from service.model.registry import CHAMPION, Registry
 from training.registry.publishing import promote
 
@@ -53,6 +57,7 @@ STATE_WINDOW_DAYS = 38.0
 _MIB = 1024 * 1024
 _OUTCOMES = OutcomeMix(share=1.0, lag=200)
 _STATE = "fraud_feature_state_entities"
+_SHOWN = 20  # failed calls listed in the report, with the second each was sent
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,9 @@ def run_soak(settings: SoakSettings) -> list[Scenario]:
         schedule = phased_schedule(build_calls(history, new_run_id(), _OUTCOMES), [(length, rate)])
         decisions_before = _count_lines(files / "decisions")
         outcomes_before = _count_lines(files / "outcomes")
-        load = RecordingLoad(server.target, schedule, stream_share=STREAM_SHARE)
+        load = RecordingLoad(
+            server.target, schedule, stream_share=STREAM_SHARE, channel_options=CHANNEL_OPTIONS
+        )
         load.begin()
         samples: list[tuple[float, float, float]] = []
         total_rss: list[float] = []
@@ -204,6 +211,9 @@ def _judge(
             "p99_last_third_ms": round(last, 2),
             "rss_slope_mib_per_hour": None if slope is None else round(slope, 1),
             "event_days_replayed": round(event_days, 1),
+            "failed_calls": [
+                f"{r.sent:.1f} s {r.kind} {r.code} {r.details}" for r in failures[:_SHOWN]
+            ],
         },
         series={
             "answers per second": (seconds, per_second),
