@@ -402,8 +402,10 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         if not call.method.streaming:
             self._release_work()
             return
-        if call.requests is not None:
-            call.requests.release_answered()
+        # The two refer to each other: apart, they are freed without a full collection.
+        requests, call.requests = call.requests, None
+        if requests is not None:
+            requests.release_answered()
         self._open_streams -= 1
         OPEN_STREAMS.dec()
 
