@@ -2,7 +2,8 @@
 on one redis-server, called through one channel with the recommended service config
 (`round_robin` over the three addresses), share the calls evenly and score a history
 exactly as `fraud-train evaluate` does, outcomes reaching whichever replica the balancer
-picks (see tests/test_serving_parity.py, whose history and offline run this reuses); a
+picks (see tests/test_serving_parity.py, whose feed and offline run this reuses, on a
+history of its own: longer, for 30,000 calls); a
 replica stopped while calls flow fails none of them; a rolling restart of the three while
 the history flows fails no call and changes no score; and a promotion reaches all three
 within their poll interval and a second, failing no call."""
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any, Self
 
 import grpc
+import pytest
 
 from benchmarks.servers.launch import free_ports
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.client import CHANNEL_OPTIONS, FraudScoringClient, balanced_target
+from service.records.schema import RecordKind, segment_glob
 from tests.conftest import TrainedModel
 from tests.parity_feed import CALL_TIMEOUT, Batch, feed
 from tests.test_hot_reload import registry
@@ -35,12 +38,25 @@ from tests.test_serving_parity import (  # the module's fixtures, shared
     champion_config,
     history_batches,
     offline,
-    unseen_history,
 )
 from training.registry.publishing import promote
+from training.simulation.history_files import write_transactions
+from training.simulation.params import SimulationParams
+from training.simulation.simulate import simulate
 
-__all__ = ["champion_config", "history_batches", "offline", "registry", "unseen_history"]
+__all__ = ["champion_config", "history_batches", "offline", "registry"]
 POLL_SECONDS = 1.0
+SPREAD_CALLS = 30_000
+
+
+@pytest.fixture(scope="module")
+def unseen_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The parity tests' unseen history (tests/test_serving_parity.py: another seed than
+    the model's), 44 days instead of 40: fed whole, 30,446 calls (27,695 for 40 days)."""
+    path = tmp_path_factory.mktemp("unseen") / "history.csv"
+    params = SimulationParams(customers=300, terminals=600, days=44, seed=5)
+    write_transactions(simulate(params), path)
+    return path
 
 
 class BalancedCalls:
@@ -87,9 +103,10 @@ def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    """Every transaction of a 40-day history is one call through the balanced channel:
-    each replica decides a third of them (within 10%), none is decided twice, and every
-    score matches `fraud-train evaluate` within 1e-6."""
+    """Every transaction of a 44-day history, and every fraud label as it becomes known,
+    is one call through the balanced channel, 30,000 and more: each replica answers a
+    third of the calls and decides a third of the transactions (within 10%), none is
+    decided twice, and every score matches `fraud-train evaluate` within 1e-6."""
     replicas = [_start_on_redis(start_process, trained_model, redis_url) for _ in range(3)]
     targets = [_target(replica) for replica in replicas]
     with BalancedCalls(targets) as link:
@@ -98,15 +115,35 @@ def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate
         replica.signal(signal.SIGTERM)
         assert replica.wait() == 0, replica.text()
 
-    assert link.calls > 25_000
+    assert link.calls >= SPREAD_CALLS
     assert online.keys() == offline.scores.keys()
     _assert_match(online, offline.scores)
+    answered = _calls_by_process(tmp_path)
+    assert sum(answered.values()) == link.calls, "each call is answered once, by one replica"
+    _assert_even([answered[replica.process.pid] for replica in replicas])
     decided = _decisions_by_process(tmp_path / "decisions")
-    shares = [len(decided.get(replica.process.pid, [])) for replica in replicas]
-    mean = sum(shares) / len(shares)
-    assert all(abs(share - mean) <= 0.1 * mean for share in shares), shares
+    _assert_even([len(decided.get(replica.process.pid, [])) for replica in replicas])
     counts = Counter(tx for ids in decided.values() for tx in ids)
     assert max(counts.values()) == 1, "no transaction is decided by two replicas"
+
+
+def _assert_even(shares: list[int]) -> None:
+    mean = sum(shares) / len(shares)
+    assert all(abs(share - mean) <= 0.1 * mean for share in shares), shares
+
+
+def _calls_by_process(directory: Path) -> Counter[int]:
+    """The calls each server process answered, by process id: a line for each Score in its
+    decision log, for each ReportOutcome in its outcome log or quarantine."""
+    logs: list[tuple[str, RecordKind]] = [
+        ("decisions", "decisions"), ("outcomes", "outcomes"), ("outcomes", "quarantine"),
+    ]  # fmt: skip
+    calls: Counter[int] = Counter()
+    for log, kind in logs:
+        for segment in (directory / log).glob(segment_glob(kind)):
+            pid = int(segment.stem.split("-")[-2])  # <kind>-<opened>-<host>-<pid>-<seq>
+            calls[pid] += len(segment.read_bytes().splitlines())
+    return calls
 
 
 def test_a_replica_stopped_while_calls_flow_fails_none_of_them(
