@@ -23,7 +23,11 @@
               config POS backends are told to use (round_robin, retries); at half the
               saturation rate each in turn gets SIGTERM and is started again on its port, as
               a Deployment's rolling update does. Judged: no call fails, every replica
-              stops with status 0, every answer from the model (deadline fallbacks aside).
+              stops with status 0, every answer from the model (deadline fallbacks aside),
+              and every answer scores as an uninterrupted server fed the same calls in the
+              order the shared state took them (the replicas' decision logs merged by the
+              client's answer times; entities of calls that overlapped on different
+              replicas, whose order is not known, counted apart).
 
 Each scenario starts its own server(s) in `<out>/chaos-<scenario>/`. The saturation rate is
 `saturation`, or measured first with `benchmarks.faults.saturation`.
@@ -32,11 +36,14 @@ Each scenario starts its own server(s) in `<out>/chaos-<scenario>/`. The saturat
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
+import math
 import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +172,8 @@ def _kill(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
     before = [r.done for r in records if r.code == OK and r.done <= dead]
     after = [r.done for r in records if r.code == OK and r.done > dead]
     outage = (min(after) - max(before)) if before and after else float("inf")
-    compared = _compare_with_uninterrupted(settings, schedule, records, killed, files)
+    order = _decision_log_ids(files / "decisions")
+    compared = _compare_with_uninterrupted(settings, schedule, records, order, files, since=killed)
     failures = answers.failed(records)
     seconds, per_second, p99 = answers.per_second(answers.scores(records), length)
     return Scenario(
@@ -222,20 +230,30 @@ class _Comparison:
     # swipe the fallback answered (not counted there; the reference counts it).
     touched_mismatches: int
     answered_unlogged: int
+    # Answers sharing an entity with swipes whose order the logs cannot tell (`uncertain`).
+    uncertain_mismatches: int = 0
 
 
 def _compare_with_uninterrupted(
-    settings: ChaosSettings, schedule: Schedule, records: list[Record], killed: float, files: Path
+    settings: ChaosSettings,
+    schedule: Schedule,
+    records: list[Record],
+    order: Sequence[str],
+    files: Path,
+    *,
+    since: float = float("-inf"),
+    uncertain: frozenset[str] = frozenset(),
 ) -> _Comparison:
-    """Feed a fresh server, one call at a time, every transaction the killed server scored,
-    in the order it scored them (its decision log, before and after the restart), each
+    """Feed a fresh server, one call at a time, every transaction of `order` (the order the
+    feature state took them: the decision logs, before and after any restart), each
     acknowledged outcome after the swipe it followed; compare the scores of the answers
-    after the kill. The order matters: two swipes at one merchant a millisecond apart,
-    taken in the other order, see each other differently."""
+    sent after `since`. The order matters: two swipes at one merchant a millisecond apart,
+    taken in the other order, see each other differently. Mismatches on the entities
+    of `uncertain` are counted apart."""
     payloads = {
         _transaction_id(call): call for call in schedule.calls if call.kind is CallKind.SCORE
     }
-    processed = [tx for tx in _decision_log_ids(files / "decisions") if tx in payloads]
+    processed = [tx for tx in dict.fromkeys(order) if tx in payloads]
     logged = set(processed)
     acknowledged = {r.transaction_id for r in records if r.kind == OUTCOME and r.code == OK}
     outcomes_after: dict[str, list[Call]] = {}
@@ -258,21 +276,37 @@ def _compare_with_uninterrupted(
     after_kill = {
         r.transaction_id: r.score
         for r in records
-        if r.code == OK and r.sent > killed and r.kind != OUTCOME
+        if r.code == OK and r.sent > since and r.kind != OUTCOME
     }
+    # A generous budget: a deadline fallback of the reference on a busy machine would count
+    # nothing in its state and prove nothing.
     reference = ManagedServer(
-        fraud_serve_spec("chaos-kill-reference", settings.registry), files / "reference"
+        fraud_serve_spec(f"{files.name}-reference", settings.registry),
+        files / "reference",
+        {"FRAUD_BUDGET__SERVER_BUDGET_MS": "60000"},
     )
-    untouched = touched_mismatches = 0
+    untouched = touched_mismatches = uncertain_mismatches = 0
     with reference, grpc.insecure_channel(reference.target) as channel:
         score: Any = channel.unary_unary(
             "/fraud.v1.FraudScoring/Score",
             response_deserializer=scoring_pb2.ScoreResponse.FromString,
         )
         outcome: Any = channel.unary_unary("/fraud.v1.FraudScoring/ReportOutcome")
+        replayed: set[str] = set()
+        # An outcome the state acknowledged came after its own swipe too, which a call
+        # answered late (tried again) may put after the swipe the outcome followed.
+        waiting: dict[str, list[Call]] = {}
         for transaction_id in processed:
             answer: Any = score(payloads[transaction_id].payload, timeout=5)
+            replayed.add(transaction_id)
             for report in outcomes_after.get(transaction_id, []):
+                reported = _transaction_id(report)
+                if reported in replayed:
+                    outcome(report.payload, timeout=5)
+                elif reported in logged:
+                    waiting.setdefault(reported, []).append(report)
+                # else: the reference never takes its swipe (whose entities are touched)
+            for report in waiting.pop(transaction_id, []):
                 outcome(report.payload, timeout=5)
             expected = after_kill.get(transaction_id)
             if expected is None or abs(expected - answer.score) <= 1e-9:
@@ -282,11 +316,20 @@ def _compare_with_uninterrupted(
             ).transaction
             if _keys(transaction) & touched:
                 touched_mismatches += 1
+            elif _keys(transaction) & uncertain:
+                uncertain_mismatches += 1
             else:
                 untouched += 1
     compared = sum(tx in after_kill for tx in processed)
     answered_unlogged = sum(r.code == OK for r in unlogged)
-    return _Comparison(compared, len(processed), untouched, touched_mismatches, answered_unlogged)
+    return _Comparison(
+        compared,
+        len(processed),
+        untouched,
+        touched_mismatches,
+        answered_unlogged,
+        uncertain_mismatches,
+    )
 
 
 def _decision_log_ids(directory: Path) -> list[str]:
@@ -681,13 +724,10 @@ def _rolling(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenari
     statuses: list[int] = []
     restarts: list[float] = []
     try:
-        for replica in replicas:
-            replica.start()
-        # One replica's saturation: the three share this machine's cores, so it is the
-        # least they hold together.
-        saturation = settings.saturation or find_saturation(
-            replicas[0].target, traffic.calls, OVERLOAD_P99_MS
+        saturation = settings.saturation or _one_replica_saturation(
+            settings, traffic, files, redis, environment
         )
+        _start_together(replicas)
         rate = saturation / 2
         length = settings.seconds * (REPLICAS + 1)
         schedule = _steady(traffic, rate, length)
@@ -703,6 +743,11 @@ def _rolling(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenari
         for replica in replicas:
             replica.stop()
         redis.kill()
+    logs = [_decision_log_ids(replica.files / "decisions") for replica in replicas]
+    uncertain = _overlapping_entities(records, schedule, logs)
+    compared = _compare_with_uninterrupted(
+        settings, schedule, records, _shared_state_order(logs, records), files, uncertain=uncertain
+    )
     scored = answers.scores(records)
     failures = answers.failures(records)
     fallbacks = [r for r in scored if r.code == OK and r.source != MODEL]
@@ -724,17 +769,121 @@ def _rolling(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenari
                 0,
                 f"{len(fallbacks) - len(not_deadline)} deadline fallbacks",
             ),
+            equal(
+                "scores stay exact: every answer = an uninterrupted server's fed the same "
+                "swipes in the order the shared state took them",
+                compared.untouched_mismatches,
+                0,
+                f"{compared.compared} answers compared, {compared.replayed} swipes replayed in "
+                "the order of the replicas' decision logs merged by answer time; left out: "
+                f"{compared.touched_mismatches} differing answers on entities of a swipe "
+                "absent from the logs or answered by the fallback, "
+                f"{compared.uncertain_mismatches} on the {len(uncertain)} entities of calls "
+                "that overlapped in time on different replicas (their order unknown)",
+            ),
         ],
         figures={
             "saturation_per_second": round(saturation, 1),
             "rate_per_second": round(rate, 1),
             "calls": len(records),
+            "answers": sum(r.code == OK for r in scored),
+            "compared_answers": compared.compared,
+            "differing_answers_left_out": compared.touched_mismatches
+            + compared.uncertain_mismatches,
+            "entities_of_overlapping_calls": len(uncertain),
+            "answered_but_not_in_decision_logs": compared.answered_unlogged,
             "restart_seconds": [round(seconds, 2) for seconds in restarts],
             "p99_ms": round(answers.p99_ms(scored), 2),
             "fallback_reasons": _reasons(scored),
         },
         series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
     )
+
+
+def _one_replica_saturation(
+    settings: ChaosSettings,
+    traffic: _Traffic,
+    files: Path,
+    redis: RedisProcess,
+    environment: dict[str, str],
+) -> float:
+    """The saturation of one replica on `redis`: the three share this machine's cores, so
+    it is the least they hold together. Measured on a server of its own, and Redis started
+    again (empty) after it, so that the shared state holds the schedule's swipes alone, as
+    the reference's will."""
+    spec = fraud_serve_spec("chaos-rolling-saturation", settings.registry)
+    with ManagedServer(spec, files / "saturation", environment) as server:
+        saturation = find_saturation(server.target, traffic.calls, OVERLOAD_P99_MS)
+    redis.kill()
+    redis.start()
+    return saturation
+
+
+def _start_together(servers: Sequence[ManagedServer]) -> None:
+    """Start every server at once: each start waits for its own model load."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        list(pool.map(ManagedServer.start, servers))
+
+
+def _shared_state_order(logs: Sequence[Sequence[str]], records: Sequence[Record]) -> list[str]:
+    """The swipes of the replicas' decision `logs`, in the order their shared state took
+    them as far as the client's clock tells.
+
+    A replica takes its swipes one after another (one event loop), so each log keeps its
+    order; the logs are merged by a time by which each swipe had been taken: the earliest
+    answer, at the client, to it or to any swipe its replica logged after it (so each log's
+    times rise). A swipe answered before another was sent comes first; calls that overlapped
+    on different replicas may come in either order (`_overlapping_entities`). The lines'
+    `logged_at` cannot order them: it is when a batch of lines was written (every 0.2 s)."""
+    answered = {r.transaction_id: r.done for r in records if r.kind != OUTCOME and r.code == OK}
+    merged: list[list[tuple[float, str]]] = []
+    for log in logs:
+        taken_by = math.inf
+        bounds: list[tuple[float, str]] = []
+        for transaction_id in reversed(log):
+            taken_by = min(taken_by, answered.get(transaction_id, math.inf))
+            bounds.append((taken_by, transaction_id))
+        merged.append(bounds[::-1])
+    return [transaction_id for _, transaction_id in heapq.merge(*merged)]
+
+
+def _overlapping_entities(
+    records: Sequence[Record], schedule: Schedule, logs: Sequence[Sequence[str]]
+) -> frozenset[str]:
+    """The cards, terminals and merchants whose swipes and outcomes the shared state may
+    have taken in another order than `_shared_state_order` gives: those of calls that
+    overlapped in time (from due to answered, as the client saw them) and were swipes two
+    replicas answered, or a swipe and an outcome (the outcome log is apart from the
+    decisions'); and those of a swipe whose call failed (when the state took it, if it
+    did, is not known)."""
+    keys = {
+        _transaction_id(call): _keys(scoring_pb2.ScoreRequest.FromString(call.payload).transaction)
+        for call in schedule.calls
+        if call.kind is CallKind.SCORE
+    }
+    replica_of = {tx: replica for replica, log in enumerate(logs) for tx in log}
+    uncertain: set[str] = set()
+    calls_by_entity: dict[str, list[tuple[float, float, int | None]]] = {}
+    for record in records:
+        entities = keys.get(record.transaction_id, set())
+        if record.kind != OUTCOME and record.code != OK:
+            uncertain |= entities
+        # None: the replica is not known (an outcome, or a swipe no log holds), so any
+        # overlap with it is one of unknown order.
+        replica = None if record.kind == OUTCOME else replica_of.get(record.transaction_id)
+        for entity in entities:
+            calls_by_entity.setdefault(entity, []).append((record.sent, record.done, replica))
+    for entity, calls in calls_by_entity.items():
+        calls.sort(key=lambda call: call[0])
+        open_calls: list[tuple[float, float, int | None]] = []
+        for sent, done, replica in calls:
+            open_calls = [call for call in open_calls if call[1] > sent]
+            if any(other is None or replica is None or other != replica
+                   for _, _, other in open_calls):  # fmt: skip
+                uncertain.add(entity)
+                break
+            open_calls.append((sent, done, replica))
+    return frozenset(uncertain)
 
 
 def _details(records: Sequence[Record]) -> dict[str, int]:

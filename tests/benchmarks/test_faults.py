@@ -11,8 +11,11 @@ import pytest
 
 from benchmarks.cli import main
 from benchmarks.faults.answers import stale_answers
+from benchmarks.faults.chaos import _overlapping_entities, _shared_state_order
 from benchmarks.faults.criteria import Scenario, equal, not_judged
-from benchmarks.faults.driver import Record
+from benchmarks.faults.driver import Record, Schedule
+from benchmarks.load.traffic import Call, CallKind
+from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from tests.conftest import TrainedModel
 
 
@@ -78,6 +81,73 @@ def test_chaos_kill_and_disk_full_are_judged(trained_model: TrainedModel, tmp_pa
     assert disk["no call fails (outcomes NOT_FOUND aside)"] is True
     assert disk["decision records dropped while full (counted)"] is True
     assert disk["records written again after space returns"] is True
+
+
+def test_chaos_rolling_fails_no_call_and_keeps_every_score(
+    trained_model: TrainedModel, tmp_path: Path
+):
+    """Three replicas on one redis-server rolled under the open loop (the saturation given,
+    not measured, to keep it short): every criterion holds, scores against the uninterrupted
+    reference among them, and every answer was compared."""
+    arguments = ["chaos", "--scenario", "rolling", "--saturation", "120", "--seconds", "3"]
+
+    status, report = _run(arguments, trained_model, tmp_path)
+
+    assert status == 0, report["scenarios"]
+    rolling = _criteria(report, "rolling")
+    exact = "scores stay exact: every answer = an uninterrupted server's fed the same "
+    assert rolling[exact + "swipes in the order the shared state took them"] is True
+    figures = report["scenarios"][0]["figures"]
+    assert figures["compared_answers"] == figures["answers"] > 0
+
+
+def test_replicas_logs_merge_in_the_order_the_shared_state_took_the_swipes():
+    """Replica 0 took a1 then a2 (its log), a2 answered first; b1, on replica 1, was sent
+    after a2 was answered, so after a1 was taken too: a merge by each swipe's own answer
+    time would put b1 before a1."""
+    records = [
+        Record("score", 0.0, 1.0, "OK", "a1"),
+        Record("score", 0.1, 0.5, "OK", "a2"),
+        Record("score", 0.6, 0.7, "OK", "b1"),
+    ]
+
+    assert _shared_state_order([["a1", "a2"], ["b1"]], records) == ["a1", "a2", "b1"]
+    assert _shared_state_order([["b1"], ["a1", "a2"]], records) == ["a1", "a2", "b1"]
+
+
+def test_entities_of_calls_overlapping_on_two_replicas_are_of_unknown_order():
+    swipes = {  # transaction: (card, terminal, merchant)
+        "a": ("card-1", "term-1", "m-1"),
+        "b": ("card-1", "term-2", "m-2"),  # overlaps a on another replica
+        "c": ("card-3", "term-2", "m-3"),  # overlaps b on b's replica
+        "d": ("card-4", "term-4", "m-3"),  # after c
+    }
+    calls = [Call(CallKind.SCORE, _swipe(tx, *entities)) for tx, entities in swipes.items()]
+    records = [
+        Record("score", 0.0, 1.0, "OK", "a"),
+        Record("score", 0.5, 2.0, "OK", "b"),
+        Record("score", 1.5, 2.5, "OK", "c"),
+        Record("score", 2.5, 3.0, "OK", "d"),
+    ]
+    logs = [["a", "d"], ["b", "c"]]
+    schedule = Schedule(calls, [record.sent for record in records])
+
+    assert _overlapping_entities(records, schedule, logs) == {"card card-1"}
+    failed = [*records[:3], records[3]._replace(code="DEADLINE_EXCEEDED")]
+    assert _overlapping_entities(failed, schedule, logs) == {
+        "card card-1", "card card-4", "terminal term-4", "merchant m-3",
+    }  # fmt: skip
+    outcome = Record("outcome", 2.2, 2.3, "OK", "b")  # card-1, term-2 with c in flight
+    assert _overlapping_entities([*records, outcome], schedule, logs) == {
+        "card card-1", "terminal term-2",
+    }  # fmt: skip
+
+
+def _swipe(transaction_id: str, card: str, terminal: str, merchant: str) -> bytes:
+    transaction = scoring_pb2.Transaction(
+        transaction_id=transaction_id, card_id=card, terminal_id=terminal, merchant_id=merchant
+    )
+    return scoring_pb2.ScoreRequest(transaction=transaction).SerializeToString()
 
 
 def test_soak_counts_every_answer_in_the_records(trained_model: TrainedModel, tmp_path: Path):
