@@ -43,8 +43,9 @@ from service.core.errors import InvalidRequest
 # 2000-01-01T00:00:00Z: anything earlier is a unit mistake (seconds sent as nanoseconds...).
 _EARLIEST_NS = 946_684_800 * NANOS_PER_SECOND
 # 10000-01-01T00:00:00Z: a google.protobuf.Timestamp ends before it, and so does Python's
-# datetime, which the decision log writes the event time with.
-_AFTER_LATEST_NS = 253_402_300_800 * NANOS_PER_SECOND
+# datetime, which the decision log writes the event time with. Compared as the seconds the
+# rest of the server reads (a float): the last 15 µs of 9999 round up to it.
+_AFTER_LATEST_SECONDS = 253_402_300_800.0
 _MAX_MCC = 9999
 # EntryMode numbers run from 0 without gaps, so a wire number indexes its member.
 _ENTRY_MODES = tuple(EntryMode)
@@ -155,7 +156,7 @@ def _event_time_ns(value: int | None, field: str) -> int:
         raise InvalidRequest(field, "required")
     if value < _EARLIEST_NS:
         raise InvalidRequest(field, "before 2000-01-01")
-    if value >= _AFTER_LATEST_NS:
+    if epoch_seconds(value) >= _AFTER_LATEST_SECONDS:
         raise InvalidRequest(field, "after 9999-12-31")
     return value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -171,7 +172,7 @@ def test_an_event_time_ahead_of_the_clock_is_not_refused_here() -> None:
         {"timestamp_ns": YEAR_2000_NS},
         {"timestamp_ns": NOW_NS + SKEW_NS},
         {"timestamp_ns": 2**63 - 1},
-        {"timestamp_ns": YEAR_10000_NS - 1},
+        {"timestamp_ns": YEAR_10000_NS - NANOS_PER_SECOND},
         {"mcc": 1},
         {"mcc": 9999},
         {"card_present": False},
@@ -180,6 +181,16 @@ def test_an_event_time_ahead_of_the_clock_is_not_refused_here() -> None:
 def test_values_on_the_limits_are_accepted(changes: dict[str, Any]) -> None:
     """The longest ids, zero and maximum amounts, and the edge times and MCCs are valid."""
     _convert(**changes)
+
+
+@pytest.mark.parametrize("before_10000_ns", [1, 15_000, 16_000, 10**6, NANOS_PER_SECOND])
+def test_every_event_time_accepted_can_be_written_as_a_date(before_10000_ns: int) -> None:
+    """The decision log writes the event time as a datetime, which ends with year 9999."""
+    try:
+        converted = _convert(timestamp_ns=YEAR_10000_NS - before_10000_ns)
+    except InvalidRequest:
+        return
+    assert datetime.fromtimestamp(converted.timestamp, UTC).year == 9999
 
 
 @pytest.mark.parametrize(
@@ -207,6 +218,8 @@ def test_values_on_the_limits_are_accepted(changes: dict[str, Any]) -> None:
         # Found by `fraud-bench fuzz`: such a time was answered (a clock_skew fallback), then
         # failed the decision log's encoding and took its chunk of records down with it.
         ({"timestamp_ns": YEAR_10000_NS}, "transaction.timestamp", "after 9999-12-31"),
+        # Found by fraud-bench fuzz: as seconds (a float) it rounds up to 10000-01-01.
+        ({"timestamp_ns": YEAR_10000_NS - 1}, "transaction.timestamp", "after 9999-12-31"),
         ({"mcc": 10_000}, "transaction.mcc", "between 0 and 9999"),
         ({"mcc": 2**32 - 1}, "transaction.mcc", "between 0 and 9999"),
         ({"mcc": -1}, "transaction.mcc", "between 0 and 9999"),
