@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from benchmarks.servers.launch import free_ports
 from service.app import build_scorer
@@ -150,10 +152,13 @@ def test_server_scores_equal_evaluate_scores_with_outcomes_reported_as_they_beco
     tmp_path: Path,
 ) -> None:
     """On either feature state backend, every score of one server fed through one stream
-    matches `fraud-train evaluate` within 1e-6, and outcomes mattered."""
+    matches `fraud-train evaluate` within 1e-6, transactions waiting together having been
+    scored together (batches of more than one), and outcomes mattered."""
     state = StateSettings(backend=backend, path=tmp_path / "state")
+    batches_before = _stream_batches()
     with _server(champion, champion_config, state) as target, OneStream(target) as link:
         online = feed(link, history_batches)
+    batches, in_batches_of_one, scored = map(operator.sub, _stream_batches(), batches_before)
     # A prefix (about 13 days: labels arrive after 7) scores as it does in the full run.
     in_order = [request for batch in history_batches for request in batch.requests]
     without_outcomes = [Batch(requests=in_order[: len(in_order) // 3])]
@@ -163,6 +168,8 @@ def test_server_scores_equal_evaluate_scores_with_outcomes_reported_as_they_beco
 
     assert online.keys() == offline.scores.keys()
     _assert_match(online, offline.scores)
+    assert scored == len(online)
+    assert in_batches_of_one < batches, "some transactions were scored in batches"
     reported = sum(len(batch.outcomes) for batch in history_batches)
     changed = sum(abs(online[tx] - blind[tx]) > TOLERANCE for tx in blind)
     assert reported > 100, "the history holds frauds whose labels arrive within it"
@@ -275,6 +282,15 @@ def _assert_match(online: dict[str, float], expected: dict[str, float]) -> None:
         if tx not in expected or abs(score - expected[tx]) > TOLERANCE
     }
     assert not mismatches, f"{len(mismatches)} scores differ, e.g. {list(mismatches.items())[:5]}"
+
+
+def _stream_batches() -> tuple[float, float, float]:
+    """ScoreStream's batches so far in this process, those of one transaction, and the
+    transactions in them (`fraud_stream_batch_size`)."""
+    name = "fraud_stream_batch_size"
+    count = REGISTRY.get_sample_value(f"{name}_count") or 0.0
+    ones = REGISTRY.get_sample_value(f"{name}_bucket", {"le": "1.0"}) or 0.0
+    return count, ones, REGISTRY.get_sample_value(f"{name}_sum") or 0.0
 
 
 def _is_full(chunk: Batch) -> bool:

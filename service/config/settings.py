@@ -500,8 +500,8 @@ class ConnectionSettings(_Group):
     max_open_streams: int = Field(default=1024, ge=1)
     """ScoreStream calls open at once, all connections together; beyond it a new stream
     gets RESOURCE_EXHAUSTED. Counted apart from `server.max_in_flight`: an open stream holds
-    no in-flight slot (only the transaction it is answering does), so idle streams never
-    shed unary calls."""
+    no in-flight slot (only the transactions it has read and not yet answered do), so idle
+    streams never shed unary calls."""
 
     stream_idle_seconds: float = Field(default=60.0, gt=0)
     """A ScoreStream whose client sends no transaction for this long is ended with
@@ -519,6 +519,14 @@ class ConnectionSettings(_Group):
     call up: one that has not arrived by then is ended with UNAVAILABLE, freeing its
     in-flight slot. A request arrives with its call, within a round trip; an answer given
     a second later would be long past any payment's budget."""
+
+    stream_max_batch: int = Field(default=32, ge=1)
+    """Transactions of one ScoreStream scored together at most: those waiting when the
+    server comes round to the stream, never waited for, are counted in order in one
+    feature-state session and scored by one model call (answers in order, each exactly as
+    alone). 32 bounds the time one batch holds the event loop to a few milliseconds; 1
+    scores a stream one transaction at a time (benchmarks/RESULTS.md, "ScoreStream in
+    batches")."""
 
 
 class LoggingSettings(_Group):

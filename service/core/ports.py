@@ -5,7 +5,7 @@ scores a row", "someone who hears each answer") and nothing about who provides i
 imports no model loader, no metrics and no transport. The composition root
 (`service.app.create_app`) plugs in the real ones:
 
-    FeatureState        service.features.FeatureEngine
+    FeatureState        service.features.FeatureEngine (a BatchFeatureState)
     ModelSource         service.model.store.ModelStore (models: LoadedModel)
     AnswerListener      decision metrics, drift statistics, the challenger's shadow,
                         the decision log
@@ -20,8 +20,8 @@ each must be quick, must not raise and must not change what it is handed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, TypeVar, get_args
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, Protocol, TypeVar, get_args, runtime_checkable
 
 from service.core.domain import (
     Admitted,
@@ -68,11 +68,36 @@ class FeatureState(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchFeatureState(FeatureState, Protocol):
+    """A feature state that also counts a stream's batch of transactions at once."""
+
+    def admit_many(
+        self,
+        transactions: Sequence[Transaction],
+        decide: Callable[[Sequence[tuple[int, list[float]]]], Sequence[ScoreResult | None]],
+        *,
+        previous_card_ids: Sequence[str | None],
+        go_on: Callable[[int, EarlierAttempt], bool],
+    ) -> list[Admitted | EarlierAttempt]:
+        """`admit` of each transaction in turn, each seeing those before it counted, with
+        one `decide` for all of those counted (each as its position and features, in
+        order; an answer for each). A repeat of one counted earlier in the batch is an
+        EarlierAttempt of it without its answer; `go_on(position, attempt)` is asked of
+        each repeat, and on False nothing after it is counted (the list ends with it)."""
+        ...
+
+
 class RowScorer(Protocol):
-    """Scores one feature vector."""
+    """Scores one feature vector, or several in one call."""
 
     def score_one(self, features: Sequence[float]) -> float:
         """The probability of fraud for `features`."""
+        ...
+
+    def score_batch(self, matrix: Sequence[Sequence[float]]) -> Iterable[float]:
+        """The probability of fraud for each row of `matrix`, in one call, each equal to
+        `score_one` of the row."""
         ...
 
 

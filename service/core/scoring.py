@@ -83,10 +83,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Generic
+from typing import Generic, NamedTuple
 
 import structlog
 
@@ -96,6 +96,7 @@ from service.core.card_tokens import CardTokenizer
 from service.core.domain import (
     FALLBACK_MODES,
     NANOS_PER_SECOND,
+    Admitted,
     Decision,
     DecisionSource,
     EarlierAttempt,
@@ -118,6 +119,7 @@ from service.core.errors import (
 from service.core.label_conflicts import DEFAULT_RANK
 from service.core.ports import (
     AnswerListener,
+    BatchFeatureState,
     ClockSkewListener,
     DecisionThresholds,
     FeatureState,
@@ -205,6 +207,7 @@ class Scorer(Generic[ModelT]):
         `caller_ranks` the rank of each caller whose reports outrank others' (0 if absent).
         """
         self._features = features
+        self._batches = features if isinstance(features, BatchFeatureState) else None
         self._models = models
         self._tokenizer = tokenizer
         self._limits = limits
@@ -225,22 +228,92 @@ class Scorer(Generic[ModelT]):
         InvalidRequest for bad input (the state is untouched), ModelUnavailable when neither
         the model nor the fallback may answer.
         """
-        now_ns = time.time_ns()
-        tx = to_transaction(raw, limits=self._limits, tokenizer=self._tokenizer)
         book = None if self._rules is None else self._rules.current
-        bin_ = card_bin(first_card_number(raw.card_id)) if book and book.reads_bin else ""
-        ahead = tx.timestamp - now_ns / NANOS_PER_SECOND
-        if ahead > self._max_skew:
-            self._clock_skew.on_clock_skew("event_time", ahead)
-            return self._answer_uncounted(
-                tx, raw.amount_minor, FallbackReason.CLOCK_SKEW, book, bin_
-            )
-        if deadline is not None and time.monotonic() >= deadline:
-            return self._answer_uncounted(tx, raw.amount_minor, FallbackReason.DEADLINE, book, bin_)
-        previous_card_id = self._tokenizer.previous_token(raw.card_id) if self._rotating else None
+        planned = self._plan(raw, deadline, time.time_ns(), book)
+        if planned.uncounted is not None:
+            return self._answer_planned_uncounted(planned, planned.uncounted, book)
         model = self._models.current
         if model is None and self._fallback.mode == "disabled":
             raise ModelUnavailable("no model is loaded and the fallback is disabled")
+        return self._count_one(planned, model, book)
+
+    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+        """The decisions for a stream's transactions (each with its `score` deadline), in
+        order, equal to `score`'s one after the other; the first that fails ends the batch
+        (its error is returned after the answers before it, nothing after it is counted).
+
+        The transactions are counted in one feature-state session where the store allows
+        it, each seeing those before it, and the model scores those counted in one call.
+        Each deadline is checked once, before the batch's work. A store failure sends each
+        transaction through `score`'s path alone, so that a failure is its own; with the
+        fallback disabled, or a feature state that counts one transaction at a time, the
+        batch is scored one by one.
+        """
+        batches = self._batches
+        if len(requests) == 1 or self._fallback.mode == "disabled" or batches is None:
+            return self._one_by_one(requests)
+        book = None if self._rules is None else self._rules.current
+        now_ns = time.time_ns()
+        planned: list[_Planned] = []
+        error: Exception | None = None
+        for raw, deadline in requests:
+            try:
+                planned.append(self._plan(raw, deadline, now_ns, book))
+            except Exception as failure:  # that transaction's error, after the ones before
+                error = failure
+                break
+        model = self._models.current
+        counted = [one for one in planned if one.uncounted is None]
+        admitted = self._admit_batch(batches, counted, model, book) if counted else []
+        answers: list[ScoreResult] = []
+        answered_at: dict[str, int] = {}  # each id's answer in the batch, for its repeats
+        at = 0
+        for one in planned:
+            try:
+                if one.uncounted is not None:
+                    result = self._answer_planned_uncounted(one, one.uncounted, book)
+                elif admitted is None:  # the batch's session failed: one session each
+                    result = self._count_one(one, model, book)
+                else:
+                    result = self._answer_admitted(one, admitted[at], model, answers, answered_at)
+                    at += 1
+            except Exception as failure:
+                error = failure
+                break
+            answers.append(result)
+        return BatchAnswers(answers, error)
+
+    def _one_by_one(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+        return score_one_by_one(self.score, requests)
+
+    def _plan(
+        self, raw: RawTransaction, deadline: float | None, now_ns: int, book: RuleBook | None
+    ) -> _Planned:
+        """`raw` validated, and why it is answered without being counted, if it is."""
+        tx = to_transaction(raw, limits=self._limits, tokenizer=self._tokenizer)
+        bin_ = card_bin(first_card_number(raw.card_id)) if book and book.reads_bin else ""
+        ahead = tx.timestamp - now_ns / NANOS_PER_SECOND
+        if ahead > self._max_skew:
+            return _Planned(raw, tx, bin_, FallbackReason.CLOCK_SKEW, None, ahead)
+        if deadline is not None and time.monotonic() >= deadline:
+            return _Planned(raw, tx, bin_, FallbackReason.DEADLINE, None)
+        previous_card_id = self._tokenizer.previous_token(raw.card_id) if self._rotating else None
+        return _Planned(raw, tx, bin_, None, previous_card_id)
+
+    def _answer_planned_uncounted(
+        self, planned: _Planned, reason: FallbackReason, book: RuleBook | None
+    ) -> ScoreResult:
+        if reason is FallbackReason.CLOCK_SKEW:
+            self._clock_skew.on_clock_skew("event_time", planned.ahead)
+        return self._answer_uncounted(
+            planned.tx, planned.raw.amount_minor, reason, book, planned.bin_
+        )
+
+    def _count_one(
+        self, planned: _Planned, model: ModelT | None, book: RuleBook | None
+    ) -> ScoreResult:
+        """`planned` counted in a session of its own and answered (see `score`)."""
+        raw, tx, bin_, previous_card_id = planned.raw, planned.tx, planned.bin_, planned.previous
         stages = self._stages
         timed = stages.due()
         deciding = 0.0  # of the session's time, the model's (run again on a conflict)
@@ -273,6 +346,78 @@ class Scorer(Generic[ModelT]):
         features, answer = admitted
         if answer is None:
             raise refusal or ModelUnavailable("the model could not answer; fallback disabled")
+        decided_by = model if answer.fallback_reason is None else None
+        for listener in self._answer_listeners:
+            listener.on_answer(tx, features, answer, decided_by)
+        return answer
+
+    def _admit_batch(
+        self,
+        batches: BatchFeatureState,
+        counted: list[_Planned],
+        model: ModelT | None,
+        book: RuleBook | None,
+    ) -> list[Admitted | EarlierAttempt] | None:
+        """`counted` through the feature state as one batch, decided by one model call;
+        None when the store failed (nothing was counted)."""
+        timed = self._stages.due()
+        deciding = 0.0
+
+        def decide(rows: Sequence[tuple[int, list[float]]]) -> list[ScoreResult]:
+            nonlocal deciding
+            started_deciding = perf_counter()
+            try:
+                return self._decide_rows(
+                    model, [(counted[at], row) for at, row in rows], timed, book
+                )
+            finally:
+                deciding += perf_counter() - started_deciding
+
+        def go_on(at: int, attempt: EarlierAttempt) -> bool:
+            one = counted[at]
+            return _as_first(one.tx, one.previous, attempt.transaction) == attempt.transaction
+
+        started = perf_counter()
+        try:
+            admitted = batches.admit_many(
+                [one.tx for one in counted],
+                decide,
+                previous_card_ids=[one.previous for one in counted],
+                go_on=go_on,
+            )
+        except Exception:
+            self._state_failed("state_unavailable")
+            return None
+        if timed:  # each transaction's share of the session, as one call's features stage
+            share = (perf_counter() - started - deciding) / len(counted)
+            for _ in admitted:
+                self._stages.features(share)
+        return admitted
+
+    def _answer_admitted(
+        self,
+        planned: _Planned,
+        admitted: Admitted | EarlierAttempt,
+        model: ModelT | None,
+        answers: list[ScoreResult],
+        answered_at: dict[str, int],
+    ) -> ScoreResult:
+        """The answer to `planned` from what the batch's session made of it, heard by the
+        listeners as `score` would have it heard."""
+        tx = planned.tx
+        if isinstance(admitted, EarlierAttempt):
+            first, answer = admitted
+            earlier_in_batch = answered_at.get(tx.transaction_id)
+            if answer is None and earlier_in_batch is not None:
+                _check_repeat(tx, planned.previous, first)
+                return answers[earlier_in_batch]
+            result = self._answer_repeat(tx, planned.raw.amount_minor, planned.previous, *admitted)
+            answered_at.setdefault(tx.transaction_id, len(answers))
+            return result
+        features, answer = admitted
+        if answer is None:
+            raise ModelUnavailable("the model could not answer; fallback disabled")
+        answered_at[tx.transaction_id] = len(answers)
         decided_by = model if answer.fallback_reason is None else None
         for listener in self._answer_listeners:
             listener.on_answer(tx, features, answer, decided_by)
@@ -351,11 +496,7 @@ class Scorer(Generic[ModelT]):
         refusing it would make every retry fail until the record expires. With the
         fallback disabled, ModelUnavailable.
         """
-        as_first = tx
-        if previous_card_id is not None and first.card_id == previous_card_id:
-            as_first = tx._replace(card_id=previous_card_id)  # the same card, as first named
-        if as_first != first:
-            raise ConflictingRepeat(_first_difference(as_first, first))
+        _check_repeat(tx, previous_card_id, first)
         if answer is not None:
             return answer
         result = self._fall_back(tx.transaction_id, amount_minor, FallbackReason.STATE_UNAVAILABLE)
@@ -392,7 +533,6 @@ class Scorer(Generic[ModelT]):
         book: RuleBook | None,
         bin_: str,
     ) -> ScoreResult:
-        transaction_id = tx.transaction_id
         if model is None:
             return self._without_model(
                 tx, amount_minor, FallbackReason.MODEL_UNAVAILABLE, book, features, bin_
@@ -401,6 +541,64 @@ class Scorer(Generic[ModelT]):
         try:
             started = perf_counter()
             score = model.scorer.score_one(features)
+        except Exception:
+            _log.exception("model_error", model_version=model.version)
+            return self._without_model(
+                tx, amount_minor, FallbackReason.MODEL_ERROR, book, features, bin_
+            )
+        scoring = perf_counter() - started
+        return self._decide_scored(
+            model, tx, amount_minor, features, score, scoring, timed, book, bin_
+        )
+
+    def _decide_rows(
+        self,
+        model: ModelT | None,
+        rows: Sequence[tuple[_Planned, list[float]]],
+        timed: bool,
+        book: RuleBook | None,
+    ) -> list[ScoreResult]:
+        """The answers to a batch's counted transactions, their rows scored in one call."""
+        if model is None or len(rows) == 1:
+            return [
+                self._decide(model, one.tx, one.raw.amount_minor, row, timed, book, one.bin_)
+                for one, row in rows
+            ]
+        try:
+            started = perf_counter()
+            scores = [float(score) for score in model.scorer.score_batch([row for _, row in rows])]
+            scoring = (perf_counter() - started) / len(rows)  # each row's share
+        except Exception:
+            _log.exception("model_error", model_version=model.version)
+            return [
+                self._without_model(
+                    one.tx, one.raw.amount_minor, FallbackReason.MODEL_ERROR, book, row, one.bin_
+                )
+                for one, row in rows
+            ]
+        return [
+            self._decide_scored(
+                model, one.tx, one.raw.amount_minor, row, score, scoring, timed, book, one.bin_
+            )
+            for (one, row), score in zip(rows, scores, strict=True)
+        ]
+
+    def _decide_scored(
+        self,
+        model: ModelT,
+        tx: Transaction,
+        amount_minor: int,
+        features: Sequence[float],
+        score: float,
+        scoring_seconds: float,
+        timed: bool,
+        book: RuleBook | None,
+        bin_: str,
+    ) -> ScoreResult:
+        """The answer to `tx` once the model has scored it (`scoring_seconds` its share)."""
+        transaction_id = tx.transaction_id
+        try:
+            started = perf_counter()
             decision = decision_for(score, model.thresholds)
             inferred = perf_counter()
             reasons = () if decision is Decision.APPROVE else model.explainer.explain(features)
@@ -412,7 +610,7 @@ class Scorer(Generic[ModelT]):
         if timed:  # reasons first: their clock is still running
             if decision is not Decision.APPROVE:
                 self._stages.reasons(perf_counter() - inferred)
-            self._stages.inference(inferred - started)
+            self._stages.inference(scoring_seconds + inferred - started)
         verdict = None if book is None else book.decide(tx, features, score, bin_)
         if verdict is not None:
             return _ruled(transaction_id, score, reasons, model.version, None, verdict)
@@ -449,6 +647,54 @@ class Scorer(Generic[ModelT]):
         else:
             decision = Decision.REVIEW
         return ScoreResult(transaction_id, 0.0, decision, (), "", DecisionSource.FALLBACK, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAnswers:
+    """The answers to a batch's first transactions, in order, and what the next one failed
+    with (None when every one was answered)."""
+
+    answers: list[ScoreResult]
+    error: Exception | None = None
+
+
+def score_one_by_one(
+    score: Callable[..., ScoreResult], requests: Sequence[tuple[RawTransaction, float | None]]
+) -> BatchAnswers:
+    """`score(raw, deadline=deadline)` of each request in turn, until the first that fails."""
+    answers: list[ScoreResult] = []
+    for raw, deadline in requests:
+        try:
+            answers.append(score(raw, deadline=deadline))
+        except Exception as failure:
+            return BatchAnswers(answers, failure)
+    return BatchAnswers(answers)
+
+
+class _Planned(NamedTuple):
+    """A transaction validated, and why it is answered without being counted (None: it is
+    counted); `previous` is its card's token under a key being rotated out."""
+
+    raw: RawTransaction
+    tx: Transaction
+    bin_: str
+    uncounted: FallbackReason | None
+    previous: str | None
+    ahead: float = 0.0
+
+
+def _as_first(tx: Transaction, previous_card_id: str | None, first: Transaction) -> Transaction:
+    """`tx` as `first` would name it: its card by its previous token if `first` did."""
+    if previous_card_id is not None and first.card_id == previous_card_id:
+        return tx._replace(card_id=previous_card_id)  # the same card, as first named
+    return tx
+
+
+def _check_repeat(tx: Transaction, previous_card_id: str | None, first: Transaction) -> None:
+    """ConflictingRepeat unless `tx` is `first` again."""
+    as_first = _as_first(tx, previous_card_id, first)
+    if as_first != first:
+        raise ConflictingRepeat(_first_difference(as_first, first))
 
 
 def _ruled(

@@ -7,14 +7,20 @@ The vector has two halves with disjoint state: what the transaction and its card
 (`CardFeatures`), then what its terminal and merchant risk say (`RiskFeatures`, the only
 half that reads outcomes). The server runs both in turn, in one store session; training
 may replay them in parallel processes, since neither reads the other's records.
+
+A stream's batch (`admit_many`) is counted in one session where the store offers one for
+several transactions (`BatchStateStore`: memory, LMDB), so that one model call decides
+them all and one commit keeps them with their answers; a store that counts each swipe
+where its records live (Redis) gets a session per transaction, as `admit` does.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from service.core.domain import Admitted, EarlierAttempt, OutcomeFate, ScoreResult, Transaction
 from service.core.label_conflicts import DEFAULT_RANK
@@ -25,6 +31,7 @@ from service.features.memory_store import MemoryStore
 from service.features.risk_features import RiskFeatures, risk_feature_specs
 from service.features.risk_history import RiskRing
 from service.features.state import (
+    NO_PLAN,
     EntityKind,
     SessionConflict,
     SessionPlan,
@@ -32,6 +39,7 @@ from service.features.state import (
     StateStore,
     Swipe,
     SwipeLayout,
+    TransactionRecord,
 )
 
 FEATURE_ENGINE_VERSION = 2
@@ -47,6 +55,21 @@ STATE_LAYOUT_VERSION = 2
 _ATTEMPTS = 8
 _T = TypeVar("_T")
 _FIRST_BACKOFF_SECONDS = 50e-6
+
+
+# A batch's counted transactions, each as (its position in the batch, its features), in
+# order; the answers the decision gives them, in the same order (None: none could be given).
+BatchDecision = Callable[[Sequence[tuple[int, list[float]]]], Sequence[ScoreResult | None]]
+
+
+@runtime_checkable
+class BatchStateStore(StateStore, Protocol):
+    """A store whose one session may count several transactions in a row (as LMDB's write
+    transaction can), bookkept as that many sessions."""
+
+    def batch_session(
+        self, plan: SessionPlan, transactions: int
+    ) -> AbstractContextManager[StateSession]: ...
 
 
 class StateContention(RuntimeError):
@@ -96,6 +119,9 @@ class FeatureEngine:
         self._swipes: SwipeLayout | None = None
         if getattr(self.store, "applies_swipes", False):
             self._swipes = RiskRing(config.label_delay_seconds).swipe_layout()
+        self._batches: BatchStateStore | None = None
+        if self._swipes is None and isinstance(self.store, BatchStateStore):
+            self._batches = self.store
 
     def observe(self, tx: Transaction) -> list[float]:
         """Count `tx` and return its feature vector, in `FEATURES` order.
@@ -141,6 +167,38 @@ class FeatureEngine:
         return self._in_session(
             plan, lambda session: self._admit(session, tx, decide, previous_card_id)
         )
+
+    def admit_many(
+        self,
+        transactions: Sequence[Transaction],
+        decide: BatchDecision,
+        *,
+        previous_card_ids: Sequence[str | None],
+        go_on: Callable[[int, EarlierAttempt], bool],
+    ) -> list[Admitted | EarlierAttempt]:
+        """What `admit` makes of each of `transactions` in turn, each seeing the ones before
+        it counted, with one `decide` for all of those counted (their positions and
+        features, in order).
+
+        A repeat of a transaction counted earlier in the batch is an `EarlierAttempt` of it
+        with no answer yet: the caller answers it as that one. `go_on(position, attempt)` is
+        asked of each repeat; on False the batch ends there, what follows is not counted and
+        the list ends with that attempt. `previous_card_ids` is `admit`'s, per transaction.
+        """
+        if self._batches is None or len(transactions) == 1:
+            return self._admit_each(transactions, decide, previous_card_ids, go_on)
+        batches = self._batches
+        for attempt in range(_ATTEMPTS):
+            try:
+                with batches.batch_session(NO_PLAN, len(transactions)) as session:
+                    done = self._admit_batch(
+                        session, transactions, decide, previous_card_ids, go_on
+                    )
+            except SessionConflict:
+                _back_off(attempt)
+                continue
+            return done
+        raise StateContention(f"{_ATTEMPTS} attempts met other writers")
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         """Keep `answer` for retries of `transaction_id`, counted by `admit` but not answered
@@ -193,6 +251,65 @@ class FeatureEngine:
             record.answer = decide(out)
         session.put_transaction(record)
         return Admitted(out, record.answer)
+
+    def _admit_each(
+        self,
+        transactions: Sequence[Transaction],
+        decide: BatchDecision,
+        previous_card_ids: Sequence[str | None],
+        go_on: Callable[[int, EarlierAttempt], bool],
+    ) -> list[Admitted | EarlierAttempt]:
+        """`admit_many` as a session per transaction, each deciding its own."""
+        admitted: list[Admitted | EarlierAttempt] = []
+        for position, tx in enumerate(transactions):
+
+            def decide_one(features: list[float], at: int = position) -> ScoreResult | None:
+                return decide([(at, features)])[0]
+
+            one = self.admit(tx, decide_one, previous_card_id=previous_card_ids[position])
+            admitted.append(one)
+            if isinstance(one, EarlierAttempt) and not go_on(position, one):
+                break
+        return admitted
+
+    def _admit_batch(
+        self,
+        session: StateSession,
+        transactions: Sequence[Transaction],
+        decide: BatchDecision,
+        previous_card_ids: Sequence[str | None],
+        go_on: Callable[[int, EarlierAttempt], bool],
+    ) -> list[Admitted | EarlierAttempt]:
+        """`_admit` of each transaction in one session; the records are kept once decided,
+        so that each is written once, with its answer."""
+        admitted: list[Admitted | EarlierAttempt] = []
+        counted: list[tuple[int, list[float]]] = []
+        records: list[TransactionRecord] = []
+        counted_here: dict[str, TransactionRecord] = {}
+        for position, tx in enumerate(transactions):
+            transaction_id = tx.transaction_id
+            earlier = counted_here.get(transaction_id) or session.transaction(transaction_id)
+            if (
+                earlier is not None
+                and earlier.transaction.timestamp >= tx.timestamp - self._horizon
+            ):
+                repeat = EarlierAttempt(earlier.transaction, earlier.answer)
+                admitted.append(repeat)
+                if not go_on(position, repeat):
+                    break
+                continue
+            out = self._cards.observe(session, tx, previous_card_ids[position])
+            record = self._risk.observe(session, tx, out)
+            counted_here[transaction_id] = record
+            counted.append((position, out))
+            records.append(record)
+            admitted.append(Admitted(out, None))
+        answers = decide(counted) if counted else ()
+        for (position, features), record, answer in zip(counted, records, answers, strict=True):
+            record.answer = answer
+            session.put_transaction(record)
+            admitted[position] = Admitted(features, answer)
+        return admitted
 
     def _in_session(self, plan: SessionPlan, work: Callable[[StateSession], _T]) -> _T:
         """`work` in a session of `plan`, run again while another writer got in first."""

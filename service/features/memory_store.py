@@ -57,6 +57,10 @@ class MemoryStore:
         """This store itself: its writes are its reads, nothing to commit."""
         return self
 
+    def batch_session(self, plan: SessionPlan, transactions: int) -> MemoryStore:
+        """This store itself, as for one transaction."""
+        return self
+
     def __enter__(self) -> StateSession:
         return self
 

@@ -19,6 +19,8 @@ request is read:
     reading: a unary request must arrive within     UNAVAILABLE
       `connections.request_read_seconds` of pickup; a stream's next transaction within
       `stream_idle_seconds`, and none is read once it has been open `stream_max_seconds`
+      (a stream's reading ends with the status, in order: what was read before it is
+      answered first)
 
 To take those steps before the request is read, the interceptor hands grpc.aio each unary
 method as a request-streaming handler (the wire is the same: HTTP/2 cannot tell one
@@ -28,15 +30,16 @@ time. The caller's name is set in `service.core.callers.CURRENT_CALLER` for the 
 task, so the decision and outcome records name it.
 
 In flight (`fraud_rpc_in_flight`, what shedding limits and autoscaling reads): a unary
-scoring call from pickup until its task ends, however it ends (a done-callback on the
-task releases it, so a call cancelled before its request arrived is released too); a
-stream's transaction from the moment it is read until its answer is written and the next
-one asked for. An open stream holds a place in the stream budget only, so idle streams
-never shed unary calls. Calls still queued inside grpc's core, not yet picked up, are not
-counted, and under a CPU-bound overload that is where the queue forms (the loop picks
-calls up only as fast as it answers them, so the in-flight count stays far below its
-limit): `server.max_pending_calls` bounds that queue, and gRPC's core refuses a call beyond
-it before this interceptor sees it (the client gets CANCELLED; `server`).
+scoring call from pickup until its task ends, however it ends (a done-callback on the task
+releases it, so a call cancelled before its request arrived is released too); a stream's
+transaction from the moment it is read until its answer is written (a stream answering in
+batches may have read several ahead). An open stream holds a place in the stream budget
+only, so idle streams never shed unary calls. Calls still queued inside grpc's core, not
+yet picked up, are not counted, and under a CPU-bound overload that is where the queue
+forms (the loop picks calls up only as fast as it answers them, so the in-flight count
+stays far below its limit): `server.max_pending_calls` bounds that queue, and gRPC's core
+refuses a call beyond it before this interceptor sees it (the client gets CANCELLED;
+`server`).
 
 Latency and status of the scoring calls admitted are recorded as the call's task ends, so
 they include sending the answer; a call refused before admission counts its status at
@@ -269,6 +272,10 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for response in stream(requests, context):
                         yield response
+                        requests.answered()  # grpc asks for more once the answer is written
+                except _StreamEnd as end:
+                    call.code = end.code
+                    await _end_early(context, end.code, end.reason, end.details)
                 except grpc.aio.AbortError:
                     call.code = context.code()
                     raise
@@ -415,32 +422,39 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return self._limits
 
 
-class _StreamRequests:
-    """A stream's transactions, read one at a time within the stream's limits; the one its
-    behaviour is answering counts as in flight until the next is asked for."""
+class _StreamEnd(Exception):
+    """The stream's reading ended with a status: raised by its next read, so that a
+    behaviour reading ahead answers what it read before, and the guard then ends the call."""
 
-    __slots__ = ("_answering", "_call", "_closes_at", "_context", "_interceptor", "_read")
+    def __init__(self, code: grpc.StatusCode, reason: EarlyEnd | None, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.reason = reason
+        self.details = details
+
+
+class _StreamRequests:
+    """A stream's transactions, read one at a time within the stream's limits; each counts
+    as in flight from its read until its answer is written (`answered`)."""
+
+    __slots__ = ("_call", "_closes_at", "_context", "_interceptor", "_read", "_unanswered")
 
     def __init__(self, interceptor: AdmissionInterceptor, call: _Call, context: Context) -> None:
         self._interceptor = interceptor
         self._call = call
         self._context = context
         self._closes_at = call.arrived + interceptor.limits.stream_max_seconds
-        self._answering = False
+        self._unanswered = 0
         self._read = 0  # messages read so far: the position of the next
 
     def __aiter__(self) -> _StreamRequests:
         return self
 
     async def __anext__(self) -> object:
-        self.release_answered()  # grpc asks for the next only once the answer is written
         now = time.monotonic()
         if now >= self._closes_at:
-            await _end_early(
-                self._context,
-                grpc.StatusCode.UNAVAILABLE,
-                "stream_lifetime",
-                STREAM_LIFETIME_DETAILS,
+            raise _StreamEnd(
+                grpc.StatusCode.UNAVAILABLE, "stream_lifetime", STREAM_LIFETIME_DETAILS
             )
         idle_until = now + self._interceptor.limits.stream_idle_seconds
         try:
@@ -448,29 +462,35 @@ class _StreamRequests:
                 request = await self._context.read()
         except DecodeError:
             details = f"transaction #{self._read}: {MALFORMED_DETAILS}"
-            await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+            raise _StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, None, details) from None
         except TimeoutError:
             reason: EarlyEnd = "stream_idle" if idle_until <= self._closes_at else "stream_lifetime"
             details = STREAM_IDLE_DETAILS if reason == "stream_idle" else STREAM_LIFETIME_DETAILS
-            await _end_early(self._context, grpc.StatusCode.UNAVAILABLE, reason, details)
+            raise _StreamEnd(grpc.StatusCode.UNAVAILABLE, reason, details) from None
         if request is grpc.aio.EOF:
             raise StopAsyncIteration
         self._read += 1
-        self._answering = True
+        self._unanswered += 1
         self._interceptor._take_work()
         return request
 
-    def release_answered(self) -> None:
-        """Release the transaction being answered, if any (idempotent)."""
-        if self._answering:
-            self._answering = False
+    def answered(self) -> None:
+        """One transaction's answer is written: it is no longer in flight."""
+        if self._unanswered:
+            self._unanswered -= 1
             self._interceptor._release_work()
+
+    def release_answered(self) -> None:
+        """Release every transaction still in flight (the call has ended; idempotent)."""
+        while self._unanswered:
+            self.answered()
 
 
 async def _end_early(
-    context: Context, code: grpc.StatusCode, reason: EarlyEnd, details: str
+    context: Context, code: grpc.StatusCode, reason: EarlyEnd | None, details: str
 ) -> NoReturn:
-    EARLY_END_COUNTERS[reason].inc()
+    if reason is not None:
+        EARLY_END_COUNTERS[reason].inc()
     await context.abort(code, details)
 
 

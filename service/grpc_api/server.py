@@ -116,6 +116,7 @@ def build_server(
         scorer,
         budget_seconds=settings.budget.server_budget_ms / 1000,
         log_sampler=RequestLogSampler(settings.logging.sample_rate),
+        stream_max_batch=settings.connections.stream_max_batch,
     )
     rate_limits = {
         REPORT_OUTCOME_METHOD: CallerRateLimits("ReportOutcome", report_rates(settings)),

@@ -30,7 +30,7 @@ every internal error's line.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from typing import NoReturn, Protocol
 
@@ -51,6 +51,7 @@ from service.core.errors import (
     StateUnavailable,
     UnknownTransaction,
 )
+from service.core.scoring import BatchAnswers
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.converters import (
     to_model_info,
@@ -59,7 +60,9 @@ from service.grpc_api.converters import (
     to_score_response,
 )
 from service.grpc_api.interceptors import call_arrival
+from service.grpc_api.stream_batches import WaitingBatches
 from service.observability.logs import RequestLogSampler, new_request_id
+from service.observability.metrics import STREAM_BATCH_SIZE
 
 # Time kept back from every deadline to serialise and send the answer: twice what that takes,
 # for a busy machine.
@@ -90,6 +93,10 @@ class ScoringCore(Protocol):
 
     def score(self, raw: RawTransaction, *, deadline: float | None) -> ScoreResult:
         """The decision for `raw`, answered by fallback once `time.monotonic()` > deadline."""
+
+    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+        """`score` of each (request, deadline) in order; the answers until the first that
+        failed, and its error."""
 
     def report_outcome(self, raw: RawOutcome) -> None:
         """Count a confirmed label from its report time on."""
@@ -148,12 +155,19 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
     """The `fraud.v1.FraudScoring` service over a scoring core. Event-loop thread only."""
 
     def __init__(
-        self, scorer: ScoringCore, *, budget_seconds: float, log_sampler: RequestLogSampler
+        self,
+        scorer: ScoringCore,
+        *,
+        budget_seconds: float,
+        log_sampler: RequestLogSampler,
+        stream_max_batch: int = 32,
     ) -> None:
-        """Serve `scorer`, answering each transaction within `budget_seconds` of arrival."""
+        """Serve `scorer`, answering each transaction within `budget_seconds` of arrival, a
+        stream's in batches of at most `stream_max_batch`."""
         self._scorer = scorer
         self._budget = budget_seconds
         self._sampler = log_sampler
+        self._max_batch = stream_max_batch
 
     async def Score(
         self, request: scoring_pb2.ScoreRequest, context: ScoreContext
@@ -172,20 +186,41 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
     async def ScoreStream(
         self, request_iterator: AsyncIterator[scoring_pb2.ScoreRequest], context: ScoreContext
     ) -> AsyncIterator[scoring_pb2.ScoreResponse]:
-        """Scores each transaction of the stream in order; the first bad one ends it."""
+        """Scores the stream's transactions in order, in batches of those waiting; the
+        first bad one ends it, after the answers to those before it."""
         position = 0
         call_log = _CallLog(context)
-        async for request in request_iterator:
-            arrived = time.monotonic()  # each message's budget runs from its own arrival
-            deadline = answer_by(arrived, arrived, self._budget, context.time_remaining())
+        async with WaitingBatches(request_iterator, self._max_batch) as waiting:
+            while batch := await waiting.next_batch():
+                STREAM_BATCH_SIZE.observe(len(batch))
+                requests, unconverted = self._requests(batch, context.time_remaining())
+                try:
+                    scored = self._scorer.score_batch(requests)
+                except Exception as failure:  # a bug: INTERNAL, logged
+                    scored = BatchAnswers([], failure)
+                for result, (arrived, _request) in zip(scored.answers, batch, strict=False):
+                    self._log_answer("ScoreStream", result, arrived, call_log)
+                    yield to_score_response(result)
+                position += len(scored.answers)
+                error = scored.error or unconverted
+                if error is not None:
+                    where = f"transaction #{position}: "
+                    await self._fail(call_log, context, "ScoreStream", error, where)
+
+    def _requests(
+        self, batch: list[tuple[float, scoring_pb2.ScoreRequest]], time_remaining: float | None
+    ) -> tuple[list[tuple[RawTransaction, float | None]], Exception | None]:
+        """The batch's requests for the core, each with its deadline (its budget runs from
+        its own arrival), up to the first that does not convert, and its error."""
+        now = time.monotonic()
+        requests: list[tuple[RawTransaction, float | None]] = []
+        for arrived, request in batch:
             try:
-                result = self._scorer.score(to_raw_transaction(request), deadline=deadline)
-            except Exception as error:
-                where = f"transaction #{position}: "
-                await self._fail(call_log, context, "ScoreStream", error, where)
-            self._log_answer("ScoreStream", result, arrived, call_log)
-            yield to_score_response(result)
-            position += 1
+                raw = to_raw_transaction(request)
+            except Exception as failure:
+                return requests, failure
+            requests.append((raw, answer_by(arrived, now, self._budget, time_remaining)))
+        return requests, None
 
     async def ReportOutcome(
         self, request: scoring_pb2.OutcomeRequest, context: OutcomeContext

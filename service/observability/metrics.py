@@ -81,6 +81,12 @@ STAGE_DURATION = Histogram(
     buckets=STAGE_BUCKETS,
 )
 IN_FLIGHT = Gauge("fraud_rpc_in_flight", "Scoring RPCs in progress (what shedding limits).")
+STREAM_BATCH_SIZE = Histogram(
+    "fraud_stream_batch_size",
+    "ScoreStream transactions scored together: those waiting when the server came round to "
+    "the stream (at most connections.stream_max_batch).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 SHED = Counter("fraud_shed", "Scoring RPCs refused at once because too many were in flight.")
 FALLBACKS = Counter(
     "fraud_fallback", "Answers given by the fallback rules, by why the model did not.", ["reason"]

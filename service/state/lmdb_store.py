@@ -130,6 +130,15 @@ class LmdbStore:
             return _Session(self, self._bulk, self._dbs, bulk=True)
         return _Session(self, self._env.begin(write=True, buffers=True), self._dbs, bulk=False)
 
+    @contextmanager
+    def batch_session(self, plan: SessionPlan, transactions: int) -> Iterator[_Session]:
+        """One write transaction for `transactions` transactions counted in a row (a
+        stream's batch): one commit, and eviction's bookkeeping as after that many."""
+        with self.session(plan) as session:
+            yield session
+        for _ in range(transactions - 1):
+            self._committed(session)
+
     def _committed(self, session: _Session) -> None:
         """Bookkeeping after a session's own write transaction committed."""
         self._note(session)

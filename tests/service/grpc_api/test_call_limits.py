@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from service.core.domain import (
     RawTransaction,
     ScoreResult,
 )
+from service.core.scoring import BatchAnswers, score_one_by_one
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.interceptors import (
     OVERLOADED_DETAILS,
@@ -53,6 +54,9 @@ class CountingCore:
         return ScoreResult(
             raw.transaction_id, 0.01, Decision.APPROVE, (), "v1", DecisionSource.MODEL, None
         )
+
+    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+        return score_one_by_one(self.score, requests)
 
     def report_outcome(self, raw: RawOutcome) -> None:
         """Accepts every outcome."""

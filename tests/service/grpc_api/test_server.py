@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -36,6 +36,7 @@ from service.config.settings import (
 )
 from service.core.domain import EntryMode, ModelSummary, RawOutcome, RawTransaction, ScoreResult
 from service.core.ports import ModelSource
+from service.core.scoring import BatchAnswers, score_one_by_one
 from service.features import FeatureConfig, FeatureEngine
 from service.features.engine import FEATURE_NAMES
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
@@ -485,6 +486,9 @@ class _BrokenCore:
 
     def score(self, raw: RawTransaction, *, deadline: float | None) -> ScoreResult:
         raise RuntimeError(f"cannot score card {raw.card_id}")
+
+    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+        return score_one_by_one(self.score, requests)
 
     def report_outcome(self, raw: RawOutcome) -> None:
         raise KeyError(raw.transaction_id)
