@@ -58,9 +58,7 @@ class WaitingBatches(Generic[_T]):
     async def next_batch(self) -> list[tuple[float, _T]]:
         """The requests read and not yet taken, at least one, waiting for the first if none
         is; empty once the stream has ended; the reading's error after the last request."""
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        self._raise_error()
         if self._ended:
             return []
         batch: list[tuple[float, _T]] = []
@@ -71,16 +69,26 @@ class WaitingBatches(Generic[_T]):
                 return batch
             item = self._read.get_nowait()
         self._ended = True
-        if item.error is not None and not batch:
-            raise item.error
         self._error = item.error  # raised at the next call, once this batch is answered
+        del item
+        if not batch:
+            self._raise_error()
         return batch
 
+    def _raise_error(self) -> None:
+        # No local names the error: its traceback holds these frames, and a cycle through
+        # them would wait for a full collection, which the server never runs (gc_policy).
+        if self._error is not None:
+            try:
+                raise self._error
+            finally:
+                self._error = None
+
     async def _read_all(self) -> None:
-        ended = _Ended(None)
         try:
             async for request in self._requests:
                 await self._read.put((time.monotonic(), request))
         except Exception as error:  # the stream's end status, or its failure: the handler's
-            ended = _Ended(error)
-        await self._read.put(ended)
+            await self._read.put(_Ended(error))
+        else:
+            await self._read.put(_Ended(None))
