@@ -588,6 +588,16 @@ class StateSettings(_Group):
     """Largest size of the LMDB file (its map size): the bounds above must fit in it, with
     room for LMDB's free pages. Space is only taken as it is used."""
 
+    writemap: bool = False
+    """LMDB writes its pages in the file's mapping instead of by a system call each at the
+    commit: less system time per transaction (benchmarks/RESULTS.md). The file then
+    appears as large as `max_bytes` (a sparse file: `du` shows what it takes), which a
+    copy that does not keep holes, or any tool reading it whole, pays in full; its blocks
+    are reserved 8-10 MiB ahead of the pages in use, so that a full disk refuses a
+    transaction (the fallback answer) instead of killing the server (SIGBUS). Only on a
+    file system that rewrites allocated blocks in place (ext4, XFS, tmpfs), never on a
+    copy-on-write one (Btrfs, ZFS)."""
+
     sync_seconds: float = Field(default=1.0, gt=0)
     """Seconds between flushes of the LMDB file to disk. A killed process loses nothing
     (the kernel holds its writes). A machine crash (power, kernel) loses up to this much,

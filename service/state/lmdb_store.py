@@ -8,6 +8,15 @@ lock is released by the kernel). Writes are not fsynced one by one: the OS holds
 after a process crash, and a background thread syncs every `sync_seconds` against a
 machine crash.
 
+With `writemap`, a transaction writes its pages in the shared mapping of the
+file instead of copying each one to the file by a system call at its commit. The
+mapping spans `max_bytes`, most of it a hole, and a write into a hole that the file
+system cannot fill (a full disk) is SIGBUS, which would kill the server: so the file's
+blocks are reserved (`posix_fallocate`) ahead of the pages in use, by more than any one
+write transaction can add, checked as each write transaction begins, when this process
+holds LMDB's writer lock. A transaction for which no block can be reserved is refused
+(NoRoomOnDisk: the fallback answer) and nothing is written (`block_reserve`).
+
 Eviction runs outside the scoring path's write lock. Every `_CHECK_EVERY` writes each kind
 of record is counted; one above its bound gets a sweep, the transactions get one every
 time (each write adds one: a sweep reading fewer than one record a write lets those past
@@ -40,6 +49,7 @@ from service.features.state import (
     TileCount,
     TransactionRecord,
 )
+from service.state.block_reserve import BlockReserve, NoRoomOnDisk
 from service.state.codec import (
     decode_entity,
     decode_transaction,
@@ -61,6 +71,12 @@ _MAX_KEY_BYTES = 480  # LMDB's limit is 511: longer ids are stored under their d
 _TRANSACTIONS = "x"
 _DIRECTORY_MODE = 0o700
 _IDENTITY_KEY = b"identity"
+# What a transaction scored may add to the file at most: four records of at most 4 KB put,
+# each splitting at most a B-tree's height of pages (about 26 pages).
+_TRANSACTION_GROWTH = 128 << 10
+# Reserved ahead of every write transaction: enough for 64 transactions (a stream's batch,
+# a bulk's share) or a sweep's `_DELETE_BATCH` deletions.
+_SESSION_GROWTH = 64 * _TRANSACTION_GROWTH
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,7 @@ class LmdbStore:
         horizon_seconds: float,
         limits: LmdbLimits,
         sync_seconds: float = 1.0,
+        writemap: bool = False,
     ) -> None:
         """Open (or create) the store at `path` for feature settings named `identity`;
         StateMismatch when it holds state of other settings."""
@@ -100,20 +117,26 @@ class LmdbStore:
                 max_dbs=6,
                 sync=False,
                 readahead=False,
+                writemap=writemap,
                 mode=_DIRECTORY_MODE,  # LMDB creates its files with it, less execute: 0600
             )
         except lmdb.Error as error:
             raise StateStoreError(f"cannot open the feature state at {path}: {error}") from error
-        self._dbs = {
-            kind: self._env.open_db(str(kind).encode()) for kind in (*EntityKind, _TRANSACTIONS)
-        }
-        self._check_identity(identity)
+        self._blocks: BlockReserve | None = None
+        try:
+            if writemap:
+                self._blocks = BlockReserve(self._env, path)
+            self._dbs = self._open_databases(identity)
+        except BaseException:
+            self.close_files()
+            raise
         self._horizon = horizon_seconds
         self._limits = limits
         self._latest = -math.inf
         self._writes = 0
         self._bulk: lmdb.Transaction | None = None
         self._bulk_every = 1
+        self._bulk_commit_every = 1
         self._bulk_sessions = 0
         self._sweep_from: dict[str, bytes] = {}
         self.evictions = Evictions()
@@ -126,15 +149,30 @@ class LmdbStore:
     def session(self, plan: SessionPlan = NO_PLAN) -> _Session:
         """One write transaction: every other writer waits, so there is never a conflict.
         Within `bulk`, a share of the bulk's current transaction."""
+        return self._session(_SESSION_GROWTH)
+
+    def _session(self, growth: int) -> _Session:
         if self._bulk is not None:
             return _Session(self, self._bulk, self._dbs, bulk=True)
-        return _Session(self, self._env.begin(write=True, buffers=True), self._dbs, bulk=False)
+        return _Session(self, self._begin(growth), self._dbs, bulk=False)
+
+    def _begin(self, growth: int) -> lmdb.Transaction:
+        """A write transaction that may add `growth` bytes to the file; NoRoomOnDisk when
+        the file system has no blocks left for them (with `writemap`)."""
+        txn = self._env.begin(write=True, buffers=True)
+        if self._blocks is not None:
+            try:
+                self._blocks.ensure(growth)
+            except BaseException:
+                txn.abort()
+                raise
+        return txn
 
     @contextmanager
     def batch_session(self, plan: SessionPlan, transactions: int) -> Iterator[_Session]:
         """One write transaction for `transactions` transactions counted in a row (a
         stream's batch): one commit, and eviction's bookkeeping as after that many."""
-        with self.session(plan) as session:
+        with self._session(max(_SESSION_GROWTH, transactions * _TRANSACTION_GROWTH)) as session:
             yield session
         for _ in range(transactions - 1):
             self._committed(session)
@@ -155,22 +193,29 @@ class LmdbStore:
         """Bookkeeping after a session of the bulk's transaction (see `bulk`)."""
         self._note(session)
         self._bulk_sessions += 1
-        if self._bulk is not None and self._bulk_sessions % self._bulk_every == 0:
+        if self._bulk is not None and self._bulk_sessions % self._bulk_commit_every == 0:
             self._bulk.commit()
-            # Between two bulk transactions (LMDB has one writer): a seeding replays
-            # months, and what fell out of the horizon must not pile up meanwhile.
-            self.sweep(chunk=_BULK_SWEEP_CHUNK)
-            self._bulk = self._env.begin(write=True, buffers=True)
+            if self._bulk_sessions % self._bulk_every < self._bulk_commit_every:
+                # Between two bulk transactions (LMDB has one writer): a seeding replays
+                # months, and what fell out of the horizon must not pile up meanwhile.
+                self.sweep(chunk=_BULK_SWEEP_CHUNK)
+            self._bulk = self._begin(_SESSION_GROWTH)
 
     @contextmanager
     def bulk(self, sessions_per_commit: int = 4_096) -> Iterator[None]:
-        """Sessions within share one write transaction per `sessions_per_commit`: for a
-        lone writer replaying history (`fraud-train state build`), which then pays one
-        commit per batch instead of one per transaction. An exception aborts the sessions
-        since the last commit; eviction sweeps (of `_BULK_SWEEP_CHUNK` records) run between
-        the batches."""
-        self._bulk = self._env.begin(write=True, buffers=True)
-        self._bulk_every = sessions_per_commit
+        """Sessions within share one write transaction per `sessions_per_commit` (with
+        `writemap`, per 64 at most: what the blocks reserved ahead hold): for a lone writer
+        replaying history (`fraud-train state build`), which then pays one commit per batch
+        instead of one per transaction. An exception aborts the sessions since the last
+        commit; eviction sweeps (of `_BULK_SWEEP_CHUNK` records) run after each
+        `sessions_per_commit` sessions."""
+        self._bulk_every = self._bulk_commit_every = sessions_per_commit
+        if self._blocks is not None:
+            self._bulk_commit_every = min(
+                sessions_per_commit, _SESSION_GROWTH // _TRANSACTION_GROWTH
+            )
+        self._bulk_sessions = 0
+        self._bulk = self._begin(_SESSION_GROWTH)
         try:
             yield
         except BaseException:
@@ -191,8 +236,10 @@ class LmdbStore:
             return int(txn.stat(self._dbs[_TRANSACTIONS if kind is None else kind])["entries"])
 
     def file_bytes(self) -> int:
-        """Bytes the store's data file takes on disk."""
-        return (self.path / "data.mdb").stat().st_size
+        """Bytes of the store's data file that take blocks on disk (with `writemap`, its
+        size is `max_bytes`, most of it a hole)."""
+        status = (self.path / "data.mdb").stat()
+        return min(status.st_size, status.st_blocks * 512)
 
     def sweep(self, *, idle_too: bool = True, chunk: int = _SWEEP_CHUNK) -> None:
         """One eviction step of `chunk` records over each kind of record above its bound,
@@ -232,7 +279,12 @@ class LmdbStore:
         self._closed.set()
         self._syncer.join()
         self._env.sync(True)
+        self.close_files()
+
+    def close_files(self) -> None:
         self._env.close()
+        if self._blocks is not None:
+            self._blocks.close()
 
     def _sweep(self, name: str, oldest: float, bound: int, idle_too: bool, size: int) -> None:
         db = self._dbs[name]
@@ -254,25 +306,39 @@ class LmdbStore:
         for victims, reason in ((idle, "idle"), (over, "capacity")):
             for first in range(0, len(victims), _DELETE_BATCH):
                 batch = victims[first : first + _DELETE_BATCH]
-                with self._env.begin(write=True, db=db) as txn:
-                    deleted = _delete_unchanged(txn, batch)
+                with self._begin(_SESSION_GROWTH) as txn:
+                    deleted = _delete_unchanged(txn, batch, db)
                 if reason == "idle":
                     self.evictions.idle += deleted
                 else:
                     self.evictions.capacity += deleted
 
-    def _check_identity(self, identity: str) -> None:
-        with self._env.begin(write=True) as txn:
+    def _open_databases(self, identity: str) -> dict[str, lmdb._Database]:
+        """The store's databases, created with its identity in a new store; StateMismatch
+        when it holds state of other settings. A store that exists opens even with no
+        blocks left on its disk (writes are refused until there are)."""
+        try:
+            txn, write = self._begin(_SESSION_GROWTH), True
+        except NoRoomOnDisk:  # nothing to write in a store that exists: read it
+            txn, write = self._env.begin(buffers=True), False
+        with txn:
             found = txn.get(_IDENTITY_KEY)
-            if found is None:
+            new = found is None
+            if new and not write:
+                raise StateStoreError(f"no room on disk to create the feature state at {self.path}")
+            dbs = {
+                name: self._env.open_db(str(name).encode(), txn=txn, create=new)
+                for name in (*EntityKind, _TRANSACTIONS)
+            }
+            held = identity if found is None else bytes(found).decode()
+            if new:
                 txn.put(_IDENTITY_KEY, identity.encode())
-            elif found.decode() != identity:
-                self._env.close()
-                raise StateMismatch(
-                    f"{self.path} holds feature state of settings {found.decode()}, "
-                    f"not {identity}: point the state elsewhere or rebuild it "
-                    "(fraud-train state build)"
-                )
+        if held != identity:
+            raise StateMismatch(
+                f"{self.path} holds feature state of settings {held}, not {identity}: "
+                "point the state elsewhere or rebuild it (fraud-train state build)"
+            )
+        return dbs
 
     def _sync_every(self, seconds: float) -> None:
         while not self._closed.wait(seconds):
@@ -365,11 +431,14 @@ def _chunk(cursor: lmdb.Cursor, count: int) -> tuple[list[tuple[float, bytes]], 
     return chunk, bytes(cursor.key())
 
 
-def _delete_unchanged(txn: lmdb.Transaction, victims: list[tuple[float, bytes]]) -> int:
-    """Delete the records that are still as old as when they were chosen; how many."""
+def _delete_unchanged(
+    txn: lmdb.Transaction, victims: list[tuple[float, bytes]], db: lmdb._Database
+) -> int:
+    """Delete the records of `db` that are still as old as when they were chosen; how
+    many."""
     deleted = 0
     for time, key in victims:
-        value = txn.get(key)
+        value = txn.get(key, db=db)
         if value is not None and record_time(value) <= time:
-            deleted += txn.delete(key)
+            deleted += txn.delete(key, db=db)
     return deleted

@@ -33,4 +33,5 @@ def open_state(
         horizon_seconds=horizon,
         limits=LmdbLimits(settings.max_entities, settings.max_transactions, settings.max_bytes),
         sync_seconds=settings.sync_seconds,
+        writemap=settings.writemap,
     )
