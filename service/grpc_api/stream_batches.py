@@ -1,6 +1,7 @@
 """A stream's requests in batches of those waiting: one task reads the stream as fast as
-its messages come, the handler takes whatever has arrived each time it comes round, and
-never waits for a batch to fill (latency first).
+its messages come, the handler takes whatever has arrived each time it comes round (after
+one turn of the event loop, which lets reads already completed land), and never waits for
+a batch to fill (latency first).
 
 The reading ends as the stream does: at its end, or with the error its next read raised,
 handed over after every request read before it, so that those are answered first.
@@ -62,6 +63,10 @@ class WaitingBatches(Generic[_T]):
         if self._ended:
             return []
         batch: list[tuple[float, _T]] = []
+        # One turn of the loop first: each read completes on a turn of its own, so without
+        # it a stream's batches stay as small as its last (answers and reads alternate);
+        # with it they grow by one a round while requests wait, up to `max_size`.
+        await asyncio.sleep(0)
         item = await self._read.get()
         while not isinstance(item, _Ended):
             batch.append(item)
