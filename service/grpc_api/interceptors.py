@@ -53,12 +53,15 @@ stream limits, which apply while the server waits for the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
+from types import FrameType
 from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
@@ -259,7 +262,9 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
             return grpc.stream_unary_rpc_method_handler(
-                guarded_unary, handler.request_deserializer, handler.response_serializer
+                _freeing_aborts(guarded_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         if handler.stream_stream is not None:
             stream = cast(_StreamBehavior, handler.stream_stream)
@@ -285,7 +290,9 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 call.code = context.code() or grpc.StatusCode.OK
 
             return grpc.stream_stream_rpc_method_handler(
-                guarded_stream, handler.request_deserializer, handler.response_serializer
+                _freeing_stream_aborts(guarded_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         raise TypeError(f"no guard for the shape of {handler!r}")
 
@@ -484,6 +491,67 @@ class _StreamRequests:
         """Release every transaction still in flight (the call has ended; idempotent)."""
         while self._unanswered:
             self.answered()
+
+
+def _freeing_aborts(behavior: _UnaryBehavior) -> _UnaryBehavior:
+    """`behavior`, the frames of its abort cleared once its call has ended (see
+    `_free_when_done`)."""
+
+    async def freeing(requests: Any, context: Context) -> Any:
+        try:
+            return await behavior(requests, context)
+        except grpc.aio.AbortError as aborted:
+            _free_when_done(aborted)
+            raise
+
+    return freeing
+
+
+def _freeing_stream_aborts(behavior: _StreamBehavior) -> _StreamBehavior:
+    """`behavior`, the frames of its abort cleared once its call has ended (see
+    `_free_when_done`)."""
+
+    async def freeing(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(requests, context):
+                yield response
+        except grpc.aio.AbortError as aborted:
+            _free_when_done(aborted)
+            raise
+
+    return freeing
+
+
+def _free_when_done(aborted: BaseException) -> None:
+    """grpc keeps an abort's exception with its call's state, and the frames of the
+    exception's traceback hold the call's context, which holds that state: a cycle, which
+    the server never collects once it is old (`service.observability.gc_policy`: no full
+    collections). The frames it has passed through so far are the call's: once the call's
+    task has ended they are done, and clearing them frees the call by reference counting."""
+    task = asyncio.current_task()
+    if task is not None:
+        frames = _frames(aborted)
+        task.add_done_callback(lambda _task: _clear(frames))
+
+
+def _frames(error: BaseException) -> list[FrameType]:
+    """The frames of `error`'s traceback and of the exceptions it was raised from."""
+    frames: list[FrameType] = []
+    chain: list[BaseException | None] = [error]
+    seen: set[int] = set()
+    while chain:
+        link = chain.pop()
+        if link is not None and id(link) not in seen:
+            seen.add(id(link))
+            frames += (frame for frame, _line in traceback.walk_tb(link.__traceback__))
+            chain += (link.__cause__, link.__context__)
+    return frames
+
+
+def _clear(frames: list[FrameType]) -> None:
+    for frame in frames:
+        with contextlib.suppress(RuntimeError):  # still running: not the call's after all
+            frame.clear()
 
 
 async def _end_early(

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -28,6 +29,9 @@ TIMEOUT = 10.0  # generous: the machine is shared; no test relies on it running 
 CALLS = 20
 # The interceptor's own objects of a call: one of each per call, while it runs.
 CALL_TYPES = ("_Call", "_StreamRequests")
+SCORE = "/fraud.v1.FraudScoring/Score"
+SCORE_STREAM = "/fraud.v1.FraudScoring/ScoreStream"
+MALFORMED = b"\xff\xff\xff"  # no protobuf message parses from it
 
 
 @pytest.fixture
@@ -70,6 +74,33 @@ def test_ended_calls_are_freed_without_the_cycle_collector(server: LoopbackServe
                 stub.Score(score_request(f"unary-{call}"), timeout=TIMEOUT)
         _wait_until_no_stream_is_open()
         server.run(asyncio.sleep(0))  # the callbacks of the streams' ends have run
+        left = _left_behind()
+    finally:
+        gc.enable()
+    assert left == dict.fromkeys(CALL_TYPES, 0)
+
+
+def test_calls_ended_on_bad_bytes_are_freed_without_the_cycle_collector(
+    server: LoopbackServer,
+) -> None:
+    """grpc keeps an abort's exception with its call, and the exception's frames hold the
+    call's context: ended so, a call is in a reference cycle unless the server breaks it."""
+    valid = score_request("valid").SerializeToString()
+    gc.collect()
+    gc.disable()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            score: Any = channel.unary_unary(SCORE)  # raw bytes, as any client can send
+            stream: Any = channel.stream_stream(SCORE_STREAM)
+            for _ in range(CALLS):
+                with pytest.raises(grpc.RpcError) as refused:
+                    score(MALFORMED, timeout=TIMEOUT)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                with pytest.raises(grpc.RpcError) as ended:
+                    list(stream(iter([valid, MALFORMED]), timeout=TIMEOUT))
+                assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        _wait_until_no_stream_is_open()
+        server.run(asyncio.sleep(0))
         left = _left_behind()
     finally:
         gc.enable()
