@@ -9,10 +9,13 @@ server this command starts (the admin service on, its token known). Judged:
     scores in [0, 1]    every `Score` answer's score (unary and streamed) is finite, in [0, 1]
     no error logged     the server logged no line at level error (each is a bug)
     healthy after       health SERVING, and a fresh valid `Score` answered by the model
-    memory flat         RSS growth from the first fifth of the cases to the end within
-                        `MEMORY_LIMIT_MIB` (sampled every `SAMPLE_EVERY` cases), without
-                        the LMDB state's file mapping (it grows with every new card and
-                        transaction, within the state's own bounds)
+    memory flat         growth of the anonymous resident memory (heap, stacks) from the
+                        first fifth of the cases (the warm-up: first calls of each kind,
+                        the allocator's pools filling) to the end within
+                        `MEMORY_LIMIT_MIB`, sampled every `SAMPLE_EVERY` cases; file-backed
+                        pages are left out: the LMDB state's mapping grows with every new
+                        card within the state's own bounds, and a busy machine evicts
+                        library pages, which would hide a leak
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from benchmarks.load.traffic import load_history, new_run_id
 from benchmarks.servers.launch import fraud_serve_spec
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 
-MEMORY_LIMIT_MIB = 32.0
+# 200 bytes a case over the 80% after the warm-up of 100,000 cases; the leaks found by
+# this run grew the heap by 430, then 245 bytes a case (benchmarks/RESULTS.md).
+MEMORY_LIMIT_MIB = 16.0
 SAMPLE_EVERY = 1000
 _MIB = 1024 * 1024
 _TIMEOUT = 5.0
@@ -230,8 +235,8 @@ def _judge(
     errors = [line for line in log.splitlines() if '"level": "error"' in line]
     fifth = len(tally.rss) // 5
     settled = tally.rss[fifth][1] if tally.rss else 0.0
-    growth = (tally.rss[-1][1] - settled) if tally.rss else 0.0
-    anonymous_growth = (tally.anonymous[-1] - tally.anonymous[fifth]) if tally.anonymous else 0.0
+    rss_growth = (tally.rss[-1][1] - settled) if tally.rss else 0.0
+    growth = (tally.anonymous[-1] - tally.anonymous[fifth]) if tally.anonymous else 0.0
     criteria: list[Criterion] = [
         equal("no crash: running after, exit 0 on SIGTERM", (alive, status), (True, 0)),
         equal(
@@ -251,11 +256,11 @@ def _judge(
         ),
         equal("healthy after: SERVING, a valid Score answered by the model", healthy, True),
         at_most(
-            "memory flat: RSS growth after the first fifth, the state's file mapping aside",
+            "memory flat: anonymous RSS (heap) growth after the first fifth",
             round(growth, 1),
             MEMORY_LIMIT_MIB,
             " MiB",
-            f"of it anonymous (heap, not the state's file mapping): {anonymous_growth:.1f} MiB",
+            f"RSS without the state's file mapping: {rss_growth:+.1f} MiB",
         ),
     ]
     return Scenario(
