@@ -31,9 +31,10 @@ from tests.server_process import ServerProcess
 
 FLOOD_RATE = 4000.0  # calls/s: twice or more what one server process answers on this box
 FLOOD_SECONDS = 2.0
-# Generous: a refusal comes back in milliseconds, so DEADLINE_EXCEEDED would mean a call
-# waited unbounded somewhere, which is what the backlog limit is for.
-CALL_TIMEOUT = 5.0
+# With the backlog bounded, an answer or a refusal comes back within milliseconds, so a
+# second is generous; gRPC's own default backlog (1,000 calls) holds calls about a second
+# and fails them DEADLINE_EXCEEDED (as it did before `server.max_pending_calls`).
+CALL_TIMEOUT = 1.0
 CALLS_AFTER = 50
 REFUSALS = frozenset({"CANCELLED", "RESOURCE_EXHAUSTED"})
 
