@@ -146,6 +146,34 @@ def _calls_by_process(directory: Path) -> Counter[int]:
     return calls
 
 
+def test_a_replica_listening_without_a_model_gets_no_call_of_the_balanced_channel(
+    trained_model: TrainedModel, start_process: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """A replica opens its port before it loads its model (probes get NOT_SERVING, calls
+    the fallback), as each one restarted in a rolling update does; an empty registry keeps
+    one so. The balanced channel sends it nothing until it serves: every answer of 100
+    calls comes from the model of the other. (Found by the rolling restart under load: a
+    replica whose model took 22 s to load answered "model_unavailable".)"""
+    empty_registry = tmp_path / "no-model-yet"
+    empty_registry.mkdir()
+    serving = _start_on_redis(start_process, trained_model, redis_url)
+    loading = _start_on_redis(start_process, trained_model, redis_url, registry=empty_registry)
+    targets = [_target(serving), f"127.0.0.1:{loading.wait_for('listening')['port']}"]
+    sources: Counter[str] = Counter()
+    with FraudScoringClient(targets, timeout=10.0) as client:
+        for number in range(100):
+            answer = client.score(
+                f"loading-{number}", f"card-{number % 10}", "term-1", 1250, "EUR",
+                datetime.now(UTC) - timedelta(minutes=1),
+            )  # fmt: skip
+            sources[answer.fallback_reason or "model"] += 1
+    for replica in (serving, loading):
+        replica.signal(signal.SIGTERM)
+        assert replica.wait() == 0, replica.text()
+
+    assert sources == {"model": 100}
+
+
 def test_a_replica_stopped_while_calls_flow_fails_none_of_them(
     trained_model: TrainedModel, start_process: Any, redis_url: str, tmp_path: Path
 ) -> None:

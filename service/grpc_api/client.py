@@ -46,6 +46,10 @@ from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 _SCORING_SERVICE = "fraud.v1.FraudScoring"
 SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
+    # A replica opens its port before its model is loaded (probes are answered meanwhile)
+    # and says NOT_SERVING from SIGTERM on: the channel watches each one's grpc.health.v1
+    # status and sends calls only to those SERVING.
+    "healthCheckConfig": {"serviceName": _SCORING_SERVICE},
     "methodConfig": [
         {
             "name": [
@@ -68,10 +72,11 @@ SERVICE_CONFIG: dict[str, Any] = {
     ],
 }
 """gRPC's service config for callers of the scoring service: calls balanced one by one over
-every address the target resolves to, and each unary call tried again on UNAVAILABLE (or
-CANCELLED by a server shutting down). Every one is safe to repeat: a transaction id is
-scored once and answered alike after; an outcome reported again changes no feature, and
-retraining takes the latest report per transaction; model info only reads."""
+every address the target resolves to whose health is SERVING, and each unary call tried
+again on UNAVAILABLE (or CANCELLED by a server shutting down). Every one is safe to
+repeat: a transaction id is scored once and answered alike after; an outcome reported
+again changes no feature, and retraining takes the latest report per transaction; model
+info only reads."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
