@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from service.grpc_api.interceptors import MALFORMED_DETAILS
+from service.grpc_api.interceptors import MALFORMED_DETAILS, freeing_aborts
 
 _Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
@@ -27,7 +27,7 @@ def add_health_service(servicer: health_aio.HealthServicer, server: grpc.aio.Ser
     """Serve `servicer` on `server` as `grpc.health.v1.Health`."""
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(
-            _refusing_malformed(servicer.Check),
+            freeing_aborts(_refusing_malformed(servicer.Check)),
             request_deserializer=_parser(health_pb2.HealthCheckRequest),
             response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
         ),

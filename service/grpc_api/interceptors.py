@@ -262,7 +262,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
             return grpc.stream_unary_rpc_method_handler(
-                _freeing_aborts(guarded_unary),
+                freeing_aborts(guarded_unary),
                 handler.request_deserializer,
                 handler.response_serializer,
             )
@@ -493,7 +493,7 @@ class _StreamRequests:
             self.answered()
 
 
-def _freeing_aborts(behavior: _UnaryBehavior) -> _UnaryBehavior:
+def freeing_aborts(behavior: _UnaryBehavior) -> _UnaryBehavior:
     """`behavior`, the frames of its abort cleared once its call has ended (see
     `_free_when_done`)."""
 

@@ -8,9 +8,9 @@ The scoring core is a stand-in that approves at once: what is tested is the gRPC
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,17 +20,17 @@ from prometheus_client import REGISTRY
 
 from service.config.settings import ServerSettings, ServeSettings
 from service.grpc_api._proto.fraud.v1 import scoring_pb2_grpc
-from service.grpc_api.interceptors import AdmissionInterceptor
 from tests.service.grpc_api.held_calls import score_request
 from tests.service.grpc_api.test_call_limits import CountingCore
 from tests.service.loopback import LoopbackServer
 
 TIMEOUT = 10.0  # generous: the machine is shared; no test relies on it running out
 CALLS = 20
-# The interceptor's own objects of a call: one of each per call, while it runs.
-CALL_TYPES = ("_Call", "_StreamRequests")
+# The interceptor's own objects of a call, and grpc's exception of an aborted call.
+CALL_TYPES = ("_Call", "_StreamRequests", "AbortError")
 SCORE = "/fraud.v1.FraudScoring/Score"
 SCORE_STREAM = "/fraud.v1.FraudScoring/ScoreStream"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 MALFORMED = b"\xff\xff\xff"  # no protobuf message parses from it
 
 
@@ -51,15 +51,21 @@ def _wait_until_no_stream_is_open() -> None:
         time.sleep(0.01)
 
 
-def _left_behind() -> dict[str, int]:
-    """The interceptor's call objects still tracked by the garbage collector."""
-    module = AdmissionInterceptor.__module__
-    counts = dict.fromkeys(CALL_TYPES, 0)
-    for tracked in gc.get_objects():
-        kind = type(tracked)
-        if kind.__module__ == module and kind.__name__ in CALL_TYPES:
-            counts[kind.__name__] += 1
-    return counts
+def _cyclic_garbage() -> dict[str, int]:
+    """Objects of `CALL_TYPES` only the cycle collector could free: a full collection that
+    keeps what it finds in `gc.garbage`."""
+    flags = gc.get_debug()
+    gc.set_debug(flags | gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = Counter(type(unreachable).__name__ for unreachable in gc.garbage)
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+    return {kind: found[kind] for kind in CALL_TYPES}
+
+
+NONE_LEFT = dict.fromkeys(CALL_TYPES, 0)
 
 
 def test_ended_calls_are_freed_without_the_cycle_collector(server: LoopbackServer) -> None:
@@ -73,11 +79,10 @@ def test_ended_calls_are_freed_without_the_cycle_collector(server: LoopbackServe
                 assert len(list(stub.ScoreStream(iter(requests), timeout=TIMEOUT))) == 3
                 stub.Score(score_request(f"unary-{call}"), timeout=TIMEOUT)
         _wait_until_no_stream_is_open()
-        server.run(asyncio.sleep(0))  # the callbacks of the streams' ends have run
-        left = _left_behind()
+        garbage = _cyclic_garbage()
     finally:
         gc.enable()
-    assert left == dict.fromkeys(CALL_TYPES, 0)
+    assert garbage == NONE_LEFT
 
 
 def test_calls_ended_on_bad_bytes_are_freed_without_the_cycle_collector(
@@ -100,8 +105,27 @@ def test_calls_ended_on_bad_bytes_are_freed_without_the_cycle_collector(
                     list(stream(iter([valid, MALFORMED]), timeout=TIMEOUT))
                 assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         _wait_until_no_stream_is_open()
-        server.run(asyncio.sleep(0))
-        left = _left_behind()
+        garbage = _cyclic_garbage()
     finally:
         gc.enable()
-    assert left == dict.fromkeys(CALL_TYPES, 0)
+    assert garbage == NONE_LEFT
+
+
+def test_health_checks_ended_on_bad_bytes_are_freed_without_the_cycle_collector(
+    server: LoopbackServer,
+) -> None:
+    """Health goes around the interceptor, with a refusal of its own for bytes that do not
+    parse: the same cycle, the same freeing."""
+    gc.collect()
+    gc.disable()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            check: Any = channel.unary_unary(HEALTH_CHECK)
+            for _ in range(CALLS):
+                with pytest.raises(grpc.RpcError) as refused:
+                    check(MALFORMED, timeout=TIMEOUT)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        garbage = _cyclic_garbage()
+    finally:
+        gc.enable()
+    assert garbage == NONE_LEFT
