@@ -47,7 +47,7 @@ from benchmarks.servers.launch import fraud_serve_spec
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 
 # 200 bytes a case over the 80% after the warm-up of 100,000 cases; the leaks found by
-# this run grew the heap by 430, then 245 bytes a case (benchmarks/RESULTS.md).
+# this run grew the heap by 430, then 236 bytes a case (benchmarks/RESULTS.md).
 MEMORY_LIMIT_MIB = 16.0
 SAMPLE_EVERY = 1000
 _MIB = 1024 * 1024
