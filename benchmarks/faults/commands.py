@@ -34,8 +34,8 @@ and restart on the same state), store (Redis killed for --store-outage s), disk 
 decision log's file system full, in a user and mount namespace), registry (unreadable for
 --registry-outage s), overload (--overload-factor x the measured saturation for
 --overload-seconds), rolling (three replicas on one Redis behind the recommended balanced
-channel, each in turn stopped with SIGTERM and started again, at half the saturation).
-Criteria per scenario in the report."""
+channel, each in turn stopped with SIGTERM and started again, at half the saturation; every
+answer compared with an uninterrupted server's). Criteria per scenario in the report."""
 _SOAK = """\
 An open loop at --load-share of the measured saturation (or --rate), unary and ScoreStream
 mixed, with fraud outcomes, a promotion every --promote-every s and a SIGHUP every
