@@ -16,7 +16,8 @@ position in the stream, and an unexpected exception's text, which can hold anyth
 to the log only (where card numbers are redacted), never to the caller.
 
 Deadlines: a transaction must be answered by the earlier of its server budget, counted from
-the call's arrival (for a stream, from the message's), and the client's deadline, less
+the call's pickup (for a stream, from when the handler takes the message up, in its batch),
+and the client's deadline, less
 `SAFETY_MARGIN_SECONDS` for sending the answer. The core gets that instant and answers by
 fallback once it has passed.
 
@@ -193,13 +194,14 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
         async with WaitingBatches(request_iterator, self._max_batch) as waiting:
             while batch := await waiting.next_batch():
                 STREAM_BATCH_SIZE.observe(len(batch))
-                requests, unconverted = self._requests(batch, context.time_remaining())
+                taken_up = time.monotonic()
+                requests, unconverted = self._requests(batch, taken_up, context.time_remaining())
                 try:
                     scored = self._scorer.score_batch(requests)
                 except Exception as failure:  # a bug: INTERNAL, logged
                     scored = BatchAnswers([], failure)
-                for result, (arrived, _request) in zip(scored.answers, batch, strict=False):
-                    self._log_answer("ScoreStream", result, arrived, call_log)
+                for result in scored.answers:
+                    self._log_answer("ScoreStream", result, taken_up, call_log)
                     yield to_score_response(result)
                 position += len(scored.answers)
                 error = scored.error or unconverted
@@ -208,18 +210,23 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
                     await self._fail(call_log, context, "ScoreStream", error, where)
 
     def _requests(
-        self, batch: list[tuple[float, scoring_pb2.ScoreRequest]], time_remaining: float | None
+        self,
+        batch: list[scoring_pb2.ScoreRequest],
+        taken_up: float,
+        time_remaining: float | None,
     ) -> tuple[list[tuple[RawTransaction, float | None]], Exception | None]:
-        """The batch's requests for the core, each with its deadline (its budget runs from
-        its own arrival), up to the first that does not convert, and its error."""
-        now = time.monotonic()
+        """The batch's requests for the core, each with its deadline, up to the first that
+        does not convert, and its error. Each one's budget runs from when the handler takes
+        it up, as a unary call's from its pickup: waiting in the read-ahead is waiting in
+        the transport, which no budget counted either."""
+        deadline = answer_by(taken_up, taken_up, self._budget, time_remaining)
         requests: list[tuple[RawTransaction, float | None]] = []
-        for arrived, request in batch:
+        for request in batch:
             try:
                 raw = to_raw_transaction(request)
             except Exception as failure:
                 return requests, failure
-            requests.append((raw, answer_by(arrived, now, self._budget, time_remaining)))
+            requests.append((raw, deadline))
         return requests, None
 
     async def ReportOutcome(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Generic, Self, TypeVar
@@ -29,14 +28,14 @@ class _Ended:
 
 
 class WaitingBatches(Generic[_T]):
-    """Batches of at most `max_size` of `requests`, each request with the `time.monotonic()`
-    of its read; at most `max_size` more are read ahead of the handler (then the client's
-    flow control holds the rest). An async context: leaving it stops the reading."""
+    """Batches of at most `max_size` of `requests`; at most `max_size` more are read ahead of
+    the handler (then the client's flow control holds the rest). An async context: leaving
+    it stops the reading."""
 
     def __init__(self, requests: AsyncIterator[_T], max_size: int) -> None:
         self._requests = requests
         self._max_size = max_size
-        self._read: asyncio.Queue[tuple[float, _T] | _Ended] = asyncio.Queue(max_size)
+        self._read: asyncio.Queue[_T | _Ended] = asyncio.Queue(max_size)
         self._reader: asyncio.Task[None] | None = None
         self._ended = False
         self._error: BaseException | None = None
@@ -56,13 +55,13 @@ class WaitingBatches(Generic[_T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
-    async def next_batch(self) -> list[tuple[float, _T]]:
+    async def next_batch(self) -> list[_T]:
         """The requests read and not yet taken, at least one, waiting for the first if none
         is; empty once the stream has ended; the reading's error after the last request."""
         self._raise_error()
         if self._ended:
             return []
-        batch: list[tuple[float, _T]] = []
+        batch: list[_T] = []
         # One turn of the loop first: each read completes on a turn of its own, so without
         # it a stream's batches stay as small as its last (answers and reads alternate);
         # with it they grow by one a round while requests wait, up to `max_size`.
@@ -92,7 +91,7 @@ class WaitingBatches(Generic[_T]):
     async def _read_all(self) -> None:
         try:
             async for request in self._requests:
-                await self._read.put((time.monotonic(), request))
+                await self._read.put(request)
         except Exception as error:  # the stream's end status, or its failure: the handler's
             await self._read.put(_Ended(error))
         else:
