@@ -327,7 +327,7 @@ class LmdbStore:
             if new and not write:
                 raise StateStoreError(f"no room on disk to create the feature state at {self.path}")
             dbs = {
-                name: self._env.open_db(str(name).encode(), txn=txn, create=new)
+                name: self._env.open_db(str(name).encode(), txn=txn, create=write)
                 for name in (*EntityKind, _TRANSACTIONS)
             }
             held = identity if found is None else bytes(found).decode()
