@@ -659,7 +659,7 @@ def _overload(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenar
     environment = {"FRAUD_SERVER__HEALTH_PORT": str(health_port)}
     with ManagedServer(spec, files, environment) as server:
         saturation = settings.saturation or find_saturation(
-            server.target, traffic.calls, OVERLOAD_P99_MS
+            server.target, traffic.calls, OVERLOAD_P99_MS, client_processes=OVERLOAD_CLIENTS
         )
         calm = saturation / 2
         peak = saturation * settings.overload_factor
