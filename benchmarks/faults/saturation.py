@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from benchmarks.faults.answers import failed, p99_ms
 from benchmarks.faults.driver import RecordingLoad, phased_schedule
+from benchmarks.faults.parallel_load import ParallelRecordingLoad
 from benchmarks.load.traffic import Call
 
 STEP_SECONDS = 3.0
@@ -21,13 +22,20 @@ def find_saturation(
     start: float = 200.0,
     step: float = 200.0,
     highest: float = 6000.0,
+    client_processes: int = 0,
 ) -> float:
-    """The highest rate held (`start` when even that is not held)."""
+    """The highest rate held (`start` when even that is not held). `client_processes`
+    above 0: the load comes from that many processes of grpc's sync API
+    (`ParallelRecordingLoad`) instead of one grpc.aio process in this one."""
     held = start
     rate = start
     while rate <= highest:
         schedule = phased_schedule(calls(round(rate * STEP_SECONDS)), [(STEP_SECONDS, rate)])
-        load = RecordingLoad(target, schedule)
+        load: RecordingLoad | ParallelRecordingLoad = (
+            ParallelRecordingLoad(target, schedule, processes=client_processes)
+            if client_processes
+            else RecordingLoad(target, schedule)
+        )
         load.begin()
         records = load.join()
         p99 = p99_ms(records)
