@@ -76,16 +76,19 @@ class ServerSettings(_Group):
     budget allows: calls queued behind them would miss it anyway. Health checks are not
     counted."""
 
-    max_pending_calls: int = Field(default=32, ge=1)
+    max_pending_calls: int = Field(default=1024, ge=1)
     """Calls of one method arrived but not yet picked up by the server's event loop
     (waiting in gRPC's core: under a CPU-bound overload the queue forms there, where
     `max_in_flight` cannot see it) above which gRPC's core refuses new ones at once, without
     any Python work: the client sees CANCELLED, not RESOURCE_EXHAUSTED (grpcio's server
     resets the call's stream), and the server's own metrics never see the call. Each
     scoring and admin method has a queue of its own, health checks another, so a flood of
-    Score calls does not refuse them. 32 waiting calls are about 16 ms of work at 0.5 ms a
-    call, within the 20 ms budget; a longer queue only makes every answer late
-    (benchmarks/RESULTS.md, "Overload")."""
+    Score calls does not refuse them. 1024 lets a burst of new calls as large as the stream
+    budget (`connections.max_open_streams`) wait to be picked up: with 32, 840 of 1,000
+    ScoreStream calls opened at once were refused. Lower it to shed a CPU-bound overload
+    within milliseconds instead of answering late (32 is about 16 ms of queue at 0.5 ms a
+    call), at the price of refusing bursts larger than it (benchmarks/RESULTS.md,
+    "Overload")."""
 
     grace_seconds: float = Field(default=10.0, ge=0)
     """Time in-flight calls get to finish after SIGTERM; stays well inside Kubernetes's
