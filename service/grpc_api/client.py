@@ -50,6 +50,10 @@ SERVICE_CONFIG: dict[str, Any] = {
     # and says NOT_SERVING from SIGTERM on: the channel watches each one's grpc.health.v1
     # status and sends calls only to those SERVING.
     "healthCheckConfig": {"serviceName": _SCORING_SERVICE},
+    # An overloaded server refuses calls in gRPC's core (CANCELLED, `server.max_pending_calls`):
+    # tried again, each would come back up to three times. Once more than 50 calls have
+    # failed net of a tenth of the successes, retries wait until successes return.
+    "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1},
     "methodConfig": [
         {
             "name": [
@@ -73,7 +77,8 @@ SERVICE_CONFIG: dict[str, Any] = {
 }
 """gRPC's service config for callers of the scoring service: calls balanced one by one over
 every address the target resolves to whose health is SERVING, and each unary call tried
-again on UNAVAILABLE (or CANCELLED by a server shutting down). Every one is safe to
+again on UNAVAILABLE (or CANCELLED by a server shutting down), unless most calls fail
+(retries throttled, so that an overloaded server is not asked thrice). Every one is safe to
 repeat: a transaction id is scored once and answered alike after; an outcome reported
 again changes no feature, and retraining takes the latest report per transaction; model
 info only reads."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -10,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.core.domain import EntryMode
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from service.grpc_api.client import (
+    SERVICE_CONFIG,
     FraudScoringClient,
     balanced_target,
     build_outcome_request,
@@ -126,3 +130,11 @@ def test_addresses_that_cannot_be_balanced_are_refused(addresses, message):
     """Host names need a dns:/// target (resolved, and re-resolved, by gRPC)."""
     with pytest.raises(ValueError, match=message):
         FraudScoringClient(addresses)
+
+
+def test_docs_give_callers_the_service_config_the_client_sets():
+    """docs/deployment.md's JSON, which other languages' callers copy, is `SERVICE_CONFIG`."""
+    text = (Path(__file__).parents[3] / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", text, flags=re.DOTALL)
+    configs = [json.loads(block) for block in blocks if '"loadBalancingConfig"' in block]
+    assert configs == [SERVICE_CONFIG]
