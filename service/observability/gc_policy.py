@@ -8,11 +8,15 @@ more often, so they stall swaps too (figures in benchmarks/RESULTS.md, "Hot relo
 load").
 
 So by default the server leaves full collections out. Young objects are still collected
-(generations 0 and 1), which is where the cycles of a request's life (exceptions,
-coroutines, futures) die; the state itself is freed by reference counting. What a
-cycle that outlives two young collections would leak is bounded by how rarely that
-happens, and visible in `process_resident_memory_bytes`; `server.full_gc` turns full
-collections back on.
+(generations 0 and 1), which is where the cycles of a short request's life (exceptions,
+coroutines, futures) die; the state itself is freed by reference counting. A cycle that
+outlives two young collections is never freed: a stream's, or one of any call held while
+the loop was busy. `fraud-bench fuzz` found three such cycles leaking with every call
+(a stream's call and its requests, an aborted call's exception and its frames, the same in
+health checks), broken since by the code that made them;
+tests/service/grpc_api/test_call_garbage.py counts what a full collection would find after
+those calls, so that a new one fails the suite. What leaks shows in
+`process_resident_memory_bytes`; `server.full_gc` turns full collections back on.
 """
 
 from __future__ import annotations
