@@ -7,8 +7,11 @@ summary histogram cannot tell. One client process, a grpc.aio event loop on a th
 its own, so the caller injects faults meanwhile; calls are due on the schedule whatever
 the answers do, and a call still due when the server is down fails fast (UNAVAILABLE) and
 is recorded as such. `Score` goes unary, or for a share of the calls (`stream_share`) on
-`streams` long-lived `ScoreStream` calls, each reopened when it ends. Every wait is bounded
-by the calls' deadline.
+`streams` long-lived `ScoreStream` calls, each reopened when it ends; the transactions a
+stream ended with UNAVAILABLE had not answered (the server ends a stream so at
+`connections.stream_max_seconds`, its client expected to open another) are sent once
+more on the next, as a POS backend does: a transaction id is scored once. Every wait is
+bounded by the calls' deadline.
 """
 
 from __future__ import annotations
@@ -226,26 +229,32 @@ class _Stream:
         self._load = load
         self._call: Any = None
         self._queue: asyncio.Queue[bytes | None] | None = None
-        self._waiting: deque[tuple[float, str]] = deque()
+        # due, transaction id, payload, and whether it is already a second try
+        self._waiting: deque[tuple[float, str, bytes, bool]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def send(self, payload: bytes, due: float) -> None:
+    def send(self, payload: bytes, due: float, *, again: bool = False) -> None:
         if self._queue is None:
             self._open()
         assert self._queue is not None
-        self._waiting.append((due, _transaction_id(payload)))
+        self._waiting.append((due, _transaction_id(payload), payload, again))
         self._queue.put_nowait(payload)
 
     async def finish(self, timeout: float) -> None:
-        if self._queue is None:
-            return
-        self._queue.put_nowait(None)
-        _, late = await asyncio.wait(self._tasks, timeout=timeout)
-        if late:
-            self._call.cancel()
-            for task in self._tasks:  # a writer still waiting for its queue, too
-                task.cancel()
-            await asyncio.wait(self._tasks)
+        # A stream ended with UNAVAILABLE opens the next for what it owed: that one is
+        # finished too (its transactions are second tries, so there is no third).
+        while self._queue is not None:
+            self._queue.put_nowait(None)
+            tasks = self._tasks
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                self._call.cancel()
+                for task in tasks:  # a writer still waiting for its queue, too
+                    task.cancel()
+                await asyncio.wait(tasks)
+                return
+            if self._tasks is tasks:
+                return
 
     def _open(self) -> None:
         self._call = self._method(timeout=3600)
@@ -265,19 +274,25 @@ class _Stream:
         code = "UNANSWERED"
         try:
             async for response in call:
-                due, _ = self._waiting.popleft()
+                due = self._waiting.popleft()[0]
                 self._load.records.append(answered(STREAM, due, self._load.now(), response))
         except grpc.aio.AioRpcError as error:
             code = error.code().name
         except asyncio.CancelledError:
             pass
-        # The call is over: what it still owed failed with its status; later sends reopen.
+        # The call is over: what it still owed goes again on the next stream if it ended
+        # with UNAVAILABLE (once), or failed with its status; later sends reopen.
         queue.put_nowait(None)  # its writer, if waiting for more, ends
         if call is self._call:
             self._queue = None
-        while self._waiting and call is not None:
-            due, transaction_id = self._waiting.popleft()
-            self._load.records.append(Record(STREAM, due, self._load.now(), code, transaction_id))
+        owed = list(self._waiting)
+        self._waiting.clear()
+        for due, transaction_id, payload, again in owed:
+            if code == "UNAVAILABLE" and not again:
+                self.send(payload, due, again=True)
+            else:
+                record = Record(STREAM, due, self._load.now(), code, transaction_id)
+                self._load.records.append(record)
 
 
 def _score(data: bytes) -> scoring_pb2.ScoreResponse:
