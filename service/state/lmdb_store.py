@@ -18,11 +18,13 @@ holds LMDB's writer lock. A transaction for which no block can be reserved is re
 (NoRoomOnDisk: the fallback answer) and nothing is written (`block_reserve`).
 
 Eviction runs outside the scoring path's write lock. Every `_CHECK_EVERY` writes each kind
-of record is counted; one above its bound gets a sweep, the transactions get one every
-time (each write adds one: a sweep reading fewer than one record a write lets those past
-the horizon pile up to the bound), and every kind gets one every `_IDLE_SWEEP_EVERY`
-writes: a read-only pass over the next `_SWEEP_CHUNK` records picks those idle past the
-state horizon and, above the bound, the least recently active of the chunk; a short
+of record is counted; one above its bound gets a sweep, and every kind gets one every
+`_IDLE_SWEEP_EVERY` writes: a read-only pass over the next `_SWEEP_CHUNK` records picks
+those idle past the state horizon and, above the bound, the least recently active of the
+chunk. The transactions, one more with each write, get a sweep of their idle ones of
+`_TRANSACTION_SWEEP_CHUNK` every `_TRANSACTION_SWEEP_EVERY` writes: reading fewer than one
+a write let those past the horizon pile up to the bound (the 15-minute soak), and small
+sweeps often keep each one's pause on the answer it follows short. A short
 write transaction deletes them after checking they did not change
 meanwhile. Each process sweeps from its own place, so workers share the work.
 """
@@ -61,6 +63,8 @@ from service.state.errors import StateMismatch, StateStoreError
 
 _CHECK_EVERY = 256
 _IDLE_SWEEP_EVERY = 16_384
+_TRANSACTION_SWEEP_EVERY = 32
+_TRANSACTION_SWEEP_CHUNK = 128  # four a write
 _SWEEP_CHUNK = 1_024
 _log = structlog.get_logger(__name__)
 _BULK_SWEEP_CHUNK = 16_384
@@ -181,13 +185,17 @@ class LmdbStore:
         """Bookkeeping after a session's own write transaction committed."""
         self._note(session)
         self._writes += 1
-        if self._writes % _CHECK_EVERY == 0:
-            try:
+        try:
+            if self._writes % _CHECK_EVERY == 0:
                 if self._pages_used() > _ROOM_KEPT * self._limits.max_bytes:
                     self._make_room()
                 self.sweep(idle_too=self._writes % _IDLE_SWEEP_EVERY == 0)
-            except lmdb.Error:  # the transaction is counted: its answer must not fail
-                _log.exception("state_sweep_failed")
+            if self._writes % _TRANSACTION_SWEEP_EVERY == 0:
+                oldest = self._latest - self._horizon
+                bound = self._limits.max_transactions
+                self._sweep(_TRANSACTIONS, oldest, bound, True, _TRANSACTION_SWEEP_CHUNK)
+        except lmdb.Error:  # the transaction is counted: its answer must not fail
+            _log.exception("state_sweep_failed")
 
     def _shared(self, session: _Session) -> None:
         """Bookkeeping after a session of the bulk's transaction (see `bulk`)."""
@@ -243,12 +251,13 @@ class LmdbStore:
 
     def sweep(self, *, idle_too: bool = True, chunk: int = _SWEEP_CHUNK) -> None:
         """One eviction step of `chunk` records over each kind of record above its bound,
-        or over every kind with `idle_too`; the transactions' idle ones always (see the
-        module's docstring)."""
+        or over every kind with `idle_too` (see the module's docstring)."""
         oldest = self._latest - self._horizon
-        for kind in EntityKind:
-            self._sweep(kind, oldest, self._limits.max_entities, idle_too, chunk)
-        self._sweep(_TRANSACTIONS, oldest, self._limits.max_transactions, True, chunk)
+        for name, bound in (
+            *((kind, self._limits.max_entities) for kind in EntityKind),
+            (_TRANSACTIONS, self._limits.max_transactions),
+        ):
+            self._sweep(name, oldest, bound, idle_too, chunk)
 
     def _pages_used(self) -> int:
         """Bytes in the pages the records take (free pages left out)."""
