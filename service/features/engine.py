@@ -187,18 +187,13 @@ class FeatureEngine:
         """
         if self._batches is None or len(transactions) == 1:
             return self._admit_each(transactions, decide, previous_card_ids, go_on)
-        batches = self._batches
-        for attempt in range(_ATTEMPTS):
-            try:
-                with batches.batch_session(NO_PLAN, len(transactions)) as session:
-                    done = self._admit_batch(
-                        session, transactions, decide, previous_card_ids, go_on
-                    )
-            except SessionConflict:
-                _back_off(attempt)
-                continue
-            return done
-        raise StateContention(f"{_ATTEMPTS} attempts met other writers")
+        return self._in_session(
+            NO_PLAN,
+            lambda session: self._admit_batch(
+                session, transactions, decide, previous_card_ids, go_on
+            ),
+            batch=len(transactions),
+        )
 
     def record_answer(self, transaction_id: str, answer: ScoreResult) -> None:
         """Keep `answer` for retries of `transaction_id`, counted by `admit` but not answered
@@ -311,11 +306,18 @@ class FeatureEngine:
             admitted[position] = Admitted(features, answer)
         return admitted
 
-    def _in_session(self, plan: SessionPlan, work: Callable[[StateSession], _T]) -> _T:
-        """`work` in a session of `plan`, run again while another writer got in first."""
+    def _in_session(
+        self, plan: SessionPlan, work: Callable[[StateSession], _T], *, batch: int = 0
+    ) -> _T:
+        """`work` in a session of `plan` (with `batch`, one batch session for that many
+        transactions), run again while another writer got in first."""
         for attempt in range(_ATTEMPTS):
             try:
-                with self.store.session(plan) as session:
+                with (
+                    self._batches.batch_session(plan, batch)
+                    if batch and self._batches is not None
+                    else self.store.session(plan)
+                ) as session:
                     done = work(session)
             except SessionConflict:  # another replica wrote one of these first: read again
                 _back_off(attempt)
