@@ -75,7 +75,10 @@ class ClientJob:
     loop). `in_flight`: the cap on unary calls in flight (open loop) or the number kept in
     flight (closed loop). `seconds`: how long a closed loop goes on sending. `timeout`:
     each unary call's deadline, and how long the end of the run waits for late answers.
-    `metadata`: sent with every call (a caller's token).
+    `metadata`: sent with every call (a caller's token). `method`: the path `Score` calls
+    go to instead, on a peer server that is not fraud-serve (MLServer's
+    `/inference.GRPCInferenceService/ModelInfer`): its answers are timed and counted OK,
+    not read as `ScoreResponse`s.
     """
 
     target: str
@@ -88,6 +91,7 @@ class ClientJob:
     connections: int = 1
     streams: int = 1
     metadata: tuple[tuple[str, str], ...] = ()
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,10 @@ class _Sender:
         self._scores: list[tuple[float, float, bytes]] = []
         self._failures: list[str] = []
         self._outcomes: list[str] = []
-        self._score = itertools.cycle([_method(channel, "Score") for channel in channels])
+        self._score = itertools.cycle(
+            [_method(channel, "Score", job.method) for channel in channels]
+        )
+        self._read_answers = job.method is None
         self._outcome = itertools.cycle([_method(channel, "ReportOutcome") for channel in channels])
         streams = job.streams if job.rpc == "stream" else 0
         # The stream's deadline only bounds a run that went wrong: the drain ends it sooner.
@@ -242,7 +249,10 @@ class _Sender:
     def count(self, tally: Tally) -> Tally:
         """Everything that came back, parsed and counted into `tally`."""
         for due, at, payload in self._scores:
-            tally.score_answered(_score_response(payload), due, at)
+            if self._read_answers:
+                tally.score_answered(_score_response(payload), due, at)
+            else:
+                tally.answer_timed(due, at)
         for code in self._failures:
             tally.score_failed(code)
         for code in self._outcomes:
@@ -334,9 +344,11 @@ def _code(error: BaseException) -> str:
     return "UNKNOWN"
 
 
-def _method(channel: grpc.Channel, name: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+def _method(
+    channel: grpc.Channel, name: str, path: str | None = None
+) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
     # No serializers: requests are bytes already, answers stay bytes until the run is over.
-    return channel.unary_unary(f"/{_SERVICE}/{name}")
+    return channel.unary_unary(path or f"/{_SERVICE}/{name}")
 
 
 def _stream_method(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable[bytes, bytes]:

@@ -39,12 +39,17 @@ class Tally:
     ) -> None:
         """A `Score` answer for the call due at `due` came at `answered` (both
         `perf_counter()` values)."""
+        self.answer_timed(due, answered)
+        self.decisions[_DECISIONS.get(response.decision, str(response.decision))] += 1
+        self.fallbacks += response.decision_source == scoring_pb2.DECISION_SOURCE_FALLBACK
+
+    def answer_timed(self, due: float, answered: float) -> None:
+        """An OK answer for the call due at `due` came at `answered`, not read: a peer
+        server's, which has no decision to count."""
         at = answered - self.start
         self.latency.record(answered - due, at)
         self.last_answer = max(self.last_answer, at)
         self.statuses[OK] += 1
-        self.decisions[_DECISIONS.get(response.decision, str(response.decision))] += 1
-        self.fallbacks += response.decision_source == scoring_pb2.DECISION_SOURCE_FALLBACK
 
     def score_failed(self, code: str) -> None:
         """A `Score` call ended with status `code`."""

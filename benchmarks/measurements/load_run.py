@@ -56,7 +56,8 @@ class LoadSettings:
     most `max_in_flight` unary calls in flight per process (stream messages are not
     capped). Closed loop: `in_flight` calls in flight in all, for `seconds` or until the
     calls run out. `connections` and `streams` are per process; `timeout` is each unary
-    call's deadline and the time the end of the run waits for late answers.
+    call's deadline and the time the end of the run waits for late answers. `method`:
+    the path unary `Score` calls go to instead, on a peer server (`ClientJob.method`).
     """
 
     target: str
@@ -72,6 +73,7 @@ class LoadSettings:
     streams: int = 4
     timeout: float = 1.0
     seed: int = 0
+    method: str | None = None
 
     def __post_init__(self) -> None:
         for address in self.target.split(","):  # several: replicas balanced one by one
@@ -91,6 +93,8 @@ class LoadSettings:
             raise ValueError(f"in_flight must be processes to {MAX_IN_FLIGHT}; max_in_flight 1+")
         if self.connections < 1 or self.streams < 1 or self.timeout <= 0:
             raise ValueError("connections and streams must be 1 or more, timeout above 0")
+        if self.method is not None and self.rpc != "unary":
+            raise ValueError("a peer server's method is called unary only")
 
     def calls_needed(self) -> int:
         """Calls an open-loop run sends (a closed loop sends what it has time for)."""
@@ -208,6 +212,7 @@ def client_jobs(
             connections=settings.connections,
             streams=settings.streams,
             metadata=metadata,
+            method=settings.method,
         )
         for k in range(processes)
     ]
