@@ -4,12 +4,12 @@ behind them, to measure what gRPC alone costs, with the same harness as the real
     python -m benchmarks.servers.floor --kind empty --port N
     python -m benchmarks.servers.floor --kind onnx --model ARTIFACT/model.onnx --port N
 
-`empty`: `Score` returns one fixed `ScoreResponse` (built once), `ScoreStream` returns it
-for every message, `ReportOutcome` returns an empty answer. `onnx`: the same, except that
-each transaction first runs single-row ONNX inference of the model
-(`benchmarks.measurements.onnx_floor.SingleRowModel`: the server's own `OnnxScorer`) and the
-answer carries its score. That is the "bare gRPC + ONNX" floor the scoring server's CPU
-per request is compared against.
+`empty`: `Score` returns one fixed `ScoreResponse` (built once), `ScoreStream` and
+`ScoreBatch` return it for every transaction, `ReportOutcome` returns an empty answer.
+`onnx`: the same, except that each transaction first runs single-row ONNX inference of the
+model (`benchmarks.measurements.onnx_floor.SingleRowModel`: the server's own `OnnxScorer`)
+and the answer carries its score. That is the "bare gRPC + ONNX" floor the scoring server's
+CPU per request is compared against.
 
 Listens on 127.0.0.1 only, with standard grpc.health.v1 health checking (SERVING once the
 model is loaded), one grpc.aio event loop as `fraud-serve` has. SIGTERM or SIGINT stops it
@@ -42,6 +42,9 @@ _SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
 _Context = grpc.aio.ServicerContext[scoring_pb2.ScoreRequest, scoring_pb2.ScoreResponse]
 _OutcomeContext = grpc.aio.ServicerContext[scoring_pb2.OutcomeRequest, scoring_pb2.OutcomeResponse]
 _InfoContext = grpc.aio.ServicerContext[scoring_pb2.GetModelInfoRequest, scoring_pb2.ModelInfo]
+_BatchContext = grpc.aio.ServicerContext[
+    scoring_pb2.ScoreBatchRequest, scoring_pb2.ScoreBatchResponse
+]
 
 
 class SingleRowModel:
@@ -82,6 +85,14 @@ class EmptyFloorServicer(scoring_pb2_grpc.FraudScoringServicer):
         """One answer per message, in order."""
         async for request in request_iterator:
             yield self.answer(request)
+
+    async def ScoreBatch(
+        self, request: scoring_pb2.ScoreBatchRequest, context: _BatchContext
+    ) -> scoring_pb2.ScoreBatchResponse:
+        """One answer per transaction, in order."""
+        response = scoring_pb2.ScoreBatchResponse()
+        response.results.extend([self.answer(one) for one in request.transactions])
+        return response
 
     async def ReportOutcome(
         self, request: scoring_pb2.OutcomeRequest, context: _OutcomeContext

@@ -320,8 +320,8 @@ class AdminSettings(_Group):
 
 
 Role = Literal["score", "report", "read-model", "admin"]
-"""What a caller may do: `score` (Score, ScoreStream), `report` (ReportOutcome), `read-model`
-(GetModelInfo), `admin` (the `fraud.v1.ModelAdmin` service)."""
+"""What a caller may do: `score` (Score, ScoreStream, ScoreBatch), `report` (ReportOutcome),
+`read-model` (GetModelInfo), `admin` (the `fraud.v1.ModelAdmin` service)."""
 
 _CALLER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -338,7 +338,7 @@ class CallerSettings(_Group):
     letters, digits, `.`, `_` and `-`, at most 64 characters."""
 
     roles: list[Role] = Field(min_length=1)
-    """What it may call: `score` (Score, ScoreStream), `report` (ReportOutcome),
+    """What it may call: `score` (Score, ScoreStream, ScoreBatch), `report` (ReportOutcome),
     `read-model` (GetModelInfo), `admin` (`fraud.v1.ModelAdmin`). Health checks and
     reflection need no role."""
 
@@ -530,6 +530,13 @@ class ConnectionSettings(_Group):
     alone). 32 bounds the time one batch holds the event loop to a few milliseconds; 1
     scores a stream one transaction at a time (benchmarks/RESULTS.md, "ScoreStream in
     batches")."""
+
+    batch_max_transactions: int = Field(default=64, ge=1)
+    """Transactions one ScoreBatch call may carry; a larger batch is refused whole with
+    INVALID_ARGUMENT naming this setting. A batch holds the event loop while it is scored
+    (about 0.1 ms a transaction), so 64 keeps that to a few milliseconds, and 64
+    transactions with every id at its longest still fit `server.max_message_bytes` (64 KiB:
+    raise it with this, or gRPC refuses a larger request with RESOURCE_EXHAUSTED)."""
 
 
 class LoggingSettings(_Group):

@@ -237,10 +237,18 @@ class Scorer(Generic[ModelT]):
             raise ModelUnavailable("no model is loaded and the fallback is disabled")
         return self._count_one(planned, model, book)
 
-    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+    def score_batch(
+        self,
+        requests: Sequence[tuple[RawTransaction, float | None]],
+        *,
+        validate_all_first: bool = False,
+    ) -> BatchAnswers:
         """The decisions for a stream's transactions (each with its `score` deadline), in
         order, equal to `score`'s one after the other; the first that fails ends the batch
         (its error is returned after the answers before it, nothing after it is counted).
+        With `validate_all_first` (a unary batch, answered whole or not at all), every
+        transaction is validated before any is counted: one that fails validation fails the
+        batch with no answer and nothing counted (`failed_at` its position).
 
         The transactions are counted in one feature-state session where the store allows
         it, each seeing those before it, and the model scores those counted in one call.
@@ -250,7 +258,8 @@ class Scorer(Generic[ModelT]):
         batch is scored one by one.
         """
         batches = self._batches
-        if len(requests) == 1 or self._fallback.mode == "disabled" or batches is None:
+        each_alone = len(requests) == 1 or self._fallback.mode == "disabled" or batches is None
+        if each_alone and not validate_all_first:
             return self._one_by_one(requests)
         book = None if self._rules is None else self._rules.current
         now_ns = time.time_ns()
@@ -260,8 +269,12 @@ class Scorer(Generic[ModelT]):
             try:
                 planned.append(self._plan(raw, deadline, now_ns, book))
             except Exception as failure:  # that transaction's error, after the ones before
+                if validate_all_first:
+                    return BatchAnswers([], failure, len(planned))
                 error = failure
                 break
+        if each_alone or batches is None:
+            return self._count_each(planned, book)
         model = self._models.current
         counted = [one for one in planned if one.uncounted is None]
         admitted = self._admit_batch(batches, counted, model, book) if counted else []
@@ -285,6 +298,22 @@ class Scorer(Generic[ModelT]):
 
     def _one_by_one(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
         return score_one_by_one(self.score, requests)
+
+    def _count_each(self, planned: Sequence[_Planned], book: RuleBook | None) -> BatchAnswers:
+        """`score`'s work after validation, for each of `planned` in turn, until one fails."""
+        answers: list[ScoreResult] = []
+        for one in planned:
+            try:
+                if one.uncounted is not None:
+                    answers.append(self._answer_planned_uncounted(one, one.uncounted, book))
+                    continue
+                model = self._models.current
+                if model is None and self._fallback.mode == "disabled":
+                    raise ModelUnavailable("no model is loaded and the fallback is disabled")
+                answers.append(self._count_one(one, model, book))
+            except Exception as failure:
+                return BatchAnswers(answers, failure)
+        return BatchAnswers(answers)
 
     def _plan(
         self, raw: RawTransaction, deadline: float | None, now_ns: int, book: RuleBook | None
@@ -652,10 +681,17 @@ class Scorer(Generic[ModelT]):
 @dataclass(frozen=True, slots=True)
 class BatchAnswers:
     """The answers to a batch's first transactions, in order, and what the next one failed
-    with (None when every one was answered)."""
+    with (None when every one was answered): the one at `failed_at`, or when None, the one
+    after the answers."""
 
     answers: list[ScoreResult]
     error: Exception | None = None
+    failed_at: int | None = None
+
+    @property
+    def failed_position(self) -> int:
+        """The position in the batch of the transaction that failed (with `error`)."""
+        return len(self.answers) if self.failed_at is None else self.failed_at
 
 
 def score_one_by_one(

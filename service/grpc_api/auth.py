@@ -57,6 +57,7 @@ _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"]
 _ROLE_BY_NAME: dict[str, Role] = {
     "Score": "score",
     "ScoreStream": "score",
+    "ScoreBatch": "score",
     "ReportOutcome": "report",
     "GetModelInfo": "read-model",
     "ListModels": "admin",

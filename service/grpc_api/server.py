@@ -19,12 +19,13 @@ clients pinging more often than `server.min_client_ping_seconds` are sent away a
 
 Backlog: calls arrived but not yet picked up by the event loop wait in gRPC's core, in a
 queue per method of the generated services (registered with the core: Score, ScoreStream,
-ReportOutcome, GetModelInfo, the admin methods) and one for the rest (health, reflection),
-so a flood of Score calls does not refuse health checks. Beyond `server.max_pending_calls`
-calls in a queue, gRPC's core refuses a new one at once, in C, with no Python work: grpcio's
-server resets its HTTP/2 stream, which the client sees as CANCELLED (not RESOURCE_EXHAUSTED,
-which only the promise-based server of gRPC's core would send, and grpcio does not use
-it). The server's metrics never see those calls; its clients' error counts do.
+ScoreBatch, ReportOutcome, GetModelInfo, the admin methods) and one for the rest (health,
+reflection), so a flood of Score calls does not refuse health checks. Beyond
+`server.max_pending_calls` calls in a queue, gRPC's core refuses a new one at once, in C,
+with no Python work: grpcio's server resets its HTTP/2 stream, which the client sees as
+CANCELLED (not RESOURCE_EXHAUSTED, which only the promise-based server of gRPC's core would
+send, and grpcio does not use it). The server's metrics never see those calls; its clients'
+error counts do.
 
 Port sharing: with `server.workers` above 1, several processes bind the same port
 (SO_REUSEPORT) and the kernel spreads connections among them; they share the feature
@@ -117,6 +118,7 @@ def build_server(
         budget_seconds=settings.budget.server_budget_ms / 1000,
         log_sampler=RequestLogSampler(settings.logging.sample_rate),
         stream_max_batch=settings.connections.stream_max_batch,
+        batch_max_transactions=settings.connections.batch_max_transactions,
     )
     rate_limits = {
         REPORT_OUTCOME_METHOD: CallerRateLimits("ReportOutcome", report_rates(settings)),

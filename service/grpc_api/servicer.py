@@ -54,6 +54,7 @@ from service.core.errors import (
 )
 from service.core.scoring import BatchAnswers
 from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
+from service.grpc_api.batch_call import BatchCalls, to_score_batch_response
 from service.grpc_api.converters import (
     to_model_info,
     to_raw_outcome,
@@ -84,7 +85,10 @@ STATUS_BY_ERROR: tuple[tuple[type[ScoringError], grpc.StatusCode], ...] = (
 ScoreContext = grpc.aio.ServicerContext[scoring_pb2.ScoreRequest, scoring_pb2.ScoreResponse]
 OutcomeContext = grpc.aio.ServicerContext[scoring_pb2.OutcomeRequest, scoring_pb2.OutcomeResponse]
 InfoContext = grpc.aio.ServicerContext[scoring_pb2.GetModelInfoRequest, scoring_pb2.ModelInfo]
-AnyContext = ScoreContext | OutcomeContext | InfoContext
+BatchContext = grpc.aio.ServicerContext[
+    scoring_pb2.ScoreBatchRequest, scoring_pb2.ScoreBatchResponse
+]
+AnyContext = ScoreContext | OutcomeContext | InfoContext | BatchContext
 
 _log = structlog.get_logger(__name__)
 
@@ -95,9 +99,14 @@ class ScoringCore(Protocol):
     def score(self, raw: RawTransaction, *, deadline: float | None) -> ScoreResult:
         """The decision for `raw`, answered by fallback once `time.monotonic()` > deadline."""
 
-    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+    def score_batch(
+        self,
+        requests: Sequence[tuple[RawTransaction, float | None]],
+        *,
+        validate_all_first: bool = False,
+    ) -> BatchAnswers:
         """`score` of each (request, deadline) in order; the answers until the first that
-        failed, and its error."""
+        failed, and its error (with `validate_all_first`, none if one is invalid)."""
 
     def report_outcome(self, raw: RawOutcome) -> None:
         """Count a confirmed label from its report time on."""
@@ -162,13 +171,16 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
         budget_seconds: float,
         log_sampler: RequestLogSampler,
         stream_max_batch: int = 32,
+        batch_max_transactions: int = 64,
     ) -> None:
         """Serve `scorer`, answering each transaction within `budget_seconds` of arrival, a
-        stream's in batches of at most `stream_max_batch`."""
+        stream's in batches of at most `stream_max_batch`, a ScoreBatch call's of at most
+        `batch_max_transactions` (`service.grpc_api.batch_call`)."""
         self._scorer = scorer
         self._budget = budget_seconds
         self._sampler = log_sampler
         self._max_batch = stream_max_batch
+        self._batch_calls = BatchCalls(scorer, batch_max_transactions)
 
     async def Score(
         self, request: scoring_pb2.ScoreRequest, context: ScoreContext
@@ -228,6 +240,21 @@ class FraudScoringServicer(scoring_pb2_grpc.FraudScoringServicer):
                 return requests, failure
             requests.append((raw, deadline))
         return requests, None
+
+    async def ScoreBatch(
+        self, request: scoring_pb2.ScoreBatchRequest, context: BatchContext
+    ) -> scoring_pb2.ScoreBatchResponse:
+        """Scores a batch's transactions in order, all validated before any is counted."""
+        arrived = call_arrival()
+        remaining = context.time_remaining()
+        deadline = answer_by(arrived, time.monotonic(), self._budget, remaining)
+        scored = self._batch_calls.score(request, deadline)
+        call_log = _CallLog(context)
+        if scored.error is not None:
+            await self._fail(call_log, context, "ScoreBatch", scored.error, scored.where)
+        for result in scored.answers:
+            self._log_answer("ScoreBatch", result, arrived, call_log)
+        return to_score_batch_response(scored.answers)
 
     async def ReportOutcome(
         self, request: scoring_pb2.OutcomeRequest, context: OutcomeContext

@@ -61,7 +61,7 @@ STAGE_BUCKETS = (
 )  # fmt: skip
 STAGE_TIMING_EVERY: Final = 16
 SCORING_SERVICE = "/fraud.v1.FraudScoring/"
-SCORING_RPCS = ("Score", "ScoreStream", "ReportOutcome", "GetModelInfo")
+SCORING_RPCS = ("Score", "ScoreStream", "ScoreBatch", "ReportOutcome", "GetModelInfo")
 
 RPC_DURATION = Histogram(
     "fraud_rpc_duration_seconds",
@@ -86,6 +86,12 @@ STREAM_BATCH_SIZE = Histogram(
     "ScoreStream transactions scored together: those waiting when the server came round to "
     "the stream (at most connections.stream_max_batch).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_SIZE = Histogram(
+    "fraud_batch_size",
+    "ScoreBatch transactions per call (at most connections.batch_max_transactions; a call "
+    "refused for its size is not observed).",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 SHED = Counter("fraud_shed", "Scoring RPCs refused at once because too many were in flight.")
 FALLBACKS = Counter(

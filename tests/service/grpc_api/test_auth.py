@@ -173,6 +173,10 @@ def _call(channel: grpc.Channel, method: str, metadata: Metadata) -> grpc.Status
         "ScoreStream": lambda: list(
             scoring.ScoreStream(iter([_request(f"tx-{next(_numbers)}")]), **options)
         ),
+        "ScoreBatch": lambda: scoring.ScoreBatch(
+            scoring_pb2.ScoreBatchRequest(transactions=[_request(f"tx-{next(_numbers)}")]),
+            **options,
+        ),
         "ReportOutcome": lambda: scoring.ReportOutcome(
             build_outcome_request(SCORED_EARLIER, True, datetime.now(UTC)), **options
         ),
@@ -303,6 +307,7 @@ def test_the_matrix_covers_every_method_and_role() -> None:
     assert set(METHODS) == {
         "Score",
         "ScoreStream",
+        "ScoreBatch",
         "ReportOutcome",
         "GetModelInfo",
         "ListModels",
@@ -512,6 +517,7 @@ def test_without_callers_the_scoring_methods_are_open_and_the_server_says_so(
     assert statuses == {
         "Score": Status.OK,
         "ScoreStream": Status.OK,
+        "ScoreBatch": Status.OK,
         "ReportOutcome": Status.OK,
         "GetModelInfo": Status.OK,
         "ListModels": Status.UNIMPLEMENTED,

@@ -55,7 +55,12 @@ class CountingCore:
             raw.transaction_id, 0.01, Decision.APPROVE, (), "v1", DecisionSource.MODEL, None
         )
 
-    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+    def score_batch(
+        self,
+        requests: Sequence[tuple[RawTransaction, float | None]],
+        *,
+        validate_all_first: bool = False,
+    ) -> BatchAnswers:
         return score_one_by_one(self.score, requests)
 
     def report_outcome(self, raw: RawOutcome) -> None:

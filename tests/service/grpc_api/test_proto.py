@@ -41,6 +41,8 @@ SCORING_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
         "country": (11, STRING),
     },
     "ScoreRequest": {"transaction": (1, MESSAGE)},
+    "ScoreBatchRequest": {"transactions": (1, MESSAGE)},
+    "ScoreBatchResponse": {"results": (1, MESSAGE)},
     "Reason": {"code": (1, STRING), "feature": (2, STRING), "contribution": (3, DOUBLE)},
     "ScoreResponse": {
         "transaction_id": (1, STRING),
@@ -134,6 +136,7 @@ ENUMS: dict[str, dict[str, int]] = {
 SCORING_METHODS = {
     "Score": ("ScoreRequest", "ScoreResponse", False, False),
     "ScoreStream": ("ScoreRequest", "ScoreResponse", True, True),
+    "ScoreBatch": ("ScoreBatchRequest", "ScoreBatchResponse", False, False),
     "ReportOutcome": ("OutcomeRequest", "OutcomeResponse", False, False),
     "GetModelInfo": ("GetModelInfoRequest", "ModelInfo", False, False),
 }

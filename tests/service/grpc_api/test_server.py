@@ -487,7 +487,12 @@ class _BrokenCore:
     def score(self, raw: RawTransaction, *, deadline: float | None) -> ScoreResult:
         raise RuntimeError(f"cannot score card {raw.card_id}")
 
-    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+    def score_batch(
+        self,
+        requests: Sequence[tuple[RawTransaction, float | None]],
+        *,
+        validate_all_first: bool = False,
+    ) -> BatchAnswers:
         return score_one_by_one(self.score, requests)
 
     def report_outcome(self, raw: RawOutcome) -> None:

@@ -42,7 +42,12 @@ class RecordingCore:
     def score(self, raw: RawTransaction, *, deadline: float | None) -> ScoreResult:
         raise AssertionError("a stream's transactions come in batches")
 
-    def score_batch(self, requests: Sequence[tuple[RawTransaction, float | None]]) -> BatchAnswers:
+    def score_batch(
+        self,
+        requests: Sequence[tuple[RawTransaction, float | None]],
+        *,
+        validate_all_first: bool = False,
+    ) -> BatchAnswers:
         now = time.monotonic()
         answers = []
         for raw, deadline in requests:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.service/grpc_api/_proto/fraud/v1/scoring.proto\x12\x08\x66raud.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x13\n\x0bterminal_id\x18\x03 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12-\n\ttimestamp\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03mcc\x18\x08 \x01(\r\x12\'\n\nentry_mode\x18\t \x01(\x0e\x32\x13.fraud.v1.EntryMode\x12\x19\n\x0c\x63\x61rd_present\x18\n \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07\x63ountry\x18\x0b \x01(\tB\x0f\n\r_card_present\":\n\x0cScoreRequest\x12*\n\x0btransaction\x18\x01 \x01(\x0b\x32\x15.fraud.v1.Transaction\"=\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\x8a\x02\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12$\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x12.fraud.v1.Decision\x12!\n\x07reasons\x18\x04 \x03(\x0b\x32\x10.fraud.v1.Reason\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x31\n\x0f\x64\x65\x63ision_source\x18\x06 \x01(\x0e\x32\x18.fraud.v1.DecisionSource\x12\x17\n\x0f\x66\x61llback_reason\x18\x07 \x01(\t\x12\x0f\n\x07rule_id\x18\x08 \x01(\t\x12\x15\n\rrules_version\x18\t \x01(\t\"k\n\x0eOutcomeRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x10\n\x08is_fraud\x18\x02 \x01(\x08\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fOutcomeResponse\"\x15\n\x13GetModelInfoRequest\",\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xd2\x03\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x66\x65\x61ture_engine_version\x18\x03 \x01(\x05\x12#\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x11.fraud.v1.Feature\x12\x18\n\x10review_threshold\x18\x05 \x01(\x01\x12\x19\n\x11\x64\x65\x63line_threshold\x18\x06 \x01(\x01\x12\x18\n\x10threshold_policy\x18\x07 \x01(\t\x12:\n\x0ctest_metrics\x18\x08 \x03(\x0b\x32$.fraud.v1.ModelInfo.TestMetricsEntry\x12\x46\n\x12training_libraries\x18\t \x03(\x0b\x32*.fraud.v1.ModelInfo.TrainingLibrariesEntry\x1a\x32\n\x10TestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x38\n\x16TrainingLibrariesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa3\x01\n\tEntryMode\x12\x1a\n\x16\x45NTRY_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45NTRY_MODE_CHIP\x10\x01\x12\x1a\n\x16\x45NTRY_MODE_CONTACTLESS\x10\x02\x12\x18\n\x14\x45NTRY_MODE_MAGSTRIPE\x10\x03\x12\x15\n\x11\x45NTRY_MODE_MANUAL\x10\x04\x12\x18\n\x14\x45NTRY_MODE_ECOMMERCE\x10\x05*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x02\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x03*\x84\x01\n\x0e\x44\x65\x63isionSource\x12\x1f\n\x1b\x44\x45\x43ISION_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45\x43ISION_SOURCE_MODEL\x10\x01\x12\x1c\n\x18\x44\x45\x43ISION_SOURCE_FALLBACK\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_SOURCE_RULE\x10\x03\x32\x96\x02\n\x0c\x46raudScoring\x12\x38\n\x05Score\x12\x16.fraud.v1.ScoreRequest\x1a\x17.fraud.v1.ScoreResponse\x12\x42\n\x0bScoreStream\x12\x16.fraud.v1.ScoreRequest\x1a\x17.fraud.v1.ScoreResponse(\x01\x30\x01\x12\x44\n\rReportOutcome\x12\x18.fraud.v1.OutcomeRequest\x1a\x19.fraud.v1.OutcomeResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.fraud.v1.GetModelInfoRequest\x1a\x13.fraud.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.service/grpc_api/_proto/fraud/v1/scoring.proto\x12\x08\x66raud.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x13\n\x0bterminal_id\x18\x03 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12-\n\ttimestamp\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03mcc\x18\x08 \x01(\r\x12\'\n\nentry_mode\x18\t \x01(\x0e\x32\x13.fraud.v1.EntryMode\x12\x19\n\x0c\x63\x61rd_present\x18\n \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07\x63ountry\x18\x0b \x01(\tB\x0f\n\r_card_present\":\n\x0cScoreRequest\x12*\n\x0btransaction\x18\x01 \x01(\x0b\x32\x15.fraud.v1.Transaction\"A\n\x11ScoreBatchRequest\x12,\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x16.fraud.v1.ScoreRequest\"=\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\x8a\x02\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12$\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x12.fraud.v1.Decision\x12!\n\x07reasons\x18\x04 \x03(\x0b\x32\x10.fraud.v1.Reason\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x31\n\x0f\x64\x65\x63ision_source\x18\x06 \x01(\x0e\x32\x18.fraud.v1.DecisionSource\x12\x17\n\x0f\x66\x61llback_reason\x18\x07 \x01(\t\x12\x0f\n\x07rule_id\x18\x08 \x01(\t\x12\x15\n\rrules_version\x18\t \x01(\t\">\n\x12ScoreBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.fraud.v1.ScoreResponse\"k\n\x0eOutcomeRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x10\n\x08is_fraud\x18\x02 \x01(\x08\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fOutcomeResponse\"\x15\n\x13GetModelInfoRequest\",\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xd2\x03\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x66\x65\x61ture_engine_version\x18\x03 \x01(\x05\x12#\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x11.fraud.v1.Feature\x12\x18\n\x10review_threshold\x18\x05 \x01(\x01\x12\x19\n\x11\x64\x65\x63line_threshold\x18\x06 \x01(\x01\x12\x18\n\x10threshold_policy\x18\x07 \x01(\t\x12:\n\x0ctest_metrics\x18\x08 \x03(\x0b\x32$.fraud.v1.ModelInfo.TestMetricsEntry\x12\x46\n\x12training_libraries\x18\t \x03(\x0b\x32*.fraud.v1.ModelInfo.TrainingLibrariesEntry\x1a\x32\n\x10TestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x38\n\x16TrainingLibrariesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa3\x01\n\tEntryMode\x12\x1a\n\x16\x45NTRY_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45NTRY_MODE_CHIP\x10\x01\x12\x1a\n\x16\x45NTRY_MODE_CONTACTLESS\x10\x02\x12\x18\n\x14\x45NTRY_MODE_MAGSTRIPE\x10\x03\x12\x15\n\x11\x45NTRY_MODE_MANUAL\x10\x04\x12\x18\n\x14\x45NTRY_MODE_ECOMMERCE\x10\x05*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x02\x12\x14\n\x10\x44\x45\x43ISION_DECLINE\x10\x03*\x84\x01\n\x0e\x44\x65\x63isionSource\x12\x1f\n\x1b\x44\x45\x43ISION_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45\x43ISION_SOURCE_MODEL\x10\x01\x12\x1c\n\x18\x44\x45\x43ISION_SOURCE_FALLBACK\x10\x02\x12\x18\n\x14\x44\x45\x43ISION_SOURCE_RULE\x10\x03\x32\xdf\x02\n\x0c\x46raudScoring\x12\x38\n\x05Score\x12\x16.fraud.v1.ScoreRequest\x1a\x17.fraud.v1.ScoreResponse\x12\x42\n\x0bScoreStream\x12\x16.fraud.v1.ScoreRequest\x1a\x17.fraud.v1.ScoreResponse(\x01\x30\x01\x12G\n\nScoreBatch\x12\x1b.fraud.v1.ScoreBatchRequest\x1a\x1c.fraud.v1.ScoreBatchResponse\x12\x44\n\rReportOutcome\x12\x18.fraud.v1.OutcomeRequest\x1a\x19.fraud.v1.OutcomeResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.fraud.v1.GetModelInfoRequest\x1a\x13.fraud.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_TESTMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFO_TRAININGLIBRARIESENTRY']._loaded_options = None
   _globals['_MODELINFO_TRAININGLIBRARIESENTRY']._serialized_options = b'8\001'
-  _globals['_ENTRYMODE']._serialized_start=1453
-  _globals['_ENTRYMODE']._serialized_end=1616
-  _globals['_DECISION']._serialized_start=1618
-  _globals['_DECISION']._serialized_end=1719
-  _globals['_DECISIONSOURCE']._serialized_start=1722
-  _globals['_DECISIONSOURCE']._serialized_end=1854
+  _globals['_ENTRYMODE']._serialized_start=1584
+  _globals['_ENTRYMODE']._serialized_end=1747
+  _globals['_DECISION']._serialized_start=1749
+  _globals['_DECISION']._serialized_end=1850
+  _globals['_DECISIONSOURCE']._serialized_start=1853
+  _globals['_DECISIONSOURCE']._serialized_end=1985
   _globals['_TRANSACTION']._serialized_start=94
   _globals['_TRANSACTION']._serialized_end=392
   _globals['_SCOREREQUEST']._serialized_start=394
   _globals['_SCOREREQUEST']._serialized_end=452
-  _globals['_REASON']._serialized_start=454
-  _globals['_REASON']._serialized_end=515
-  _globals['_SCORERESPONSE']._serialized_start=518
-  _globals['_SCORERESPONSE']._serialized_end=784
-  _globals['_OUTCOMEREQUEST']._serialized_start=786
-  _globals['_OUTCOMEREQUEST']._serialized_end=893
-  _globals['_OUTCOMERESPONSE']._serialized_start=895
-  _globals['_OUTCOMERESPONSE']._serialized_end=912
-  _globals['_GETMODELINFOREQUEST']._serialized_start=914
-  _globals['_GETMODELINFOREQUEST']._serialized_end=935
-  _globals['_FEATURE']._serialized_start=937
-  _globals['_FEATURE']._serialized_end=981
-  _globals['_MODELINFO']._serialized_start=984
-  _globals['_MODELINFO']._serialized_end=1450
-  _globals['_MODELINFO_TESTMETRICSENTRY']._serialized_start=1342
-  _globals['_MODELINFO_TESTMETRICSENTRY']._serialized_end=1392
-  _globals['_MODELINFO_TRAININGLIBRARIESENTRY']._serialized_start=1394
-  _globals['_MODELINFO_TRAININGLIBRARIESENTRY']._serialized_end=1450
-  _globals['_FRAUDSCORING']._serialized_start=1857
-  _globals['_FRAUDSCORING']._serialized_end=2135
+  _globals['_SCOREBATCHREQUEST']._serialized_start=454
+  _globals['_SCOREBATCHREQUEST']._serialized_end=519
+  _globals['_REASON']._serialized_start=521
+  _globals['_REASON']._serialized_end=582
+  _globals['_SCORERESPONSE']._serialized_start=585
+  _globals['_SCORERESPONSE']._serialized_end=851
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=853
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=915
+  _globals['_OUTCOMEREQUEST']._serialized_start=917
+  _globals['_OUTCOMEREQUEST']._serialized_end=1024
+  _globals['_OUTCOMERESPONSE']._serialized_start=1026
+  _globals['_OUTCOMERESPONSE']._serialized_end=1043
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1045
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1066
+  _globals['_FEATURE']._serialized_start=1068
+  _globals['_FEATURE']._serialized_end=1112
+  _globals['_MODELINFO']._serialized_start=1115
+  _globals['_MODELINFO']._serialized_end=1581
+  _globals['_MODELINFO_TESTMETRICSENTRY']._serialized_start=1473
+  _globals['_MODELINFO_TESTMETRICSENTRY']._serialized_end=1523
+  _globals['_MODELINFO_TRAININGLIBRARIESENTRY']._serialized_start=1525
+  _globals['_MODELINFO_TRAININGLIBRARIESENTRY']._serialized_end=1581
+  _globals['_FRAUDSCORING']._serialized_start=1988
+  _globals['_FRAUDSCORING']._serialized_end=2339
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,9 @@
 isort:skip_file
 Real-time card fraud scoring.
 
-A point-of-sale or issuer backend calls Score (or ScoreStream) for every card swipe and
-gets back a fraud score, a decision, the reasons and the model version that decided.
+A point-of-sale or issuer backend calls Score (or ScoreStream, or ScoreBatch) for every
+card swipe and gets back a fraud score, a decision, the reasons and the model version
+that decided.
 Confirmed outcomes (chargebacks, analyst verdicts) come back through ReportOutcome.
 
 Compatibility: field numbers are never reused or renumbered; new fields are optional
@@ -203,6 +204,28 @@ class ScoreRequest(_message.Message):
 Global___ScoreRequest: _TypeAlias = ScoreRequest  # noqa: Y015
 
 @_typing.final
+class ScoreBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreRequest]:
+        """The transactions, scored in this order. At most connections.batch_max_transactions."""
+
+    def __init__(
+        self,
+        *,
+        transactions: _abc.Iterable[Global___ScoreRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transactions", b"transactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreBatchRequest: _TypeAlias = ScoreBatchRequest  # noqa: Y015
+
+@_typing.final
 class Reason(_message.Message):
     """Why the model leaned the way it did: one feature's contribution to the score."""
 
@@ -285,6 +308,28 @@ class ScoreResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreResponse: _TypeAlias = ScoreResponse  # noqa: Y015
+
+@_typing.final
+class ScoreBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreResponse]:
+        """One result per transaction, in the order of the request's transactions."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ScoreResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreBatchResponse: _TypeAlias = ScoreBatchResponse  # noqa: Y015
 
 @_typing.final
 class OutcomeRequest(_message.Message):

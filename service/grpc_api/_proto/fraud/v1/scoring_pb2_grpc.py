@@ -28,10 +28,10 @@ if _version_not_supported:
 class FraudScoringStub:
     """The fraud-scoring service.
 
-    Every method needs a caller holding its role (docs/security.md): `score` for Score and
-    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
-    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
-    client certificate. With no caller configured (development), every method is open.
+    Every method needs a caller holding its role (docs/security.md): `score` for Score,
+    ScoreStream and ScoreBatch, `report` for ReportOutcome, `read-model` for GetModelInfo.
+    A caller proves who it is by a bearer token (metadata `authorization: Bearer <token>`)
+    or its mutual-TLS client certificate. With no caller configured (development), every method is open.
     Any call, a stream's opening included, may end CANCELLED though its caller did not
     cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
@@ -52,6 +52,11 @@ class FraudScoringStub:
                 request_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ScoreBatch = channel.unary_unary(
+                '/fraud.v1.FraudScoring/ScoreBatch',
+                request_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreBatchRequest.SerializeToString,
+                response_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreBatchResponse.FromString,
+                _registered_method=True)
         self.ReportOutcome = channel.unary_unary(
                 '/fraud.v1.FraudScoring/ReportOutcome',
                 request_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.OutcomeRequest.SerializeToString,
@@ -67,10 +72,10 @@ class FraudScoringStub:
 class FraudScoringServicer:
     """The fraud-scoring service.
 
-    Every method needs a caller holding its role (docs/security.md): `score` for Score and
-    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
-    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
-    client certificate. With no caller configured (development), every method is open.
+    Every method needs a caller holding its role (docs/security.md): `score` for Score,
+    ScoreStream and ScoreBatch, `report` for ReportOutcome, `read-model` for GetModelInfo.
+    A caller proves who it is by a bearer token (metadata `authorization: Bearer <token>`)
+    or its mutual-TLS client certificate. With no caller configured (development), every method is open.
     Any call, a stream's opening included, may end CANCELLED though its caller did not
     cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
@@ -104,6 +109,34 @@ class FraudScoringServicer:
         itself may end with UNAUTHENTICATED or PERMISSION_DENIED (as for Score, before any
         transaction is read), RESOURCE_EXHAUSTED (too many streams open: retry with backoff) or
         UNAVAILABLE (idle or open too long: open a new stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScoreBatch(self, request, context):
+        """Scores a batch of transactions in one unary call, for backends that batch already:
+        the results answer the transactions in the order given, each exactly as Score would
+        have answered it called one by one in that order (each transaction is counted seeing
+        the ones before it, those earlier in the batch included). Retrying the same batch is
+        safe: each transaction is idempotent by its transaction_id, so the retry gets the same
+        answers and nothing is counted twice. An empty batch gets an empty answer.
+        Validation is all or nothing: a transaction that fails it fails the whole call with
+        INVALID_ARGUMENT naming it by its position in the batch, from 0, and the field
+        ("transaction #3: transaction.amount_minor: must be 0 or more"), and nothing in the batch
+        is counted. A batch of more than the server's limit (connections.batch_max_transactions,
+        64 by default) is INVALID_ARGUMENT naming the limit, nothing counted; a request above
+        the server's message size (server.max_message_bytes, 64 KiB by default) is refused by
+        gRPC with RESOURCE_EXHAUSTED. ALREADY_EXISTS (a transaction_id already scored with other
+        content) is found as the transaction is counted: the call fails naming the transaction
+        by position and the field, the transactions before it are counted (a retry without it
+        gets their answers, counted once) and none after it. RESOURCE_EXHAUSTED, CANCELLED,
+        DEADLINE_EXCEEDED, UNAVAILABLE, UNAUTHENTICATED and PERMISSION_DENIED (the `score` role)
+        as for Score; the batch is one call to them (one in-flight slot). The server's budget
+        (from the call's pickup) and the caller's deadline cover the whole batch, checked for
+        each transaction as it is validated, before any is scored: one validated after they
+        have passed gets the rule-based decision (decision_source FALLBACK, fallback_reason
+        "deadline") and is not counted, as in Score.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +181,11 @@ def add_FraudScoringServicer_to_server(servicer, server):
                     request_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreRequest.FromString,
                     response_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreResponse.SerializeToString,
             ),
+            'ScoreBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreBatch,
+                    request_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreBatchRequest.FromString,
+                    response_serializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreBatchResponse.SerializeToString,
+            ),
             'ReportOutcome': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportOutcome,
                     request_deserializer=service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.OutcomeRequest.FromString,
@@ -169,10 +207,10 @@ def add_FraudScoringServicer_to_server(servicer, server):
 class FraudScoring:
     """The fraud-scoring service.
 
-    Every method needs a caller holding its role (docs/security.md): `score` for Score and
-    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
-    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
-    client certificate. With no caller configured (development), every method is open.
+    Every method needs a caller holding its role (docs/security.md): `score` for Score,
+    ScoreStream and ScoreBatch, `report` for ReportOutcome, `read-model` for GetModelInfo.
+    A caller proves who it is by a bearer token (metadata `authorization: Bearer <token>`)
+    or its mutual-TLS client certificate. With no caller configured (development), every method is open.
     Any call, a stream's opening included, may end CANCELLED though its caller did not
     cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
@@ -221,6 +259,33 @@ class FraudScoring:
             '/fraud.v1.FraudScoring/ScoreStream',
             service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreRequest.SerializeToString,
             service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fraud.v1.FraudScoring/ScoreBatch',
+            service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreBatchRequest.SerializeToString,
+            service_dot_grpc__api_dot___proto_dot_fraud_dot_v1_dot_scoring__pb2.ScoreBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,8 +3,9 @@
 isort:skip_file
 Real-time card fraud scoring.
 
-A point-of-sale or issuer backend calls Score (or ScoreStream) for every card swipe and
-gets back a fraud score, a decision, the reasons and the model version that decided.
+A point-of-sale or issuer backend calls Score (or ScoreStream, or ScoreBatch) for every
+card swipe and gets back a fraud score, a decision, the reasons and the model version
+that decided.
 Confirmed outcomes (chargebacks, analyst verdicts) come back through ReportOutcome.
 
 Compatibility: field numbers are never reused or renumbered; new fields are optional
@@ -37,10 +38,10 @@ GRPC_VERSION: str
 class FraudScoringStub:
     """The fraud-scoring service.
 
-    Every method needs a caller holding its role (docs/security.md): `score` for Score and
-    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
-    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
-    client certificate. With no caller configured (development), every method is open.
+    Every method needs a caller holding its role (docs/security.md): `score` for Score,
+    ScoreStream and ScoreBatch, `report` for ReportOutcome, `read-model` for GetModelInfo.
+    A caller proves who it is by a bearer token (metadata `authorization: Bearer <token>`)
+    or its mutual-TLS client certificate. With no caller configured (development), every method is open.
     Any call, a stream's opening included, may end CANCELLED though its caller did not
     cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
@@ -75,6 +76,30 @@ class FraudScoringStub:
     transaction is read), RESOURCE_EXHAUSTED (too many streams open: retry with backoff) or
     UNAVAILABLE (idle or open too long: open a new stream).
     """
+    ScoreBatch: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.ScoreBatchRequest, _scoring_pb2.ScoreBatchResponse]
+    """Scores a batch of transactions in one unary call, for backends that batch already:
+    the results answer the transactions in the order given, each exactly as Score would
+    have answered it called one by one in that order (each transaction is counted seeing
+    the ones before it, those earlier in the batch included). Retrying the same batch is
+    safe: each transaction is idempotent by its transaction_id, so the retry gets the same
+    answers and nothing is counted twice. An empty batch gets an empty answer.
+    Validation is all or nothing: a transaction that fails it fails the whole call with
+    INVALID_ARGUMENT naming it by its position in the batch, from 0, and the field
+    ("transaction #3: transaction.amount_minor: must be 0 or more"), and nothing in the batch
+    is counted. A batch of more than the server's limit (connections.batch_max_transactions,
+    64 by default) is INVALID_ARGUMENT naming the limit, nothing counted; a request above
+    the server's message size (server.max_message_bytes, 64 KiB by default) is refused by
+    gRPC with RESOURCE_EXHAUSTED. ALREADY_EXISTS (a transaction_id already scored with other
+    content) is found as the transaction is counted: the call fails naming the transaction
+    by position and the field, the transactions before it are counted (a retry without it
+    gets their answers, counted once) and none after it. RESOURCE_EXHAUSTED, CANCELLED,
+    DEADLINE_EXCEEDED, UNAVAILABLE, UNAUTHENTICATED and PERMISSION_DENIED (the `score` role)
+    as for Score; the batch is one call to them (one in-flight slot). The server's budget
+    (from the call's pickup) and the caller's deadline cover the whole batch, checked for
+    each transaction as it is validated, before any is scored: one validated after they
+    have passed gets the rule-based decision (decision_source FALLBACK, fallback_reason
+    "deadline") and is not counted, as in Score.
+    """
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
     merchant risk features from `reported_at` on, and is kept for retraining, with the
@@ -98,10 +123,10 @@ class FraudScoringStub:
 class FraudScoringAsyncStub(FraudScoringStub):
     """The fraud-scoring service.
 
-    Every method needs a caller holding its role (docs/security.md): `score` for Score and
-    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
-    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
-    client certificate. With no caller configured (development), every method is open.
+    Every method needs a caller holding its role (docs/security.md): `score` for Score,
+    ScoreStream and ScoreBatch, `report` for ReportOutcome, `read-model` for GetModelInfo.
+    A caller proves who it is by a bearer token (metadata `authorization: Bearer <token>`)
+    or its mutual-TLS client certificate. With no caller configured (development), every method is open.
     Any call, a stream's opening included, may end CANCELLED though its caller did not
     cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
@@ -133,6 +158,30 @@ class FraudScoringAsyncStub(FraudScoringStub):
     transaction is read), RESOURCE_EXHAUSTED (too many streams open: retry with backoff) or
     UNAVAILABLE (idle or open too long: open a new stream).
     """
+    ScoreBatch: _aio.UnaryUnaryMultiCallable[_scoring_pb2.ScoreBatchRequest, _scoring_pb2.ScoreBatchResponse]  # type: ignore[assignment]
+    """Scores a batch of transactions in one unary call, for backends that batch already:
+    the results answer the transactions in the order given, each exactly as Score would
+    have answered it called one by one in that order (each transaction is counted seeing
+    the ones before it, those earlier in the batch included). Retrying the same batch is
+    safe: each transaction is idempotent by its transaction_id, so the retry gets the same
+    answers and nothing is counted twice. An empty batch gets an empty answer.
+    Validation is all or nothing: a transaction that fails it fails the whole call with
+    INVALID_ARGUMENT naming it by its position in the batch, from 0, and the field
+    ("transaction #3: transaction.amount_minor: must be 0 or more"), and nothing in the batch
+    is counted. A batch of more than the server's limit (connections.batch_max_transactions,
+    64 by default) is INVALID_ARGUMENT naming the limit, nothing counted; a request above
+    the server's message size (server.max_message_bytes, 64 KiB by default) is refused by
+    gRPC with RESOURCE_EXHAUSTED. ALREADY_EXISTS (a transaction_id already scored with other
+    content) is found as the transaction is counted: the call fails naming the transaction
+    by position and the field, the transactions before it are counted (a retry without it
+    gets their answers, counted once) and none after it. RESOURCE_EXHAUSTED, CANCELLED,
+    DEADLINE_EXCEEDED, UNAVAILABLE, UNAUTHENTICATED and PERMISSION_DENIED (the `score` role)
+    as for Score; the batch is one call to them (one in-flight slot). The server's budget
+    (from the call's pickup) and the caller's deadline cover the whole batch, checked for
+    each transaction as it is validated, before any is scored: one validated after they
+    have passed gets the rule-based decision (decision_source FALLBACK, fallback_reason
+    "deadline") and is not counted, as in Score.
+    """
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_scoring_pb2.OutcomeRequest, _scoring_pb2.OutcomeResponse]  # type: ignore[assignment]
     """Reports the confirmed outcome of an earlier transaction. It feeds the terminal and
     merchant risk features from `reported_at` on, and is kept for retraining, with the
@@ -155,10 +204,10 @@ class FraudScoringAsyncStub(FraudScoringStub):
 class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
     """The fraud-scoring service.
 
-    Every method needs a caller holding its role (docs/security.md): `score` for Score and
-    ScoreStream, `report` for ReportOutcome, `read-model` for GetModelInfo. A caller proves
-    who it is by a bearer token (metadata `authorization: Bearer <token>`) or its mutual-TLS
-    client certificate. With no caller configured (development), every method is open.
+    Every method needs a caller holding its role (docs/security.md): `score` for Score,
+    ScoreStream and ScoreBatch, `report` for ReportOutcome, `read-model` for GetModelInfo.
+    A caller proves who it is by a bearer token (metadata `authorization: Bearer <token>`)
+    or its mutual-TLS client certificate. With no caller configured (development), every method is open.
     Any call, a stream's opening included, may end CANCELLED though its caller did not
     cancel: refused unread because the server's backlog is full (see Score); retry it.
     """
@@ -199,6 +248,36 @@ class FraudScoringServicer(metaclass=_abc_1.ABCMeta):
         itself may end with UNAUTHENTICATED or PERMISSION_DENIED (as for Score, before any
         transaction is read), RESOURCE_EXHAUSTED (too many streams open: retry with backoff) or
         UNAVAILABLE (idle or open too long: open a new stream).
+        """
+
+    @_abc_1.abstractmethod
+    def ScoreBatch(
+        self,
+        request: _scoring_pb2.ScoreBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scoring_pb2.ScoreBatchResponse, _abc.Awaitable[_scoring_pb2.ScoreBatchResponse]]:
+        """Scores a batch of transactions in one unary call, for backends that batch already:
+        the results answer the transactions in the order given, each exactly as Score would
+        have answered it called one by one in that order (each transaction is counted seeing
+        the ones before it, those earlier in the batch included). Retrying the same batch is
+        safe: each transaction is idempotent by its transaction_id, so the retry gets the same
+        answers and nothing is counted twice. An empty batch gets an empty answer.
+        Validation is all or nothing: a transaction that fails it fails the whole call with
+        INVALID_ARGUMENT naming it by its position in the batch, from 0, and the field
+        ("transaction #3: transaction.amount_minor: must be 0 or more"), and nothing in the batch
+        is counted. A batch of more than the server's limit (connections.batch_max_transactions,
+        64 by default) is INVALID_ARGUMENT naming the limit, nothing counted; a request above
+        the server's message size (server.max_message_bytes, 64 KiB by default) is refused by
+        gRPC with RESOURCE_EXHAUSTED. ALREADY_EXISTS (a transaction_id already scored with other
+        content) is found as the transaction is counted: the call fails naming the transaction
+        by position and the field, the transactions before it are counted (a retry without it
+        gets their answers, counted once) and none after it. RESOURCE_EXHAUSTED, CANCELLED,
+        DEADLINE_EXCEEDED, UNAVAILABLE, UNAUTHENTICATED and PERMISSION_DENIED (the `score` role)
+        as for Score; the batch is one call to them (one in-flight slot). The server's budget
+        (from the call's pickup) and the caller's deadline cover the whole batch, checked for
+        each transaction as it is validated, before any is scored: one validated after they
+        have passed gets the rule-based decision (decision_source FALLBACK, fallback_reason
+        "deadline") and is not counted, as in Score.
         """
 
     @_abc_1.abstractmethod
