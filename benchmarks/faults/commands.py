@@ -19,10 +19,10 @@ from benchmarks.probes.machine import describe_run
 COMMANDS = ("fuzz", "reloads", "chaos", "soak")
 _FUZZ = """\
 Cases drawn from --seed: structured requests with hostile field values, and raw byte
-mutations of valid messages, across Score, ScoreStream, ReportOutcome, GetModelInfo, the
-admin service (token right, wrong or missing), health and an unknown method. Judged: no
-crash, only documented status codes, every score in [0, 1], nothing logged at level
-error, healthy after, RSS flat. Exit status 1 when a criterion fails."""
+mutations of valid messages, across Score, ScoreStream, ScoreBatch, ReportOutcome,
+GetModelInfo, the admin service (token right, wrong or missing), health and an unknown
+method. Judged: no crash, only documented status codes, every score in [0, 1], nothing
+logged at level error, healthy after, RSS flat. Exit status 1 when a criterion fails."""
 _RELOADS = """\
 An open loop of unary Score at --rate against one fraud-serve (registry polled every
 0.1 s) on a copy of --registry, while the champion and a republished copy of it are

@@ -19,6 +19,7 @@ SCORING = "/fraud.v1.FraudScoring"
 ADMIN = "/fraud.v1.ModelAdmin"
 SCORE = f"{SCORING}/Score"
 SCORE_STREAM = f"{SCORING}/ScoreStream"
+SCORE_BATCH = f"{SCORING}/ScoreBatch"
 REPORT_OUTCOME = f"{SCORING}/ReportOutcome"
 GET_MODEL_INFO = f"{SCORING}/GetModelInfo"
 LIST_MODELS = f"{ADMIN}/ListModels"
@@ -26,11 +27,15 @@ RELOAD = f"{ADMIN}/Reload"
 HEALTH = "/grpc.health.v1.Health/Check"
 UNKNOWN_METHOD = f"{SCORING}/NoSuchMethod"
 METHODS = (
-    SCORE, SCORE_STREAM, REPORT_OUTCOME, GET_MODEL_INFO, LIST_MODELS, RELOAD, HEALTH,
-    UNKNOWN_METHOD,
+    SCORE, SCORE_STREAM, SCORE_BATCH, REPORT_OUTCOME, GET_MODEL_INFO, LIST_MODELS, RELOAD,
+    HEALTH, UNKNOWN_METHOD,
 )  # fmt: skip
 # How often each method is drawn: mostly the scoring path, where the input is richest.
-_WEIGHTS = (40, 12, 20, 6, 6, 2, 8, 2)
+_WEIGHTS = (40, 12, 12, 20, 6, 6, 2, 8, 2)
+# A batch's size: mostly small, sometimes one past the server's default limit
+# (connections.batch_max_transactions, 64), which is refused whole.
+_BATCH_SIZES = (0, 1, 2, 3, 5, 8, 65)
+_BATCH_SIZE_WEIGHTS = (1, 4, 4, 3, 3, 3, 1)
 # Status codes the contract (proto/fraud/v1/*.proto, README) documents per method; every
 # method may also be refused for want of an identity or role, or be shed.
 _ANY = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"})
@@ -38,6 +43,7 @@ _SCORING = _ANY | {"OK", "ALREADY_EXISTS", "DEADLINE_EXCEEDED", "UNAVAILABLE"}
 DOCUMENTED: dict[str, frozenset[str]] = {
     SCORE: _SCORING,
     SCORE_STREAM: _SCORING,
+    SCORE_BATCH: _SCORING,
     REPORT_OUTCOME: _ANY | {"OK", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED"},
     GET_MODEL_INFO: _ANY | {"OK", "UNAVAILABLE"},
     LIST_MODELS: _ANY | {"OK", "UNIMPLEMENTED"},
@@ -87,6 +93,8 @@ class CaseMaker:
     def _valid(self, method: str) -> bytes:
         if method in (SCORE, SCORE_STREAM):
             return self._score_request(hostile=False).SerializeToString()
+        if method == SCORE_BATCH:
+            return self._batch_request(hostile=False).SerializeToString()
         if method == REPORT_OUTCOME:
             return self._outcome_request(hostile=False).SerializeToString()
         if method == HEALTH:
@@ -104,6 +112,8 @@ class CaseMaker:
             return valid
         if method in (SCORE, SCORE_STREAM):
             return self._score_request(hostile=True).SerializeToString()
+        if method == SCORE_BATCH:
+            return self._batch_request(hostile=True).SerializeToString()
         if method == REPORT_OUTCOME:
             return self._outcome_request(hostile=True).SerializeToString()
         if method == HEALTH:
@@ -135,6 +145,16 @@ class CaseMaker:
         self._scored.append(transaction.transaction_id)
         del self._scored[:-1000]
         return scoring_pb2.ScoreRequest(transaction=transaction)
+
+    def _batch_request(self, *, hostile: bool) -> scoring_pb2.ScoreBatchRequest:
+        """A batch of valid transactions, or, when `hostile`, some of them hostile (a
+        repeated id among them at times: the same transaction again, or another reusing it)."""
+        size = self._random.choices(_BATCH_SIZES, _BATCH_SIZE_WEIGHTS)[0]
+        transactions = [
+            self._score_request(hostile=hostile and self._random.random() < 0.5)
+            for _ in range(size)
+        ]
+        return scoring_pb2.ScoreBatchRequest(transactions=transactions)
 
     def _spoil_transaction(self, transaction: scoring_pb2.Transaction) -> None:
         draw = self._random

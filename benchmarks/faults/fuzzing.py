@@ -6,7 +6,7 @@ server this command starts (the admin service on, its token known). Judged:
 
     no crash            the server still runs, and stops with exit 0 on SIGTERM
     documented codes    every status is one the contract documents for its method
-    scores in [0, 1]    every `Score` answer's score (unary and streamed) is finite, in [0, 1]
+    scores in [0, 1]    every score answered (Score, streamed, batched) is finite, in [0, 1]
     no error logged     the server logged no line at level error (each is a bug)
     healthy after       health SERVING, and a fresh valid `Score` answered by the model
     memory flat         growth of the anonymous resident memory (heap, stacks) from the
@@ -37,6 +37,7 @@ from benchmarks.faults.fuzz_cases import (
     DOCUMENTED,
     HEALTH,
     SCORE,
+    SCORE_BATCH,
     SCORE_STREAM,
     CaseMaker,
     FuzzCase,
@@ -163,11 +164,21 @@ async def _send(channel: grpc.aio.Channel, case: FuzzCase, number: int, tally: _
         if len(tally.examples) < _EXAMPLES:
             kind = "mutated" if case.mutated else "structured"
             tally.examples.append(f"case {number} ({kind}) {name}: {code} {details[:120]}")
-    if case.method in (SCORE, SCORE_STREAM):
-        for answer in answers:
-            score = scoring_pb2.ScoreResponse.FromString(answer).score
+    if case.method in (SCORE, SCORE_STREAM, SCORE_BATCH):
+        for score in _scores(case.method, answers):
             tally.scores += 1
             tally.bad_scores += not (math.isfinite(score) and 0.0 <= score <= 1.0)
+
+
+def _scores(method: str, answers: list[bytes]) -> list[float]:
+    """The scores the answers carry, a batch's each."""
+    if method == SCORE_BATCH:
+        return [
+            result.score
+            for answer in answers
+            for result in scoring_pb2.ScoreBatchResponse.FromString(answer).results
+        ]
+    return [scoring_pb2.ScoreResponse.FromString(answer).score for answer in answers]
 
 
 class _StreamEnded(Exception):
