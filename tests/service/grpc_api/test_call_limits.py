@@ -219,6 +219,33 @@ def test_a_unary_request_that_never_arrives_holds_its_slot_for_the_read_limit_on
     unsent.cancel()
 
 
+def test_unary_requests_that_never_arrive_each_end_at_their_own_read_limit(
+    serve: Callable[..., tuple[LoopbackServer, CountingCore]],
+) -> None:
+    """Two Score calls whose requests do not come, picked up at different times, both end
+    UNAVAILABLE (one timer serves every waiting read: the second's is set after the
+    first's has gone off), while calls whose requests come meanwhile are answered."""
+    server, core = serve(connections=ConnectionSettings(request_read_seconds=0.4))
+    channel = grpc.insecure_channel(server.target)
+    stub = scoring_pb2_grpc.FraudScoringStub(channel)
+    unsent_before = _sample("fraud_calls_ended_early_total", reason="request_not_sent")
+    first = UnsentRequest(channel)
+    assert stub.Score(score_request("between"), timeout=TIMEOUT).transaction_id == "between"
+    time.sleep(0.2)
+    second = UnsentRequest(channel)
+
+    assert first.failure() == (Status.UNAVAILABLE, REQUEST_NOT_SENT_DETAILS)
+    assert second.failure() == (Status.UNAVAILABLE, REQUEST_NOT_SENT_DETAILS)
+    assert stub.Score(score_request("after"), timeout=TIMEOUT).transaction_id == "after"
+    assert _sample("fraud_calls_ended_early_total", reason="request_not_sent") == (
+        unsent_before + 2
+    )
+    assert core.scored == ["between", "after"]
+    _wait_until(lambda: _sample("fraud_rpc_in_flight") == 0)
+    first.cancel()
+    second.cancel()
+
+
 def test_calls_past_their_deadline_when_picked_up_are_refused_without_work(
     serve: Callable[..., tuple[LoopbackServer, CountingCore]],
 ) -> None:
