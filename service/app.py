@@ -74,6 +74,7 @@ from service.observability.drift import DriftCollector
 from service.observability.logs import RequestLogSampler
 from service.observability.metrics import DecisionMetrics, SampledStageTimer, track_feature_state
 from service.observability.rule_metrics import RuleHitMetrics
+from service.observability.unread_calls import track_unread_calls
 from service.records.decision_writer import DecisionLogWriter
 from service.records.outcome_writer import OutcomeLogWriter
 from service.records.quarantine_writer import QuarantineWriter
@@ -202,6 +203,7 @@ async def create_app(settings: ServeSettings) -> App:
     engine = FeatureEngine(feature_config, state)
     rules = RuleStore(settings.registry, FEATURE_NAMES, signatures=signature_policy(models))
     track_feature_state(state)
+    track_unread_calls()  # gRPC's core's refusals, which no interceptor sees
     try:
         listeners = open_listeners(
             settings, store, feature_config, asyncio.get_running_loop().call_soon

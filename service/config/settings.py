@@ -81,7 +81,7 @@ class ServerSettings(_Group):
     (waiting in gRPC's core: under a CPU-bound overload the queue forms there, where
     `max_in_flight` cannot see it) above which gRPC's core refuses new ones at once, without
     any Python work: the client sees CANCELLED, not RESOURCE_EXHAUSTED (grpcio's server
-    resets the call's stream), and the server's own metrics never see the call. Each
+    resets the call's stream), counted in `fraud_rpc_refused_unread_total` only. Each
     scoring and admin method has a queue of its own, health checks another, so a flood of
     Score calls does not refuse them. 1024 lets a burst of new calls as large as the stream
     budget (`connections.max_open_streams`) wait to be picked up: with 32, 840 of 1,000

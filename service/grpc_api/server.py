@@ -24,8 +24,9 @@ reflection), so a flood of Score calls does not refuse health checks. Beyond
 `server.max_pending_calls` calls in a queue, gRPC's core refuses a new one at once, in C,
 with no Python work: grpcio's server resets its HTTP/2 stream, which the client sees as
 CANCELLED (not RESOURCE_EXHAUSTED, which only the promise-based server of gRPC's core would
-send, and grpcio does not use it). The server's metrics never see those calls; its clients'
-error counts do.
+send, and grpcio does not use it). No interceptor sees those calls: the server counts them
+from gRPC's channelz at each scrape (`fraud_rpc_refused_unread_total`,
+`service.observability.unread_calls`).
 
 Port sharing: with `server.workers` above 1, several processes bind the same port
 (SO_REUSEPORT) and the kernel spreads connections among them; they share the feature
