@@ -4,7 +4,8 @@ becomes known (one label delay after its transaction, as `fraud-train evaluate` 
 
 Two ways to reach the server: one long ScoreStream (`OneStream`), or several connections
 taking the calls in turn (`RotatingChannels`), as a pool of clients spreads its calls over
-the worker processes sharing a port. And a crash as a client lives it: a server killed with
+the worker processes sharing a port, each batch of transactions sent over a ScoreStream of
+its own or as one ScoreBatch call, in turn. And a crash as a client lives it: a server killed with
 a call in flight (`kill_while_scoring`), whose transactions are then sent again
 (`retry_one_by_one`).
 """
@@ -15,7 +16,7 @@ import csv
 import itertools
 import queue
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -142,7 +143,8 @@ class OneStream:
 
 class RotatingChannels:
     """`count` channels to `target`, each with a connection of its own; every call goes
-    over the next one, a ScoreStream of its own for each batch."""
+    over the next one, each batch a ScoreStream of its own and a ScoreBatch call in turn
+    (`calls` counts each)."""
 
     def __init__(self, target: str, count: int) -> None:
         self._channels = [
@@ -150,6 +152,8 @@ class RotatingChannels:
         ]
         stubs = [scoring_pb2_grpc.FraudScoringStub(channel) for channel in self._channels]
         self._stubs = itertools.cycle(stubs)
+        self._rpcs = itertools.cycle(("ScoreStream", "ScoreBatch"))
+        self.calls: Counter[str] = Counter()
 
     def next_stub(self) -> scoring_pb2_grpc.FraudScoringStub:
         return next(self._stubs)
@@ -160,7 +164,13 @@ class RotatingChannels:
     def score(
         self, requests: Sequence[scoring_pb2.ScoreRequest]
     ) -> list[scoring_pb2.ScoreResponse]:
-        return list(self.next_stub().ScoreStream(iter(requests), timeout=CALL_TIMEOUT))
+        rpc = next(self._rpcs)
+        self.calls[rpc] += 1
+        stub = self.next_stub()
+        if rpc == "ScoreBatch":
+            batch = scoring_pb2.ScoreBatchRequest(transactions=requests)
+            return list(stub.ScoreBatch(batch, timeout=CALL_TIMEOUT).results)
+        return list(stub.ScoreStream(iter(requests), timeout=CALL_TIMEOUT))
 
     def __enter__(self) -> Self:
         return self

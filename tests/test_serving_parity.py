@@ -4,8 +4,9 @@ A history the model never saw is scored twice: offline by the real `fraud-train 
 command (once for the module), and online by a real gRPC server fed the way a backend
 feeds it (`tests.parity_feed`), each fraud label reported through ReportOutcome at the
 moment it becomes known. Online means: one in-process server on each feature state
-backend; two worker processes sharing one LMDB store, called over several connections;
-and a server killed with SIGKILL in the middle of a call, then started again on its store.
+backend, fed through one ScoreStream; two worker processes sharing one LMDB store, called
+over several connections, with ScoreStream and ScoreBatch calls in turn; and a server
+killed with SIGKILL in the middle of a call, then started again on its store.
 """
 
 from __future__ import annotations
@@ -184,8 +185,9 @@ def test_two_workers_on_one_store_score_as_evaluate_whichever_answers(
     tmp_path: Path,
 ) -> None:
     """`fraud-serve --workers 2` on LMDB, called over 16 connections in turn, a few
-    transactions per call: both workers answer, each transaction is decided once, and
-    every score matches `fraud-train evaluate` within 1e-6."""
+    transactions per call, ScoreStream and ScoreBatch calls in turn: both workers answer,
+    each transaction is decided once, and every score matches `fraud-train evaluate`
+    within 1e-6."""
     port = free_ports(1)
     process = _start_on_lmdb(start_process, trained_model, port, "--workers", "2")
     worker_pids = set(process.wait_for("supervising")["pids"])
@@ -195,6 +197,7 @@ def test_two_workers_on_one_store_score_as_evaluate_whichever_answers(
         online = feed(link, split(history_batches, CHUNK_SIZE))
     process.signal(signal.SIGTERM)
     assert process.wait() == 0, process.text()
+    assert min(link.calls["ScoreStream"], link.calls["ScoreBatch"]) > 100, link.calls
 
     assert online.keys() == offline.scores.keys()
     _assert_match(online, offline.scores)
