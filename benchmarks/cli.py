@@ -92,7 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = _subcommand(subcommands, "run", "one measurement against a running server", _RUN)
     _target(run)
     run.add_argument("--mode", choices=MODES, default="open", help="open or closed loop")
-    run.add_argument("--rpc", choices=RPCS, default="unary", help="unary Score or ScoreStream")
+    run.add_argument(
+        "--rpc", choices=RPCS, default="unary", help="unary Score, ScoreStream or ScoreBatch"
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="--rpc batch: transactions per ScoreBatch call; --rate stays per transaction",
+    )
     _rate(run)
     run.add_argument(
         "--rows", type=int, help="history rows to load (by default, what the run needs)"

@@ -67,6 +67,7 @@ def load_settings(args: argparse.Namespace, mode: Mode, rpc: Rpc, rate: float) -
         streams=args.streams,
         timeout=args.timeout,
         seed=args.seed,
+        batch_size=getattr(args, "batch_size", LoadSettings.batch_size),  # `run` only
     )
 
 

@@ -8,8 +8,10 @@ such. Closed loop (`due` None): `in_flight` chains each send a call and, from it
 callback, the next, until `seconds` have passed or the calls run out; latency runs from
 the moment a call was sent.
 
-`Score` goes unary or on `ScoreStream` calls (`streams` of them, messages dealt round
-robin); `ReportOutcome` is always unary. The calls are spread over `connections`
+`Score` goes unary, on `ScoreStream` calls (`streams` of them, messages dealt round
+robin) or in `ScoreBatch` calls (`benchmarks.load.batches`: each answer's transactions
+are timed from the batch's due time, and count as calls sent, one each, for the client's
+CPU per transaction); `ReportOutcome` is always unary. The calls are spread over `connections`
 channels, each with its own TCP connection (so that a server with several worker
 processes sharing a port gets several connections to share).
 
@@ -51,7 +53,7 @@ from benchmarks.probes.process_usage import run_queue_wait_seconds
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from service.grpc_api.client import balanced_target
 
-Rpc = Literal["unary", "stream"]
+Rpc = Literal["unary", "stream", "batch"]
 RPCS: tuple[Rpc, ...] = get_args(Rpc)
 CONNECT_TIMEOUT = 10.0
 _SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
@@ -192,13 +194,15 @@ class _Sender:
         # collector to walk. (due, answered at, response) per Score answer, the status
         # code of each failed Score call and of each outcome report.
         self._scores: list[tuple[float, float, bytes]] = []
-        self._failures: list[str] = []
+        self._batches: list[tuple[float, float, bytes]] = []  # the same, per ScoreBatch
+        self._failures: list[tuple[str, int]] = []  # status code, transactions
         self._outcomes: list[str] = []
         self._score = itertools.cycle(
             [_method(channel, "Score", job.method) for channel in channels]
         )
         self._read_answers = job.method is None
         self._outcome = itertools.cycle([_method(channel, "ReportOutcome") for channel in channels])
+        self._batch = itertools.cycle([_method(channel, "ScoreBatch") for channel in channels])
         streams = job.streams if job.rpc == "stream" else 0
         # The stream's deadline only bounds a run that went wrong: the drain ends it sooner.
         deadline = job.seconds + 2 * job.timeout + 60
@@ -237,7 +241,7 @@ class _Sender:
         """Wait for the answers still due: unary calls end by their deadline, streams are
         closed and given `timeout` s for their last answers."""
         give_up = time.perf_counter() + timeout + _DRAIN_MARGIN_SECONDS
-        while len(self._scores) + len(self._failures) + len(self._outcomes) < self._unary_sent:
+        while self._unary_done() < self._unary_sent:
             if time.perf_counter() >= give_up:
                 break
             time.sleep(_POLL_SECONDS)
@@ -246,6 +250,10 @@ class _Sender:
         for stream in self._streams:
             stream.finish(timeout)
 
+    def _unary_done(self) -> int:
+        scores, batches = len(self._scores), len(self._batches)
+        return scores + batches + len(self._failures) + len(self._outcomes)
+
     def count(self, tally: Tally) -> Tally:
         """Everything that came back, parsed and counted into `tally`."""
         for due, at, payload in self._scores:
@@ -253,8 +261,12 @@ class _Sender:
                 tally.score_answered(_score_response(payload), due, at)
             else:
                 tally.answer_timed(due, at)
-        for code in self._failures:
-            tally.score_failed(code)
+        for due, at, payload in self._batches:
+            for result in scoring_pb2.ScoreBatchResponse.FromString(payload).results:
+                tally.score_answered(result, due, at)
+        for code, transactions in self._failures:
+            for _ in range(transactions):
+                tally.score_failed(code)
         for code in self._outcomes:
             tally.outcome_done(code)
         self._answers.count(tally)
@@ -289,7 +301,7 @@ class _Sender:
 
     def _send_unary(self, call: Call, due: float, then: Callable[[], None]) -> None:
         self._unary_sent += 1
-        self.sent += 1
+        self.sent += call.transactions
         if call.kind is CallKind.OUTCOME:
             outcomes = self._outcomes
 
@@ -303,20 +315,21 @@ class _Sender:
             )
             future.add_done_callback(reported)
             return
-        scores, failures, perf_counter = self._scores, self._failures, time.perf_counter
+        batch = call.kind is CallKind.BATCH
+        scores = self._batches if batch else self._scores
+        failures, perf_counter, transactions = self._failures, time.perf_counter, call.transactions
 
         def answered(future: grpc.Future[bytes]) -> None:
             at = perf_counter()
             error = future.exception()
             if error is None:
                 scores.append((due, at, future.result()))
-            else:
-                failures.append(_code(error))
+            else:  # each of a failed batch's transactions counts as failed
+                failures.append((_code(error), transactions))
             then()
 
-        future = next(self._score).future(
-            call.payload, timeout=self._timeout, metadata=self._metadata
-        )
+        method = next(self._batch if batch else self._score)
+        future = method.future(call.payload, timeout=self._timeout, metadata=self._metadata)
         future.add_done_callback(answered)
 
 

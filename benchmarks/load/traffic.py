@@ -36,13 +36,15 @@ class CallKind(IntEnum):
 
     SCORE = 0
     OUTCOME = 1
+    BATCH = 2  # ScoreBatch: several swipes (`benchmarks.load.batches`)
 
 
 class Call(NamedTuple):
-    """One call of a run: its RPC and its serialized request."""
+    """One call of a run: its RPC, its serialized request and the transactions it scores."""
 
     kind: CallKind
     payload: bytes
+    transactions: int = 1
 
 
 @dataclass(frozen=True)

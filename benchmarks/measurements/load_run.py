@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from benchmarks.load.batches import in_batches
 from benchmarks.load.client import ClientJob, ClientResult, Rpc
 from benchmarks.load.client_pool import run_clients
 from benchmarks.load.histograms import (
@@ -46,6 +47,7 @@ MAX_PROCESSES = 8
 # A server the harness cannot look into: no process to watch, no metrics to scrape.
 NO_PROBE = ServerProbe()
 MAX_IN_FLIGHT = 10_000
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class LoadSettings:
     calls run out. `connections` and `streams` are per process; `timeout` is each unary
     call's deadline and the time the end of the run waits for late answers. `method`:
     the path unary `Score` calls go to instead, on a peer server (`ClientJob.method`).
+    `rpc` "batch": the swipes go `batch_size` to a `ScoreBatch` call, due when its last
+    swipe is (`benchmarks.load.batches`); `rate` and the answers stay per transaction.
     """
 
     target: str
@@ -74,6 +78,7 @@ class LoadSettings:
     timeout: float = 1.0
     seed: int = 0
     method: str | None = None
+    batch_size: int = 32
 
     def __post_init__(self) -> None:
         for address in self.target.split(","):  # several: replicas balanced one by one
@@ -95,6 +100,8 @@ class LoadSettings:
             raise ValueError("connections and streams must be 1 or more, timeout above 0")
         if self.method is not None and self.rpc != "unary":
             raise ValueError("a peer server's method is called unary only")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH_SIZE}")
 
     def calls_needed(self) -> int:
         """Calls an open-loop run sends (a closed loop sends what it has time for)."""
@@ -190,8 +197,8 @@ def measure(
 def client_jobs(
     settings: LoadSettings, calls: Sequence[Call], metadata: tuple[tuple[str, str], ...] = ()
 ) -> list[ClientJob]:
-    """Each client process's share: call i to process i mod P, with its due time if open;
-    every call carries `metadata`."""
+    """Each client process's share: call i to process i mod P, with its due time if open
+    (a batch run's calls are its batches); every call carries `metadata`."""
     processes = settings.processes
     due: list[float] | None = None
     if settings.mode == "open":
@@ -200,6 +207,8 @@ def client_jobs(
             raise ValueError(f"the run needs {count} calls, {len(calls)} were given")
         calls = calls[:count]
         due = due_offsets(count, settings.rate, settings.arrivals, settings.seed).tolist()
+    if settings.rpc == "batch":  # dealt out whole: each batch's swipes are consecutive
+        calls, due = in_batches(calls, due, settings.batch_size)
     return [
         ClientJob(
             target=settings.target,
