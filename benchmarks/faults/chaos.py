@@ -464,6 +464,8 @@ def _store(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenario:
             "answers_during_outage": len(during),
             "fallbacks_during_outage": fallbacks,
             "fallback_reasons": _reasons(scored),
+            "model_answers_after_return": sum(r.source == MODEL for r in after),
+            "answers_judged_2s_after_return": sum(r.sent > back + RECOVERY_SECONDS for r in after),
             "outage_seconds": round(back - down, 2),
             "outcome_statuses": _codes([r for r in records if r.kind == OUTCOME]),
         },
@@ -642,6 +644,8 @@ def _registry(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenar
         figures={
             "outcome_statuses": _codes([r for r in records if r.kind == OUTCOME]),
             "calls": len(records),
+            "answers_during_outage": len(during),
+            "promoted_version_answers": sum(r.code == OK and r.version == other for r in scored),
             "outage_seconds": round(returned - gone, 2),
         },
         series={"answers per second": (seconds, per_second), "p99 per second (ms)": (seconds, p99)},
@@ -719,8 +723,20 @@ def _overload(settings: ChaosSettings, traffic: _Traffic, files: Path) -> Scenar
             "asked_per_second": round(peak, 1),
             "goodput_per_second": round(goodput, 1),
             "refusals_by_status": _latencies_by_code(refused),
+            "score_statuses_by_phase": {
+                "before": _code_counts(answers.between(scored, 0, start)),
+                "overload": _code_counts(overloaded),
+                "after": _code_counts(answers.between(scored, end, math.inf)),
+            },
+            "outcome_statuses": _codes([r for r in records if r.kind == OUTCOME]),
             "failure_details": _details(refused),
             "server_counted_score_calls": _score_codes(counted_before, counted),
+            # gRPC's core's refusals, which the server never read (channelz, at the scrape),
+            # beside the refusals the clients saw (every phase, outcomes included).
+            "server_refused_unread": round(
+                _metric_delta(counted_before, counted, "fraud_rpc_refused_unread_total")
+            ),
+            "client_cancelled": sum(r.code == "CANCELLED" for r in records),
             "client_processes": OVERLOAD_CLIENTS,
             "client_cpu_seconds": [round(cpu, 1) for cpu in load.cpu_seconds],
             "server_cpu_seconds": round(server_cpu, 1),
@@ -1054,7 +1070,12 @@ def _transaction_id(call: Call) -> str:
 
 
 def _codes(records: Sequence[Record]) -> str:
+    counts = _code_counts(records)
+    return " ".join(f"{code} {count}" for code, count in counts.items()) or "-"
+
+
+def _code_counts(records: Sequence[Record]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for record in records:
         counts[record.code] = counts.get(record.code, 0) + 1
-    return " ".join(f"{code} {count}" for code, count in sorted(counts.items())) or "-"
+    return dict(sorted(counts.items()))

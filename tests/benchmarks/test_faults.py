@@ -65,9 +65,8 @@ def test_reloads_under_load_answer_each_promoted_version(
 
 def test_chaos_kill_and_disk_full_are_judged(trained_model: TrainedModel, tmp_path: Path):
     """The two scenarios with the most machinery (a restart on the same state and an
-    uninterrupted server to compare with; a tmpfs in a namespace of its own). The others
-    run the same driver and criteria code; the test-time budget leaves them to the
-    recorded runs."""
+    uninterrupted server to compare with; a tmpfs in a namespace of its own). Every other
+    scenario has a short run of its own below."""
     arguments = ["chaos", "--scenario", "kill", "disk", "--rate", "60", "--seconds", "1"]
 
     _status, report = _run(arguments, trained_model, tmp_path)
@@ -104,6 +103,87 @@ def test_chaos_rolling_fails_no_call_and_keeps_every_score(
     assert rolling[exact + "swipes in the order the shared state took them"] is True
     figures = report["scenarios"][0]["figures"]
     assert figures["compared_answers"] == figures["answers"] > 0
+
+
+def test_chaos_store_outage_is_answered_by_the_fallback_and_the_model_returns(
+    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """redis-server killed for 2 s under load and started again (empty): no call fails,
+    answers during the outage are fallbacks (none an error), and the model answers again,
+    with no state_unavailable fallback 2 s after the return. The two timed criteria (p99
+    during the outage within the 20 ms budget, the model back within 2 s) are the recorded
+    runs' on a quiet box (benchmarks/RESULTS.md): here only that they were measured."""
+    # Redis down is refused at once whatever the wait for a reply; the default wait (10 ms)
+    # runs out on a busy machine (Timeout reading, in the second after the return, in one
+    # run of three at load 4-5) and such a fallback would prove nothing.
+    monkeypatch.setenv("FRAUD_STATE__TIMEOUT_SECONDS", "1")
+    arguments = ["chaos", "--scenario", "store", "--rate", "60", "--seconds", "2.5"]
+    arguments += ["--store-outage", "2"]
+
+    _status, report = _run(arguments, trained_model, tmp_path)
+
+    store = _criteria(report, "store")
+    assert store["no Score call fails"] is True
+    late = "every answer 2 s after the return from the model (deadline fallbacks aside)"
+    assert store[late] is True
+    assert store["p99 of answers sent during the outage"] is not None
+    figures = report["scenarios"][0]["figures"]
+    assert figures["fallbacks_during_outage"] > 0
+    assert "state_unavailable" in figures["fallback_reasons"]
+    assert figures["model_answers_after_return"] > 0
+    assert figures["answers_judged_2s_after_return"] > 0  # the criterion above was not empty
+
+
+def test_chaos_registry_unreadable_keeps_the_champion_and_the_watcher_recovers(
+    trained_model: TrainedModel, tmp_path: Path
+):
+    """The registry renamed away for 2 s under load, then back with a new champion: no call
+    fails, every answer meanwhile from the old champion, health SERVING throughout, and the
+    version promoted after the return answers (the 5 s bound on that is the recorded runs')."""
+    arguments = ["chaos", "--scenario", "registry", "--rate", "60", "--seconds", "1.5"]
+    arguments += ["--registry-outage", "2"]
+
+    _status, report = _run(arguments, trained_model, tmp_path)
+
+    registry = _criteria(report, "registry")
+    assert registry["no call fails (outcomes NOT_FOUND aside)"] is True
+    champion = "every answer during the outage from the champion (deadline fallbacks aside)"
+    assert registry[champion] is True
+    assert registry["health SERVING throughout"] is True
+    figures = report["scenarios"][0]["figures"]
+    assert figures["answers_during_outage"] > 0
+    assert figures["promoted_version_answers"] > 0
+
+
+def test_chaos_overload_refuses_with_documented_statuses_and_answers_after(
+    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """4 x a fixed 1,500/s for 2 s, gRPC's backlog bounded at 32 calls (the setting that
+    sheds, docs/operations.md): only OK, CANCELLED (gRPC's core, beyond the backlog) or
+    RESOURCE_EXHAUSTED; some refused, and counted by the server as refused unread; answers
+    during the flood and after it; the health port SERVING throughout. What CI checks is
+    correctness: the full run judges the 5 ms refusals, 90% goodput and the 2 s recovery on
+    a quiet box. "Every refusal RESOURCE_EXHAUSTED", which grpcio 1.85 cannot meet (its
+    core refuses with CANCELLED), fails there and here."""
+    monkeypatch.setenv("FRAUD_SERVER__MAX_PENDING_CALLS", "32")
+    arguments = ["chaos", "--scenario", "overload", "--saturation", "1500", "--seconds", "1"]
+    arguments += ["--overload-factor", "4", "--overload-seconds", "2"]
+
+    _status, report = _run(arguments, trained_model, tmp_path)
+
+    overload = _criteria(report, "overload")
+    assert overload["every refusal RESOURCE_EXHAUSTED"] is False  # CANCELLED, below
+    assert overload["health port answered SERVING throughout"] is True
+    figures = report["scenarios"][0]["figures"]
+    phases = figures["score_statuses_by_phase"]
+    every_status = {code for counts in phases.values() for code in counts}
+    assert every_status <= {"OK", "CANCELLED", "RESOURCE_EXHAUSTED"}, phases
+    assert phases["overload"]["CANCELLED"] > 0
+    assert phases["overload"]["OK"] > 0
+    assert phases["after"]["OK"] > 0
+    # Every call the clients saw refused in the core, counted by the server from channelz;
+    # at most the calls still closing in the core at the scrape more (tests/test_overload.py).
+    assert 0 <= figures["server_refused_unread"] - figures["client_cancelled"] <= 2, figures
 
 
 def test_replicas_logs_merge_in_the_order_the_shared_state_took_the_swipes():
