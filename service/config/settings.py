@@ -595,18 +595,18 @@ class StateSettings(_Group):
     your longest chargeback delay: rate x seconds."""
 
     max_bytes: int = Field(default=16 * GIB, ge=64 * 1024 * 1024)
-    """Largest size of the LMDB file (its map size): the bounds above must fit in it, with
-    room for LMDB's free pages. Space is only taken as it is used."""
+    """Largest size of the LMDB file (its map size at most): the bounds above must fit in
+    it, with room for LMDB's free pages. Space is only taken as it is used."""
 
-    writemap: bool = False
+    writemap: bool = True
     """LMDB writes its pages in the file's mapping instead of by a system call each at the
-    commit: less system time per transaction (benchmarks/RESULTS.md). The file then
-    appears as large as `max_bytes` (a sparse file: `du` shows what it takes), which a
-    copy that does not keep holes, or any tool reading it whole, pays in full; its blocks
-    are reserved 8-10 MiB ahead of the pages in use, so that a full disk refuses a
-    transaction (the fallback answer) instead of killing the server (SIGBUS). Only on a
-    file system that rewrites allocated blocks in place (ext4, XFS, tmpfs), never on a
-    copy-on-write one (Btrfs, ZFS)."""
+    commit: less CPU per transaction (about 10 µs, benchmarks/RESULTS.md). The map, and the
+    file's size with it, starts at 32 MiB and grows ahead of the pages in use (by 32 MiB or
+    an eighth, the larger, up to `max_bytes`), in every worker; the file's blocks are
+    reserved 8-10 MiB ahead of the pages in use, so that a full disk refuses a transaction
+    (the fallback answer) instead of killing the server (SIGBUS). Used only on a file
+    system that rewrites allocated blocks in place (ext4, XFS, tmpfs); elsewhere (Btrfs,
+    ZFS, NFS, overlayfs) it is off, logged at start (`state_writemap_off`)."""
 
     sync_seconds: float = Field(default=1.0, gt=0)
     """Seconds between flushes of the LMDB file to disk. A killed process loses nothing

@@ -8,14 +8,17 @@ lock is released by the kernel). Writes are not fsynced one by one: the OS holds
 after a process crash, and a background thread syncs every `sync_seconds` against a
 machine crash.
 
-With `writemap`, a transaction writes its pages in the shared mapping of the
-file instead of copying each one to the file by a system call at its commit. The
-mapping spans `max_bytes`, most of it a hole, and a write into a hole that the file
-system cannot fill (a full disk) is SIGBUS, which would kill the server: so the file's
-blocks are reserved (`posix_fallocate`) ahead of the pages in use, by more than any one
-write transaction can add, checked as each write transaction begins, when this process
-holds LMDB's writer lock. A transaction for which no block can be reserved is refused
-(NoRoomOnDisk: the fallback answer) and nothing is written (`block_reserve`).
+With `writemap` (the default, on file systems that rewrite blocks in place), a transaction
+writes its pages in the shared mapping of the file instead of copying each one to the file
+by a system call at its commit. The map, and with it the file, grows ahead of the pages in
+use, up to `max_bytes` (`lmdb_map`); a process finding that another grew it past its own
+map (MapResizedError) maps as much. The file beyond the pages written is a hole, and a
+write into a hole that the file system cannot fill (a full disk) is SIGBUS, which would
+kill the server: so the file's blocks are reserved (`posix_fallocate`) ahead of the pages
+in use, by more than any one write transaction can add, checked as each write transaction
+begins, when this process holds LMDB's writer lock. A transaction for which no block can
+be reserved is refused (NoRoomOnDisk: the fallback answer) and nothing is written
+(`block_reserve`).
 
 Eviction runs outside the scoring path's write lock. Every `_CHECK_EVERY` writes each kind
 of record is counted; one above its bound gets a sweep, and every kind gets one every
@@ -51,6 +54,7 @@ from service.features.state import (
     TileCount,
     TransactionRecord,
 )
+from service.state import lmdb_map
 from service.state.block_reserve import BlockReserve, NoRoomOnDisk
 from service.state.codec import (
     decode_entity,
@@ -60,6 +64,7 @@ from service.state.codec import (
     record_time,
 )
 from service.state.errors import StateMismatch, StateStoreError
+from service.state.lmdb_map import at_least_the_file, directory_locked, rewrites_in_place
 
 _CHECK_EVERY = 256
 _IDLE_SWEEP_EVERY = 16_384
@@ -106,24 +111,23 @@ class LmdbStore:
         horizon_seconds: float,
         limits: LmdbLimits,
         sync_seconds: float = 1.0,
-        writemap: bool = False,
+        writemap: bool = True,
     ) -> None:
         """Open (or create) the store at `path` for feature settings named `identity`;
-        StateMismatch when it holds state of other settings."""
+        StateMismatch when it holds state of other settings. `writemap` is used only on a
+        file system that rewrites blocks in place (`lmdb_map.rewrites_in_place`)."""
         # The server's user alone: the state holds every card's, terminal's and merchant's
         # history. An existing directory keeps its mode (an operator's volume).
         path.mkdir(mode=_DIRECTORY_MODE, parents=True, exist_ok=True)
         self.path = path
+        if writemap and not rewrites_in_place(path):
+            _log.warning("state_writemap_off", path=str(path), reason="file system")
+            writemap = False
+        self._limits = limits
+        self.writemap = writemap
+        self._counted: dict[str, int] = {}
         try:
-            self._env = lmdb.open(
-                str(path),
-                map_size=limits.max_bytes,
-                max_dbs=6,
-                sync=False,
-                readahead=False,
-                writemap=writemap,
-                mode=_DIRECTORY_MODE,  # LMDB creates its files with it, less execute: 0600
-            )
+            self._env = self._open_env(path, limits.max_bytes, writemap)
         except lmdb.Error as error:
             raise StateStoreError(f"cannot open the feature state at {path}: {error}") from error
         self._blocks: BlockReserve | None = None
@@ -135,7 +139,6 @@ class LmdbStore:
             self.close_files()
             raise
         self._horizon = horizon_seconds
-        self._limits = limits
         self._latest = -math.inf
         self._writes = 0
         self._bulk: lmdb.Transaction | None = None
@@ -160,17 +163,74 @@ class LmdbStore:
             return _Session(self, self._bulk, self._dbs, bulk=True)
         return _Session(self, self._begin(growth), self._dbs, bulk=False)
 
+    @staticmethod
+    def _open_env(path: Path, max_bytes: int, writemap: bool) -> lmdb.Environment:
+        def env(map_bytes: int) -> lmdb.Environment:
+            return lmdb.open(
+                str(path),
+                map_size=map_bytes,
+                max_dbs=6,
+                sync=False,
+                readahead=False,
+                writemap=writemap,
+                mode=_DIRECTORY_MODE,  # LMDB creates its files with it, less execute: 0600
+            )
+
+        if not writemap:  # the file grows with its pages whatever the map
+            return env(max_bytes)
+        with directory_locked(path):
+            return env(at_least_the_file(path, min(lmdb_map.FIRST_MAP_BYTES, max_bytes)))
+
     def _begin(self, growth: int) -> lmdb.Transaction:
         """A write transaction that may add `growth` bytes to the file; NoRoomOnDisk when
-        the file system has no blocks left for them (with `writemap`)."""
-        txn = self._env.begin(write=True, buffers=True)
-        if self._blocks is not None:
+        the file system has no blocks left for them (with `writemap`, which also grows the
+        map first when they would not fit in it)."""
+        while True:
             try:
-                self._blocks.ensure(growth)
+                txn = self._env.begin(write=True, buffers=True)
+            except lmdb.MapResizedError:  # another process's pages lie past this one's map
+                if not self._remap(0):
+                    raise
+                continue
+            blocks = self._blocks
+            if blocks is None:
+                return txn
+            try:
+                in_use = blocks.in_use()
+                map_bytes = blocks.map_bytes
+                if in_use + growth > map_bytes and map_bytes < self._limits.max_bytes:
+                    txn.abort()  # LMDB remaps only with no transaction open in this process
+                    self._remap(in_use + growth)
+                    continue  # the pages in use counted again, under the writer lock
+                blocks.ensure(in_use, growth)
             except BaseException:
                 txn.abort()
                 raise
-        return txn
+            return txn
+
+    def _remap(self, needed: int) -> bool:
+        """Map `needed` bytes, grown ahead (`lmdb_map.grown`), or with 0 only what another
+        process maps: never less than the file's size, which is the largest map of any
+        process; whether the map changed.
+
+        Only the scoring thread remaps, with no transaction of its own open: the values it
+        reads are views of the map, which must not move under them. py-lmdb invalidates the
+        transactions of other threads, and their calls racing the remap fail with
+        `lmdb.Error` rather than touch the old map (`records`, `_sync_every`).
+        """
+        with directory_locked(self.path):
+            current = int(self._env.info()["map_size"])
+            wanted = current
+            if needed:
+                wanted = lmdb_map.grown(current, needed, self._limits.max_bytes)
+            size = at_least_the_file(self.path, wanted)
+            if size == current:
+                return False
+            self._env.set_mapsize(size)
+        if self._blocks is not None:
+            self._blocks.remapped()
+        _log.info("state_map_resized", map_bytes=size)
+        return True
 
     @contextmanager
     def batch_session(self, plan: SessionPlan, transactions: int) -> Iterator[_Session]:
@@ -237,15 +297,22 @@ class LmdbStore:
 
     def records(self, kind: EntityKind | None = None) -> int:
         """Records held of `kind`, or transactions when None (all workers together); 0 once
-        closed (a scrape may come after)."""
+        closed (a scrape may come after). Called from the metrics server's thread."""
         if self._closed.is_set():
             return 0
-        with self._env.begin() as txn:
-            return int(txn.stat(self._dbs[_TRANSACTIONS if kind is None else kind])["entries"])
+        name = _TRANSACTIONS if kind is None else kind
+        try:
+            with self._env.begin() as txn:
+                self._counted[name] = int(txn.stat(self._dbs[name])["entries"])
+        except lmdb.Error:
+            # The scoring thread remapping meanwhile, or another process's pages past this
+            # one's map until the scoring thread maps them (`_remap`): the last count.
+            pass
+        return self._counted.get(name, 0)
 
     def file_bytes(self) -> int:
         """Bytes of the store's data file that take blocks on disk (with `writemap`, its
-        size is `max_bytes`, most of it a hole)."""
+        size is its map's: a hole past the blocks reserved ahead)."""
         status = (self.path / "data.mdb").stat()
         return min(status.st_size, status.st_blocks * 512)
 
@@ -261,7 +328,7 @@ class LmdbStore:
 
     def _pages_used(self) -> int:
         """Bytes in the pages the records take (free pages left out)."""
-        with self._env.begin() as txn:
+        with self._read() as txn:
             stats = [txn.stat(db) for db in self._dbs.values()]
         pages = sum(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"] for st in stats)
         return pages * int(stats[0]["psize"])
@@ -297,7 +364,7 @@ class LmdbStore:
 
     def _sweep(self, name: str, oldest: float, bound: int, idle_too: bool, size: int) -> None:
         db = self._dbs[name]
-        with self._env.begin(db=db, buffers=True) as txn:  # buffers: no copy of the values
+        with self._read(db) as txn:
             excess = int(txn.stat(db)["entries"]) - bound
             if excess <= 0 and not idle_too:
                 return
@@ -322,6 +389,15 @@ class LmdbStore:
                 else:
                     self.evictions.capacity += deleted
 
+    def _read(self, db: lmdb._Database | None = None) -> lmdb.Transaction:
+        """A read transaction (of the scoring thread), its values views of the map."""
+        while True:
+            try:
+                return self._env.begin(db=db, buffers=True)
+            except lmdb.MapResizedError:  # another process grew the map past this one's
+                if not self._remap(0):
+                    raise
+
     def _open_databases(self, identity: str) -> dict[str, lmdb._Database]:
         """The store's databases, created with its identity in a new store; StateMismatch
         when it holds state of other settings. A store that exists opens even with no
@@ -329,7 +405,7 @@ class LmdbStore:
         try:
             txn, write = self._begin(_SESSION_GROWTH), True
         except NoRoomOnDisk:  # nothing to write in a store that exists: read it
-            txn, write = self._env.begin(buffers=True), False
+            txn, write = self._read(), False
         with txn:
             found = txn.get(_IDENTITY_KEY)
             new = found is None
@@ -351,7 +427,10 @@ class LmdbStore:
 
     def _sync_every(self, seconds: float) -> None:
         while not self._closed.wait(seconds):
-            self._env.sync(True)
+            try:
+                self._env.sync(True)
+            except lmdb.Error:  # refused while the scoring thread remaps: next time
+                _log.info("state_sync_skipped", exc_info=True)
 
 
 class _Session:
