@@ -59,7 +59,7 @@ class SeededState:
     merchants: int
     transactions: int
     stored_bytes: int
-    """The data file's size (LMDB), or the Redis server's memory in use."""
+    """The bytes the store's files take on disk (LMDB), or the Redis server's memory in use."""
 
 
 def check_target(target: Path, *, replace: bool) -> None:
@@ -189,8 +189,15 @@ def _build(
         terminals=kept[EntityKind.TERMINAL],
         merchants=kept[EntityKind.MERCHANT],
         transactions=transactions,
-        stored_bytes=sum(path.stat().st_size for path in settings.path.iterdir()),
+        stored_bytes=sum(_disk_bytes(path) for path in settings.path.iterdir()),
     )
+
+
+def _disk_bytes(path: Path) -> int:
+    """What the file takes on disk: with `state.writemap` LMDB's data file is as large as
+    its map, the part past its pages a hole."""
+    status = path.stat()
+    return min(status.st_size, status.st_blocks * 512)
 
 
 def _publish(staging: Path, target: Path, *, replace: bool) -> None:
