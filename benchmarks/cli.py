@@ -282,10 +282,22 @@ def _suite(parser: argparse.ArgumentParser) -> None:
     _onnx_calls(parser)
     group = parser.add_argument_group("suite")
     group.add_argument(
-        "--stream-rate",
-        type=float,
-        default=_DEFAULTS.stream_rate,
-        help="open loop on ScoreStream: transactions per second",
+        "--stream-rates",
+        type=_rates,
+        default=_DEFAULTS.stream_rates,
+        help="open loops on ScoreStream: transactions per second, comma-separated",
+    )
+    group.add_argument(
+        "--batch-rates",
+        type=_rates,
+        default=_DEFAULTS.batch_rates,
+        help="open loops on ScoreBatch: transactions per second, comma-separated ('' for none)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=_DEFAULTS.batch_size,
+        help="transactions per ScoreBatch call",
     )
     group.add_argument(
         "--step-seconds",
@@ -299,6 +311,38 @@ def _suite(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.memory_days,
         help="days of history for the memory measurement; 0 skips it",
     )
+    group.add_argument(
+        "--overload-factor",
+        type=float,
+        default=_DEFAULTS.overload_factor,
+        help="overload: this many times the saturation found",
+    )
+    group.add_argument(
+        "--overload-seconds",
+        type=float,
+        default=_DEFAULTS.overload_seconds,
+        help="overload: its length, between two --seconds at half the saturation; 0 skips it",
+    )
+    peer = parser.add_argument_group("MLServer (optional, not a dependency)")
+    peer.add_argument(
+        "--mlserver-python",
+        type=Path,
+        help="the Python of an environment with mlserver and mlserver-lightgbm: adds rows "
+        "against MLServer serving the champion's LightGBM model",
+    )
+    peer.add_argument(
+        "--mlserver-workers",
+        type=int,
+        default=_DEFAULTS.mlserver_workers,
+        help="MLServer's parallel_workers (0: inference in its server process)",
+    )
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(rate) for rate in text.split(",") if rate.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not rates separated by commas: {text!r}") from None
 
 
 def _local_url(text: str) -> str:

@@ -22,6 +22,7 @@ from benchmarks.measurements.saturation import rate_steps
 from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.report import Report
 from benchmarks.servers.launch import ServerProbe
+from benchmarks.servers.mlserver_peer import check_interpreter
 from benchmarks.suite import SuiteSettings, floors_report, run_suite, saturate_server
 
 Command = Callable[[list[str]], Report | FaultReport]
@@ -48,6 +49,8 @@ def prepare(args: argparse.Namespace) -> Command:
             raise ValueError("--days must be above 0")
         return functools.partial(_memory, args)
     settings = suite_settings(args)
+    if settings.mlserver_python is not None:
+        check_interpreter(settings.mlserver_python)
     return functools.partial(floors_report if args.command == "floors" else run_suite, settings)
 
 
@@ -87,7 +90,9 @@ def suite_settings(args: argparse.Namespace) -> SuiteSettings:
         seconds=args.seconds,
         rate=args.rate,
         in_flight=args.in_flight,
-        stream_rate=args.stream_rate if suite else defaults.stream_rate,
+        stream_rates=args.stream_rates if suite else defaults.stream_rates,
+        batch_rates=args.batch_rates if suite else (),
+        batch_size=args.batch_size if suite else defaults.batch_size,
         streams=args.streams,
         budget_ms=args.budget_ms if suite else defaults.budget_ms,
         saturation_start=args.start if suite else defaults.saturation_start,
@@ -102,6 +107,10 @@ def suite_settings(args: argparse.Namespace) -> SuiteSettings:
         seed=args.seed,
         onnx_calls=args.onnx_calls,
         memory_days=args.memory_days if suite else 0.0,
+        overload_factor=args.overload_factor if suite else defaults.overload_factor,
+        overload_seconds=args.overload_seconds if suite else 0.0,
+        mlserver_python=args.mlserver_python if suite else None,
+        mlserver_workers=args.mlserver_workers if suite else defaults.mlserver_workers,
     )
 
 

@@ -6,38 +6,63 @@ server the suite starts itself (on free ports of 127.0.0.1) and stops (SIGTERM, 
                     the bare gRPC + ONNX floor server (`benchmarks.servers.floor`), and a
                     closed loop of `in_flight` calls against the latter
     fraud-serve     open loop, unary, at `rate`; closed loop, unary, `in_flight` calls in
-                    flight; open loop on `ScoreStream` at `stream_rate` (`streams` streams
-                    per client process); each against a freshly started server
+                    flight; open loop on `ScoreStream` at each of `stream_rates` (`streams`
+                    streams per client process), and on `ScoreBatch` at each of
+                    `batch_rates` (`batch_size` transactions a call); each against a
+                    freshly started server
     saturation      open loop, unary, the rate stepped up on one fresh server (each step
                     with the next rows of the history and a fresh run id) until p99 passes
                     the budget or a `Score` call fails
-    workers         the open loop at `rate` again against `fraud-serve --workers 2`, next to
-                    the one-worker run above
+    workers         the open loop at `rate` and the closed loop again against
+                    `fraud-serve --workers 2`, next to the one-worker runs above
+    overload        `fraud-bench chaos --scenario overload` (`benchmarks.faults.chaos`) at
+                    `overload_factor` x the saturation just found, for `overload_seconds`
+                    between two phases of `seconds` at half of it, on a fresh server with
+                    its default settings; skipped when no rate was held (when every
+                    step was held, the rate is a lower bound and its targets say so)
+    mlserver        with `mlserver_python`: MLServer serving the champion's LightGBM model
+                    (`benchmarks.servers.mlserver_peer`), the same open loop at `rate` and
+                    closed loop at `in_flight`, over its gRPC V2 inference protocol; it
+                    gets the feature rows our engine computes for the same history rows
+                    (features, not transactions: the serving cost of the model alone)
     memory          feature state for `memory_days` days of the history, in a fresh process
+
+Then the targets of issue 17 (`benchmarks.reporting.targets`, and the overload's own
+criteria), each met, not met or not judged, with its figures.
 
 The history is loaded once (as many rows as the largest measurement needs); each
 measurement sends its rows under a fresh run id. The ratio of the server's CPU per answer
-to the ONNX floor's is `comparisons.server_cpu_vs_floor_onnx` (target at most 1.5); it is
-null when either run had errors: pick a `--rate` that both hold (see the saturation).
+to the ONNX floor's is `comparisons.server_cpu_vs_floor_onnx` (target at most 1.25); it is
+null when either run had errors: pick a `--rate` that both hold (see the saturation). The
+1-minute load average as each row starts is in `loads`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.faults.chaos import ChaosSettings, run_chaos
+from benchmarks.faults.criteria import Criterion, Scenario
 from benchmarks.load.client import Rpc
 from benchmarks.load.schedule import Arrivals
 from benchmarks.load.traffic import History, OutcomeMix, build_calls, load_history, new_run_id
 from benchmarks.measurements.load_run import LoadSettings, Measurement, Mode, measure
 from benchmarks.measurements.memory import measure_in_fresh_process
+from benchmarks.measurements.mlserver_rows import (
+    CLOSED_LOOP_ROWS_PER_SECOND,
+    MLServerSetup,
+    measure_mlserver,
+)
 from benchmarks.measurements.onnx_floor import InferenceTiming, time_single_row
 from benchmarks.measurements.saturation import Attempt, Saturation, rate_steps, search
 from benchmarks.probes.machine import describe_run
-from benchmarks.reporting.report import Report
+from benchmarks.reporting.report import Report, Target
+from benchmarks.reporting.targets import judge_targets, stream_row
 from benchmarks.servers.floor import FLOOR_KINDS
 from benchmarks.servers.launch import (
     LOCAL_HOST,
@@ -61,7 +86,9 @@ class SuiteSettings:
     seconds: float = 10.0
     rate: float = 2000.0
     in_flight: int = 32
-    stream_rate: float = 10_000.0
+    stream_rates: tuple[float, ...] = (5000.0, 10_000.0)
+    batch_rates: tuple[float, ...] = (5000.0, 10_000.0)
+    batch_size: int = 32
     streams: int = 4
     budget_ms: float = 50.0
     saturation_start: float = 500.0
@@ -76,16 +103,32 @@ class SuiteSettings:
     seed: int = 0
     onnx_calls: int = 20_000
     memory_days: float = 30.0
+    overload_factor: float = 3.0
+    overload_seconds: float = 30.0
+    mlserver_python: Path | None = None
+    # MLServer's parallel_workers (its own default is 1): 0 predicts in the server process,
+    # as one fraud-serve worker scores in its own; 1 or more send each request to an
+    # inference process and back, a hop fraud-serve does not make.
+    mlserver_workers: int = 0
 
     def __post_init__(self) -> None:
         """ValueError unless every measurement's load is within bounds."""
         rate_steps(self.saturation_start, self.saturation_step, self.saturation_max)
         anywhere = f"{LOCAL_HOST}:0"
         _load(self, anywhere, "closed", "unary", self.rate)
-        _load(self, anywhere, "open", "stream", self.stream_rate)
+        if not self.stream_rates:
+            raise ValueError("give at least one ScoreStream rate")
+        for rate in self.stream_rates:
+            _load(self, anywhere, "open", "stream", rate)
+        for rate in self.batch_rates:
+            _load(self, anywhere, "open", "batch", rate)
         _load(self, anywhere, "open", "unary", max(self.rate, self.saturation_max))
         if self.saturation_seconds <= 0 or self.memory_days < 0 or self.onnx_calls < 1:
             raise ValueError("step seconds and ONNX calls must be above 0, memory days 0+")
+        if not 1 < self.overload_factor <= 20 or self.overload_seconds < 0:
+            raise ValueError("the overload factor must be above 1 (at most 20), its seconds 0+")
+        if not 0 <= self.mlserver_workers <= 8:
+            raise ValueError("MLServer's parallel workers must be 0 to 8")
 
 
 def champion_model(registry: Path) -> tuple[str, Path]:
@@ -137,37 +180,135 @@ def run_floors(
 
 def run_suite(settings: SuiteSettings, command_line: list[str]) -> Report:
     """Every measurement of the suite (see the module docstring), as one report."""
+    run = describe_run()  # the load average as the suite starts, with the rest
+    loads: dict[str, float] = {}
     version, model = champion_model(settings.registry)
     history = load_history(settings.data, _rows_needed(settings))
+    loads["floors"] = _load_average()
     onnx, measurements = run_floors(settings, history, model)
     registry = settings.registry
-    runs: tuple[tuple[str, Mode, Rpc, float], ...] = (
+    runs: list[tuple[str, Mode, Rpc, float]] = [
         ("serve-open-unary", "open", "unary", settings.rate),
         ("serve-closed-unary", "closed", "unary", settings.rate),
-        ("serve-open-stream", "open", "stream", settings.stream_rate),
-    )
+        *((stream_row(rate), "open", "stream", rate) for rate in settings.stream_rates),
+        *((f"serve-open-batch-{rate:g}", "open", "batch", rate) for rate in settings.batch_rates),
+    ]
     for name, mode, rpc, rate in runs:
         spec = fraud_serve_spec(name, registry)
+        loads[name] = _load_average()
         measurements.append(_against(settings, history, spec, _loader(settings, mode, rpc, rate)))
+    loads["saturation"] = _load_average()
     saturation = run_saturation(settings, history)
-    spec = fraud_serve_spec("serve-open-unary-2-workers", registry, workers=2)
-    opener = _loader(settings, "open", "unary", settings.rate)
-    measurements.append(_against(settings, history, spec, opener))
+    for name, mode in (
+        ("serve-open-unary-2-workers", "open"),
+        ("serve-closed-unary-2-workers", "closed"),
+    ):
+        spec = fraud_serve_spec(name, registry, workers=2)
+        loads[name] = _load_average()
+        measurements.append(
+            _against(settings, history, spec, _loader(settings, mode, "unary", settings.rate))
+        )
+    loads["overload"] = _load_average()
+    overload = run_overload(settings, saturation.highest_held_rate)
+    if settings.mlserver_python is not None:
+        setup = MLServerSetup(
+            settings.mlserver_python, settings.mlserver_workers, settings.out, _logs(settings)
+        )
+        measurements += measure_mlserver(
+            setup,
+            registry,
+            history,
+            lambda target, mode: _load(settings, target, mode, "unary", settings.rate),
+            lambda name: loads.__setitem__(name, _load_average()),
+        )
     memory = None
     if settings.memory_days > 0:
         _progress(f"memory: {settings.memory_days:g} days of feature state")
         memory = measure_in_fresh_process(registry, settings.data, settings.memory_days)
+    loads["end"] = _load_average()
+    comparisons = _comparisons(measurements)
+    checks = overload_checks(overload)
     return Report(
         "suite",
-        describe_run(),
+        run,
         command_line,
         _settings(settings, version),
         measurements=measurements,
         onnx_alone=onnx,
         saturation=saturation,
         memory=memory,
-        comparisons=_comparisons(measurements),
+        comparisons=comparisons,
+        targets=judge_targets(measurements, comparisons)
+        + overload_targets(settings.overload_factor, overload, saturation),
+        overload=None if overload is None else dict(overload.figures, passed=overload.passed),
+        overload_checks=checks,
+        loads=loads,
     )
+
+
+def run_overload(settings: SuiteSettings, saturation: float | None) -> Scenario | None:
+    """`fraud-bench chaos --scenario overload` at `overload_factor` x `saturation`, its
+    calm phases `seconds` long (1 s at least); None when skipped (no rate was held, or
+    `overload_seconds` is 0)."""
+    if saturation is None or settings.overload_seconds == 0:
+        return None
+    _progress(f"overload: {settings.overload_factor:g} x {saturation:g}/s")
+    chaos = ChaosSettings(
+        settings.registry,
+        settings.data,
+        settings.out,
+        scenarios=("overload",),
+        seconds=max(1.0, settings.seconds),
+        overload_seconds=settings.overload_seconds,
+        overload_factor=settings.overload_factor,
+        saturation=saturation,
+    )
+    (scenario,) = run_chaos(chaos)
+    return scenario
+
+
+# The overload criteria that are issue 17's targets: refusals RESOURCE_EXHAUSTED, within
+# 5 ms, and goodput. (Health and recovery are the chaos scenario's own.)
+_OVERLOAD_TARGETS = ("every refusal", "refusals (RESOURCE_EXHAUSTED)", "goodput")
+
+
+def overload_checks(overload: Scenario | None) -> list[Target]:
+    """Every criterion of the overload run, as a target of its row (none when skipped)."""
+    return [] if overload is None else [_target(c, "overload") for c in overload.criteria]
+
+
+def overload_targets(
+    factor: float, overload: Scenario | None, saturation: Saturation
+) -> list[Target]:
+    """Issue 17's targets among the overload's criteria; when it was skipped, one target
+    not judged that says so. When the search held its last step, the capacity it found is
+    only a lower bound, and each target says so: the overload may be a smaller multiple."""
+    if overload is None:
+        why = "skipped: no saturation rate was held, or --overload-seconds 0"
+        return [Target(f"overload at {factor:g} x capacity", "overload", "-", "-", None, why)]
+    targets = [t for t in overload_checks(overload) if t.name.startswith(_OVERLOAD_TARGETS)]
+    if saturation.steps and saturation.steps[-1].held:
+        bound = (
+            f"capacity at least {saturation.steps[-1].rate:,.0f}/s: the search held every "
+            "step up to --max-rate"
+        )
+        targets = [
+            dataclasses.replace(
+                t, detail=bound if t.detail in ("", "-") else f"{t.detail}; {bound}"
+            )
+            for t in targets
+        ]
+    return targets
+
+
+def _target(criterion: Criterion, row: str) -> Target:
+    return Target(
+        criterion.name, row, criterion.measured, criterion.limit, criterion.passed, criterion.detail
+    )
+
+
+def _load_average() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def run_saturation(settings: SuiteSettings, history: History) -> Saturation:
@@ -250,14 +391,19 @@ def _load(settings: SuiteSettings, target: str, mode: Mode, rpc: Rpc, rate: floa
         streams=settings.streams,
         timeout=settings.timeout,
         seed=settings.seed,
+        batch_size=settings.batch_size,
     )
 
 
 def _rows_needed(settings: SuiteSettings) -> int:
-    """Enough rows for the largest measurement: open loops, the closed loop, the search."""
+    """Enough rows for the largest measurement: open loops, the search, MLServer's closed
+    loop (a closed loop of fraud-serve's sends what there is)."""
     rates = rate_steps(settings.saturation_start, settings.saturation_step, settings.saturation_max)
     saturation = sum(round(rate * settings.saturation_seconds) for rate in rates)
-    loops = round(max(settings.rate, settings.stream_rate) * settings.seconds)
+    fastest = max(settings.rate, *settings.stream_rates, *settings.batch_rates)
+    if settings.mlserver_python is not None:
+        fastest = max(fastest, CLOSED_LOOP_ROWS_PER_SECOND)
+    loops = round(fastest * settings.seconds)
     return max(saturation, loops)
 
 

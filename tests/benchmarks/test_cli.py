@@ -161,6 +161,31 @@ def test_bad_arguments_exit_with_status_2(arguments: list[str], tmp_path: Path):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--stream-rates", "5000,fast"], "not rates separated by commas: '5000,fast'"),
+        (["--stream-rates", ""], "give at least one ScoreStream rate"),
+        (["--batch-rates", "5000,0"], "rate must be in (0, "),
+        (["--stream-rates", "5000,nan"], "rate must be in (0, "),
+        (["--overload-factor", "1"], "the overload factor must be above 1"),
+        (["--overload-seconds", "-1"], "its seconds 0+"),
+        (["--mlserver-workers", "9"], "MLServer's parallel workers must be 0 to 8"),
+        (["--mlserver-python", "/nonexistent/python"], "not an executable file"),
+    ],
+)
+def test_bad_suite_options_exit_with_status_2_and_say_why(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Unreadable or out-of-bounds rates, overload and MLServer options are usage errors,
+    each with its reason, before anything starts."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["suite", *arguments, "--out", str(tmp_path)])
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_run_that_cannot_read_its_data_exits_with_status_1(
     floor: ThreadServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):

@@ -16,7 +16,7 @@ from benchmarks.measurements.saturation import Saturation, Step
 from benchmarks.measurements.server_latency import ServerLatency
 from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.charts import write_charts
-from benchmarks.reporting.report import REPORT_FILE, Report, render_table, write_json
+from benchmarks.reporting.report import REPORT_FILE, Report, Target, render_table, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -71,6 +71,18 @@ def report() -> Report:
             30, 300_000, 5000, 10_000, 10, 20, 200 * 2**20, 41943.0, 500 * 2**20, True
         ),
         comparisons={"server_cpu_vs_floor_onnx": 2.5, "server_cpu_vs_floor_empty": None},
+        targets=[
+            Target("floor-onnx holds 2,000/s", "floor-onnx", "p99 3.10 ms", "p99 <= 5 ms", True),
+            Target("cpu ratio", "serve-open-unary / floor-onnx", "2.50x", "<= 1.25x", False),
+            Target(
+                "stream sustained", "serve-open-stream-10000", "-", "-", None, "row not measured"
+            ),
+        ],
+        overload={"saturation_per_second": 1500.0, "goodput_per_second": 1450.0, "calls": 9000},
+        overload_checks=[
+            Target("goodput during the overload", "overload", "1,450/s", ">= 1,350/s", True)
+        ],
+        loads={"serve-open-unary": 1.25, "end": 0.5},
     )
 
 
@@ -93,6 +105,17 @@ def test_json_carries_the_run_the_command_line_the_settings_and_every_section(
     assert document["saturation"]["highest_held_rate"] == 500.0
     assert document["memory"]["bytes_per_card"] == 41943.0
     assert document["onnx_alone"]["features"] == 33
+    assert document["targets"][1] == {
+        "name": "cpu ratio",
+        "row": "serve-open-unary / floor-onnx",
+        "measured": "2.50x",
+        "limit": "<= 1.25x",
+        "met": False,
+        "detail": "",
+    }
+    assert document["overload"]["goodput_per_second"] == 1450.0
+    assert document["overload_checks"][0]["met"] is True
+    assert document["loads"] == {"serve-open-unary": 1.25, "end": 0.5}
 
 
 def test_table_has_a_row_per_measurement_and_every_section(report: Report):
@@ -116,12 +139,20 @@ def test_table_has_a_row_per_measurement_and_every_section(report: Report):
     assert "statuses DEADLINE_EXCEEDED 3 OK 2,000" in table
     assert "decisions APPROVE 1,900 DECLINE 100, fallback 2" in table
     assert "server's own p50/p99 0.60/2.10 ms" in table
-    assert "server_cpu_vs_floor_onnx: 2.50x (target <= 1.5x)" in table
+    assert "server_cpu_vs_floor_onnx: 2.50x (target <= 1.25x)" in table
     assert "server_cpu_vs_floor_empty: not comparable, a run had errors" in table
     assert "highest rate held: 500/s" in table
     assert "NOT held" in table
     assert "mean 25.1 us" in table
     assert "41,943 bytes per card" in table
+    assert "  goodput_per_second 1450.0" in table
+    assert "  [met] goodput during the overload: 1,450/s (>= 1,350/s)" in table
+    targets = {_cells(line)[0]: _cells(line) for line in lines if line.startswith("  ")}
+    assert targets["floor-onnx holds 2,000/s"][-1] == "met"
+    assert targets["cpu ratio"][-1] == "NOT met"
+    assert targets["stream sustained"][-1] == "not judged"
+    assert "  stream sustained: row not measured" in lines
+    assert "at each row's start: serve-open-unary 1.25, end 0.50" in table
 
 
 def test_charts_are_written_as_non_empty_pngs(report: Report, tmp_path: Path):
