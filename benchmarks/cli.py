@@ -334,7 +334,8 @@ def _suite(parser: argparse.ArgumentParser) -> None:
         "--mlserver-workers",
         type=int,
         default=_DEFAULTS.mlserver_workers,
-        help="MLServer's parallel_workers (0: inference in its server process)",
+        help="MLServer's parallel_workers (0: inference in its server process; 1 or more "
+        "need uvloop<0.22 beside mlserver 1.7)",
     )
 
 

@@ -107,8 +107,10 @@ class SuiteSettings:
     overload_seconds: float = 30.0
     mlserver_python: Path | None = None
     # MLServer's parallel_workers (its own default is 1): 0 predicts in the server process,
-    # as one fraud-serve worker scores in its own; 1 or more send each request to an
-    # inference process and back, a hop fraud-serve does not make.
+    # as one fraud-serve worker scores in its own; 1 sends each request to an inference
+    # process and back, a hop fraud-serve does not make, and on 2 cores answered half as
+    # many calls closed loop at 2.5 x the CPU each (mlserver 1.7.1: 571-601/s against
+    # 1,168-1,273/s). 1 or more need uvloop < 0.22 there (SeldonIO/MLServer#2286).
     mlserver_workers: int = 0
 
     def __post_init__(self) -> None:
