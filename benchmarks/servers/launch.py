@@ -1,11 +1,12 @@
 """Servers the harness starts itself: `fraud-serve` and the floor servers, as child processes
 on free ports of 127.0.0.1.
 
-`serving(spec, log_dir)` starts one, waits until its grpc.health.v1 check says SERVING,
-hands back where to reach it and what to probe, and on leaving stops it with SIGTERM and
-checks that it exited 0 (a graceful shutdown). Its output goes to `<log_dir>/<name>.log`.
-Every wait is bounded; a server that fails to start, or will not stop, is killed and
-reported as a `ServerError`.
+`serving(spec, log_dir)` starts one, waits until its grpc.health.v1 check says SERVING
+(and, for `fraud-serve`, until every worker's metrics report its champion: SERVING on the
+shared port is one worker's answer), hands back where to reach it and what to probe, and
+on leaving stops it with SIGTERM and checks that it exited 0 (a graceful shutdown). Its
+output goes to `<log_dir>/<name>.log`. Every wait is bounded; a server that fails to
+start, or will not stop, is killed and reported as a `ServerError`.
 
 `fraud-serve --workers N` needs a fixed scoring port (its workers share it) and serves
 metrics on N consecutive ports: both are picked free here. Its outcome log goes to a
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,8 @@ STOP_TIMEOUT = 30.0
 _PORT_ATTEMPTS = 50
 
 LOCAL_HOST = "127.0.0.1"
+# The line of fraud_model_info a worker exports once its champion serves.
+_CHAMPION_INFO = 'fraud_model_info{alias="champion"'
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,33 @@ def wait_serving(spec: ServerSpec, process: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(grpc.RpcError):
                 answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                    break
             time.sleep(0.2)
-    raise ServerError(f"{spec.name} was not SERVING within {STARTUP_TIMEOUT:g} s")
+        else:
+            raise ServerError(f"{spec.name} was not SERVING within {STARTUP_TIMEOUT:g} s")
+    # SERVING came from one worker of the shared port: the others may still be starting.
+    pending = list(spec.metrics_urls)
+    while pending and time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"{spec.name} exited with status {process.returncode} (see its log)")
+        pending = [url for url in pending if not _serves_a_champion(url)]
+        if pending:
+            time.sleep(0.2)
+    if pending:
+        raise ServerError(f"{spec.name}: no champion reported at {', '.join(pending)} in time")
+
+
+def _serves_a_champion(metrics_url: str) -> bool:
+    """Whether the worker at `metrics_url` reports a champion loaded."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=1.0) as response:
+            text: str = response.read().decode()
+    except OSError:  # not listening yet (URLError is an OSError)
+        return False
+    return any(
+        line.startswith(_CHAMPION_INFO) and line.rstrip().endswith(" 1.0")
+        for line in text.splitlines()
+    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import http.server
 import socket
+import threading
 from pathlib import Path
 
 import grpc
@@ -56,3 +59,44 @@ def test_fraud_serve_workers_get_one_metrics_port_each():
     assert ports[1] == ports[0] + 1
     assert spec.argv[spec.argv.index("--workers") + 1] == "2"
     assert spec.target.startswith("127.0.0.1:")
+
+
+class _WorkerMetrics(http.server.BaseHTTPRequestHandler):
+    """A worker's metrics endpoint that reports its champion from the third scrape on."""
+
+    scrapes = 0
+    champion_reported = False
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        cls.scrapes += 1
+        body = b"# a worker still starting: no model yet\n"
+        if cls.scrapes >= 3:
+            cls.champion_reported = True
+            body = b'fraud_model_info{alias="champion",version="v1"} 1.0\n'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_server_of_several_workers_is_ready_once_each_worker_serves_its_champion(
+    tmp_path: Path,
+):
+    """The scoring port's SERVING is one worker's answer: the others may still be starting
+    (a measurement then scraped a worker whose endpoint was not up, and loaded one worker).
+    So every worker's metrics must report a champion first."""
+    metrics = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WorkerMetrics)
+    threading.Thread(target=metrics.serve_forever, daemon=True).start()
+    floor = floor_spec("floor-empty", "empty", None)
+    url = f"http://127.0.0.1:{metrics.server_address[1]}/metrics"
+    spec = dataclasses.replace(floor, metrics_urls=(url,))
+    try:
+        with serving(spec, tmp_path):
+            assert _WorkerMetrics.champion_reported
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
