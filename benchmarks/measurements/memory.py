@@ -123,7 +123,9 @@ def measure_in_fresh_process(registry: Path, history: Path, days: float) -> Memo
     finished = subprocess.run(argv, capture_output=True, text=True, timeout=FRESH_TIMEOUT)
     if finished.returncode != 0:
         raise RuntimeError(f"the memory measurement failed: {finished.stderr.strip()[-2000:]}")
-    return MemoryFigures(**json.loads(finished.stdout))
+    # The record is the last line: the store may log before it (structlog's default
+    # output is stdout), e.g. `state_map_resized` as LMDB's map grows.
+    return MemoryFigures(**json.loads(finished.stdout.splitlines()[-1]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -136,7 +136,9 @@ def measure_in_fresh_process(
         finished = subprocess.run(argv, capture_output=True, text=True, timeout=FRESH_TIMEOUT)
     if finished.returncode != 0:
         raise RuntimeError(f"the bound measurement failed: {finished.stderr.strip()[-2000:]}")
-    return BoundFigures(**json.loads(finished.stdout))
+    # The record is the last line: the store may log before it (structlog's default
+    # output is stdout), e.g. `state_map_resized` as LMDB's map grows.
+    return BoundFigures(**json.loads(finished.stdout.splitlines()[-1]))
 
 
 def _fresh(number: int) -> RawTransaction:
