@@ -13,12 +13,14 @@ import psutil
 
 from benchmarks.probes.process_usage import process_usage, run_queue_wait_seconds
 
-# Burns 0.3 s of CPU, says so, then idles until killed.
+# Burns 0.3 s of CPU, says so, then idles until killed. One write(2) of the whole line: two
+# children share the parent's pipe, and print() may write "done" and its newline apart, so
+# their lines could interleave ("donedone\n", seen in CI).
 BUSY = (
-    "import time\n"
+    "import os, time\n"
     "end = time.process_time() + 0.3\n"
     "while time.process_time() < end: pass\n"
-    "print('done', flush=True)\n"
+    "os.write(1, b'done\\n')\n"
     "time.sleep(60)\n"
 )
 # Starts two busy children, then idles.
