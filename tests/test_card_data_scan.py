@@ -1,4 +1,4 @@
-"""No card number anywhere: 10,000 requests carrying card numbers in every field and every
+"""No card number anywhere: 2,500 requests carrying card numbers in every field and every
 common form (plain, spaced, dashed, dotted, track 1, track 2) against a real `fraud-serve`
 process, then a search of everything it wrote or said for them: its standard output and
 standard error, every decision and outcome record file, /metrics, every status detail and
@@ -52,10 +52,14 @@ CARD_TOKEN_KEY = "the key of the card data scan"
 CALL_TIMEOUT = 30.0
 WAVE = 64  # unary calls in flight at once, within the calls a connection may hold
 STATE_BYTES = 64 << 20  # the least the settings allow: the whole file is searched
-REQUESTS = 10_000
-CARD_ID_REQUESTS = 4_200
-STREAM_STOPPERS = 400  # streams ended by a card number in their second transaction
-OUTCOME_REQUESTS = 600
+# Every field in every form many times over: a leak is a path, not a rate (the server
+# logs every request). 10,000 found nothing more, and took 23 s to send on a busy 2-core
+# box against 6 s for these.
+REQUESTS = 2_500
+CARD_ID_REQUESTS = 1_050
+STREAM_BATCH = 350  # card_id swipes a stream
+STREAM_STOPPERS = 100  # streams ended by a card number in their second transaction
+OUTCOME_REQUESTS = 150
 
 FORMS: dict[str, Callable[[str], str]] = {
     "plain": lambda pan: pan,
@@ -176,7 +180,7 @@ def _ended(future: Future[object], expected_field: str) -> Refusal:
 def test_no_card_number_reaches_any_sink(
     server: ClockedServer, trained_model: TrainedModel, tmp_path: Path
 ) -> None:
-    """10,000 card numbers sent in every field and form: 0 found in stdout, stderr, the
+    """2,500 card numbers sent in every field and form: 0 found in stdout, stderr, the
     record files, /metrics, the status details or the state store; each sink's planted
     control found."""
     pans = card_numbers(REQUESTS, seed=15)
@@ -192,7 +196,8 @@ def test_no_card_number_reaches_any_sink(
     carded = {f"carded-{index}": next(sent) for index in range(CARD_ID_REQUESTS)}
     answered: list[str] = []
     batches = [
-        list(carded.items())[start : start + 700] for start in range(0, CARD_ID_REQUESTS, 700)
+        list(carded.items())[start : start + STREAM_BATCH]
+        for start in range(0, CARD_ID_REQUESTS, STREAM_BATCH)
     ]
     for batch in batches:
         requests = (_swipe(tx_id, form_of[pan](pan), when) for tx_id, pan in batch)
@@ -245,7 +250,7 @@ def test_no_card_number_reaches_any_sink(
                 str(ended.value),
             )
         )
-    assert next(sent, None) is None  # all 10,000 sent
+    assert next(sent, None) is None  # all 2,500 sent
 
     metrics = _scrape(serving["metrics_port"])
     channel.close()
