@@ -9,6 +9,11 @@ from typing import Any
 
 import pytest
 
+# The serving-parity history and its offline scores, once for the modules that feed it.
+from tests.parity_history import champion_config as champion_config
+from tests.parity_history import history_batches as history_batches
+from tests.parity_history import offline as offline
+from tests.parity_history import unseen_history as unseen_history
 from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess, server_files
 from training.config import load_settings

@@ -1,6 +1,6 @@
 """Serving parity across replicas: two `fraud-serve` processes sharing one redis-server,
-called in turn, score a history exactly as `fraud-train evaluate` does (see
-tests/test_serving_parity.py, whose history and offline run this reuses); and so they do
+called in turn, score a history exactly as `fraud-train evaluate` does (the history and
+offline run of tests/test_serving_parity.py, tests/parity_history.py); and so they do
 when one of them is SIGKILLed with a call in flight and another takes its place."""
 
 from __future__ import annotations
@@ -26,21 +26,15 @@ from tests.parity_feed import (
     retry_one_by_one,
     split,
 )
+from tests.parity_history import OfflineRun
 from tests.server_process import ServerProcess
-from tests.test_serving_parity import (  # the module's fixtures, shared
+from tests.test_serving_parity import (
     CHUNK_SIZE,
-    OfflineRun,
     _assert_match,
     _decisions_by_process,
     _is_full,
     _target,
-    champion_config,
-    history_batches,
-    offline,
-    unseen_history,
 )
-
-__all__ = ["champion_config", "history_batches", "offline", "unseen_history"]
 
 
 class AlternatingServers:

@@ -1,27 +1,23 @@
 """Serving parity: the server scores a history exactly as `fraud-train evaluate` does.
 
-A history the model never saw is scored twice: offline by the real `fraud-train evaluate`
-command (once for the module), and online by a real gRPC server fed the way a backend
-feeds it (`tests.parity_feed`), each fraud label reported through ReportOutcome at the
-moment it becomes known. Online means: one in-process server on each feature state
-backend, fed through one ScoreStream; two worker processes sharing one LMDB store, called
-over several connections, with ScoreStream and ScoreBatch calls in turn; and a server
-killed with SIGKILL in the middle of a call, then started again on its store.
+A history the model never saw (tests/parity_history.py) is scored twice: offline by the
+real `fraud-train evaluate` command (once for the session), and online by a real gRPC
+server fed the way a backend feeds it (`tests.parity_feed`), each fraud label reported
+through ReportOutcome at the moment it becomes known. Online means: one in-process server
+on each feature state backend, fed through one ScoreStream; two worker processes sharing
+one LMDB store, called over several connections, with ScoreStream and ScoreBatch calls in
+turn; and a server killed with SIGKILL in the middle of a call, then started again on its
+store.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import operator
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +34,6 @@ from service.config.settings import (
     StateSettings,
 )
 from service.features import FeatureConfig, FeatureEngine
-from service.model.registry import Registry
 from service.model.store import ModelStore
 from service.records.schema import segment_glob
 from service.state.opening import open_state
@@ -47,22 +42,17 @@ from tests.parity_feed import (
     Batch,
     OneStream,
     RotatingChannels,
-    batches,
     feed,
-    history_rows,
     kill_while_scoring,
     model_scores,
     retry_one_by_one,
     split,
 )
+from tests.parity_history import OfflineRun
 from tests.server_process import ServerProcess
 from tests.service.loopback import LoopbackServer
-from training.simulation.history_files import write_transactions
-from training.simulation.params import SimulationParams
-from training.simulation.simulate import simulate
 
 TOLERANCE = 1e-6
-EVALUATE_TIMEOUT = 300.0
 # Defaults but for the budget: a request falling back on a busy machine would prove nothing.
 SETTINGS = ServeSettings(
     server=ServerSettings(host="127.0.0.1", port=0),
@@ -76,64 +66,6 @@ CHUNK_SIZE = 16
 # With 16 connections, the chance that SO_REUSEPORT hands every one to the same of two
 # workers is 2 / 2**16.
 CONNECTIONS = 16
-
-
-class OfflineRun:
-    """`fraud-train evaluate --scores-out` over the unseen history, started at once and
-    read when first needed, so that it runs while servers are fed."""
-
-    def __init__(self, history: Path, registry: Path, scores_file: Path) -> None:
-        command = [
-            str(Path(sys.executable).with_name("fraud-train")), "evaluate",
-            "--data", str(history), "--registry", str(registry),
-            "--warmup-days", "0", "--scores-out", str(scores_file),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self._scores_file = scores_file
-
-    @cached_property
-    def scores(self) -> dict[str, float]:
-        """Scores by transaction id, once the command has finished (failing if it failed)."""
-        _, errors = self.process.communicate(timeout=EVALUATE_TIMEOUT)
-        assert self.process.returncode == 0, errors
-        with self._scores_file.open(newline="", encoding="utf-8") as file:
-            return {row["transaction_id"]: float(row["score"]) for row in csv.DictReader(file)}
-
-
-@pytest.fixture(scope="module")
-def unseen_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """40 days of simulated history from another seed than the one the model trained on."""
-    path = tmp_path_factory.mktemp("unseen") / "history.csv"
-    params = SimulationParams(customers=300, terminals=600, days=40, seed=5)
-    write_transactions(simulate(params), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def offline(
-    trained_model: TrainedModel, unseen_history: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OfflineRun]:
-    scores_file = tmp_path_factory.mktemp("offline") / "scores.csv"
-    run = OfflineRun(unseen_history, trained_model.registry, scores_file)
-    yield run
-    run.process.kill()  # a no-op once it has finished
-    run.process.communicate()
-
-
-@pytest.fixture(scope="module")
-def champion_config(trained_model: TrainedModel) -> FeatureConfig:
-    """The feature config the champion was trained with (and so its label delay)."""
-    champion = Registry(trained_model.registry).champion()
-    assert champion is not None
-    return champion[1].feature_config
-
-
-@pytest.fixture(scope="module")
-def history_batches(unseen_history: Path, champion_config: FeatureConfig) -> list[Batch]:
-    label_delay = timedelta(seconds=champion_config.label_delay_seconds)
-    return list(batches(history_rows(unseen_history), label_delay))
 
 
 @pytest.fixture(scope="module")
