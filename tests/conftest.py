@@ -23,13 +23,16 @@ from training.simulation.params import SimulationParams
 from training.simulation.simulate import simulate
 
 # A booster that trains in seconds and gates a small history can pass; tests add the
-# periods that fit their data.
+# periods that fit their data. One thread: on tens of thousands of rows a second one saves
+# little, and with the box busy (servers, a Dask cluster, another test process) LightGBM's
+# two OpenMP threads wait for each other spinning: 17-22 s of CPU a fit instead of 1.
 SMALL_MODEL = """\
 [booster]
 max_rounds = 60
 early_stopping_rounds = 20
 min_child_samples = 20
 max_bin = 255
+num_threads = 1
 
 [gates]
 min_auc_roc = 0.6
