@@ -18,7 +18,7 @@ from training.config import ClusterFitConfig, load_settings
 from training.data.cluster import ClusterSpec
 from training.data.dataset import FeatureTable
 from training.data.split import split_periods
-from training.model_build.candidate import ModelData, fit_candidate, period_records
+from training.model_build.candidate import Candidate, ModelData, fit_candidate, period_records
 from training.model_build.cluster_fit import plan_fit
 from training.model_build.pipeline import train
 
@@ -42,6 +42,13 @@ def single_process_data(large_single_process_table: FeatureTable, config_file: P
     return ModelData(table.features, table.labels, table.days, table.cards, periods)
 
 
+@pytest.fixture(scope="module")
+def single_process_candidate(single_process_data: ModelData, config_file: Path) -> Candidate:
+    """The model one process fits on the large history: what both cluster fits are held to.
+    Fitted once; `settings.cluster`, the only setting the tests change, is not read by it."""
+    return fit_candidate(single_process_data, load_settings(config_file))
+
+
 def test_the_fit_stays_local_while_the_matrix_fits_a_worker():
     auto = ClusterFitConfig()
 
@@ -59,7 +66,7 @@ def test_the_fit_stays_local_while_the_matrix_fits_a_worker():
 
 def test_train_on_a_local_cluster_publishes_the_single_process_model(
     large_daily_history: DailyHistory,
-    single_process_data: ModelData,
+    single_process_candidate: Candidate,
     config_file: Path,
     tmp_path: Path,
 ):
@@ -79,7 +86,7 @@ def test_train_on_a_local_cluster_publishes_the_single_process_model(
     assert all(gate.passed for gate in manifest.gates)
     assert "fit: local, the matrix fits one worker" in result.stderr
     assert "2 workers" in result.stderr
-    single = fit_candidate(single_process_data, load_settings(config_file))
+    single = single_process_candidate
     test_ap = manifest.metrics["test"]["average_precision"]
     assert abs(test_ap - single.metrics["test"]["average_precision"]) <= 0.005
     onnx = (registry / "versions" / version / ONNX_MODEL_FILE).read_bytes()
@@ -91,6 +98,7 @@ def test_train_on_a_local_cluster_publishes_the_single_process_model(
 def test_a_fit_with_lightgbm_dask_passes_the_gates_at_the_same_quality(
     large_daily_history: DailyHistory,
     single_process_data: ModelData,
+    single_process_candidate: Candidate,
     config_file: Path,
     dask_client: Client,
     tmp_path: Path,
@@ -112,7 +120,7 @@ def test_a_fit_with_lightgbm_dask_passes_the_gates_at_the_same_quality(
     manifest = result.manifest
     assert all(gate.passed for gate in manifest.gates)
     assert any(message.startswith("fit: on the cluster with lightgbm.dask") for message in messages)
-    single = fit_candidate(single_process_data, settings)
+    single = single_process_candidate
     test_ap = manifest.metrics["test"]["average_precision"]
     assert abs(test_ap - single.metrics["test"]["average_precision"]) <= 0.005
     assert manifest.periods == period_records(single_process_data)
