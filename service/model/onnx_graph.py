@@ -15,11 +15,47 @@ The server never registers a custom-op library, so the allow-list is the whole s
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
-from onnx.onnx_ml_pb2 import SparseTensorProto
+if TYPE_CHECKING:
+    from onnx.onnx_ml_pb2 import AttributeProto, GraphProto, SparseTensorProto, TensorProto
+
+
+def _onnx_messages() -> ModuleType:
+    """onnx's generated protobuf module, without the `onnx` package around it.
+
+    `import onnx` runs the package's __init__, which imports its helpers and ml_dtypes:
+    1.3-1.6 s of CPU on the 2-core box, paid by every server start (of some 3 s), where
+    only the message classes are needed. It is registered under a name of its own: `onnx`
+    imported later (as training does) runs its copy, whose identical descriptors protobuf's
+    pool accepts again, and gives the same message classes."""
+    name = "service.model._onnx_ml_pb2"
+    loaded = sys.modules.get(name) or sys.modules.get("onnx.onnx_ml_pb2")
+    if loaded is not None:
+        return loaded
+    package = importlib.util.find_spec("onnx")  # finds the package; runs none of it
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("onnx is not installed")
+    path = Path(next(iter(package.submodule_search_locations))) / "onnx_ml_pb2.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+_ONNX: Any = _onnx_messages()
 
 ML_DOMAIN = "ai.onnx.ml"
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", ML_DOMAIN})
@@ -61,7 +97,7 @@ class GraphRefused(ValueError):
 
 def check_graph(model_bytes: bytes) -> None:
     """GraphRefused unless the serialized ONNX model holds only what a LightGBM export does."""
-    model = ModelProto()
+    model = _ONNX.ModelProto()
     try:
         model.ParseFromString(model_bytes)
     except Exception as error:  # protobuf's DecodeError, and whatever a hostile file raises
@@ -85,7 +121,7 @@ def _check_graph(graph: GraphProto) -> None:
                 "LightGBM export does not use"
             )
         for attribute in node.attribute:
-            if attribute.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            if attribute.type in (_ONNX.AttributeProto.GRAPH, _ONNX.AttributeProto.GRAPHS):
                 raise GraphRefused(f"node {node.name!r} holds a subgraph")
             _check_tensors(_attribute_tensors(attribute))
     _check_tensors(graph.initializer)
@@ -113,7 +149,7 @@ def _sparse_parts(tensors: Iterable[SparseTensorProto]) -> Iterator[TensorProto]
 
 def _check_tensors(tensors: Iterable[TensorProto]) -> None:
     for tensor in tensors:
-        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+        if tensor.data_location == _ONNX.TensorProto.EXTERNAL or tensor.external_data:
             raise GraphRefused(
                 f"tensor {tensor.name!r} is stored as external data", reason="external_data"
             )
