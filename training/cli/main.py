@@ -21,37 +21,39 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from service.core.rule_compiler import RuleError
-from service.model.artifact import ArtifactError
-from service.model.registry import RegistryError
-from service.state.errors import StateStoreError
 from training.cli.console import EXIT_BAD_INPUT, EXIT_GATE_FAILED, error
 from training.cli.parser import build_parser
-from training.config import ConfigError
-from training.data.cluster import ClusterError
-from training.data.loading import DataError
-from training.data.split import SplitError
-from training.data.state_publishing import StateTargetError
-from training.evaluation.evaluate import EvaluationError
-from training.model_build.gates import GateFailure
-from training.retraining.feedback import FeedbackError
 
 # What bad input raises, anywhere in the pipeline: a message for the user, exit 2. Any other
-# exception is a bug: it propagates, and Python prints its traceback and exits 1.
-_BAD_INPUT = (
-    ArtifactError,
-    ClusterError,
-    ConfigError,
-    DataError,
-    EvaluationError,
-    FeedbackError,
-    RegistryError,
-    RuleError,
-    SplitError,
-    StateStoreError,
-    StateTargetError,
-    FileNotFoundError,
+# exception is a bug: it propagates, and Python prints its traceback and exits 1. Named, not
+# imported: their modules bring pandas, sklearn and distributed, seconds of a start that
+# `fraud-train registry list` need not pay, and a class whose module was never imported
+# cannot have been raised.
+BAD_INPUT = (
+    "service.core.rule_compiler:RuleError",
+    "service.model.artifact:ArtifactError",
+    "service.model.registry:RegistryError",
+    "service.state.errors:StateStoreError",
+    "training.config:ConfigError",
+    "training.data.cluster_spec:ClusterError",
+    "training.data.loading:DataError",
+    "training.data.split:SplitError",
+    "training.data.state_publishing:StateTargetError",
+    "training.evaluation.evaluate:EvaluationError",
+    "training.retraining.feedback:FeedbackError",
 )
+GATE_FAILED = "training.model_build.gates:GateFailure"
+
+
+def imported_classes(names: Sequence[str]) -> tuple[type[BaseException], ...]:
+    """The exception classes of `names` ("module:Class") whose modules are imported."""
+    classes = []
+    for name in names:
+        module_name, _, class_name = name.partition(":")
+        module = sys.modules.get(module_name)
+        if module is not None:
+            classes.append(getattr(module, class_name))
+    return tuple(classes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,15 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except GateFailure as failure:
-        error(str(failure))
-        return EXIT_GATE_FAILED
-    except _BAD_INPUT as bad_input:
-        error(str(bad_input))
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except Exception as failure:
+        if isinstance(failure, imported_classes([GATE_FAILED])):
+            error(str(failure))
+            return EXIT_GATE_FAILED
+        if isinstance(failure, (*imported_classes(BAD_INPUT), FileNotFoundError)):
+            error(str(failure))
+            return EXIT_BAD_INPUT
+        raise
 
 
 if __name__ == "__main__":

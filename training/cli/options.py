@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from training.config import TrainSettings, load_settings
-from training.data.cluster import ClusterSpec, parse_cluster
+from training.data.cluster_spec import ClusterSpec, parse_cluster
 
 
 def add_data_options(command: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from training.config import TrainSettings
 
 if TYPE_CHECKING:
     from service.records.schema import RecordKind
-    from training.data.cluster import ClusterSpec
+    from training.data.cluster_spec import ClusterSpec
     from training.retraining.log_compaction import Compaction
     from training.retraining.log_reading import LogReading
 

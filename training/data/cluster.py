@@ -20,46 +20,28 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client, LocalCluster, WorkerPlugin, futures_of, wait
 from distributed.diagnostics.progressbar import progress as progress_bar
 
-_LOCAL = "local"
+# Re-exported: what parsing `--dask` needs lives apart, so that parsing a command line does
+# not import distributed.
+from training.data.cluster_spec import ClusterError, ClusterSpec, parse_cluster
+
+__all__ = [
+    "ClusterError",
+    "ClusterSpec",
+    "describe_cluster",
+    "open_client",
+    "parse_cluster",
+    "persist_with_progress",
+    "smallest_worker_memory",
+]
+
 _LOOPBACK = "127.0.0.1"
 # A scheduler that does not answer within this is not there: fail rather than hang.
 _CONNECT_TIMEOUT = "30s"
-
-
-class ClusterError(Exception):
-    """The cluster named by `--dask` cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    """A `LocalCluster` of `workers` processes, or the scheduler at `address`."""
-
-    address: str | None = None
-    workers: int | None = None
-
-    @property
-    def local(self) -> bool:
-        return self.address is None
-
-
-def parse_cluster(text: str) -> ClusterSpec:
-    """`local`, `local:N` or a scheduler address; ValueError for anything else."""
-    if text == _LOCAL:
-        return ClusterSpec()
-    if text.startswith(_LOCAL + ":"):
-        count = text.removeprefix(_LOCAL + ":")
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"{text!r}: local:N needs a number of workers of 1 or more")
-        return ClusterSpec(workers=int(count))
-    if "://" not in text and ":" not in text:
-        raise ValueError(f"{text!r}: expected local, local:N or a scheduler address host:port")
-    return ClusterSpec(address=text)
 
 
 @contextlib.contextmanager
