@@ -50,7 +50,6 @@ from service.grpc_api.server import (
 )
 from service.grpc_api.servicer import SAFETY_MARGIN_SECONDS, ScoringCore, answer_by
 from service.model.loading import LoadedModel
-from service.model.registry import Registry
 from service.model.store import ModelStore
 from tests.conftest import TrainedModel
 from tests.service.grpc_api.held_calls import UnsentRequest
@@ -65,30 +64,22 @@ Status = grpc.StatusCode
 
 
 @pytest.fixture(scope="module")
-def feature_config(trained_model: TrainedModel) -> FeatureConfig:
-    """The feature config the champion was trained with."""
-    champion = Registry(trained_model.registry).champion()
-    assert champion is not None
-    return champion[1].feature_config
-
-
-@pytest.fixture(scope="module")
-def champion_store(trained_model: TrainedModel, feature_config: FeatureConfig) -> ModelStore:
+def champion_store(trained_model: TrainedModel, champion_config: FeatureConfig) -> ModelStore:
     """The trained champion, loaded once for the module's servers (they run one at a time)."""
-    store = ModelStore(trained_model.registry, feature_config=feature_config)
+    store = ModelStore(trained_model.registry, feature_config=champion_config)
     store.load_champion()
     return store
 
 
 @pytest.fixture
-def unloaded_store(trained_model: TrainedModel, feature_config: FeatureConfig) -> ModelStore:
+def unloaded_store(trained_model: TrainedModel, champion_config: FeatureConfig) -> ModelStore:
     """A store for the champion that has not loaded it yet."""
-    return ModelStore(trained_model.registry, feature_config=feature_config)
+    return ModelStore(trained_model.registry, feature_config=champion_config)
 
 
 @pytest.fixture
 def serve(
-    feature_config: FeatureConfig, champion_store: ModelStore
+    champion_config: FeatureConfig, champion_store: ModelStore
 ) -> Iterator[Callable[..., LoopbackServer]]:
     """Start servers with fresh feature state; all are stopped after the test."""
     servers: list[LoopbackServer] = []
@@ -100,7 +91,7 @@ def serve(
         scorer: ScoringCore | None = None,
     ) -> LoopbackServer:
         resolved = serve_settings or make_settings()
-        engine = FeatureEngine(feature_config)
+        engine = FeatureEngine(champion_config)
         core = scorer or build_scorer(resolved, engine, store)
         server = LoopbackServer(resolved, core)
         servers.append(server)

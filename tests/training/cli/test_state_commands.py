@@ -17,7 +17,6 @@ from service.config.settings import BudgetSettings, ServerSettings, ServeSetting
 from service.core.card_tokens import CardTokenizer
 from service.features import EntityKind, FeatureConfig, FeatureEngine
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
-from service.model.registry import Registry
 from service.model.store import ModelStore
 from service.state.errors import StateMismatch
 from service.state.opening import open_state
@@ -56,13 +55,6 @@ def unseen_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = SimulationParams(customers=300, terminals=600, days=40, seed=5)
     write_transactions(simulate(params), path)
     return path
-
-
-@pytest.fixture(scope="module")
-def champion_config(trained_model: TrainedModel) -> FeatureConfig:
-    champion = Registry(trained_model.registry).champion()
-    assert champion is not None
-    return champion[1].feature_config
 
 
 def _build(data: Path, state: Path | str, registry: Path, *more: str) -> list[str]:
