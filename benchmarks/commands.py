@@ -3,6 +3,11 @@
 `prepare` checks the arguments as a whole (a ValueError is a usage error, exit status 2)
 and returns the command, to be called with the command line it came from; that call
 does the work and returns the report (its errors are failures, exit status 1).
+
+Each command imports what does its work when it runs (or, for the suite, once its
+arguments are checked): the harness's modules bring grpc, numpy, psutil, onnxruntime and
+the registry's writer, seconds of CPU that `fraud-bench --help`, a usage error and the
+other commands have no use for.
 """
 
 from __future__ import annotations
@@ -14,16 +19,11 @@ from collections.abc import Callable
 
 from benchmarks.faults import commands as fault_commands
 from benchmarks.faults.report import FaultReport
-from benchmarks.load.client import Rpc
-from benchmarks.load.traffic import OutcomeMix, build_calls, load_history, new_run_id
-from benchmarks.measurements.load_run import LoadSettings, Mode, measure
-from benchmarks.measurements.memory import measure_in_fresh_process
+from benchmarks.load.settings import LoadSettings, Mode, OutcomeMix, Rpc
 from benchmarks.measurements.saturation import rate_steps
 from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.report import Report
-from benchmarks.servers.launch import ServerProbe
-from benchmarks.servers.mlserver_peer import check_interpreter
-from benchmarks.suite import SuiteSettings, floors_report, run_suite, saturate_server
+from benchmarks.suite_settings import SuiteSettings
 
 Command = Callable[[list[str]], Report | FaultReport]
 # A caller's bearer token for `run`, from the environment: never on a command line, where
@@ -50,7 +50,11 @@ def prepare(args: argparse.Namespace) -> Command:
         return functools.partial(_memory, args)
     settings = suite_settings(args)
     if settings.mlserver_python is not None:
+        from benchmarks.servers.mlserver_peer import check_interpreter
+
         check_interpreter(settings.mlserver_python)
+    from benchmarks.suite import floors_report, run_suite
+
     return functools.partial(floors_report if args.command == "floors" else run_suite, settings)
 
 
@@ -117,6 +121,10 @@ def suite_settings(args: argparse.Namespace) -> SuiteSettings:
 def _run(
     args: argparse.Namespace, load: LoadSettings, mix: OutcomeMix, command_line: list[str]
 ) -> Report:
+    from benchmarks.load.traffic import build_calls, load_history, new_run_id
+    from benchmarks.measurements.load_run import measure
+    from benchmarks.servers.launch import ServerProbe
+
     rows = args.rows
     if rows is None and load.mode == "open":
         rows = load.calls_needed()
@@ -133,6 +141,10 @@ def _run(
 def _saturate(
     args: argparse.Namespace, rates: list[float], mix: OutcomeMix, command_line: list[str]
 ) -> Report:
+    from benchmarks.load.traffic import load_history, new_run_id
+    from benchmarks.servers.launch import ServerProbe
+    from benchmarks.suite import saturate_server
+
     rows = sum(round(rate * args.seconds) for rate in rates)
     history = load_history(args.data, rows, args.skip_rows)
     saturation = saturate_server(
@@ -148,6 +160,8 @@ def _saturate(
 
 
 def _memory(args: argparse.Namespace, command_line: list[str]) -> Report:
+    from benchmarks.measurements.memory import measure_in_fresh_process
+
     figures = measure_in_fresh_process(args.registry, args.data, args.days)
     return Report("memory", describe_run(), command_line, _settings(args), memory=figures)
 

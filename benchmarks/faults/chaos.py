@@ -54,6 +54,7 @@ import psutil
 from grpc_health.v1 import health_pb2
 
 from benchmarks.faults import answers
+from benchmarks.faults.chaos_scenarios import SCENARIOS as SCENARIOS
 from benchmarks.faults.criteria import Criterion, Scenario, at_least, at_most, equal, not_judged
 from benchmarks.faults.driver import (
     MODEL,
@@ -84,7 +85,6 @@ from service.grpc_api.client import CHANNEL_OPTIONS, balanced_target
 from service.records.segment_log import FLUSH_SECONDS
 from training.registry.publishing import promote
 
-SCENARIOS = ("kill", "store", "disk", "registry", "overload", "rolling")
 REPLICAS = 3
 BUDGET_MS = 20.0  # the server's default budget.server_budget_ms
 SHED_LIMIT_MS = 5.0

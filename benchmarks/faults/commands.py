@@ -1,5 +1,8 @@
 """The command lines of `fraud-bench fuzz`, `reloads`, `chaos` and `soak`, and what each
-runs once its arguments are checked (a ValueError is a usage error, exit status 2)."""
+runs once its arguments are checked (a ValueError is a usage error, exit status 2).
+
+A command's module is imported once that command is asked for: each brings grpc, numpy,
+psutil and servers' machinery that no parser, nor any other command, needs."""
 
 from __future__ import annotations
 
@@ -9,11 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.faults.chaos import SCENARIOS, ChaosSettings, run_chaos
-from benchmarks.faults.fuzzing import FuzzSettings, run_fuzz
-from benchmarks.faults.reloads import ReloadSettings, run_reloads
+from benchmarks.faults.chaos_scenarios import SCENARIOS
 from benchmarks.faults.report import FaultReport
-from benchmarks.faults.soak import SoakSettings, run_soak
 from benchmarks.probes.machine import describe_run
 
 COMMANDS = ("fuzz", "reloads", "chaos", "soak")
@@ -91,17 +91,23 @@ def prepare(args: argparse.Namespace) -> Callable[[list[str]], FaultReport]:
     common: dict[str, Any] = {"registry": args.registry, "data": args.data, "out": args.out}
     run: Callable[[], list[Any]]
     if args.command == "fuzz":
+        from benchmarks.faults.fuzzing import FuzzSettings, run_fuzz
+
         fuzz = FuzzSettings(
             **common, count=args.count, concurrency=args.concurrency, seed=args.seed
         )
         run = lambda: [run_fuzz(fuzz)]  # noqa: E731
         settings: object = fuzz
     elif args.command == "reloads":
+        from benchmarks.faults.reloads import ReloadSettings, run_reloads
+
         settings = ReloadSettings(
             **common, promotions=args.promotions, every=args.every, rate=args.rate
         )
         run = functools.partial(run_reloads, settings)
     elif args.command == "chaos":
+        from benchmarks.faults.chaos import ChaosSettings, run_chaos
+
         settings = ChaosSettings(
             **common,
             scenarios=SCENARIOS if "all" in args.scenario else tuple(dict.fromkeys(args.scenario)),
@@ -115,6 +121,8 @@ def prepare(args: argparse.Namespace) -> Callable[[list[str]], FaultReport]:
         )
         run = functools.partial(run_chaos, settings)
     else:
+        from benchmarks.faults.soak import SoakSettings, run_soak
+
         settings = SoakSettings(
             **common,
             minutes=args.minutes,

@@ -11,8 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from benchmarks.faults.criteria import Scenario
 from benchmarks.reporting.report import REPORT_FILE
 
@@ -69,6 +67,10 @@ def _short(value: object) -> bool:
 
 
 def _chart(scenario: Scenario, directory: Path) -> Path:
+    # Imported here, the one use: matplotlib is most of a second to import, and a report
+    # is built (and its criteria judged) without it.
+    from matplotlib.figure import Figure
+
     panels = list(scenario.series.items())
     figure = Figure(figsize=(9.0, 2.4 * len(panels) + 0.8))
     axes_list = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]

@@ -39,12 +39,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import grpc
 import psutil
 
 from benchmarks.load.histograms import EncodedLatency
+from benchmarks.load.settings import RPCS as RPCS
+from benchmarks.load.settings import Rpc as Rpc
 from benchmarks.load.streams import ScoreStreamSender, StreamAnswers
 from benchmarks.load.tally import OK, Tally
 from benchmarks.load.traffic import Call, CallKind
@@ -53,8 +54,6 @@ from benchmarks.probes.process_usage import run_queue_wait_seconds
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 from service.grpc_api.client import balanced_target
 
-Rpc = Literal["unary", "stream", "batch"]
-RPCS: tuple[Rpc, ...] = get_args(Rpc)
 CONNECT_TIMEOUT = 10.0
 _SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["FraudScoring"].full_name
 # One TCP connection per channel: channels to one target otherwise share a subchannel.

@@ -14,13 +14,11 @@ Two arrival processes, both for a mean `rate` per second and seeded:
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import numpy as np
 import numpy.typing as npt
 
-Arrivals = Literal["constant", "poisson"]
-ARRIVALS: tuple[Arrivals, ...] = get_args(Arrivals)
+from benchmarks.load.settings import ARRIVALS as ARRIVALS
+from benchmarks.load.settings import Arrivals as Arrivals
 
 
 def due_offsets(

@@ -28,6 +28,8 @@ import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from benchmarks.load.history_requests import request_from_row
+from benchmarks.load.settings import NO_OUTCOMES as NO_OUTCOMES
+from benchmarks.load.settings import OutcomeMix as OutcomeMix
 from service.grpc_api._proto.fraud.v1 import scoring_pb2
 
 
@@ -56,26 +58,6 @@ class History:
 
     def __len__(self) -> int:
         return len(self.requests)
-
-
-@dataclass(frozen=True)
-class OutcomeMix:
-    """Which frauds get an outcome report, and how long after their swipe.
-
-    `share` of the fraud rows (chosen at random with `seed`) are reported `lag` calls after
-    their swipe; a report that would fall after the last swipe of the run is not sent.
-    """
-
-    share: float = 1.0
-    lag: int = 500
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.share <= 1.0 or self.lag < 1:
-            raise ValueError("the outcome share must be in [0, 1] and the lag at least 1")
-
-
-NO_OUTCOMES = OutcomeMix(share=0.0)
 
 
 def new_run_id() -> str:

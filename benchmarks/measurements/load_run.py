@@ -7,8 +7,8 @@ codes, the decision mix, each client's CPU share. With a `ServerProbe` it also r
 server's process tree (CPU time and memory, psutil) when the clients start and once they
 are done, for the server's CPU per answer, and scrapes the server's own latency histogram.
 
-The settings bound every run: rate, length, processes and in-flight calls have ceilings,
-and the target must be on 127.0.0.1.
+The settings (`benchmarks.load.settings`, imported from here too) bound every run: rate,
+length, processes and in-flight calls have ceilings, and the target must be on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from benchmarks.load.batches import in_batches
-from benchmarks.load.client import ClientJob, ClientResult, Rpc
+from benchmarks.load.client import ClientJob, ClientResult
 from benchmarks.load.client_pool import run_clients
 from benchmarks.load.histograms import (
     LatencyRecorder,
@@ -31,81 +30,19 @@ from benchmarks.load.histograms import (
     summarise,
     timeline,
 )
-from benchmarks.load.schedule import Arrivals, due_offsets
+from benchmarks.load.schedule import due_offsets
+from benchmarks.load.settings import MODES as MODES
+from benchmarks.load.settings import LoadSettings as LoadSettings
+from benchmarks.load.settings import Mode as Mode
 from benchmarks.load.tally import OK
 from benchmarks.load.traffic import Call
 from benchmarks.measurements.server_latency import ServerLatency, scrape_all, server_latency
 from benchmarks.probes.process_usage import ProcessUsage, process_usage
-from benchmarks.servers.launch import LOCAL_HOST, ServerProbe
+from benchmarks.servers.launch import ServerProbe
 from service.grpc_api.client import bearer_metadata
 
-Mode = Literal["open", "closed"]
-MODES: tuple[Mode, ...] = get_args(Mode)
-MAX_RATE = 50_000.0
-MAX_SECONDS = 120.0
-MAX_PROCESSES = 8
 # A server the harness cannot look into: no process to watch, no metrics to scrape.
 NO_PROBE = ServerProbe()
-MAX_IN_FLIGHT = 10_000
-MAX_BATCH_SIZE = 1024
-
-
-@dataclass(frozen=True)
-class LoadSettings:
-    """How one measurement loads the server.
-
-    Open loop: `rate` calls per second for `seconds`, `arrivals` constant or Poisson; at
-    most `max_in_flight` unary calls in flight per process (stream messages are not
-    capped). Closed loop: `in_flight` calls in flight in all, for `seconds` or until the
-    calls run out. `connections` and `streams` are per process; `timeout` is each unary
-    call's deadline and the time the end of the run waits for late answers. `method`:
-    the path unary `Score` calls go to instead, on a peer server (`ClientJob.method`).
-    `rpc` "batch": the swipes go `batch_size` to a `ScoreBatch` call, due when its last
-    swipe is (`benchmarks.load.batches`); `rate` and the answers stay per transaction.
-    """
-
-    target: str
-    mode: Mode
-    rpc: Rpc
-    seconds: float
-    rate: float = 1000.0
-    arrivals: Arrivals = "constant"
-    in_flight: int = 32
-    max_in_flight: int = 1000
-    processes: int = 1
-    connections: int = 1
-    streams: int = 4
-    timeout: float = 1.0
-    seed: int = 0
-    method: str | None = None
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        for address in self.target.split(","):  # several: replicas balanced one by one
-            host, _, port = address.rpartition(":")
-            if host != LOCAL_HOST or not port.isdigit():
-                raise ValueError(
-                    f"the target must be {LOCAL_HOST}:PORT (several comma-separated), "
-                    f"not {self.target!r}"
-                )
-        if not (0 < self.rate <= MAX_RATE and 0 < self.seconds <= MAX_SECONDS):
-            raise ValueError(
-                f"rate must be in (0, {MAX_RATE:g}] and seconds in (0, {MAX_SECONDS:g}]"
-            )
-        if not 1 <= self.processes <= MAX_PROCESSES:
-            raise ValueError(f"processes must be 1 to {MAX_PROCESSES}")
-        if not self.processes <= self.in_flight <= MAX_IN_FLIGHT or self.max_in_flight < 1:
-            raise ValueError(f"in_flight must be processes to {MAX_IN_FLIGHT}; max_in_flight 1+")
-        if self.connections < 1 or self.streams < 1 or self.timeout <= 0:
-            raise ValueError("connections and streams must be 1 or more, timeout above 0")
-        if self.method is not None and self.rpc != "unary":
-            raise ValueError("a peer server's method is called unary only")
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            raise ValueError(f"batch_size must be 1 to {MAX_BATCH_SIZE}")
-
-    def calls_needed(self) -> int:
-        """Calls an open-loop run sends (a closed loop sends what it has time for)."""
-        return round(self.rate * self.seconds)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from benchmarks.measurements.load_run import Measurement
-from benchmarks.measurements.memory import MemoryFigures
-from benchmarks.measurements.onnx_floor import InferenceTiming
-from benchmarks.measurements.saturation import Saturation
+if TYPE_CHECKING:
+    # For annotations alone: a report is read and written without the measurements' modules
+    # (client processes, psutil, onnxruntime).
+    from benchmarks.measurements.load_run import Measurement
+    from benchmarks.measurements.memory import MemoryFigures
+    from benchmarks.measurements.onnx_floor import InferenceTiming
+    from benchmarks.measurements.saturation import Saturation
 
 REPORT_FILE = "report.json"
 # Targets of the comparisons: the scoring server's CPU per answer should stay within this

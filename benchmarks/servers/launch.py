@@ -27,18 +27,20 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.servers.floor import FloorKind
+from benchmarks.load.settings import LOCAL_HOST as LOCAL_HOST
+
+if TYPE_CHECKING:
+    from benchmarks.servers.floor import FloorKind
 
 STARTUP_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 _PORT_ATTEMPTS = 50
 
-LOCAL_HOST = "127.0.0.1"
 # The line of fraud_model_info a worker exports once its champion serves.
 _CHAMPION_INFO = 'fraud_model_info{alias="champion"'
 

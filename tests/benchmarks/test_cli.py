@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
+from benchmarks import cli
 from benchmarks.cli import main
 from benchmarks.servers.floor import EmptyFloorServicer
 from benchmarks.servers.launch import fraud_serve_spec, serving
@@ -17,6 +21,18 @@ from tests.benchmarks.thread_server import ThreadServer
 from tests.conftest import TrainedModel
 
 QUICK = ["--processes", "1", "--seconds", "1", "--rate", "200"]
+COMMANDS = ("run", "saturate", "floors", "memory", "suite", "fuzz", "reloads", "chaos", "soak")
+# Libraries no command's parser needs: seconds of CPU at every start when one is imported.
+HEAVY = ("sklearn", "scipy", "pandas", "matplotlib")
+# `fraud-bench --help`, then each command's, in one process: the packages that loaded.
+HELP_SCRIPT = """\
+import contextlib, io, sys
+from benchmarks.cli import main
+for arguments in ([], *([command] for command in sys.argv[1:])):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*arguments, "--help"])
+print(" ".join(sorted({name.partition(".")[0] for name in sys.modules})))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +210,23 @@ def test_a_run_that_cannot_read_its_data_exits_with_status_1(
 
     assert main([*arguments, "--out", str(tmp_path)]) == 1
     assert "none.csv" in capsys.readouterr().err
+
+
+def test_help_loads_no_heavy_library():
+    """`fraud-bench --help` and every command's --help, in a fresh process, leave sklearn,
+    scipy, pandas and matplotlib unimported: the parser needs no command's implementation."""
+    script = [sys.executable, "-c", HELP_SCRIPT, *COMMANDS]
+
+    loaded = subprocess.run(script, capture_output=True, text=True, check=True).stdout.split()
+
+    assert [name for name in HEAVY if name in loaded] == []
+
+
+def test_every_failure_named_is_an_error_class_there():
+    """Each error reported as a failure (status 1) by its module and name is an exception
+    class of that module, and is caught once the module is imported."""
+    for module, name in cli.FAILURES:
+        error = getattr(importlib.import_module(module), name)
+
+        assert issubclass(error, Exception)
+        assert error in cli.failures()

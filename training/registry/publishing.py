@@ -55,7 +55,6 @@ from training.durable_files import (
     make_dir,
     replace_atomically,
 )
-from training.evaluation.metrics import format_metrics_table
 from training.registry.signing import SigningKey, write_signature
 
 __all__ = [
@@ -246,6 +245,10 @@ def format_versions(rows: Sequence[VersionRow]) -> str:
     """A text table of `list_versions`: version and aliases, then the test metrics."""
     if not rows:
         return "no published versions"
+    # Imported here, the one use: the metrics bring pandas, and promoting, publishing and
+    # rolling back (fraud-bench's reloads and chaos among the callers) need no table.
+    from training.evaluation.metrics import format_metrics_table
+
     table = format_metrics_table({_row_label(row): row.test_metrics for row in rows})
     problems = [f"{row.version}: {row.problem}" for row in rows if row.problem]
     return "\n".join([table, *problems])
