@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import gc
-import json
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +30,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.load.history_requests import request_from_row
+from benchmarks.measurements.fresh_process import add_record_option, run_fresh, write_record
 from service.config.settings import DEVELOPMENT_CARD_TOKEN_KEY
 from service.core.card_tokens import CardTokenizer
 from service.core.validation import ScoringLimits, to_transaction
@@ -118,27 +115,27 @@ def _figures(
 
 def measure_in_fresh_process(registry: Path, history: Path, days: float) -> MemoryFigures:
     """`measure_memory` in a new Python process (this one has loaded other things)."""
-    argv = [sys.executable, "-m", "benchmarks.measurements.memory", "--registry", str(registry)]
-    argv += ["--data", str(history), "--days", str(days)]
-    finished = subprocess.run(argv, capture_output=True, text=True, timeout=FRESH_TIMEOUT)
-    if finished.returncode != 0:
-        raise RuntimeError(f"the memory measurement failed: {finished.stderr.strip()[-2000:]}")
-    # The record is the last line: the store may log before it (structlog's default
-    # output is stdout), e.g. `state_map_resized` as LMDB's map grows.
-    return MemoryFigures(**json.loads(finished.stdout.splitlines()[-1]))
+    record = run_fresh(
+        "benchmarks.measurements.memory",
+        ["--registry", str(registry), "--data", str(history), "--days", str(days)],
+        timeout=FRESH_TIMEOUT,
+        what="the memory measurement",
+    )
+    return MemoryFigures(**record)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Measure in this (fresh) process and print the JSON record."""
+    """Measure in this (fresh) process and write the JSON record."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.measurements.memory", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--registry", type=Path, required=True, help="registry with a champion")
     parser.add_argument("--data", type=Path, required=True, help="history CSV, in time order")
     parser.add_argument("--days", type=float, default=30.0, help="days of history (30)")
+    add_record_option(parser)
     args = parser.parse_args(argv)
     figures = measure_memory(champion_feature_config(args.registry), args.data, args.days)
-    print(json.dumps(dataclasses.asdict(figures)))
+    write_record(figures, args.record)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,7 @@ Prints one JSON record (`BoundFigures`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -30,6 +26,7 @@ from typing import get_args
 
 import psutil
 
+from benchmarks.measurements.fresh_process import add_record_option, run_fresh, write_record
 from service.app import build_scorer
 from service.config.settings import ServeSettings, StateBackend, StateSettings
 from service.core.domain import RawTransaction
@@ -129,16 +126,16 @@ def measure_in_fresh_process(
 ) -> BoundFigures:
     """`measure` in a new Python process, its LMDB store in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="fraud-state-bound-") as directory:
-        argv = [sys.executable, "-m", "benchmarks.measurements.state_bound"]
-        argv += ["--backend", backend, "--requests", str(requests), "--path", directory]
-        argv += ["--max-entities", str(max_entities)]
-        argv += ["--max-transactions", str(max_transactions)]
-        finished = subprocess.run(argv, capture_output=True, text=True, timeout=FRESH_TIMEOUT)
-    if finished.returncode != 0:
-        raise RuntimeError(f"the bound measurement failed: {finished.stderr.strip()[-2000:]}")
-    # The record is the last line: the store may log before it (structlog's default
-    # output is stdout), e.g. `state_map_resized` as LMDB's map grows.
-    return BoundFigures(**json.loads(finished.stdout.splitlines()[-1]))
+        arguments = ["--backend", backend, "--requests", str(requests), "--path", directory]
+        arguments += ["--max-entities", str(max_entities)]
+        arguments += ["--max-transactions", str(max_transactions)]
+        record = run_fresh(
+            "benchmarks.measurements.state_bound",
+            arguments,
+            timeout=FRESH_TIMEOUT,
+            what="the bound measurement",
+        )
+    return BoundFigures(**record)
 
 
 def _fresh(number: int) -> RawTransaction:
@@ -165,7 +162,7 @@ def _file_bytes(store: object) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Measure in this (fresh) process and print the JSON record."""
+    """Measure in this (fresh) process and write the JSON record."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.measurements.state_bound",
         description=(__doc__ or "").splitlines()[0],
@@ -175,11 +172,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-entities", type=int, default=20_000)
     parser.add_argument("--max-transactions", type=int, default=20_000)
     parser.add_argument("--path", type=Path, default=Path("state-bound"), help="LMDB directory")
+    add_record_option(parser)
     args = parser.parse_args(argv)
     figures = measure(
         args.backend, args.requests, args.max_entities, args.max_transactions, args.path
     )
-    print(json.dumps(dataclasses.asdict(figures)))
+    write_record(figures, args.record)
 
 
 if __name__ == "__main__":
