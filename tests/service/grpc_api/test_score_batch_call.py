@@ -21,13 +21,12 @@ from tests.service.grpc_api.test_server import (
     _stub,
     _wait_until,
     champion_store,
-    feature_config,
     make_settings,
     serve,
 )
 from tests.service.loopback import LoopbackServer
 
-__all__ = ["champion_store", "feature_config", "serve"]  # the fixtures, shared
+__all__ = ["champion_store", "serve"]  # the fixtures, shared
 Status = grpc.StatusCode
 Requests = list[scoring_pb2.ScoreRequest]
 DAY_AGO = datetime.now(UTC) - timedelta(days=1)
