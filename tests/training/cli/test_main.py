@@ -103,3 +103,30 @@ def test_parsing_a_command_line_imports_no_data_or_model_library() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+_BAD_CONFIG_TRAIN = """
+import sys
+from training.cli.main import main
+code = main(["train", "--data", sys.argv[1], "--config", sys.argv[2]])
+print(code, ",".join(name for name in ("pandas", "lightgbm") if name in sys.modules))
+"""
+
+
+def test_a_bad_setting_is_refused_before_the_pipeline_is_imported(
+    tmp_path: Path, small_history: Path
+) -> None:
+    """A typo in the config costs a second, not the seconds of the pipeline's imports."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[booster]\nlearning_rate = -1\n")
+
+    result = subprocess.run(
+        [sys.executable, "-c", _BAD_CONFIG_TRAIN, str(small_history), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "2 ", result.stdout
+    assert "booster.learning_rate" in result.stderr
