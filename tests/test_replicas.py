@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
@@ -64,12 +65,18 @@ def spread_batches(spread_history: Path, champion_config: FeatureConfig) -> list
 
 class BalancedCalls:
     """One channel over every replica, as a POS backend is told to open it: each
-    transaction is a unary Score call, and the balancer picks the replica of each call."""
+    transaction is a unary Score call, and the balancer picks the replica of each call.
 
-    def __init__(self, targets: Sequence[str]) -> None:
+    With `threads` above 1, the calls of a batch that share no card, terminal or merchant
+    go at once on that many threads, as a POS backend's concurrent swipes do; those that
+    share one go one after the other in the history's order, so that the shared state
+    counts each entity's transactions as `fraud-train evaluate` does."""
+
+    def __init__(self, targets: Sequence[str], *, threads: int = 1) -> None:
         self.calls = 0
         self._channel = grpc.insecure_channel(balanced_target(targets), options=CHANNEL_OPTIONS)
         self._stub = scoring_pb2_grpc.FraudScoringStub(self._channel)
+        self._threads = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def report(self, outcome: scoring_pb2.OutcomeRequest) -> None:
         self.calls += 1
@@ -81,21 +88,63 @@ class BalancedCalls:
     def score(
         self, requests: Sequence[scoring_pb2.ScoreRequest]
     ) -> list[scoring_pb2.ScoreResponse]:
-        answers = []
-        for request in requests:
-            self.calls += 1
-            try:
-                answers.append(self._stub.Score(request, timeout=CALL_TIMEOUT))
-            except grpc.RpcError as error:
-                transaction_id = request.transaction.transaction_id
-                raise AssertionError(f"Score {transaction_id}: {error}") from None
-        return answers
+        self.calls += len(requests)
+        if self._threads is None:
+            return [self._score(request) for request in requests]
+        answers: dict[int, scoring_pb2.ScoreResponse] = {}
+
+        def in_order(chain: list[int]) -> None:
+            for position in chain:
+                answers[position] = self._score(requests[position])
+
+        list(self._threads.map(in_order, entity_chains(requests)))  # raises what a call did
+        return [answers[position] for position in range(len(requests))]
+
+    def _score(self, request: scoring_pb2.ScoreRequest) -> scoring_pb2.ScoreResponse:
+        try:
+            answer: scoring_pb2.ScoreResponse = self._stub.Score(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as error:
+            transaction_id = request.transaction.transaction_id
+            raise AssertionError(f"Score {transaction_id}: {error}") from None
+        return answer
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()
         self._channel.close()
+
+
+def entity_chains(requests: Sequence[scoring_pb2.ScoreRequest]) -> list[list[int]]:
+    """The positions of `requests` in chains that share no card, terminal or merchant,
+    each in order: two requests naming one entity, directly or through others, are in the
+    same chain."""
+    parent = list(range(len(requests)))
+
+    def root(position: int) -> int:
+        while parent[position] != position:
+            parent[position] = parent[parent[position]]
+            position = parent[position]
+        return position
+
+    first_with: dict[tuple[str, str], int] = {}
+    for position, request in enumerate(requests):
+        tx = request.transaction
+        for entity in (
+            ("card", tx.card_id),
+            ("terminal", tx.terminal_id),
+            ("merchant", tx.merchant_id),
+        ):
+            if not entity[1]:
+                continue
+            earlier = first_with.setdefault(entity, position)
+            parent[root(position)] = root(earlier)
+    chains: dict[int, list[int]] = {}
+    for position in range(len(requests)):
+        chains.setdefault(root(position), []).append(position)
+    return list(chains.values())
 
 
 def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate(
@@ -107,12 +156,13 @@ def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate
     tmp_path: Path,
 ) -> None:
     """Every transaction of a 44-day history, and every fraud label as it becomes known,
-    is one call through the balanced channel, 30,000 and more: each replica answers a
+    is one call through the balanced channel, 30,000 and more, on four threads (calls that
+    share no card, terminal or merchant at once, the others in order): each replica answers a
     third of the calls and decides a third of the transactions (within 10%), none is
     decided twice, and every score matches `fraud-train evaluate` within 1e-6."""
     replicas = [_start_on_redis(start_process, trained_model, redis_url) for _ in range(3)]
     targets = [_target(replica) for replica in replicas]
-    with BalancedCalls(targets) as link:
+    with BalancedCalls(targets, threads=4) as link:
         online = feed(link, spread_batches)
     for replica in replicas:
         replica.signal(signal.SIGTERM)
@@ -128,6 +178,28 @@ def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate
     _assert_even([len(decided.get(replica.process.pid, [])) for replica in replicas])
     counts = Counter(tx for ids in decided.values() for tx in ids)
     assert max(counts.values()) == 1, "no transaction is decided by two replicas"
+
+
+def test_entity_chains_keep_together_what_shares_a_card_terminal_or_merchant() -> None:
+    """The concurrent feed's partition: linked through any entity, in the same chain, in
+    order; an empty merchant links nothing."""
+
+    def request(card: str, terminal: str, merchant: str) -> scoring_pb2.ScoreRequest:
+        transaction = scoring_pb2.Transaction(
+            card_id=card, terminal_id=terminal, merchant_id=merchant
+        )
+        return scoring_pb2.ScoreRequest(transaction=transaction)
+
+    requests = [
+        request("card-1", "term-1", "m-1"),
+        request("card-2", "term-2", ""),
+        request("card-3", "term-3", "m-3"),
+        request("card-4", "term-4", ""),
+        request("card-3", "term-1", "m-9"),  # joins 0 and 2 through term-1 and card-3
+        request("card-5", "term-5", "m-3"),
+    ]
+
+    assert entity_chains(requests) == [[0, 2, 4, 5], [1], [3]]
 
 
 def _assert_even(shares: list[int]) -> None:
