@@ -100,13 +100,22 @@ def floor_spec(name: str, kind: FloorKind, model: Path | None) -> ServerSpec:
     return ServerSpec(name, argv, f"{LOCAL_HOST}:{port}")
 
 
+# Ports given out by `free_ports` in this process: a server is given its ports before it
+# binds them, and the kernel may answer the next probe with a port just released (a
+# replica once got its gRPC port as its metrics port too, and refused to start).
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive ports of 127.0.0.1 free right now."""
+    """The first of `count` consecutive ports of 127.0.0.1 free right now, none of them
+    given out before by this process."""
     for _ in range(_PORT_ATTEMPTS):
         with socket.socket() as probe:
             probe.bind((LOCAL_HOST, 0))
             first: int = probe.getsockname()[1]
-        if all(_is_free(port) for port in range(first + 1, first + count)):
+        ports = range(first, first + count)
+        if _HANDED_OUT.isdisjoint(ports) and all(_is_free(port) for port in ports[1:]):
+            _HANDED_OUT.update(ports)
             return first
     raise ServerError(f"found no {count} consecutive free ports on {LOCAL_HOST}")
 

@@ -51,6 +51,16 @@ def test_free_ports_are_consecutive_and_free():
             probe.bind(("127.0.0.1", port))
 
 
+def test_a_port_is_handed_out_once_in_a_process():
+    """Servers are given their ports before any binds one: a probe's port, released, may be
+    the kernel's answer to the next probe too (CI: a replica of `chaos --scenario rolling`
+    got its gRPC port as its metrics port and refused to start). 2,000 probes of one port
+    drew repeats every time before the fix."""
+    ports = [free_ports(1) for _ in range(2_000)]
+
+    assert len(set(ports)) == len(ports)
+
+
 def test_fraud_serve_workers_get_one_metrics_port_each():
     """With two workers the spec probes two metrics endpoints, on consecutive ports."""
     spec = fraud_serve_spec("serve", Path("models"), workers=2)
