@@ -32,6 +32,7 @@ from benchmarks.load.settings import ARRIVALS, LOCAL_HOST, MODES, RPCS
 from benchmarks.reporting.report import Report, render_table, write_json
 from benchmarks.suite_settings import SuiteSettings
 from benchmarks.suite_settings import __doc__ as suite_doc
+from service.named_errors import imported_errors
 
 _DEFAULTS = SuiteSettings()
 _RUN = """\
@@ -42,13 +43,13 @@ process tree); with --metrics, its own latency histogram. A server with callers 
 (auth.callers): put a caller's token in FRAUD_BENCH_TOKEN, and every call carries it (kept
 off the command line and out of the report)."""
 # What a measurement can fail with, short of a bug: reported in a line, exit status 1.
-# The harness's and the server's own errors go by module and name (`failures`): their
-# modules are heavy to import, and an error whose module was never imported was not raised.
+# The harness's and the server's own errors are named, not imported (service.named_errors
+# says why).
 FAILURES = (
-    ("benchmarks.servers.launch", "ServerError"),
-    ("benchmarks.load.client_pool", "ClientError"),
-    ("service.model.registry", "RegistryError"),
-    ("service.model.artifact", "ArtifactError"),
+    "benchmarks.servers.launch:ServerError",
+    "benchmarks.load.client_pool:ClientError",
+    "service.model.registry:RegistryError",
+    "service.model.artifact:ArtifactError",
 )
 
 
@@ -76,10 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def failures() -> tuple[type[Exception], ...]:
     """The errors of `FAILURES` whose modules are imported, with ValueError, OSError and
     RuntimeError."""
-    named = [
-        getattr(sys.modules[module], name) for module, name in FAILURES if module in sys.modules
-    ]
-    return (*named, ValueError, OSError, RuntimeError)
+    return (*imported_errors(FAILURES), ValueError, OSError, RuntimeError)
 
 
 def build_parser() -> argparse.ArgumentParser:

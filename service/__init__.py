@@ -4,5 +4,6 @@
     → observability → config → features → core
 
 `lint-imports` checks the order (contracts in pyproject.toml); docs/architecture.md draws it
-and follows a swipe through it.
+and follows a swipe through it. `named_errors`, outside the layers, serves the command
+lines of training and the harness.
 """

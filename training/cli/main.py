@@ -21,14 +21,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from service.named_errors import imported_errors
 from training.cli.console import EXIT_BAD_INPUT, EXIT_GATE_FAILED, error
 from training.cli.parser import build_parser
 
 # What bad input raises, anywhere in the pipeline: a message for the user, exit 2. Any other
 # exception is a bug: it propagates, and Python prints its traceback and exits 1. Named, not
-# imported: their modules bring pandas, sklearn and distributed, seconds of a start that
-# `fraud-train registry list` need not pay, and a class whose module was never imported
-# cannot have been raised.
+# imported (service.named_errors says why).
 BAD_INPUT = (
     "service.core.rule_compiler:RuleError",
     "service.model.artifact:ArtifactError",
@@ -45,17 +44,6 @@ BAD_INPUT = (
 GATE_FAILED = "training.model_build.gates:GateFailure"
 
 
-def imported_classes(names: Sequence[str]) -> tuple[type[BaseException], ...]:
-    """The exception classes of `names` ("module:Class") whose modules are imported."""
-    classes = []
-    for name in names:
-        module_name, _, class_name = name.partition(":")
-        module = sys.modules.get(module_name)
-        if module is not None:
-            classes.append(getattr(module, class_name))
-    return tuple(classes)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `fraud-train` command; returns the exit code."""
     parser = build_parser()
@@ -67,10 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error("interrupted")
         return 130
     except Exception as failure:
-        if isinstance(failure, imported_classes([GATE_FAILED])):
+        if isinstance(failure, imported_errors([GATE_FAILED])):
             error(str(failure))
             return EXIT_GATE_FAILED
-        if isinstance(failure, (*imported_classes(BAD_INPUT), FileNotFoundError)):
+        if isinstance(failure, (*imported_errors(BAD_INPUT), FileNotFoundError)):
             error(str(failure))
             return EXIT_BAD_INPUT
         raise

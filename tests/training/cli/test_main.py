@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from service.model.registry import Registry
+from service.named_errors import imported_errors
 from tests.conftest import TrainedModel
 from tests.training.cli.fraud_train import run
-from training.cli.main import BAD_INPUT, GATE_FAILED, imported_classes
+from training.cli.main import BAD_INPUT, GATE_FAILED
 
 
 def test_failed_gate_exits_3_and_publishes_nothing(trained_model: TrainedModel, tmp_path: Path):
@@ -79,7 +80,7 @@ def test_every_error_class_main_names_exists_and_is_an_exception() -> None:
     for module in {name.partition(":")[0] for name in names}:
         importlib.import_module(module)
 
-    classes = imported_classes(names)
+    classes = imported_errors(names)
 
     assert len(classes) == len(names)
     assert all(issubclass(cls, Exception) for cls in classes)
