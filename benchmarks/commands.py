@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from benchmarks.faults import commands as fault_commands
 from benchmarks.faults.report import FaultReport
-from benchmarks.load.settings import LoadSettings, Mode, OutcomeMix, Rpc
+from benchmarks.load.settings import LoadSettings, Mode, OutcomeMix, Rpc, load_with
 from benchmarks.measurements.saturation import rate_steps
 from benchmarks.probes.machine import describe_run
 from benchmarks.reporting.report import Report
@@ -60,22 +60,7 @@ def prepare(args: argparse.Namespace) -> Command:
 
 def load_settings(args: argparse.Namespace, mode: Mode, rpc: Rpc, rate: float) -> LoadSettings:
     """The load of a run against `args.target`; ValueError if out of bounds."""
-    return LoadSettings(
-        target=args.target,
-        mode=mode,
-        rpc=rpc,
-        seconds=args.seconds,
-        rate=rate,
-        arrivals=args.arrivals,
-        in_flight=args.in_flight,
-        max_in_flight=args.max_in_flight,
-        processes=args.processes,
-        connections=args.connections,
-        streams=args.streams,
-        timeout=args.timeout,
-        seed=args.seed,
-        batch_size=getattr(args, "batch_size", LoadSettings.batch_size),  # `run` only
-    )
+    return load_with(args, args.target, mode, rpc, rate)
 
 
 def outcome_mix(args: argparse.Namespace) -> OutcomeMix:

@@ -49,6 +49,7 @@ from benchmarks.load.settings import (
     Mode,
     OutcomeMix,
     Rpc,
+    load_with,
 )
 from benchmarks.measurements.saturation import rate_steps
 
@@ -115,18 +116,4 @@ class SuiteSettings:
 
     def load(self, target: str, mode: Mode, rpc: Rpc, rate: float) -> LoadSettings:
         """The load of one measurement against `target`; ValueError if out of bounds."""
-        return LoadSettings(
-            target=target,
-            mode=mode,
-            rpc=rpc,
-            seconds=self.seconds,
-            rate=rate,
-            arrivals=self.arrivals,
-            in_flight=self.in_flight,
-            processes=self.processes,
-            connections=self.connections,
-            streams=self.streams,
-            timeout=self.timeout,
-            seed=self.seed,
-            batch_size=self.batch_size,
-        )
+        return load_with(self, target, mode, rpc, rate)

@@ -86,6 +86,30 @@ class LoadSettings:
         return round(self.rate * self.seconds)
 
 
+# The settings of a load that a command's options and the suite's settings also carry, under
+# the same names; target, mode, RPC and rate are each measurement's own.
+SHARED_SETTINGS = (
+    "seconds",
+    "arrivals",
+    "in_flight",
+    "max_in_flight",
+    "processes",
+    "connections",
+    "streams",
+    "timeout",
+    "seed",
+    "batch_size",
+)
+
+
+def load_with(source: object, target: str, mode: Mode, rpc: Rpc, rate: float) -> LoadSettings:
+    """The load at `rate` against `target`, each of its `SHARED_SETTINGS` read from `source`
+    (a command line's options, the suite's settings) or, where `source` has none, its
+    default (`seconds` has none: a source must give it); ValueError if out of bounds."""
+    given = {name: getattr(source, name) for name in SHARED_SETTINGS if hasattr(source, name)}
+    return LoadSettings(target=target, mode=mode, rpc=rpc, rate=rate, **given)
+
+
 @dataclass(frozen=True)
 class OutcomeMix:
     """Which frauds get an outcome report, and how long after their swipe.
