@@ -15,7 +15,6 @@ import lightgbm
 import numpy as np
 import numpy.typing as npt
 import pytest
-from prometheus_client import REGISTRY
 
 from service.core.callers import CURRENT_CALLER
 from service.core.card_tokens import CardTokenizer
@@ -52,6 +51,7 @@ from service.observability.metrics import SampledStageTimer
 from tests.conftest import TrainedModel
 from tests.factories import T0_NS
 from tests.factories import raw_transaction as _raw
+from tests.process_metrics import sample_value
 from training.data.loading import load_transactions
 from training.data.replay import replay_features, transactions
 from training.model_build.export import export_onnx
@@ -704,7 +704,7 @@ def test_a_store_without_champion_gets_rule_answers(tmp_path: Path, engine: Feat
 
 def _stage_counts() -> dict[str, float]:
     return {
-        stage: REGISTRY.get_sample_value("fraud_stage_duration_seconds_count", {"stage": stage})
+        stage: sample_value("fraud_stage_duration_seconds_count", {"stage": stage})
         or 0.0
         for stage in STAGES
     }

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from service.config.settings import AuthSettings, CallerSettings, ServerSettings, ServeSettings
 from service.core.domain import EntryMode
@@ -40,6 +39,7 @@ from service.model.watcher import ModelWatcher
 from service.observability.logs import RequestLogSampler
 from service.observability.rule_metrics import RuleHitMetrics
 from tests.conftest import TrainedModel
+from tests.process_metrics import sample_value
 from tests.service.registry_copies import copy_registry
 from training.registry.signing import generate_key_pair
 
@@ -117,7 +117,7 @@ def _serve(
 
 def _hits(rule_set: str, rule: str) -> float:
     labels = {"rule_set": rule_set, "rule": rule}
-    return REGISTRY.get_sample_value("fraud_rule_hits_total", labels) or 0.0
+    return sample_value("fraud_rule_hits_total", labels) or 0.0
 
 
 def _swipe(number: int, card: str = "card-7", **changes: Any) -> scoring_pb2.ScoreRequest:

@@ -21,7 +21,6 @@ import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from service.app import build_scorer
@@ -52,6 +51,7 @@ from service.model.watcher import ModelWatcher
 from service.records.decision_writer import DecisionLogWriter
 from service.records.outcome_writer import OutcomeLogWriter
 from tests.conftest import TrainedModel
+from tests.process_metrics import sample_value
 from tests.service.loopback import LoopbackServer
 from tests.service.registry_copies import copy_registry
 from tests.tls_certificates import CertificateAuthority, ClientCertificate
@@ -263,7 +263,7 @@ def _refusals(method: str) -> dict[tuple[str, str], float]:
     """Every refusal series of `method`: (caller, code) -> count."""
     callers = [NO_CALLER, *(caller.name for caller in _callers())]
     return {
-        (caller, code): REGISTRY.get_sample_value(
+        (caller, code): sample_value(
             "fraud_auth_refusals_total", {"rpc": method, "caller": caller, "code": code}
         )
         or 0.0
@@ -274,7 +274,7 @@ def _refusals(method: str) -> dict[tuple[str, str], float]:
 
 def _requests(method: str, code: str) -> float:
     labels = {"rpc": method, "code": code}
-    return REGISTRY.get_sample_value("fraud_rpc_requests_total", labels) or 0.0
+    return sample_value("fraud_rpc_requests_total", labels) or 0.0
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=str)

@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from service.config.settings import ServerSettings, ServeSettings
 from service.grpc_api._proto.fraud.v1 import scoring_pb2_grpc
+from tests.process_metrics import sample_value
 from tests.service.grpc_api.held_calls import score_request
 from tests.service.grpc_api.test_call_limits import CountingCore
 from tests.service.loopback import LoopbackServer
@@ -46,7 +46,7 @@ def server() -> Iterator[LoopbackServer]:
 def _wait_until_no_stream_is_open() -> None:
     """The server ends a stream's task after its client has read the status."""
     deadline = time.monotonic() + TIMEOUT
-    while REGISTRY.get_sample_value("fraud_streams_open") != 0:
+    while sample_value("fraud_streams_open") != 0:
         assert time.monotonic() < deadline, "a stream stayed open"
         time.sleep(0.01)
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from service.config.settings import ConnectionSettings, ServerSettings, ServeSettings
 from service.core.domain import (
@@ -36,6 +35,7 @@ from service.grpc_api.interceptors import (
     STREAM_IDLE_DETAILS,
     STREAM_LIFETIME_DETAILS,
 )
+from tests.process_metrics import sample_value
 from tests.service.grpc_api.held_calls import OpenStream, UnsentRequest, score_request
 from tests.service.loopback import LoopbackServer
 
@@ -92,7 +92,7 @@ def serve() -> Iterator[Callable[..., tuple[LoopbackServer, CountingCore]]]:
 
 
 def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return sample_value(name, labels) or 0.0
 
 
 def _wait_until(condition: Callable[[], bool]) -> None:

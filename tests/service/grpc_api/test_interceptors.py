@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from prometheus_client import REGISTRY
 
 from service.grpc_api.auth import Caller, CallerDirectory
 from service.grpc_api.interceptors import AdmissionInterceptor, CallLimits, call_arrival
+from tests.process_metrics import sample_value
 
 TOKEN = "a-token-for-interceptor-tests"
 
@@ -86,7 +86,7 @@ def _continuation(behavior: _Behavior) -> Any:
 
 
 def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return sample_value(name, labels) or 0.0
 
 
 async def _start(

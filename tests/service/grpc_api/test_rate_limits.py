@@ -4,10 +4,10 @@ counter, and the rates the settings give (a caller's own before the default)."""
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY
 
 from service.config.settings import AuthSettings, CallerSettings, ReportLimitSettings, ServeSettings
 from service.grpc_api.rate_limits import CallerRateLimits, Rate, TokenBucket, report_rates
+from tests.process_metrics import sample_value
 
 DIGESTS = iter(f"{number:064x}" for number in range(1, 100))
 
@@ -42,7 +42,7 @@ def test_a_rate_needs_a_positive_rate_and_burst() -> None:
 
 
 def _refused(caller: str) -> float:
-    value = REGISTRY.get_sample_value("fraud_outcomes_rate_limited_total", {"caller": caller})
+    value = sample_value("fraud_outcomes_rate_limited_total", {"caller": caller})
     assert value is not None
     return value
 

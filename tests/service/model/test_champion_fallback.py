@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from service.model import store as model_store
@@ -25,6 +24,7 @@ from service.model.store import ChampionFallback, ModelStore, RefreshReport, ear
 from service.model.watcher import ModelWatcher
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
+from tests.process_metrics import sample_value
 from tests.service.registry_copies import copy_registry, point_alias, publish_copy
 from training.registry.publishing import promote, refuse, rollback, sign
 from training.registry.signing import SigningKey
@@ -300,7 +300,7 @@ def _lines(lines: list[MutableMapping[str, Any]], event: str) -> list[MutableMap
 
 
 def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return sample_value(name, labels) or 0.0
 
 
 def test_a_fallback_is_logged_and_exported_as_the_champion(

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from service.core.card_tokens import CardTokenizer
 from service.core.domain import Decision, DecisionSource
@@ -27,6 +26,7 @@ from service.model.store import ModelStore
 from service.observability.logs import RequestLogSampler
 from tests.conftest import TrainedModel
 from tests.factories import raw_transaction
+from tests.process_metrics import sample_value
 from tests.service.registry_copies import (
     copy_registry,
     point_alias,
@@ -103,7 +103,7 @@ def _submit_approvals(shadow: ShadowScorer, champion: LoadedModel, count: int) -
 
 def _counters() -> dict[str, float]:
     return {
-        key: REGISTRY.get_sample_value(name, labels) or 0.0
+        key: sample_value(name, labels) or 0.0
         for key, (name, labels) in COUNTERS.items()
     }
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import onnxruntime
 import pytest
-from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from service.model.artifact import MANIFEST_FILE, ONNX_MODEL_FILE, read_manifest
@@ -25,6 +24,7 @@ from service.model.store import ModelStore, RefreshReport
 from service.model.watcher import ModelWatcher
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
+from tests.process_metrics import sample_value
 from tests.service.registry_copies import (
     copy_registry,
     edit_manifest,
@@ -52,7 +52,7 @@ def _refresh(watcher: ModelWatcher, *, retry_refused: bool = False) -> RefreshRe
 
 
 def _sample(name: str, **labels: str) -> float | None:
-    return REGISTRY.get_sample_value(name, labels)
+    return sample_value(name, labels)
 
 
 def _count(name: str, **labels: str) -> float:

@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import REGISTRY
-
 from service.core.domain import Outcome, OutcomeFate
 from service.records.outcome_writer import OutcomeLogWriter
 from service.records.schema import host_for_segments
 from service.records.segment_log import LogLimits
+from tests.process_metrics import sample_value
 
 HOST = host_for_segments(socket.gethostname())  # the writer names its segments so
 
@@ -25,7 +24,7 @@ RECEIVED_AT = datetime(2026, 9, 1, 8, 30, 0, 123_456, UTC).timestamp()
 
 def dropped(reason: str) -> float:
     labels = {"log": "outcomes", "reason": reason}
-    value = REGISTRY.get_sample_value("fraud_record_log_dropped_total", labels)
+    value = sample_value("fraud_record_log_dropped_total", labels)
     assert value is not None
     return value
 

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from service.records.schema import host_for_segments, iso_utc, segment_name
 from service.records.segment_log import DEFAULT_LIMITS, LogLimits, RecordLog
+from tests.process_metrics import sample_value
 
 HOST = host_for_segments(socket.gethostname())  # the writer names its segments so
 
@@ -54,7 +54,7 @@ def open_log(
 
 
 def counted(metric: str, **labels: str) -> float:
-    value = REGISTRY.get_sample_value(metric, {"log": "decisions", **labels})
+    value = sample_value(metric, {"log": "decisions", **labels})
     assert value is not None
     return value
 
