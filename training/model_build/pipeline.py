@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,13 +34,6 @@ from service.model.artifact import (
 from service.model.onnx_scorer import OnnxScorer
 from service.model.registry import CHAMPION, Registry
 from training.config import TrainSettings
-from training.data.cluster import (
-    ClusterSpec,
-    describe_cluster,
-    open_client,
-    smallest_worker_memory,
-)
-from training.data.cluster_history import check_on_cluster, gather_table, replayed_frame
 from training.data.dataset import FeatureTable, build_feature_table
 from training.data.split import split_periods
 from training.evaluation.metrics import evaluate, format_metrics_table
@@ -53,8 +47,10 @@ from training.model_build.candidate import (
     quality_gates,
     reads_same_features,
 )
-from training.model_build.cluster_fit import fit_on_cluster, plan_fit
 from training.registry import publishing as registry
+
+if TYPE_CHECKING:
+    from training.data.cluster_spec import ClusterSpec
 
 
 @dataclass(frozen=True)
@@ -165,6 +161,12 @@ def _built_on_cluster(
     progress: bool,
     say: Callable[[str], None],
 ) -> _Built:
+    # Here, not at the top: Dask and distributed cost a train without `--dask` about 1.5 s
+    # of CPU in imports alone (dask.dataframe via the cluster history, distributed).
+    from training.data.cluster import describe_cluster, open_client, smallest_worker_memory
+    from training.data.cluster_history import check_on_cluster, gather_table, replayed_frame
+    from training.model_build.cluster_fit import fit_on_cluster, plan_fit
+
     with open_client(spec) as client:
         say(describe_cluster(client))
         say(f"checking {data} on the cluster")
