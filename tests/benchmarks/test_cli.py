@@ -16,7 +16,7 @@ import pytest
 from benchmarks import cli
 from benchmarks.cli import main
 from benchmarks.servers.floor import EmptyFloorServicer
-from benchmarks.servers.launch import fraud_serve_spec, serving
+from benchmarks.servers.launch import RunningServer, fraud_serve_spec, serving
 from tests.benchmarks.thread_server import ThreadServer
 from tests.conftest import TrainedModel
 
@@ -42,22 +42,37 @@ def floor() -> Iterator[ThreadServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def replicas(
+    trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """Two fraud-serve replicas of the champion, shared by the `run` tests (one start each
+    instead of three): a run reads a server's CPU and histogram as differences over the
+    run, so the calls of an earlier test do not count in it. Each must exit 0 on SIGTERM."""
+    logs = tmp_path_factory.mktemp("replica-logs")
+    specs = [fraud_serve_spec(f"replica-{n}", trained_model.registry) for n in range(2)]
+    with serving(specs[0], logs) as first, serving(specs[1], logs) as second:
+        yield first, second
+
+
 def _report(directory: Path) -> dict[str, Any]:
     document: dict[str, Any] = json.loads((directory / "report.json").read_text())
     return document
 
 
 def test_run_against_fraud_serve_reports_its_cpu_and_own_latency(
-    trained_model: TrainedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    replicas: tuple[RunningServer, RunningServer],
+    trained_model: TrainedModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ):
     """Against real fraud-serve: all answered, its CPU and own quantiles reported, charts drawn."""
-    spec = fraud_serve_spec("serve", trained_model.registry)
-    with serving(spec, tmp_path / "logs") as server:
-        arguments = ["run", "--target", server.target, "--server-pid", str(server.probe.pids[0])]
-        arguments += ["--metrics", server.probe.metrics_urls[0], "--run-id", "cli"]
-        status = main(
-            [*arguments, "--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
-        )
+    server = replicas[0]
+    arguments = ["run", "--target", server.target, "--server-pid", str(server.probe.pids[0])]
+    arguments += ["--metrics", server.probe.metrics_urls[0], "--run-id", "cli"]
+    status = main(
+        [*arguments, "--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
+    )
 
     assert status == 0
     report = _report(tmp_path)
@@ -82,24 +97,18 @@ def test_run_against_fraud_serve_reports_its_cpu_and_own_latency(
 
 
 def test_run_against_several_replicas_balances_the_calls_and_sums_their_cpu(
-    trained_model: TrainedModel, tmp_path: Path
+    replicas: tuple[RunningServer, RunningServer], trained_model: TrainedModel, tmp_path: Path
 ):
     """Several replicas' addresses, comma-separated: every call answered, each replica
     doing a share of the work, the server CPU summed over their process ids."""
-    specs = [fraud_serve_spec(f"replica-{n}", trained_model.registry) for n in range(2)]
-    with (
-        serving(specs[0], tmp_path / "logs") as first,
-        serving(specs[1], tmp_path / "logs") as second,
-    ):
-        replicas = (first, second)
-        before = [psutil.Process(server.probe.pids[0]).cpu_times() for server in replicas]
-        arguments = ["run", "--target", ",".join(server.target for server in replicas)]
-        for server in replicas:
-            arguments += ["--server-pid", str(server.probe.pids[0])]
-        status = main(
-            [*arguments, "--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
-        )
-        after = [psutil.Process(server.probe.pids[0]).cpu_times() for server in replicas]
+    before = [psutil.Process(server.probe.pids[0]).cpu_times() for server in replicas]
+    arguments = ["run", "--target", ",".join(server.target for server in replicas)]
+    for server in replicas:
+        arguments += ["--server-pid", str(server.probe.pids[0])]
+    status = main(
+        [*arguments, "--data", str(trained_model.history), "--out", str(tmp_path), *QUICK]
+    )
+    after = [psutil.Process(server.probe.pids[0]).cpu_times() for server in replicas]
 
     assert status == 0
     (measurement,) = _report(tmp_path)["measurements"]
