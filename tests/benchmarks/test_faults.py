@@ -108,7 +108,7 @@ def test_chaos_rolling_fails_no_call_and_keeps_every_score(
 def test_chaos_store_outage_is_answered_by_the_fallback_and_the_model_returns(
     trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """redis-server killed for 2 s under load and started again (empty): no call fails,
+    """redis-server killed for 1 s under load and started again (empty): no call fails,
     answers during the outage are fallbacks (none an error), and the model answers again,
     with no state_unavailable fallback 2 s after the return. The two timed criteria (p99
     during the outage within the 20 ms budget, the model back within 2 s) are the recorded
@@ -118,7 +118,7 @@ def test_chaos_store_outage_is_answered_by_the_fallback_and_the_model_returns(
     # run of three at load 4-5) and such a fallback would prove nothing.
     monkeypatch.setenv("FRAUD_STATE__TIMEOUT_SECONDS", "1")
     arguments = ["chaos", "--scenario", "store", "--rate", "60", "--seconds", "2.5"]
-    arguments += ["--store-outage", "2"]
+    arguments += ["--store-outage", "1"]  # 60 calls, each a fallback: Redis refuses at once
 
     _status, report = _run(arguments, trained_model, tmp_path)
 
@@ -137,11 +137,11 @@ def test_chaos_store_outage_is_answered_by_the_fallback_and_the_model_returns(
 def test_chaos_registry_unreadable_keeps_the_champion_and_the_watcher_recovers(
     trained_model: TrainedModel, tmp_path: Path
 ):
-    """The registry renamed away for 2 s under load, then back with a new champion: no call
+    """The registry renamed away for 1 s under load, then back with a new champion: no call
     fails, every answer meanwhile from the old champion, health SERVING throughout, and the
     version promoted after the return answers (the 5 s bound on that is the recorded runs')."""
     arguments = ["chaos", "--scenario", "registry", "--rate", "60", "--seconds", "1.5"]
-    arguments += ["--registry-outage", "2"]
+    arguments += ["--registry-outage", "1"]  # ten of the watcher's polls find no registry
 
     _status, report = _run(arguments, trained_model, tmp_path)
 
@@ -158,7 +158,7 @@ def test_chaos_registry_unreadable_keeps_the_champion_and_the_watcher_recovers(
 def test_chaos_overload_refuses_with_documented_statuses_and_answers_after(
     trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """4 x a fixed 1,500/s for 2 s, gRPC's backlog bounded at 32 calls (the setting that
+    """4 x a fixed 1,500/s for 1 s, gRPC's backlog bounded at 32 calls (the setting that
     sheds, docs/operations.md): only OK, CANCELLED (gRPC's core, beyond the backlog) or
     RESOURCE_EXHAUSTED; some refused, and counted by the server as refused unread; answers
     during the flood and after it; the health port SERVING throughout. What CI checks is
@@ -167,7 +167,8 @@ def test_chaos_overload_refuses_with_documented_statuses_and_answers_after(
     core refuses with CANCELLED), fails there and here."""
     monkeypatch.setenv("FRAUD_SERVER__MAX_PENDING_CALLS", "32")
     arguments = ["chaos", "--scenario", "overload", "--saturation", "1500", "--seconds", "1"]
-    arguments += ["--overload-factor", "4", "--overload-seconds", "2"]
+    # 6,000 calls in the second: the backlog of 32 overflows within its first milliseconds.
+    arguments += ["--overload-factor", "4", "--overload-seconds", "1"]
 
     _status, report = _run(arguments, trained_model, tmp_path)
 
