@@ -13,12 +13,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import pytest
@@ -29,7 +29,7 @@ from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.client import CHANNEL_OPTIONS, FraudScoringClient, balanced_target
 from service.records.schema import RecordKind, segment_glob
 from tests.conftest import TrainedModel
-from tests.parity_feed import CALL_TIMEOUT, Batch, feed
+from tests.parity_feed import CALL_TIMEOUT, Batch, model_scores
 from tests.parity_history import OfflineRun, fed_in_order, offline_run, simulated_history
 from tests.test_hot_reload import registry
 from tests.test_redis_parity import _start_on_redis
@@ -40,6 +40,7 @@ from training.simulation.params import SimulationParams
 __all__ = ["registry"]
 POLL_SECONDS = 1.0
 SPREAD_CALLS = 30_000
+IN_FLIGHT = 8
 
 
 @pytest.fixture(scope="module")
@@ -65,86 +66,106 @@ def spread_batches(spread_history: Path, champion_config: FeatureConfig) -> list
 
 class BalancedCalls:
     """One channel over every replica, as a POS backend is told to open it: each
-    transaction is a unary Score call, and the balancer picks the replica of each call.
+    transaction is a unary Score call, and the balancer picks the replica of each call."""
 
-    With `threads` above 1, the calls of a batch that share no card, terminal or merchant
-    go at once on that many threads, as a POS backend's concurrent swipes do; those that
-    share one go one after the other in the history's order, so that the shared state
-    counts each entity's transactions as `fraud-train evaluate` does."""
-
-    def __init__(self, targets: Sequence[str], *, threads: int = 1) -> None:
+    def __init__(self, targets: Sequence[str]) -> None:
         self.calls = 0
         self._channel = grpc.insecure_channel(balanced_target(targets), options=CHANNEL_OPTIONS)
         self._stub = scoring_pb2_grpc.FraudScoringStub(self._channel)
-        self._threads = ThreadPoolExecutor(threads) if threads > 1 else None
 
-    def report(self, outcome: scoring_pb2.OutcomeRequest) -> None:
-        self.calls += 1
-        try:
-            self._stub.ReportOutcome(outcome, timeout=CALL_TIMEOUT)
-        except grpc.RpcError as error:  # which call failed, for the test's report
-            raise AssertionError(f"ReportOutcome {outcome.transaction_id}: {error}") from None
+    def feed_at_once(
+        self,
+        fed: Iterable[Batch],
+        in_flight: int,
+        hold: Callable[[int], None] = lambda sent: None,
+    ) -> dict[str, float]:
+        """What `feed` returns, with up to `in_flight` calls outstanding, as a POS backend's
+        concurrent swipes are: each call, sent in the history's order, first waits for the
+        earlier ones that name its card, terminal or merchant (an outcome: its
+        transaction's), so that the shared state counts each entity's transactions and
+        labels in the order `fraud-train evaluate` does. `hold` is called with the number of
+        calls sent so far before each, and may wait."""
+        order: EntityOrder[Sent] = EntityOrder()
+        outstanding: deque[Sent] = deque()
+        scored: list[Sent] = []
 
-    def score(
-        self, requests: Sequence[scoring_pb2.ScoreRequest]
-    ) -> list[scoring_pb2.ScoreResponse]:
-        self.calls += len(requests)
-        if self._threads is None:
-            return [self._score(request) for request in requests]
-        answers: dict[int, scoring_pb2.ScoreResponse] = {}
+        def send(method: Any, message: Any, what: str, entities: list[Entity]) -> Sent:
+            hold(self.calls)
+            for earlier in order.before(entities):
+                earlier.answer()
+            while len(outstanding) >= in_flight:
+                outstanding.popleft().answer()
+            sent = Sent(what, method.future(message, timeout=CALL_TIMEOUT))
+            self.calls += 1
+            order.sent(sent, entities)
+            outstanding.append(sent)
+            return sent
 
-        def in_order(chain: list[int]) -> None:
-            for position in chain:
-                answers[position] = self._score(requests[position])
-
-        list(self._threads.map(in_order, entity_chains(requests)))  # raises what a call did
-        return [answers[position] for position in range(len(requests))]
-
-    def _score(self, request: scoring_pb2.ScoreRequest) -> scoring_pb2.ScoreResponse:
-        try:
-            answer: scoring_pb2.ScoreResponse = self._stub.Score(request, timeout=CALL_TIMEOUT)
-        except grpc.RpcError as error:
-            transaction_id = request.transaction.transaction_id
-            raise AssertionError(f"Score {transaction_id}: {error}") from None
-        return answer
+        for batch in fed:
+            for outcome in batch.outcomes:
+                transaction_id = outcome.transaction_id
+                entities = order.of_transaction(transaction_id)
+                send(self._stub.ReportOutcome, outcome, f"ReportOutcome {transaction_id}", entities)
+            for request in batch.requests:
+                what = f"Score {request.transaction.transaction_id}"
+                scored.append(send(self._stub.Score, request, what, order.of_request(request)))
+        for sent in outstanding:  # an outcome's failure too
+            sent.answer()
+        return model_scores(sent.answer() for sent in scored)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._threads is not None:
-            self._threads.shutdown()
         self._channel.close()
 
 
-def entity_chains(requests: Sequence[scoring_pb2.ScoreRequest]) -> list[list[int]]:
-    """The positions of `requests` in chains that share no card, terminal or merchant,
-    each in order: two requests naming one entity, directly or through others, are in the
-    same chain."""
-    parent = list(range(len(requests)))
+@dataclass(frozen=True)
+class Sent:
+    """A call sent without waiting (`what` names it in a failure) and its future."""
 
-    def root(position: int) -> int:
-        while parent[position] != position:
-            parent[position] = parent[parent[position]]
-            position = parent[position]
-        return position
+    what: str
+    call: grpc.Future[Any]
 
-    first_with: dict[tuple[str, str], int] = {}
-    for position, request in enumerate(requests):
+    def answer(self) -> Any:
+        """The call's answer, once it has come; fails naming the call if it failed."""
+        try:
+            return self.call.result()
+        except grpc.RpcError as error:  # which call failed, for the test's report
+            raise AssertionError(f"{self.what}: {error}") from None
+
+
+Entity = tuple[str, str]
+Call = TypeVar("Call")
+
+
+class EntityOrder(Generic[Call]):
+    """The last call sent that named each card, terminal and merchant, and the entities of
+    each transaction scored: what `BalancedCalls.feed_at_once` waits for."""
+
+    def __init__(self) -> None:
+        self._last: dict[Entity, Call] = {}
+        self._of_transaction: dict[str, list[Entity]] = {}
+
+    def of_request(self, request: scoring_pb2.ScoreRequest) -> list[Entity]:
+        """The entities a Score call counts its transaction on (an empty merchant: none)."""
         tx = request.transaction
-        for entity in (
-            ("card", tx.card_id),
-            ("terminal", tx.terminal_id),
-            ("merchant", tx.merchant_id),
-        ):
-            if not entity[1]:
-                continue
-            earlier = first_with.setdefault(entity, position)
-            parent[root(position)] = root(earlier)
-    chains: dict[int, list[int]] = {}
-    for position in range(len(requests)):
-        chains.setdefault(root(position), []).append(position)
-    return list(chains.values())
+        named = [("card", tx.card_id), ("terminal", tx.terminal_id), ("merchant", tx.merchant_id)]
+        entities = [entity for entity in named if entity[1]]
+        self._of_transaction[tx.transaction_id] = entities
+        return entities
+
+    def of_transaction(self, transaction_id: str) -> list[Entity]:
+        """The entities an outcome changes: those its transaction, scored earlier, named."""
+        return self._of_transaction[transaction_id]
+
+    def before(self, entities: list[Entity]) -> list[Call]:
+        """What a call naming `entities` waits for: the last call that named each."""
+        return [self._last[entity] for entity in entities if entity in self._last]
+
+    def sent(self, call: Call, entities: list[Entity]) -> None:
+        for entity in entities:
+            self._last[entity] = call
 
 
 def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate(
@@ -156,14 +177,14 @@ def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate
     tmp_path: Path,
 ) -> None:
     """Every transaction of a 44-day history, and every fraud label as it becomes known,
-    is one call through the balanced channel, 30,000 and more, on four threads (calls that
-    share no card, terminal or merchant at once, the others in order): each replica answers a
-    third of the calls and decides a third of the transactions (within 10%), none is
-    decided twice, and every score matches `fraud-train evaluate` within 1e-6."""
+    is one call through the balanced channel, 30,000 and more, up to `IN_FLIGHT` at once
+    (each after the earlier ones naming its card, terminal or merchant): each replica
+    answers a third of the calls and decides a third of the transactions (within 10%),
+    none is decided twice, and every score matches `fraud-train evaluate` within 1e-6."""
     replicas = [_start_on_redis(start_process, trained_model, redis_url) for _ in range(3)]
     targets = [_target(replica) for replica in replicas]
-    with BalancedCalls(targets, threads=4) as link:
-        online = feed(link, spread_batches)
+    with BalancedCalls(targets) as link:
+        online = link.feed_at_once(spread_batches, IN_FLIGHT)
     for replica in replicas:
         replica.signal(signal.SIGTERM)
         assert replica.wait() == 0, replica.text()
@@ -180,26 +201,40 @@ def test_three_replicas_behind_round_robin_share_the_calls_and_score_as_evaluate
     assert max(counts.values()) == 1, "no transaction is decided by two replicas"
 
 
-def test_entity_chains_keep_together_what_shares_a_card_terminal_or_merchant() -> None:
-    """The concurrent feed's partition: linked through any entity, in the same chain, in
-    order; an empty merchant links nothing."""
+def test_a_call_waits_for_the_last_one_naming_its_card_terminal_or_merchant() -> None:
+    """The concurrent feed's order: a call waits for the last earlier call naming each of
+    its entities, an outcome for the last naming any of its transaction's; an empty
+    merchant names none."""
 
-    def request(card: str, terminal: str, merchant: str) -> scoring_pb2.ScoreRequest:
+    def request(number: int, card: str, terminal: str, merchant: str) -> scoring_pb2.ScoreRequest:
         transaction = scoring_pb2.Transaction(
-            card_id=card, terminal_id=terminal, merchant_id=merchant
-        )
+            transaction_id=f"tx-{number}", card_id=card, terminal_id=terminal,
+            merchant_id=merchant,
+        )  # fmt: skip
         return scoring_pb2.ScoreRequest(transaction=transaction)
 
     requests = [
-        request("card-1", "term-1", "m-1"),
-        request("card-2", "term-2", ""),
-        request("card-3", "term-3", "m-3"),
-        request("card-4", "term-4", ""),
-        request("card-3", "term-1", "m-9"),  # joins 0 and 2 through term-1 and card-3
-        request("card-5", "term-5", "m-3"),
+        request(0, "card-1", "term-1", "m-1"),
+        request(1, "card-2", "term-2", ""),
+        request(2, "card-3", "term-3", "m-3"),
+        request(3, "card-4", "term-4", ""),
+        request(4, "card-3", "term-1", "m-9"),  # after 0 (term-1) and 2 (card-3)
+        request(5, "card-5", "term-5", "m-3"),  # after 2 (m-3)
+        request(6, "card-6", "term-6", ""),  # after none
     ]
+    order: EntityOrder[str] = EntityOrder()
+    waited = []
+    for position, each in enumerate(requests):
+        entities = order.of_request(each)
+        waited.append(sorted(order.before(entities)))
+        order.sent(f"score-{position}", entities)
+    outcome_entities = order.of_transaction("tx-0")  # card-1, term-1 (last: 4), m-1
+    outcome_waits = sorted(order.before(outcome_entities))
+    order.sent("outcome-0", outcome_entities)
 
-    assert entity_chains(requests) == [[0, 2, 4, 5], [1], [3]]
+    assert waited == [[], [], [], [], ["score-0", "score-2"], ["score-2"], []]
+    assert outcome_waits == ["score-0", "score-0", "score-4"]
+    assert order.before(order.of_request(request(7, "card-1", "term-9", ""))) == ["outcome-0"]
 
 
 def _assert_even(shares: list[int]) -> None:
@@ -306,31 +341,42 @@ def test_a_rolling_restart_fails_no_call_and_changes_no_score(
     in turn gets SIGTERM, exits 0 and is started again on its port, as a Deployment's
     rolling update does: no call fails (those refused while a replica stops are tried again
     on another) and every score matches `fraud-train evaluate` within 1e-6. The parity
-    tests' history, 8,974 calls, outlasts the three restarts: on a loaded 2-core box the
-    last replica served again with 1,241 calls still to come."""
+    tests' history, 8,974 calls, flows up to `IN_FLIGHT` at once; a replica gets SIGTERM
+    once a fifth of them has been sent, the second when two fifths have, the third at three,
+    and the calls wait at two, three and four fifths until the replica before serves again:
+    each restart starts while calls flow (1,795 to go before the wait), and the last fifth
+    flows through the three restarted."""
     ports = [free_ports(1) for _ in range(3)]
     replicas = [_start_on_redis(start_process, trained_model, redis_url, port) for port in ports]
     for replica in replicas:
         replica.wait_for("serving")
+    total = sum(len(batch.requests) + len(batch.outcomes) for batch in history_batches)
+    restarted = [threading.Event() for _ in ports]
+
+    def after_restarts(sent: int) -> None:
+        for turn, serving in enumerate(restarted):
+            if sent >= total * (turn + 2) // 5:
+                assert serving.wait(timeout=300), f"replica {turn} did not serve again"
+
     online: dict[str, float] = {}
     failures: list[BaseException] = []
     with BalancedCalls([f"127.0.0.1:{port}" for port in ports]) as link:
 
         def flow() -> None:
             try:
-                online.update(feed(link, history_batches))
+                online.update(link.feed_at_once(history_batches, IN_FLIGHT, after_restarts))
             except BaseException as error:  # the test's finding: reported below
                 failures.append(error)
 
         caller = threading.Thread(target=flow)
         caller.start()
-        total = sum(len(batch.requests) + len(batch.outcomes) for batch in history_batches)
         for turn, port in enumerate(ports):
-            _wait_until(lambda turn=turn: link.calls > total * (turn + 1) // 4 or failures)
+            _wait_until(lambda turn=turn: link.calls > total * (turn + 1) // 5 or failures)
             replicas[turn].signal(signal.SIGTERM)
             assert replicas[turn].wait() == 0, replicas[turn].text()
             replicas[turn] = _start_on_redis(start_process, trained_model, redis_url, port)
             replicas[turn].wait_for("serving")
+            restarted[turn].set()
         caller.join(timeout=600)
     for replica in replicas:
         replica.signal(signal.SIGTERM)
