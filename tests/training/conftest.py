@@ -13,6 +13,9 @@ import pytest
 from distributed import Client
 
 from service.features import FeatureConfig
+
+# The session's history trained again by the CLI, for the tests that each trained it.
+from tests.training.second_version import second_version as second_version
 from training.data.cluster import open_client, parse_cluster
 from training.data.dataset import FeatureTable, build_feature_table
 from training.simulation.history_files import write_daily_transactions, write_transactions

@@ -14,6 +14,7 @@ from service.model.onnx_scorer import OnnxScorer
 from service.model.registry import Registry
 from tests.conftest import TrainedModel
 from tests.training.cli.fraud_train import run
+from tests.training.second_version import SecondVersion
 
 
 def test_simulate_train_publish_evaluate(tmp_path: Path, small_config: Path):
@@ -59,15 +60,13 @@ def test_golden_sample_replays_through_the_serving_scorer(trained_model: Trained
         assert scorer.score_one(row) == pytest.approx(expected, abs=1e-6)
 
 
-def test_same_data_and_config_give_the_same_model(trained_model: TrainedModel, tmp_path: Path):
-    """Training is reproducible: the same history and config give byte-identical models."""
-    registry = tmp_path / "again"
-    trained = run(
-        "train", "--data", trained_model.history, "--registry", registry,
-        "--config", trained_model.config, "--no-promote",
-    )  # fmt: skip
-    again = Registry(registry).artifact_dir(trained.stdout.strip())
+def test_same_data_and_config_give_the_same_model(
+    trained_model: TrainedModel, second_version: SecondVersion
+):
+    """Training is reproducible: the same history and config, trained again by the command
+    in a process of its own, give byte-identical models; --no-promote leaves the champion."""
+    again = Registry(second_version.registry).artifact_dir(second_version.version)
     first = Registry(trained_model.registry).artifact_dir(trained_model.version)
     for name in (ONNX_MODEL_FILE, NATIVE_MODEL_FILE):
         assert (again / name).read_bytes() == (first / name).read_bytes(), name
-    assert Registry(registry).alias("champion") is None
+    assert Registry(second_version.registry).alias("champion") == trained_model.version

@@ -8,19 +8,19 @@ from pathlib import Path
 from service.model.registry import Registry
 from tests.conftest import TrainedModel
 from tests.training.cli.fraud_train import run
+from tests.training.second_version import SecondVersion
 
 
-def test_registry_promote_list_and_rollback(trained_model: TrainedModel, tmp_path: Path):
+def test_registry_promote_list_and_rollback(
+    trained_model: TrainedModel, second_version: SecondVersion, tmp_path: Path
+):
     """A second version promoted by hand, listed, then rolled back to the first."""
-    # The first version is the session's champion, published by the same training code;
-    # a second `train` of its own would add a minute and check nothing of `registry`.
-    registry = Path(shutil.copytree(trained_model.registry, tmp_path / "models"))
-    first = trained_model.version
+    # The first version is the session's champion and the second the session's second train
+    # beside it, published by the same training code; a `train` of this test's own would
+    # add a minute and check nothing of `registry`.
+    registry = Path(shutil.copytree(second_version.registry, tmp_path / "models"))
+    first, second = trained_model.version, second_version.version
     assert Registry(registry).alias("champion") == first
-    second = run(
-        "train", "--data", trained_model.history, "--registry", registry,
-        "--config", trained_model.config, "--no-promote",
-    ).stdout.strip()  # fmt: skip
     assert first != second
     run("registry", "promote", second, "--registry", registry)
     listing = run("registry", "list", "--registry", registry).stdout

@@ -13,6 +13,7 @@ from service.model.signatures import SIGNATURE_FILE, SignaturePolicy
 from tests.conftest import TrainedModel
 from tests.factories import flip_first_byte
 from tests.training.cli.fraud_train import run
+from tests.training.second_version import SecondVersion
 
 
 def _generate(directory: Path, name: str) -> SignaturePolicy:
@@ -36,18 +37,12 @@ def test_a_key_pair_is_private_and_never_overwritten(tmp_path: Path) -> None:
 
 
 def test_training_with_a_signing_key_publishes_a_signed_version(
-    trained_model: TrainedModel, tmp_path: Path
+    second_version: SecondVersion,
 ) -> None:
     """With FRAUD_TRAIN_SIGNING_KEY set, the published manifest verifies under that key,
     and the manifest does not record where the key lives."""
-    policy = _generate(tmp_path / "keys", "release")
-    registry = tmp_path / "models"
-    version = run(
-        "train", "--data", trained_model.history, "--registry", registry,
-        "--config", trained_model.config,
-        environment={"FRAUD_TRAIN_SIGNING_KEY": str(tmp_path / "keys" / "release.key")},
-    ).stdout.strip()  # fmt: skip
-    artifact = Registry(registry).artifact_dir(version)
+    policy = SignaturePolicy.from_settings([second_version.public_key], [])
+    artifact = Registry(second_version.registry).artifact_dir(second_version.version)
     (signer,) = policy.trusted
     assert check_artifact(artifact, signatures=policy).signer == signer
     manifest = json.loads((artifact / MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 from service.model.artifact import sha256_file
 from service.model.registry import Registry
 from tests.conftest import TrainedModel
-from training.config import load_settings
+from tests.training.second_version import SecondVersion
 from training.data.loading import load_transactions
-from training.model_build.pipeline import train
 
 
 def test_train_records_its_lineage(trained_model: TrainedModel) -> None:
@@ -40,11 +36,11 @@ def test_train_records_its_lineage(trained_model: TrainedModel) -> None:
     assert lineage.gates == manifest.gates
 
 
-def test_train_names_the_champion_as_parent(trained_model: TrainedModel, tmp_path: Path) -> None:
+def test_train_names_the_champion_as_parent(
+    trained_model: TrainedModel, second_version: SecondVersion
+) -> None:
     """A model trained where a champion serves records that champion as its parent."""
-    registry = Path(shutil.copytree(trained_model.registry, tmp_path / "models"))
-    settings = load_settings(trained_model.config)
-    manifest = train(trained_model.history, registry, settings, promote=False).manifest
+    manifest = Registry(second_version.registry).load(second_version.version)
     assert manifest.parent_version == trained_model.version
     assert manifest.lineage is not None
     assert manifest.lineage.parent_version == trained_model.version
