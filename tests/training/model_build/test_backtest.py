@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
+from service.features import FeatureConfig
 from training.config import BoosterConfig, TrainSettings
-from training.data.dataset import FeatureTable
+from training.data.dataset import FeatureTable, build_feature_table
+from training.model_build import backtest
 from training.model_build.backtest import (
     HANDBOOK_BEST,
     HANDBOOK_FEATURES,
@@ -31,6 +34,24 @@ REPORTED_METRICS = (
     "card_precision_at_100",
     "card_precision_ceiling",
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_replay_per_history() -> Iterator[None]:
+    """The backtests here read one history with one feature config: the replay, about 70% of
+    a backtest's CPU, runs at the first backtest, through the real `build_feature_table`, and
+    the next reads its table (the backtest only selects from it)."""
+    replayed: dict[tuple[Path, str], FeatureTable] = {}
+
+    def replay_once(data: Path, config: FeatureConfig, **options: Any) -> FeatureTable:
+        key = (data, config.model_dump_json())
+        if key not in replayed:
+            replayed[key] = build_feature_table(data, config, **options)
+        return replayed[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backtest, "build_feature_table", replay_once)
+        yield
 
 
 def test_backtest_reports_each_fold_and_their_mean(small_history: Path):
