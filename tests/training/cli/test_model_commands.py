@@ -4,6 +4,7 @@ processes, real files."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,29 @@ from service.model.artifact import NATIVE_MODEL_FILE, ONNX_MODEL_FILE, verify_ar
 from service.model.onnx_scorer import OnnxScorer
 from service.model.registry import Registry
 from tests.conftest import TrainedModel
-from tests.training.cli.fraud_train import run
+from tests.training.cli.fraud_train import FRAUD_TRAIN, run
 from tests.training.second_version import SecondVersion
 
 
 def test_simulate_train_publish_evaluate(tmp_path: Path, small_config: Path):
     """simulate, train and evaluate on another seed: a verified champion and the metrics."""
-    history = tmp_path / "history.csv"
-    run("simulate", "--out", history, "--customers", 300, "--terminals", 600, "--days", 60)
-    registry = tmp_path / "models"
-    trained = run("train", "--data", history, "--registry", registry, "--config", small_config)
+    unseen = tmp_path / "unseen.csv"
+    # Simulated while the model trains: the two share nothing, and a train (one LightGBM
+    # thread, a Python replay) keeps one core of two busy.
+    simulating = subprocess.Popen(
+        [FRAUD_TRAIN, "simulate", "--out", str(unseen), "--customers", "300",
+         "--terminals", "600", "--days", "45", "--seed", "99"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        history = tmp_path / "history.csv"
+        run("simulate", "--out", history, "--customers", 300, "--terminals", 600, "--days", 60)
+        registry = tmp_path / "models"
+        trained = run("train", "--data", history, "--registry", registry, "--config", small_config)
+        _, simulate_errors = simulating.communicate(timeout=300)
+    finally:
+        simulating.kill()
+    assert simulating.returncode == 0, simulate_errors
     version = trained.stdout.strip()
     models = Registry(registry)
     assert models.alias("champion") == version
@@ -31,9 +45,6 @@ def test_simulate_train_publish_evaluate(tmp_path: Path, small_config: Path):
     assert {"validation", "test"} <= manifest.metrics.keys()
     assert all(gate.passed for gate in manifest.gates)
 
-    unseen = tmp_path / "unseen.csv"
-    run("simulate", "--out", unseen, "--customers", 300, "--terminals", 600, "--days", 45,
-        "--seed", 99)  # fmt: skip
     scores = tmp_path / "scores.csv"
     evaluated = run(
         "evaluate", "--data", unseen, "--registry", registry, "--warmup-days", 20,
