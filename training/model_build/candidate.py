@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 from numpy.typing import NDArray
 
@@ -40,17 +40,16 @@ from service.model.onnx_scorer import OnnxScorer
 from training.config import TrainSettings
 from training.data.split import NANOS_PER_DAY, Periods
 from training.evaluation.metrics import evaluate_masked
-from training.evaluation.plots import save_evaluation_plots
 from training.model_build import gates
-from training.model_build.booster import fit_booster, predict
 from training.model_build.drift_reference import build_drift_reference
-from training.model_build.export import export_onnx, parity_gap
 from training.model_build.golden import golden_sample
 from training.model_build.libraries import library_versions
-from training.model_build.reason_tables import compile_reason_tables, save_tables
 from training.model_build.thresholds import choose_thresholds
 from training.registry import publishing as registry
 from training.registry.signing import load_signing_key
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 FEATURE_NAMES = [feature.name for feature in FEATURES]
 EVALUATION_FILE = "evaluation.json"
@@ -92,6 +91,12 @@ def fit_candidate(
 ) -> Candidate:
     """Fit with early stopping on validation (unless `booster` was fitted elsewhere), score
     validation and test, choose thresholds on validation, export to ONNX."""
+    # LightGBM, onnx (about 1.5 s of CPU) and the plots' matplotlib are imported where a
+    # model is fitted, gated or published: a retrain that declines before fitting, for want
+    # of new fraud reports, needs none of them.
+    from training.model_build.booster import fit_booster, predict
+    from training.model_build.export import export_onnx
+
     periods = data.periods
     if booster is None:
         booster = fit_booster(
@@ -144,6 +149,8 @@ def quality_gates(
     data: ModelData, candidate: Candidate, settings: TrainSettings
 ) -> list[GateResult]:
     """The gates every published model passes: metric floors on test, ONNX parity."""
+    from training.model_build.export import parity_gap
+
     results = gates.metric_floors(
         candidate.metrics["test"], settings.gates, settings.card_precision_k
     )
@@ -169,6 +176,9 @@ def publish(
     The manifest's gates and parent are the lineage's: one record of each. The manifest is
     signed with `settings.signing_key` if one is set.
     """
+    from training.evaluation.plots import save_evaluation_plots
+    from training.model_build.reason_tables import compile_reason_tables, save_tables
+
     test = data.periods.test
     signing_key = None if settings.signing_key is None else load_signing_key(settings.signing_key)
     with registry.stage(registry_root) as staging:

@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
@@ -30,6 +29,9 @@ from training.config import TrainSettings
 from training.evaluation.evaluate import decision_rates
 from training.evaluation.metrics import format_metrics_table
 from training.model_build.candidate import FEATURE_NAMES, Candidate, ModelData, period_metrics
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 TOP_FEATURE_CHANGES = 5
 _SHARE_FORMATS = {
@@ -82,7 +84,9 @@ def compare(
     rates["change"] = {
         name: rates["candidate"][name] - rates["champion"][name] for name in rates["champion"]
     }
-    champion_booster = lgb.Booster(model_file=str(champion_dir / NATIVE_MODEL_FILE))
+    import lightgbm  # here: a retrain that declines before comparing never loads it
+
+    champion_booster = lightgbm.Booster(model_file=str(champion_dir / NATIVE_MODEL_FILE))
     return Comparison(metrics, rates, feature_changes(champion_booster, candidate.booster))
 
 
