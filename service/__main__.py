@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import structlog
 from pydantic import ValidationError
@@ -59,6 +61,26 @@ Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT), 1 when the server ca
 configuration. A registry without a champion that verifies is no reason to exit: the server
 stays up NOT_SERVING until one is promoted.
 """
+
+
+def run_and_exit() -> NoReturn:
+    """`fraud-serve`: `main`, then the process exits at once with its status."""
+    exit_promptly(main())
+
+
+def exit_promptly(status: int) -> NoReturn:
+    """Exit with `status` without the interpreter's teardown, once output is flushed.
+
+    When `main` returns, the server has stopped its ports and drained and closed its logs
+    and feature state. What the interpreter would do next, free every module and object one
+    by one (onnxruntime's session, numpy, grpc) and wait for the metrics thread's next poll,
+    took 0.8 s of every stop on a 2-core box, while an orchestrator or a rolling update
+    waited for the exit.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,7 +216,7 @@ async def _serve(settings: ServeSettings, metrics_port: int) -> int:
         _log.error("cannot_start", reason=str(error))
         return 1
     try:
-        metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
+        _metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
     except OSError as error:
         _log.error("cannot_start", reason=str(error))
         await app.stop(0)
@@ -203,8 +225,8 @@ async def _serve(settings: ServeSettings, metrics_port: int) -> int:
     try:
         return await _serve_until_stopped(app, metrics_port)
     finally:
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        # The metrics thread is a daemon, ended with the process (`exit_promptly`): its
+        # `shutdown()` waits for its next poll, up to half a second.
         app.close()
 
 
@@ -298,8 +320,8 @@ def run_worker(arguments: list[str], index: int) -> None:
     configure_logging(settings.logging)
     structlog.contextvars.bind_contextvars(worker=index)
     base_port = settings.server.metrics_port
-    sys.exit(_run(settings, base_port + index if base_port else 0))
+    exit_promptly(_run(settings, base_port + index if base_port else 0))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()

@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +26,7 @@ from service.grpc_api._proto.fraud.v1 import scoring_pb2, scoring_pb2_grpc
 from service.grpc_api.client import FraudScoringClient, build_outcome_request, build_score_request
 from service.model.registry import Registry
 from tests.conftest import TrainedModel
-from tests.server_process import STARTUP_TIMEOUT
+from tests.server_process import STARTUP_TIMEOUT, server_files
 from training.registry.publishing import promote
 
 CALL_TIMEOUT = 10.0
@@ -276,3 +279,34 @@ def test_workers_share_one_port_and_stop_together(
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
     assert process.events().count("stopped") == 2
+
+
+def test_the_installed_command_exits_at_once_with_its_last_lines_written(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """`fraud-serve` leaves without the interpreter's teardown (`exit_promptly`): its output,
+    a pipe buffered in blocks when PYTHONUNBUFFERED is not set, still ends with "stopped",
+    and the status is the server's."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name != "PYTHONUNBUFFERED" and not name.startswith("FRAUD_")
+    }
+    environment |= server_files(tmp_path) | {"FRAUD_LOGGING__FORMAT": "json"}
+    command = Path(sys.executable).with_name("fraud-serve")
+    with subprocess.Popen(
+        [command, *_serve_arguments(trained_model)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    ) as process:
+        assert process.stdout is not None
+        lines = iter(process.stdout)
+        assert any('"serving"' in line for line in lines)
+
+        process.send_signal(signal.SIGTERM)
+        rest = list(lines)
+
+    assert process.wait(timeout=STARTUP_TIMEOUT) == 0
+    assert [json.loads(line)["event"] for line in rest[-2:]] == ["shutting_down", "stopped"]
