@@ -704,8 +704,7 @@ def test_a_store_without_champion_gets_rule_answers(tmp_path: Path, engine: Feat
 
 def _stage_counts() -> dict[str, float]:
     return {
-        stage: sample_value("fraud_stage_duration_seconds_count", {"stage": stage})
-        or 0.0
+        stage: sample_value("fraud_stage_duration_seconds_count", {"stage": stage}) or 0.0
         for stage in STAGES
     }
 

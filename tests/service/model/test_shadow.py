@@ -102,10 +102,7 @@ def _submit_approvals(shadow: ShadowScorer, champion: LoadedModel, count: int) -
 
 
 def _counters() -> dict[str, float]:
-    return {
-        key: sample_value(name, labels) or 0.0
-        for key, (name, labels) in COUNTERS.items()
-    }
+    return {key: sample_value(name, labels) or 0.0 for key, (name, labels) in COUNTERS.items()}
 
 
 def _moved(before: dict[str, float]) -> dict[str, float]:
