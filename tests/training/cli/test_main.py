@@ -102,11 +102,8 @@ print(",".join(name for name in heavy if name in sys.modules))
 def test_parsing_a_command_line_imports_no_data_or_model_library() -> None:
     """Each command imports what it runs when it runs: `fraud-train --help` took 5 s of
     CPU on the 2-core box when the parser brought pandas, sklearn and distributed."""
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE_ONLY], capture_output=True, text=True, timeout=60
-    )
+    result = _in_a_fresh_process(_PARSE_ONLY)
 
-    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
 
 
@@ -125,14 +122,8 @@ def test_a_bad_setting_is_refused_before_the_pipeline_is_imported(
     config = tmp_path / "bad.toml"
     config.write_text("[booster]\nlearning_rate = -1\n")
 
-    result = subprocess.run(
-        [sys.executable, "-c", _BAD_CONFIG_TRAIN, str(small_history), str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _in_a_fresh_process(_BAD_CONFIG_TRAIN, small_history, config)
 
-    assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[-2] == "2 ", result.stdout
     assert "booster.learning_rate" in result.stderr
 
@@ -156,14 +147,8 @@ def test_train_without_a_cluster_imports_no_dask(tmp_path: Path) -> None:
         "a,2024-01-01T10:00:00Z,card1,t1,-3.50,0\n"
     )
 
-    result = subprocess.run(
-        [sys.executable, "-c", _BAD_ROW_TRAIN, str(data), str(tmp_path / "models")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _in_a_fresh_process(_BAD_ROW_TRAIN, data, tmp_path / "models")
 
-    assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[-2] == "2 training.model_build.pipeline", result.stdout
     assert "amount" in result.stderr
 
@@ -180,9 +165,19 @@ def test_a_retrain_imports_no_model_library_before_it_fits() -> None:
     """`fraud-train retrain` loads LightGBM, onnx and matplotlib when it fits, compares and
     publishes: one that declines for want of new fraud reports spent about 2.5 s of CPU on
     them when the candidate and report modules imported them at the top."""
-    result = subprocess.run(
-        [sys.executable, "-c", _RETRAIN_IMPORTS], capture_output=True, text=True, timeout=60
-    )
+    result = _in_a_fresh_process(_RETRAIN_IMPORTS)
 
-    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def _in_a_fresh_process(script: str, *arguments: Path) -> subprocess.CompletedProcess[str]:
+    """`script` run by a fresh interpreter with `arguments`, which must exit 0: what it
+    imports is what the code under test imports, nothing this test session loaded."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
