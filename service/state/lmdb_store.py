@@ -110,7 +110,7 @@ class LmdbStore:
         identity: str,
         horizon_seconds: float,
         limits: LmdbLimits,
-        sync_seconds: float = 1.0,
+        sync_seconds: float = 10.0,
         writemap: bool = True,
     ) -> None:
         """Open (or create) the store at `path` for feature settings named `identity`;
@@ -372,7 +372,7 @@ class LmdbStore:
             start = self._sweep_from.get(name, b"")
             if not cursor.set_range(start) and not cursor.first():
                 return
-            chunk, self._sweep_from[name] = _chunk(cursor, size)
+            chunk, self._sweep_from[name] = _chunk(cursor, size, oldest, every=excess > 0)
         idle = [(time, key) for time, key in chunk if time < oldest]
         over = sorted(entry for entry in chunk if entry[0] >= oldest)[: max(0, excess - len(idle))]
         if not idle and not over:
@@ -508,15 +508,23 @@ def _key(identifier: str) -> bytes:
     return record_key(identifier, _MAX_KEY_BYTES)
 
 
-def _chunk(cursor: lmdb.Cursor, count: int) -> tuple[list[tuple[float, bytes]], bytes]:
-    """(time, key) of up to `count` records from the cursor's position on, and the key to
-    start from next time (empty: the start again)."""
-    chunk: list[tuple[float, bytes]] = []
-    while len(chunk) < count:
-        chunk.append((record_time(cursor.value()), bytes(cursor.key())))
-        if not cursor.next():
-            return chunk, b""
-    return chunk, bytes(cursor.key())
+def _chunk(
+    cursor: lmdb.Cursor, count: int, oldest: float, *, every: bool
+) -> tuple[list[tuple[float, bytes]], bytes]:
+    """(time, key) of the records idle before `oldest`, or of all of them with `every`,
+    among up to `count` records from the cursor's position on; and the key to start from
+    next time (empty: the start again).
+
+    The transactions' sweep reads four records a scored transaction, nearly all of them
+    live: their keys are copied only when picked."""
+    picked: list[tuple[float, bytes]] = []
+    for read, value in enumerate(cursor.iternext(keys=False, values=True), start=1):
+        time = record_time(value)
+        if every or time < oldest:
+            picked.append((time, bytes(cursor.key())))
+        if read == count:
+            return picked, bytes(cursor.key()) if cursor.next() else b""
+    return picked, b""
 
 
 def _delete_unchanged(
