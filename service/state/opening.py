@@ -3,10 +3,14 @@ one way to open it."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from service.config.settings import StateSettings
 from service.features import FeatureConfig, MemoryStore, state_identity
 from service.state.lmdb_store import LmdbLimits, LmdbStore
-from service.state.redis_store import RedisStore
+
+if TYPE_CHECKING:
+    from service.state.redis_store import RedisStore
 
 
 def open_state(
@@ -21,6 +25,10 @@ def open_state(
     if settings.backend == "memory":
         return MemoryStore(horizon_seconds=horizon, max_records=settings.max_entities)
     if settings.backend == "redis":
+        # Imported here: the Redis client is a tenth of a server's imports, and every
+        # server on LMDB or memory (the default, each test's) would pay for it at start.
+        from service.state.redis_store import RedisStore
+
         return RedisStore(
             settings.url,
             identity=state_identity(feature_config),
