@@ -608,11 +608,14 @@ class StateSettings(_Group):
     system that rewrites allocated blocks in place (ext4, XFS, tmpfs); elsewhere (Btrfs,
     ZFS, NFS, overlayfs) it is off, logged at start (`state_writemap_off`)."""
 
-    sync_seconds: float = Field(default=1.0, gt=0)
+    sync_seconds: float = Field(default=10.0, gt=0)
     """Seconds between flushes of the LMDB file to disk. A killed process loses nothing
     (the kernel holds its writes). A machine crash (power, kernel) loses up to this much,
     and can damage the file if the file system reorders writes: rebuild it then
-    (docs/operations.md)."""
+    (docs/operations.md). A flush write-protects every page written since the last one
+    (the next write to each faults) and flushes every core's TLB for each: flushing every
+    second took 15-36 µs more system CPU a transaction than every 10 s
+    (benchmarks/RESULTS.md)."""
 
     url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     """The Redis server of the `redis` backend (`redis://`, `rediss://` for TLS, or
