@@ -216,7 +216,7 @@ async def _serve(settings: ServeSettings, metrics_port: int) -> int:
         _log.error("cannot_start", reason=str(error))
         return 1
     try:
-        _metrics_server, metrics_port = start_metrics_server(settings.server.host, metrics_port)
+        _, metrics_port = start_metrics_server(settings.server.host, metrics_port)
     except OSError as error:
         _log.error("cannot_start", reason=str(error))
         await app.stop(0)

@@ -46,6 +46,7 @@ from types import TracebackType
 import lmdb
 import structlog
 
+from service.config.settings import StateSettings
 from service.features.memory_store import Evictions
 from service.features.state import (
     NO_PLAN,
@@ -110,7 +111,7 @@ class LmdbStore:
         identity: str,
         horizon_seconds: float,
         limits: LmdbLimits,
-        sync_seconds: float = 10.0,
+        sync_seconds: float = StateSettings.model_fields["sync_seconds"].default,
         writemap: bool = True,
     ) -> None:
         """Open (or create) the store at `path` for feature settings named `identity`;
