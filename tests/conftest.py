@@ -60,12 +60,15 @@ class TrainedModel:
     history: Path
 
 
+# 60 days of 400 simulated cards, every optional field filled.
+SMALL_HISTORY = SimulationParams(customers=400, terminals=800, days=60, seed=11)
+
+
 @pytest.fixture(scope="session")
 def small_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """60 days of 400 simulated cards, every optional field filled."""
+    """`SMALL_HISTORY` as one CSV file."""
     path = tmp_path_factory.mktemp("history") / "history.csv"
-    params = SimulationParams(customers=400, terminals=800, days=60, seed=11)
-    write_transactions(simulate(params), path)
+    write_transactions(simulate(SMALL_HISTORY), path)
     return path
 
 
