@@ -60,15 +60,12 @@ class TrainedModel:
     history: Path
 
 
-# 60 days of 400 simulated cards, every optional field filled.
-SMALL_HISTORY = SimulationParams(customers=400, terminals=800, days=60, seed=11)
-
-
 @pytest.fixture(scope="session")
 def small_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`SMALL_HISTORY` as one CSV file."""
+    """60 days of 400 simulated cards, every optional field filled."""
     path = tmp_path_factory.mktemp("history") / "history.csv"
-    write_transactions(simulate(SMALL_HISTORY), path)
+    params = SimulationParams(customers=400, terminals=800, days=60, seed=11)
+    write_transactions(simulate(params), path)
     return path
 
 

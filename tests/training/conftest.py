@@ -1,6 +1,5 @@
 """Fixtures of the Dask tests: a history of over 300,000 transactions as one Parquet file and
-as daily Parquet files, the shared small history as daily Parquet files, each simulated once
-per session, and a two-worker LocalCluster."""
+as daily Parquet files, simulated once per session, and a two-worker LocalCluster."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import pytest
 from distributed import Client
 
 from service.features import FeatureConfig
-from tests.conftest import SMALL_HISTORY
 
 # The session's history trained again by the CLI, for the tests that each trained it.
 from tests.training.second_version import second_version as second_version
@@ -46,14 +44,6 @@ def large_daily_history(tmp_path_factory: pytest.TempPathFactory) -> DailyHistor
     write_transactions(frame, root / "history.parquet")
     write_daily_transactions(frame, root / "days")
     return DailyHistory(root / "history.parquet", root / "days", len(frame))
-
-
-@pytest.fixture(scope="session")
-def small_daily_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`SMALL_HISTORY` (the rows `trained_model` learned from) as one Parquet file per day."""
-    days = tmp_path_factory.mktemp("small_history") / "days"
-    write_daily_transactions(simulate(SMALL_HISTORY), days)
-    return days
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,14 @@ from distributed import Client
 
 from service.model.artifact import ONNX_MODEL_FILE
 from service.model.registry import Registry
-from tests.conftest import SMALL_CONFIG, TrainedModel
+from tests.conftest import SMALL_CONFIG
 from tests.training.cli.fraud_train import run
 from tests.training.conftest import DailyHistory
 from training.config import ClusterFitConfig, load_settings
 from training.data.cluster import ClusterSpec
 from training.data.dataset import FeatureTable
 from training.data.split import split_periods
-from training.model_build.candidate import Candidate, ModelData, fit_candidate
+from training.model_build.candidate import Candidate, ModelData, fit_candidate, period_records
 from training.model_build.cluster_fit import plan_fit
 from training.model_build.pipeline import train
 
@@ -96,22 +96,21 @@ def test_train_on_a_local_cluster_publishes_the_single_process_model(
 
 
 def test_a_fit_with_lightgbm_dask_passes_the_gates_at_the_same_quality(
-    small_daily_history: Path,
-    trained_model: TrainedModel,
+    large_daily_history: DailyHistory,
+    single_process_data: ModelData,
+    single_process_candidate: Candidate,
+    config_file: Path,
     dask_client: Client,
     tmp_path: Path,
 ):
     """Forced onto the cluster (a running scheduler, by address): rounds chosen on a sample,
-    fitted by lightgbm.dask, then the same export, gates and publication; held to the model
-    one process trained on the same rows. The small history, not the large one: the large
-    one's replay on the cluster is checked above, and this test is about the fit (its test
-    period AP came within 0.0022 of one process's in five runs over three seeds)."""
-    settings = load_settings(trained_model.config)
+    fitted by lightgbm.dask, then the same export, gates and publication."""
+    settings = load_settings(config_file)
     settings = settings.model_copy(update={"cluster": ClusterFitConfig(fit="cluster")})
     messages: list[str] = []
 
     result = train(
-        small_daily_history,
+        large_daily_history.days,
         tmp_path / "models",
         settings,
         say=messages.append,
@@ -121,10 +120,10 @@ def test_a_fit_with_lightgbm_dask_passes_the_gates_at_the_same_quality(
     manifest = result.manifest
     assert all(gate.passed for gate in manifest.gates)
     assert any(message.startswith("fit: on the cluster with lightgbm.dask") for message in messages)
-    single = Registry(trained_model.registry).load(trained_model.version)
+    single = single_process_candidate
     test_ap = manifest.metrics["test"]["average_precision"]
-    single_ap = single.metrics["test"]["average_precision"]
-    assert abs(test_ap - single_ap) <= 0.005
-    assert manifest.periods == single.periods
+    assert abs(test_ap - single.metrics["test"]["average_precision"]) <= 0.005
+    assert manifest.periods == period_records(single_process_data)
     assert manifest.metrics["test"]["transactions"] == single.metrics["test"]["transactions"]
+    single_ap = single.metrics["test"]["average_precision"]
     print(f"test AP: lightgbm.dask {test_ap:.4f}, one process {single_ap:.4f}")
