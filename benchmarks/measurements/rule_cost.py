@@ -280,8 +280,8 @@ def scoring_path_cost(registry: Path, transactions: int, pairs: int) -> list[tup
         lists = typical_lists()
         publish(ruled, "lists", lists, feature_names=FEATURE_NAMES, by="bench", reason="cost")
         for _ in range(pairs):
-            without, _wall = measure(bare, transactions, 2_000, rules=True)
-            with_rules, _wall = measure(ruled, transactions, 2_000, rules=True)
+            without = measure(bare, transactions, 2_000, rules=True).cpu_seconds
+            with_rules = measure(ruled, transactions, 2_000, rules=True).cpu_seconds
             results.append(
                 (round(without / transactions * 1e6, 1), round(with_rules / transactions * 1e6, 1))
             )

@@ -1,20 +1,28 @@
 """What the scoring path costs the server's CPU per transaction, apart from any gRPC traffic.
 
     python -m benchmarks.measurements.scoring_path --registry DIR [--transactions N]
-        [--state memory|lmdb|redis] [--state-url redis://HOST:PORT/DB] [--ids short|uuid]
+        [--state memory|lmdb|redis] [--state-url redis://HOST:PORT/DB]
+        [--ids short|uuid | --data HISTORY.csv]
 
 Builds the scorer and its listeners as `service.app.create_app` does (decision metrics, drift
 statistics, the challenger's shadow, the decision log in a temporary directory, sampled
-stage timings) over
-the registry's champion, scores `--warmup` transactions with unique ids, cards and
-terminals cycling through fixed pools, then times the next `--transactions`: process CPU
-(the scoring thread and the decision log's writer thread) and wall time per transaction.
-The feature state is in memory, in an LMDB store in the temporary directory, or in the
-Redis at `--state-url` (`--state`, memory by default; empty the Redis database between
-runs: it keeps the records). Ids are short (`tx-123`, `card-45`: `--ids short`, the
-default) or UUIDs, as many callers send them (`--ids uuid`): long ids are what the search
-for card numbers in every id pays for. What it leaves out is what the gRPC floors measure:
-the transport, the servicer and the interceptor.
+stage timings) over the registry's champion, scores `--warmup` transactions, then times the
+next `--transactions`: process CPU (the scoring thread and the decision log's writer
+thread) and wall time per transaction, and the share of answers flagged (REVIEW or
+DECLINE), each of which is explained: an explanation costs several times the model's call,
+so figures compare only at like shares.
+
+The traffic is synthetic by default: unique ids, cards and terminals cycling through fixed
+pools, one transaction a second. Its features drift as the windows fill, and so does its
+flagged share (a sixth of the first 20,000 answers, most of the later ones with the
+default model). `--data` sends the rows of a `fraud-train simulate` history instead, as
+`fraud-bench` does (its ids, cards and times; a few percent flagged): the mix the server
+is measured with. The feature state is in memory, in an LMDB store in the temporary
+directory, or in the Redis at `--state-url` (`--state`, memory by default; empty the Redis
+database between runs: it keeps the records). Synthetic ids are short (`tx-123`,
+`card-45`: `--ids short`, the default) or UUIDs, as many callers send them (`--ids uuid`):
+long ids are what the search for card numbers in every id pays for. What it leaves out is
+what the gRPC floors measure: the transport, the servicer and the interceptor.
 """
 
 from __future__ import annotations
@@ -27,13 +35,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
+from benchmarks.load.traffic import load_history
 from service.app import build_scorer, champion_feature_config, open_listeners
 from service.config.settings import RecordLogSettings, ServeSettings, StateBackend, StateSettings
-from service.core.domain import RawTransaction
+from service.core.domain import Decision, RawTransaction
 from service.features import FeatureEngine
 from service.features.engine import FEATURE_NAMES
+from service.grpc_api.converters import to_raw_transaction
 from service.model.rule_store import RuleStore
 from service.model.store import ModelStore
 from service.observability.rule_metrics import RuleHitMetrics
@@ -45,6 +55,15 @@ TERMINALS = 3_000
 IdShape = Literal["short", "uuid"]
 
 
+class PathCost(NamedTuple):
+    """One measurement: process CPU and wall seconds over the timed transactions, and the
+    share of them flagged (REVIEW or DECLINE, so explained)."""
+
+    cpu_seconds: float
+    wall_seconds: float
+    flagged_share: float
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, required=True)
@@ -52,20 +71,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--state", choices=get_args(StateBackend), default="memory")
     parser.add_argument("--state-url", default=StateSettings().url)
-    parser.add_argument("--ids", choices=get_args(IdShape), default="short")
+    traffic = parser.add_mutually_exclusive_group()
+    traffic.add_argument("--ids", choices=get_args(IdShape), default="short")
+    traffic.add_argument("--data", type=Path, help="a history CSV to send instead")
     args = parser.parse_args()
-    cpu, wall = measure(
+    cost = measure(
         args.registry,
         args.transactions,
         args.warmup,
         args.state,
         state_url=args.state_url,
         ids=args.ids,
+        data=args.data,
     )
-    shown = args.state if args.ids == "short" else f"{args.state}, uuid ids"
+    shown = args.state
+    if args.data is not None:
+        shown += ", history rows"
+    elif args.ids == "uuid":
+        shown += ", uuid ids"
     print(
-        f"scoring path ({shown}): cpu {cpu / args.transactions * 1e6:.1f} µs/transaction, "
-        f"wall {wall / args.transactions * 1e6:.1f} µs/transaction"
+        f"scoring path ({shown}): cpu {cost.cpu_seconds / args.transactions * 1e6:.1f} "
+        f"µs/transaction, wall {cost.wall_seconds / args.transactions * 1e6:.1f} "
+        f"µs/transaction, {cost.flagged_share:.1%} flagged"
     )
 
 
@@ -78,8 +105,10 @@ def measure(
     state_url: str = StateSettings().url,
     ids: IdShape = "short",
     rules: bool = False,
-) -> tuple[float, float]:
-    """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`;
+    data: Path | None = None,
+) -> PathCost:
+    """Process CPU seconds and wall seconds for scoring `transactions` after `warmup`, and
+    the share flagged; the rows of the history `data` when given, else synthetic traffic;
     with `rules`, the registry's lists and rule sets decide first, as in the server."""
     with tempfile.TemporaryDirectory() as directory:
         settings = ServeSettings(
@@ -104,20 +133,25 @@ def measure(
             outcome_listeners=listeners.outcomes,
             rules=rule_store,
         )
-        requests = _requests(warmup + transactions, ids)
+        requests = (
+            _requests(warmup + transactions, ids)
+            if data is None
+            else _history_requests(data, warmup + transactions)
+        )
         for _ in range(warmup):
             scorer.score(next(requests))
         batch = [next(requests) for _ in range(transactions)]
+        flagged = 0
         before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         for raw in batch:
-            scorer.score(raw)
+            flagged += scorer.score(raw).decision is not Decision.APPROVE
         wall = time.perf_counter() - started
         listeners.close()  # the writer's CPU for the timed records counts too
         after = resource.getrusage(resource.RUSAGE_SELF)
         state_store.close()
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return cpu, wall
+    return PathCost(cpu, wall, flagged / transactions)
 
 
 def _requests(count: int, ids: IdShape = "short") -> Iterator[RawTransaction]:
@@ -137,6 +171,12 @@ def _requests(count: int, ids: IdShape = "short") -> Iterator[RawTransaction]:
             card_present=number % 3 != 0,
             country="FR",
         )
+
+
+def _history_requests(data: Path, count: int) -> Iterator[RawTransaction]:
+    """The first `count` rows of the history CSV `data`, as `fraud-bench` sends them."""
+    for request in load_history(data, count).requests:
+        yield to_raw_transaction(request)
 
 
 def _uuid(prefix: str, number: int) -> str:

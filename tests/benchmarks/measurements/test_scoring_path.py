@@ -1,14 +1,23 @@
 """Tests for benchmarks.measurements.scoring_path: it scores through the production
-listeners and reports CPU per transaction."""
+listeners and reports CPU per transaction and the share of answers flagged."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from benchmarks.load.traffic import load_history
+from service.app import build_scorer, champion_feature_config
+from service.config.settings import RecordLogSettings, ServeSettings, StateSettings
+from service.core.domain import Decision
+from service.features import FeatureEngine
+from service.grpc_api.converters import to_raw_transaction
+from service.model.store import ModelStore
+from service.state.opening import open_state
 from tests.conftest import TrainedModel
 
 
@@ -24,7 +33,8 @@ def test_it_scores_the_champion_and_reports_cost_per_transaction(
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert re.fullmatch(
-        rf"scoring path \({state}\): cpu \d+\.\d µs/transaction, wall \d+\.\d µs/transaction\n",
+        rf"scoring path \({state}\): cpu \d+\.\d µs/transaction, wall \d+\.\d µs/transaction, "
+        r"\d+\.\d% flagged\n",
         run.stdout,
     )
 
@@ -39,6 +49,60 @@ def test_uuid_ids_are_scored_and_named_in_the_figures(trained_model: TrainedMode
     )  # fmt: skip
     assert re.fullmatch(
         r"scoring path \(memory, uuid ids\): cpu \d+\.\d µs/transaction, "
-        r"wall \d+\.\d µs/transaction\n",
+        r"wall \d+\.\d µs/transaction, \d+\.\d% flagged\n",
         run.stdout,
     )
+
+
+def test_history_rows_are_scored_and_their_flagged_share_counted(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """With `--data` the rows of a history are sent; the share flagged is that of the
+    answers timed, as the decision log records them."""
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.measurements.scoring_path",
+         "--registry", str(trained_model.registry), "--transactions", "400", "--warmup", "0",
+         "--data", str(trained_model.history)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    line = re.fullmatch(
+        r"scoring path \(memory, history rows\): cpu \d+\.\d µs/transaction, "
+        r"wall \d+\.\d µs/transaction, (\d+\.\d)% flagged\n",
+        run.stdout,
+    )
+    assert line is not None, run.stdout
+    assert float(line.group(1)) == pytest.approx(
+        100 * _flagged_in_first(400, trained_model, tmp_path), abs=0.05
+    )
+
+
+def test_synthetic_ids_and_a_history_are_not_asked_for_together(
+    trained_model: TrainedModel,
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.measurements.scoring_path",
+         "--registry", str(trained_model.registry), "--ids", "uuid",
+         "--data", str(trained_model.history)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "not allowed with argument" in run.stderr
+
+
+def _flagged_in_first(count: int, model: TrainedModel, directory: Path) -> float:
+    """The share of the history's first `count` rows a fresh scorer flags, scored here."""
+    settings = ServeSettings(
+        registry=model.registry,
+        decision_log=RecordLogSettings(directory=directory / "decisions"),
+        state=StateSettings(backend="memory"),
+    )
+    config = champion_feature_config(model.registry)
+    store = ModelStore(model.registry, feature_config=config)
+    store.load_champion()
+    engine = FeatureEngine(config, open_state(settings.state, config))
+    scorer = build_scorer(settings, engine, store)
+    flagged = sum(
+        scorer.score(to_raw_transaction(request)).decision is not Decision.APPROVE
+        for request in load_history(model.history, count).requests
+    )
+    return flagged / count
