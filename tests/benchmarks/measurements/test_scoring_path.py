@@ -57,8 +57,8 @@ def test_uuid_ids_are_scored_and_named_in_the_figures(trained_model: TrainedMode
 def test_history_rows_are_scored_and_their_flagged_share_counted(
     trained_model: TrainedModel, tmp_path: Path
 ) -> None:
-    """With `--data` the rows of a history are sent; the share flagged is that of the
-    answers timed, as the decision log records them."""
+    """With `--data` the rows of a history are sent; the share flagged is the one a bare
+    scorer (no listeners) gives the same rows."""
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.measurements.scoring_path",
          "--registry", str(trained_model.registry), "--transactions", "400", "--warmup", "0",
