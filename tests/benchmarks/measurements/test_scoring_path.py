@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks.load.traffic import load_history
 from service.app import build_scorer, champion_feature_config
-from service.config.settings import RecordLogSettings, ServeSettings, StateSettings
+from service.config.settings import ServeSettings, StateSettings
 from service.core.domain import Decision
 from service.features import FeatureEngine
 from service.grpc_api.converters import to_raw_transaction
@@ -55,7 +54,7 @@ def test_uuid_ids_are_scored_and_named_in_the_figures(trained_model: TrainedMode
 
 
 def test_history_rows_are_scored_and_their_flagged_share_counted(
-    trained_model: TrainedModel, tmp_path: Path
+    trained_model: TrainedModel,
 ) -> None:
     """With `--data` the rows of a history are sent; the share flagged is the one a bare
     scorer (no listeners) gives the same rows."""
@@ -72,7 +71,7 @@ def test_history_rows_are_scored_and_their_flagged_share_counted(
     )
     assert line is not None, run.stdout
     assert float(line.group(1)) == pytest.approx(
-        100 * _flagged_in_first(400, trained_model, tmp_path), abs=0.05
+        100 * _flagged_in_first(400, trained_model), abs=0.05
     )
 
 
@@ -89,13 +88,10 @@ def test_synthetic_ids_and_a_history_are_not_asked_for_together(
     assert "not allowed with argument" in run.stderr
 
 
-def _flagged_in_first(count: int, model: TrainedModel, directory: Path) -> float:
-    """The share of the history's first `count` rows a fresh scorer flags, scored here."""
-    settings = ServeSettings(
-        registry=model.registry,
-        decision_log=RecordLogSettings(directory=directory / "decisions"),
-        state=StateSettings(backend="memory"),
-    )
+def _flagged_in_first(count: int, model: TrainedModel) -> float:
+    """The share of the history's first `count` rows a fresh scorer flags, scored here (no
+    listeners, so nothing is written)."""
+    settings = ServeSettings(registry=model.registry, state=StateSettings(backend="memory"))
     config = champion_feature_config(model.registry)
     store = ModelStore(model.registry, feature_config=config)
     store.load_champion()
